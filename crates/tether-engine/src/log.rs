@@ -1,0 +1,452 @@
+//! The event log: every session event, stored with its `seq` before it is broadcast, plus one
+//! row per session so that sessions survive a restart.
+//!
+//! One writer thread owns the write connection and commits whatever has queued up in one
+//! transaction (group commit), so a fast event stream costs one commit per batch, not per event.
+//! Reads go through a small pool of read connections (WAL lets them run beside the writer).
+
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use tether_proto::{Mode, Policy, Seq, SessionId, SessionState};
+use tokio::sync::oneshot;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("event log: {0}")]
+pub struct LogError(pub String);
+
+impl From<rusqlite::Error> for LogError {
+    fn from(e: rusqlite::Error) -> Self {
+        LogError(e.to_string())
+    }
+}
+
+/// One session's durable row. `data` is owned by the multiplexer (JSON it alone reads).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionRow {
+    pub session_id: SessionId,
+    pub mode: Mode,
+    pub title: Option<String>,
+    pub policy: Policy,
+    pub created_at: String,
+    pub state: SessionState,
+    pub last_seq: Seq,
+    /// Oldest event still held (`last_seq + 1` when none).
+    pub first_seq: Seq,
+    pub data: String,
+}
+
+/// One stored event: its sequence number and the exact frame clients receive.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredEvent {
+    pub seq: Seq,
+    pub frame: Bytes,
+}
+
+/// One atomic write for one session.
+#[derive(Clone, Debug, Default)]
+pub struct AppendJob {
+    pub session_id: SessionId,
+    pub events: Vec<StoredEvent>,
+    /// Replaces the session's row when present.
+    pub row: Option<SessionRow>,
+    /// Deletes this session's events with `seq <= prune_through` (retention).
+    pub prune_through: Option<Seq>,
+}
+
+type Reply = oneshot::Sender<Result<(), LogError>>;
+
+/// Handle to the event log. Cheap to clone.
+#[derive(Clone)]
+pub struct EventLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Option<mpsc::Sender<(AppendJob, Reply)>>>,
+    readers: Mutex<Vec<Connection>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY,
+    mode       TEXT NOT NULL,
+    title      TEXT,
+    policy     TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    last_seq   INTEGER NOT NULL,
+    first_seq  INTEGER NOT NULL,
+    data       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    session_id TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    frame      TEXT NOT NULL,
+    PRIMARY KEY (session_id, seq)
+) WITHOUT ROWID;
+PRAGMA user_version = 1;
+";
+
+fn open_connection(path: &Path) -> Result<Connection, LogError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // WAL: readers never block the writer. NORMAL: a commit survives a crash of the agent
+    // (not necessarily a power cut), at a fraction of the cost of FULL.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
+}
+
+impl EventLog {
+    /// Opens (creating if needed) the log at `path`.
+    pub fn open(path: &Path) -> Result<EventLog, LogError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| LogError(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let conn = open_connection(path)
+            .map_err(|e| LogError(format!("cannot open {}: {}", path.display(), e.0)))?;
+        conn.execute_batch(SCHEMA)?;
+        let (tx, rx) = mpsc::channel::<(AppendJob, Reply)>();
+        let thread = std::thread::Builder::new()
+            .name("tether-event-log".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| LogError(format!("cannot start the log writer: {e}")))?;
+        Ok(EventLog {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                writer: Mutex::new(Some(tx)),
+                readers: Mutex::new(Vec::new()),
+                writer_thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Commits `job`. Resolves once the data is in the database.
+    pub async fn append(&self, job: AppendJob) -> Result<(), LogError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let guard = self
+                .inner
+                .writer
+                .lock()
+                .map_err(|_| LogError("writer lock poisoned".into()))?;
+            let Some(writer) = guard.as_ref() else {
+                return Err(LogError("the event log is closed".into()));
+            };
+            writer
+                .send((job, tx))
+                .map_err(|_| LogError("the log writer has stopped".into()))?;
+        }
+        rx.await
+            .map_err(|_| LogError("the log writer has stopped".into()))?
+    }
+
+    /// Stops accepting writes and waits for the writer to commit what it holds.
+    pub fn close(&self) {
+        if let Ok(mut w) = self.inner.writer.lock() {
+            w.take();
+        }
+        let handle = self
+            .inner
+            .writer_thread
+            .lock()
+            .ok()
+            .and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, LogError>,
+    ) -> Result<T, LogError> {
+        let conn = {
+            let mut pool = self
+                .inner
+                .readers
+                .lock()
+                .map_err(|_| LogError("reader pool poisoned".into()))?;
+            pool.pop()
+        };
+        let conn = match conn {
+            Some(c) => c,
+            None => open_connection(&self.inner.path)?,
+        };
+        let result = f(&conn);
+        if let Ok(mut pool) = self.inner.readers.lock()
+            && pool.len() < 4
+        {
+            pool.push(conn);
+        }
+        result
+    }
+
+    /// Events of `session_id` with `from <= seq <= to`, in order, at most `limit` of them.
+    pub fn read_range_blocking(
+        &self,
+        session_id: &SessionId,
+        from: Seq,
+        to: Seq,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, LogError> {
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, frame FROM events WHERE session_id = ?1 AND seq >= ?2 AND seq <= ?3 \
+                 ORDER BY seq LIMIT ?4",
+            )?;
+            let rows = stmt.query_map(
+                params![session_id.as_str(), from as i64, to as i64, limit as i64],
+                |row| {
+                    let seq: i64 = row.get(0)?;
+                    let frame: String = row.get(1)?;
+                    Ok(StoredEvent {
+                        seq: seq as Seq,
+                        frame: Bytes::from(frame),
+                    })
+                },
+            )?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(LogError::from)
+        })
+    }
+
+    /// As [`read_range_blocking`](Self::read_range_blocking), off the async workers.
+    pub async fn read_range(
+        &self,
+        session_id: &SessionId,
+        from: Seq,
+        to: Seq,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, LogError> {
+        let log = self.clone();
+        let session_id = session_id.clone();
+        tokio::task::spawn_blocking(move || log.read_range_blocking(&session_id, from, to, limit))
+            .await
+            .map_err(|e| LogError(format!("read task failed: {e}")))?
+    }
+
+    /// Every session row, oldest first.
+    pub fn load_sessions(&self) -> Result<Vec<SessionRow>, LogError> {
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare(
+                // The row is rewritten only when durable state changes, so the seq bounds come
+                // from the events themselves.
+                "SELECT s.session_id, s.mode, s.title, s.policy, s.created_at, s.state, \
+                        MAX(s.last_seq, COALESCE((SELECT MAX(seq) FROM events e WHERE e.session_id = s.session_id), 0)), \
+                        (SELECT MIN(seq) FROM events e WHERE e.session_id = s.session_id), s.data \
+                 FROM sessions s ORDER BY s.created_at, s.session_id",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, String>(5)?,
+                    row.get::<_, i64>(6)?,
+                    row.get::<_, Option<i64>>(7)?,
+                    row.get::<_, String>(8)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, mode, title, policy, created_at, state, last, first, data) = row?;
+                let bad = |what: &str, v: &str| LogError(format!("session {id}: bad {what} `{v}`"));
+                out.push(SessionRow {
+                    mode: Mode::parse(&mode).ok_or_else(|| bad("mode", &mode))?,
+                    policy: Policy::parse(&policy).ok_or_else(|| bad("policy", &policy))?,
+                    state: SessionState::parse(&state).ok_or_else(|| bad("state", &state))?,
+                    session_id: SessionId(id),
+                    title,
+                    created_at,
+                    last_seq: last as Seq,
+                    first_seq: first.map_or(last as Seq + 1, |f| f as Seq),
+                    data,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// The number of events held for a session (tests and diagnostics).
+    pub fn count_events(&self, session_id: &SessionId) -> Result<u64, LogError> {
+        self.with_reader(|conn| {
+            let n: Option<i64> = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM events WHERE session_id = ?1",
+                    [session_id.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(n.unwrap_or(0) as u64)
+        })
+    }
+}
+
+fn apply(conn: &Connection, job: &AppendJob) -> Result<(), rusqlite::Error> {
+    if !job.events.is_empty() {
+        let mut insert =
+            conn.prepare_cached("INSERT INTO events (session_id, seq, frame) VALUES (?1, ?2, ?3)")?;
+        for e in &job.events {
+            // Frames are JSON produced by serde: always UTF-8.
+            let text = std::str::from_utf8(&e.frame).unwrap_or("");
+            insert.execute(params![job.session_id.as_str(), e.seq as i64, text])?;
+        }
+    }
+    if let Some(row) = &job.row {
+        conn.prepare_cached(
+            "INSERT INTO sessions (session_id, mode, title, policy, created_at, state, last_seq, first_seq, data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT(session_id) DO UPDATE SET
+               mode = excluded.mode, title = excluded.title, policy = excluded.policy,
+               state = excluded.state, last_seq = excluded.last_seq,
+               first_seq = excluded.first_seq, data = excluded.data",
+        )?
+        .execute(params![
+            row.session_id.as_str(),
+            row.mode.as_str(),
+            row.title,
+            row.policy.as_str(),
+            row.created_at,
+            row.state.as_str(),
+            row.last_seq as i64,
+            row.first_seq as i64,
+            row.data,
+        ])?;
+    }
+    if let Some(upto) = job.prune_through {
+        conn.prepare_cached("DELETE FROM events WHERE session_id = ?1 AND seq <= ?2")?
+            .execute(params![job.session_id.as_str(), upto as i64])?;
+    }
+    Ok(())
+}
+
+fn commit_all(conn: &mut Connection, jobs: &[(AppendJob, Reply)]) -> Result<(), rusqlite::Error> {
+    let tx = conn.transaction()?;
+    for (job, _) in jobs {
+        apply(&tx, job)?;
+    }
+    tx.commit()
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<(AppendJob, Reply)>) {
+    const MAX_BATCH: usize = 256;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        match commit_all(&mut conn, &batch) {
+            Ok(()) => {
+                for (_, reply) in batch {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Err(_) => {
+                // One bad job must not fail its neighbours: retry each on its own.
+                for (job, reply) in batch {
+                    let result = conn
+                        .transaction()
+                        .and_then(|tx| apply(&tx, &job).and_then(|()| tx.commit()))
+                        .map_err(LogError::from);
+                    if let Err(e) = &result {
+                        tracing::error!(session = %job.session_id, error = %e, "event log write failed");
+                    }
+                    let _ = reply.send(result);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, last: Seq) -> SessionRow {
+        SessionRow {
+            session_id: SessionId(id.into()),
+            mode: Mode::Chat,
+            title: Some("t".into()),
+            policy: Policy::Human,
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+            state: SessionState::Idle,
+            last_seq: last,
+            first_seq: 1,
+            data: "{}".into(),
+        }
+    }
+
+    fn ev(seq: Seq) -> StoredEvent {
+        StoredEvent {
+            seq,
+            frame: Bytes::from(format!("{{\"seq\":{seq}}}")),
+        }
+    }
+
+    #[tokio::test]
+    async fn appends_reads_prunes_and_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events.db");
+        let log = EventLog::open(&path).expect("open");
+        let sid = SessionId("s1".into());
+        log.append(AppendJob {
+            session_id: sid.clone(),
+            events: (1..=10).map(ev).collect(),
+            row: Some(row("s1", 10)),
+            prune_through: None,
+        })
+        .await
+        .expect("append");
+        let got = log.read_range(&sid, 3, 5, 100).await.expect("read");
+        assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(&got[0].frame[..], b"{\"seq\":3}");
+
+        log.append(AppendJob {
+            session_id: sid.clone(),
+            prune_through: Some(6),
+            ..Default::default()
+        })
+        .await
+        .expect("prune");
+        assert_eq!(log.count_events(&sid).expect("count"), 4);
+
+        // A duplicate seq is refused, and does not take its batch-mates down with it.
+        let dup = log.append(AppendJob {
+            session_id: sid.clone(),
+            events: vec![ev(10)],
+            ..Default::default()
+        });
+        let fine = log.append(AppendJob {
+            session_id: sid.clone(),
+            events: vec![ev(11)],
+            ..Default::default()
+        });
+        let (dup, fine) = tokio::join!(dup, fine);
+        assert!(dup.is_err());
+        assert!(fine.is_ok());
+        log.close();
+
+        let log = EventLog::open(&path).expect("reopen");
+        let sessions = log.load_sessions().expect("load");
+        assert_eq!(sessions, vec![row("s1", 10)]);
+        let all = log.read_range(&sid, 0, 100, 100).await.expect("read");
+        assert_eq!(
+            all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![7, 8, 9, 10, 11]
+        );
+    }
+}

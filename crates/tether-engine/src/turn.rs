@@ -1,0 +1,350 @@
+//! The turn loop: model call → streamed deltas → tool calls (through the permission
+//! middleware) → results back to the model → … until the model answers without tool calls,
+//! the round limit is hit, the model fails, or the turn is cancelled.
+//!
+//! The loop knows clients only as `ClientInfo` values inside events: it publishes through an
+//! [`EventSink`] and asks for permission through an [`AnswerRouter`], both implemented by the
+//! multiplexer.
+
+use crate::model::{Message, ModelChunk, ModelProvider, ModelRequest, ToolCallRequest};
+use crate::tools::{ToolContext, ToolOutput, ToolRegistry, cap_output};
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+use tether_proto::{
+    CallId, ClientInfo, Decision, EventBody, ResolveCause, Scope, SessionId, StopReason, TurnId,
+    Usage,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Where the turn publishes its events. Events are delivered in the order they are emitted.
+pub trait EventSink: Send + Sync {
+    fn emit(&self, body: EventBody) -> BoxFuture<'_, ()>;
+}
+
+/// A tool call that needs approval.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PermissionAsk {
+    pub turn_id: TurnId,
+    pub call_id: CallId,
+    pub tool: String,
+    pub args: Value,
+}
+
+/// How a permission request was resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PermissionAnswer {
+    pub decision: Decision,
+    pub scope: Scope,
+    pub by: Option<ClientInfo>,
+    pub cause: ResolveCause,
+}
+
+impl PermissionAnswer {
+    /// A denial nobody gave: the session went away or the turn was cancelled.
+    pub fn cancelled() -> Self {
+        PermissionAnswer {
+            decision: Decision::Deny,
+            scope: Scope::Once,
+            by: None,
+            cause: ResolveCause::Cancelled,
+        }
+    }
+}
+
+/// Decides permission prompts. The multiplexer registers the request, publishes
+/// `permission_requested`, arbitrates answers and resolves the future.
+pub trait AnswerRouter: Send + Sync {
+    fn ask(&self, ask: PermissionAsk) -> BoxFuture<'_, PermissionAnswer>;
+}
+
+/// What a session remembers between turns: the conversation and the session-scoped grants.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Conversation {
+    pub messages: Vec<Message>,
+    /// Tools allowed for the rest of the session by an answer with `scope: session`.
+    #[serde(default)]
+    pub session_allowed: BTreeSet<String>,
+}
+
+impl Conversation {
+    pub fn with_system_prompt(prompt: String) -> Self {
+        Conversation {
+            messages: vec![Message::System { content: prompt }],
+            session_allowed: BTreeSet::new(),
+        }
+    }
+}
+
+/// How a turn ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TurnOutcome {
+    pub stop: StopReason,
+    pub error: Option<String>,
+    pub usage: Option<Usage>,
+    /// The text of the model's last answer (a diagnosis report, for instance).
+    pub final_text: String,
+}
+
+/// Everything one turn needs.
+pub struct TurnRun<'a> {
+    pub session_id: SessionId,
+    pub turn_id: TurnId,
+    pub text: String,
+    pub provider: Arc<dyn ModelProvider>,
+    pub tools: &'a ToolRegistry,
+    pub max_rounds: u32,
+    pub sink: &'a dyn EventSink,
+    pub router: &'a dyn AnswerRouter,
+    pub cancel: &'a CancellationToken,
+}
+
+fn add_usage(total: &mut Option<Usage>, u: &Usage) {
+    let t = total.get_or_insert_with(Usage::default);
+    t.prompt_tokens += u.prompt_tokens;
+    t.completion_tokens += u.completion_tokens;
+    t.total_tokens += u.total_tokens;
+}
+
+/// Runs one turn to its end, appending to `conversation` as it goes. The conversation is left
+/// well formed whatever happens: every assistant tool call is followed by a tool message.
+pub async fn run_turn(conversation: &mut Conversation, run: TurnRun<'_>) -> TurnOutcome {
+    conversation.messages.push(Message::User {
+        content: run.text.clone(),
+    });
+    let mut usage: Option<Usage> = None;
+    let outcome =
+        |stop, error: Option<String>, usage: Option<Usage>, final_text: String| TurnOutcome {
+            stop,
+            error,
+            usage,
+            final_text,
+        };
+
+    for _round in 0..run.max_rounds {
+        let request = ModelRequest {
+            messages: conversation.messages.clone(),
+            tools: run.tools.specs(),
+        };
+        let mut stream = run.provider.stream(request);
+        let mut text = String::new();
+        let mut reasoning = String::new();
+        let mut calls: Vec<ToolCallRequest> = Vec::new();
+        let mut failure: Option<String> = None;
+        let mut cancelled = false;
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = run.cancel.cancelled() => { cancelled = true; break; }
+                next = stream.next() => next,
+            };
+            match next {
+                None => break,
+                Some(Err(e)) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
+                Some(Ok(ModelChunk::Text(t))) => {
+                    text.push_str(&t);
+                    run.sink
+                        .emit(EventBody::TextDelta {
+                            turn_id: run.turn_id.clone(),
+                            text: t,
+                        })
+                        .await;
+                }
+                Some(Ok(ModelChunk::Reasoning(t))) => {
+                    reasoning.push_str(&t);
+                    run.sink
+                        .emit(EventBody::ReasoningDelta {
+                            turn_id: run.turn_id.clone(),
+                            text: t,
+                        })
+                        .await;
+                }
+                Some(Ok(ModelChunk::ToolCall(call))) => calls.push(call),
+                Some(Ok(ModelChunk::Usage(u))) => add_usage(&mut usage, &u),
+            }
+        }
+        drop(stream);
+        let interrupted = cancelled || failure.is_some();
+        if interrupted {
+            // Keep what the users saw, but no half-made tool calls.
+            calls.clear();
+        }
+        if !text.is_empty() || !reasoning.is_empty() || !calls.is_empty() || !interrupted {
+            conversation.messages.push(Message::Assistant {
+                content: text.clone(),
+                reasoning: (!reasoning.is_empty()).then_some(reasoning),
+                tool_calls: calls.clone(),
+            });
+        }
+        if cancelled {
+            return outcome(StopReason::Cancelled, None, usage, text);
+        }
+        if let Some(error) = failure {
+            return outcome(StopReason::Error, Some(error), usage, text);
+        }
+        if calls.is_empty() {
+            return outcome(StopReason::Completed, None, usage, text);
+        }
+        let mut iter = calls.into_iter();
+        while let Some(call) = iter.next() {
+            let was_cancelled = run.cancel.is_cancelled();
+            let output = if was_cancelled {
+                ToolOutput::error("cancelled before it ran")
+            } else {
+                run_tool_call(conversation, &run, &call).await
+            };
+            conversation.messages.push(Message::Tool {
+                tool_call_id: call.id.clone(),
+                name: call.name.clone(),
+                content: output.output,
+            });
+            if run.cancel.is_cancelled() {
+                for rest in iter.by_ref() {
+                    conversation.messages.push(Message::Tool {
+                        tool_call_id: rest.id,
+                        name: rest.name,
+                        content: "cancelled before it ran".into(),
+                    });
+                }
+                return outcome(StopReason::Cancelled, None, usage, String::new());
+            }
+        }
+    }
+    outcome(
+        StopReason::MaxRounds,
+        Some(format!(
+            "the model was still calling tools after {} rounds",
+            run.max_rounds
+        )),
+        usage,
+        String::new(),
+    )
+}
+
+/// Runs one model-requested tool call: publishes `tool_call`, asks permission when needed,
+/// runs the tool, publishes `tool_result`, and returns what the model should read.
+async fn run_tool_call(
+    conversation: &mut Conversation,
+    run: &TurnRun<'_>,
+    call: &ToolCallRequest,
+) -> ToolOutput {
+    let call_id = CallId(uuid::Uuid::now_v7().to_string());
+    let parsed: Result<Value, String> = if call.arguments.trim().is_empty() {
+        Ok(Value::Object(Default::default()))
+    } else {
+        serde_json::from_str(&call.arguments).map_err(|e| e.to_string())
+    };
+    let shown_args = match &parsed {
+        Ok(v) => v.clone(),
+        Err(_) => Value::String(call.arguments.clone()),
+    };
+    run.sink
+        .emit(EventBody::ToolCall {
+            turn_id: run.turn_id.clone(),
+            call_id: call_id.clone(),
+            tool: call.name.clone(),
+            args: shown_args,
+        })
+        .await;
+    let started = Instant::now();
+    let result = match parsed {
+        Err(e) => ToolOutput::error(format!("the arguments are not valid JSON: {e}")),
+        Ok(args) => match run.tools.get(&call.name) {
+            None => {
+                let names: Vec<&str> = run.tools.names().collect();
+                ToolOutput::error(format!(
+                    "unknown tool `{}`; available tools: {}",
+                    call.name,
+                    names.join(", ")
+                ))
+            }
+            Some(tool) => {
+                let mut allowed = true;
+                let mut denial = String::new();
+                if tool.needs_permission(&args)
+                    && !conversation.session_allowed.contains(&call.name)
+                {
+                    let ask = PermissionAsk {
+                        turn_id: run.turn_id.clone(),
+                        call_id: call_id.clone(),
+                        tool: call.name.clone(),
+                        args: args.clone(),
+                    };
+                    let answer = tokio::select! {
+                        biased;
+                        _ = run.cancel.cancelled() => PermissionAnswer::cancelled(),
+                        a = run.router.ask(ask) => a,
+                    };
+                    match answer.decision {
+                        Decision::Allow => {
+                            if answer.scope == Scope::Session {
+                                conversation.session_allowed.insert(call.name.clone());
+                            }
+                        }
+                        Decision::Deny => {
+                            allowed = false;
+                            denial = match (&answer.by, answer.cause) {
+                                (Some(by), _) => format!("permission denied by {}", by.name),
+                                (None, ResolveCause::NoEligibleAnswerer) => {
+                                    "permission denied: nobody who may approve it was attached"
+                                        .into()
+                                }
+                                (None, ResolveCause::Timeout) => {
+                                    "permission denied: nobody answered in time".into()
+                                }
+                                (None, _) => "permission request cancelled".into(),
+                            };
+                        }
+                    }
+                }
+                if !allowed {
+                    ToolOutput::error(denial)
+                } else if run.cancel.is_cancelled() {
+                    ToolOutput::error("cancelled before it ran")
+                } else {
+                    let ctx = ToolContext {
+                        session_id: run.session_id.clone(),
+                        turn_id: run.turn_id.clone(),
+                        cancel: run.cancel.clone(),
+                    };
+                    tokio::select! {
+                        out = tool.call(args, ctx) => out,
+                        // Tools watch the token themselves; this bounds one that does not.
+                        _ = async {
+                            run.cancel.cancelled().await;
+                            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                        } => ToolOutput::error("cancelled"),
+                    }
+                }
+            }
+        },
+    };
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let (output, truncated) = cap_output(result.output);
+    run.sink
+        .emit(EventBody::ToolResult {
+            turn_id: run.turn_id.clone(),
+            call_id,
+            ok: result.ok,
+            output: output.clone(),
+            truncated,
+            duration_ms,
+        })
+        .await;
+    let for_model = if truncated {
+        format!("{output}\n[output truncated at 32 KiB]")
+    } else {
+        output
+    };
+    ToolOutput {
+        ok: result.ok,
+        output: for_model,
+    }
+}

@@ -1,0 +1,491 @@
+//! tether-mux: the multiplexer between transports and the engine.
+//!
+//! A transport authenticates a peer into an [`Identity`], calls [`Mux::connect`], feeds each
+//! received frame to [`Connection::handle_text`], and writes whatever the
+//! [`OutboundReceiver`](outbound::OutboundReceiver) yields. All policy lives here: total
+//! ordering of input, originator tracking, permission arbitration, broadcast, replay, and the
+//! slow-client rule.
+//!
+//! * [`session`] — one actor per session (the single owner of its state).
+//! * [`outbound`] — the per-connection bounded queue with eviction and log-backed replay.
+//! * [`arbitration`] — the pure rules of who may answer and act.
+
+pub mod arbitration;
+pub mod clock;
+pub mod outbound;
+mod session;
+
+use outbound::{Outbound, OutboundReceiver};
+use serde_json::{Map, Value};
+use session::{ConnRef, NewSession, OpMsg, SessionHandle, SessionOp, Shared};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tether_engine::Engine;
+use tether_engine::log::{EventLog, LogError};
+use tether_engine::tools::ToolRegistry;
+use tether_proto::{
+    CLIENT_PROTOCOL_VERSION, Class, ClientId, ClientInfo, ErrorBody, HelloResult, Mode, Op, Policy,
+    Reason, ReplyFrame, Request, RequestId, ServerInfo, SessionCreated, SessionId, SessionList,
+    SessionState,
+};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Multiplexer settings.
+#[derive(Clone, Debug)]
+pub struct MuxConfig {
+    pub server: ServerInfo,
+    /// Frames a client may have queued before it is evicted.
+    pub client_queue_frames: usize,
+    /// Events kept per session; older ones are pruned (attach then gets `stream_gap`).
+    pub retention_events: u64,
+    /// A permission request is denied when nobody who may answer it has been attached for
+    /// this long.
+    pub permission_grace: Duration,
+    /// A permission request is denied when it has waited this long, attended or not.
+    pub permission_timeout: Option<Duration>,
+    /// Ops queued per session before new ones are refused with `overloaded`.
+    pub session_inbox: usize,
+}
+
+impl Default for MuxConfig {
+    fn default() -> Self {
+        MuxConfig {
+            server: ServerInfo {
+                name: "tether".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+            },
+            client_queue_frames: outbound::DEFAULT_QUEUE_FRAMES,
+            retention_events: 10_000,
+            permission_grace: Duration::from_secs(30),
+            permission_timeout: None,
+            session_inbox: 256,
+        }
+    }
+}
+
+/// Who a peer is, as its credential says. Never taken from what the peer sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// Stable per credential: the token's name, or `uid:<n>` for a Unix peer.
+    pub principal: String,
+    pub class: Class,
+    /// Display name.
+    pub name: String,
+}
+
+/// Per-session choices made by the caller rather than the client (e.g. the hub link).
+#[derive(Clone, Default)]
+pub struct SessionOptions {
+    /// The tools this session may use; the engine's full set when `None`.
+    pub tools: Option<ToolRegistry>,
+    /// Started from the hub (remote is untrusted: restricted tools survive a restart).
+    pub remote: bool,
+}
+
+/// The multiplexer. Cheap to clone.
+#[derive(Clone)]
+pub struct Mux {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    sessions: RwLock<BTreeMap<SessionId, SessionHandle>>,
+    next_conn: AtomicU64,
+    shutdown: CancellationToken,
+    remote_tools: Mutex<Option<ToolRegistry>>,
+}
+
+impl Mux {
+    /// Opens the multiplexer over `log`, restoring every stored session. Sessions whose turn
+    /// was running when the previous process stopped get that turn ended with
+    /// `stop: error, error: "agent restarted"`.
+    pub fn open(config: MuxConfig, engine: Engine, log: EventLog) -> Result<Mux, LogError> {
+        let rows = log.load_sessions()?;
+        let shared = Arc::new(Shared {
+            config,
+            engine,
+            log,
+            tracker: TaskTracker::new(),
+        });
+        let inner = Arc::new(Inner {
+            shared: shared.clone(),
+            sessions: RwLock::new(BTreeMap::new()),
+            next_conn: AtomicU64::new(1),
+            shutdown: CancellationToken::new(),
+            remote_tools: Mutex::new(None),
+        });
+        let mux = Mux { inner };
+        {
+            let read_only = || mux.remote_tools();
+            let mut sessions = mux.sessions_write();
+            for row in rows {
+                let id = row.session_id.clone();
+                let handle = session::spawn_restored(shared.clone(), row, &read_only);
+                sessions.insert(id, handle);
+            }
+        }
+        Ok(mux)
+    }
+
+    /// Sets the toolset used by restored remote sessions (the hub link's choice).
+    pub fn set_remote_tools(&self, tools: ToolRegistry) {
+        if let Ok(mut t) = self.inner.remote_tools.lock() {
+            *t = Some(tools);
+        }
+    }
+
+    fn remote_tools(&self) -> ToolRegistry {
+        let configured = self.inner.remote_tools.lock().ok().and_then(|t| t.clone());
+        configured.unwrap_or_else(|| {
+            self.inner
+                .shared
+                .engine
+                .tools
+                .filtered(|_, tool| tool.read_only())
+        })
+    }
+
+    pub fn config(&self) -> &MuxConfig {
+        &self.inner.shared.config
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.inner.shared.engine
+    }
+
+    pub fn log(&self) -> &EventLog {
+        &self.inner.shared.log
+    }
+
+    /// Cancelled when shutdown begins; transports close their connections on it.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    fn sessions_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<SessionId, SessionHandle>> {
+        self.inner
+            .sessions
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn sessions_write(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<SessionId, SessionHandle>> {
+        self.inner
+            .sessions
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a new connection for `identity`. The transport must drive the receiver and
+    /// call [`Connection::close`] when the peer goes away.
+    pub fn connect(&self, identity: Identity) -> (Connection, OutboundReceiver) {
+        let conn_id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        let client = ClientInfo {
+            client_id: ClientId(format!("{}/{conn_id}", identity.principal)),
+            class: identity.class,
+            name: identity.name,
+        };
+        let (outbound, receiver) =
+            outbound::channel(self.config().client_queue_frames, self.log().clone());
+        (
+            Connection {
+                mux: self.clone(),
+                conn: ConnRef {
+                    conn_id,
+                    client,
+                    outbound,
+                },
+                attached: Mutex::new(HashSet::new()),
+            },
+            receiver,
+        )
+    }
+
+    /// Creates a session on behalf of `client` (already authorised to act).
+    pub fn create_session(
+        &self,
+        mode: Mode,
+        title: Option<String>,
+        policy: Policy,
+        params: Map<String, Value>,
+        options: SessionOptions,
+    ) -> Result<SessionId, ErrorBody> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(ErrorBody::new(
+                Reason::Overloaded,
+                "the agent is shutting down",
+            ));
+        }
+        let session_id = SessionId(uuid::Uuid::now_v7().to_string());
+        let handle = session::spawn_new(
+            self.inner.shared.clone(),
+            NewSession {
+                session_id: session_id.clone(),
+                mode,
+                title,
+                policy,
+                params,
+                options,
+            },
+        );
+        self.sessions_write().insert(session_id.clone(), handle);
+        Ok(session_id)
+    }
+
+    /// Every session, oldest first.
+    pub fn list_sessions(&self) -> SessionList {
+        let sessions = self
+            .sessions_read()
+            .values()
+            .filter_map(|h| h.summary.lock().ok().map(|s| s.clone()))
+            .collect::<Vec<_>>();
+        let mut sessions = sessions;
+        sessions.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then_with(|| a.session_id.cmp(&b.session_id))
+        });
+        SessionList { sessions }
+    }
+
+    /// Sessions whose turn is running right now.
+    pub fn active_sessions(&self) -> usize {
+        self.list_sessions()
+            .sessions
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s.state,
+                    SessionState::Running | SessionState::RequiresAction
+                )
+            })
+            .count()
+    }
+
+    fn session_ops(&self, id: &SessionId) -> Option<tokio::sync::mpsc::Sender<OpMsg>> {
+        self.sessions_read().get(id).map(|h| h.ops.clone())
+    }
+
+    /// Ends every running turn with an event, persists every session, and signals transports
+    /// to close their connections. Bounded: each session gets at most its turn-stop grace.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        let handles: Vec<_> = self
+            .sessions_read()
+            .values()
+            .map(|h| h.ops.clone())
+            .collect();
+        let mut waits = Vec::new();
+        for ops in handles {
+            let (tx, rx) = oneshot::channel();
+            if ops.send(OpMsg::Shutdown { done: tx }).await.is_ok() {
+                waits.push(rx);
+            }
+        }
+        for w in waits {
+            let _ = w.await;
+        }
+        self.inner.shared.tracker.close();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(20), self.inner.shared.tracker.wait()).await;
+    }
+}
+
+/// One connected client. Requests are handled one at a time, in order, so replies come back
+/// in request order.
+pub struct Connection {
+    mux: Mux,
+    conn: ConnRef,
+    attached: Mutex<HashSet<SessionId>>,
+}
+
+impl Connection {
+    pub fn client(&self) -> &ClientInfo {
+        &self.conn.client
+    }
+
+    pub fn outbound(&self) -> &Outbound {
+        &self.conn.outbound
+    }
+
+    pub fn mux(&self) -> &Mux {
+        &self.mux
+    }
+
+    fn reply(&self, frame: ReplyFrame) {
+        self.conn.outbound.push_frame(frame.encode());
+    }
+
+    /// Replies with an error (e.g. a frame the transport could not decode).
+    pub fn reply_error(&self, re: Option<RequestId>, error: ErrorBody) {
+        self.reply(ReplyFrame::err(re, error));
+    }
+
+    /// Decodes and handles one text frame; the reply is queued on the outbound queue.
+    pub async fn handle_text(&self, text: &str) {
+        match Request::decode(text) {
+            Ok(request) => self.handle(request).await,
+            Err(e) => self.reply(e.to_reply()),
+        }
+    }
+
+    /// Handles one decoded request.
+    pub async fn handle(&self, request: Request) {
+        let re = request.id;
+        let client = &self.conn.client;
+        match request.op {
+            Op::Hello(hello) => {
+                if let Some(name) = hello.client_name {
+                    tracing::debug!(client = %client.client_id, client_name = %name, "hello");
+                }
+                let server = self.mux.config().server.clone();
+                self.reply(ReplyFrame::ok(
+                    re,
+                    HelloResult {
+                        client_id: client.client_id.clone(),
+                        class: client.class,
+                        name: client.name.clone(),
+                        protocol: CLIENT_PROTOCOL_VERSION,
+                        server,
+                    },
+                ));
+            }
+            Op::SessionCreate(create) => {
+                if arbitration::may_act(client.class).is_err() {
+                    return self.reply(ReplyFrame::err(
+                        Some(re),
+                        ErrorBody::new(Reason::Forbidden, "observers cannot create sessions"),
+                    ));
+                }
+                let result = self.mux.create_session(
+                    create.mode,
+                    create.title,
+                    create.policy.unwrap_or(Policy::Human),
+                    create.params.unwrap_or_default(),
+                    SessionOptions::default(),
+                );
+                match result {
+                    Ok(session_id) => self.reply(ReplyFrame::ok(re, SessionCreated { session_id })),
+                    Err(e) => self.reply(ReplyFrame::err(Some(re), e)),
+                }
+            }
+            Op::SessionList => self.reply(ReplyFrame::ok(re, self.mux.list_sessions())),
+            Op::Attach(a) => {
+                self.route(
+                    re,
+                    a.session_id,
+                    SessionOp::Attach {
+                        after_seq: a.after_seq,
+                    },
+                )
+                .await
+            }
+            Op::Detach(d) => self.route(re, d.session_id, SessionOp::Detach).await,
+            Op::Input(i) => {
+                self.route(
+                    re,
+                    i.session_id,
+                    SessionOp::Input {
+                        text: i.text,
+                        queue: i.queue,
+                    },
+                )
+                .await
+            }
+            Op::Answer(a) => {
+                self.route(
+                    re,
+                    a.session_id,
+                    SessionOp::Answer {
+                        call_id: a.call_id,
+                        decision: a.decision,
+                        scope: a.scope.unwrap_or(tether_proto::Scope::Once),
+                    },
+                )
+                .await
+            }
+            Op::Cancel(c) => {
+                self.route(re, c.session_id, SessionOp::Cancel { turn_id: c.turn_id })
+                    .await
+            }
+            Op::SessionClose(c) => self.route(re, c.session_id, SessionOp::Close).await,
+        }
+    }
+
+    /// Hands an op to its session's actor and waits until the actor has replied.
+    async fn route(&self, re: RequestId, session_id: SessionId, op: SessionOp) {
+        let Some(ops) = self.mux.session_ops(&session_id) else {
+            return self.reply(ReplyFrame::err(
+                Some(re),
+                ErrorBody::new(Reason::UnknownSession, format!("no session {session_id}"))
+                    .with("session_id", &session_id),
+            ));
+        };
+        if matches!(op, SessionOp::Attach { .. })
+            && let Ok(mut a) = self.attached.lock()
+        {
+            a.insert(session_id.clone());
+        }
+        let (done_tx, done_rx) = oneshot::channel();
+        let msg = OpMsg::Op {
+            conn: self.conn.clone(),
+            re: re.clone(),
+            op,
+            done: done_tx,
+        };
+        match ops.try_send(msg) {
+            Ok(()) => {
+                if done_rx.await.is_err() {
+                    // The actor stopped before handling the op: it sent no reply.
+                    self.reply(ReplyFrame::err(
+                        Some(re),
+                        ErrorBody::new(
+                            Reason::Internal,
+                            "the session stopped (agent shutting down)",
+                        ),
+                    ));
+                }
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => self.reply(ReplyFrame::err(
+                Some(re),
+                ErrorBody::new(
+                    Reason::Overloaded,
+                    format!("session {session_id} has too many requests queued; retry shortly"),
+                ),
+            )),
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => self.reply(ReplyFrame::err(
+                Some(re),
+                ErrorBody::new(
+                    Reason::Internal,
+                    "the session stopped (agent shutting down)",
+                ),
+            )),
+        }
+    }
+
+    /// Detaches from every session (the peer went away or was evicted).
+    pub async fn close(&self, reason: &str) {
+        let sessions: Vec<SessionId> = self
+            .attached
+            .lock()
+            .map(|mut a| a.drain().collect())
+            .unwrap_or_default();
+        for id in sessions {
+            if let Some(ops) = self.mux.session_ops(&id) {
+                let msg = OpMsg::Disconnected {
+                    conn_id: self.conn.conn_id,
+                    reason: reason.to_owned(),
+                };
+                // Bounded: the actor drains its inbox; give up rather than hang on a stuck one.
+                let _ = tokio::time::timeout(Duration::from_secs(5), ops.send(msg)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,1152 @@
+//! The session actor: one task per session owns all of its state, so every decision about a
+//! session — who is attached, which turn runs, who may answer, which `seq` comes next — is
+//! made in one place, in one total order.
+//!
+//! Each loop iteration handles either one client op or a batch of turn messages, then
+//! *flushes*: the events published during the iteration are committed to the event log in one
+//! transaction and only then pushed to every attached client (hard rule 4). Nothing in a
+//! handler awaits, so a flush is the only suspension point and an op always sees a fully
+//! flushed session.
+
+use crate::arbitration::{may_act, may_answer};
+use crate::clock::now_rfc3339;
+use crate::outbound::{OutItem, Outbound};
+use crate::{MuxConfig, SessionOptions};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use tether_engine::log::{AppendJob, EventLog, SessionRow, StoredEvent};
+use tether_engine::tools::ToolRegistry;
+use tether_engine::turn::{AnswerRouter, Conversation, EventSink, PermissionAnswer, PermissionAsk};
+use tether_engine::{Engine, TurnOutcome, TurnRun, run_turn};
+use tether_proto::{
+    Attached, CallId, ClientInfo, Control, Decision, Empty, ErrorBody, Event, EventBody,
+    InputAccepted, InputId, Mode, PendingPermission, Policy, QueuedInput, Reason, ReplyFrame,
+    RequestId, ResolveCause, Scope, Seq, SessionId, SessionState, SessionSummary, Snapshot,
+    StopReason, TurnId, TurnRef,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Turn messages handled per flush at most (group commit size).
+const TURN_BATCH: usize = 256;
+
+/// A connection as a session sees it.
+#[derive(Clone)]
+pub(crate) struct ConnRef {
+    pub conn_id: u64,
+    pub client: ClientInfo,
+    pub outbound: Outbound,
+}
+
+impl ConnRef {
+    fn reply_ok(&self, re: &RequestId, result: impl Serialize) {
+        self.outbound
+            .push_frame(ReplyFrame::ok(re.clone(), result).encode());
+    }
+
+    fn reply_err(&self, re: &RequestId, error: ErrorBody) {
+        self.outbound
+            .push_frame(ReplyFrame::err(Some(re.clone()), error).encode());
+    }
+}
+
+/// Client ops routed to a session.
+#[derive(Debug)]
+pub(crate) enum SessionOp {
+    Attach {
+        after_seq: Option<Seq>,
+    },
+    Detach,
+    Input {
+        text: String,
+        queue: bool,
+    },
+    Answer {
+        call_id: CallId,
+        decision: Decision,
+        scope: Scope,
+    },
+    Cancel {
+        turn_id: TurnId,
+    },
+    Close,
+}
+
+pub(crate) enum OpMsg {
+    /// A client op. The actor pushes exactly one reply to `conn`, then signals `done`.
+    Op {
+        conn: ConnRef,
+        re: RequestId,
+        op: SessionOp,
+        done: oneshot::Sender<()>,
+    },
+    /// A connection went away (closed or evicted).
+    Disconnected { conn_id: u64, reason: String },
+    /// End the running turn (if any), persist, and stop.
+    Shutdown { done: oneshot::Sender<()> },
+}
+
+enum TurnMsg {
+    Event(EventBody),
+    Ask(PermissionAsk, oneshot::Sender<PermissionAnswer>),
+    Finished {
+        turn_id: TurnId,
+        outcome: TurnOutcome,
+        conversation: Conversation,
+    },
+}
+
+/// The handle the mux keeps for each session.
+pub(crate) struct SessionHandle {
+    pub ops: mpsc::Sender<OpMsg>,
+    pub summary: Arc<Mutex<SessionSummary>>,
+}
+
+/// What a session keeps across restarts (the `data` column of its row).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Durable {
+    params: Map<String, Value>,
+    conversation: Conversation,
+    #[serde(default)]
+    turn: Option<TurnRef>,
+    #[serde(default)]
+    pending: Vec<PendingPermission>,
+    #[serde(default)]
+    queue: Vec<QueuedInput>,
+    #[serde(default)]
+    closed_reason: Option<String>,
+    #[serde(default)]
+    remote: bool,
+    #[serde(default)]
+    report: Option<String>,
+}
+
+struct Attachment {
+    conn_id: u64,
+    client: ClientInfo,
+    outbound: Outbound,
+}
+
+struct RunningTurn {
+    turn_id: TurnId,
+    originator: ClientInfo,
+    cancel: CancellationToken,
+}
+
+struct Pending {
+    info: PendingPermission,
+    answer: Option<oneshot::Sender<PermissionAnswer>>,
+    requested_at: Instant,
+    /// Since when nobody who could answer has been attached.
+    unattended_since: Option<Instant>,
+}
+
+/// What the actor shares with the mux.
+pub(crate) struct Shared {
+    pub config: MuxConfig,
+    pub engine: Engine,
+    pub log: EventLog,
+    pub tracker: TaskTracker,
+}
+
+pub(crate) struct NewSession {
+    pub session_id: SessionId,
+    pub mode: Mode,
+    pub title: Option<String>,
+    pub policy: Policy,
+    pub params: Map<String, Value>,
+    pub options: SessionOptions,
+}
+
+struct Actor {
+    shared: Arc<Shared>,
+    id: SessionId,
+    mode: Mode,
+    title: Option<String>,
+    policy: Policy,
+    created_at: String,
+    state: SessionState,
+    last_seq: Seq,
+    first_seq: Seq,
+    durable: Durable,
+    tools: ToolRegistry,
+    attached: Vec<Attachment>,
+    turn: Option<RunningTurn>,
+    queue: VecDeque<QueuedInput>,
+    pending: Vec<Pending>,
+    resolved: HashSet<CallId>,
+    /// Events published but not yet committed and broadcast.
+    batch: Vec<StoredEvent>,
+    /// The row must be rewritten at the next flush.
+    dirty: bool,
+    closing: Option<String>,
+    close_waiters: Vec<(ConnRef, RequestId, oneshot::Sender<()>)>,
+    shutting_down: bool,
+    summary: Arc<Mutex<SessionSummary>>,
+    turn_tx: mpsc::Sender<TurnMsg>,
+    /// Recovery events to publish when the actor starts (restored sessions).
+    restored_turn: Option<TurnRef>,
+}
+
+fn summary_of(a: &Actor) -> SessionSummary {
+    SessionSummary {
+        session_id: a.id.clone(),
+        mode: a.mode,
+        state: a.state,
+        title: a.title.clone(),
+        created_at: a.created_at.clone(),
+        clients: a.attached.iter().map(|x| x.client.clone()).collect(),
+        last_seq: a.last_seq,
+    }
+}
+
+/// Starts the actor of a brand-new session. Its first event (`session_state: idle`) and its
+/// row are committed before any op reaches it.
+pub(crate) fn spawn_new(shared: Arc<Shared>, new: NewSession) -> SessionHandle {
+    let conversation = shared.engine.new_conversation(new.mode, &new.params);
+    let durable = Durable {
+        params: new.params,
+        conversation,
+        remote: new.options.remote,
+        ..Durable::default()
+    };
+    let tools = new
+        .options
+        .tools
+        .unwrap_or_else(|| shared.engine.tools.clone());
+    spawn(
+        shared,
+        new.session_id,
+        new.mode,
+        new.title,
+        new.policy,
+        now_rfc3339(),
+        SessionState::Idle,
+        0,
+        1,
+        durable,
+        tools,
+        true,
+    )
+}
+
+/// Starts the actor of a session loaded from the log, ending a turn the previous run left
+/// behind.
+pub(crate) fn spawn_restored(
+    shared: Arc<Shared>,
+    row: SessionRow,
+    tools_for_remote: &dyn Fn() -> ToolRegistry,
+) -> SessionHandle {
+    let durable: Durable = match serde_json::from_str(&row.data) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(session = %row.session_id, error = %e, "unreadable session data; starting it fresh");
+            Durable::default()
+        }
+    };
+    let tools = if durable.remote {
+        tools_for_remote()
+    } else {
+        shared.engine.tools.clone()
+    };
+    spawn(
+        shared,
+        row.session_id,
+        row.mode,
+        row.title,
+        row.policy,
+        row.created_at,
+        row.state,
+        row.last_seq,
+        row.first_seq,
+        durable,
+        tools,
+        false,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn(
+    shared: Arc<Shared>,
+    id: SessionId,
+    mode: Mode,
+    title: Option<String>,
+    policy: Policy,
+    created_at: String,
+    state: SessionState,
+    last_seq: Seq,
+    first_seq: Seq,
+    mut durable: Durable,
+    tools: ToolRegistry,
+    fresh: bool,
+) -> SessionHandle {
+    let (ops_tx, ops_rx) = mpsc::channel(shared.config.session_inbox);
+    let (turn_tx, turn_rx) = mpsc::channel(TURN_BATCH);
+    let restored_turn = durable.turn.take();
+    let queue: VecDeque<QueuedInput> = std::mem::take(&mut durable.queue).into();
+    let pending_restored = std::mem::take(&mut durable.pending);
+    let mut actor = Actor {
+        shared: shared.clone(),
+        id,
+        mode,
+        title,
+        policy,
+        created_at,
+        state,
+        last_seq,
+        first_seq,
+        durable,
+        tools,
+        attached: Vec::new(),
+        turn: None,
+        queue,
+        pending: Vec::new(),
+        resolved: HashSet::new(),
+        batch: Vec::new(),
+        dirty: fresh,
+        closing: None,
+        close_waiters: Vec::new(),
+        shutting_down: false,
+        summary: Arc::new(Mutex::new(SessionSummary {
+            session_id: SessionId::default(),
+            mode,
+            state,
+            title: None,
+            created_at: String::new(),
+            clients: vec![],
+            last_seq,
+        })),
+        turn_tx,
+        restored_turn,
+    };
+    if let Ok(mut s) = actor.summary.lock() {
+        *s = summary_of(&actor);
+    }
+    let summary = actor.summary.clone();
+    shared.tracker.spawn(async move {
+        if fresh {
+            actor.publish(EventBody::SessionState {
+                state: SessionState::Idle,
+            });
+        } else {
+            actor.recover(pending_restored);
+        }
+        actor.flush().await;
+        actor.run(ops_rx, turn_rx).await;
+    });
+    SessionHandle {
+        ops: ops_tx,
+        summary,
+    }
+}
+
+/// The turn task's way back into the actor: events and permission prompts, in order.
+struct TurnPort {
+    tx: mpsc::Sender<TurnMsg>,
+}
+
+impl EventSink for TurnPort {
+    fn emit(&self, body: EventBody) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // The actor drains this channel continuously; a send only fails if it is gone.
+            let _ = self.tx.send(TurnMsg::Event(body)).await;
+        })
+    }
+}
+
+impl AnswerRouter for TurnPort {
+    fn ask(&self, ask: PermissionAsk) -> BoxFuture<'_, PermissionAnswer> {
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            if self.tx.send(TurnMsg::Ask(ask, tx)).await.is_err() {
+                return PermissionAnswer::cancelled();
+            }
+            rx.await.unwrap_or_else(|_| PermissionAnswer::cancelled())
+        })
+    }
+}
+
+impl Actor {
+    async fn run(mut self, mut ops: mpsc::Receiver<OpMsg>, mut turns: mpsc::Receiver<TurnMsg>) {
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                biased;
+                msg = ops.recv() => match msg {
+                    None => break,
+                    Some(OpMsg::Shutdown { done }) => {
+                        self.shutdown(&mut turns).await;
+                        let _ = done.send(());
+                        break;
+                    }
+                    Some(OpMsg::Op { conn, re, op, done }) => self.on_op(conn, re, op, done),
+                    Some(OpMsg::Disconnected { conn_id, reason }) => self.on_disconnected(conn_id, reason),
+                },
+                Some(msg) = turns.recv() => {
+                    self.on_turn(msg);
+                    for _ in 1..TURN_BATCH {
+                        match turns.try_recv() {
+                            Ok(msg) => self.on_turn(msg),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = sleep_until_opt(deadline), if deadline.is_some() => self.on_timer(),
+            }
+            self.flush().await;
+        }
+    }
+
+    // ---- publishing ---------------------------------------------------------------------
+
+    /// Assigns the next `seq` and encodes the event once; it is committed and broadcast at
+    /// the next flush.
+    fn publish(&mut self, body: EventBody) {
+        self.last_seq += 1;
+        let event = Event {
+            session_id: self.id.clone(),
+            seq: self.last_seq,
+            ts: now_rfc3339(),
+            body,
+        };
+        self.batch.push(StoredEvent {
+            seq: self.last_seq,
+            frame: Bytes::from(event.encode()),
+        });
+    }
+
+    fn set_state(&mut self, state: SessionState) {
+        if self.state != state {
+            self.state = state;
+            self.dirty = true;
+            self.publish(EventBody::SessionState { state });
+        }
+    }
+
+    fn row(&self) -> SessionRow {
+        let mut durable = self.durable.clone();
+        durable.turn = self.turn.as_ref().map(|t| TurnRef {
+            turn_id: t.turn_id.clone(),
+            originator: t.originator.clone(),
+        });
+        durable.pending = self.pending.iter().map(|p| p.info.clone()).collect();
+        durable.queue = self.queue.iter().cloned().collect();
+        SessionRow {
+            session_id: self.id.clone(),
+            mode: self.mode,
+            title: self.title.clone(),
+            policy: self.policy,
+            created_at: self.created_at.clone(),
+            state: self.state,
+            last_seq: self.last_seq,
+            first_seq: self.first_seq,
+            data: serde_json::to_string(&durable).unwrap_or_else(|_| "{}".into()),
+        }
+    }
+
+    /// Commits the batch (and the row when it changed), then broadcasts the batch. Clients
+    /// whose queue overflows are detached here, which publishes more events: loop until quiet.
+    async fn flush(&mut self) {
+        for _ in 0..8 {
+            if self.batch.is_empty() && !self.dirty {
+                break;
+            }
+            let events = std::mem::take(&mut self.batch);
+            let retention = self.shared.config.retention_events.max(1);
+            let old_first = self.first_seq;
+            let prune_through = if self.last_seq >= self.first_seq + retention {
+                let upto = self.last_seq - retention;
+                self.first_seq = upto + 1;
+                Some(upto)
+            } else {
+                None
+            };
+            if self.first_seq > self.last_seq {
+                self.first_seq = self.last_seq.max(1);
+            }
+            let row = self.dirty.then(|| self.row());
+            let job = AppendJob {
+                session_id: self.id.clone(),
+                events: events.clone(),
+                row,
+                prune_through,
+            };
+            if let Err(e) = self.shared.log.append(job).await {
+                // Not durable, so not sent: take the seqs back so the history keeps no hole.
+                tracing::error!(session = %self.id, error = %e, lost = events.len(), "event log write failed; events withheld");
+                self.last_seq -= events.len() as Seq;
+                self.first_seq = old_first;
+                return;
+            }
+            self.dirty = false;
+            let mut gone: Vec<usize> = Vec::new();
+            for event in &events {
+                for (i, a) in self.attached.iter().enumerate() {
+                    if !gone.contains(&i) && !a.outbound.push(OutItem::Frame(event.frame.clone())) {
+                        gone.push(i);
+                    }
+                }
+            }
+            if self.state == SessionState::Closed {
+                self.attached.clear();
+                gone.clear();
+            }
+            gone.sort_unstable();
+            for i in gone.into_iter().rev() {
+                let a = self.attached.remove(i);
+                let reason = if a.outbound.is_evicted() {
+                    "evicted: slow consumer"
+                } else {
+                    "disconnected"
+                };
+                self.publish(EventBody::ClientDetached {
+                    client: a.client,
+                    reason: Some(reason.into()),
+                });
+                self.recompute_unattended();
+            }
+        }
+        if let Ok(mut s) = self.summary.lock() {
+            *s = summary_of(self);
+        }
+    }
+
+    // ---- ops ----------------------------------------------------------------------------
+
+    fn on_op(&mut self, conn: ConnRef, re: RequestId, op: SessionOp, done: oneshot::Sender<()>) {
+        let result = match op {
+            SessionOp::Attach { after_seq } => match self.check_attach(after_seq) {
+                Ok(()) => {
+                    // The reply goes first, then the replay, then live events.
+                    conn.reply_ok(
+                        &re,
+                        Attached {
+                            snapshot: self.snapshot(),
+                        },
+                    );
+                    self.attach(&conn, after_seq);
+                    let _ = done.send(());
+                    return;
+                }
+                Err(e) => Err(e),
+            },
+            SessionOp::Detach => self.on_detach(&conn),
+            SessionOp::Input { text, queue } => self.on_input(&conn, text, queue),
+            SessionOp::Answer {
+                call_id,
+                decision,
+                scope,
+            } => self.on_answer(&conn, call_id, decision, scope),
+            SessionOp::Cancel { turn_id } => self.on_cancel(&conn, turn_id),
+            SessionOp::Close => {
+                if may_act(conn.client.class).is_err() {
+                    Err(forbidden("observers cannot close sessions"))
+                } else if self.state == SessionState::Closed {
+                    Ok(None)
+                } else {
+                    self.close(format!("closed by {}", conn.client.name));
+                    if self.closing.is_some() {
+                        // The reply waits for the running turn to end.
+                        self.close_waiters.push((conn, re, done));
+                        return;
+                    }
+                    Ok(None)
+                }
+            }
+        };
+        match result {
+            Ok(Some(value)) => conn.reply_ok(&re, value),
+            Ok(None) => conn.reply_ok(&re, Empty {}),
+            Err(e) => conn.reply_err(&re, e),
+        }
+        let _ = done.send(());
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            session_id: self.id.clone(),
+            mode: self.mode,
+            state: self.state,
+            title: self.title.clone(),
+            policy: self.policy,
+            turn: self.turn.as_ref().map(|t| TurnRef {
+                turn_id: t.turn_id.clone(),
+                originator: t.originator.clone(),
+            }),
+            pending_permissions: self.pending.iter().map(|p| p.info.clone()).collect(),
+            clients: self.attached.iter().map(|a| a.client.clone()).collect(),
+            queued: self.queue.iter().cloned().collect(),
+            last_seq: self.last_seq,
+            first_seq: self.first_seq.min(self.last_seq + 1),
+        }
+    }
+
+    fn check_attach(&self, after_seq: Option<Seq>) -> Result<(), ErrorBody> {
+        match after_seq {
+            Some(after) if after > self.last_seq => Err(ErrorBody::new(
+                Reason::BadRequest,
+                format!(
+                    "after_seq {after} is beyond the session's last event ({})",
+                    self.last_seq
+                ),
+            )
+            .with("last_seq", self.last_seq)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Queues the replay (when asked for) and registers the client for live events.
+    fn attach(&mut self, conn: &ConnRef, after_seq: Option<Seq>) {
+        if let Some(after) = after_seq {
+            if after < self.last_seq {
+                conn.outbound.push(OutItem::Replay {
+                    session_id: self.id.clone(),
+                    from: after + 1,
+                    to: self.last_seq,
+                });
+            } else {
+                conn.outbound.push_frame(
+                    Control::ReplayComplete {
+                        session_id: self.id.clone(),
+                        last_seq: self.last_seq,
+                    }
+                    .encode(),
+                );
+            }
+        }
+        let already = self.attached.iter().any(|a| a.conn_id == conn.conn_id);
+        if self.state != SessionState::Closed && !already {
+            self.attached.push(Attachment {
+                conn_id: conn.conn_id,
+                client: conn.client.clone(),
+                outbound: conn.outbound.clone(),
+            });
+            self.publish(EventBody::ClientAttached {
+                client: conn.client.clone(),
+                reason: None,
+            });
+            self.recompute_unattended();
+        }
+    }
+
+    fn on_detach(&mut self, conn: &ConnRef) -> Result<Option<Value>, ErrorBody> {
+        self.remove_attachment(conn.conn_id, None);
+        Ok(None)
+    }
+
+    fn on_disconnected(&mut self, conn_id: u64, reason: String) {
+        self.remove_attachment(conn_id, Some(reason));
+    }
+
+    fn remove_attachment(&mut self, conn_id: u64, reason: Option<String>) {
+        if let Some(i) = self.attached.iter().position(|a| a.conn_id == conn_id) {
+            let a = self.attached.remove(i);
+            self.publish(EventBody::ClientDetached {
+                client: a.client,
+                reason,
+            });
+            self.recompute_unattended();
+        }
+    }
+
+    fn on_input(
+        &mut self,
+        conn: &ConnRef,
+        text: String,
+        queue: bool,
+    ) -> Result<Option<Value>, ErrorBody> {
+        may_act(conn.client.class).map_err(|_| forbidden("observers cannot send input"))?;
+        if self.state == SessionState::Closed || self.closing.is_some() {
+            return Err(closed_error(&self.id));
+        }
+        if let Some(turn) = &self.turn {
+            if !queue {
+                return Err(ErrorBody::turn_in_progress(&turn.turn_id, &turn.originator));
+            }
+            let input_id = InputId(uuid::Uuid::now_v7().to_string());
+            self.queue.push_back(QueuedInput {
+                input_id: input_id.clone(),
+                originator: conn.client.clone(),
+                text,
+            });
+            self.dirty = true;
+            let accepted = InputAccepted::Queued {
+                input_id,
+                position: self.queue.len(),
+            };
+            return Ok(Some(to_value(accepted)));
+        }
+        let turn_id = self.start_turn(conn.client.clone(), text, None);
+        Ok(Some(to_value(InputAccepted::Started { turn_id })))
+    }
+
+    fn on_answer(
+        &mut self,
+        conn: &ConnRef,
+        call_id: CallId,
+        decision: Decision,
+        scope: Scope,
+    ) -> Result<Option<Value>, ErrorBody> {
+        if conn.client.class == tether_proto::Class::Observer {
+            return Err(ErrorBody::new(
+                Reason::Forbidden,
+                "observers cannot answer permission requests",
+            ));
+        }
+        if self.resolved.contains(&call_id) {
+            return Err(ErrorBody::new(
+                Reason::AlreadyResolved,
+                format!("permission request {call_id} was already resolved"),
+            )
+            .with("call_id", &call_id));
+        }
+        let Some(index) = self.pending.iter().position(|p| p.info.call_id == call_id) else {
+            if self.state == SessionState::Closed {
+                return Err(closed_error(&self.id));
+            }
+            return Err(ErrorBody::new(
+                Reason::NoPendingPermission,
+                format!("no permission request {call_id} is pending in this session"),
+            )
+            .with("call_id", &call_id));
+        };
+        let pending = &self.pending[index].info;
+        if let Err(reason) = may_answer(pending.policy, &conn.client, &pending.originator) {
+            let message = match reason {
+                Reason::AgentCannotSelfApprove => {
+                    "an agent-class client cannot answer a request raised in its own turn"
+                }
+                Reason::HumanAnswerRequired => {
+                    "this session's policy requires a human-class client to answer"
+                }
+                _ => "this client may not answer permission requests",
+            };
+            return Err(ErrorBody::new(reason, message).with("call_id", &call_id));
+        }
+        self.resolve(
+            index,
+            decision,
+            scope,
+            Some(conn.client.clone()),
+            ResolveCause::Answered,
+        );
+        Ok(None)
+    }
+
+    fn on_cancel(&mut self, conn: &ConnRef, turn_id: TurnId) -> Result<Option<Value>, ErrorBody> {
+        may_act(conn.client.class).map_err(|_| forbidden("observers cannot cancel turns"))?;
+        match &self.turn {
+            Some(t) if t.turn_id == turn_id => {
+                self.cancel_turn();
+                Ok(None)
+            }
+            Some(t) => Err(ErrorBody::new(
+                Reason::StaleTurn,
+                format!(
+                    "turn {turn_id} is not running (the running turn is {})",
+                    t.turn_id
+                ),
+            )
+            .with("turn_id", &t.turn_id)),
+            None => Err(ErrorBody::new(
+                Reason::StaleTurn,
+                format!("turn {turn_id} is not running; no turn is"),
+            )),
+        }
+    }
+
+    // ---- turns --------------------------------------------------------------------------
+
+    fn start_turn(
+        &mut self,
+        originator: ClientInfo,
+        text: String,
+        input_id: Option<InputId>,
+    ) -> TurnId {
+        let turn_id = TurnId(uuid::Uuid::now_v7().to_string());
+        let cancel = CancellationToken::new();
+        self.turn = Some(RunningTurn {
+            turn_id: turn_id.clone(),
+            originator: originator.clone(),
+            cancel: cancel.clone(),
+        });
+        self.publish(EventBody::TurnStarted {
+            turn_id: turn_id.clone(),
+            originator,
+            text: text.clone(),
+            input_id,
+        });
+        self.set_state(SessionState::Running);
+        self.dirty = true;
+
+        let port = TurnPort {
+            tx: self.turn_tx.clone(),
+        };
+        let provider = self.shared.engine.provider.clone();
+        let tools = self.tools.clone();
+        let max_rounds = self.shared.engine.max_rounds;
+        let mut conversation = self.durable.conversation.clone();
+        let session_id = self.id.clone();
+        let tid = turn_id.clone();
+        self.shared.tracker.spawn(async move {
+            let outcome = match provider {
+                Some(provider) => {
+                    run_turn(
+                        &mut conversation,
+                        TurnRun {
+                            session_id,
+                            turn_id: tid.clone(),
+                            text,
+                            provider,
+                            tools: &tools,
+                            max_rounds,
+                            sink: &port,
+                            router: &port,
+                            cancel: &cancel,
+                        },
+                    )
+                    .await
+                }
+                None => TurnOutcome {
+                    stop: StopReason::Error,
+                    error: Some(
+                        "no model is configured for this agent (set [model] in its config)".into(),
+                    ),
+                    usage: None,
+                    final_text: String::new(),
+                },
+            };
+            let _ = port
+                .tx
+                .send(TurnMsg::Finished {
+                    turn_id: tid,
+                    outcome,
+                    conversation,
+                })
+                .await;
+        });
+        turn_id
+    }
+
+    fn cancel_turn(&mut self) {
+        while let Some(i) = self.pending.iter().position(|_| true) {
+            self.resolve(
+                i,
+                Decision::Deny,
+                Scope::Once,
+                None,
+                ResolveCause::Cancelled,
+            );
+        }
+        if let Some(t) = &self.turn {
+            t.cancel.cancel();
+        }
+    }
+
+    fn on_turn(&mut self, msg: TurnMsg) {
+        match msg {
+            TurnMsg::Event(body) => self.publish(body),
+            TurnMsg::Ask(ask, answer) => self.on_ask(ask, answer),
+            TurnMsg::Finished {
+                turn_id,
+                outcome,
+                conversation,
+            } => self.on_finished(turn_id, outcome, conversation),
+        }
+    }
+
+    /// Registers the request, then publishes it (hard rule 6: registered before published).
+    fn on_ask(&mut self, ask: PermissionAsk, answer: oneshot::Sender<PermissionAnswer>) {
+        let Some(turn) = &self.turn else {
+            let _ = answer.send(PermissionAnswer::cancelled());
+            return;
+        };
+        if turn.turn_id != ask.turn_id || turn.cancel.is_cancelled() {
+            let _ = answer.send(PermissionAnswer::cancelled());
+            return;
+        }
+        let info = PendingPermission {
+            turn_id: ask.turn_id.clone(),
+            call_id: ask.call_id.clone(),
+            tool: ask.tool.clone(),
+            args: ask.args.clone(),
+            originator: turn.originator.clone(),
+            policy: self.policy,
+        };
+        let now = Instant::now();
+        let mut pending = Pending {
+            info: info.clone(),
+            answer: Some(answer),
+            requested_at: now,
+            unattended_since: None,
+        };
+        if !self.has_eligible(&info) {
+            pending.unattended_since = Some(now);
+        }
+        self.pending.push(pending);
+        self.dirty = true;
+        self.publish(EventBody::PermissionRequested {
+            turn_id: info.turn_id,
+            call_id: info.call_id,
+            tool: info.tool,
+            args: info.args,
+            originator: info.originator,
+            policy: info.policy,
+        });
+        self.set_state(SessionState::RequiresAction);
+    }
+
+    fn resolve(
+        &mut self,
+        index: usize,
+        decision: Decision,
+        scope: Scope,
+        by: Option<ClientInfo>,
+        cause: ResolveCause,
+    ) {
+        let mut p = self.pending.remove(index);
+        self.resolved.insert(p.info.call_id.clone());
+        self.dirty = true;
+        let scope = if decision == Decision::Allow {
+            scope
+        } else {
+            Scope::Once
+        };
+        self.publish(EventBody::PermissionResolved {
+            call_id: p.info.call_id.clone(),
+            decision,
+            by: by.clone(),
+            cause,
+            scope: (decision == Decision::Allow).then_some(scope),
+        });
+        if let Some(tx) = p.answer.take() {
+            let _ = tx.send(PermissionAnswer {
+                decision,
+                scope,
+                by,
+                cause,
+            });
+        }
+        if self.pending.is_empty() && self.turn.is_some() {
+            self.set_state(SessionState::Running);
+        }
+    }
+
+    fn on_finished(&mut self, turn_id: TurnId, outcome: TurnOutcome, conversation: Conversation) {
+        if self.turn.as_ref().map(|t| &t.turn_id) != Some(&turn_id) {
+            return;
+        }
+        while !self.pending.is_empty() {
+            self.resolve(
+                0,
+                Decision::Deny,
+                Scope::Once,
+                None,
+                ResolveCause::Cancelled,
+            );
+        }
+        self.turn = None;
+        self.durable.conversation = conversation;
+        if self.mode == Mode::Diagnose && outcome.stop == StopReason::Completed {
+            self.durable.report = Some(outcome.final_text.clone());
+        }
+        self.dirty = true;
+        self.publish(EventBody::TurnEnded {
+            turn_id,
+            stop: outcome.stop,
+            error: outcome.error,
+            usage: outcome.usage,
+        });
+        if let Some(reason) = self.closing.take() {
+            self.finish_close(reason);
+            return;
+        }
+        if !self.shutting_down
+            && let Some(next) = self.queue.pop_front()
+        {
+            self.start_turn(next.originator, next.text, Some(next.input_id));
+            return;
+        }
+        self.set_state(SessionState::Idle);
+    }
+
+    // ---- permissions: eligibility and deadlines -----------------------------------------
+
+    fn has_eligible(&self, info: &PendingPermission) -> bool {
+        self.attached
+            .iter()
+            .any(|a| may_answer(info.policy, &a.client, &info.originator).is_ok())
+    }
+
+    fn recompute_unattended(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.pending.len() {
+            let eligible = self.has_eligible(&self.pending[i].info);
+            let p = &mut self.pending[i];
+            match (eligible, p.unattended_since) {
+                (true, _) => p.unattended_since = None,
+                (false, None) => p.unattended_since = Some(now),
+                (false, Some(_)) => {}
+            }
+        }
+    }
+
+    fn deadlines(&self, p: &Pending) -> (Option<Instant>, Option<Instant>) {
+        let grace = p
+            .unattended_since
+            .map(|t| t + self.shared.config.permission_grace);
+        let timeout = self
+            .shared
+            .config
+            .permission_timeout
+            .map(|d| p.requested_at + d);
+        (grace, timeout)
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.pending
+            .iter()
+            .flat_map(|p| {
+                let (a, b) = self.deadlines(p);
+                [a, b]
+            })
+            .flatten()
+            .min()
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.pending.len() {
+            let (grace, timeout) = self.deadlines(&self.pending[i]);
+            let cause = if grace.is_some_and(|g| g <= now) {
+                Some(ResolveCause::NoEligibleAnswerer)
+            } else if timeout.is_some_and(|t| t <= now) {
+                Some(ResolveCause::Timeout)
+            } else {
+                None
+            };
+            match cause {
+                Some(cause) => self.resolve(i, Decision::Deny, Scope::Once, None, cause),
+                None => i += 1,
+            }
+        }
+    }
+
+    // ---- closing, shutdown, recovery ----------------------------------------------------
+
+    fn close(&mut self, reason: String) {
+        self.queue.clear();
+        if self.turn.is_some() {
+            self.closing = Some(reason);
+            self.cancel_turn();
+        } else {
+            self.finish_close(reason);
+        }
+    }
+
+    fn finish_close(&mut self, reason: String) {
+        self.queue.clear();
+        self.durable.closed_reason = Some(reason.clone());
+        self.set_state(SessionState::Closed);
+        self.publish(EventBody::SessionClosed { reason });
+        for (conn, re, done) in self.close_waiters.drain(..) {
+            conn.reply_ok(&re, Empty {});
+            let _ = done.send(());
+        }
+    }
+
+    /// Ends the running turn with an event and persists; queued inputs stay queued for the
+    /// next start.
+    async fn shutdown(&mut self, turns: &mut mpsc::Receiver<TurnMsg>) {
+        self.shutting_down = true;
+        if self.turn.is_some() {
+            self.cancel_turn();
+            self.flush().await;
+            let deadline = Instant::now() + std::time::Duration::from_secs(15);
+            while self.turn.is_some() {
+                match tokio::time::timeout_at(deadline, turns.recv()).await {
+                    Ok(Some(msg)) => self.on_turn(msg),
+                    Ok(None) | Err(_) => {
+                        // The turn did not stop in time: end it on its behalf.
+                        if let Some(t) = self.turn.take() {
+                            self.publish(EventBody::TurnEnded {
+                                turn_id: t.turn_id,
+                                stop: StopReason::Cancelled,
+                                error: Some("agent shutting down".into()),
+                                usage: None,
+                            });
+                            self.set_state(SessionState::Idle);
+                        }
+                    }
+                }
+                self.flush().await;
+            }
+        }
+        self.dirty = true;
+        self.flush().await;
+    }
+
+    /// A session whose turn was running when the agent stopped: deny what was pending, end
+    /// the turn with `agent restarted`, then carry on with any queued input.
+    fn recover(&mut self, pending: Vec<PendingPermission>) {
+        let Some(turn) = self.restored_turn.take() else {
+            self.resume_queue();
+            return;
+        };
+        for p in pending {
+            self.resolved.insert(p.call_id.clone());
+            self.publish(EventBody::PermissionResolved {
+                call_id: p.call_id,
+                decision: Decision::Deny,
+                by: None,
+                cause: ResolveCause::Cancelled,
+                scope: None,
+            });
+        }
+        self.publish(EventBody::TurnEnded {
+            turn_id: turn.turn_id,
+            stop: StopReason::Error,
+            error: Some("agent restarted".into()),
+            usage: None,
+        });
+        self.dirty = true;
+        self.resume_queue();
+    }
+
+    fn resume_queue(&mut self) {
+        if self.state == SessionState::Closed {
+            return;
+        }
+        if let Some(next) = self.queue.pop_front() {
+            self.start_turn(next.originator, next.text, Some(next.input_id));
+        } else {
+            self.set_state(SessionState::Idle);
+        }
+    }
+}
+
+fn to_value(v: impl Serialize) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+fn forbidden(message: &str) -> ErrorBody {
+    ErrorBody::new(Reason::Forbidden, message)
+}
+
+fn closed_error(id: &SessionId) -> ErrorBody {
+    ErrorBody::new(Reason::SessionClosed, format!("session {id} is closed"))
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
