@@ -1,0 +1,100 @@
+//! The Unix-socket transport: JSON lines, the peer is `human` named after its uid, the socket
+//! is created with mode 0600 so only its owner (and root) can connect.
+
+use crate::auth::unix_identity;
+use crate::driver::drive;
+use crate::lines::{LineWriter, line_stream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use tether_mux::Mux;
+use tether_proto::MAX_MESSAGE_BYTES;
+use tokio::io::{BufReader, BufWriter};
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnixError {
+    #[error("another process is already listening on {0}")]
+    InUse(String),
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Binds `path`, replacing a stale socket file but never a live one.
+pub fn bind(path: &Path) -> Result<UnixListener, UnixError> {
+    let shown = path.display().to_string();
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(UnixError::InUse(shown));
+        }
+        std::fs::remove_file(path).map_err(|source| UnixError::Bind {
+            path: shown.clone(),
+            source,
+        })?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| UnixError::Bind {
+            path: shown.clone(),
+            source,
+        })?;
+    }
+    let listener = UnixListener::bind(path).map_err(|source| UnixError::Bind {
+        path: shown.clone(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        UnixError::Bind {
+            path: shown,
+            source,
+        }
+    })?;
+    Ok(listener)
+}
+
+/// Accepts connections until `closing` fires, then waits (bounded by each connection's
+/// close grace) for the open ones to finish.
+pub async fn serve(listener: UnixListener, mux: Mux, closing: CancellationToken) {
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = closing.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "unix socket accept failed");
+                // Likely out of file descriptors: back off briefly instead of spinning.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let uid = match stream.peer_cred() {
+            Ok(cred) => cred.uid(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read unix peer credentials; refusing");
+                continue;
+            }
+        };
+        let (conn, rx) = mux.connect(unix_identity(uid));
+        let closing = closing.clone();
+        tracker.spawn(async move {
+            let (read, write) = stream.into_split();
+            let inbound = line_stream(BufReader::new(read), MAX_MESSAGE_BYTES);
+            drive(
+                conn,
+                rx,
+                inbound,
+                LineWriter(BufWriter::new(write)),
+                closing,
+            )
+            .await;
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}

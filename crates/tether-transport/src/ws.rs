@@ -1,0 +1,187 @@
+//! The WebSocket transport (`GET /v1/ws`) and `GET /healthz`, as an axum router.
+
+use crate::auth::Authenticator;
+use crate::driver::{FrameWriter, Inbound, drive};
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tether_mux::{Identity, Mux};
+use tether_proto::MAX_MESSAGE_BYTES;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// Messages above this are cut off by the WebSocket layer itself (the connection closes);
+/// between `MAX_MESSAGE_BYTES` and this they are refused with `bad_request` and the
+/// connection stays usable.
+pub const HARD_MESSAGE_LIMIT: usize = 16 * MAX_MESSAGE_BYTES;
+
+/// Extra fields for `/healthz` (e.g. the hub link's state).
+pub type HealthFn = Arc<dyn Fn() -> Value + Send + Sync>;
+
+/// Shared state of the HTTP listener.
+#[derive(Clone)]
+pub struct WsState {
+    pub mux: Mux,
+    pub auth: Arc<Authenticator>,
+    /// Fires when the server shuts down: connections flush and send a close frame.
+    pub closing: CancellationToken,
+    pub connections: Arc<Semaphore>,
+    pub health: Option<HealthFn>,
+}
+
+impl WsState {
+    pub fn new(mux: Mux, auth: Authenticator, closing: CancellationToken) -> Self {
+        WsState {
+            mux,
+            auth: Arc::new(auth),
+            closing,
+            connections: Arc::new(Semaphore::new(DEFAULT_MAX_CONNECTIONS)),
+            health: None,
+        }
+    }
+}
+
+/// Connections served at once by one listener; more get HTTP 503 `overloaded`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// `/v1/ws` and `/healthz`.
+pub fn router(state: WsState) -> Router {
+    Router::new()
+        .route("/v1/ws", get(ws_handler))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// The bearer token of a request: the `Authorization` header, else `?token=`.
+pub fn request_token(headers: &HeaderMap, query_token: Option<String>) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| t.trim().to_owned())
+        .or(query_token)
+}
+
+/// A JSON error response in the client protocol's error shape.
+pub fn http_error(status: StatusCode, reason: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"reason": reason, "message": message})),
+    )
+        .into_response()
+}
+
+async fn ws_handler(
+    State(state): State<WsState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let token = request_token(&headers, query.token);
+    let identity = match state.auth.authenticate(token.as_deref(), peer) {
+        Ok(id) => id,
+        Err(e) => return http_error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string()),
+    };
+    if state.closing.is_cancelled() {
+        return http_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "shutting down",
+        );
+    }
+    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        return http_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many connections; retry shortly",
+        );
+    };
+    ws.max_message_size(HARD_MESSAGE_LIMIT)
+        .max_frame_size(HARD_MESSAGE_LIMIT)
+        .on_upgrade(move |socket| async move {
+            serve_socket(socket, state.mux, identity, state.closing).await;
+            drop(permit);
+        })
+}
+
+/// Serves one upgraded WebSocket for `identity`.
+pub async fn serve_socket(
+    socket: WebSocket,
+    mux: Mux,
+    identity: Identity,
+    closing: CancellationToken,
+) {
+    let (conn, rx) = mux.connect(identity);
+    let (sink, stream) = socket.split();
+    let inbound = stream
+        .take_while(|m| std::future::ready(!matches!(m, Ok(Message::Close(_)))))
+        .filter_map(|m| {
+            std::future::ready(match m {
+                Ok(Message::Text(t)) if t.len() > MAX_MESSAGE_BYTES => {
+                    Some(Ok(Inbound::TooLarge(t.len())))
+                }
+                Ok(Message::Text(t)) => Some(Ok(Inbound::Text(t.as_str().to_owned()))),
+                Ok(Message::Binary(_)) => Some(Ok(Inbound::NotText)),
+                Ok(_) => None,
+                Err(e) => Some(Err(std::io::Error::other(e))),
+            })
+        });
+    drive(conn, rx, Box::pin(inbound), WsWriter(sink), closing).await;
+}
+
+struct WsWriter(SplitSink<WebSocket, Message>);
+
+impl FrameWriter for WsWriter {
+    async fn write(&mut self, frame: Bytes) -> std::io::Result<()> {
+        let text = Utf8Bytes::try_from(frame).map_err(std::io::Error::other)?;
+        self.0
+            .send(Message::Text(text))
+            .await
+            .map_err(std::io::Error::other)
+    }
+
+    async fn close(&mut self, code: u16, reason: &str) {
+        let _ = self
+            .0
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from(reason),
+            })))
+            .await;
+    }
+}
+
+async fn healthz(State(state): State<WsState>) -> Response {
+    let sessions = state.mux.list_sessions().sessions.len();
+    let mut body = json!({
+        "status": "ok",
+        "server": state.mux.config().server,
+        "sessions": sessions,
+        "active_sessions": state.mux.active_sessions(),
+    });
+    if let (Some(extra), Some(map)) = (state.health.as_ref(), body.as_object_mut()) {
+        if let Value::Object(fields) = extra() {
+            map.extend(fields);
+        }
+    }
+    axum::Json(body).into_response()
+}
