@@ -1,0 +1,146 @@
+//! `tether agent`: assembles the engine, the multiplexer and the transports, and runs them
+//! until SIGINT/SIGTERM, then shuts down in order: turns end with an event, connections get
+//! their last frames and a close frame, the event log is flushed.
+
+use crate::config::{AgentConfig, ModelChoice};
+use anyhow::{Context, Result};
+use std::sync::Arc;
+use std::time::Duration;
+use tether_engine::Engine;
+use tether_engine::log::EventLog;
+use tether_engine::model::ModelProvider;
+use tether_engine::scripted::ScriptedProvider;
+use tether_engine::tools::{ToolRegistry, ToolsConfig};
+use tether_mux::{Mux, MuxConfig};
+use tether_transport::auth::{Authenticator, ClientCredential};
+use tether_transport::ws::{WsState, router};
+use tokio_util::sync::CancellationToken;
+
+/// The model provider the config asks for.
+pub fn build_provider(choice: &ModelChoice) -> Result<Arc<dyn ModelProvider>> {
+    Ok(match choice {
+        ModelChoice::Demo => Arc::new(ScriptedProvider::demo()),
+        ModelChoice::Scripted { script } => {
+            Arc::new(ScriptedProvider::from_file(script).context("model.script")?)
+        }
+    })
+}
+
+pub fn build_engine(cfg: &AgentConfig) -> Result<Engine> {
+    let provider = build_provider(&cfg.model)?;
+    let tools = ToolRegistry::builtin(&ToolsConfig {
+        read_dirs: cfg.tools.read_dirs.clone(),
+        shell_timeout: cfg.tools.shell_timeout,
+        shell_enabled: cfg.tools.shell,
+    });
+    let mut engine = Engine::new(Some(provider), tools);
+    engine.max_rounds = cfg.sessions.max_rounds;
+    Ok(engine)
+}
+
+pub fn mux_config(cfg: &AgentConfig) -> MuxConfig {
+    MuxConfig {
+        client_queue_frames: cfg.sessions.client_queue,
+        retention_events: cfg.sessions.retention_events,
+        permission_grace: cfg.sessions.permission_grace,
+        permission_timeout: cfg.sessions.permission_timeout,
+        ..MuxConfig::default()
+    }
+}
+
+/// Creates the state directory readable by its owner only.
+fn ensure_state_dir(cfg: &AgentConfig) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if !cfg.state_dir.exists() {
+        std::fs::create_dir_all(&cfg.state_dir)
+            .with_context(|| format!("state_dir: cannot create {}", cfg.state_dir.display()))?;
+        std::fs::set_permissions(&cfg.state_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("state_dir: cannot restrict {}", cfg.state_dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+pub async fn run(cfg: AgentConfig) -> Result<()> {
+    ensure_state_dir(&cfg)?;
+    let engine = build_engine(&cfg)?;
+    let model = engine
+        .provider
+        .as_ref()
+        .map_or_else(|| "none".to_owned(), |p| p.describe());
+    let log = EventLog::open(&cfg.state_dir.join("events.db"))?;
+    let mux = Mux::open(mux_config(&cfg), engine, log.clone())?;
+    let auth = Authenticator::new(
+        cfg.clients
+            .iter()
+            .map(|c| ClientCredential {
+                name: c.name.clone(),
+                class: c.class,
+                token: c.token.clone(),
+            })
+            .collect(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let closing = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let mut endpoints = Vec::new();
+    if let Some(addr) = cfg.listen {
+        let listener = tether_transport::bind_tcp(addr, &auth).await?;
+        let bound = listener.local_addr()?;
+        endpoints.push(format!("ws://{bound}/v1/ws"));
+        let state = WsState::new(mux.clone(), auth.clone(), closing.clone());
+        let closing = closing.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = tether_transport::serve_http(listener, router(state), closing).await {
+                tracing::error!(error = %e, "HTTP listener failed");
+            }
+        }));
+    }
+    let unix_listener = tether_transport::unix::bind(&cfg.socket)?;
+    endpoints.push(format!("unix:{}", cfg.socket.display()));
+    tasks.push(tokio::spawn(tether_transport::unix::serve(
+        unix_listener,
+        mux.clone(),
+        closing.clone(),
+    )));
+
+    tracing::info!(
+        endpoints = %endpoints.join(", "),
+        state_dir = %cfg.state_dir.display(),
+        config = %cfg.source.as_ref().map_or_else(|| "built-in defaults".to_owned(), |p| p.display().to_string()),
+        model = %model,
+        sessions = mux.list_sessions().sessions.len(),
+        "tether agent ready"
+    );
+    if auth.is_open() {
+        tracing::info!("no [[clients]] tokens configured: serving loopback peers only");
+    }
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: ending running turns");
+    mux.shutdown().await;
+    closing.cancel();
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+    let _ = std::fs::remove_file(&cfg.socket);
+    log.close();
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! Turns events into terminal output. Colour only when stdout is a terminal.
+
+use serde_json::Value;
+use std::io::Write;
+use tether_proto::{
+    ClientId, ClientInfo, Control, Decision, Event, EventBody, NoticeLevel, ResolveCause,
+    StopReason,
+};
+
+pub struct Renderer {
+    color: bool,
+    me: Option<ClientId>,
+    /// False while a streamed answer is mid-line.
+    at_line_start: bool,
+    in_reasoning: bool,
+}
+
+const DIM: &str = "\x1b[2m";
+const BOLD: &str = "\x1b[1m";
+const YELLOW: &str = "\x1b[33m";
+const RED: &str = "\x1b[31m";
+const GREEN: &str = "\x1b[32m";
+const CYAN: &str = "\x1b[36m";
+const RESET: &str = "\x1b[0m";
+
+/// Lines of tool output shown inline.
+const TOOL_OUTPUT_LINES: usize = 12;
+
+impl Renderer {
+    pub fn new(color: bool) -> Self {
+        Renderer {
+            color,
+            me: None,
+            at_line_start: true,
+            in_reasoning: false,
+        }
+    }
+
+    pub fn set_me(&mut self, me: ClientId) {
+        self.me = Some(me);
+    }
+
+    fn paint(&self, style: &str, text: &str) -> String {
+        if self.color {
+            format!("{style}{text}{RESET}")
+        } else {
+            text.to_owned()
+        }
+    }
+
+    fn who(&self, c: &ClientInfo) -> String {
+        if self.me.as_ref() == Some(&c.client_id) {
+            "you".into()
+        } else {
+            format!("{} ({})", c.name, c.class)
+        }
+    }
+
+    /// Prints a line of its own (after ending a streamed line if needed).
+    pub fn line(&mut self, text: &str) {
+        let mut out = std::io::stdout().lock();
+        if !self.at_line_start {
+            let _ = writeln!(out);
+        }
+        let _ = writeln!(out, "{text}");
+        let _ = out.flush();
+        self.at_line_start = true;
+    }
+
+    fn stream(&mut self, text: &str) {
+        let mut out = std::io::stdout().lock();
+        let _ = write!(out, "{text}");
+        let _ = out.flush();
+        self.at_line_start = text.ends_with('\n');
+    }
+
+    /// Prints `text` without a newline (a prompt).
+    pub fn prompt(&mut self, text: &str) {
+        if !self.at_line_start {
+            self.line("");
+        }
+        let painted = self.paint(BOLD, text);
+        let mut out = std::io::stdout().lock();
+        let _ = write!(out, "{painted}");
+        let _ = out.flush();
+    }
+
+    pub fn note(&mut self, text: &str) {
+        let painted = self.paint(DIM, text);
+        self.line(&painted);
+    }
+
+    pub fn warn(&mut self, text: &str) {
+        let painted = self.paint(YELLOW, text);
+        self.line(&painted);
+    }
+
+    pub fn error(&mut self, text: &str) {
+        let painted = self.paint(RED, text);
+        self.line(&painted);
+    }
+
+    fn end_reasoning(&mut self) {
+        if self.in_reasoning {
+            self.in_reasoning = false;
+            if self.color {
+                self.stream(RESET);
+            }
+            self.line("");
+        }
+    }
+
+    pub fn event(&mut self, ev: &Event) {
+        if !matches!(ev.body, EventBody::ReasoningDelta { .. }) {
+            self.end_reasoning();
+        }
+        match &ev.body {
+            EventBody::SessionState { .. } => {}
+            EventBody::ClientAttached { client, .. } => {
+                if self.me.as_ref() != Some(&client.client_id) {
+                    let t = format!("· {} joined", self.who(client));
+                    self.note(&t);
+                }
+            }
+            EventBody::ClientDetached { client, reason } => {
+                let t = match reason {
+                    Some(r) => format!("· {} left ({r})", self.who(client)),
+                    None => format!("· {} left", self.who(client)),
+                };
+                self.note(&t);
+            }
+            EventBody::TurnStarted {
+                originator, text, ..
+            } => {
+                let who = self.who(originator);
+                let head = self.paint(BOLD, &format!("{who}>"));
+                self.line(&format!("{head} {text}"));
+            }
+            EventBody::TextDelta { text, .. } => self.stream(text),
+            EventBody::ReasoningDelta { text, .. } => {
+                if !self.in_reasoning {
+                    self.in_reasoning = true;
+                    if !self.at_line_start {
+                        self.line("");
+                    }
+                    if self.color {
+                        self.stream(DIM);
+                    }
+                    self.stream("(thinking) ");
+                }
+                self.stream(text);
+            }
+            EventBody::ToolCall { tool, args, .. } => {
+                let t = self.paint(CYAN, &format!("⚙ {tool} {}", compact(args)));
+                self.line(&t);
+            }
+            EventBody::PermissionRequested {
+                tool,
+                args,
+                originator,
+                policy,
+                ..
+            } => {
+                let t = format!(
+                    "⚠ permission needed: {tool} {} (turn of {}, policy {policy})",
+                    compact(args),
+                    self.who(originator)
+                );
+                let t = self.paint(YELLOW, &t);
+                self.line(&t);
+            }
+            EventBody::PermissionResolved {
+                decision,
+                by,
+                cause,
+                ..
+            } => {
+                let verdict = match decision {
+                    Decision::Allow => self.paint(GREEN, "allowed"),
+                    Decision::Deny => self.paint(RED, "denied"),
+                };
+                let t = match (by, cause) {
+                    (Some(by), _) => format!("  {verdict} by {}", self.who(by)),
+                    (None, ResolveCause::NoEligibleAnswerer) => {
+                        format!("  {verdict}: nobody who may answer was attached")
+                    }
+                    (None, ResolveCause::Timeout) => format!("  {verdict}: no answer in time"),
+                    (None, _) => format!("  {verdict}: cancelled"),
+                };
+                self.line(&t);
+            }
+            EventBody::ToolResult {
+                ok,
+                output,
+                truncated,
+                duration_ms,
+                ..
+            } => {
+                let mark = if *ok {
+                    self.paint(GREEN, "✓")
+                } else {
+                    self.paint(RED, "✗")
+                };
+                self.line(&format!("  {mark} {duration_ms} ms"));
+                let lines: Vec<&str> = output.lines().collect();
+                for l in lines.iter().take(TOOL_OUTPUT_LINES) {
+                    let t = self.paint(DIM, &format!("  │ {l}"));
+                    self.line(&t);
+                }
+                if lines.len() > TOOL_OUTPUT_LINES || *truncated {
+                    let more = lines.len().saturating_sub(TOOL_OUTPUT_LINES);
+                    let t = self.paint(DIM, &format!("  │ … {more} more lines"));
+                    self.line(&t);
+                }
+            }
+            EventBody::TurnEnded { stop, error, .. } => match (stop, error) {
+                (StopReason::Completed, _) => self.line(""),
+                (StopReason::Cancelled, _) => self.warn("[turn cancelled]"),
+                (StopReason::MaxRounds, e) => {
+                    let t = format!(
+                        "[turn stopped: {}]",
+                        e.as_deref().unwrap_or("too many rounds")
+                    );
+                    self.warn(&t)
+                }
+                (StopReason::Error, e) => {
+                    let t = format!("[turn failed: {}]", e.as_deref().unwrap_or("unknown error"));
+                    self.error(&t)
+                }
+            },
+            EventBody::Notice { level, message } => match level {
+                NoticeLevel::Info => self.note(&format!("· {message}")),
+                NoticeLevel::Warning => self.warn(&format!("! {message}")),
+                NoticeLevel::Error => self.error(&format!("! {message}")),
+            },
+            EventBody::SessionClosed { reason } => {
+                self.warn(&format!("[session closed: {reason}]"))
+            }
+        }
+    }
+
+    pub fn control(&mut self, c: &Control) {
+        match c {
+            Control::StreamGap {
+                from_seq, to_seq, ..
+            } => self.warn(&format!(
+                "[events {from_seq}–{to_seq} are no longer kept by the agent]"
+            )),
+            Control::ReplayComplete { .. } => self.note("── live ──"),
+            Control::SlowConsumer { queued } => {
+                self.warn(&format!("[falling behind: {queued} frames queued]"))
+            }
+            Control::Evicted { reason } => {
+                self.error(&format!("[disconnected by the agent: {reason}]"))
+            }
+        }
+    }
+}
+
+/// One-line JSON for arguments, shortened.
+fn compact(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 200 {
+        let cut: String = s.chars().take(200).collect();
+        format!("{cut}…")
+    } else {
+        s
+    }
+}

@@ -1,0 +1,254 @@
+//! The real `tether` binary, driven as a user would: an agent child process, client commands
+//! as child processes over its Unix socket, SIGTERM, restart.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tether");
+
+struct AgentProc {
+    child: Child,
+    config: PathBuf,
+}
+
+impl AgentProc {
+    fn start(config: &Path) -> AgentProc {
+        let child = Command::new(BIN)
+            .args(["agent", "--config"])
+            .arg(config)
+            .env("TETHER_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn agent");
+        let socket = config.parent().expect("dir").join("state/agent.sock");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "agent did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        AgentProc {
+            child,
+            config: config.to_owned(),
+        }
+    }
+
+    /// SIGTERM, then wait (bounded) for a clean exit.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a client subcommand with `stdin` as its input; bounded by a watchdog.
+fn client(config: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn client");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    });
+    let out = child.wait_with_output().expect("client output");
+    drop(watchdog);
+    out
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn write_config(dir: &Path, script: &str) -> PathBuf {
+    std::fs::write(dir.join("script.json"), script).expect("script");
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        "listen = \"off\"\nstate_dir = \"state\"\n[model]\nprovider = \"scripted\"\nscript = \"script.json\"\n",
+    )
+    .expect("config");
+    config
+}
+
+const SHELL_SCRIPT: &str = r#"{"loop": true, "responses": [
+  {"text": "Checking the kernel. ", "tool_calls": [{"tool": "shell", "args": {"command": "echo from-the-shell"}}]},
+  {"text": "All done."}
+]}"#;
+
+#[test]
+fn chat_answers_a_prompt_and_history_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), SHELL_SCRIPT);
+    let agent = AgentProc::start(&config);
+
+    let out = client(&config, &["chat"], "what kernel?\ny\n");
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("Checking the kernel."), "{shown}");
+    assert!(
+        shown.contains("from-the-shell"),
+        "the approved tool did not run: {shown}"
+    );
+    assert!(shown.contains("All done."), "{shown}");
+
+    let out = client(&config, &["sessions", "--json"], "");
+    assert!(out.status.success(), "{}", text(&out));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let sessions = list["sessions"].as_array().expect("sessions");
+    assert_eq!(sessions.len(), 1);
+    let id = sessions[0]["session_id"].as_str().expect("id").to_owned();
+
+    let status = agent.stop();
+    assert!(status.success(), "agent exit: {status}");
+
+    // A new process on the same state: the session and its history are still there.
+    let agent = AgentProc::start(&config);
+    let out = client(&config, &["attach", &id], "");
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("what kernel?"), "history missing: {shown}");
+    assert!(shown.contains("from-the-shell"), "history missing: {shown}");
+    assert!(shown.contains("── live ──"), "{shown}");
+    drop(agent);
+}
+
+#[test]
+fn sigterm_ends_a_running_turn_with_an_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A slow answer: still streaming when SIGTERM arrives.
+    let slow = r#"{"responses": [{"text": "a b c d e f g h i j k l m n o p q r s t u v w x y z", "chunk_delay_ms": 400}]}"#;
+    let config = write_config(dir.path(), slow);
+    let agent = AgentProc::start(&config);
+    let cfg = config.clone();
+    let chat = std::thread::spawn(move || client(&cfg, &["chat"], "talk slowly\n"));
+    // Wait until the turn is running.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = client(&config, &["sessions", "--json"], "");
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if list["sessions"][0]["state"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "turn never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = agent.stop();
+    assert!(status.success(), "agent exit: {status}");
+    let out = chat.join().expect("chat thread");
+    let shown = text(&out);
+    assert!(
+        shown.contains("[turn cancelled]"),
+        "chat did not see the turn end: {shown}"
+    );
+}
+
+#[test]
+fn bad_config_values_name_their_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (config, key) in [
+        ("listen = \"everywhere\"\n", "listen"),
+        (
+            "[sessions]\npermission_grace = \"a while\"\n",
+            "permission_grace",
+        ),
+        (
+            "[[clients]]\nname = \"x\"\nclass = \"root\"\ntoken = \"0123456789abcdef\"\n",
+            "class",
+        ),
+        ("[tools]\nshel = true\n", "shel"),
+        (
+            "[model]\nprovider = \"scripted\"\nscript = \"missing.json\"\n",
+            "model.script",
+        ),
+    ] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(
+            &path,
+            format!("state_dir = \"state\"\nlisten = \"off\"\n{config}"),
+        )
+        .expect("write");
+        // `listen` appears twice in the first case: TOML rejects the duplicate, naming it.
+        let out = Command::new(BIN)
+            .args(["agent", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{config} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(key),
+            "error for {config:?} does not name `{key}`: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_non_loopback_listener_without_tokens_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("open.toml");
+    std::fs::write(&path, "state_dir = \"state\"\nlisten = \"0.0.0.0:0\"\n").expect("write");
+    let out = Command::new(BIN)
+        .args(["agent", "--config"])
+        .arg(&path)
+        .env("TETHER_LOG", "warn")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0:0 without tokens"),
+        "{err}"
+    );
+}
+
+#[test]
+fn client_commands_explain_an_agent_that_is_not_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), SHELL_SCRIPT);
+    let out = client(&config, &["sessions"], "");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is `tether agent` running?"), "{err}");
+}
