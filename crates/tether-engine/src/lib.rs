@@ -8,76 +8,159 @@
 //!
 //! The engine knows clients (as `ClientInfo` values), never transports.
 
+pub mod audit;
+pub mod context;
 pub mod host;
+pub mod inspect;
 pub mod log;
+pub mod mcp;
 pub mod model;
+pub mod openai;
+mod prompts;
 pub mod scripted;
 pub mod tools;
 pub mod turn;
 
 pub use model::{ModelProvider, ModelRequest};
 pub use turn::{
-    AnswerRouter, Conversation, EventSink, PermissionAnswer, PermissionAsk, TurnOutcome, TurnRun,
-    run_turn,
+    AnswerRouter, Conversation, EventSink, PermissionAnswer, PermissionAsk, TurnExtras,
+    TurnOutcome, TurnRun, run_turn, run_turn_with,
 };
 
+use audit::AuditLog;
 use serde_json::{Map, Value};
 use std::sync::Arc;
-use tether_proto::Mode;
+use tether_proto::{ClientInfo, EventBody, Mode, NoticeLevel, SessionId, StopReason, TurnId};
+use tokio_util::sync::CancellationToken;
 use tools::ToolRegistry;
 
 /// Default for `max_rounds`: model calls per turn before it stops with `max_rounds`.
 pub const DEFAULT_MAX_ROUNDS: u32 = 20;
 
-/// The engine: a model provider (when one is configured) and the tools.
+/// The engine: the model (when one is configured), the tools, the audit log.
 #[derive(Clone)]
 pub struct Engine {
     pub provider: Option<Arc<dyn ModelProvider>>,
+    /// False when `provider` is only the built-in demo script: `diagnose` then falls back to
+    /// `inspect` instead of replaying a demo.
+    pub model_configured: bool,
     pub tools: ToolRegistry,
     pub max_rounds: u32,
+    pub audit: Option<Arc<AuditLog>>,
+}
+
+/// One turn as the multiplexer asks for it.
+pub struct TurnRequest<'a> {
+    pub session_id: SessionId,
+    pub turn_id: TurnId,
+    pub text: String,
+    pub originator: ClientInfo,
+    pub mode: Mode,
+    pub params: &'a Map<String, Value>,
+    /// Started from the hub.
+    pub remote: bool,
+    /// The tools this session may use.
+    pub tools: &'a ToolRegistry,
+    pub sink: &'a dyn EventSink,
+    pub router: &'a dyn AnswerRouter,
+    pub cancel: &'a CancellationToken,
 }
 
 impl Engine {
     pub fn new(provider: Option<Arc<dyn ModelProvider>>, tools: ToolRegistry) -> Self {
         Engine {
+            model_configured: provider.is_some(),
             provider,
             tools,
             max_rounds: DEFAULT_MAX_ROUNDS,
+            audit: None,
         }
     }
 
     /// The conversation a new session starts with.
     pub fn new_conversation(&self, mode: Mode, params: &Map<String, Value>) -> Conversation {
-        Conversation::with_system_prompt(system_prompt(mode, params, &self.tools))
+        Conversation::with_system_prompt(prompts::system_prompt(mode, params, &self.tools))
+    }
+
+    /// The input a `diagnose` or `inspect` session starts with by itself, from its params.
+    pub fn initial_input(&self, mode: Mode, params: &Map<String, Value>) -> Option<String> {
+        prompts::initial_input(mode, params)
+    }
+
+    /// Runs one turn of a session in `mode`.
+    pub async fn run(&self, conversation: &mut Conversation, req: TurnRequest<'_>) -> TurnOutcome {
+        let extras = TurnExtras {
+            originator: Some(req.originator.clone()),
+            audit: self.audit.clone(),
+            remote: req.remote,
+        };
+        let provider = match (&self.provider, req.mode) {
+            (_, Mode::Inspect) => None,
+            (Some(p), Mode::Diagnose) if self.model_configured => Some(p.clone()),
+            (_, Mode::Diagnose) => None,
+            (Some(p), Mode::Chat) => Some(p.clone()),
+            (None, Mode::Chat) => {
+                return TurnOutcome {
+                    stop: StopReason::Error,
+                    error: Some(
+                        "no model is configured for this agent (set [model] in its config)".into(),
+                    ),
+                    usage: None,
+                    final_text: String::new(),
+                };
+            }
+        };
+        let run = TurnRun {
+            session_id: req.session_id.clone(),
+            turn_id: req.turn_id.clone(),
+            text: req.text.clone(),
+            provider: match &provider {
+                Some(p) => p.clone(),
+                None => Arc::new(scripted::ScriptedProvider::demo()),
+            },
+            tools: req.tools,
+            max_rounds: self.max_rounds,
+            sink: req.sink,
+            router: req.router,
+            cancel: req.cancel,
+        };
+        match provider {
+            Some(_) => run_turn_with(conversation, run, &extras).await,
+            None => {
+                let note = (req.mode == Mode::Diagnose).then_some(
+                    "No model is configured, so this is an inspection report instead of an AI \
+                     diagnosis. Configure [model] for a diagnosis.",
+                );
+                if let Some(note) = note {
+                    run.sink
+                        .emit(EventBody::Notice {
+                            level: NoticeLevel::Info,
+                            message: note.to_owned(),
+                        })
+                        .await;
+                }
+                let target = inspect_target(req.mode, req.params, &req.text);
+                turn::run_inspect(conversation, run, &extras, &target.0, target.1.as_deref(), note)
+                    .await
+            }
+        }
     }
 }
 
-fn system_prompt(mode: Mode, params: &Map<String, Value>, tools: &ToolRegistry) -> String {
-    let snap = host::snapshot();
-    let mut prompt = String::from(
-        "You are tether, an operations assistant running on a Linux host. You can inspect the \
-         host with tools. Prefer read-only tools; a tool with side effects runs only after a \
-         human approves it. Be concise and precise, and say what evidence you used.\n\n",
-    );
-    prompt.push_str(&format!(
-        "Host: {} ({}), kernel {} {}, {} CPUs, up {} s.\n",
-        snap.hostname,
-        snap.os.as_deref().unwrap_or("unknown OS"),
-        snap.kernel.release,
-        snap.kernel.arch,
-        snap.cpus,
-        snap.uptime_sec.unwrap_or(0),
-    ));
-    let names: Vec<&str> = tools.names().collect();
-    prompt.push_str(&format!("Tools: {}.\n", names.join(", ")));
-    match mode {
-        Mode::Chat => {}
-        Mode::Diagnose | Mode::Inspect => {
-            prompt.push_str(&format!(
-                "Mode: {mode}. Parameters: {}\n",
-                Value::Object(params.clone())
-            ));
-        }
+/// Which plugin and target an inspection turn looks at: the session params for a diagnose
+/// fallback, otherwise the input text (`disk /data`, `inspect net 10.0.0.1:443`).
+fn inspect_target(mode: Mode, params: &Map<String, Value>, text: &str) -> (String, Option<String>) {
+    let param = |k: &str| params.get(k).and_then(Value::as_str).map(str::to_owned);
+    if mode == Mode::Diagnose {
+        return (param("plugin").unwrap_or_else(|| "system".into()), param("target"));
     }
-    prompt
+    let mut words = text.split_whitespace();
+    let mut first = words.next();
+    if first == Some("inspect") {
+        first = words.next();
+    }
+    match first {
+        Some(plugin) => (plugin.to_owned(), words.next().map(str::to_owned)),
+        None => (param("plugin").unwrap_or_else(|| "system".into()), param("target")),
+    }
 }

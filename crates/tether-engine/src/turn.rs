@@ -6,6 +6,7 @@
 //! [`EventSink`] and asks for permission through an [`AnswerRouter`], both implemented by the
 //! multiplexer.
 
+use crate::audit::{AuditDecision, AuditEntry, AuditLog, AuditOutcome};
 use crate::model::{Message, ModelChunk, ModelProvider, ModelRequest, ToolCallRequest};
 use crate::tools::{ToolContext, ToolOutput, ToolRegistry, cap_output};
 use futures_util::StreamExt;
@@ -103,6 +104,15 @@ pub struct TurnRun<'a> {
     pub cancel: &'a CancellationToken,
 }
 
+/// Context of a turn beyond what the model loop needs: who started it, where tool calls are
+/// audited, whether the session came from the hub.
+#[derive(Clone, Default)]
+pub struct TurnExtras {
+    pub originator: Option<ClientInfo>,
+    pub audit: Option<Arc<AuditLog>>,
+    pub remote: bool,
+}
+
 fn add_usage(total: &mut Option<Usage>, u: &Usage) {
     let t = total.get_or_insert_with(Usage::default);
     t.prompt_tokens += u.prompt_tokens;
@@ -113,6 +123,15 @@ fn add_usage(total: &mut Option<Usage>, u: &Usage) {
 /// Runs one turn to its end, appending to `conversation` as it goes. The conversation is left
 /// well formed whatever happens: every assistant tool call is followed by a tool message.
 pub async fn run_turn(conversation: &mut Conversation, run: TurnRun<'_>) -> TurnOutcome {
+    run_turn_with(conversation, run, &TurnExtras::default()).await
+}
+
+/// [`run_turn`] with audit and originator information.
+pub async fn run_turn_with(
+    conversation: &mut Conversation,
+    run: TurnRun<'_>,
+    extras: &TurnExtras,
+) -> TurnOutcome {
     conversation.messages.push(Message::User {
         content: run.text.clone(),
     });
@@ -198,7 +217,7 @@ pub async fn run_turn(conversation: &mut Conversation, run: TurnRun<'_>) -> Turn
             let output = if was_cancelled {
                 ToolOutput::error("cancelled before it ran")
             } else {
-                run_tool_call(conversation, &run, &call).await
+                run_model_tool_call(conversation, &run, extras, &call).await
             };
             conversation.messages.push(Message::Tool {
                 tool_call_id: call.id.clone(),
@@ -228,106 +247,167 @@ pub async fn run_turn(conversation: &mut Conversation, run: TurnRun<'_>) -> Turn
     )
 }
 
-/// Runs one model-requested tool call: publishes `tool_call`, asks permission when needed,
-/// runs the tool, publishes `tool_result`, and returns what the model should read.
-async fn run_tool_call(
+/// Runs one model-requested tool call: parses its JSON arguments, then [`run_tool`].
+async fn run_model_tool_call(
     conversation: &mut Conversation,
     run: &TurnRun<'_>,
+    extras: &TurnExtras,
     call: &ToolCallRequest,
 ) -> ToolOutput {
-    let call_id = CallId(uuid::Uuid::now_v7().to_string());
     let parsed: Result<Value, String> = if call.arguments.trim().is_empty() {
         Ok(Value::Object(Default::default()))
     } else {
         serde_json::from_str(&call.arguments).map_err(|e| e.to_string())
     };
+    run_tool(conversation, run, extras, &call.name, parsed, &call.arguments).await
+}
+
+/// Runs one tool call end to end: publishes `tool_call`, validates the arguments, asks
+/// permission when needed, runs the tool, audits it, publishes `tool_result`, and returns what
+/// the model should read. `raw_args` is shown when the arguments were not valid JSON.
+pub(crate) async fn run_tool(
+    conversation: &mut Conversation,
+    run: &TurnRun<'_>,
+    extras: &TurnExtras,
+    tool_name: &str,
+    parsed: Result<Value, String>,
+    raw_args: &str,
+) -> ToolOutput {
+    let call_id = CallId(uuid::Uuid::now_v7().to_string());
     let shown_args = match &parsed {
         Ok(v) => v.clone(),
-        Err(_) => Value::String(call.arguments.clone()),
+        Err(_) => Value::String(raw_args.to_owned()),
     };
     run.sink
         .emit(EventBody::ToolCall {
             turn_id: run.turn_id.clone(),
             call_id: call_id.clone(),
-            tool: call.name.clone(),
-            args: shown_args,
+            tool: tool_name.to_owned(),
+            args: shown_args.clone(),
         })
         .await;
     let started = Instant::now();
-    let result = match parsed {
-        Err(e) => ToolOutput::error(format!("the arguments are not valid JSON: {e}")),
-        Ok(args) => match run.tools.get(&call.name) {
+    let mut decision = AuditDecision::NotAsked;
+    let mut approved_by: Option<ClientInfo> = None;
+    let (result, outcome) = match parsed {
+        Err(e) => (
+            ToolOutput::error(format!("the arguments are not valid JSON: {e}")),
+            AuditOutcome::InvalidArguments,
+        ),
+        Ok(args) => match run.tools.get(tool_name) {
             None => {
                 let names: Vec<&str> = run.tools.names().collect();
-                ToolOutput::error(format!(
-                    "unknown tool `{}`; available tools: {}",
-                    call.name,
-                    names.join(", ")
-                ))
+                (
+                    ToolOutput::error(format!(
+                        "unknown tool `{tool_name}`; available tools: {}",
+                        names.join(", ")
+                    )),
+                    AuditOutcome::UnknownTool,
+                )
             }
-            Some(tool) => {
-                let mut allowed = true;
-                let mut denial = String::new();
-                if tool.needs_permission(&args)
-                    && !conversation.session_allowed.contains(&call.name)
-                {
-                    let ask = PermissionAsk {
-                        turn_id: run.turn_id.clone(),
-                        call_id: call_id.clone(),
-                        tool: call.name.clone(),
-                        args: args.clone(),
-                    };
-                    let answer = tokio::select! {
-                        biased;
-                        _ = run.cancel.cancelled() => PermissionAnswer::cancelled(),
-                        a = run.router.ask(ask) => a,
-                    };
-                    match answer.decision {
-                        Decision::Allow => {
-                            if answer.scope == Scope::Session {
-                                conversation.session_allowed.insert(call.name.clone());
+            Some(tool) => match crate::tools::validate_args(tool.as_ref(), &args) {
+                Err(e) => (
+                    ToolOutput::error(format!("invalid arguments for `{tool_name}`: {e}")),
+                    AuditOutcome::InvalidArguments,
+                ),
+                Ok(()) => {
+                    let mut denial: Option<String> = None;
+                    if !tool.needs_permission(&args) {
+                        decision = AuditDecision::NotRequired;
+                    } else if conversation.session_allowed.contains(tool_name) {
+                        decision = AuditDecision::AllowedForSession;
+                    } else {
+                        let ask = PermissionAsk {
+                            turn_id: run.turn_id.clone(),
+                            call_id: call_id.clone(),
+                            tool: tool_name.to_owned(),
+                            args: args.clone(),
+                        };
+                        let answer = tokio::select! {
+                            biased;
+                            _ = run.cancel.cancelled() => PermissionAnswer::cancelled(),
+                            a = run.router.ask(ask) => a,
+                        };
+                        approved_by = answer.by.clone();
+                        match answer.decision {
+                            Decision::Allow => {
+                                decision = AuditDecision::Allowed;
+                                if answer.scope == Scope::Session {
+                                    conversation.session_allowed.insert(tool_name.to_owned());
+                                }
+                            }
+                            Decision::Deny => {
+                                decision = AuditDecision::Denied;
+                                denial = Some(match (&answer.by, answer.cause) {
+                                    (Some(by), _) => format!("permission denied by {}", by.name),
+                                    (None, ResolveCause::NoEligibleAnswerer) => {
+                                        "permission denied: nobody who may approve it was attached"
+                                            .into()
+                                    }
+                                    (None, ResolveCause::Timeout) => {
+                                        "permission denied: nobody answered in time".into()
+                                    }
+                                    (None, _) => "permission request cancelled".into(),
+                                });
                             }
                         }
-                        Decision::Deny => {
-                            allowed = false;
-                            denial = match (&answer.by, answer.cause) {
-                                (Some(by), _) => format!("permission denied by {}", by.name),
-                                (None, ResolveCause::NoEligibleAnswerer) => {
-                                    "permission denied: nobody who may approve it was attached"
-                                        .into()
-                                }
-                                (None, ResolveCause::Timeout) => {
-                                    "permission denied: nobody answered in time".into()
-                                }
-                                (None, _) => "permission request cancelled".into(),
-                            };
-                        }
+                    }
+                    if let Some(denial) = denial {
+                        (ToolOutput::error(denial), AuditOutcome::Denied)
+                    } else if run.cancel.is_cancelled() {
+                        (
+                            ToolOutput::error("cancelled before it ran"),
+                            AuditOutcome::Cancelled,
+                        )
+                    } else {
+                        let ctx = ToolContext {
+                            session_id: run.session_id.clone(),
+                            turn_id: run.turn_id.clone(),
+                            cancel: run.cancel.clone(),
+                        };
+                        let out = tokio::select! {
+                            out = tool.call(args, ctx) => out,
+                            // Tools watch the token themselves; this bounds one that does not.
+                            _ = async {
+                                run.cancel.cancelled().await;
+                                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                            } => ToolOutput::error("cancelled"),
+                        };
+                        let outcome = if run.cancel.is_cancelled() && !out.ok {
+                            AuditOutcome::Cancelled
+                        } else if out.ok {
+                            AuditOutcome::Ok
+                        } else {
+                            AuditOutcome::Error
+                        };
+                        (out, outcome)
                     }
                 }
-                if !allowed {
-                    ToolOutput::error(denial)
-                } else if run.cancel.is_cancelled() {
-                    ToolOutput::error("cancelled before it ran")
-                } else {
-                    let ctx = ToolContext {
-                        session_id: run.session_id.clone(),
-                        turn_id: run.turn_id.clone(),
-                        cancel: run.cancel.clone(),
-                    };
-                    tokio::select! {
-                        out = tool.call(args, ctx) => out,
-                        // Tools watch the token themselves; this bounds one that does not.
-                        _ = async {
-                            run.cancel.cancelled().await;
-                            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-                        } => ToolOutput::error("cancelled"),
-                    }
-                }
-            }
+            },
         },
     };
     let duration_ms = started.elapsed().as_millis() as u64;
+    let output_bytes = result.output.len();
     let (output, truncated) = cap_output(result.output);
+    if let Some(audit) = &extras.audit {
+        // Recorded before the model sees the result (DESIGN.md rule 8).
+        let _ = audit.record(&AuditEntry {
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            session_id: run.session_id.clone(),
+            turn_id: run.turn_id.clone(),
+            call_id: call_id.clone(),
+            originator: extras.originator.clone(),
+            remote: extras.remote,
+            tool: tool_name.to_owned(),
+            args: shown_args,
+            decision,
+            approved_by,
+            duration_ms,
+            outcome,
+            output_bytes,
+            truncated,
+        });
+    }
     run.sink
         .emit(EventBody::ToolResult {
             turn_id: run.turn_id.clone(),
@@ -346,5 +426,70 @@ async fn run_tool_call(
     ToolOutput {
         ok: result.ok,
         output: for_model,
+    }
+}
+
+/// An inspection turn: runs the tools the plugin's plan lists (through the same permission
+/// and audit path as a model's calls), then publishes the report as the turn's text.
+pub(crate) async fn run_inspect(
+    conversation: &mut Conversation,
+    run: TurnRun<'_>,
+    extras: &TurnExtras,
+    plugin: &str,
+    target: Option<&str>,
+    note: Option<&str>,
+) -> TurnOutcome {
+    conversation.messages.push(Message::User {
+        content: run.text.clone(),
+    });
+    let plan = match crate::inspect::plan(plugin, target) {
+        Ok(plan) => plan,
+        Err(e) => {
+            return TurnOutcome {
+                stop: StopReason::Error,
+                error: Some(e),
+                usage: None,
+                final_text: String::new(),
+            };
+        }
+    };
+    let mut results = Vec::with_capacity(plan.len());
+    for call in plan {
+        if run.cancel.is_cancelled() {
+            return TurnOutcome {
+                stop: StopReason::Cancelled,
+                error: None,
+                usage: None,
+                final_text: String::new(),
+            };
+        }
+        let out = run_tool(conversation, &run, extras, &call.tool, Ok(call.args.clone()), "").await;
+        results.push((call, out));
+    }
+    let report = crate::inspect::report(plugin, target, &results);
+    let mut text = String::new();
+    if let Some(note) = note {
+        text.push_str(&format!("> {note}\n\n"));
+    }
+    text.push_str(&report.markdown);
+    // Sent paragraph by paragraph so clients render it as it "streams".
+    for part in text.split_inclusive("\n\n") {
+        run.sink
+            .emit(EventBody::TextDelta {
+                turn_id: run.turn_id.clone(),
+                text: part.to_owned(),
+            })
+            .await;
+    }
+    conversation.messages.push(Message::Assistant {
+        content: text.clone(),
+        reasoning: None,
+        tool_calls: Vec::new(),
+    });
+    TurnOutcome {
+        stop: StopReason::Completed,
+        error: None,
+        usage: None,
+        final_text: text,
     }
 }

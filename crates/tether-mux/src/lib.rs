@@ -208,9 +208,12 @@ impl Mux {
         )
     }
 
-    /// Creates a session on behalf of `client` (already authorised to act).
+    /// Creates a session on behalf of `creator` (already authorised to act). A `diagnose` or
+    /// `inspect` session whose params name what to look at starts its first turn at once,
+    /// originated by the creator.
     pub fn create_session(
         &self,
+        creator: Option<ClientInfo>,
         mode: Mode,
         title: Option<String>,
         policy: Policy,
@@ -227,6 +230,7 @@ impl Mux {
         let handle = session::spawn_new(
             self.inner.shared.clone(),
             NewSession {
+                creator,
                 session_id: session_id.clone(),
                 mode,
                 title,
@@ -365,6 +369,7 @@ impl Connection {
                     ));
                 }
                 let result = self.mux.create_session(
+                    Some(client.clone()),
                     create.mode,
                     create.title,
                     create.policy.unwrap_or(Policy::Human),

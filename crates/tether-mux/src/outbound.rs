@@ -39,8 +39,22 @@ pub enum OutItem {
 struct Shared {
     capacity: usize,
     warned: AtomicBool,
+    /// Mirrors `evicted` for the per-frame checks: reading the token takes its mutex, and
+    /// these checks run once per frame per client.
+    evicted_flag: AtomicBool,
     evicted: CancellationToken,
     reason: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn is_evicted(&self) -> bool {
+        self.evicted_flag.load(Ordering::Acquire)
+    }
+
+    fn mark_evicted(&self) {
+        self.evicted_flag.store(true, Ordering::Release);
+        self.evicted.cancel();
+    }
 }
 
 /// The sending side. Cheap to clone; every clone feeds the same queue.
@@ -84,6 +98,7 @@ pub fn channel(capacity: usize, log: EventLog) -> (Outbound, OutboundReceiver) {
     let shared = Arc::new(Shared {
         capacity,
         warned: AtomicBool::new(false),
+        evicted_flag: AtomicBool::new(false),
         evicted: CancellationToken::new(),
         reason: Mutex::new(None),
     });
@@ -107,7 +122,7 @@ impl Outbound {
     /// Queues `item` without waiting. Returns `false` when the connection is gone or was
     /// evicted by this push (the queue was full).
     pub fn push(&self, item: OutItem) -> bool {
-        if self.shared.evicted.is_cancelled() {
+        if self.shared.is_evicted() {
             return false;
         }
         match self.tx.try_send(item) {
@@ -154,11 +169,11 @@ impl Outbound {
         {
             *r = Some(reason.to_owned());
         }
-        self.shared.evicted.cancel();
+        self.shared.mark_evicted();
     }
 
     pub fn is_evicted(&self) -> bool {
-        self.shared.evicted.is_cancelled()
+        self.shared.is_evicted()
     }
 
     /// Resolves when the connection is evicted.
@@ -192,15 +207,8 @@ impl OutboundReceiver {
     /// The next frame to write. Never waits on anything but the queue and the log.
     pub async fn next(&mut self) -> Next {
         loop {
-            if self.done {
-                return Next::Closed;
-            }
-            if self.shared.evicted.is_cancelled() {
-                self.done = true;
-                return Next::Evicted(self.evicted_frame());
-            }
-            if let Some(frame) = self.ready.pop_front() {
-                return Next::Frame(frame);
+            if let Some(next) = self.try_next() {
+                return next;
             }
             if self.replay.is_some() {
                 self.fill_replay_page().await;
@@ -211,28 +219,65 @@ impl OutboundReceiver {
                 _ = self.shared.evicted.cancelled() => continue,
                 item = self.rx.recv() => item,
             };
-            if self.shared.warned.load(Ordering::Acquire)
-                && self.rx.len() * 2 < self.shared.capacity
-            {
-                self.shared.warned.store(false, Ordering::Release);
+            if let Some(next) = self.take(item) {
+                return next;
             }
-            match item {
-                None => {
-                    self.done = true;
-                    return Next::Closed;
-                }
-                Some(OutItem::Frame(f)) => return Next::Frame(f),
-                Some(OutItem::Replay {
+        }
+    }
+
+    /// What [`next`](Self::next) would return, if that needs no waiting: a queued frame, the
+    /// eviction, or the end of the queue. `None` when the queue is empty or a replay page must
+    /// be read from the log first. Lets a writer drain ready frames without arming wake-ups.
+    pub fn try_next(&mut self) -> Option<Next> {
+        loop {
+            if self.done {
+                return Some(Next::Closed);
+            }
+            if self.shared.is_evicted() {
+                self.done = true;
+                return Some(Next::Evicted(self.evicted_frame()));
+            }
+            if let Some(frame) = self.ready.pop_front() {
+                return Some(Next::Frame(frame));
+            }
+            if self.replay.is_some() {
+                return None;
+            }
+            let item = match self.rx.try_recv() {
+                Ok(item) => Some(item),
+                Err(mpsc::error::TryRecvError::Empty) => return None,
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            };
+            if let Some(next) = self.take(item) {
+                return Some(next);
+            }
+        }
+    }
+
+    /// Handles one item taken off the queue (`None`: the queue is closed). `None` back when
+    /// the item was a replay, which the caller then expands.
+    fn take(&mut self, item: Option<OutItem>) -> Option<Next> {
+        if self.shared.warned.load(Ordering::Acquire) && self.rx.len() * 2 < self.shared.capacity
+        {
+            self.shared.warned.store(false, Ordering::Release);
+        }
+        match item {
+            None => {
+                self.done = true;
+                Some(Next::Closed)
+            }
+            Some(OutItem::Frame(f)) => Some(Next::Frame(f)),
+            Some(OutItem::Replay {
+                session_id,
+                from,
+                to,
+            }) => {
+                self.replay = Some(ReplayCursor {
                     session_id,
-                    from,
+                    next: from,
                     to,
-                }) => {
-                    self.replay = Some(ReplayCursor {
-                        session_id,
-                        next: from,
-                        to,
-                    });
-                }
+                });
+                None
             }
         }
     }
@@ -294,7 +339,7 @@ impl OutboundReceiver {
                 if let Ok(mut r) = self.shared.reason.lock() {
                     r.get_or_insert_with(|| "replay_failed".into());
                 }
-                self.shared.evicted.cancel();
+                self.shared.mark_evicted();
             }
         }
     }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use tether_engine::log::{AppendJob, EventLog, SessionRow, StoredEvent};
 use tether_engine::tools::ToolRegistry;
 use tether_engine::turn::{AnswerRouter, Conversation, EventSink, PermissionAnswer, PermissionAsk};
-use tether_engine::{Engine, TurnOutcome, TurnRun, run_turn};
+use tether_engine::{Engine, TurnOutcome, TurnRequest};
 use tether_proto::{
     Attached, CallId, ClientInfo, Control, Decision, Empty, ErrorBody, Event, EventBody,
     InputAccepted, InputId, Mode, PendingPermission, Policy, QueuedInput, Reason, ReplyFrame,
@@ -156,6 +156,8 @@ pub(crate) struct Shared {
 }
 
 pub(crate) struct NewSession {
+    /// Who created it: the originator of the first turn when the session starts by itself.
+    pub creator: Option<ClientInfo>,
     pub session_id: SessionId,
     pub mode: Mode,
     pub title: Option<String>,
@@ -220,6 +222,9 @@ pub(crate) fn spawn_new(shared: Arc<Shared>, new: NewSession) -> SessionHandle {
         .options
         .tools
         .unwrap_or_else(|| shared.engine.tools.clone());
+    let first_input = new
+        .creator
+        .and_then(|c| Some((c, shared.engine.initial_input(new.mode, &durable.params)?)));
     spawn(
         shared,
         new.session_id,
@@ -233,6 +238,7 @@ pub(crate) fn spawn_new(shared: Arc<Shared>, new: NewSession) -> SessionHandle {
         durable,
         tools,
         true,
+        first_input,
     )
 }
 
@@ -268,6 +274,7 @@ pub(crate) fn spawn_restored(
         durable,
         tools,
         false,
+        None,
     )
 }
 
@@ -285,6 +292,7 @@ fn spawn(
     mut durable: Durable,
     tools: ToolRegistry,
     fresh: bool,
+    first_input: Option<(ClientInfo, String)>,
 ) -> SessionHandle {
     let (ops_tx, ops_rx) = mpsc::channel(shared.config.session_inbox);
     let (turn_tx, turn_rx) = mpsc::channel(TURN_BATCH);
@@ -334,6 +342,9 @@ fn spawn(
             actor.publish(EventBody::SessionState {
                 state: SessionState::Idle,
             });
+            if let Some((creator, text)) = first_input {
+                actor.start_turn(creator, text, None);
+            }
         } else {
             actor.recover(pending_restored);
         }
@@ -778,7 +789,7 @@ impl Actor {
         });
         self.publish(EventBody::TurnStarted {
             turn_id: turn_id.clone(),
-            originator,
+            originator: originator.clone(),
             text: text.clone(),
             input_id,
         });
@@ -788,40 +799,34 @@ impl Actor {
         let port = TurnPort {
             tx: self.turn_tx.clone(),
         };
-        let provider = self.shared.engine.provider.clone();
+        let shared = self.shared.clone();
         let tools = self.tools.clone();
-        let max_rounds = self.shared.engine.max_rounds;
         let mut conversation = self.durable.conversation.clone();
+        let params = self.durable.params.clone();
+        let remote = self.durable.remote;
+        let mode = self.mode;
         let session_id = self.id.clone();
         let tid = turn_id.clone();
         self.shared.tracker.spawn(async move {
-            let outcome = match provider {
-                Some(provider) => {
-                    run_turn(
-                        &mut conversation,
-                        TurnRun {
-                            session_id,
-                            turn_id: tid.clone(),
-                            text,
-                            provider,
-                            tools: &tools,
-                            max_rounds,
-                            sink: &port,
-                            router: &port,
-                            cancel: &cancel,
-                        },
-                    )
-                    .await
-                }
-                None => TurnOutcome {
-                    stop: StopReason::Error,
-                    error: Some(
-                        "no model is configured for this agent (set [model] in its config)".into(),
-                    ),
-                    usage: None,
-                    final_text: String::new(),
-                },
-            };
+            let outcome = shared
+                .engine
+                .run(
+                    &mut conversation,
+                    TurnRequest {
+                        session_id,
+                        turn_id: tid.clone(),
+                        text,
+                        originator,
+                        mode,
+                        params: &params,
+                        remote,
+                        tools: &tools,
+                        sink: &port,
+                        router: &port,
+                        cancel: &cancel,
+                    },
+                )
+                .await;
             let _ = port
                 .tx
                 .send(TurnMsg::Finished {

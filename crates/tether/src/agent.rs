@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use std::sync::Arc;
 use std::time::Duration;
 use tether_engine::Engine;
+use tether_engine::audit::AuditLog;
 use tether_engine::log::EventLog;
 use tether_engine::model::ModelProvider;
 use tether_engine::scripted::ScriptedProvider;
@@ -35,6 +36,8 @@ pub fn build_engine(cfg: &AgentConfig) -> Result<Engine> {
     });
     let mut engine = Engine::new(Some(provider), tools);
     engine.max_rounds = cfg.sessions.max_rounds;
+    // The demo script keeps `chat` alive without a model; `diagnose` falls back to inspect.
+    engine.model_configured = cfg.model != ModelChoice::Demo;
     Ok(engine)
 }
 
@@ -49,7 +52,7 @@ pub fn mux_config(cfg: &AgentConfig) -> MuxConfig {
 }
 
 /// Creates the state directory readable by its owner only.
-fn ensure_state_dir(cfg: &AgentConfig) -> Result<()> {
+pub fn ensure_state_dir(cfg: &AgentConfig) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if !cfg.state_dir.exists() {
         std::fs::create_dir_all(&cfg.state_dir)
@@ -76,71 +79,108 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// A running agent core: the multiplexer and its listeners.
+pub struct Core {
+    pub mux: Mux,
+    pub log: EventLog,
+    pub closing: CancellationToken,
+    pub socket: std::path::PathBuf,
+    pub endpoints: Vec<String>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Core {
+    /// Opens the state, the engine and the listeners the config names. Tool calls are
+    /// audited to `audit_path` (normally `state_dir/audit.jsonl`).
+    pub async fn start(cfg: &AgentConfig, audit_path: &std::path::Path) -> Result<Core> {
+        ensure_state_dir(cfg)?;
+        let mut engine = build_engine(cfg)?;
+        engine.audit = Some(Arc::new(
+            AuditLog::open(audit_path)
+                .with_context(|| format!("cannot open the audit log {}", audit_path.display()))?,
+        ));
+        let log = EventLog::open(&cfg.state_dir.join("events.db"))?;
+        let mux = Mux::open(mux_config(cfg), engine, log.clone())?;
+        let auth = Authenticator::new(
+            cfg.clients
+                .iter()
+                .map(|c| ClientCredential {
+                    name: c.name.clone(),
+                    class: c.class,
+                    token: c.token.clone(),
+                })
+                .collect(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+        let closing = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let mut endpoints = Vec::new();
+        if let Some(addr) = cfg.listen {
+            let listener = tether_transport::bind_tcp(addr, &auth).await?;
+            let bound = listener.local_addr()?;
+            endpoints.push(format!("ws://{bound}/v1/ws"));
+            let state = WsState::new(mux.clone(), auth.clone(), closing.clone());
+            let closing = closing.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) =
+                    tether_transport::serve_http(listener, router(state), closing).await
+                {
+                    tracing::error!(error = %e, "HTTP listener failed");
+                }
+            }));
+        }
+        let unix_listener = tether_transport::unix::bind(&cfg.socket)?;
+        endpoints.push(format!("unix:{}", cfg.socket.display()));
+        tasks.push(tokio::spawn(tether_transport::unix::serve(
+            unix_listener,
+            mux.clone(),
+            closing.clone(),
+        )));
+        if auth.is_open() && cfg.listen.is_some() {
+            tracing::info!("no [[clients]] tokens configured: serving loopback peers only");
+        }
+        Ok(Core {
+            mux,
+            log,
+            closing,
+            socket: cfg.socket.clone(),
+            endpoints,
+            tasks,
+        })
+    }
+
+    /// Ends running turns with an event, closes every connection, flushes the log.
+    pub async fn stop(self) {
+        self.mux.shutdown().await;
+        self.closing.cancel();
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        self.log.close();
+    }
+}
+
 pub async fn run(cfg: AgentConfig) -> Result<()> {
-    ensure_state_dir(&cfg)?;
-    let engine = build_engine(&cfg)?;
-    let model = engine
+    let core = Core::start(&cfg, &cfg.state_dir.join("audit.jsonl")).await?;
+    let model = core
+        .mux
+        .engine()
         .provider
         .as_ref()
         .map_or_else(|| "none".to_owned(), |p| p.describe());
-    let log = EventLog::open(&cfg.state_dir.join("events.db"))?;
-    let mux = Mux::open(mux_config(&cfg), engine, log.clone())?;
-    let auth = Authenticator::new(
-        cfg.clients
-            .iter()
-            .map(|c| ClientCredential {
-                name: c.name.clone(),
-                class: c.class,
-                token: c.token.clone(),
-            })
-            .collect(),
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-
-    let closing = CancellationToken::new();
-    let mut tasks = Vec::new();
-    let mut endpoints = Vec::new();
-    if let Some(addr) = cfg.listen {
-        let listener = tether_transport::bind_tcp(addr, &auth).await?;
-        let bound = listener.local_addr()?;
-        endpoints.push(format!("ws://{bound}/v1/ws"));
-        let state = WsState::new(mux.clone(), auth.clone(), closing.clone());
-        let closing = closing.clone();
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = tether_transport::serve_http(listener, router(state), closing).await {
-                tracing::error!(error = %e, "HTTP listener failed");
-            }
-        }));
-    }
-    let unix_listener = tether_transport::unix::bind(&cfg.socket)?;
-    endpoints.push(format!("unix:{}", cfg.socket.display()));
-    tasks.push(tokio::spawn(tether_transport::unix::serve(
-        unix_listener,
-        mux.clone(),
-        closing.clone(),
-    )));
-
     tracing::info!(
-        endpoints = %endpoints.join(", "),
+        endpoints = %core.endpoints.join(", "),
         state_dir = %cfg.state_dir.display(),
         config = %cfg.source.as_ref().map_or_else(|| "built-in defaults".to_owned(), |p| p.display().to_string()),
         model = %model,
-        sessions = mux.list_sessions().sessions.len(),
+        sessions = core.mux.list_sessions().sessions.len(),
         "tether agent ready"
     );
-    if auth.is_open() {
-        tracing::info!("no [[clients]] tokens configured: serving loopback peers only");
-    }
-
     shutdown_signal().await;
     tracing::info!("shutting down: ending running turns");
-    mux.shutdown().await;
-    closing.cancel();
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-    }
-    let _ = std::fs::remove_file(&cfg.socket);
-    log.close();
+    core.stop().await;
     tracing::info!("stopped");
     Ok(())
 }

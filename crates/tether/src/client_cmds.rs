@@ -157,6 +157,8 @@ fn stdin_lines() -> tokio::sync::mpsc::Receiver<Option<String>> {
 pub enum Join {
     /// Create a new chat session.
     New {
+        mode: &'static str,
+        params: Option<Value>,
         title: Option<String>,
         policy: Option<String>,
     },
@@ -166,15 +168,47 @@ pub enum Join {
 
 /// `tether chat` and `tether attach`.
 pub async fn chat(connect: &ConnectArgs, join: Join) -> Result<()> {
-    let (mut client, hello) = connect.connect().await?;
+    let (client, hello) = connect.connect().await?;
+    chat_with(client, hello, join, false).await.map(|_| ())
+}
+
+/// How a one-shot run (`inspect`, `diagnose`) ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    Completed,
+    Failed(String),
+    Interrupted,
+}
+
+/// The chat loop over an open connection. With `one_shot`, the session's first turn (started
+/// by the session itself) is the whole run: progress goes to stderr, the answer to stdout, and
+/// the loop ends with that turn.
+pub async fn chat_with(
+    mut client: Client,
+    hello: HelloResult,
+    join: Join,
+    one_shot: bool,
+) -> Result<RunEnd> {
     let color = std::io::stdout().is_terminal();
     let interactive = std::io::stdin().is_terminal();
     let mut r = Renderer::new(color);
+    if one_shot {
+        r.report_mode();
+    }
     r.set_me(hello.client_id.clone());
+    let mut end = RunEnd::Interrupted;
 
     let (session_id, after_seq) = match join {
-        Join::New { title, policy } => {
-            let mut params = json!({"mode": "chat"});
+        Join::New {
+            mode,
+            params: session_params,
+            title,
+            policy,
+        } => {
+            let mut params = json!({"mode": mode});
+            if let Some(p) = session_params {
+                params["params"] = p;
+            }
             if let Some(t) = title {
                 params["title"] = Value::String(t);
             }
@@ -196,9 +230,16 @@ pub async fn chat(connect: &ConnectArgs, join: Join) -> Result<()> {
     if let Some(after) = after_seq {
         attach["after_seq"] = json!(after);
     }
+    // A one-shot session may already be running its first turn: replay from the start so
+    // nothing of it is missed.
+    if one_shot {
+        attach["after_seq"] = json!(0);
+    }
     let attached: Attached = client.call("attach", attach).await.map_err(server_error)?;
     let snap = attached.snapshot;
-    r.note(&format!(
+    let replaying_at_start = after_seq.is_some() || one_shot;
+    if !one_shot {
+        r.note(&format!(
         "session {} ({}, {}) as {} [{}] — {}",
         snap.session_id,
         snap.mode,
@@ -211,6 +252,7 @@ pub async fn chat(connect: &ConnectArgs, join: Join) -> Result<()> {
             "type a message; Ctrl-C cancels a running turn; Ctrl-D leaves"
         }
     ));
+    }
     let mut st = ChatState {
         session_id: snap.session_id.clone(),
         me: hello.client_id.clone(),
@@ -227,7 +269,7 @@ pub async fn chat(connect: &ConnectArgs, join: Join) -> Result<()> {
         st.prompts.clear();
     }
     let mut lines = stdin_lines();
-    let mut replaying = after_seq.is_some();
+    let mut replaying = replaying_at_start;
 
     loop {
         // Put a question on screen when one is due.
@@ -238,7 +280,12 @@ pub async fn chat(connect: &ConnectArgs, join: Join) -> Result<()> {
                     "allow {}? [y]es / [n]o / [a]lways this session: ",
                     p.tool
                 ));
-            } else if st.phase == Phase::Idle && interactive && !st.stdin_closed && may_answer {
+            } else if st.phase == Phase::Idle
+                && interactive
+                && !st.stdin_closed
+                && may_answer
+                && !one_shot
+            {
                 r.prompt("> ");
             }
         }
@@ -272,6 +319,19 @@ pub async fn chat(connect: &ConnectArgs, join: Join) -> Result<()> {
                             continue;
                         }
                         r.event(&ev);
+                        if one_shot {
+                            if let EventBody::TurnEnded { stop, error, .. } = &ev.body {
+                                end = match stop {
+                                    tether_proto::StopReason::Completed => RunEnd::Completed,
+                                    tether_proto::StopReason::Cancelled => RunEnd::Interrupted,
+                                    _ => RunEnd::Failed(error.clone().unwrap_or_else(|| stop.to_string())),
+                                };
+                                if let Some(answer) = r.take_answer() {
+                                    println!("{}", answer.trim_end());
+                                }
+                                break;
+                            }
+                        }
                         if on_event(&mut st, &ev.body, may_answer && !replaying) {
                             break;
                         }
@@ -310,7 +370,7 @@ pub async fn chat(connect: &ConnectArgs, join: Join) -> Result<()> {
         .request("detach", json!({"session_id": st.session_id}))
         .await;
     client.close().await;
-    Ok(())
+    Ok(end)
 }
 
 /// Updates the loop's state from an event. Returns true when the session closed.

@@ -70,7 +70,7 @@ pub struct ModelSection {
     pub script: Option<PathBuf>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ToolsSection {
     #[serde(default = "default_read_dirs")]
@@ -103,7 +103,7 @@ impl Default for ToolsSection {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionsSection {
     #[serde(default = "default_max_rounds")]
@@ -185,7 +185,7 @@ pub struct Credential {
 }
 
 /// The validated configuration, paths resolved.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AgentConfig {
     /// Where it came from (`None`: embedded defaults).
     pub source: Option<PathBuf>,

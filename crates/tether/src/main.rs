@@ -3,6 +3,7 @@
 mod agent;
 mod client_cmds;
 mod config;
+mod oneshot;
 mod paths;
 mod render;
 
@@ -61,6 +62,41 @@ enum Command {
         /// The session id (see `tether sessions`).
         session: String,
     },
+    /// Inspect this host without a model and print a Markdown report with findings.
+    ///
+    /// Runs in-process: no agent or model is needed. Plugins: system (default), cpu, mem,
+    /// disk, load, net, process; --target narrows some of them (a mount, HOST:PORT, a process
+    /// name). Progress goes to stderr, the report to stdout.
+    Inspect {
+        /// What to inspect.
+        #[arg(default_value = "system")]
+        plugin: String,
+        /// A mount point, HOST:PORT, process name or pid, depending on the plugin.
+        #[arg(long)]
+        target: Option<String>,
+        /// Agent config file (for tool settings; default ~/.config/tether/agent.toml).
+        #[arg(long, env = "TETHER_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Investigate an alert with the model and print a diagnosis report.
+    ///
+    /// Uses the running agent when its socket answers (the session is kept and can be
+    /// attached to), otherwise runs in-process. Without a configured model it falls back to an
+    /// inspection report. Tools that need approval ask on the terminal.
+    Diagnose {
+        /// What the alert says, e.g. "disk /var 93% full".
+        #[arg(long)]
+        alert: String,
+        /// The check that raised it (cpu, mem, disk, net, process, …).
+        #[arg(long)]
+        plugin: Option<String>,
+        /// What it is about (a mount, HOST:PORT, a process).
+        #[arg(long)]
+        target: Option<String>,
+        /// Agent config file (default ~/.config/tether/agent.toml).
+        #[arg(long, env = "TETHER_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// List the agent's sessions.
     Sessions {
         #[command(flatten)]
@@ -82,13 +118,25 @@ fn init_tracing() {
         .init();
 }
 
-async fn run(cli: Cli) -> Result<()> {
+async fn run(cli: Cli) -> Result<std::process::ExitCode> {
+    let ok = |r: Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
     match cli.command {
         Command::Agent { config } => {
             init_tracing();
             let cfg = config::AgentConfig::load(config.as_deref())?;
-            agent::run(cfg).await
+            ok(agent::run(cfg).await)
         }
+        Command::Inspect {
+            plugin,
+            target,
+            config,
+        } => oneshot::inspect(config.as_deref(), &plugin, target).await,
+        Command::Diagnose {
+            alert,
+            plugin,
+            target,
+            config,
+        } => oneshot::diagnose(config.as_deref(), alert, plugin, target).await,
         Command::Chat {
             connect,
             session,
@@ -100,21 +148,24 @@ async fn run(cli: Cli) -> Result<()> {
                     session_id,
                     history: false,
                 },
-                None => Join::New { title, policy },
-            };
-            client_cmds::chat(&connect, join).await
-        }
-        Command::Attach { connect, session } => {
-            client_cmds::chat(
-                &connect,
-                Join::Existing {
-                    session_id: session,
-                    history: true,
+                None => Join::New {
+                    mode: "chat",
+                    params: None,
+                    title,
+                    policy,
                 },
-            )
-            .await
+            };
+            ok(client_cmds::chat(&connect, join).await)
         }
-        Command::Sessions { connect, json } => client_cmds::sessions(&connect, json).await,
+        Command::Attach { connect, session } => ok(client_cmds::chat(
+            &connect,
+            Join::Existing {
+                session_id: session,
+                history: true,
+            },
+        )
+        .await),
+        Command::Sessions { connect, json } => ok(client_cmds::sessions(&connect, json).await),
     }
 }
 
@@ -134,7 +185,7 @@ fn main() -> std::process::ExitCode {
     // The stdin reader thread may be blocked in read(2); don't wait for it.
     runtime.shutdown_background();
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

@@ -13,6 +13,63 @@ pub struct Renderer {
     /// False while a streamed answer is mid-line.
     at_line_start: bool,
     in_reasoning: bool,
+    /// Report mode (`inspect`, `diagnose`): progress goes to stderr, the answer to stdout.
+    report: Option<ReportMode>,
+    spinner: Option<Spinner>,
+}
+
+/// How `inspect` and `diagnose` print.
+struct ReportMode {
+    /// stdout is a terminal: stream the text as it comes. Otherwise keep only the final
+    /// answer (the text after the last tool result) and print it when the turn ends.
+    stream_text: bool,
+    /// stderr is a terminal: show a spinner with the running tool.
+    spinner: bool,
+    answer: String,
+}
+
+/// A line on stderr that animates while a tool runs.
+struct Spinner {
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Spinner {
+    fn start(label: String) -> Spinner {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            const FRAMES: &[char] = &['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+            let started = std::time::Instant::now();
+            let mut i = 0usize;
+            loop {
+                {
+                    let mut err = std::io::stderr().lock();
+                    let _ = write!(
+                        err,
+                        "\r\x1b[2K{} {label} ({:.0} s)",
+                        FRAMES[i % FRAMES.len()],
+                        started.elapsed().as_secs_f64()
+                    );
+                    let _ = err.flush();
+                }
+                i += 1;
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                }
+            }
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K");
+            let _ = err.flush();
+        });
+        Spinner { stop }
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 const DIM: &str = "\x1b[2m";
@@ -33,7 +90,20 @@ impl Renderer {
             me: None,
             at_line_start: true,
             in_reasoning: false,
+            report: None,
+            spinner: None,
         }
+    }
+
+    /// Switches to report mode: progress on stderr, the answer on stdout.
+    pub fn report_mode(&mut self) {
+        use std::io::IsTerminal;
+        self.color = std::io::stderr().is_terminal();
+        self.report = Some(ReportMode {
+            stream_text: std::io::stdout().is_terminal(),
+            spinner: std::io::stderr().is_terminal(),
+            answer: String::new(),
+        });
     }
 
     pub fn set_me(&mut self, me: ClientId) {
@@ -58,6 +128,18 @@ impl Renderer {
 
     /// Prints a line of its own (after ending a streamed line if needed).
     pub fn line(&mut self, text: &str) {
+        self.spinner = None;
+        if self.report.is_some() {
+            // Progress lines: stderr, so stdout carries only the answer.
+            let mut err = std::io::stderr().lock();
+            if !self.at_line_start {
+                let _ = writeln!(err);
+            }
+            let _ = writeln!(err, "{text}");
+            let _ = err.flush();
+            self.at_line_start = true;
+            return;
+        }
         let mut out = std::io::stdout().lock();
         if !self.at_line_start {
             let _ = writeln!(out);
@@ -68,10 +150,25 @@ impl Renderer {
     }
 
     fn stream(&mut self, text: &str) {
+        if let Some(report) = &mut self.report {
+            report.answer.push_str(text);
+            if !report.stream_text {
+                return;
+            }
+        }
         let mut out = std::io::stdout().lock();
         let _ = write!(out, "{text}");
         let _ = out.flush();
         self.at_line_start = text.ends_with('\n');
+    }
+
+    /// Report mode: the final answer, for printing when stdout is not a terminal.
+    pub fn take_answer(&mut self) -> Option<String> {
+        let report = self.report.as_mut()?;
+        if report.stream_text {
+            return None;
+        }
+        Some(std::mem::take(&mut report.answer))
     }
 
     /// Prints `text` without a newline (a prompt).
@@ -153,6 +250,13 @@ impl Renderer {
             EventBody::ToolCall { tool, args, .. } => {
                 let t = self.paint(CYAN, &format!("⚙ {tool} {}", compact(args)));
                 self.line(&t);
+                if let Some(report) = &mut self.report {
+                    // Text before a tool call was the model thinking aloud, not the answer.
+                    report.answer.clear();
+                    if report.spinner {
+                        self.spinner = Some(Spinner::start(format!("running {tool}")));
+                    }
+                }
             }
             EventBody::PermissionRequested {
                 tool,
@@ -196,6 +300,7 @@ impl Renderer {
                 duration_ms,
                 ..
             } => {
+                self.spinner = None;
                 let mark = if *ok {
                     self.paint(GREEN, "✓")
                 } else {
@@ -214,7 +319,11 @@ impl Renderer {
                 }
             }
             EventBody::TurnEnded { stop, error, .. } => match (stop, error) {
-                (StopReason::Completed, _) => self.line(""),
+                (StopReason::Completed, _) => {
+                    if self.report.as_ref().is_none_or(|r| r.stream_text) {
+                        self.line("")
+                    }
+                }
                 (StopReason::Cancelled, _) => self.warn("[turn cancelled]"),
                 (StopReason::MaxRounds, e) => {
                     let t = format!(

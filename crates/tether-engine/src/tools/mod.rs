@@ -2,7 +2,9 @@
 //! permission prompt, and whether it is read-only (only read-only tools are offered to
 //! remote sessions by default).
 
+pub mod diag;
 pub mod read_file;
+pub mod schema;
 pub mod shell;
 pub mod system_info;
 
@@ -68,6 +70,15 @@ pub trait Tool: Send + Sync {
 pub fn parse_args<T: DeserializeOwned>(tool: &str, args: Value) -> Result<T, ToolOutput> {
     serde_json::from_value(args)
         .map_err(|e| ToolOutput::error(format!("invalid arguments for `{tool}`: {e}")))
+}
+
+/// Checks `args` against the tool's JSON schema before it runs; a violation goes back to the
+/// model as an error result.
+pub fn validate_args(tool: &dyn Tool, args: &Value) -> Result<(), String> {
+    if !args.is_object() {
+        return Err("arguments must be a JSON object".into());
+    }
+    schema::validate(&tool.spec().parameters, args)
 }
 
 /// Caps text at `MAX_TOOL_OUTPUT_BYTES` on a character boundary. Returns the text and whether

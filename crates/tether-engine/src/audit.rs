@@ -1,0 +1,138 @@
+//! The audit log: one JSON line per tool call, local or remote, in `state_dir/audit.jsonl`.
+//!
+//! Each line is written with a single `write` to a file opened for appending and is on its way
+//! to disk before the result goes back to the model (DESIGN.md rule 8): what a model was allowed
+//! to do is recorded even if the agent dies a moment later.
+
+use serde::Serialize;
+use serde_json::Value;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use tether_proto::{CallId, ClientInfo, SessionId, TurnId};
+
+/// Whether and how the call was allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditDecision {
+    /// The tool needs no approval.
+    NotRequired,
+    /// Approved by a client (see `approved_by`).
+    Allowed,
+    /// Allowed by an earlier `scope: session` answer.
+    AllowedForSession,
+    Denied,
+    /// The call never reached the permission step (bad arguments, unknown tool, cancelled).
+    NotAsked,
+}
+
+/// What came of the call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOutcome {
+    Ok,
+    Error,
+    Denied,
+    Cancelled,
+    InvalidArguments,
+    UnknownTool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AuditEntry {
+    /// RFC 3339 UTC, milliseconds.
+    pub time: String,
+    pub session_id: SessionId,
+    pub turn_id: TurnId,
+    pub call_id: CallId,
+    /// Who started the turn.
+    pub originator: Option<ClientInfo>,
+    /// The session was started from the hub.
+    pub remote: bool,
+    pub tool: String,
+    pub args: Value,
+    pub decision: AuditDecision,
+    pub approved_by: Option<ClientInfo>,
+    pub duration_ms: u64,
+    pub outcome: AuditOutcome,
+    pub output_bytes: usize,
+    pub truncated: bool,
+}
+
+/// Appends audit entries to a JSON-lines file.
+pub struct AuditLog {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+impl AuditLog {
+    pub fn open(path: &Path) -> std::io::Result<AuditLog> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(AuditLog {
+            path: path.to_owned(),
+            file: Mutex::new(file),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes one line. A failure is logged and returned; the caller decides what it means.
+    pub fn record(&self, entry: &AuditEntry) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let mut file = self
+            .file
+            .lock()
+            .map_err(|_| std::io::Error::other("audit log lock poisoned"))?;
+        // One write of the whole line: appends of concurrent sessions never interleave.
+        let result = file.write_all(&line).and_then(|()| file.flush());
+        if let Err(e) = &result {
+            tracing::error!(path = %self.path.display(), error = %e, "audit log write failed");
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_one_json_line_per_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = AuditLog::open(&dir.path().join("audit.jsonl")).expect("open");
+        for i in 0..3 {
+            log.record(&AuditEntry {
+                time: "2026-01-01T00:00:00.000Z".into(),
+                session_id: SessionId("s".into()),
+                turn_id: TurnId("t".into()),
+                call_id: CallId(format!("c{i}")),
+                originator: None,
+                remote: false,
+                tool: "shell".into(),
+                args: serde_json::json!({"command": "ls"}),
+                decision: AuditDecision::Allowed,
+                approved_by: None,
+                duration_ms: 3,
+                outcome: AuditOutcome::Ok,
+                output_bytes: 10,
+                truncated: false,
+            })
+            .expect("record");
+        }
+        let text = std::fs::read_to_string(log.path()).expect("read");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[2]["call_id"], "c2");
+        assert_eq!(lines[0]["decision"], "allowed");
+    }
+}

@@ -1,0 +1,1 @@
+//! The diagnostic toolset (read-only unless marked). Being written.
