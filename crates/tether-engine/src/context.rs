@@ -271,10 +271,16 @@ mod tests {
     fn estimate_counts_bytes_and_overhead() {
         assert_eq!(estimate_tokens(&[]), 0);
         assert_eq!(estimate_tokens(&[user("")]), MESSAGE_OVERHEAD_TOKENS);
-        assert_eq!(estimate_tokens(&[user("abcd")]), MESSAGE_OVERHEAD_TOKENS + 1);
-        assert_eq!(estimate_tokens(&[user("abcde")]), MESSAGE_OVERHEAD_TOKENS + 2);
+        assert_eq!(
+            estimate_tokens(&[user("abcd")]),
+            MESSAGE_OVERHEAD_TOKENS + 1
+        );
+        assert_eq!(
+            estimate_tokens(&[user("abcde")]),
+            MESSAGE_OVERHEAD_TOKENS + 2
+        );
         let with_call = estimate_tokens(&[calls(&["abcd"])]);
-        assert!(with_call >= MESSAGE_OVERHEAD_TOKENS + TOOL_CALL_OVERHEAD_TOKENS + 1);
+        assert!(with_call > MESSAGE_OVERHEAD_TOKENS + TOOL_CALL_OVERHEAD_TOKENS);
     }
 
     #[test]
@@ -346,7 +352,13 @@ mod tests {
     #[test]
     fn orphan_tool_messages_are_dropped_when_compacting() {
         let big = "z".repeat(2_000);
-        let m = vec![sys("s"), user("q"), tool("ghost", "x"), assistant(&big), user("now")];
+        let m = vec![
+            sys("s"),
+            user("q"),
+            tool("ghost", "x"),
+            assistant(&big),
+            user("now"),
+        ];
         let out = compact(&m, 40);
         assert!(!out.iter().any(|m| matches!(m, Message::Tool { .. })));
         assert_eq!(out.last(), m.last());

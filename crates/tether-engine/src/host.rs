@@ -445,7 +445,12 @@ pub fn parse_diskstats(text: &str) -> Vec<DiskStat> {
             if parts.len() < 14 {
                 return None;
             }
-            let n = |i: usize| parts.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            let n = |i: usize| {
+                parts
+                    .get(i)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
             Some(DiskStat {
                 name: parts[2].to_owned(),
                 reads: n(3),
@@ -493,7 +498,9 @@ fn unescape_mount_field(s: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
         {
             let v = u32::from(bytes[i + 1] - b'0') * 64
                 + u32::from(bytes[i + 2] - b'0') * 8
@@ -534,7 +541,10 @@ pub fn mounts() -> Vec<Mount> {
 /// Whether `fs_type` holds no user data (proc, sysfs, cgroup, tmpfs, …).
 pub fn is_pseudo_fs(fs_type: &str) -> bool {
     PSEUDO_FS.contains(&fs_type)
-        || matches!(fs_type, "tmpfs" | "efivarfs" | "fuse.lxcfs" | "fuse.gvfsd-fuse")
+        || matches!(
+            fs_type,
+            "tmpfs" | "efivarfs" | "fuse.lxcfs" | "fuse.gvfsd-fuse"
+        )
 }
 
 /// Space and inode figures of one file system (`statvfs(3)`).
@@ -679,7 +689,9 @@ pub fn proc_cmdline(pid: u32) -> String {
 /// The owner of a process (the owner of its `/proc` directory, its real uid).
 pub fn proc_uid(pid: u32) -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(format!("/proc/{pid}")).ok().map(|m| m.uid())
+    std::fs::metadata(format!("/proc/{pid}"))
+        .ok()
+        .map(|m| m.uid())
 }
 
 /// `/proc/PID/status` as field → value text (`VmRSS` → `1234 kB`).
@@ -935,7 +947,9 @@ unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
         libc::AF_INET => {
             // SAFETY: the family says this is a `sockaddr_in`.
             let sin = unsafe { std::ptr::read_unaligned(sa.cast::<libc::sockaddr_in>()) };
-            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))))
+            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                sin.sin_addr.s_addr,
+            ))))
         }
         libc::AF_INET6 => {
             // SAFETY: the family says this is a `sockaddr_in6`.
@@ -1059,5 +1073,99 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+    }
+
+    #[test]
+    fn proc_stat_parsers() {
+        let cpus = parse_cpu_times("cpu  1 2 3 4 5 6 7 8 9 10\ncpu0 1 2 3 4\nintr 5\n");
+        assert_eq!(cpus.len(), 2);
+        assert_eq!(cpus[0].1.total(), 36);
+        assert_eq!(cpus[1].1.iowait, 0);
+        let p = parse_pressure(
+            "some avg10=1.50 avg60=2.00 avg300=0.10 total=123\nfull avg10=0.00 avg60=0.50 avg300=0.00 total=7\n",
+        );
+        assert_eq!(p.some.as_ref().map(|l| l.avg60), Some(2.0));
+        assert_eq!(p.full.as_ref().map(|l| l.total_us), Some(7));
+    }
+
+    #[test]
+    fn process_stat_with_a_tricky_name() {
+        let s = parse_proc_stat(
+            "1234 (a) b (c) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 9999 1048576 256 18446744073709551615",
+        )
+        .expect("stat");
+        assert_eq!(s.pid, 1234);
+        assert_eq!(s.comm, "a) b (c");
+        assert_eq!(s.state, 'S');
+        assert_eq!((s.utime, s.stime, s.num_threads), (250, 50, 3));
+        assert_eq!(
+            (s.start_ticks, s.vsize_bytes, s.rss_pages),
+            (9999, 1_048_576, 256)
+        );
+        let me = proc_stat(std::process::id()).expect("own stat");
+        assert_eq!(me.pid, std::process::id());
+        assert!(me.num_threads >= 1);
+    }
+
+    #[test]
+    fn limits_mounts_and_net_dev_parse() {
+        let limits = parse_limits(
+            "Limit                     Soft Limit           Hard Limit           Units     \n\
+             Max open files            1024                 524288               files     \n\
+             Max nice priority         0                    0                    \n",
+        );
+        assert_eq!(limits.len(), 2);
+        assert_eq!(limits[0].name, "Max open files");
+        assert_eq!(
+            (limits[0].soft.as_str(), limits[0].hard.as_str()),
+            ("1024", "524288")
+        );
+        assert_eq!(limits[0].units, "files");
+        assert_eq!(limits[1].units, "");
+        let real = parse_limits(&std::fs::read_to_string("/proc/self/limits").expect("limits"));
+        assert!(real.iter().any(|l| l.name == "Max open files"), "{real:?}");
+
+        let mounts = parse_mounts("/dev/sdb1 /mnt/my\\040disk ext4 ro,relatime 0 0\n");
+        assert_eq!(mounts[0].mount_point, "/mnt/my disk");
+        assert!(mounts[0].read_only());
+        assert!(is_pseudo_fs("tmpfs") && is_pseudo_fs("proc") && !is_pseudo_fs("xfs"));
+
+        let dev = parse_net_dev(
+            "Inter-| Receive\n face |bytes\n  eth0: 100 2 3 4 0 0 0 0 200 5 6 7 0 0 0 0\n",
+        );
+        assert_eq!(dev.len(), 1);
+        assert_eq!(dev[0].name, "eth0");
+        assert_eq!(
+            (
+                dev[0].rx_bytes,
+                dev[0].rx_errors,
+                dev[0].tx_bytes,
+                dev[0].tx_dropped
+            ),
+            (100, 3, 200, 7)
+        );
+    }
+
+    #[test]
+    fn libc_readings_are_plausible() {
+        let st = statvfs(Path::new("/")).expect("statvfs /");
+        assert!(st.blocks > 0 && st.block_size > 0);
+        assert!(st.blocks_free <= st.blocks && st.blocks_available <= st.blocks_free);
+        assert!(statvfs(Path::new("/nonexistent/path")).is_err());
+        assert!(clock_ticks() >= 1 && page_size() >= 1024);
+        let addrs = interface_addresses().expect("getifaddrs");
+        assert!(
+            addrs
+                .iter()
+                .any(|a| a.address == IpAddr::V4(Ipv4Addr::LOCALHOST) && a.prefix_len == Some(8)),
+            "{addrs:?}"
+        );
+        assert!(is_local_ip("127.0.0.1".parse().expect("ip")));
+        assert!(is_local_ip("::1".parse().expect("ip")));
+        assert!(is_local_ip("::ffff:127.0.0.2".parse().expect("ip")));
+        assert!(!is_local_ip("192.0.2.1".parse().expect("ip")));
+        for a in addrs {
+            assert!(is_local_ip(a.address), "{a:?}");
+        }
     }
 }

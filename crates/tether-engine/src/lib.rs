@@ -140,8 +140,15 @@ impl Engine {
                         .await;
                 }
                 let target = inspect_target(req.mode, req.params, &req.text);
-                turn::run_inspect(conversation, run, &extras, &target.0, target.1.as_deref(), note)
-                    .await
+                turn::run_inspect(
+                    conversation,
+                    run,
+                    &extras,
+                    &target.0,
+                    target.1.as_deref(),
+                    note,
+                )
+                .await
             }
         }
     }
@@ -152,7 +159,10 @@ impl Engine {
 fn inspect_target(mode: Mode, params: &Map<String, Value>, text: &str) -> (String, Option<String>) {
     let param = |k: &str| params.get(k).and_then(Value::as_str).map(str::to_owned);
     if mode == Mode::Diagnose {
-        return (param("plugin").unwrap_or_else(|| "system".into()), param("target"));
+        return (
+            param("plugin").unwrap_or_else(|| "system".into()),
+            param("target"),
+        );
     }
     let mut words = text.split_whitespace();
     let mut first = words.next();
@@ -161,6 +171,9 @@ fn inspect_target(mode: Mode, params: &Map<String, Value>, text: &str) -> (Strin
     }
     match first {
         Some(plugin) => (plugin.to_owned(), words.next().map(str::to_owned)),
-        None => (param("plugin").unwrap_or_else(|| "system".into()), param("target")),
+        None => (
+            param("plugin").unwrap_or_else(|| "system".into()),
+            param("target"),
+        ),
     }
 }

@@ -121,7 +121,10 @@ mod tests {
     #[test]
     fn sessions_with_params_start_by_themselves() {
         assert_eq!(
-            initial_input(Mode::Inspect, &map(json!({"plugin": "disk", "target": "/data"}))),
+            initial_input(
+                Mode::Inspect,
+                &map(json!({"plugin": "disk", "target": "/data"}))
+            ),
             Some("inspect disk /data".into())
         );
         let d = initial_input(
@@ -130,7 +133,10 @@ mod tests {
         )
         .expect("diagnose input");
         assert!(d.contains("disk /data 95% full") && d.contains("plugin: disk"));
-        assert_eq!(initial_input(Mode::Chat, &map(json!({"plugin": "x"}))), None);
+        assert_eq!(
+            initial_input(Mode::Chat, &map(json!({"plugin": "x"}))),
+            None
+        );
         assert_eq!(initial_input(Mode::Inspect, &map(json!({}))), None);
     }
 

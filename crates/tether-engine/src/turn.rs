@@ -259,7 +259,15 @@ async fn run_model_tool_call(
     } else {
         serde_json::from_str(&call.arguments).map_err(|e| e.to_string())
     };
-    run_tool(conversation, run, extras, &call.name, parsed, &call.arguments).await
+    run_tool(
+        conversation,
+        run,
+        extras,
+        &call.name,
+        parsed,
+        &call.arguments,
+    )
+    .await
 }
 
 /// Runs one tool call end to end: publishes `tool_call`, validates the arguments, asks
@@ -463,7 +471,15 @@ pub(crate) async fn run_inspect(
                 final_text: String::new(),
             };
         }
-        let out = run_tool(conversation, &run, extras, &call.tool, Ok(call.args.clone()), "").await;
+        let out = run_tool(
+            conversation,
+            &run,
+            extras,
+            &call.tool,
+            Ok(call.args.clone()),
+            "",
+        )
+        .await;
         results.push((call, out));
     }
     let report = crate::inspect::report(plugin, target, &results);

@@ -3,9 +3,11 @@
 //!
 //! * [`client`] — the client protocol (PROTOCOL.md §1): requests, replies, events, control frames.
 //! * [`ids`] — identifiers shared by every protocol.
+//! * [`link`] — the link protocol (PROTOCOL.md §2), agent ↔ hub.
 
 pub mod client;
 pub mod ids;
+pub mod link;
 
 pub use client::*;
 pub use ids::*;

@@ -10,6 +10,7 @@ use tether_engine::Engine;
 use tether_engine::audit::AuditLog;
 use tether_engine::log::EventLog;
 use tether_engine::model::ModelProvider;
+use tether_engine::openai::OpenAiProvider;
 use tether_engine::scripted::ScriptedProvider;
 use tether_engine::tools::{ToolRegistry, ToolsConfig};
 use tether_mux::{Mux, MuxConfig};
@@ -24,6 +25,9 @@ pub fn build_provider(choice: &ModelChoice) -> Result<Arc<dyn ModelProvider>> {
         ModelChoice::Scripted { script } => {
             Arc::new(ScriptedProvider::from_file(script).context("model.script")?)
         }
+        ModelChoice::OpenAi(cfg) => {
+            Arc::new(OpenAiProvider::new(cfg.clone()).map_err(|e| anyhow::anyhow!("{e}"))?)
+        }
     })
 }
 
@@ -33,11 +37,13 @@ pub fn build_engine(cfg: &AgentConfig) -> Result<Engine> {
         read_dirs: cfg.tools.read_dirs.clone(),
         shell_timeout: cfg.tools.shell_timeout,
         shell_enabled: cfg.tools.shell,
+        log_dirs: cfg.tools.log_dirs.clone(),
+        ..ToolsConfig::default()
     });
     let mut engine = Engine::new(Some(provider), tools);
     engine.max_rounds = cfg.sessions.max_rounds;
     // The demo script keeps `chat` alive without a model; `diagnose` falls back to inspect.
-    engine.model_configured = cfg.model != ModelChoice::Demo;
+    engine.model_configured = !matches!(cfg.model, ModelChoice::Demo);
     Ok(engine)
 }
 
@@ -95,10 +101,9 @@ impl Core {
     pub async fn start(cfg: &AgentConfig, audit_path: &std::path::Path) -> Result<Core> {
         ensure_state_dir(cfg)?;
         let mut engine = build_engine(cfg)?;
-        engine.audit = Some(Arc::new(
-            AuditLog::open(audit_path)
-                .with_context(|| format!("cannot open the audit log {}", audit_path.display()))?,
-        ));
+        engine.audit = Some(Arc::new(AuditLog::open(audit_path).with_context(|| {
+            format!("cannot open the audit log {}", audit_path.display())
+        })?));
         let log = EventLog::open(&cfg.state_dir.join("events.db"))?;
         let mux = Mux::open(mux_config(cfg), engine, log.clone())?;
         let auth = Authenticator::new(
@@ -123,8 +128,7 @@ impl Core {
             let state = WsState::new(mux.clone(), auth.clone(), closing.clone());
             let closing = closing.clone();
             tasks.push(tokio::spawn(async move {
-                if let Err(e) =
-                    tether_transport::serve_http(listener, router(state), closing).await
+                if let Err(e) = tether_transport::serve_http(listener, router(state), closing).await
                 {
                     tracing::error!(error = %e, "HTTP listener failed");
                 }

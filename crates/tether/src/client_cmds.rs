@@ -240,18 +240,18 @@ pub async fn chat_with(
     let replaying_at_start = after_seq.is_some() || one_shot;
     if !one_shot {
         r.note(&format!(
-        "session {} ({}, {}) as {} [{}] — {}",
-        snap.session_id,
-        snap.mode,
-        snap.state,
-        hello.name,
-        hello.class,
-        if hello.class == tether_proto::Class::Observer {
-            "watching; Ctrl-C leaves"
-        } else {
-            "type a message; Ctrl-C cancels a running turn; Ctrl-D leaves"
-        }
-    ));
+            "session {} ({}, {}) as {} [{}] — {}",
+            snap.session_id,
+            snap.mode,
+            snap.state,
+            hello.name,
+            hello.class,
+            if hello.class == tether_proto::Class::Observer {
+                "watching; Ctrl-C leaves"
+            } else {
+                "type a message; Ctrl-C cancels a running turn; Ctrl-D leaves"
+            }
+        ));
     }
     let mut st = ChatState {
         session_id: snap.session_id.clone(),

@@ -34,6 +34,7 @@ use serde::{Deserialize, Deserializer};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tether_engine::openai::{OpenAiConfig, OpenAiEndpoint};
 use tether_proto::Class;
 
 /// A duration written as `30s`, `5m`, `1h 30m`.
@@ -61,6 +62,36 @@ pub struct ClientEntry {
     pub token_env: Option<String>,
 }
 
+/// One OpenAI-compatible endpoint: the keys shared by `[model]` and `[[model.fallback]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSection {
+    #[serde(default)]
+    pub provider: Option<String>,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    #[serde(default)]
+    pub max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    pub context_window: Option<u32>,
+    #[serde(default)]
+    pub extra_body: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub compact_at: Option<f64>,
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+    #[serde(default)]
+    pub replay_reasoning: Option<bool>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
@@ -68,6 +99,120 @@ pub struct ModelSection {
     /// `scripted`: the JSON script to replay.
     #[serde(default)]
     pub script: Option<PathBuf>,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    #[serde(default)]
+    pub max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    pub context_window: Option<u32>,
+    #[serde(default)]
+    pub extra_body: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub compact_at: Option<f64>,
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+    #[serde(default)]
+    pub replay_reasoning: Option<bool>,
+    /// Attempts per endpoint for 429/5xx/connection errors.
+    #[serde(default)]
+    pub retry_attempts: Option<u32>,
+    /// A stream silent this long is an error.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub connect_timeout: Option<Duration>,
+    /// Tried in order when the primary fails with 429/5xx/connection errors.
+    #[serde(default)]
+    pub fallback: Vec<EndpointSection>,
+}
+
+impl ModelSection {
+    /// The endpoint keys of the primary model.
+    fn primary(&self) -> EndpointSection {
+        EndpointSection {
+            provider: Some(self.provider.clone()),
+            base_url: self.base_url.clone(),
+            model: self.model.clone(),
+            api_key: self.api_key.clone(),
+            api_key_env: self.api_key_env.clone(),
+            max_tokens: self.max_tokens,
+            max_completion_tokens: self.max_completion_tokens,
+            context_window: self.context_window,
+            extra_body: self.extra_body.clone(),
+            compact_at: self.compact_at,
+            include_usage: self.include_usage,
+            replay_reasoning: self.replay_reasoning,
+        }
+    }
+
+    /// Keys that only mean something for `provider = "openai"`.
+    fn openai_keys_set(&self) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let checks: [(&'static str, bool); 14] = [
+            ("base_url", self.base_url.is_some()),
+            ("model", self.model.is_some()),
+            ("api_key", self.api_key.is_some()),
+            ("api_key_env", self.api_key_env.is_some()),
+            ("max_tokens", self.max_tokens.is_some()),
+            (
+                "max_completion_tokens",
+                self.max_completion_tokens.is_some(),
+            ),
+            ("context_window", self.context_window.is_some()),
+            ("extra_body", self.extra_body.is_some()),
+            ("compact_at", self.compact_at.is_some()),
+            ("include_usage", self.include_usage.is_some()),
+            ("replay_reasoning", self.replay_reasoning.is_some()),
+            ("retry_attempts", self.retry_attempts.is_some()),
+            ("idle_timeout", self.idle_timeout.is_some()),
+            ("fallback", !self.fallback.is_empty()),
+        ];
+        for (key, set) in checks {
+            if set {
+                keys.push(key);
+            }
+        }
+        keys
+    }
+}
+
+fn endpoint(section: EndpointSection, key: &str) -> Result<OpenAiEndpoint> {
+    if let Some(p) = &section.provider {
+        if p != "openai" {
+            bail!("{key}.provider: `{p}` — only \"openai\" endpoints can be chained");
+        }
+    }
+    let base_url = section
+        .base_url
+        .ok_or_else(|| anyhow::anyhow!("{key}.base_url is required for provider = \"openai\""))?;
+    let model = section
+        .model
+        .ok_or_else(|| anyhow::anyhow!("{key}.model is required for provider = \"openai\""))?;
+    let mut e = OpenAiEndpoint::new(base_url, model);
+    e.api_key = section.api_key;
+    e.api_key_env = section.api_key_env;
+    e.max_tokens = section.max_tokens;
+    e.max_completion_tokens = section.max_completion_tokens;
+    e.context_window = section.context_window;
+    e.extra_body = section.extra_body.unwrap_or_default();
+    if let Some(c) = section.compact_at {
+        e.compact_at = c;
+    }
+    if let Some(u) = section.include_usage {
+        e.include_usage = u;
+    }
+    if let Some(r) = section.replay_reasoning {
+        e.replay_reasoning = r;
+    }
+    Ok(e)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -75,6 +220,9 @@ pub struct ModelSection {
 pub struct ToolsSection {
     #[serde(default = "default_read_dirs")]
     pub read_dirs: Vec<PathBuf>,
+    /// `log_tail` and `log_grep` only read below these.
+    #[serde(default = "default_read_dirs")]
+    pub log_dirs: Vec<PathBuf>,
     #[serde(default = "yes")]
     pub shell: bool,
     #[serde(default = "default_shell_timeout", deserialize_with = "duration")]
@@ -97,6 +245,7 @@ impl Default for ToolsSection {
     fn default() -> Self {
         ToolsSection {
             read_dirs: default_read_dirs(),
+            log_dirs: default_read_dirs(),
             shell: true,
             shell_timeout: default_shell_timeout(),
         }
@@ -167,13 +316,14 @@ struct RawConfig {
 }
 
 /// Which model answers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ModelChoice {
     /// The built-in demo script (no `[model]` section).
     Demo,
     Scripted {
         script: PathBuf,
     },
+    OpenAi(OpenAiConfig),
 }
 
 /// A credential with its token resolved.
@@ -282,21 +432,58 @@ impl AgentConfig {
         let model = match raw.model {
             None => ModelChoice::Demo,
             Some(m) => match m.provider.as_str() {
-                "scripted" => match m.script {
-                    Some(script) => ModelChoice::Scripted {
-                        script: paths::resolve(&script, base),
-                    },
-                    None => ModelChoice::Demo,
-                },
-                other => {
-                    bail!("model.provider: unknown provider `{other}`; this build knows `scripted`")
+                "scripted" => {
+                    if let Some(key) = m.openai_keys_set().first() {
+                        bail!("model.{key} is only used with provider = \"openai\"");
+                    }
+                    match m.script {
+                        Some(script) => ModelChoice::Scripted {
+                            script: paths::resolve(&script, base),
+                        },
+                        None => ModelChoice::Demo,
+                    }
                 }
+                "openai" => {
+                    if m.script.is_some() {
+                        bail!("model.script is only used with provider = \"scripted\"");
+                    }
+                    let primary = endpoint(m.primary(), "model")?;
+                    let mut cfg = OpenAiConfig::new(primary);
+                    for (i, f) in m.fallback.into_iter().enumerate() {
+                        cfg.endpoints
+                            .push(endpoint(f, &format!("model.fallback[{i}]"))?);
+                    }
+                    if let Some(n) = m.retry_attempts {
+                        cfg.retry.attempts = n;
+                    }
+                    if let Some(d) = m.idle_timeout {
+                        cfg.idle_timeout = d;
+                    }
+                    if let Some(d) = m.connect_timeout {
+                        cfg.request_timeout = d;
+                    }
+                    cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+                    // Fail at start, not at the first turn, when a key's variable is unset.
+                    for (i, e) in cfg.endpoints.iter().enumerate() {
+                        e.resolve_api_key(&OpenAiConfig::endpoint_key(i))
+                            .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    }
+                    ModelChoice::OpenAi(cfg)
+                }
+                other => bail!(
+                    "model.provider: unknown provider `{other}`; use \"openai\" or \"scripted\""
+                ),
             },
         };
 
         let mut tools = raw.tools;
         tools.read_dirs = tools
             .read_dirs
+            .iter()
+            .map(|p| paths::resolve(p, base))
+            .collect();
+        tools.log_dirs = tools
+            .log_dirs
             .iter()
             .map(|p| paths::resolve(p, base))
             .collect();
@@ -387,7 +574,48 @@ mod tests {
         );
         assert!(err("[[clients]]\nname = \"a\"\nclass = \"human\"").contains("clients[0]"));
         assert!(err("[model]\nprovider = \"magic\"").contains("model.provider"));
+        assert!(err("[model]\nprovider = \"openai\"\nmodel = \"m\"").contains("model.base_url"));
+        assert!(
+            err("[model]\nprovider = \"openai\"\nbase_url = \"http://x/v1\"\nmodel = \"m\"\nmax_tokens = 1\nmax_completion_tokens = 1")
+                .contains("max_completion_tokens")
+        );
+        assert!(
+            err("[model]\nprovider = \"openai\"\nbase_url = \"http://x/v1\"\nmodel = \"m\"\n[[model.fallback]]\nmodel = \"n\"")
+                .contains("model.fallback[0].base_url")
+        );
+        assert!(
+            err("[model]\nprovider = \"scripted\"\nbase_url = \"x\"").contains("model.base_url")
+        );
         assert!(err("[tools]\nshell = \"yes\"").contains("shell"));
+    }
+
+    #[test]
+    fn the_pinned_openai_config_parses() {
+        let c = parse(
+            r#"
+[model]
+provider = "openai"
+base_url = "http://127.0.0.1:11434/v1"
+model = "qwen2.5:7b"
+max_completion_tokens = 4096
+context_window = 32768
+extra_body = { temperature = 0.2 }
+
+[[model.fallback]]
+provider = "openai"
+base_url = "http://10.0.0.2:8000/v1"
+model = "small"
+max_tokens = 1024
+"#,
+        )
+        .expect("config");
+        let ModelChoice::OpenAi(m) = c.model else {
+            panic!("not openai: {:?}", c.model);
+        };
+        assert_eq!(m.endpoints.len(), 2);
+        assert_eq!(m.endpoints[0].max_completion_tokens, Some(4096));
+        assert_eq!(m.endpoints[0].extra_body["temperature"], 0.2);
+        assert_eq!(m.endpoints[1].model, "small");
     }
 
     #[test]

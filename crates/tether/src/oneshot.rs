@@ -87,7 +87,11 @@ fn exit_code(end: RunEnd) -> ExitCode {
 }
 
 /// `tether inspect [PLUGIN] [--target T]`
-pub async fn inspect(config: Option<&Path>, plugin: &str, target: Option<String>) -> Result<ExitCode> {
+pub async fn inspect(
+    config: Option<&Path>,
+    plugin: &str,
+    target: Option<String>,
+) -> Result<ExitCode> {
     let cfg = AgentConfig::load(config)?;
     let mut params = Map::new();
     params.insert("plugin".into(), Value::String(plugin.to_owned()));

@@ -307,6 +307,10 @@ impl Renderer {
                     self.paint(RED, "✗")
                 };
                 self.line(&format!("  {mark} {duration_ms} ms"));
+                if self.report.is_some() {
+                    // Reports summarise tool output themselves; progress stays one line each.
+                    return;
+                }
                 let lines: Vec<&str> = output.lines().collect();
                 for l in lines.iter().take(TOOL_OUTPUT_LINES) {
                     let t = self.paint(DIM, &format!("  │ {l}"));

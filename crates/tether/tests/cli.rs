@@ -10,7 +10,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_tether");
 
 struct AgentProc {
     child: Child,
-    config: PathBuf,
 }
 
 impl AgentProc {
@@ -29,10 +28,7 @@ impl AgentProc {
             assert!(Instant::now() < deadline, "agent did not come up");
             std::thread::sleep(Duration::from_millis(20));
         }
-        AgentProc {
-            child,
-            config: config.to_owned(),
-        }
+        AgentProc { child }
     }
 
     /// SIGTERM, then wait (bounded) for a clean exit.

@@ -104,6 +104,10 @@ pub struct ToolsConfig {
     pub shell_timeout: Duration,
     /// `false` removes `shell` from the toolset entirely.
     pub shell_enabled: bool,
+    /// `log_tail` and `log_grep` only read below these directories.
+    pub log_dirs: Vec<PathBuf>,
+    /// Longest a diagnostic tool's helper command (`journalctl`, `systemctl`) may run.
+    pub command_timeout: Duration,
 }
 
 impl Default for ToolsConfig {
@@ -112,6 +116,8 @@ impl Default for ToolsConfig {
             read_dirs: vec![PathBuf::from("/var/log")],
             shell_timeout: Duration::from_secs(60),
             shell_enabled: true,
+            log_dirs: vec![PathBuf::from("/var/log")],
+            command_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -127,11 +133,18 @@ impl ToolRegistry {
         Self::default()
     }
 
-    /// The built-in tools configured by `config`.
+    /// The built-in tools configured by `config`: `system_info`, `read_file`, the diagnostic
+    /// toolset, and `shell` unless disabled.
     pub fn builtin(config: &ToolsConfig) -> Self {
         let mut registry = ToolRegistry::new();
         registry.add(Arc::new(system_info::SystemInfo));
         registry.add(Arc::new(read_file::ReadFile::new(config.read_dirs.clone())));
+        for tool in diag::diagnostic_tools(&diag::DiagConfig {
+            log_dirs: config.log_dirs.clone(),
+            command_timeout: config.command_timeout,
+        }) {
+            registry.add(tool);
+        }
         if config.shell_enabled {
             registry.add(Arc::new(shell::Shell::new(config.shell_timeout)));
         }

@@ -1,0 +1,576 @@
+//! The link protocol (PROTOCOL.md §2): agent ↔ hub over one WebSocket.
+//!
+//! Version 1 is catpaw's agent protocol, field for field: a stock catpaw agent or
+//! catpaw-server must read what we write. Version 2 adds fields and messages that a
+//! version-1 peer never sees (the sender checks the negotiated version).
+//!
+//! Every frame is an envelope `{"type", "id", "ref_id"?, "payload"?}`. [`LinkFrame::decode`]
+//! checks the size limit and the envelope, then decodes the payload by type; an unknown type
+//! decodes to [`LinkMessage::Unknown`] so newer peers do not break older ones.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// Largest inbound link frame accepted.
+pub const MAX_LINK_FRAME_BYTES: usize = 1024 * 1024;
+
+/// Path of the agent endpoint on a hub.
+pub const AGENT_WS_PATH: &str = "/api/v1/agent/ws";
+
+/// Upgrade headers.
+pub const HEADER_AGENT_TOKEN: &str = "x-agent-token";
+pub const HEADER_AGENT_ID: &str = "x-agent-id";
+pub const HEADER_PROTO_VERSION: &str = "x-proto-version";
+
+/// Most alert events in one `alert_events` frame.
+pub const MAX_ALERT_BATCH: usize = 100;
+
+/// The exact strings a refused `session_start` is acked with (PROTOCOL.md §2).
+pub mod refusal {
+    pub const INVALID_PAYLOAD: &str = "invalid payload";
+    pub const MISSING_SESSION_ID: &str = "missing session_id";
+    pub const CHAT_ENGINE_UNAVAILABLE: &str = "chat engine not available";
+    pub const DIAGNOSE_ENGINE_UNAVAILABLE: &str = "diagnose engine not available";
+    pub const MAX_CONCURRENT: &str = "max concurrent sessions reached";
+    pub const DUPLICATE_SESSION_ID: &str = "duplicate session_id";
+
+    pub const ALL: &[&str] = &[
+        INVALID_PAYLOAD,
+        MISSING_SESSION_ID,
+        CHAT_ENGINE_UNAVAILABLE,
+        DIAGNOSE_ENGINE_UNAVAILABLE,
+        MAX_CONCURRENT,
+        DUPLICATE_SESSION_ID,
+    ];
+}
+
+/// `session_error.code` values.
+pub mod error_code {
+    pub const INVALID_TYPE: &str = "invalid_type";
+    pub const ENGINE_UNAVAILABLE: &str = "engine_unavailable";
+    pub const MISSING_PLUGIN: &str = "missing_plugin";
+    pub const DIAGNOSE_FAILED: &str = "diagnose_failed";
+    pub const CHAT_INIT_FAILED: &str = "chat_init_failed";
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_empty_str(s: &str) -> bool {
+    s.is_empty()
+}
+
+// ---- agent → hub ------------------------------------------------------------------------
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Register {
+    pub hostname: String,
+    pub ip: String,
+    pub os: String,
+    pub arch: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub plugins: Vec<String>,
+    pub agent_version: String,
+    #[serde(default)]
+    pub uptime_sec: i64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub active_sessions: u64,
+    pub active_alerts: u64,
+    #[serde(default)]
+    pub cpu_pct: f64,
+    #[serde(default)]
+    pub mem_pct: f64,
+    /// Version 2: alerts dropped from the full spool since the agent started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped_alerts: Option<u64>,
+}
+
+/// `Critical`, `Warning`, `Info` or `Ok`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AlertStatus {
+    Critical,
+    Warning,
+    Info,
+    Ok,
+}
+
+impl AlertStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertStatus::Critical => "Critical",
+            AlertStatus::Warning => "Warning",
+            AlertStatus::Info => "Info",
+            AlertStatus::Ok => "Ok",
+        }
+    }
+
+    /// Parses the wire spelling, accepting any letter case.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "critical" => Some(AlertStatus::Critical),
+            "warning" => Some(AlertStatus::Warning),
+            "info" => Some(AlertStatus::Info),
+            "ok" => Some(AlertStatus::Ok),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for AlertStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertEvent {
+    /// Unix seconds.
+    pub event_time: i64,
+    pub event_status: AlertStatus,
+    pub alert_key: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attrs: BTreeMap<String, String>,
+    #[serde(default)]
+    pub description: String,
+    /// `text` or `markdown` (catpaw omits it when empty).
+    #[serde(default, skip_serializing_if = "is_empty_str")]
+    pub description_format: String,
+    /// Version 2: per-agent sequence number, kept across restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertEvents {
+    pub events: Vec<AlertEvent>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionOutput {
+    pub session_id: String,
+    #[serde(default)]
+    pub delta: String,
+    /// `thinking`, `tool_call`, `tool_result`, `answer`, `error`, or empty on the final frame.
+    #[serde(default)]
+    pub stage: String,
+    #[serde(default)]
+    pub done: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionError {
+    pub session_id: String,
+    pub error: String,
+    pub code: String,
+}
+
+/// Version 2: one client-protocol event of a remote session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionEvent {
+    pub session_id: String,
+    pub event: Value,
+}
+
+/// Version 2: a finished diagnosis report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DiagnoseReport {
+    pub alert_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    pub report: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+// ---- hub → agent ------------------------------------------------------------------------
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+    /// Version 2: the version the hub agreed to speak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Disconnect {
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub retry_after_sec: u64,
+}
+
+/// `session_start.params` (catpaw's keys; anything else is kept).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionStart {
+    #[serde(default)]
+    pub session_id: String,
+    #[serde(default)]
+    pub session_type: String,
+    #[serde(default)]
+    pub user_name: String,
+    #[serde(default)]
+    pub params: Map<String, Value>,
+    /// Version 2: the operator's class (`human`, `agent`, `observer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    /// Version 2: who may answer permission prompts (`human` or `any`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionInput {
+    pub session_id: String,
+    #[serde(default)]
+    pub message: String,
+    /// Version 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_name: Option<String>,
+    /// Version 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    /// Version 2.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub queue: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionCancel {
+    pub session_id: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Version 2: an operator joins a remote session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionAttach {
+    pub session_id: String,
+    pub user_name: String,
+    pub class: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_seq: Option<u64>,
+}
+
+/// Version 2: an operator leaves a remote session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionDetach {
+    pub session_id: String,
+    #[serde(default)]
+    pub user_name: String,
+}
+
+/// Version 2: an operator answers a permission prompt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionAnswer {
+    pub session_id: String,
+    pub call_id: String,
+    pub user_name: String,
+    pub class: String,
+    pub decision: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// Version 2: the hub has stored every alert event with `seq <= upto_seq`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertAck {
+    pub upto_seq: u64,
+}
+
+// ---- envelope ---------------------------------------------------------------------------
+
+/// A decoded link message.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LinkMessage {
+    Register(Register),
+    Ack(Ack),
+    Heartbeat(Heartbeat),
+    AlertEvents(AlertEvents),
+    AlertAck(AlertAck),
+    SessionOutput(SessionOutput),
+    SessionError(SessionError),
+    SessionEvent(SessionEvent),
+    DiagnoseReport(DiagnoseReport),
+    SessionStart(SessionStart),
+    SessionInput(SessionInput),
+    SessionCancel(SessionCancel),
+    SessionAttach(SessionAttach),
+    SessionDetach(SessionDetach),
+    SessionAnswer(SessionAnswer),
+    Ping,
+    Pong,
+    Disconnect(Disconnect),
+    /// A type this build does not know; ignored by receivers.
+    Unknown(String),
+}
+
+impl LinkMessage {
+    /// The envelope `type`.
+    pub fn kind(&self) -> &str {
+        match self {
+            LinkMessage::Register(_) => "register",
+            LinkMessage::Ack(_) => "ack",
+            LinkMessage::Heartbeat(_) => "heartbeat",
+            LinkMessage::AlertEvents(_) => "alert_events",
+            LinkMessage::AlertAck(_) => "alert_ack",
+            LinkMessage::SessionOutput(_) => "session_output",
+            LinkMessage::SessionError(_) => "session_error",
+            LinkMessage::SessionEvent(_) => "session_event",
+            LinkMessage::DiagnoseReport(_) => "diagnose_report",
+            LinkMessage::SessionStart(_) => "session_start",
+            LinkMessage::SessionInput(_) => "session_input",
+            LinkMessage::SessionCancel(_) => "session_cancel",
+            LinkMessage::SessionAttach(_) => "session_attach",
+            LinkMessage::SessionDetach(_) => "session_detach",
+            LinkMessage::SessionAnswer(_) => "session_answer",
+            LinkMessage::Ping => "ping",
+            LinkMessage::Pong => "pong",
+            LinkMessage::Disconnect(_) => "disconnect",
+            LinkMessage::Unknown(kind) => kind,
+        }
+    }
+
+    fn payload(&self) -> Option<Value> {
+        let v = match self {
+            LinkMessage::Register(p) => serde_json::to_value(p),
+            LinkMessage::Ack(p) => serde_json::to_value(p),
+            LinkMessage::Heartbeat(p) => serde_json::to_value(p),
+            LinkMessage::AlertEvents(p) => serde_json::to_value(p),
+            LinkMessage::AlertAck(p) => serde_json::to_value(p),
+            LinkMessage::SessionOutput(p) => serde_json::to_value(p),
+            LinkMessage::SessionError(p) => serde_json::to_value(p),
+            LinkMessage::SessionEvent(p) => serde_json::to_value(p),
+            LinkMessage::DiagnoseReport(p) => serde_json::to_value(p),
+            LinkMessage::SessionStart(p) => serde_json::to_value(p),
+            LinkMessage::SessionInput(p) => serde_json::to_value(p),
+            LinkMessage::SessionCancel(p) => serde_json::to_value(p),
+            LinkMessage::SessionAttach(p) => serde_json::to_value(p),
+            LinkMessage::SessionDetach(p) => serde_json::to_value(p),
+            LinkMessage::SessionAnswer(p) => serde_json::to_value(p),
+            LinkMessage::Disconnect(p) => serde_json::to_value(p),
+            LinkMessage::Ping | LinkMessage::Pong | LinkMessage::Unknown(_) => return None,
+        };
+        v.ok()
+    }
+}
+
+/// Why a link frame was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LinkDecodeError {
+    #[error("frame is {size} bytes; the limit is {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("malformed JSON: {0}")]
+    Json(String),
+    #[error("envelope: {0}")]
+    Envelope(String),
+    #[error("`{kind}` payload: {message}")]
+    Payload { kind: String, message: String },
+}
+
+#[derive(Deserialize)]
+struct RawEnvelope {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    ref_id: Option<String>,
+    #[serde(default)]
+    payload: Option<Value>,
+}
+
+/// One link frame: envelope plus decoded message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinkFrame {
+    pub id: String,
+    pub ref_id: Option<String>,
+    pub message: LinkMessage,
+}
+
+fn payload<T: DeserializeOwned>(kind: &str, payload: Option<Value>) -> Result<T, LinkDecodeError> {
+    let value = payload.unwrap_or(Value::Null);
+    let result: Result<T, serde_path_to_error::Error<serde_json::Error>> =
+        serde_path_to_error::deserialize(value);
+    result.map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        LinkDecodeError::Payload {
+            kind: kind.to_owned(),
+            message: if path == "." {
+                inner
+            } else {
+                format!("field `{path}`: {inner}")
+            },
+        }
+    })
+}
+
+impl LinkFrame {
+    pub fn new(id: impl Into<String>, message: LinkMessage) -> Self {
+        LinkFrame {
+            id: id.into(),
+            ref_id: None,
+            message,
+        }
+    }
+
+    /// Decodes one inbound frame. Never panics; every failure says what was wrong.
+    pub fn decode(text: &str) -> Result<LinkFrame, LinkDecodeError> {
+        if text.len() > MAX_LINK_FRAME_BYTES {
+            return Err(LinkDecodeError::TooLarge {
+                size: text.len(),
+                limit: MAX_LINK_FRAME_BYTES,
+            });
+        }
+        let raw: RawEnvelope = serde_json::from_str(text).map_err(|e| {
+            if e.is_data() {
+                LinkDecodeError::Envelope(e.to_string())
+            } else {
+                LinkDecodeError::Json(e.to_string())
+            }
+        })?;
+        let kind = raw.kind.as_str();
+        let p = raw.payload;
+        let message = match kind {
+            "register" => LinkMessage::Register(payload(kind, p)?),
+            "ack" => LinkMessage::Ack(payload(kind, p)?),
+            "heartbeat" => LinkMessage::Heartbeat(payload(kind, p)?),
+            "alert_events" => LinkMessage::AlertEvents(payload(kind, p)?),
+            "alert_ack" => LinkMessage::AlertAck(payload(kind, p)?),
+            "session_output" => LinkMessage::SessionOutput(payload(kind, p)?),
+            "session_error" => LinkMessage::SessionError(payload(kind, p)?),
+            "session_event" => LinkMessage::SessionEvent(payload(kind, p)?),
+            "diagnose_report" => LinkMessage::DiagnoseReport(payload(kind, p)?),
+            "session_start" => LinkMessage::SessionStart(payload(kind, p)?),
+            "session_input" => LinkMessage::SessionInput(payload(kind, p)?),
+            "session_cancel" => LinkMessage::SessionCancel(payload(kind, p)?),
+            "session_attach" => LinkMessage::SessionAttach(payload(kind, p)?),
+            "session_detach" => LinkMessage::SessionDetach(payload(kind, p)?),
+            "session_answer" => LinkMessage::SessionAnswer(payload(kind, p)?),
+            "ping" => LinkMessage::Ping,
+            "pong" => LinkMessage::Pong,
+            "disconnect" => LinkMessage::Disconnect(payload(kind, p)?),
+            other => LinkMessage::Unknown(other.to_owned()),
+        };
+        Ok(LinkFrame {
+            id: raw.id,
+            ref_id: raw.ref_id.filter(|r| !r.is_empty()),
+            message,
+        })
+    }
+
+    pub fn encode(&self) -> String {
+        let mut map = Map::new();
+        map.insert("type".into(), Value::String(self.message.kind().to_owned()));
+        map.insert("id".into(), Value::String(self.id.clone()));
+        if let Some(r) = &self.ref_id {
+            map.insert("ref_id".into(), Value::String(r.clone()));
+        }
+        if let Some(p) = self.message.payload() {
+            map.insert("payload".into(), p);
+        }
+        Value::Object(map).to_string()
+    }
+}
+
+/// Encodes a `session_event` frame around an already-encoded client-protocol event, without
+/// decoding and re-encoding it (the event bytes reach the hub exactly as clients see them).
+pub fn encode_session_event(id: &str, session_id: &str, event_json: &str) -> String {
+    let id = Value::String(id.to_owned());
+    let sid = Value::String(session_id.to_owned());
+    format!(
+        r#"{{"type":"session_event","id":{id},"payload":{{"session_id":{sid},"event":{event_json}}}}}"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catpaw_shapes_round_trip() {
+        let frame = LinkFrame::new(
+            "m1",
+            LinkMessage::AlertEvents(AlertEvents {
+                events: vec![AlertEvent {
+                    event_time: 1_700_000_000,
+                    event_status: AlertStatus::Warning,
+                    alert_key: "k".into(),
+                    labels: BTreeMap::from([("plugin".into(), "disk".into())]),
+                    attrs: BTreeMap::new(),
+                    description: "disk full".into(),
+                    description_format: String::new(),
+                    seq: None,
+                }],
+            }),
+        );
+        let text = frame.encode();
+        // Version 1 peers never see version-2 fields; empty optional fields are omitted as
+        // catpaw's `omitempty` does.
+        assert!(
+            !text.contains("seq")
+                && !text.contains("attrs")
+                && !text.contains("description_format")
+        );
+        assert_eq!(LinkFrame::decode(&text), Ok(frame));
+    }
+
+    #[test]
+    fn session_event_embeds_the_event_verbatim() {
+        let text = encode_session_event("i", "s", r#"{"event":"text_delta","seq":3}"#);
+        let frame = LinkFrame::decode(&text).expect("decode");
+        match frame.message {
+            LinkMessage::SessionEvent(e) => {
+                assert_eq!(e.session_id, "s");
+                assert_eq!(e.event["seq"], 3);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_frames_are_errors_that_say_why() {
+        assert!(matches!(
+            LinkFrame::decode("nope"),
+            Err(LinkDecodeError::Json(_))
+        ));
+        assert!(matches!(
+            LinkFrame::decode("{}"),
+            Err(LinkDecodeError::Envelope(_))
+        ));
+        let e = LinkFrame::decode(r#"{"type":"ack","id":"1","payload":{"ok":"yes"}}"#)
+            .expect_err("bad ack");
+        assert!(e.to_string().contains("`ok`"), "{e}");
+        let big = format!(
+            r#"{{"type":"ping","id":"{}"}}"#,
+            "x".repeat(MAX_LINK_FRAME_BYTES)
+        );
+        assert!(matches!(
+            LinkFrame::decode(&big),
+            Err(LinkDecodeError::TooLarge { .. })
+        ));
+        assert_eq!(
+            LinkFrame::decode(r#"{"type":"future_thing","id":"1"}"#).map(|f| f.message),
+            Ok(LinkMessage::Unknown("future_thing".into()))
+        );
+    }
+}
