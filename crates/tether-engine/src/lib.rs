@@ -47,6 +47,8 @@ pub struct Engine {
     pub tools: ToolRegistry,
     pub max_rounds: u32,
     pub audit: Option<Arc<AuditLog>>,
+    /// MCP servers whose tools are offered to model turns.
+    pub mcp: Option<Arc<mcp::McpServers>>,
 }
 
 /// One turn as the multiplexer asks for it.
@@ -74,6 +76,7 @@ impl Engine {
             tools,
             max_rounds: DEFAULT_MAX_ROUNDS,
             audit: None,
+            mcp: None,
         }
     }
 
@@ -110,6 +113,30 @@ impl Engine {
                 };
             }
         };
+        // MCP tools are listed afresh for each model turn; a server that is down is reported
+        // to the session and the turn goes on without it.
+        let mut with_mcp: Option<ToolRegistry> = None;
+        if let (Some(mcp), Some(_)) = (&self.mcp, &provider) {
+            let (tools, problems) = mcp.session_tools().await;
+            for message in problems {
+                req.sink
+                    .emit(EventBody::Notice {
+                        level: NoticeLevel::Warning,
+                        message,
+                    })
+                    .await;
+            }
+            if !tools.is_empty() {
+                let mut registry = req.tools.clone();
+                for tool in tools {
+                    // Remote is untrusted: only tools the operator declared harmless.
+                    if !req.remote || tool.read_only() {
+                        registry.add(tool);
+                    }
+                }
+                with_mcp = Some(registry);
+            }
+        }
         let run = TurnRun {
             session_id: req.session_id.clone(),
             turn_id: req.turn_id.clone(),
@@ -118,7 +145,7 @@ impl Engine {
                 Some(p) => p.clone(),
                 None => Arc::new(scripted::ScriptedProvider::demo()),
             },
-            tools: req.tools,
+            tools: with_mcp.as_ref().unwrap_or(req.tools),
             max_rounds: self.max_rounds,
             sink: req.sink,
             router: req.router,

@@ -24,7 +24,9 @@ use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig,
     ClientRequest, ContentBlock, Implementation, ResourceContents, ServerResult,
 };
-use rmcp::service::{Peer, PeerRequestOptions, RequestHandle, RoleClient, RunningService};
+use rmcp::service::{
+    ClientInitializeError, Peer, PeerRequestOptions, RequestHandle, RoleClient, RunningService,
+};
 use rmcp::transport::TokioChildProcess;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -318,7 +320,7 @@ impl McpServers {
                     spec: ToolSpec {
                         name,
                         description,
-                        parameters: Value::Object((*tool.input_schema).clone()),
+                        parameters: parameters_schema(&tool.input_schema),
                     },
                     server: slot.config.name.clone(),
                     remote_name: remote,
@@ -379,31 +381,39 @@ impl McpServers {
                 break;
             };
             let peer = conn.service.peer().clone();
-            match timeout_at(deadline, peer.list_all_tools()).await {
-                Ok(Ok(tools)) => {
+            let listed = timeout_at(deadline, peer.list_all_tools()).await;
+            let closed = peer.is_transport_closed();
+            match listed {
+                Ok(Ok(tools)) if !closed => {
                     return ServerReport {
                         listed: Some((tools, peer)),
                         problems,
                     };
                 }
-                Ok(Err(e)) => {
-                    if !peer.is_transport_closed() || fresh {
-                        // The server answered with an error (or died right after starting):
-                        // keep what is running, report, and try again next session.
-                        let suffix = conn.stderr.suffix();
-                        if peer.is_transport_closed() {
-                            *state = None;
-                        }
+                Ok(Err(e)) if !closed => {
+                    // The server answered with an error: keep it running, report, and ask
+                    // again next session.
+                    problems.push(format!(
+                        "MCP server `{name}` could not list its tools: {e}{}",
+                        conn.stderr.suffix()
+                    ));
+                    return ServerReport::problems(problems);
+                }
+                Ok(_) => {
+                    // The server is gone. Give its last words a moment to arrive.
+                    let _ = timeout(STDERR_GRACE, conn.stderr.eof.cancelled()).await;
+                    let suffix = conn.stderr.suffix();
+                    *state = None;
+                    if fresh {
                         problems.push(format!(
-                            "MCP server `{name}` could not list its tools: {e}{suffix}"
+                            "MCP server `{name}` failed to start: it exited right after the \
+                             handshake{suffix}"
                         ));
                         return ServerReport::problems(problems);
                     }
                     problems.push(format!(
-                        "MCP server `{name}` had stopped{}; restarting it",
-                        conn.stderr.suffix()
+                        "MCP server `{name}` had stopped{suffix}; restarting it"
                     ));
-                    *state = None;
                 }
                 Err(_) => {
                     // A server that cannot list its tools in time is stuck: stop it so the
@@ -508,9 +518,17 @@ async fn start(config: &McpServerConfig, deadline: Instant) -> Result<Connection
             _group: group,
         }),
         Ok(Err(e)) => {
-            // The server most likely exited: give its last words a moment to arrive.
-            let _ = timeout(STDERR_GRACE, tail.eof.cancelled()).await;
-            Err(StartError::Failed(format!("{e}{}", tail.suffix())))
+            tracing::warn!(server = %config.name, error = %e, "MCP handshake failed");
+            let why = match e {
+                ClientInitializeError::ConnectionClosed(_)
+                | ClientInitializeError::TransportError { .. } => {
+                    // The server most likely exited: give its last words a moment to arrive.
+                    let _ = timeout(STDERR_GRACE, tail.eof.cancelled()).await;
+                    "it closed the connection during the MCP handshake".to_owned()
+                }
+                other => format!("the MCP handshake failed: {other}"),
+            };
+            Err(StartError::Failed(format!("{why}{}", tail.suffix())))
         }
         Err(_) => Err(StartError::Late("no answer to `initialize`")),
     }
@@ -530,7 +548,7 @@ impl StderrTail {
         if text.is_empty() {
             return;
         }
-        tracing::info!(server = %server, "MCP server stderr: {text}");
+        tracing::debug!(server = %server, "MCP server stderr: {text}");
         let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
         if lines.len() == STDERR_TAIL_LINES {
             lines.pop_front();
@@ -640,6 +658,17 @@ fn unique_name(server: &str, tool: &str, taken: &mut HashSet<String>) -> String 
     name
 }
 
+/// The server's input schema as function parameters: the top-level `$schema` (which some
+/// model APIs refuse) is dropped, and a missing `"type"` is set to `"object"`.
+fn parameters_schema(input: &serde_json::Map<String, Value>) -> Value {
+    let mut schema = input.clone();
+    schema.remove("$schema");
+    schema
+        .entry("type")
+        .or_insert_with(|| Value::String("object".into()));
+    Value::Object(schema)
+}
+
 fn format_secs(d: Duration) -> String {
     if d.subsec_millis() == 0 {
         format!("{} s", d.as_secs())
@@ -663,7 +692,7 @@ pub struct McpTool {
 }
 
 enum Waited {
-    Answer(Result<ServerResult, rmcp::ServiceError>),
+    Answer(Box<Result<ServerResult, rmcp::ServiceError>>),
     Stopped,
     Cancelled,
     TimedOut,
@@ -716,7 +745,7 @@ impl McpTool {
             biased;
             _ = ctx.cancel.cancelled() => Waited::Cancelled,
             answer = timeout_at(deadline, &mut handle.rx) => match answer {
-                Ok(Ok(answer)) => Waited::Answer(answer),
+                Ok(Ok(answer)) => Waited::Answer(Box::new(answer)),
                 Ok(Err(_)) => Waited::Stopped,
                 Err(_) => Waited::TimedOut,
             },
@@ -735,14 +764,16 @@ impl McpTool {
                 self.too_late()
             }
             Waited::Stopped => ToolOutput::error(format!(
-                "MCP server `{server}` stopped before `{tool}` answered; it is restarted for \
-                 the next session"
+                "MCP server `{server}` stopped before `{tool}` answered"
             )),
-            Waited::Answer(Ok(ServerResult::CallToolResult(result))) => render_result(&result),
-            Waited::Answer(Ok(_)) => ToolOutput::error(format!(
-                "MCP server `{server}` answered `{tool}` with something other than a tool result"
-            )),
-            Waited::Answer(Err(e)) => self.failure(e),
+            Waited::Answer(answer) => match *answer {
+                Ok(ServerResult::CallToolResult(result)) => render_result(&result),
+                Ok(_) => ToolOutput::error(format!(
+                    "MCP server `{server}` answered `{tool}` with something other than a tool \
+                     result"
+                )),
+                Err(e) => self.failure(e),
+            },
         }
     }
 
@@ -755,9 +786,7 @@ impl McpTool {
                 e.message
             )),
             rmcp::ServiceError::TransportClosed | rmcp::ServiceError::TransportSend(_) => {
-                ToolOutput::error(format!(
-                    "MCP server `{server}` is not running; it is restarted for the next session"
-                ))
+                ToolOutput::error(format!("MCP server `{server}` is not running"))
             }
             other => ToolOutput::error(format!("MCP server `{server}` failed `{tool}`: {other}")),
         }
@@ -803,7 +832,9 @@ fn render_result(result: &CallToolResult) -> ToolOutput {
                 ),
                 _ => "[resource]".into(),
             },
-            ContentBlock::ResourceLink(link) => format!("[resource link {} ({})]", link.uri, link.name),
+            ContentBlock::ResourceLink(link) => {
+                format!("[resource link {} ({})]", link.uri, link.name)
+            }
             _ => "[content of an unknown kind]".into(),
         });
     }
@@ -874,7 +905,10 @@ mod tests {
         let err = validate(&[server("")]).err().unwrap_or_default();
         assert!(err.contains("mcp.servers[0].name"), "{err}");
         let err = validate(&[server("a.b")]).err().unwrap_or_default();
-        assert!(err.contains("mcp.servers[0].name") && err.contains("a.b"), "{err}");
+        assert!(
+            err.contains("mcp.servers[0].name") && err.contains("a.b"),
+            "{err}"
+        );
         let err = validate(&[server("x"), server("y"), server("x")])
             .err()
             .unwrap_or_default();
@@ -928,8 +962,14 @@ mod tests {
     fn names_are_sanitized_truncated_and_unique() {
         let mut taken = HashSet::new();
         assert_eq!(unique_name("fs", "read.file", &mut taken), "fs__read_file");
-        assert_eq!(unique_name("fs", "read_file", &mut taken), "fs__read_file_2");
-        assert_eq!(unique_name("fs", "read file", &mut taken), "fs__read_file_3");
+        assert_eq!(
+            unique_name("fs", "read_file", &mut taken),
+            "fs__read_file_2"
+        );
+        assert_eq!(
+            unique_name("fs", "read file", &mut taken),
+            "fs__read_file_3"
+        );
         assert_eq!(unique_name("fs", "", &mut taken), "fs__tool");
         assert_eq!(unique_name("fs", "größe", &mut taken), "fs__gr__e");
         let long = "x".repeat(100);
@@ -964,6 +1004,21 @@ mod tests {
         let out = render_result(&structured);
         assert!(out.ok);
         assert!(out.output.contains("\"sum\":5"), "{}", out.output);
+    }
+
+    #[test]
+    fn schemas_become_function_parameters() {
+        let input = serde_json::json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "properties": {"a": {"type": "integer"}},
+        });
+        let Value::Object(input) = input else {
+            panic!("an object")
+        };
+        assert_eq!(
+            parameters_schema(&input),
+            serde_json::json!({"type": "object", "properties": {"a": {"type": "integer"}}})
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tether_engine::Engine;
 use tether_engine::audit::AuditLog;
 use tether_engine::log::EventLog;
+use tether_engine::mcp::{McpServers, McpTimeouts};
 use tether_engine::model::ModelProvider;
 use tether_engine::openai::OpenAiProvider;
 use tether_engine::scripted::ScriptedProvider;
@@ -42,6 +43,19 @@ pub fn build_engine(cfg: &AgentConfig) -> Result<Engine> {
     });
     let mut engine = Engine::new(Some(provider), tools);
     engine.max_rounds = cfg.sessions.max_rounds;
+    if !cfg.mcp.servers.is_empty() {
+        let mut timeouts = McpTimeouts::default();
+        if let Some(t) = cfg.mcp.start_timeout {
+            timeouts.start = t;
+        }
+        if let Some(t) = cfg.mcp.call_timeout {
+            timeouts.call = t;
+        }
+        engine.mcp = Some(Arc::new(
+            McpServers::with_timeouts(cfg.mcp.servers.clone(), timeouts)
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ));
+    }
     // The demo script keeps `chat` alive without a model; `diagnose` falls back to inspect.
     engine.model_configured = !matches!(cfg.model, ModelChoice::Demo);
     Ok(engine)
@@ -157,6 +171,9 @@ impl Core {
     /// Ends running turns with an event, closes every connection, flushes the log.
     pub async fn stop(self) {
         self.mux.shutdown().await;
+        if let Some(mcp) = &self.mux.engine().mcp {
+            mcp.shutdown().await;
+        }
         self.closing.cancel();
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;

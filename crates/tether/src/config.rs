@@ -34,6 +34,7 @@ use serde::{Deserialize, Deserializer};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tether_engine::mcp::McpServerConfig;
 use tether_engine::openai::{OpenAiConfig, OpenAiEndpoint};
 use tether_proto::Class;
 
@@ -295,6 +296,21 @@ impl Default for SessionsSection {
     }
 }
 
+/// `[mcp]`: MCP servers whose tools sessions may use.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpSection {
+    /// `[[mcp.servers]] name, command, args, env, tools_allow, needs_permission`.
+    #[serde(default)]
+    pub servers: Vec<McpServerConfig>,
+    /// Longest a server may take to start and list its tools.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub start_timeout: Option<Duration>,
+    /// Longest one MCP tool call may take.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub call_timeout: Option<Duration>,
+}
+
 /// The file as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -313,6 +329,8 @@ struct RawConfig {
     tools: ToolsSection,
     #[serde(default)]
     sessions: SessionsSection,
+    #[serde(default)]
+    mcp: McpSection,
 }
 
 /// Which model answers.
@@ -346,6 +364,7 @@ pub struct AgentConfig {
     pub model: ModelChoice,
     pub tools: ToolsSection,
     pub sessions: SessionsSection,
+    pub mcp: McpSection,
 }
 
 /// The default WebSocket listener.
@@ -491,6 +510,17 @@ impl AgentConfig {
             bail!("tools.shell_timeout must be more than 0");
         }
 
+        let mut mcp = raw.mcp;
+        tether_engine::mcp::validate(&mcp.servers).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for server in &mut mcp.servers {
+            // A relative command path means the config's directory, like every other path.
+            if server.command.contains('/') {
+                server.command = paths::resolve(Path::new(&server.command), base)
+                    .display()
+                    .to_string();
+            }
+        }
+
         let s = &raw.sessions;
         if s.max_rounds == 0 {
             bail!("sessions.max_rounds must be at least 1");
@@ -517,6 +547,7 @@ impl AgentConfig {
             model,
             tools,
             sessions: raw.sessions,
+            mcp,
         })
     }
 }
@@ -616,6 +647,21 @@ max_tokens = 1024
         assert_eq!(m.endpoints[0].max_completion_tokens, Some(4096));
         assert_eq!(m.endpoints[0].extra_body["temperature"], 0.2);
         assert_eq!(m.endpoints[1].model, "small");
+    }
+
+    #[test]
+    fn mcp_servers_are_checked_at_load() {
+        let c = parse(
+            "[[mcp.servers]]\nname = \"fs\"\ncommand = \"./mcp-fs\"\nargs = [\"--root\", \"/srv\"]\ntools_allow = [\"read_*\"]\n",
+        )
+        .expect("config");
+        assert_eq!(c.mcp.servers[0].command, "/etc/tether/./mcp-fs");
+        assert!(c.mcp.servers[0].needs_permission);
+        assert!(
+            err("[[mcp.servers]]\nname = \"bad name\"\ncommand = \"x\"\n")
+                .contains("mcp.servers[0]")
+        );
+        assert!(err("[[mcp.servers]]\nname = \"a\"\ncomand = \"x\"\n").contains("comand"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod agent;
 mod client_cmds;
 mod config;
+mod models;
 mod oneshot;
 mod paths;
 mod render;
@@ -97,6 +98,11 @@ enum Command {
         #[arg(long, env = "TETHER_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Check the configured models.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
     /// List the agent's sessions.
     Sessions {
         #[command(flatten)]
@@ -104,6 +110,20 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelsCommand {
+    /// Send one tiny request to each configured model (primary, then fallbacks) and print
+    /// its latency, or the error in plain words. Exits 1 if any model fails.
+    Test {
+        /// Agent config file (default ~/.config/tether/agent.toml).
+        #[arg(long, env = "TETHER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Give up on a model after this long.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
 }
 
@@ -165,6 +185,9 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             },
         )
         .await),
+        Command::Models {
+            command: ModelsCommand::Test { config, timeout },
+        } => models::test(config.as_deref(), timeout).await,
         Command::Sessions { connect, json } => ok(client_cmds::sessions(&connect, json).await),
     }
 }

@@ -248,3 +248,65 @@ fn client_commands_explain_an_agent_that_is_not_running() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is `tether agent` running?"), "{err}");
 }
+
+fn plain_config(dir: &Path) -> PathBuf {
+    let config = dir.join("agent.toml");
+    std::fs::write(&config, "listen = \"off\"\nstate_dir = \"state\"\n").expect("config");
+    config
+}
+
+#[test]
+fn inspect_system_prints_real_figures_without_a_model() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = plain_config(dir.path());
+    let out = client(&config, &["inspect", "system"], "");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(report.starts_with("# Inspection: system"), "{report}");
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    assert!(
+        report.contains(hostname.trim()),
+        "hostname missing: {report}"
+    );
+    assert!(
+        report.contains("## Findings") && report.contains("## Memory"),
+        "{report}"
+    );
+    // The report goes to stdout alone; progress went to stderr.
+    assert!(!report.contains("⚙"), "{report}");
+    // Every tool call of the inspection was audited.
+    let audit = std::fs::read_to_string(dir.path().join("state/audit.jsonl")).expect("audit");
+    assert!(audit.lines().count() >= 3, "{audit}");
+    assert!(audit.contains("\"tool\":\"memory\""), "{audit}");
+}
+
+#[test]
+fn inspect_refuses_an_unknown_plugin_by_listing_the_known_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = plain_config(dir.path());
+    let out = client(&config, &["inspect", "nonsense"], "");
+    assert!(!out.status.success());
+    let err = text(&out);
+    assert!(err.contains("nonsense") && err.contains("disk"), "{err}");
+}
+
+#[test]
+fn diagnose_without_a_model_falls_back_to_inspect_and_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = plain_config(dir.path());
+    let out = client(
+        &config,
+        &[
+            "diagnose",
+            "--alert",
+            "disk / is filling up",
+            "--plugin",
+            "disk",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("No model is configured"), "{report}");
+    assert!(report.contains("# Inspection: disk"), "{report}");
+}
