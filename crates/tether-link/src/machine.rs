@@ -1,0 +1,693 @@
+//! The link's protocol logic with no I/O (in the style of quinn-proto): the driver feeds it
+//! [`Input`]s — connected, frame received, timer fired, alerts written, connection lost, HTTP
+//! status on upgrade — and carries out the [`Output`]s it returns — dial, send, set or cancel a
+//! timer, close, deliver a session message. Every rule of PROTOCOL.md §2 about the connection's
+//! life lives here, so it can be tested exhaustively without sockets or clocks.
+
+use crate::backoff::{Backoff, Cause, SeededRng};
+use std::time::Duration;
+use tether_proto::link::{AlertAck, Disconnect, LinkDecodeError, LinkFrame, LinkMessage};
+
+/// The agent waits this long for the hub's `ack` to its `register`.
+pub const REGISTER_ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Heartbeat period.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+/// Without any frame from the hub for this long, the connection is dead.
+pub const READ_DEADLINE: Duration = Duration::from_secs(90);
+/// Alerts are flushed at least this often while registered.
+pub const ALERT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Timers the driver keeps for the machine. Setting a timer replaces its previous deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Timer {
+    Reconnect,
+    AckDeadline,
+    Heartbeat,
+    ReadDeadline,
+    AlertFlush,
+}
+
+impl Timer {
+    pub const ALL: [Timer; 5] = [
+        Timer::Reconnect,
+        Timer::AckDeadline,
+        Timer::Heartbeat,
+        Timer::ReadDeadline,
+        Timer::AlertFlush,
+    ];
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    /// Begin dialing.
+    Start,
+    /// The WebSocket upgrade succeeded.
+    Connected,
+    /// Dialing failed; `status` is the HTTP status when the hub answered the upgrade.
+    ConnectFailed { status: Option<u16>, error: String },
+    /// A frame arrived.
+    Frame(LinkFrame),
+    /// A frame arrived that could not be decoded.
+    BadFrame(LinkDecodeError),
+    /// A timer fired.
+    Timer(Timer),
+    /// New alert events are in the spool.
+    AlertsPending,
+    /// The driver finished a `SendAlerts`: events up to `upto_seq` were written to the socket
+    /// (`None`: there was nothing to send).
+    AlertsWritten { upto_seq: Option<u64> },
+    /// The connection broke (read or write error, peer closed).
+    ConnectionLost { error: String },
+    /// Stop for good: close and never dial again.
+    Shutdown,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Dial the hub.
+    Connect,
+    /// Send `register` (the driver fills in the host's details).
+    SendRegister,
+    /// Send `heartbeat` (the driver fills in live figures).
+    SendHeartbeat,
+    /// Send this frame as is.
+    Send(LinkFrame),
+    /// Send spooled alert events with `seq > after_seq`, in batches, then report
+    /// [`Input::AlertsWritten`].
+    SendAlerts {
+        after_seq: u64,
+    },
+    /// The hub has these events: delete them from the spool.
+    DeleteAlerts {
+        upto_seq: u64,
+    },
+    SetTimer(Timer, Duration),
+    CancelTimer(Timer),
+    /// Close the socket (with a close frame when possible).
+    Close,
+    /// The link is up.
+    Registered {
+        version: u32,
+        warning: Option<String>,
+    },
+    /// The link went down: its remote sessions end.
+    Down {
+        reason: String,
+    },
+    /// Waiting this long before dialing again.
+    Backoff {
+        wait: Duration,
+        reason: String,
+    },
+    /// A session message for the session layer.
+    Deliver(LinkFrame),
+    /// Something worth a log line that changes nothing.
+    Note(String),
+}
+
+/// Where the link is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Idle,
+    Connecting,
+    Handshaking,
+    Registered { version: u32 },
+    Waiting,
+    Stopped,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Idle => "idle",
+            State::Connecting => "connecting",
+            State::Handshaking => "handshaking",
+            State::Registered { .. } => "registered",
+            State::Waiting => "backing_off",
+            State::Stopped => "stopped",
+        }
+    }
+}
+
+pub struct LinkMachine {
+    state: State,
+    backoff: Backoff,
+    /// The version the agent offers (`X-Proto-Version`).
+    offered: u32,
+    /// v2: every event up to here is stored by the hub.
+    acked: u64,
+    /// Events up to here were written on this connection.
+    sent: u64,
+    /// A `SendAlerts` is being carried out.
+    flushing: bool,
+    /// Alerts arrived while a flush was running: flush again after it.
+    more_alerts: bool,
+}
+
+impl LinkMachine {
+    /// `offered` is 1 or 2; `rng` drives the jitter; `acked` is the spool's high-water mark of
+    /// events the hub already has (0 for a fresh spool).
+    pub fn new(offered: u32, rng: SeededRng, acked: u64) -> LinkMachine {
+        LinkMachine {
+            state: State::Idle,
+            backoff: Backoff::new(rng),
+            offered: offered.clamp(1, 2),
+            acked,
+            sent: acked,
+            flushing: false,
+            more_alerts: false,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The negotiated version while registered.
+    pub fn version(&self) -> Option<u32> {
+        match self.state {
+            State::Registered { version } => Some(version),
+            _ => None,
+        }
+    }
+
+    pub fn offered(&self) -> u32 {
+        self.offered
+    }
+
+    /// Feeds one input; returns what to do, in order.
+    pub fn handle(&mut self, input: Input) -> Vec<Output> {
+        let mut out = Vec::new();
+        if self.state == State::Stopped {
+            return out;
+        }
+        match input {
+            Input::Start => {
+                if matches!(self.state, State::Idle | State::Waiting) {
+                    out.push(Output::CancelTimer(Timer::Reconnect));
+                    self.state = State::Connecting;
+                    out.push(Output::Connect);
+                }
+            }
+            Input::Connected => {
+                if self.state == State::Connecting {
+                    self.state = State::Handshaking;
+                    out.push(Output::SendRegister);
+                    out.push(Output::SetTimer(Timer::AckDeadline, REGISTER_ACK_TIMEOUT));
+                }
+            }
+            Input::ConnectFailed { status, error } => {
+                if self.state == State::Connecting {
+                    let (cause, reason) = match status {
+                        Some(401) => (
+                            Cause::Unauthorized,
+                            "the hub refused the agent token (HTTP 401)".to_owned(),
+                        ),
+                        Some(code) => (
+                            Cause::Failure,
+                            format!("the hub answered HTTP {code}: {error}"),
+                        ),
+                        None => (Cause::Failure, format!("cannot connect: {error}")),
+                    };
+                    self.back_off(&mut out, cause, reason);
+                }
+            }
+            Input::Frame(frame) => self.on_frame(&mut out, frame),
+            Input::BadFrame(e) => match self.state {
+                State::Handshaking => {
+                    self.fail(&mut out, format!("bad frame during the handshake: {e}"));
+                }
+                State::Registered { .. } => {
+                    // A garbled frame is not a dead connection: it still proves the hub is
+                    // there, and catpaw ignores it too.
+                    out.push(Output::SetTimer(Timer::ReadDeadline, READ_DEADLINE));
+                    out.push(Output::Note(format!(
+                        "ignored a bad frame from the hub: {e}"
+                    )));
+                }
+                _ => {}
+            },
+            Input::Timer(timer) => self.on_timer(&mut out, timer),
+            Input::AlertsPending => {
+                self.more_alerts = true;
+                self.maybe_flush(&mut out);
+            }
+            Input::AlertsWritten { upto_seq } => {
+                self.flushing = false;
+                if let (Some(upto), State::Registered { version }) = (upto_seq, self.state) {
+                    self.sent = self.sent.max(upto);
+                    // Version 1 delivers at most once: written is done.
+                    if version == 1 {
+                        self.acked = self.sent;
+                        out.push(Output::DeleteAlerts { upto_seq: upto });
+                    }
+                    // More may have queued behind a full batch.
+                    self.more_alerts = true;
+                }
+                self.maybe_flush(&mut out);
+            }
+            Input::ConnectionLost { error } => match self.state {
+                State::Handshaking => self.fail(&mut out, format!("connection lost: {error}")),
+                State::Registered { .. } => {
+                    self.drop_registered(&mut out, format!("connection lost: {error}"))
+                }
+                _ => {}
+            },
+            Input::Shutdown => {
+                if matches!(self.state, State::Registered { .. }) {
+                    out.push(Output::Down {
+                        reason: "agent shutting down".into(),
+                    });
+                }
+                if matches!(
+                    self.state,
+                    State::Handshaking | State::Registered { .. } | State::Connecting
+                ) {
+                    out.push(Output::Close);
+                }
+                for t in Timer::ALL {
+                    out.push(Output::CancelTimer(t));
+                }
+                self.state = State::Stopped;
+            }
+        }
+        out
+    }
+
+    fn on_frame(&mut self, out: &mut Vec<Output>, frame: LinkFrame) {
+        match self.state {
+            State::Handshaking => match frame.message {
+                LinkMessage::Ack(ack) if ack.ok => {
+                    let version = match ack.proto {
+                        Some(2) if self.offered >= 2 => 2,
+                        _ => 1,
+                    };
+                    self.state = State::Registered { version };
+                    self.backoff.reset();
+                    // Version 2 resends everything the hub has not acknowledged.
+                    self.sent = self.acked;
+                    self.flushing = false;
+                    out.push(Output::CancelTimer(Timer::AckDeadline));
+                    out.push(Output::Registered {
+                        version,
+                        warning: ack.warning,
+                    });
+                    out.push(Output::SetTimer(Timer::Heartbeat, HEARTBEAT_INTERVAL));
+                    out.push(Output::SetTimer(Timer::ReadDeadline, READ_DEADLINE));
+                    out.push(Output::SetTimer(Timer::AlertFlush, ALERT_FLUSH_INTERVAL));
+                    self.more_alerts = true;
+                    self.maybe_flush(out);
+                }
+                LinkMessage::Ack(ack) => {
+                    let why = ack.error.unwrap_or_else(|| "no reason given".into());
+                    self.fail(out, format!("the hub refused the registration: {why}"));
+                }
+                LinkMessage::Disconnect(Disconnect {
+                    reason,
+                    retry_after_sec,
+                }) => {
+                    out.push(Output::CancelTimer(Timer::AckDeadline));
+                    out.push(Output::Close);
+                    self.back_off(
+                        out,
+                        Cause::Disconnect { retry_after_sec },
+                        format!("the hub asked us to disconnect: {reason}"),
+                    );
+                }
+                other => {
+                    self.fail(
+                        out,
+                        format!("expected an ack to register, got `{}`", other.kind()),
+                    );
+                }
+            },
+            State::Registered { version } => {
+                out.push(Output::SetTimer(Timer::ReadDeadline, READ_DEADLINE));
+                match frame.message {
+                    LinkMessage::Ping => {
+                        if version >= 2 {
+                            out.push(Output::Send(LinkFrame::new(
+                                uuid::Uuid::now_v7().to_string(),
+                                LinkMessage::Pong,
+                            )));
+                        }
+                    }
+                    LinkMessage::Disconnect(Disconnect {
+                        reason,
+                        retry_after_sec,
+                    }) => {
+                        self.leave_registered(
+                            out,
+                            format!("the hub asked us to disconnect: {reason}"),
+                        );
+                        self.back_off(
+                            out,
+                            Cause::Disconnect { retry_after_sec },
+                            format!("the hub asked us to disconnect: {reason}"),
+                        );
+                    }
+                    LinkMessage::AlertAck(AlertAck { upto_seq }) => {
+                        if version >= 2 && upto_seq > self.acked {
+                            self.acked = upto_seq;
+                            out.push(Output::DeleteAlerts {
+                                upto_seq: self.acked,
+                            });
+                        }
+                    }
+                    LinkMessage::SessionStart(_)
+                    | LinkMessage::SessionInput(_)
+                    | LinkMessage::SessionCancel(_)
+                    | LinkMessage::SessionAttach(_)
+                    | LinkMessage::SessionDetach(_)
+                    | LinkMessage::SessionAnswer(_) => out.push(Output::Deliver(frame)),
+                    LinkMessage::Ack(_) | LinkMessage::Pong => {}
+                    other => out.push(Output::Note(format!(
+                        "ignored an unexpected `{}` from the hub",
+                        other.kind()
+                    ))),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_timer(&mut self, out: &mut Vec<Output>, timer: Timer) {
+        match (timer, self.state) {
+            (Timer::Reconnect, State::Waiting) => {
+                self.state = State::Connecting;
+                out.push(Output::Connect);
+            }
+            (Timer::AckDeadline, State::Handshaking) => {
+                self.fail(
+                    out,
+                    format!(
+                        "no ack to register within {} s",
+                        REGISTER_ACK_TIMEOUT.as_secs()
+                    ),
+                );
+            }
+            (Timer::Heartbeat, State::Registered { .. }) => {
+                out.push(Output::SendHeartbeat);
+                out.push(Output::SetTimer(Timer::Heartbeat, HEARTBEAT_INTERVAL));
+            }
+            (Timer::ReadDeadline, State::Registered { .. }) => {
+                self.drop_registered(
+                    out,
+                    format!("nothing from the hub for {} s", READ_DEADLINE.as_secs()),
+                );
+            }
+            (Timer::AlertFlush, State::Registered { .. }) => {
+                self.more_alerts = true;
+                self.maybe_flush(out);
+                out.push(Output::SetTimer(Timer::AlertFlush, ALERT_FLUSH_INTERVAL));
+            }
+            _ => {}
+        }
+    }
+
+    fn maybe_flush(&mut self, out: &mut Vec<Output>) {
+        if self.flushing || !self.more_alerts {
+            return;
+        }
+        if let State::Registered { .. } = self.state {
+            self.flushing = true;
+            self.more_alerts = false;
+            out.push(Output::SendAlerts {
+                after_seq: self.sent,
+            });
+        }
+    }
+
+    /// Leaves `Registered` (timers off, `Down`, close).
+    fn leave_registered(&mut self, out: &mut Vec<Output>, reason: String) {
+        for t in [Timer::Heartbeat, Timer::ReadDeadline, Timer::AlertFlush] {
+            out.push(Output::CancelTimer(t));
+        }
+        out.push(Output::Down { reason });
+        out.push(Output::Close);
+        self.flushing = false;
+    }
+
+    fn drop_registered(&mut self, out: &mut Vec<Output>, reason: String) {
+        self.leave_registered(out, reason.clone());
+        self.back_off(out, Cause::Dropped, reason);
+    }
+
+    /// A failure before registration: close and back off.
+    fn fail(&mut self, out: &mut Vec<Output>, reason: String) {
+        out.push(Output::CancelTimer(Timer::AckDeadline));
+        out.push(Output::Close);
+        self.back_off(out, Cause::Failure, reason);
+    }
+
+    fn back_off(&mut self, out: &mut Vec<Output>, cause: Cause, reason: String) {
+        let wait = self.backoff.wait(cause);
+        self.state = State::Waiting;
+        out.push(Output::Backoff { wait, reason });
+        out.push(Output::SetTimer(Timer::Reconnect, wait));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use tether_proto::link::Ack;
+
+    fn frame(message: LinkMessage) -> Input {
+        Input::Frame(LinkFrame::new("f", message))
+    }
+
+    fn ack(ok: bool, proto: Option<u32>) -> Input {
+        frame(LinkMessage::Ack(Ack {
+            ok,
+            error: (!ok).then(|| "nope".into()),
+            warning: None,
+            proto,
+        }))
+    }
+
+    fn backoff_wait(out: &[Output]) -> Option<Duration> {
+        out.iter().find_map(|o| match o {
+            Output::Backoff { wait, .. } => Some(*wait),
+            _ => None,
+        })
+    }
+
+    fn registered(offered: u32, proto: Option<u32>) -> LinkMachine {
+        let mut m = LinkMachine::new(offered, SeededRng::new(1), 0);
+        m.handle(Input::Start);
+        m.handle(Input::Connected);
+        m.handle(ack(true, proto));
+        m
+    }
+
+    #[test]
+    fn handshake_sends_register_then_waits_for_the_ack() {
+        let mut m = LinkMachine::new(2, SeededRng::new(1), 0);
+        assert_eq!(
+            m.handle(Input::Start),
+            vec![Output::CancelTimer(Timer::Reconnect), Output::Connect]
+        );
+        assert_eq!(
+            m.handle(Input::Connected),
+            vec![
+                Output::SendRegister,
+                Output::SetTimer(Timer::AckDeadline, REGISTER_ACK_TIMEOUT)
+            ]
+        );
+        let out = m.handle(ack(true, Some(2)));
+        assert!(out.contains(&Output::Registered {
+            version: 2,
+            warning: None
+        }));
+        assert!(out.contains(&Output::SetTimer(Timer::Heartbeat, HEARTBEAT_INTERVAL)));
+        assert!(out.contains(&Output::SetTimer(Timer::ReadDeadline, READ_DEADLINE)));
+        assert_eq!(m.version(), Some(2));
+    }
+
+    #[test]
+    fn a_version_one_hub_gets_version_one() {
+        assert_eq!(registered(2, None).version(), Some(1));
+        assert_eq!(registered(1, Some(2)).version(), Some(1));
+    }
+
+    #[test]
+    fn no_ack_in_ten_seconds_reconnects() {
+        let mut m = LinkMachine::new(2, SeededRng::new(1), 0);
+        m.handle(Input::Start);
+        m.handle(Input::Connected);
+        let out = m.handle(Input::Timer(Timer::AckDeadline));
+        assert!(out.contains(&Output::Close));
+        assert_eq!(m.state(), State::Waiting);
+        assert!(backoff_wait(&out).is_some());
+        let out = m.handle(Input::Timer(Timer::Reconnect));
+        assert_eq!(out, vec![Output::Connect]);
+    }
+
+    #[test]
+    fn ping_gets_pong_only_under_version_two() {
+        let mut v2 = registered(2, Some(2));
+        assert!(
+            v2.handle(frame(LinkMessage::Ping))
+                .iter()
+                .any(|o| matches!(o, Output::Send(f) if f.message == LinkMessage::Pong))
+        );
+        let mut v1 = registered(2, None);
+        assert!(
+            !v1.handle(frame(LinkMessage::Ping))
+                .iter()
+                .any(|o| matches!(o, Output::Send(_)))
+        );
+    }
+
+    #[test]
+    fn version_one_deletes_alerts_once_written_version_two_on_ack() {
+        let mut v1 = registered(2, None);
+        let out = v1.handle(Input::AlertsWritten { upto_seq: Some(5) });
+        assert!(out.contains(&Output::DeleteAlerts { upto_seq: 5 }));
+
+        let mut v2 = registered(2, Some(2));
+        let out = v2.handle(Input::AlertsWritten { upto_seq: Some(5) });
+        assert!(!out.iter().any(|o| matches!(o, Output::DeleteAlerts { .. })));
+        let out = v2.handle(frame(LinkMessage::AlertAck(AlertAck { upto_seq: 3 })));
+        assert!(out.contains(&Output::DeleteAlerts { upto_seq: 3 }));
+        // After a reconnect, version 2 resends from the last acknowledged event.
+        v2.handle(Input::ConnectionLost { error: "x".into() });
+        v2.handle(Input::Timer(Timer::Reconnect));
+        v2.handle(Input::Connected);
+        let out = v2.handle(ack(true, Some(2)));
+        assert!(
+            out.contains(&Output::SendAlerts { after_seq: 3 }),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn disconnect_waits_retry_after_and_resets_the_backoff() {
+        let mut m = registered(2, Some(2));
+        let out = m.handle(frame(LinkMessage::Disconnect(Disconnect {
+            reason: "maintenance".into(),
+            retry_after_sec: 40,
+        })));
+        let wait = backoff_wait(&out).expect("wait");
+        assert!(
+            wait >= Duration::from_secs(30) && wait <= Duration::from_secs(50),
+            "{wait:?}"
+        );
+        assert!(out.contains(&Output::Down {
+            reason: "the hub asked us to disconnect: maintenance".into()
+        }));
+    }
+
+    #[test]
+    fn silence_for_ninety_seconds_drops_the_link() {
+        let mut m = registered(2, Some(2));
+        let out = m.handle(Input::Timer(Timer::ReadDeadline));
+        assert!(out.iter().any(|o| matches!(o, Output::Down { .. })));
+        let wait = backoff_wait(&out).expect("wait");
+        // A registered link that dropped waits about 1 s.
+        assert!(wait <= Duration::from_millis(1250), "{wait:?}");
+    }
+
+    #[test]
+    fn shutdown_closes_and_stops_for_good() {
+        let mut m = registered(2, Some(2));
+        let out = m.handle(Input::Shutdown);
+        assert!(out.contains(&Output::Close));
+        assert_eq!(m.state(), State::Stopped);
+        assert!(m.handle(Input::Start).is_empty());
+        assert!(m.handle(Input::Timer(Timer::Reconnect)).is_empty());
+    }
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Start,
+        Connected,
+        Fail401,
+        FailOther,
+        AckOk(bool),
+        AckRefused,
+        Ping,
+        Disconnect(u64),
+        Lost,
+        Fire(Timer),
+        Garbage,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            Just(Step::Start),
+            Just(Step::Connected),
+            Just(Step::Fail401),
+            Just(Step::FailOther),
+            any::<bool>().prop_map(Step::AckOk),
+            Just(Step::AckRefused),
+            Just(Step::Ping),
+            (0u64..600).prop_map(Step::Disconnect),
+            Just(Step::Lost),
+            proptest::sample::select(Timer::ALL.to_vec()).prop_map(Step::Fire),
+            Just(Step::Garbage),
+        ]
+    }
+
+    proptest! {
+        /// Whatever happens, the machine keeps the handshake and backoff rules: a dial only
+        /// from Connecting, register only right after Connected, Registered only after an ok
+        /// ack, every failure followed by exactly one reconnect timer within the table, and a
+        /// 401 never waits less than 45 s.
+        #[test]
+        fn rules_hold_for_any_sequence(seed in any::<u64>(), offered in 1u32..3, steps in proptest::collection::vec(step(), 1..80)) {
+            let mut m = LinkMachine::new(offered, SeededRng::new(seed), 0);
+            for s in steps {
+                let before = m.state();
+                let input = match s {
+                    Step::Start => Input::Start,
+                    Step::Connected => Input::Connected,
+                    Step::Fail401 => Input::ConnectFailed { status: Some(401), error: "401".into() },
+                    Step::FailOther => Input::ConnectFailed { status: None, error: "refused".into() },
+                    Step::AckOk(v2) => ack(true, v2.then_some(2)),
+                    Step::AckRefused => ack(false, None),
+                    Step::Ping => frame(LinkMessage::Ping),
+                    Step::Disconnect(r) => frame(LinkMessage::Disconnect(Disconnect { reason: "r".into(), retry_after_sec: r })),
+                    Step::Lost => Input::ConnectionLost { error: "x".into() },
+                    Step::Fire(t) => Input::Timer(t),
+                    Step::Garbage => Input::BadFrame(LinkDecodeError::Json("x".into())),
+                };
+                let was_401 = matches!(s, Step::Fail401);
+                let out = m.handle(input);
+                let after = m.state();
+                for o in &out {
+                    match o {
+                        Output::Connect => prop_assert_eq!(after, State::Connecting),
+                        Output::SendRegister => prop_assert!(before == State::Connecting && after == State::Handshaking),
+                        Output::Registered { version, .. } => {
+                            prop_assert_eq!(before, State::Handshaking);
+                            prop_assert!(*version == 1 || (*version == 2 && offered == 2));
+                        }
+                        Output::SendHeartbeat | Output::SendAlerts { .. } => {
+                            let registered = matches!(after, State::Registered { .. });
+                            prop_assert!(registered);
+                        }
+                        _ => {}
+                    }
+                }
+                let reconnects = out.iter().filter(|o| matches!(o, Output::SetTimer(Timer::Reconnect, _))).count();
+                if after == State::Waiting && before != State::Waiting {
+                    prop_assert_eq!(reconnects, 1, "entering Waiting must set exactly one reconnect timer: {:?}", out);
+                    let wait = backoff_wait(&out).expect("backoff output");
+                    prop_assert!(wait >= Duration::from_millis(750) && wait <= Duration::from_secs(2250));
+                    if was_401 {
+                        prop_assert!(wait >= Duration::from_secs(45), "401 waited only {:?}", wait);
+                    }
+                } else {
+                    prop_assert_eq!(reconnects, 0);
+                }
+                if matches!(after, State::Registered { .. }) && !matches!(before, State::Registered { .. }) {
+                    let announced = out.iter().any(|o| matches!(o, Output::Registered { .. }));
+                    prop_assert!(announced);
+                }
+            }
+        }
+    }
+}
