@@ -462,8 +462,8 @@ mod tests {
         frame(LinkMessage::Ack(Ack {
             ok,
             error: (!ok).then(|| "nope".into()),
-            warning: None,
             proto,
+            ..Ack::default()
         }))
     }
 

@@ -27,8 +27,8 @@ use tether_engine::log::{EventLog, LogError};
 use tether_engine::tools::ToolRegistry;
 use tether_proto::{
     CLIENT_PROTOCOL_VERSION, Class, ClientId, ClientInfo, ErrorBody, HelloResult, Mode, Op, Policy,
-    Reason, ReplyFrame, Request, RequestId, ServerInfo, SessionCreated, SessionId, SessionList,
-    SessionState,
+    RawRequest, Reason, ReplyFrame, Request, RequestId, ServerInfo, SessionCreated, SessionId,
+    SessionList, SessionState,
 };
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -84,6 +84,8 @@ pub struct SessionOptions {
     pub tools: Option<ToolRegistry>,
     /// Started from the hub (remote is untrusted: restricted tools survive a restart).
     pub remote: bool,
+    /// Use this id instead of a fresh one (the hub names its sessions). Must be unused.
+    pub session_id: Option<SessionId>,
 }
 
 /// The multiplexer. Cheap to clone.
@@ -92,8 +94,21 @@ pub struct Mux {
     inner: Arc<Inner>,
 }
 
+/// Ops beyond the base protocol (e.g. `alert.send`), supplied by the binary. An extension
+/// sees the authenticated client and the raw request, and returns the result or an error.
+pub trait ExtensionOps: Send + Sync {
+    /// Whether `op` is one of this extension's ops.
+    fn handles(&self, op: &str) -> bool;
+    fn call<'a>(
+        &'a self,
+        client: &'a ClientInfo,
+        request: &'a RawRequest,
+    ) -> futures_util::future::BoxFuture<'a, Result<Value, ErrorBody>>;
+}
+
 struct Inner {
     shared: Arc<Shared>,
+    extensions: RwLock<Vec<Arc<dyn ExtensionOps>>>,
     sessions: RwLock<BTreeMap<SessionId, SessionHandle>>,
     next_conn: AtomicU64,
     shutdown: CancellationToken,
@@ -118,6 +133,7 @@ impl Mux {
             next_conn: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
             remote_tools: Mutex::new(None),
+            extensions: RwLock::new(Vec::new()),
         });
         let mux = Mux { inner };
         {
@@ -130,6 +146,23 @@ impl Mux {
             }
         }
         Ok(mux)
+    }
+
+    /// Adds ops beyond the base protocol.
+    pub fn add_extension(&self, ops: Arc<dyn ExtensionOps>) {
+        if let Ok(mut e) = self.inner.extensions.write() {
+            e.push(ops);
+        }
+    }
+
+    fn extension_for(&self, op: &str) -> Option<Arc<dyn ExtensionOps>> {
+        self.inner
+            .extensions
+            .read()
+            .ok()?
+            .iter()
+            .find(|e| e.handles(op))
+            .cloned()
     }
 
     /// Sets the toolset used by restored remote sessions (the hub link's choice).
@@ -259,6 +292,34 @@ impl Mux {
         SessionList { sessions }
     }
 
+    /// Closes a session on the agent's own behalf (idle timeout, the hub link going away),
+    /// with `reason` in its `session_closed` event. Waits until it is closed.
+    pub async fn close_session(&self, id: &SessionId, reason: &str) -> Result<(), ErrorBody> {
+        let Some(ops) = self.session_ops(id) else {
+            return Err(ErrorBody::new(
+                Reason::UnknownSession,
+                format!("no session {id}"),
+            ));
+        };
+        let (tx, rx) = oneshot::channel();
+        ops.send(OpMsg::CloseWithReason {
+            reason: reason.to_owned(),
+            done: tx,
+        })
+        .await
+        .map_err(|_| ErrorBody::new(Reason::Internal, "the session stopped"))?;
+        rx.await
+            .map_err(|_| ErrorBody::new(Reason::Internal, "the session stopped"))
+    }
+
+    /// The report of a diagnose session's last completed turn.
+    pub async fn session_report(&self, id: &SessionId) -> Option<String> {
+        let ops = self.session_ops(id)?;
+        let (tx, rx) = oneshot::channel();
+        ops.send(OpMsg::Report { done: tx }).await.ok()?;
+        rx.await.ok().flatten()
+    }
+
     /// Sessions whose turn is running right now.
     pub fn active_sessions(&self) -> usize {
         self.list_sessions()
@@ -334,8 +395,21 @@ impl Connection {
 
     /// Decodes and handles one text frame; the reply is queued on the outbound queue.
     pub async fn handle_text(&self, text: &str) {
-        match Request::decode(text) {
-            Ok(request) => self.handle(request).await,
+        let raw = match RawRequest::parse(text) {
+            Ok(raw) => raw,
+            Err(e) => return self.reply(e.to_reply()),
+        };
+        if !Op::NAMES.contains(&raw.op.as_str()) {
+            if let Some(ext) = self.mux.extension_for(&raw.op) {
+                let reply = match ext.call(&self.conn.client, &raw).await {
+                    Ok(result) => ReplyFrame::ok(raw.id.clone(), result),
+                    Err(e) => ReplyFrame::err(Some(raw.id.clone()), e),
+                };
+                return self.reply(reply);
+            }
+        }
+        match Op::from_raw(&raw) {
+            Ok(op) => self.handle(Request { id: raw.id, op }).await,
             Err(e) => self.reply(e.to_reply()),
         }
     }

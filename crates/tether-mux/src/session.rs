@@ -90,6 +90,13 @@ pub(crate) enum OpMsg {
     Disconnected { conn_id: u64, reason: String },
     /// End the running turn (if any), persist, and stop.
     Shutdown { done: oneshot::Sender<()> },
+    /// The report of the session's last completed diagnosis.
+    Report { done: oneshot::Sender<Option<String>> },
+    /// Close on the agent's own behalf, with this reason.
+    CloseWithReason {
+        reason: String,
+        done: oneshot::Sender<()>,
+    },
 }
 
 enum TurnMsg {
@@ -189,6 +196,8 @@ struct Actor {
     dirty: bool,
     closing: Option<String>,
     close_waiters: Vec<(ConnRef, RequestId, oneshot::Sender<()>)>,
+    /// Closes requested by the agent itself, waiting for the running turn to end.
+    close_done: Vec<oneshot::Sender<()>>,
     shutting_down: bool,
     summary: Arc<Mutex<SessionSummary>>,
     turn_tx: mpsc::Sender<TurnMsg>,
@@ -320,6 +329,7 @@ fn spawn(
         dirty: fresh,
         closing: None,
         close_waiters: Vec::new(),
+        close_done: Vec::new(),
         shutting_down: false,
         summary: Arc::new(Mutex::new(SessionSummary {
             session_id: SessionId::default(),
@@ -398,10 +408,25 @@ impl Actor {
                     }
                     Some(OpMsg::Op { conn, re, op, done }) => self.on_op(conn, re, op, done),
                     Some(OpMsg::Disconnected { conn_id, reason }) => self.on_disconnected(conn_id, reason),
+                    Some(OpMsg::Report { done }) => {
+                        let _ = done.send(self.durable.report.clone());
+                    }
+                    Some(OpMsg::CloseWithReason { reason, done }) => {
+                        if self.state == SessionState::Closed {
+                            let _ = done.send(());
+                        } else {
+                            self.close(reason);
+                            if self.closing.is_some() {
+                                self.close_done.push(done);
+                            } else {
+                                let _ = done.send(());
+                            }
+                        }
+                    }
                 },
                 Some(msg) = turns.recv() => {
                     self.on_turn(msg);
-                    for _ in 1..TURN_BATCH {
+                    for _ in 1..self.turn_batch() {
                         match turns.try_recv() {
                             Ok(msg) => self.on_turn(msg),
                             Err(_) => break,
@@ -412,6 +437,13 @@ impl Actor {
             }
             self.flush().await;
         }
+    }
+
+    /// Turn messages handled per flush. A flush pushes its whole batch onto every client's
+    /// queue at once, so a batch larger than half a queue would evict even a client that
+    /// keeps up; small queues get small batches (hard rule 5: only the slow are evicted).
+    fn turn_batch(&self) -> usize {
+        TURN_BATCH.min((self.shared.config.client_queue_frames / 2).max(1))
     }
 
     // ---- publishing ---------------------------------------------------------------------
@@ -1063,6 +1095,9 @@ impl Actor {
         self.publish(EventBody::SessionClosed { reason });
         for (conn, re, done) in self.close_waiters.drain(..) {
             conn.reply_ok(&re, Empty {});
+            let _ = done.send(());
+        }
+        for done in self.close_done.drain(..) {
             let _ = done.send(());
         }
     }

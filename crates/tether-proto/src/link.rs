@@ -208,6 +208,15 @@ pub struct Ack {
     /// Version 2: the version the hub agreed to speak.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proto: Option<u32>,
+    /// Version 2, agent → hub: the client-protocol reason of a refused session op.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Version 2, agent → hub: the reason's details (e.g. `turn_id`, `originator`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Map<String, Value>>,
+    /// Version 2, agent → hub: the result of an accepted session op (e.g. `turn_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -103,6 +103,7 @@ pub async fn shutdown_signal() {
 pub struct Core {
     pub mux: Mux,
     pub log: EventLog,
+    pub hub: Option<crate::hub_link::HubLink>,
     pub closing: CancellationToken,
     pub socket: std::path::PathBuf,
     pub endpoints: Vec<String>,
@@ -120,6 +121,13 @@ impl Core {
         })?));
         let log = EventLog::open(&cfg.state_dir.join("events.db"))?;
         let mux = Mux::open(mux_config(cfg), engine, log.clone())?;
+        let hub = match &cfg.hub {
+            Some(h) => Some(crate::hub_link::start(cfg, h, &mux)?),
+            None => None,
+        };
+        mux.add_extension(Arc::new(crate::hub_link::AlertOps {
+            sink: hub.as_ref().map(|h| h.sink.clone()),
+        }));
         let auth = Authenticator::new(
             cfg.clients
                 .iter()
@@ -139,7 +147,13 @@ impl Core {
             let listener = tether_transport::bind_tcp(addr, &auth).await?;
             let bound = listener.local_addr()?;
             endpoints.push(format!("ws://{bound}/v1/ws"));
-            let state = WsState::new(mux.clone(), auth.clone(), closing.clone());
+            let mut state = WsState::new(mux.clone(), auth.clone(), closing.clone());
+            if let Some(h) = &hub {
+                let watch = h.link.watch();
+                state.health = Some(Arc::new(
+                    move || serde_json::json!({ "hub": *watch.borrow() }),
+                ));
+            }
             let closing = closing.clone();
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = tether_transport::serve_http(listener, router(state), closing).await
@@ -161,6 +175,7 @@ impl Core {
         Ok(Core {
             mux,
             log,
+            hub,
             closing,
             socket: cfg.socket.clone(),
             endpoints,
@@ -171,6 +186,11 @@ impl Core {
     /// Ends running turns with an event, closes every connection, flushes the log.
     pub async fn stop(self) {
         self.mux.shutdown().await;
+        if let Some(hub) = self.hub {
+            // Let remote sessions' last events reach the link's queue, then close it.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            hub.stop().await;
+        }
         if let Some(mcp) = &self.mux.engine().mcp {
             mcp.shutdown().await;
         }

@@ -31,12 +31,13 @@
 use crate::paths;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tether_engine::mcp::McpServerConfig;
 use tether_engine::openai::{OpenAiConfig, OpenAiEndpoint};
-use tether_proto::Class;
+use tether_proto::{Class, Mode};
 
 /// A duration written as `30s`, `5m`, `1h 30m`.
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -311,6 +312,61 @@ pub struct McpSection {
     pub call_timeout: Option<Duration>,
 }
 
+/// `[hub]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHub {
+    url: String,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    token_env: Option<String>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    client_cert: Option<PathBuf>,
+    #[serde(default)]
+    client_key: Option<PathBuf>,
+    #[serde(default)]
+    allow_plaintext: bool,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    max_remote_sessions: Option<usize>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    remote_idle_timeout: Option<Duration>,
+    #[serde(default)]
+    remote_tools: Option<Vec<String>>,
+    #[serde(default)]
+    remote_sessions: Option<Vec<Mode>>,
+    #[serde(default)]
+    alert_spool_max: Option<u64>,
+    #[serde(default)]
+    proto_version: Option<u32>,
+}
+
+/// The hub link's settings, validated.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub url: String,
+    pub token: String,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub allow_plaintext: bool,
+    /// Sent at registration.
+    pub labels: BTreeMap<String, String>,
+    pub max_remote_sessions: usize,
+    pub remote_idle_timeout: Duration,
+    /// Tools remote sessions may use; `None`: the read-only ones.
+    pub remote_tools: Option<Vec<String>>,
+    /// Session types the hub may start.
+    pub remote_sessions: Vec<Mode>,
+    pub alert_spool_max: u64,
+    /// The link protocol version offered (2; 1 speaks catpaw's protocol only).
+    pub proto_version: u32,
+}
+
 /// The file as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -331,6 +387,8 @@ struct RawConfig {
     sessions: SessionsSection,
     #[serde(default)]
     mcp: McpSection,
+    #[serde(default)]
+    hub: Option<RawHub>,
 }
 
 /// Which model answers.
@@ -365,6 +423,7 @@ pub struct AgentConfig {
     pub tools: ToolsSection,
     pub sessions: SessionsSection,
     pub mcp: McpSection,
+    pub hub: Option<HubConfig>,
 }
 
 /// The default WebSocket listener.
@@ -510,6 +569,11 @@ impl AgentConfig {
             bail!("tools.shell_timeout must be more than 0");
         }
 
+        let hub = match raw.hub {
+            None => None,
+            Some(h) => Some(hub_config(h, base)?),
+        };
+
         let mut mcp = raw.mcp;
         tether_engine::mcp::validate(&mcp.servers).map_err(|e| anyhow::anyhow!("{e}"))?;
         for server in &mut mcp.servers {
@@ -548,8 +612,62 @@ impl AgentConfig {
             tools,
             sessions: raw.sessions,
             mcp,
+            hub,
         })
     }
+}
+
+fn hub_config(h: RawHub, base: Option<&Path>) -> Result<HubConfig> {
+    if h.url.trim().is_empty() {
+        bail!("hub.url is empty");
+    }
+    let token = match (h.token, h.token_env) {
+        (Some(t), None) => t,
+        (None, Some(var)) => std::env::var(&var)
+            .with_context(|| format!("hub.token_env: environment variable {var} is not set"))?,
+        (Some(_), Some(_)) => bail!("hub: set either `token` or `token_env`, not both"),
+        (None, None) => bail!("hub: `token` or `token_env` is required"),
+    };
+    if token.trim().is_empty() {
+        bail!("hub.token is empty");
+    }
+    let proto_version = h.proto_version.unwrap_or(2);
+    if !(1..=2).contains(&proto_version) {
+        bail!("hub.proto_version must be 1 or 2 (it is {proto_version})");
+    }
+    let max_remote_sessions = h
+        .max_remote_sessions
+        .unwrap_or(tether_link::remote::DEFAULT_MAX_REMOTE_SESSIONS);
+    let remote_idle_timeout = h
+        .remote_idle_timeout
+        .unwrap_or(tether_link::remote::DEFAULT_IDLE_TIMEOUT);
+    if remote_idle_timeout.is_zero() {
+        bail!("hub.remote_idle_timeout must be more than 0");
+    }
+    let alert_spool_max = h
+        .alert_spool_max
+        .unwrap_or(tether_link::spool::DEFAULT_SPOOL_MAX);
+    if alert_spool_max == 0 {
+        bail!("hub.alert_spool_max must be at least 1");
+    }
+    let resolve = |p: Option<PathBuf>| p.map(|p| paths::resolve(&p, base));
+    Ok(HubConfig {
+        url: h.url.trim().to_owned(),
+        token,
+        ca_file: resolve(h.ca_file),
+        client_cert: resolve(h.client_cert),
+        client_key: resolve(h.client_key),
+        allow_plaintext: h.allow_plaintext,
+        labels: h.labels,
+        max_remote_sessions,
+        remote_idle_timeout,
+        remote_tools: h.remote_tools,
+        remote_sessions: h
+            .remote_sessions
+            .unwrap_or_else(|| vec![Mode::Inspect, Mode::Diagnose, Mode::Chat]),
+        alert_spool_max,
+        proto_version,
+    })
 }
 
 fn parse_addr(key: &str, text: &str) -> Result<SocketAddr> {
@@ -662,6 +780,28 @@ max_tokens = 1024
                 .contains("mcp.servers[0]")
         );
         assert!(err("[[mcp.servers]]\nname = \"a\"\ncomand = \"x\"\n").contains("comand"));
+    }
+
+    #[test]
+    fn hub_settings_are_checked() {
+        let c = parse(
+            "[hub]\nurl = \"wss://hub.example:7800\"\ntoken = \"t0k\"\nlabels = { env = \"prod\" }\nremote_tools = [\"memory\"]\n",
+        )
+        .expect("config");
+        let hub = c.hub.expect("hub");
+        assert_eq!(hub.max_remote_sessions, 4);
+        assert_eq!(hub.remote_idle_timeout, Duration::from_secs(1800));
+        assert_eq!(hub.labels["env"], "prod");
+        assert_eq!(hub.proto_version, 2);
+        assert!(err("[hub]\nurl = \"wss://h\"\n").contains("token"));
+        assert!(
+            err("[hub]\nurl = \"wss://h\"\ntoken = \"t\"\nproto_version = 3\n")
+                .contains("hub.proto_version")
+        );
+        assert!(
+            err("[hub]\nurl = \"wss://h\"\ntoken = \"t\"\nremote_sessions = [\"shell\"]\n")
+                .contains("remote_sessions")
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod agent;
 mod client_cmds;
 mod config;
+mod hub_link;
 mod models;
 mod oneshot;
 mod paths;
@@ -98,6 +99,11 @@ enum Command {
         #[arg(long, env = "TETHER_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Raise alerts through the running agent (they go to the hub over the link).
+    Alert {
+        #[command(subcommand)]
+        command: AlertCommand,
+    },
     /// Check the configured models.
     Models {
         #[command(subcommand)]
@@ -111,6 +117,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum AlertCommand {
+    /// Send one alert event, e.g.
+    /// `tether alert send --status Warning --key disk-var --label mount=/var --description "/var 91% full"`.
+    Send {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        /// Critical, Warning, Info or Ok (Ok recovers an alert).
+        #[arg(long)]
+        status: String,
+        /// The alert's key (events with the same key are one alert); default: derived from
+        /// the labels.
+        #[arg(long)]
+        key: Option<String>,
+        /// A label, `k=v` (repeatable).
+        #[arg(long = "label", value_parser = parse_kv)]
+        labels: Vec<(String, String)>,
+        /// An attribute, `k=v` (repeatable).
+        #[arg(long = "attr", value_parser = parse_kv)]
+        attrs: Vec<(String, String)>,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// `text` or `markdown`.
+        #[arg(long)]
+        format: Option<String>,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(format!("`{s}` is not k=v")),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -185,6 +226,41 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             },
         )
         .await),
+        Command::Alert {
+            command:
+                AlertCommand::Send {
+                    connect,
+                    status,
+                    key,
+                    labels,
+                    attrs,
+                    description,
+                    format,
+                },
+        } => {
+            let mut params = serde_json::json!({
+                "status": status,
+                "labels": labels.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                "attrs": attrs.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                "description": description,
+            });
+            if let Some(k) = key {
+                params["key"] = serde_json::Value::String(k);
+            }
+            if let Some(f) = format {
+                params["description_format"] = serde_json::Value::String(f);
+            }
+            let (mut client, _) = connect.connect().await?;
+            let result = client
+                .request("alert.send", params)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "queued alert {}",
+                result["alert_key"].as_str().unwrap_or_default()
+            );
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Models {
             command: ModelsCommand::Test { config, timeout },
         } => models::test(config.as_deref(), timeout).await,

@@ -1,0 +1,862 @@
+//! The tokio driver: carries out what the [`LinkMachine`] decides. It dials (tokio-tungstenite
+//! with rustls), runs one reader and one writer task per connection, keeps the machine's
+//! timers, moves alerts from the spool to the socket, hands session messages to
+//! [`RemoteSessions`], and publishes the link's state for `/healthz` and the logs.
+
+use crate::backoff::SeededRng;
+use crate::machine::{Input, LinkMachine, Output, State, Timer};
+use crate::outbox::{LinkOut, OutQueues, outbox};
+use crate::remote::RemoteSessions;
+use crate::spool::AlertSpool;
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tether_proto::link::{
+    AGENT_WS_PATH, AlertEvents, HEADER_AGENT_ID, HEADER_AGENT_TOKEN, HEADER_PROTO_VERSION,
+    Heartbeat, LinkDecodeError, LinkFrame, LinkMessage, MAX_ALERT_BATCH, Register,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+/// Longest a single frame write may take before the connection is declared dead.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a dial (TCP + TLS + upgrade) may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(15);
+/// Alert frames queued per flush before waiting for them to be written.
+const FLUSH_FRAMES: usize = 8;
+/// Session messages waiting for the session worker.
+const SESSION_BACKLOG: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("hub.url: `{0}` is not a ws:// or wss:// URL")]
+    BadUrl(String),
+    #[error(
+        "hub.url: `{0}` is plaintext (ws://); use wss://, or set hub.allow_plaintext = true to send the token in the clear on purpose"
+    )]
+    Plaintext(String),
+    #[error("{0}")]
+    Tls(String),
+    #[error("agent id: {0}")]
+    AgentId(String),
+}
+
+/// TLS settings for `wss://`.
+#[derive(Clone, Debug, Default)]
+pub struct TlsOptions {
+    /// Extra CA certificates (PEM), added to the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain and key (PEM) for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+/// Everything the driver needs to dial.
+#[derive(Clone)]
+pub struct LinkOptions {
+    /// The agent endpoint, `ws(s)://host[:port]/api/v1/agent/ws`.
+    pub endpoint: String,
+    pub token: String,
+    pub agent_id: String,
+    /// 2, or 1 to speak catpaw's protocol only.
+    pub offered_version: u32,
+    pub labels: BTreeMap<String, String>,
+    pub plugins: Vec<String>,
+    pub connector: Option<Connector>,
+    /// Seed for the backoff jitter (tests); from the clock when `None`.
+    pub seed: Option<u64>,
+}
+
+/// Checks the URL and TLS settings at startup and returns the endpoint and connector.
+/// A bare hub address gets the agent path appended.
+pub fn prepare_endpoint(
+    url: &str,
+    allow_plaintext: bool,
+    tls: &TlsOptions,
+) -> Result<(String, Option<Connector>), LinkError> {
+    let url = url.trim();
+    let secure = if url.starts_with("wss://") {
+        true
+    } else if url.starts_with("ws://") {
+        if !allow_plaintext {
+            return Err(LinkError::Plaintext(url.to_owned()));
+        }
+        false
+    } else {
+        return Err(LinkError::BadUrl(url.to_owned()));
+    };
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or("");
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(LinkError::BadUrl(url.to_owned()));
+    }
+    let endpoint = match rest.find('/') {
+        None => format!("{url}{AGENT_WS_PATH}"),
+        Some(i) if rest[i..] == *"/" => format!("{}{AGENT_WS_PATH}", url.trim_end_matches('/')),
+        Some(_) => url.to_owned(),
+    };
+    let connector = if secure {
+        Some(Connector::Rustls(Arc::new(tls_config(tls)?)))
+    } else {
+        None
+    };
+    Ok((endpoint, connector))
+}
+
+fn read_pem_certs(
+    path: &Path,
+    key: &str,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, LinkError> {
+    use rustls::pki_types::pem::PemObject;
+    let certs: Result<Vec<_>, _> = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| LinkError::Tls(format!("{key}: cannot read {}: {e}", path.display())))?
+        .collect();
+    let certs = certs.map_err(|e| LinkError::Tls(format!("{key}: {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(LinkError::Tls(format!(
+            "{key}: {} holds no PEM certificate",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// System roots plus the optional extra CA (added, not replacing), optional client cert.
+fn tls_config(tls: &TlsOptions) -> Result<rustls::ClientConfig, LinkError> {
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs_load();
+    for cert in native {
+        let _ = roots.add(cert);
+    }
+    if let Some(ca) = &tls.ca_file {
+        for cert in read_pem_certs(ca, "hub.ca_file")? {
+            roots
+                .add(cert)
+                .map_err(|e| LinkError::Tls(format!("hub.ca_file: {}: {e}", ca.display())))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(LinkError::Tls(
+            "no trusted CA certificates: the system has none and hub.ca_file is not set".into(),
+        ));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| LinkError::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+    match (&tls.client_cert, &tls.client_key) {
+        (None, None) => Ok(builder.with_no_client_auth()),
+        (Some(cert), Some(key)) => {
+            let chain = read_pem_certs(cert, "hub.client_cert")?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| LinkError::Tls(format!("hub.client_key: {}: {e}", key.display())))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| LinkError::Tls(format!("hub.client_cert: {e}")))
+        }
+        _ => Err(LinkError::Tls(
+            "hub.client_cert and hub.client_key go together: set both or neither".into(),
+        )),
+    }
+}
+
+fn rustls_native_certs_load() -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    let result = rustls_native_certs::load_native_certs();
+    for e in &result.errors {
+        tracing::debug!(error = %e, "a system CA certificate could not be loaded");
+    }
+    result.certs
+}
+
+/// The agent's id: a UUID kept in `state_dir/agent_id`, created on first use.
+pub fn load_or_create_agent_id(state_dir: &Path) -> Result<String, LinkError> {
+    let path = state_dir.join("agent_id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim();
+            uuid::Uuid::parse_str(id).map_err(|_| {
+                LinkError::AgentId(format!("{} does not hold a UUID", path.display()))
+            })?;
+            Ok(id.to_owned())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = uuid::Uuid::now_v7().to_string();
+            std::fs::create_dir_all(state_dir)
+                .and_then(|()| std::fs::write(&path, format!("{id}\n")))
+                .map_err(|e| LinkError::AgentId(format!("cannot write {}: {e}", path.display())))?;
+            Ok(id)
+        }
+        Err(e) => Err(LinkError::AgentId(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// The link's state, for `/healthz`, metrics and logs.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LinkStatus {
+    pub hub: String,
+    pub state: &'static str,
+    pub version: Option<u32>,
+    /// When the state last changed (RFC 3339).
+    pub since: String,
+    pub last_error: Option<String>,
+    /// While backing off: how long the wait was.
+    pub retry_in_ms: Option<u64>,
+    pub connects: u64,
+    pub registrations: u64,
+    pub spool_pending: u64,
+    pub dropped_alerts: u64,
+    pub remote_sessions: usize,
+    pub frames_in: u64,
+    pub frames_out: u64,
+}
+
+/// Live figures for `heartbeat`.
+pub trait HeartbeatSource: Send + Sync {
+    /// Alerts currently firing.
+    fn active_alerts(&self) -> u64 {
+        0
+    }
+}
+
+/// No checks running: no active alerts.
+pub struct NoAlerts;
+impl HeartbeatSource for NoAlerts {}
+
+/// A running link.
+pub struct Link {
+    status: watch::Receiver<LinkStatus>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Link {
+    pub fn spawn(
+        options: LinkOptions,
+        spool: AlertSpool,
+        remote: RemoteSessions,
+        figures: Arc<dyn HeartbeatSource>,
+        shutdown: CancellationToken,
+    ) -> Link {
+        let status = LinkStatus {
+            hub: options.endpoint.clone(),
+            state: State::Idle.name(),
+            since: now(),
+            ..LinkStatus::default()
+        };
+        let (status_tx, status_rx) = watch::channel(status);
+        let driver = Driver {
+            machine: LinkMachine::new(
+                options.offered_version,
+                options
+                    .seed
+                    .map_or_else(SeededRng::from_entropy, SeededRng::new),
+                spool.acked(),
+            ),
+            options,
+            spool,
+            remote,
+            figures,
+            shutdown,
+            status: status_tx,
+            timers: HashMap::new(),
+            conn: None,
+            dialing: None,
+            flush: None,
+            cpu: CpuSampler::new(),
+            started: std::time::Instant::now(),
+        };
+        let task = tokio::spawn(driver.run());
+        Link {
+            status: status_rx,
+            task,
+        }
+    }
+
+    pub fn status(&self) -> LinkStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn watch(&self) -> watch::Receiver<LinkStatus> {
+        self.status.clone()
+    }
+
+    /// Waits for the link to stop (after `shutdown` fires).
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What the reader reports.
+enum Inbound {
+    Frame(Result<LinkFrame, LinkDecodeError>),
+    Lost(String),
+}
+
+/// One live connection.
+struct Conn {
+    cancel: CancellationToken,
+    /// Asks the writer to write what is queued, send a close frame and stop.
+    closing: CancellationToken,
+    out: LinkOut,
+    /// Session messages, handled in order by this connection's session worker.
+    sessions: mpsc::Sender<LinkFrame>,
+    inbound: mpsc::Receiver<Inbound>,
+    writer: tokio::task::JoinHandle<u64>,
+    reader: tokio::task::JoinHandle<u64>,
+}
+
+/// CPU use between heartbeats, from `/proc/stat`.
+struct CpuSampler {
+    last: Option<tether_engine::host::CpuTimes>,
+}
+
+impl CpuSampler {
+    fn new() -> Self {
+        CpuSampler { last: Self::read() }
+    }
+
+    fn read() -> Option<tether_engine::host::CpuTimes> {
+        tether_engine::host::cpu_times()
+            .into_iter()
+            .find(|(name, _)| name == "cpu")
+            .map(|(_, t)| t)
+    }
+
+    fn sample(&mut self) -> f64 {
+        let now = Self::read();
+        let pct = match (&self.last, &now) {
+            (Some(a), Some(b)) => tether_engine::host::cpu_usage("cpu", a, b).usage_pct,
+            _ => 0.0,
+        };
+        self.last = now;
+        pct
+    }
+}
+
+struct Driver {
+    machine: LinkMachine,
+    options: LinkOptions,
+    spool: AlertSpool,
+    remote: RemoteSessions,
+    figures: Arc<dyn HeartbeatSource>,
+    shutdown: CancellationToken,
+    status: watch::Sender<LinkStatus>,
+    timers: HashMap<Timer, Instant>,
+    conn: Option<Conn>,
+    dialing: Option<tokio::task::JoinHandle<Result<Ws, (Option<u16>, String)>>>,
+    /// A running alert flush: resolves with the highest seq written.
+    flush: Option<tokio::task::JoinHandle<Option<u64>>>,
+    cpu: CpuSampler,
+    started: std::time::Instant,
+}
+
+async fn wait_join<T>(h: &mut Option<tokio::task::JoinHandle<T>>) -> Option<T> {
+    match h {
+        Some(handle) => {
+            let r = handle.await.ok();
+            *h = None;
+            r
+        }
+        None => std::future::pending().await,
+    }
+}
+
+impl Driver {
+    fn next_timer(&self) -> Option<(Timer, Instant)> {
+        self.timers
+            .iter()
+            .min_by_key(|(_, at)| **at)
+            .map(|(t, at)| (*t, *at))
+    }
+
+    async fn run(mut self) {
+        self.feed(Input::Start).await;
+        loop {
+            let timer = self.next_timer();
+            let input = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => {
+                    self.feed(Input::Shutdown).await;
+                    break;
+                }
+                dialed = wait_join(&mut self.dialing) => match dialed {
+                    Some(Ok(ws)) => {
+                        self.attach(ws);
+                        Input::Connected
+                    }
+                    Some(Err((status, error))) => Input::ConnectFailed { status, error },
+                    None => Input::ConnectFailed { status: None, error: "dial task failed".into() },
+                },
+                inbound = async {
+                    match self.conn.as_mut() {
+                        Some(c) => c.inbound.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => match inbound {
+                    Some(Inbound::Frame(Ok(frame))) => {
+                        self.status.send_modify(|s| s.frames_in += 1);
+                        Input::Frame(frame)
+                    }
+                    Some(Inbound::Frame(Err(e))) => Input::BadFrame(e),
+                    Some(Inbound::Lost(e)) => Input::ConnectionLost { error: e },
+                    None => Input::ConnectionLost { error: "reader stopped".into() },
+                },
+                written = wait_join(&mut self.flush) => Input::AlertsWritten { upto_seq: written.flatten() },
+                _ = self.spool.pending() => Input::AlertsPending,
+                _ = async {
+                    match timer {
+                        Some((_, at)) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let Some((t, _)) = timer else { continue };
+                    self.timers.remove(&t);
+                    Input::Timer(t)
+                }
+            };
+            self.feed(input).await;
+        }
+        // Stopped: let the writer send its close frame, then drop everything.
+        if let Some(conn) = self.conn.take() {
+            self.close(conn).await;
+        }
+        if let Some(d) = self.dialing.take() {
+            d.abort();
+        }
+        self.set_state(None, |s| s.retry_in_ms = None);
+    }
+
+    /// Feeds the machine and carries out its outputs (which may feed it again).
+    async fn feed(&mut self, input: Input) {
+        let mut queue = std::collections::VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            let outputs = self.machine.handle(input);
+            for output in outputs {
+                if let Some(follow) = self.perform(output).await {
+                    queue.push_back(follow);
+                }
+            }
+        }
+        self.status.send_modify(|s| {
+            s.spool_pending = self.spool.len();
+            s.dropped_alerts = self.spool.dropped();
+            s.remote_sessions = self.remote.active();
+        });
+    }
+
+    fn set_state(&self, error: Option<String>, more: impl FnOnce(&mut LinkStatus)) {
+        let state = self.machine.state();
+        self.status.send_modify(|s| {
+            if s.state != state.name() {
+                s.since = now();
+            }
+            s.state = state.name();
+            s.version = self.machine.version();
+            if error.is_some() {
+                s.last_error = error;
+            }
+            more(s);
+        });
+    }
+
+    async fn perform(&mut self, output: Output) -> Option<Input> {
+        match output {
+            Output::Connect => {
+                tracing::info!(hub = %self.options.endpoint, "hub link: connecting");
+                self.status.send_modify(|s| s.connects += 1);
+                self.set_state(None, |s| s.retry_in_ms = None);
+                let options = self.options.clone();
+                self.dialing = Some(tokio::spawn(dial(options)));
+            }
+            Output::SendRegister => {
+                let register = self.register();
+                if let Some(c) = &self.conn {
+                    if !c.out.send_control(LinkMessage::Register(register)).await {
+                        return Some(Input::ConnectionLost {
+                            error: "could not queue register".into(),
+                        });
+                    }
+                }
+                self.set_state(None, |_| {});
+            }
+            Output::SendHeartbeat => {
+                let hb = self.heartbeat();
+                if let Some(c) = &self.conn {
+                    // A heartbeat that cannot be queued is skipped, like catpaw does: the
+                    // next one carries fresher figures anyway.
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        c.out.send_control(LinkMessage::Heartbeat(hb)),
+                    )
+                    .await;
+                }
+            }
+            Output::Send(frame) => {
+                if let Some(c) = &self.conn {
+                    let _ = c.out.send_text(frame.encode()).await;
+                }
+            }
+            Output::SendAlerts { after_seq } => match &self.conn {
+                Some(c) => {
+                    let out = c.out.clone();
+                    let spool = self.spool.clone();
+                    let v2 = self.machine.version().unwrap_or(1) >= 2;
+                    self.flush = Some(tokio::spawn(flush_alerts(spool, out, after_seq, v2)));
+                }
+                None => return Some(Input::AlertsWritten { upto_seq: None }),
+            },
+            Output::DeleteAlerts { upto_seq } => {
+                let spool = self.spool.clone();
+                let _ = tokio::task::spawn_blocking(move || spool.delete_upto(upto_seq)).await;
+            }
+            Output::SetTimer(t, d) => {
+                self.timers.insert(t, Instant::now() + d);
+            }
+            Output::CancelTimer(t) => {
+                self.timers.remove(&t);
+            }
+            Output::Close => {
+                if let Some(conn) = self.conn.take() {
+                    self.close(conn).await;
+                }
+                if let Some(f) = self.flush.take() {
+                    f.abort();
+                }
+            }
+            Output::Registered { version, warning } => {
+                if let Some(c) = &self.conn {
+                    c.out.set_version(version);
+                }
+                tracing::info!(hub = %self.options.endpoint, version, "hub link: registered");
+                if let Some(w) = &warning {
+                    tracing::warn!(warning = %w, "hub link: the hub warned at registration");
+                }
+                self.status.send_modify(|s| s.registrations += 1);
+                self.set_state(None, |s| s.retry_in_ms = None);
+            }
+            Output::Down { reason } => {
+                tracing::info!(reason = %reason, "hub link: down");
+                let remote = self.remote.clone();
+                let why = format!("hub link lost: {reason}");
+                tokio::spawn(async move { remote.on_down(&why).await });
+            }
+            Output::Backoff { wait, reason } => {
+                tracing::info!(
+                    "hub link: backing off {:.1} s after {reason}",
+                    wait.as_secs_f64()
+                );
+                self.set_state(Some(reason), |s| {
+                    s.retry_in_ms = Some(wait.as_millis() as u64)
+                });
+            }
+            Output::Deliver(frame) => {
+                if let Some(c) = &self.conn {
+                    // Session work never stalls the link loop: the connection's session
+                    // worker handles messages in order. Waiting here is bounded by the
+                    // connection's life.
+                    tokio::select! {
+                        _ = c.cancel.cancelled() => {}
+                        r = c.sessions.send(frame) => if r.is_err() {
+                            tracing::warn!("hub link: session worker gone; message dropped");
+                        },
+                    }
+                }
+            }
+            Output::Note(note) => tracing::debug!("hub link: {note}"),
+        }
+        None
+    }
+
+    fn register(&self) -> Register {
+        let kernel = tether_engine::host::kernel();
+        Register {
+            hostname: tether_engine::host::hostname(),
+            ip: local_ip(&self.options.endpoint).unwrap_or_default(),
+            os: std::env::consts::OS.to_owned(),
+            arch: match kernel.arch.as_str() {
+                "x86_64" => "amd64".to_owned(),
+                "aarch64" => "arm64".to_owned(),
+                other => other.to_owned(),
+            },
+            labels: self.options.labels.clone(),
+            plugins: self.options.plugins.clone(),
+            agent_version: format!("tether {}", env!("CARGO_PKG_VERSION")),
+            uptime_sec: self.started.elapsed().as_secs() as i64,
+        }
+    }
+
+    fn heartbeat(&mut self) -> Heartbeat {
+        let v2 = self.machine.version().unwrap_or(1) >= 2;
+        Heartbeat {
+            active_sessions: self.remote.active() as u64,
+            active_alerts: self.figures.active_alerts(),
+            cpu_pct: self.cpu.sample(),
+            mem_pct: tether_engine::host::memory().map_or(0.0, |m| m.used_pct),
+            dropped_alerts: v2.then(|| self.spool.dropped()),
+        }
+    }
+
+    /// Starts the reader and writer of a fresh connection.
+    fn attach(&mut self, ws: Ws) {
+        let cancel = CancellationToken::new();
+        let closing = CancellationToken::new();
+        let (out, queues) = outbox(cancel.clone());
+        let (sink, stream) = ws.split();
+        let (in_tx, inbound) = mpsc::channel(256);
+        let writer = tokio::spawn(write_loop(sink, queues, cancel.clone(), closing.clone()));
+        let reader = tokio::spawn(read_loop(stream, in_tx, cancel.clone()));
+        let (sessions, mut session_rx) = mpsc::channel::<LinkFrame>(SESSION_BACKLOG);
+        let remote = self.remote.clone();
+        let worker_out = out.clone();
+        let worker_cancel = cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                let frame = tokio::select! {
+                    _ = worker_cancel.cancelled() => break,
+                    f = session_rx.recv() => match f { Some(f) => f, None => break },
+                };
+                remote.handle(frame, &worker_out).await;
+            }
+        });
+        let status = self.status.clone();
+        let c2 = cancel.clone();
+        tokio::spawn(async move {
+            // Frame counts for /healthz and metrics, once the connection ends.
+            c2.cancelled().await;
+            status.send_modify(|_| {});
+        });
+        self.conn = Some(Conn {
+            cancel,
+            closing,
+            out,
+            sessions,
+            inbound,
+            writer,
+            reader,
+        });
+    }
+
+    /// Closes a connection: the writer writes what is queued and sends a close frame
+    /// (bounded); alerts it could not write stay in the spool.
+    async fn close(&self, conn: Conn) {
+        conn.closing.cancel();
+        let mut writer = conn.writer;
+        let written = match tokio::time::timeout(Duration::from_secs(3), &mut writer).await {
+            Ok(r) => r.unwrap_or(0),
+            Err(_) => {
+                writer.abort();
+                0
+            }
+        };
+        conn.cancel.cancel();
+        conn.reader.abort();
+        self.status.send_modify(|s| s.frames_out += written);
+    }
+}
+
+/// The address this host would use to reach the hub (catpaw's `ip`).
+fn local_ip(endpoint: &str) -> Option<String> {
+    let host_port = endpoint.split_once("://")?.1.split('/').next()?;
+    let with_port = if host_port.contains(':') && !host_port.ends_with(']') {
+        host_port.to_owned()
+    } else if endpoint.starts_with("wss://") {
+        format!("{host_port}:443")
+    } else {
+        format!("{host_port}:80")
+    };
+    use std::net::ToSocketAddrs;
+    let addr = with_port.to_socket_addrs().ok()?.next()?;
+    let bind = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let socket = std::net::UdpSocket::bind(bind).ok()?;
+    socket.connect(addr).ok()?;
+    Some(socket.local_addr().ok()?.ip().to_string())
+}
+
+async fn dial(options: LinkOptions) -> Result<Ws, (Option<u16>, String)> {
+    let mut request = options
+        .endpoint
+        .as_str()
+        .into_client_request()
+        .map_err(|e| (None, e.to_string()))?;
+    let headers = request.headers_mut();
+    let header = |v: &str| {
+        v.parse().map_err(|_| {
+            (
+                None,
+                "a header value has characters HTTP does not allow".to_owned(),
+            )
+        })
+    };
+    headers.insert(HEADER_AGENT_TOKEN, header(&options.token)?);
+    headers.insert(HEADER_AGENT_ID, header(&options.agent_id)?);
+    headers.insert(
+        HEADER_PROTO_VERSION,
+        header(&options.offered_version.to_string())?,
+    );
+    // Frames up to 16 MiB are read whole; the 1 MiB limit is applied when decoding, so an
+    // oversized frame is refused without dropping the connection.
+    let mut config = WebSocketConfig::default();
+    config.max_message_size = Some(16 << 20);
+    config.max_frame_size = Some(16 << 20);
+    let connect = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        Some(config),
+        false,
+        options.connector.clone(),
+    );
+    match tokio::time::timeout(DIAL_TIMEOUT, connect).await {
+        Err(_) => Err((
+            None,
+            format!("no answer within {} s", DIAL_TIMEOUT.as_secs()),
+        )),
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
+            let status = resp.status().as_u16();
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).trim().to_owned())
+                .unwrap_or_default();
+            Err((Some(status), body))
+        }
+        Ok(Err(e)) => Err((None, e.to_string())),
+    }
+}
+
+/// Writes queued frames in priority order until cancelled, then sends a close frame.
+/// Returns how many frames it wrote.
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<Ws, Message>,
+    mut queues: OutQueues,
+    cancel: CancellationToken,
+    closing: CancellationToken,
+) -> u64 {
+    let mut written = 0u64;
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = closing.cancelled() => match queues.try_next() {
+                Some(f) => Some(f),
+                None => break,
+            },
+            f = queues.next(&cancel) => f,
+        };
+        let Some(frame) = frame else { break };
+        let send = sink.send(Message::Text(frame.text.into()));
+        match tokio::time::timeout(WRITE_TIMEOUT, send).await {
+            Ok(Ok(())) => {
+                written += 1;
+                if let Some(done) = frame.written {
+                    let _ = done.send(());
+                }
+            }
+            _ => {
+                cancel.cancel();
+                return written;
+            }
+        }
+    }
+    if !cancel.is_cancelled() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(Message::Close(None))).await;
+    }
+    written
+}
+
+/// Reads frames until the connection ends or is cancelled. Returns frames read.
+async fn read_loop(
+    mut stream: futures_util::stream::SplitStream<Ws>,
+    tx: mpsc::Sender<Inbound>,
+    cancel: CancellationToken,
+) -> u64 {
+    let mut read = 0u64;
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => return read,
+            msg = stream.next() => msg,
+        };
+        let item = match msg {
+            Some(Ok(Message::Text(t))) => {
+                read += 1;
+                Inbound::Frame(LinkFrame::decode(t.as_str()))
+            }
+            Some(Ok(Message::Binary(_))) => Inbound::Frame(Err(LinkDecodeError::Envelope(
+                "binary frame; the link speaks JSON text".into(),
+            ))),
+            Some(Ok(Message::Close(_))) | None => {
+                Inbound::Lost("the hub closed the connection".into())
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => Inbound::Lost(e.to_string()),
+        };
+        let lost = matches!(item, Inbound::Lost(_));
+        tokio::select! {
+            _ = cancel.cancelled() => return read,
+            r = tx.send(item) => if r.is_err() { return read; },
+        }
+        if lost {
+            cancel.cancel();
+            return read;
+        }
+    }
+}
+
+/// Sends spooled alerts with `seq > after_seq` in frames of at most 100 events, waiting for
+/// them to be written. Returns the highest seq written.
+async fn flush_alerts(spool: AlertSpool, out: LinkOut, after_seq: u64, v2: bool) -> Option<u64> {
+    let mut after = after_seq;
+    let mut highest = None;
+    for _ in 0..FLUSH_FRAMES {
+        let s = spool.clone();
+        let batch = tokio::task::spawn_blocking(move || s.batch(after, MAX_ALERT_BATCH))
+            .await
+            .ok()?
+            .ok()?;
+        let Some(last) = batch.last().and_then(|e| e.seq) else {
+            break;
+        };
+        let events = batch
+            .into_iter()
+            .map(|mut e| {
+                // Version 1 peers never see version-2 fields.
+                if !v2 {
+                    e.seq = None;
+                }
+                e
+            })
+            .collect();
+        let frame = LinkFrame::new(
+            uuid::Uuid::now_v7().to_string(),
+            LinkMessage::AlertEvents(AlertEvents { events }),
+        )
+        .encode();
+        let (done, written) = oneshot::channel();
+        if !out.send_alerts(frame, done).await || written.await.is_err() {
+            break;
+        }
+        highest = Some(last);
+        after = last;
+    }
+    highest
+}

@@ -1,0 +1,239 @@
+//! The agent's side of the hub: starts the link (when `[hub]` is configured) and serves the
+//! `alert.send` op, which lets scripts raise an alert through the running agent.
+
+use crate::config::{AgentConfig, HubConfig};
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tether_engine::tools::ToolRegistry;
+use tether_link::driver::{HeartbeatSource, NoAlerts, load_or_create_agent_id, prepare_endpoint};
+use tether_link::{
+    AlertSink, AlertSpool, Link, LinkOptions, RemoteConfig, RemoteSessions, TlsOptions,
+};
+use tether_mux::{ExtensionOps, Mux};
+use tether_proto::link::{AlertEvent, AlertStatus};
+use tether_proto::{Class, ClientInfo, ErrorBody, RawRequest, Reason};
+use tokio_util::sync::CancellationToken;
+
+/// A running hub link.
+pub struct HubLink {
+    pub link: Link,
+    pub sink: AlertSink,
+    shutdown: CancellationToken,
+}
+
+impl HubLink {
+    /// Closes the link (close frame; what is queued stays in the spool) and waits for it.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.link.join()).await;
+        self.sink.flush().await;
+    }
+}
+
+/// The tools remote sessions may use: the configured list, or every read-only tool.
+pub fn remote_tools(all: &ToolRegistry, names: Option<&[String]>) -> Result<ToolRegistry> {
+    match names {
+        None => Ok(all.filtered(|_, tool| tool.read_only())),
+        Some(names) => {
+            for n in names {
+                if all.get(n).is_none() {
+                    let known: Vec<&str> = all.names().collect();
+                    bail!(
+                        "hub.remote_tools: unknown tool `{n}`; tools are: {}",
+                        known.join(", ")
+                    );
+                }
+            }
+            Ok(all.filtered(|name, _| names.iter().any(|n| n == name)))
+        }
+    }
+}
+
+/// Starts the link to the hub.
+pub fn start(cfg: &AgentConfig, hub: &HubConfig, mux: &Mux) -> Result<HubLink> {
+    let (endpoint, connector) = prepare_endpoint(
+        &hub.url,
+        hub.allow_plaintext,
+        &TlsOptions {
+            ca_file: hub.ca_file.clone(),
+            client_cert: hub.client_cert.clone(),
+            client_key: hub.client_key.clone(),
+        },
+    )?;
+    let agent_id = load_or_create_agent_id(&cfg.state_dir)?;
+    let spool = AlertSpool::open(&cfg.state_dir.join("spool.db"), hub.alert_spool_max)
+        .context("alert spool")?;
+    let sink = spool.sink().context("alert spool")?;
+    let engine = mux.engine();
+    let remote = RemoteSessions::new(
+        mux.clone(),
+        RemoteConfig {
+            max_sessions: hub.max_remote_sessions,
+            idle_timeout: hub.remote_idle_timeout,
+            tools: remote_tools(&engine.tools, hub.remote_tools.as_deref())?,
+            session_types: hub.remote_sessions.clone(),
+            model_configured: engine.model_configured,
+        },
+    );
+    let shutdown = CancellationToken::new();
+    let figures: Arc<dyn HeartbeatSource> = Arc::new(NoAlerts);
+    let link = Link::spawn(
+        LinkOptions {
+            endpoint,
+            token: hub.token.clone(),
+            agent_id,
+            offered_version: hub.proto_version,
+            labels: hub.labels.clone(),
+            plugins: Vec::new(),
+            connector,
+            seed: None,
+        },
+        spool.clone(),
+        remote,
+        figures,
+        shutdown.clone(),
+    );
+    Ok(HubLink {
+        link,
+        sink,
+        shutdown,
+    })
+}
+
+/// `alert.send` params.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertSend {
+    status: String,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    attrs: BTreeMap<String, String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    description_format: Option<String>,
+    /// Unix seconds; default now.
+    #[serde(default)]
+    event_time: Option<i64>,
+}
+
+/// A stable alert key from sorted labels (FNV-1a, hex), for events sent without one.
+pub fn key_from_labels(labels: &BTreeMap<String, String>) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (k, v) in labels {
+        for b in k.bytes().chain([0]).chain(v.bytes()).chain([0]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// Serves `alert.send` into the spool.
+pub struct AlertOps {
+    pub sink: Option<AlertSink>,
+}
+
+impl AlertOps {
+    fn send(&self, client: &ClientInfo, raw: &RawRequest) -> Result<Value, ErrorBody> {
+        if client.class == Class::Observer {
+            return Err(ErrorBody::new(
+                Reason::Forbidden,
+                "observers cannot raise alerts",
+            ));
+        }
+        let p: AlertSend = raw
+            .params()
+            .map_err(|e| ErrorBody::new(Reason::BadRequest, e.error.to_string()))?;
+        let status = AlertStatus::parse(&p.status).ok_or_else(|| {
+            ErrorBody::new(
+                Reason::BadRequest,
+                format!(
+                    "field `status`: `{}` is not Critical, Warning, Info or Ok",
+                    p.status
+                ),
+            )
+        })?;
+        if p.key.as_deref().is_none_or(|k| k.trim().is_empty()) && p.labels.is_empty() {
+            return Err(ErrorBody::new(
+                Reason::BadRequest,
+                "give the alert a `key`, or `labels` to derive one from",
+            ));
+        }
+        if p.description.len() > 64 * 1024 {
+            return Err(ErrorBody::new(
+                Reason::BadRequest,
+                "field `description`: longer than 64 KiB",
+            ));
+        }
+        let Some(sink) = &self.sink else {
+            return Err(ErrorBody::new(
+                Reason::BadRequest,
+                "this agent has no [hub] configured, so an alert has nowhere to go",
+            ));
+        };
+        let key = p
+            .key
+            .filter(|k| !k.trim().is_empty())
+            .unwrap_or_else(|| key_from_labels(&p.labels));
+        let event_time = p.event_time.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0)
+        });
+        let mut attrs = p.attrs;
+        attrs.insert("sent_by".into(), client.name.clone());
+        sink.send(AlertEvent {
+            event_time,
+            event_status: status,
+            alert_key: key.clone(),
+            labels: p.labels,
+            attrs,
+            description: p.description,
+            description_format: p.description_format.unwrap_or_default(),
+            seq: None,
+        });
+        Ok(json!({"queued": true, "alert_key": key}))
+    }
+}
+
+impl ExtensionOps for AlertOps {
+    fn handles(&self, op: &str) -> bool {
+        op == "alert.send"
+    }
+
+    fn call<'a>(
+        &'a self,
+        client: &'a ClientInfo,
+        request: &'a RawRequest,
+    ) -> futures_util::future::BoxFuture<'a, Result<Value, ErrorBody>> {
+        Box::pin(async move { self.send(client, request) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_from_labels_are_stable_and_order_free() {
+        let a = BTreeMap::from([
+            ("a".to_owned(), "1".to_owned()),
+            ("b".to_owned(), "2".to_owned()),
+        ]);
+        let mut b = BTreeMap::new();
+        b.insert("b".to_owned(), "2".to_owned());
+        b.insert("a".to_owned(), "1".to_owned());
+        assert_eq!(key_from_labels(&a), key_from_labels(&b));
+        let c = BTreeMap::from([("a".to_owned(), "12".to_owned())]);
+        let d = BTreeMap::from([("a1".to_owned(), "2".to_owned())]);
+        assert_ne!(key_from_labels(&c), key_from_labels(&d));
+    }
+}
