@@ -307,7 +307,28 @@ type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 /// What the reader reports.
 enum Inbound {
     Frame(Result<LinkFrame, LinkDecodeError>),
+    /// A `session_start` whose payload did not decode: it is refused with "invalid payload"
+    /// (PROTOCOL.md §2), acked by the envelope's `id`.
+    InvalidSessionStart {
+        id: String,
+        error: LinkDecodeError,
+    },
     Lost(String),
+}
+
+/// Work for a connection's session worker, in arrival order.
+enum SessionWork {
+    Frame(LinkFrame),
+    /// Refuse the `session_start` with this envelope id: its payload did not decode.
+    InvalidStart(String),
+}
+
+/// The envelope `id` of a frame whose payload did not decode (empty when there is none).
+fn envelope_id(text: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v.get("id")?.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// One live connection.
@@ -317,7 +338,7 @@ struct Conn {
     closing: CancellationToken,
     out: LinkOut,
     /// Session messages, handled in order by this connection's session worker.
-    sessions: mpsc::Sender<LinkFrame>,
+    sessions: mpsc::Sender<SessionWork>,
     inbound: mpsc::Receiver<Inbound>,
     writer: tokio::task::JoinHandle<u64>,
     reader: tokio::task::JoinHandle<u64>,
@@ -416,6 +437,10 @@ impl Driver {
                         Input::Frame(frame)
                     }
                     Some(Inbound::Frame(Err(e))) => Input::BadFrame(e),
+                    Some(Inbound::InvalidSessionStart { id, error }) => {
+                        self.refuse_invalid(id).await;
+                        Input::BadFrame(error)
+                    }
                     Some(Inbound::Lost(e)) => Input::ConnectionLost { error: e },
                     None => Input::ConnectionLost { error: "reader stopped".into() },
                 },
@@ -574,7 +599,7 @@ impl Driver {
                     // connection's life.
                     tokio::select! {
                         _ = c.cancel.cancelled() => {}
-                        r = c.sessions.send(frame) => if r.is_err() {
+                        r = c.sessions.send(SessionWork::Frame(frame)) => if r.is_err() {
                             tracing::warn!("hub link: session worker gone; message dropped");
                         },
                     }
@@ -583,6 +608,19 @@ impl Driver {
             Output::Note(note) => tracing::debug!("hub link: {note}"),
         }
         None
+    }
+
+    /// Hands an undecodable `session_start` to the session worker, to be acked
+    /// "invalid payload" (only while registered, like every session message).
+    async fn refuse_invalid(&self, id: String) {
+        if let (Some(c), Some(_)) = (&self.conn, self.machine.version()) {
+            tokio::select! {
+                _ = c.cancel.cancelled() => {}
+                r = c.sessions.send(SessionWork::InvalidStart(id)) => if r.is_err() {
+                    tracing::warn!("hub link: session worker gone; refusal dropped");
+                },
+            }
+        }
     }
 
     fn register(&self) -> Register {
@@ -623,7 +661,7 @@ impl Driver {
         let (in_tx, inbound) = mpsc::channel(256);
         let writer = tokio::spawn(write_loop(sink, queues, cancel.clone(), closing.clone()));
         let reader = tokio::spawn(read_loop(stream, in_tx, cancel.clone()));
-        let (sessions, mut session_rx) = mpsc::channel::<LinkFrame>(SESSION_BACKLOG);
+        let (sessions, mut session_rx) = mpsc::channel::<SessionWork>(SESSION_BACKLOG);
         let remote = self.remote.clone();
         let worker_out = out.clone();
         let worker_cancel = cancel.clone();
@@ -633,7 +671,10 @@ impl Driver {
                     _ = worker_cancel.cancelled() => break,
                     f = session_rx.recv() => match f { Some(f) => f, None => break },
                 };
-                remote.handle(frame, &worker_out).await;
+                match frame {
+                    SessionWork::Frame(frame) => remote.handle(frame, &worker_out).await,
+                    SessionWork::InvalidStart(id) => remote.refuse_invalid(&id, &worker_out).await,
+                }
             }
         });
         let status = self.status.clone();
@@ -720,10 +761,13 @@ async fn dial(options: LinkOptions) -> Result<Ws, (Option<u16>, String)> {
     let mut config = WebSocketConfig::default();
     config.max_message_size = Some(16 << 20);
     config.max_frame_size = Some(16 << 20);
+    // TCP_NODELAY: the link carries small interactive frames (pongs, acks, session events);
+    // with Nagle, a frame written while the previous one is unacknowledged waits for the
+    // hub's delayed ACK (40 ms on Linux).
     let connect = tokio_tungstenite::connect_async_tls_with_config(
         request,
         Some(config),
-        false,
+        true,
         options.connector.clone(),
     );
     match tokio::time::timeout(DIAL_TIMEOUT, connect).await {
@@ -799,7 +843,15 @@ async fn read_loop(
         let item = match msg {
             Some(Ok(Message::Text(t))) => {
                 read += 1;
-                Inbound::Frame(LinkFrame::decode(t.as_str()))
+                match LinkFrame::decode(t.as_str()) {
+                    Err(error @ LinkDecodeError::Payload { .. }) if matches!(&error, LinkDecodeError::Payload { kind, .. } if kind == "session_start") => {
+                        Inbound::InvalidSessionStart {
+                            id: envelope_id(t.as_str()),
+                            error,
+                        }
+                    }
+                    decoded => Inbound::Frame(decoded),
+                }
             }
             Some(Ok(Message::Binary(_))) => Inbound::Frame(Err(LinkDecodeError::Envelope(
                 "binary frame; the link speaks JSON text".into(),

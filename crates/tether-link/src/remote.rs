@@ -524,6 +524,23 @@ impl RemoteSessions {
         let Some(session) = self.get(&cancel.session_id) else {
             return;
         };
+        if let (Some(turn_id), true) = (&cancel.turn_id, session.version >= 2) {
+            // Version 2: cancel just this turn, as the operator who asked.
+            let name = cancel.user_name.clone().unwrap_or_default();
+            let user = self
+                .user(&session, &name, class_of(cancel.class.as_deref()))
+                .await;
+            let reply = user
+                .call(Op::Cancel(tether_proto::Cancel {
+                    session_id: SessionId(session.hub_id.clone()),
+                    turn_id: TurnId(turn_id.clone()),
+                }))
+                .await;
+            if let Some(e) = reply.error {
+                tracing::info!(session = %session.hub_id, error = %e, "hub cancel refused");
+            }
+            return;
+        }
         let reason = if cancel.reason.is_empty() {
             "cancelled by the hub".to_owned()
         } else {

@@ -225,8 +225,10 @@ impl Mux {
             class: identity.class,
             name: identity.name,
         };
-        let (outbound, receiver) =
-            outbound::channel(self.config().client_queue_frames, self.log().clone());
+        let (outbound, receiver) = outbound::channel(
+            self.config().client_queue_frames,
+            Arc::new(self.log().clone()),
+        );
         (
             Connection {
                 mux: self.clone(),
@@ -259,7 +261,20 @@ impl Mux {
                 "the agent is shutting down",
             ));
         }
-        let session_id = SessionId(uuid::Uuid::now_v7().to_string());
+        // The caller may name the session (the hub does); the name must be unused. The check
+        // and the insert happen under one write lock, so two creators cannot both win.
+        let mut sessions = self.sessions_write();
+        let session_id = match &options.session_id {
+            Some(id) if sessions.contains_key(id) => {
+                return Err(ErrorBody::new(
+                    Reason::BadRequest,
+                    format!("session {id} already exists"),
+                )
+                .with("session_id", id));
+            }
+            Some(id) => id.clone(),
+            None => SessionId(uuid::Uuid::now_v7().to_string()),
+        };
         let handle = session::spawn_new(
             self.inner.shared.clone(),
             NewSession {
@@ -272,7 +287,7 @@ impl Mux {
                 options,
             },
         );
-        self.sessions_write().insert(session_id.clone(), handle);
+        sessions.insert(session_id.clone(), handle);
         Ok(session_id)
     }
 
@@ -399,14 +414,14 @@ impl Connection {
             Ok(raw) => raw,
             Err(e) => return self.reply(e.to_reply()),
         };
-        if !Op::NAMES.contains(&raw.op.as_str()) {
-            if let Some(ext) = self.mux.extension_for(&raw.op) {
-                let reply = match ext.call(&self.conn.client, &raw).await {
-                    Ok(result) => ReplyFrame::ok(raw.id.clone(), result),
-                    Err(e) => ReplyFrame::err(Some(raw.id.clone()), e),
-                };
-                return self.reply(reply);
-            }
+        if !Op::NAMES.contains(&raw.op.as_str())
+            && let Some(ext) = self.mux.extension_for(&raw.op)
+        {
+            let reply = match ext.call(&self.conn.client, &raw).await {
+                Ok(result) => ReplyFrame::ok(raw.id.clone(), result),
+                Err(e) => ReplyFrame::err(Some(raw.id.clone()), e),
+            };
+            return self.reply(reply);
         }
         match Op::from_raw(&raw) {
             Ok(op) => self.handle(Request { id: raw.id, op }).await,

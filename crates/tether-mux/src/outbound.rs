@@ -4,18 +4,51 @@
 //! queue, so the order a client sees is the order the mux decided. Producers never wait:
 //! a push that finds the queue full evicts the connection instead (hard rule 5). At 75 % the
 //! client is warned with `slow_consumer`; the warning re-arms once the queue drains below half.
+//! The warning does not wait its turn behind the backlog it warns about: it is the next frame
+//! the writer sends, and if the connection is evicted before the writer got to it, it still
+//! goes out just before `evicted` — a client is always warned before it is evicted.
 //!
 //! Replays are queued as one item and expanded by the receiver straight from the event log,
 //! page by page, so a long history is paced by the socket instead of flooding the queue.
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tether_engine::log::EventLog;
+pub use tether_engine::log::StoredEvent;
 use tether_proto::{Control, Seq, SessionId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// Where replays read past events from: the agent's event log, or the hub's store.
+pub trait ReplaySource: Send + Sync {
+    /// Events of `session_id` with `from <= seq <= to`, in order, at most `limit`.
+    fn read_range<'a>(
+        &'a self,
+        session_id: &'a SessionId,
+        from: Seq,
+        to: Seq,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<StoredEvent>, String>>;
+}
+
+impl ReplaySource for EventLog {
+    fn read_range<'a>(
+        &'a self,
+        session_id: &'a SessionId,
+        from: Seq,
+        to: Seq,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<StoredEvent>, String>> {
+        Box::pin(async move {
+            EventLog::read_range(self, session_id, from, to, limit)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
 
 /// Default queue capacity, in frames.
 pub const DEFAULT_QUEUE_FRAMES: usize = 1024;
@@ -39,6 +72,9 @@ pub enum OutItem {
 struct Shared {
     capacity: usize,
     warned: AtomicBool,
+    /// A `slow_consumer` warning not yet handed to the writer: the queue length it reports
+    /// (0: none pending).
+    warning: AtomicUsize,
     /// Mirrors `evicted` for the per-frame checks: reading the token takes its mutex, and
     /// these checks run once per frame per client.
     evicted_flag: AtomicBool,
@@ -79,7 +115,7 @@ pub enum Next {
 pub struct OutboundReceiver {
     rx: mpsc::Receiver<OutItem>,
     shared: Arc<Shared>,
-    log: EventLog,
+    log: Arc<dyn ReplaySource>,
     replay: Option<ReplayCursor>,
     ready: VecDeque<Bytes>,
     done: bool,
@@ -92,12 +128,13 @@ struct ReplayCursor {
 }
 
 /// Creates a queue of `capacity` frames whose replays read from `log`.
-pub fn channel(capacity: usize, log: EventLog) -> (Outbound, OutboundReceiver) {
+pub fn channel(capacity: usize, log: Arc<dyn ReplaySource>) -> (Outbound, OutboundReceiver) {
     let capacity = capacity.max(4);
     let (tx, rx) = mpsc::channel(capacity);
     let shared = Arc::new(Shared {
         capacity,
         warned: AtomicBool::new(false),
+        warning: AtomicUsize::new(0),
         evicted_flag: AtomicBool::new(false),
         evicted: CancellationToken::new(),
         reason: Mutex::new(None),
@@ -131,16 +168,9 @@ impl Outbound {
                 if queued * 4 >= self.shared.capacity * 3
                     && !self.shared.warned.swap(true, Ordering::AcqRel)
                 {
-                    let warning = Control::SlowConsumer { queued }.encode();
-                    // The warning itself may find the queue full; then eviction follows below.
-                    if self
-                        .tx
-                        .try_send(OutItem::Frame(Bytes::from(warning)))
-                        .is_err()
-                    {
-                        self.evict("slow_consumer");
-                        return false;
-                    }
+                    // Not queued behind the backlog: the receiver sends it next (see
+                    // `OutboundReceiver::take_warning`).
+                    self.shared.warning.store(queued.max(1), Ordering::Release);
                 }
                 true
             }
@@ -225,13 +255,27 @@ impl OutboundReceiver {
         }
     }
 
+    /// A pending `slow_consumer` warning, taken (it is sent once).
+    fn take_warning(&self) -> Option<Bytes> {
+        let queued = self.shared.warning.swap(0, Ordering::AcqRel);
+        (queued > 0).then(|| Bytes::from(Control::SlowConsumer { queued }.encode()))
+    }
+
     /// What [`next`](Self::next) would return, if that needs no waiting: a queued frame, the
     /// eviction, or the end of the queue. `None` when the queue is empty or a replay page must
     /// be read from the log first. Lets a writer drain ready frames without arming wake-ups.
+    ///
+    /// After an eviction this may still yield one `Frame`: the `slow_consumer` warning the
+    /// writer had not sent yet. `Evicted` follows it.
     pub fn try_next(&mut self) -> Option<Next> {
         loop {
             if self.done {
                 return Some(Next::Closed);
+            }
+            // The warning jumps the queue; when the eviction came first, it still precedes
+            // the final frame, so a client is never evicted without having been warned.
+            if let Some(warning) = self.take_warning() {
+                return Some(Next::Frame(warning));
             }
             if self.shared.is_evicted() {
                 self.done = true;
@@ -257,8 +301,7 @@ impl OutboundReceiver {
     /// Handles one item taken off the queue (`None`: the queue is closed). `None` back when
     /// the item was a replay, which the caller then expands.
     fn take(&mut self, item: Option<OutItem>) -> Option<Next> {
-        if self.shared.warned.load(Ordering::Acquire) && self.rx.len() * 2 < self.shared.capacity
-        {
+        if self.shared.warned.load(Ordering::Acquire) && self.rx.len() * 2 < self.shared.capacity {
             self.shared.warned.store(false, Ordering::Release);
         }
         match item {

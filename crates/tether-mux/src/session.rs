@@ -91,7 +91,9 @@ pub(crate) enum OpMsg {
     /// End the running turn (if any), persist, and stop.
     Shutdown { done: oneshot::Sender<()> },
     /// The report of the session's last completed diagnosis.
-    Report { done: oneshot::Sender<Option<String>> },
+    Report {
+        done: oneshot::Sender<Option<String>>,
+    },
     /// Close on the agent's own behalf, with this reason.
     CloseWithReason {
         reason: String,

@@ -267,6 +267,15 @@ pub struct SessionCancel {
     pub session_id: String,
     #[serde(default)]
     pub reason: String,
+    /// Version 2: cancel only this turn and keep the session (without it, the session ends,
+    /// as under version 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_id: Option<String>,
+    /// Version 2: who cancels (with `class`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
 }
 
 /// Version 2: an operator joins a remote session.

@@ -132,14 +132,13 @@ impl Client {
         let (tx, rx) = mpsc::channel(INCOMING_FRAMES);
         let reader = tokio::spawn(async move {
             while let Some(Ok(msg)) = stream.next().await {
-                match msg {
-                    Message::Text(t) => {
-                        if tx.send(t.as_str().to_owned()).await.is_err() {
-                            break;
-                        }
-                    }
-                    Message::Close(_) => break,
-                    _ => {}
+                let go_on = match msg {
+                    Message::Text(t) => tx.send(t.as_str().to_owned()).await.is_ok(),
+                    Message::Close(_) => false,
+                    _ => true,
+                };
+                if !go_on {
+                    break;
                 }
             }
         });

@@ -1,16 +1,21 @@
-//! Drives one connection: frames in → [`Connection::handle_text`], outbound queue → frames out.
+//! Drives one connection: frames in → [`Handler::handle_text`], outbound queue → frames out.
 //! Shared by every transport; only framing differs (WebSocket messages, JSON lines).
 //!
 //! The reader and the writer run side by side. The writer only ever waits on the outbound
-//! queue or on the socket, and a socket wait is abandoned the moment the connection is
-//! evicted, so a dead peer can never wedge the task (hard rule 7).
+//! queue or on the socket, and once the connection is evicted every socket wait is bounded by
+//! the close grace, so a dead peer can never wedge the task (hard rule 7). A frame being
+//! written when the eviction comes is finished within that grace rather than cut off, so the
+//! peer never sees a torn frame before `evicted`.
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
 use std::future::Future;
 use std::time::Duration;
 use tether_mux::Connection;
+use tether_mux::outbound::Outbound;
 use tether_mux::outbound::{Next, OutboundReceiver};
+use tether_proto::RequestId;
 use tether_proto::{ErrorBody, MAX_MESSAGE_BYTES, Reason};
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +27,36 @@ pub enum Inbound {
     TooLarge(usize),
     /// A frame that is not text (WebSocket binary).
     NotText,
+}
+
+/// What a connection does with what it reads: the agent's multiplexer connection, or the
+/// hub's operator connection.
+pub trait Handler: Send + Sync {
+    /// Handles one text frame; the reply goes to [`outbound`](Self::outbound).
+    fn handle_text<'a>(&'a self, text: &'a str) -> BoxFuture<'a, ()>;
+    /// Replies with an error to a frame that could not be read as a request.
+    fn reply_error(&self, re: Option<RequestId>, error: ErrorBody);
+    fn outbound(&self) -> &Outbound;
+    /// The peer went away (or was evicted): detach it from everything.
+    fn close<'a>(&'a self, reason: &'a str) -> BoxFuture<'a, ()>;
+}
+
+impl Handler for Connection {
+    fn handle_text<'a>(&'a self, text: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(Connection::handle_text(self, text))
+    }
+
+    fn reply_error(&self, re: Option<RequestId>, error: ErrorBody) {
+        Connection::reply_error(self, re, error)
+    }
+
+    fn outbound(&self) -> &Outbound {
+        Connection::outbound(self)
+    }
+
+    fn close<'a>(&'a self, reason: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(Connection::close(self, reason))
+    }
 }
 
 /// The write half of a transport.
@@ -36,11 +71,18 @@ const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
 /// Why a connection ended, as shown in `client_detached`.
 const PEER_CLOSED: &str = "disconnected";
+const EVICTED: &str = "evicted: slow consumer";
+
+/// Frames the writer takes straight off a non-empty queue before it looks at the shutdown
+/// signal again. Arming that wait (and the eviction wait around a write) locks mutexes shared
+/// with every other connection, which costs more than writing a small frame; a ready frame is
+/// written without them, and shutdown is still noticed within this many frames.
+const READY_BURST: u32 = 64;
 
 /// Runs the connection until the peer leaves, the connection is evicted, or `closing` fires
 /// (server shutdown: queued frames are flushed, then a close frame is sent).
 pub async fn drive<S, W>(
-    conn: Connection,
+    conn: impl Handler,
     mut rx: OutboundReceiver,
     mut inbound: S,
     mut writer: W,
@@ -51,22 +93,51 @@ pub async fn drive<S, W>(
 {
     let outbound = conn.outbound().clone();
     let write_loop = async {
+        let mut burst = 0;
         loop {
-            let next = tokio::select! {
-                biased;
-                _ = closing.cancelled() => {
-                    flush_remaining(&mut rx, &mut writer).await;
-                    let _ = tokio::time::timeout(CLOSE_GRACE, writer.close(1001, "server shutting down")).await;
-                    return "server shutting down";
+            let ready = if burst < READY_BURST {
+                rx.try_next()
+            } else {
+                None
+            };
+            let next = match ready {
+                Some(next) => {
+                    burst += 1;
+                    next
                 }
-                next = rx.next() => next,
+                None => {
+                    burst = 0;
+                    tokio::select! {
+                        biased;
+                        _ = closing.cancelled() => {
+                            flush_remaining(&mut rx, &mut writer).await;
+                            let _ = tokio::time::timeout(CLOSE_GRACE, writer.close(1001, "server shutting down")).await;
+                            return "server shutting down";
+                        }
+                        next = rx.next() => next,
+                    }
+                }
             };
             match next {
                 Next::Frame(frame) => {
+                    let write = writer.write(frame);
+                    tokio::pin!(write);
+                    // The write is polled first: when the socket takes the frame at once, the
+                    // eviction wait is never armed.
                     let written = tokio::select! {
-                        r = writer.write(frame) => r,
-                        // Eviction abandons a blocked write; the loop then sends `evicted`.
-                        _ = outbound.evicted() => Ok(()),
+                        biased;
+                        r = &mut write => r,
+                        // Evicted while this frame is stuck on a slow peer. Abandoning the
+                        // write could leave half a frame on the wire (a JSON line cut short,
+                        // with `evicted` glued to it): finish it, bounded like the final frame,
+                        // then the loop sends `evicted`. If even that times out, close
+                        // without another byte.
+                        _ = outbound.evicted() => {
+                            match tokio::time::timeout(CLOSE_GRACE, &mut write).await {
+                                Ok(r) => r,
+                                Err(_) => return EVICTED,
+                            }
+                        }
                     };
                     if written.is_err() {
                         return PEER_CLOSED;
@@ -75,7 +146,7 @@ pub async fn drive<S, W>(
                 Next::Evicted(frame) => {
                     let _ = tokio::time::timeout(CLOSE_GRACE, writer.write(frame)).await;
                     let _ = tokio::time::timeout(CLOSE_GRACE, writer.close(1008, "evicted")).await;
-                    return "evicted: slow consumer";
+                    return EVICTED;
                 }
                 Next::Closed => return PEER_CLOSED,
             }

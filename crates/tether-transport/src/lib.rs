@@ -12,6 +12,7 @@ pub mod auth;
 pub mod client;
 pub mod driver;
 pub mod lines;
+pub mod metrics;
 pub mod unix;
 pub mod ws;
 

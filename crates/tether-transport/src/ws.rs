@@ -1,7 +1,7 @@
 //! The WebSocket transport (`GET /v1/ws`) and `GET /healthz`, as an axum router.
 
 use crate::auth::Authenticator;
-use crate::driver::{FrameWriter, Inbound, drive};
+use crate::driver::{FrameWriter, Handler, Inbound, drive};
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tether_mux::outbound::OutboundReceiver;
 use tether_mux::{Identity, Mux};
 use tether_proto::MAX_MESSAGE_BYTES;
 use tokio::sync::Semaphore;
@@ -131,6 +132,17 @@ pub async fn serve_socket(
     closing: CancellationToken,
 ) {
     let (conn, rx) = mux.connect(identity);
+    serve_handler(socket, conn, rx, closing).await;
+}
+
+/// Serves one upgraded WebSocket with any connection handler (the hub's operators use this
+/// with their own handler): JSON text frames, the size limits of PROTOCOL.md §1.
+pub async fn serve_handler(
+    socket: WebSocket,
+    handler: impl Handler,
+    rx: OutboundReceiver,
+    closing: CancellationToken,
+) {
     let (sink, stream) = socket.split();
     let inbound = stream
         .take_while(|m| std::future::ready(!matches!(m, Ok(Message::Close(_)))))
@@ -145,7 +157,7 @@ pub async fn serve_socket(
                 Err(e) => Some(Err(std::io::Error::other(e))),
             })
         });
-    drive(conn, rx, Box::pin(inbound), WsWriter(sink), closing).await;
+    drive(handler, rx, Box::pin(inbound), WsWriter(sink), closing).await;
 }
 
 struct WsWriter(SplitSink<WebSocket, Message>);
@@ -178,10 +190,10 @@ async fn healthz(State(state): State<WsState>) -> Response {
         "sessions": sessions,
         "active_sessions": state.mux.active_sessions(),
     });
-    if let (Some(extra), Some(map)) = (state.health.as_ref(), body.as_object_mut()) {
-        if let Value::Object(fields) = extra() {
-            map.extend(fields);
-        }
+    if let (Some(extra), Some(map)) = (state.health.as_ref(), body.as_object_mut())
+        && let Value::Object(fields) = extra()
+    {
+        map.extend(fields);
     }
     axum::Json(body).into_response()
 }

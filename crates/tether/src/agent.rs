@@ -23,9 +23,10 @@ use tokio_util::sync::CancellationToken;
 pub fn build_provider(choice: &ModelChoice) -> Result<Arc<dyn ModelProvider>> {
     Ok(match choice {
         ModelChoice::Demo => Arc::new(ScriptedProvider::demo()),
-        ModelChoice::Scripted { script } => {
-            Arc::new(ScriptedProvider::from_file(script).context("model.script")?)
-        }
+        ModelChoice::Scripted {
+            script: Some(script),
+        } => Arc::new(ScriptedProvider::from_file(script).context("model.script")?),
+        ModelChoice::Scripted { script: None } => Arc::new(ScriptedProvider::demo()),
         ModelChoice::OpenAi(cfg) => {
             Arc::new(OpenAiProvider::new(cfg.clone()).map_err(|e| anyhow::anyhow!("{e}"))?)
         }

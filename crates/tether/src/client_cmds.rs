@@ -161,6 +161,8 @@ pub enum Join {
         params: Option<Value>,
         title: Option<String>,
         policy: Option<String>,
+        /// At a hub: the agent that runs the session.
+        agent_id: Option<String>,
     },
     /// Join an existing session; `history` replays it from the start.
     Existing { session_id: String, history: bool },
@@ -204,8 +206,12 @@ pub async fn chat_with(
             params: session_params,
             title,
             policy,
+            agent_id,
         } => {
             let mut params = json!({"mode": mode});
+            if let Some(a) = agent_id {
+                params["agent_id"] = Value::String(a);
+            }
             if let Some(p) = session_params {
                 params["params"] = p;
             }

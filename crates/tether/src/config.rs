@@ -396,8 +396,9 @@ struct RawConfig {
 pub enum ModelChoice {
     /// The built-in demo script (no `[model]` section).
     Demo,
+    /// The scripted provider, chosen explicitly: `script`, or the built-in demo script.
     Scripted {
-        script: PathBuf,
+        script: Option<PathBuf>,
     },
     OpenAi(OpenAiConfig),
 }
@@ -514,11 +515,8 @@ impl AgentConfig {
                     if let Some(key) = m.openai_keys_set().first() {
                         bail!("model.{key} is only used with provider = \"openai\"");
                     }
-                    match m.script {
-                        Some(script) => ModelChoice::Scripted {
-                            script: paths::resolve(&script, base),
-                        },
-                        None => ModelChoice::Demo,
+                    ModelChoice::Scripted {
+                        script: m.script.map(|s| paths::resolve(&s, base)),
                     }
                 }
                 "openai" => {
@@ -706,7 +704,7 @@ mod tests {
         assert_eq!(
             c.model,
             ModelChoice::Scripted {
-                script: PathBuf::from("/etc/tether/s.json")
+                script: Some(PathBuf::from("/etc/tether/s.json"))
             }
         );
     }

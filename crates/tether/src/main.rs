@@ -3,6 +3,7 @@
 mod agent;
 mod client_cmds;
 mod config;
+mod hub_cmd;
 mod hub_link;
 mod models;
 mod oneshot;
@@ -38,6 +39,26 @@ enum Command {
         #[arg(long, env = "TETHER_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Run the hub: agents dial in, operators use its web console, CLI and API.
+    ///
+    /// Without --config it reads ~/.config/tether/hub.toml if present, else listens on
+    /// 127.0.0.1:7800 with state under ~/.local/share/tether/hub.
+    Hub {
+        /// Hub config file (TOML).
+        #[arg(long, env = "TETHER_HUB_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<HubCommand>,
+    },
+    /// Start a hub and a local agent linked to it, and print the console URL.
+    ///
+    /// On first run it writes ~/.config/tether/hub.toml and agent.toml with fresh operator
+    /// and agent tokens (printed once); later runs reuse them.
+    Up {
+        /// The hub's port on 127.0.0.1.
+        #[arg(long, default_value_t = 7800)]
+        port: u16,
+    },
     /// Chat with the agent in a new session (or join one with --session).
     ///
     /// Tool calls and results are shown as they happen; a tool that needs approval asks
@@ -56,6 +77,9 @@ enum Command {
         /// (agent-class clients too, never for their own turns).
         #[arg(long, value_parser = ["human", "any"])]
         policy: Option<String>,
+        /// At a hub (--url ws://hub/v1/ws): the agent that runs the session.
+        #[arg(long)]
+        agent: Option<String>,
     },
     /// Join an existing session: its history from the start, then live.
     Attach {
@@ -117,6 +141,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum HubCommand {
+    /// Manage agent credentials.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create a credential for one agent; prints the token once (only its hash is kept).
+    Create {
+        /// A name for the agent (or the host it runs on).
+        #[arg(long)]
+        name: String,
+        /// A label, `k=v` (repeatable).
+        #[arg(long = "labels", value_parser = parse_kv)]
+        labels: Vec<(String, String)>,
+    },
+    /// List credentials (never the tokens themselves).
+    List,
+    /// Revoke a credential by name or id; its agent is refused from its next connection.
+    Revoke { name_or_id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -187,6 +237,35 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let cfg = config::AgentConfig::load(config.as_deref())?;
             ok(agent::run(cfg).await)
         }
+        Command::Hub { config, command } => {
+            let file = hub_cmd::HubFile::load(config.as_deref())?;
+            match command {
+                None => {
+                    init_tracing();
+                    ok(hub_cmd::run(file).await)
+                }
+                Some(HubCommand::Token {
+                    command: TokenCommand::Create { name, labels },
+                }) => {
+                    let token = hub_cmd::token_create(&file, &name, &labels)?;
+                    println!("{token}");
+                    eprintln!(
+                        "agent token for `{name}` created; it is shown once. Put it in the agent's [hub] token."
+                    );
+                    Ok(std::process::ExitCode::SUCCESS)
+                }
+                Some(HubCommand::Token {
+                    command: TokenCommand::List,
+                }) => ok(hub_cmd::token_list(&file)),
+                Some(HubCommand::Token {
+                    command: TokenCommand::Revoke { name_or_id },
+                }) => ok(hub_cmd::token_revoke(&file, &name_or_id)),
+            }
+        }
+        Command::Up { port } => {
+            init_tracing();
+            ok(hub_cmd::up(port).await)
+        }
         Command::Inspect {
             plugin,
             target,
@@ -203,6 +282,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             session,
             title,
             policy,
+            agent,
         } => {
             let join = match session {
                 Some(session_id) => Join::Existing {
@@ -214,6 +294,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     params: None,
                     title,
                     policy,
+                    agent_id: agent,
                 },
             };
             ok(client_cmds::chat(&connect, join).await)

@@ -18,7 +18,10 @@ pub async fn test(config: Option<&Path>, timeout: Duration) -> Result<ExitCode> 
             return Ok(ExitCode::SUCCESS);
         }
         ModelChoice::Scripted { script } => {
-            println!("model: scripted, replaying {}", script.display());
+            match script {
+                Some(s) => println!("model: scripted, replaying {}", s.display()),
+                None => println!("model: scripted, replaying the built-in demo script"),
+            }
             return Ok(ExitCode::SUCCESS);
         }
         ModelChoice::OpenAi(m) => m.endpoints.clone(),

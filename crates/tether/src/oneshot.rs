@@ -72,6 +72,7 @@ fn join(mode: &'static str, params: Value) -> Join {
         params: Some(params),
         title: None,
         policy: None,
+        agent_id: None,
     }
 }
 

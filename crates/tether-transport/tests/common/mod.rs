@@ -2,20 +2,23 @@
 //! loopback) and helpers to drive it through real sockets.
 #![allow(dead_code)]
 
+use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tether_engine::Engine;
 use tether_engine::log::EventLog;
+use tether_engine::model::ToolSpec;
 use tether_engine::scripted::ScriptedProvider;
-use tether_engine::tools::{ToolRegistry, ToolsConfig};
+use tether_engine::tools::{Tool, ToolContext, ToolOutput, ToolRegistry, ToolsConfig};
 use tether_mux::{Mux, MuxConfig};
-use tether_proto::{Class, ServerFrame};
+use tether_proto::{Class, ErrorBody, ServerFrame};
 use tether_transport::auth::{Authenticator, ClientCredential};
-use tether_transport::client::Client;
+use tether_transport::client::{Client, ClientError};
 use tether_transport::ws::{WsState, router};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
 pub const HUMAN_TOKEN: &str = "human-token-0123456789";
@@ -61,6 +64,8 @@ pub fn shell_script(delay_ms: u64) -> String {
 pub struct Options {
     pub script: String,
     pub config: MuxConfig,
+    /// The engine's tools; the builtin set when `None`.
+    pub tools: Option<ToolRegistry>,
 }
 
 impl Default for Options {
@@ -68,6 +73,7 @@ impl Default for Options {
         Options {
             script: shell_script(1),
             config: MuxConfig::default(),
+            tools: None,
         }
     }
 }
@@ -82,10 +88,10 @@ impl Agent {
     pub async fn start_in(dir: Arc<tempfile::TempDir>, opts: Options) -> Agent {
         let log = EventLog::open(&dir.path().join("events.db")).expect("log");
         let provider = ScriptedProvider::from_json(&opts.script, "test script").expect("script");
-        let engine = Engine::new(
-            Some(Arc::new(provider)),
-            ToolRegistry::builtin(&ToolsConfig::default()),
-        );
+        let tools = opts
+            .tools
+            .unwrap_or_else(|| ToolRegistry::builtin(&ToolsConfig::default()));
+        let engine = Engine::new(Some(Arc::new(provider)), tools);
         let mux = Mux::open(opts.config, engine, log).expect("mux");
         let closing = CancellationToken::new();
         let auth = Authenticator::new(credentials()).expect("auth");
@@ -185,4 +191,240 @@ pub async fn create_session(c: &mut Client, policy: &str) -> String {
 
 pub fn decode(text: &str) -> ServerFrame {
     ServerFrame::decode(text).expect("decode")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Additions for the acceptance tests (issue 2)
+// ---------------------------------------------------------------------------------------------
+
+/// A tool that always needs permission and runs instantly (no child process), so tests whose
+/// timing matters (paused time, slow clients) do not depend on `/bin/sh`.
+pub struct ApproveTool;
+
+pub const APPROVE_OUTPUT: &str = "approve-tool-ran";
+
+impl Tool for ApproveTool {
+    fn spec(&self) -> ToolSpec {
+        ToolSpec {
+            name: "approve_me".into(),
+            description: "test tool that needs permission".into(),
+            parameters: json!({"type": "object"}),
+        }
+    }
+
+    fn needs_permission(&self, _args: &Value) -> bool {
+        true
+    }
+
+    fn read_only(&self) -> bool {
+        false
+    }
+
+    fn call<'a>(&'a self, _args: Value, _ctx: ToolContext) -> BoxFuture<'a, ToolOutput> {
+        Box::pin(async { ToolOutput::ok(APPROVE_OUTPUT) })
+    }
+}
+
+/// The builtin tools plus [`ApproveTool`].
+pub fn tools_with_approve() -> ToolRegistry {
+    let mut tools = ToolRegistry::builtin(&ToolsConfig::default());
+    tools.add(Arc::new(ApproveTool));
+    tools
+}
+
+/// Each turn: some text, one `approve_me` call (needs permission), then a final answer.
+pub fn approve_script(delay_ms: u64) -> String {
+    json!({"loop": true, "responses": [
+        {"text": "checking the thing ", "chunk_delay_ms": delay_ms,
+         "tool_calls": [{"tool": "approve_me", "args": {}}]},
+        {"text": "finished"}
+    ]})
+    .to_string()
+}
+
+/// Each turn: `text` streamed (one `text_delta` per word), no tools.
+pub fn text_script(text: &str, delay_ms: u64) -> String {
+    json!({"loop": true, "responses": [{"text": text, "chunk_delay_ms": delay_ms}]}).to_string()
+}
+
+/// `count` words of `len` characters each: one `text_delta` event per word.
+pub fn long_text(count: usize, len: usize) -> String {
+    let word = "x".repeat(len.saturating_sub(1));
+    let mut s = String::with_capacity(count * len);
+    for i in 0..count {
+        s.push_str(&word);
+        s.push(char::from(b'a' + (i % 26) as u8));
+        s.push(' ');
+    }
+    s
+}
+
+pub fn seq_of(v: &Value) -> Option<u64> {
+    v.get("seq").and_then(Value::as_u64)
+}
+
+pub fn is_control(v: &Value, name: &str) -> bool {
+    v.get("event").and_then(Value::as_str) == Some(name) && v.get("seq").is_none()
+}
+
+pub fn is_reply(v: &Value) -> bool {
+    v.get("re").is_some()
+}
+
+/// Sends a request that must fail; returns the error body.
+pub async fn expect_error(c: &mut Client, op: &str, params: Value) -> ErrorBody {
+    match c.request(op, params).await {
+        Err(ClientError::Server(e)) => e,
+        Err(e) => panic!("{op}: expected a server error, got {e}"),
+        Ok(v) => panic!("{op}: expected a server error, got success {v}"),
+    }
+}
+
+/// Raw frames up to and including the first one whose JSON satisfies `pred`.
+pub async fn read_raw_until(c: &mut Client, mut pred: impl FnMut(&Value) -> bool) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let text = next_raw(c).await;
+        let v: Value = serde_json::from_str(&text).expect("json");
+        seen.push(text);
+        if pred(&v) {
+            return seen;
+        }
+    }
+}
+
+/// Reads until `permission_requested` and returns its JSON.
+pub async fn wait_permission(c: &mut Client) -> Value {
+    read_until(c, |v| is_event(v, "permission_requested"))
+        .await
+        .pop()
+        .expect("permission_requested")
+}
+
+pub async fn answer(
+    c: &mut Client,
+    sid: &str,
+    call_id: &str,
+    decision: &str,
+) -> Result<Value, ClientError> {
+    c.request(
+        "answer",
+        json!({"session_id": sid, "call_id": call_id, "decision": decision}),
+    )
+    .await
+}
+
+pub async fn attach(c: &mut Client, sid: &str, after_seq: Option<u64>) -> Value {
+    let params = match after_seq {
+        Some(a) => json!({"session_id": sid, "after_seq": a}),
+        None => json!({"session_id": sid}),
+    };
+    c.request("attach", params).await.expect("attach")
+}
+
+/// Checks that the seq-bearing frames among `frames` are strictly consecutive.
+pub fn assert_contiguous(frames: &[Value]) {
+    let seqs: Vec<u64> = frames.iter().filter_map(seq_of).collect();
+    for w in seqs.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "seq hole or duplicate in {seqs:?}");
+    }
+}
+
+/// A raw JSON-lines connection to the Unix socket: no background reader, so the test decides
+/// when (and whether) the socket is read.
+pub struct RawUnix {
+    pub read: BufReader<tokio::net::unix::OwnedReadHalf>,
+    pub write: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl RawUnix {
+    pub async fn connect(path: &Path) -> RawUnix {
+        let stream = tokio::net::UnixStream::connect(path)
+            .await
+            .expect("unix connect");
+        let (read, write) = stream.into_split();
+        RawUnix {
+            read: BufReader::with_capacity(1 << 16, read),
+            write,
+        }
+    }
+
+    pub async fn send_line(&mut self, line: &[u8]) {
+        self.write.write_all(line).await.expect("write");
+        self.write.write_all(b"\n").await.expect("write");
+        self.write.flush().await.expect("flush");
+    }
+
+    /// The next line (bounded wait); `None` at end of stream.
+    pub async fn next_line(&mut self) -> Option<String> {
+        let mut buf = Vec::new();
+        let n = tokio::time::timeout(
+            Duration::from_secs(20),
+            self.read.read_until(b'\n', &mut buf),
+        )
+        .await
+        .expect("timed out reading a line")
+        .expect("read");
+        if n == 0 {
+            return None;
+        }
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+        }
+        Some(String::from_utf8(buf).expect("server frames are UTF-8"))
+    }
+
+    pub async fn next_json(&mut self) -> Value {
+        let line = self.next_line().await.expect("connection closed");
+        serde_json::from_str(&line).expect("json")
+    }
+
+    /// Sends a request and returns its reply, skipping (and returning) other frames.
+    pub async fn request(&mut self, id: u64, op: &str, params: Value) -> (Value, Vec<Value>) {
+        let text = tether_proto::encode_request(&id.into(), op, params);
+        self.send_line(text.as_bytes()).await;
+        let mut other = Vec::new();
+        loop {
+            let v = self.next_json().await;
+            if v.get("re") == Some(&json!(id)) {
+                return (v, other);
+            }
+            other.push(v);
+        }
+    }
+}
+
+pub type RawWsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A raw WebSocket connection (for binary frames and frames the client would not send).
+pub async fn raw_ws(agent: &Agent, token: &str) -> RawWsStream {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = agent.url().into_client_request().expect("request");
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    let (socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("ws connect");
+    socket
+}
+
+/// The next text frame of a raw WebSocket, as JSON (bounded wait).
+pub async fn raw_ws_next(ws: &mut RawWsStream) -> Value {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("timed out")
+            .expect("closed")
+            .expect("ws error");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("json"),
+            Message::Close(c) => panic!("closed: {c:?}"),
+            _ => {}
+        }
+    }
 }

@@ -1,0 +1,304 @@
+//! The hub's shared state: connected agents, live subscriptions, the store, the relay,
+//! counters. Cheap to clone.
+
+use crate::agents::AgentConn;
+use crate::config::HubConfig;
+use crate::relay::Relay;
+use crate::store::{AgentRecord, AlertRow, HubStore};
+use crate::tokens;
+use axum::http::StatusCode;
+use bytes::Bytes;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tether_mux::outbound::Outbound;
+use tether_transport::auth::{Authenticator, ClientCredential};
+use tokio_util::sync::CancellationToken;
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct Metrics {
+    pub registrations: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub alerts_received: AtomicU64,
+    pub alerts_stored: AtomicU64,
+    pub alerts_duplicate: AtomicU64,
+    pub sessions_created: AtomicU64,
+    pub operator_evictions: AtomicU64,
+}
+
+/// Something subscribers of `agents.subscribe` / `alerts.subscribe` want to hear.
+pub enum HubEvent {
+    Agent(AgentRecord),
+    Alert(AlertRow),
+}
+
+/// What an `alerts.subscribe` asked for.
+#[derive(Clone, Debug, Default)]
+pub struct AlertSubFilter {
+    pub agent_id: Option<String>,
+    pub status: Option<String>,
+    pub label: Option<(String, String)>,
+}
+
+impl AlertSubFilter {
+    fn matches(&self, a: &AlertRow) -> bool {
+        self.agent_id.as_ref().is_none_or(|id| *id == a.agent_id)
+            && self
+                .status
+                .as_ref()
+                .is_none_or(|s| s.eq_ignore_ascii_case(&a.event_status))
+            && self
+                .label
+                .as_ref()
+                .is_none_or(|(k, v)| a.labels.get(k) == Some(v))
+    }
+}
+
+enum SubKind {
+    Agents,
+    Alerts(AlertSubFilter),
+}
+
+struct Sub {
+    conn_id: u64,
+    kind: SubKind,
+    outbound: Outbound,
+}
+
+pub(crate) struct Inner {
+    config: HubConfig,
+    store: HubStore,
+    agents: Mutex<HashMap<String, Arc<AgentConn>>>,
+    subs: Mutex<Vec<Sub>>,
+    relay: Relay,
+    metrics: Arc<Metrics>,
+    operators: Authenticator,
+    shutdown: CancellationToken,
+    /// Fires when connections should close (after shutdown's drain).
+    closing: CancellationToken,
+}
+
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+impl Hub {
+    pub fn new(config: HubConfig, store: HubStore) -> Result<Hub, String> {
+        let operators = Authenticator::new(
+            config
+                .operators
+                .iter()
+                .map(|o| ClientCredential {
+                    name: o.name.clone(),
+                    class: o.class,
+                    token: o.token.clone(),
+                })
+                .collect(),
+        )
+        .map_err(|e| e.replace("clients[", "operators["))?;
+        let metrics = Arc::new(Metrics::default());
+        let relay = Relay::new(store.clone(), metrics.clone(), config.operator_queue);
+        Ok(Hub {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                agents: Mutex::new(HashMap::new()),
+                subs: Mutex::new(Vec::new()),
+                relay,
+                metrics,
+                operators,
+                shutdown: CancellationToken::new(),
+                closing: CancellationToken::new(),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.inner.config
+    }
+
+    pub fn store(&self) -> &HubStore {
+        &self.inner.store
+    }
+
+    pub fn relay(&self) -> &Relay {
+        &self.inner.relay
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn metrics_arc(&self) -> Arc<Metrics> {
+        self.inner.metrics.clone()
+    }
+
+    pub fn operators(&self) -> &Authenticator {
+        &self.inner.operators
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+
+    /// Fires when open connections should flush and close.
+    pub fn closing(&self) -> CancellationToken {
+        self.inner.closing.clone()
+    }
+
+    /// Validates an agent token. `Ok(Some(id))`: a per-agent credential; `Ok(None)`: the
+    /// shared enrollment token.
+    pub async fn check_agent_token(
+        &self,
+        token: &str,
+        agent_id: &str,
+    ) -> Result<Option<String>, (StatusCode, String)> {
+        let hash = tokens::hash(token);
+        let found = self
+            .store()
+            .run(move |s| s.token_by_hash(&hash))
+            .await
+            .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        if let Some(t) = found {
+            // A credential belongs to the first agent that registered with it: another
+            // agent id presenting it is someone acting as someone else.
+            if let Some(bound) = &t.agent_id {
+                if bound != agent_id {
+                    return Err((
+                        StatusCode::FORBIDDEN,
+                        format!("this token belongs to agent {bound}"),
+                    ));
+                }
+            }
+            return Ok(Some(t.id));
+        }
+        if let Some(shared) = &self.config().enrollment_token {
+            if tokens::same(shared, token) {
+                return Ok(None);
+            }
+        }
+        Err((StatusCode::UNAUTHORIZED, "invalid agent token".into()))
+    }
+
+    /// Adds a connected agent; returns the connection it replaces.
+    pub(crate) fn register_agent(&self, conn: Arc<AgentConn>) -> Option<Arc<AgentConn>> {
+        self.inner
+            .agents
+            .lock()
+            .ok()?
+            .insert(conn.agent_id.clone(), conn)
+    }
+
+    /// Removes an agent's connection if it is still `conn_id`; true when it was.
+    pub(crate) fn unregister_agent(&self, agent_id: &str, conn_id: u64) -> bool {
+        let Ok(mut agents) = self.inner.agents.lock() else {
+            return false;
+        };
+        match agents.get(agent_id) {
+            Some(c) if c.conn_id == conn_id => {
+                agents.remove(agent_id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn agent(&self, agent_id: &str) -> Option<Arc<AgentConn>> {
+        self.inner.agents.lock().ok()?.get(agent_id).cloned()
+    }
+
+    pub fn is_connected(&self, agent_id: &str) -> bool {
+        self.agent(agent_id).is_some()
+    }
+
+    pub fn connected_agents(&self) -> usize {
+        self.inner.agents.lock().map(|a| a.len()).unwrap_or(0)
+    }
+
+    /// Subscribes an operator connection to `agent` frames.
+    pub fn subscribe_agents(&self, conn_id: u64, outbound: Outbound) {
+        self.add_sub(conn_id, SubKind::Agents, outbound);
+    }
+
+    /// Subscribes an operator connection to `alert` frames matching `filter`.
+    pub fn subscribe_alerts(&self, conn_id: u64, filter: AlertSubFilter, outbound: Outbound) {
+        self.add_sub(conn_id, SubKind::Alerts(filter), outbound);
+    }
+
+    fn add_sub(&self, conn_id: u64, kind: SubKind, outbound: Outbound) {
+        if let Ok(mut subs) = self.inner.subs.lock() {
+            let same_kind = |s: &Sub| {
+                s.conn_id == conn_id
+                    && matches!(
+                        (&s.kind, &kind),
+                        (SubKind::Agents, SubKind::Agents)
+                            | (SubKind::Alerts(_), SubKind::Alerts(_))
+                    )
+            };
+            subs.retain(|s| !same_kind(s));
+            subs.push(Sub {
+                conn_id,
+                kind,
+                outbound,
+            });
+        }
+    }
+
+    pub fn unsubscribe(&self, conn_id: u64) {
+        if let Ok(mut subs) = self.inner.subs.lock() {
+            subs.retain(|s| s.conn_id != conn_id);
+        }
+    }
+
+    /// Pushes an `agent` or `alert` control frame to every matching subscriber; a subscriber
+    /// whose queue is full is evicted (its connection closes), never waited for.
+    pub fn publish(&self, event: HubEvent) {
+        let frame = match &event {
+            HubEvent::Agent(a) => json!({"event": "agent", "agent": a}),
+            HubEvent::Alert(a) => json!({"event": "alert", "alert": a}),
+        };
+        let bytes = Bytes::from(frame.to_string());
+        let Ok(mut subs) = self.inner.subs.lock() else {
+            return;
+        };
+        subs.retain(|s| {
+            let wanted = match (&s.kind, &event) {
+                (SubKind::Agents, HubEvent::Agent(_)) => true,
+                (SubKind::Alerts(f), HubEvent::Alert(a)) => f.matches(a),
+                _ => false,
+            };
+            if !wanted {
+                return true;
+            }
+            let ok = s.outbound.push_frame(bytes.clone());
+            if !ok && s.outbound.is_evicted() {
+                self.inner
+                    .metrics
+                    .operator_evictions
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            ok
+        });
+    }
+
+    /// Asks every agent to come back later, stops accepting, and (after the drain) closes
+    /// operator connections.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        let agents: Vec<Arc<AgentConn>> = self
+            .inner
+            .agents
+            .lock()
+            .map(|a| a.values().cloned().collect())
+            .unwrap_or_default();
+        for a in agents {
+            a.disconnect("the hub is shutting down", 5).await;
+        }
+        self.inner.closing.cancel();
+    }
+}

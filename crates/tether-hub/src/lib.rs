@@ -1,0 +1,117 @@
+//! tether-hub: the central server of a fleet.
+//!
+//! * [`agents`] — the agent endpoint (hub side of the link protocol).
+//! * [`relay`] — remote sessions: mirrors of agent sessions, fanned out to operators.
+//! * [`operators`] — the client protocol at the hub, plus the fleet ops.
+//! * [`server`] — routes, REST mirror, `/healthz`, `/metrics`, TLS, retention.
+//! * [`console`] — the embedded web console.
+//! * [`store`] — storage trait and the SQLite store.
+//! * [`tokens`] — credentials; [`config`] — settings; [`hub`] — shared state.
+
+pub mod agents;
+pub mod config;
+pub mod console;
+pub mod hub;
+pub mod operators;
+pub mod relay;
+pub mod server;
+pub mod store;
+pub mod tokens;
+
+pub use config::{HubConfig, Operator};
+pub use hub::Hub;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// A running hub.
+pub struct RunningHub {
+    pub hub: Hub,
+    /// The address actually bound.
+    pub local_addr: SocketAddr,
+    pub tls: bool,
+    stop: tokio_util::sync::CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl RunningHub {
+    /// The console's URL.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}/", self.local_addr)
+    }
+
+    /// Asks agents to come back later, flushes and closes operator connections, stops.
+    pub async fn stop(self) {
+        self.hub.shutdown().await;
+        self.stop.cancel();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.server).await;
+    }
+}
+
+/// Opens the store and serves. Fails closed on exposure: a non-loopback `listen` needs TLS
+/// (unless `allow_plaintext`) and operator tokens.
+pub async fn start(config: HubConfig, allow_plaintext: bool) -> Result<RunningHub, String> {
+    let loopback = config.listen.ip().is_loopback();
+    if !loopback && config.tls.is_none() && !allow_plaintext {
+        return Err(format!(
+            "refusing to listen on {} without TLS: set tls_cert and tls_key (or allow_plaintext = true to send tokens in the clear on purpose)",
+            config.listen
+        ));
+    }
+    if !loopback && config.operators.is_empty() {
+        return Err(format!(
+            "refusing to listen on {} without operator tokens: add [[operators]]",
+            config.listen
+        ));
+    }
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(server::tls_config(cert, key)?),
+        None => None,
+    };
+    let store =
+        store::SqliteStore::open(&config.state_dir.join("hub.db")).map_err(|e| e.to_string())?;
+    use store::Store as _;
+    store.mark_all_disconnected().map_err(|e| e.to_string())?;
+    let hub = Hub::new(config.clone(), store::HubStore::new(Arc::new(store)))?;
+    let tcp = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let local_addr = tcp.local_addr().map_err(|e| e.to_string())?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let router = server::router(hub.clone());
+    let shutdown = hub.closing();
+    let server = match tls.clone() {
+        Some(tls) => {
+            use axum::serve::ListenerExt;
+            // `tap_io` gives the TLS listener axum's ConnectInfo<SocketAddr> support.
+            let listener = server::TlsListener::new(tcp, tls)
+                .map_err(|e| e.to_string())?
+                .tap_io(|_| {});
+            tokio::spawn(async move {
+                let _ = axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await;
+            })
+        }
+        None => tokio::spawn(async move {
+            let _ = axum::serve(
+                tcp,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        }),
+    };
+    server::spawn_retention(hub.clone(), stop.clone());
+    Ok(RunningHub {
+        hub,
+        local_addr,
+        tls: tls.is_some(),
+        stop,
+        server,
+    })
+}

@@ -1,0 +1,384 @@
+//! Operators: the client protocol at the hub (`GET /v1/ws`), plus the hub's own ops
+//! (`agents.list`, `agents.subscribe`, `alerts.list`, `alerts.subscribe`; `session.create`
+//! takes an `agent_id`). Each operator connection is a transport [`Handler`], so framing, size
+//! limits, slow-consumer eviction and shutdown behave exactly as on an agent.
+
+use crate::hub::{AlertSubFilter, Hub};
+use crate::store::{AlertFilter, parse_rfc3339_ms};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use futures_util::future::BoxFuture;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tether_mux::Identity;
+use tether_mux::outbound::Outbound;
+use tether_proto::{
+    ClientId, ClientInfo, ErrorBody, HelloResult, Op, RawRequest, Reason, ReplyFrame, RequestId,
+    ServerInfo,
+};
+use tether_transport::driver::Handler;
+use tether_transport::ws::{http_error, request_token, serve_handler};
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// One operator connection.
+pub struct OperatorConn {
+    hub: Hub,
+    conn_id: u64,
+    client: ClientInfo,
+    outbound: Outbound,
+    attached: Mutex<HashSet<String>>,
+}
+
+/// `?token=` for browsers.
+#[derive(Deserialize)]
+pub struct TokenQuery {
+    pub token: Option<String>,
+}
+
+/// `GET /v1/ws` at the hub.
+pub async fn operator_ws(
+    State(hub): State<Hub>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let token = request_token(&headers, q.token);
+    let identity = match hub.operators().authenticate(token.as_deref(), peer) {
+        Ok(id) => id,
+        Err(e) => return http_error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string()),
+    };
+    if hub.is_shutting_down() {
+        return http_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the hub is shutting down",
+        );
+    }
+    ws.max_message_size(tether_transport::ws::HARD_MESSAGE_LIMIT)
+        .max_frame_size(tether_transport::ws::HARD_MESSAGE_LIMIT)
+        .on_upgrade(move |socket| async move {
+            let (conn, rx) = OperatorConn::new(hub.clone(), identity);
+            serve_handler(socket, conn, rx, hub.closing()).await;
+        })
+}
+
+fn bad(message: impl Into<String>) -> ErrorBody {
+    ErrorBody::new(Reason::BadRequest, message)
+}
+
+/// `"k=v"` → (k, v).
+pub fn parse_label(text: &str) -> Result<(String, String), ErrorBody> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+        _ => Err(bad(format!("field `label`: `{text}` is not k=v"))),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AgentsList {
+    #[serde(default)]
+    label: Option<String>,
+    #[serde(default)]
+    connected: Option<bool>,
+}
+
+/// Filters of `alerts.list` / `GET /api/v1/alerts`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsList {
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub label: Option<String>,
+    #[serde(default)]
+    pub since: Option<String>,
+    #[serde(default)]
+    pub until: Option<String>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+    #[serde(default)]
+    pub before_id: Option<i64>,
+}
+
+impl AlertsList {
+    pub fn to_filter(&self) -> Result<AlertFilter, ErrorBody> {
+        let time = |field: &str, v: &Option<String>| -> Result<Option<i64>, ErrorBody> {
+            match v {
+                None => Ok(None),
+                Some(t) => parse_rfc3339_ms(t)
+                    .map(Some)
+                    .ok_or_else(|| bad(format!("field `{field}`: `{t}` is not an RFC 3339 time"))),
+            }
+        };
+        if let Some(s) = &self.status {
+            if tether_proto::link::AlertStatus::parse(s).is_none() {
+                return Err(bad(format!(
+                    "field `status`: `{s}` is not Critical, Warning, Info or Ok"
+                )));
+            }
+        }
+        Ok(AlertFilter {
+            agent_id: self.agent_id.clone(),
+            status: self.status.clone(),
+            label: self.label.as_deref().map(parse_label).transpose()?,
+            since_ms: time("since", &self.since)?,
+            until_ms: time("until", &self.until)?,
+            before_id: self.before_id,
+            limit: self.limit.unwrap_or(100).clamp(1, 1000),
+        })
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AlertsSubscribe {
+    #[serde(default)]
+    agent_id: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    label: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SessionsList {
+    #[serde(default)]
+    agent_id: Option<String>,
+}
+
+/// `agents.list` / `GET /api/v1/agents`.
+pub async fn list_agents(
+    hub: &Hub,
+    label: Option<&str>,
+    connected: Option<bool>,
+) -> Result<Value, ErrorBody> {
+    let label = label.map(parse_label).transpose()?;
+    let agents = hub
+        .store()
+        .run(|s| s.list_agents())
+        .await
+        .map_err(|e| ErrorBody::new(Reason::Internal, e.to_string()))?;
+    let agents: Vec<_> = agents
+        .into_iter()
+        .map(|mut a| {
+            // The registry, not the row, knows who is connected this instant.
+            a.connected = hub.is_connected(&a.agent_id);
+            a
+        })
+        .filter(|a| connected.is_none_or(|c| a.connected == c))
+        .filter(|a| {
+            label
+                .as_ref()
+                .is_none_or(|(k, v)| a.labels.get(k) == Some(v))
+        })
+        .collect();
+    Ok(json!({ "agents": agents }))
+}
+
+/// `alerts.list` / `GET /api/v1/alerts`.
+pub async fn list_alerts(hub: &Hub, q: &AlertsList) -> Result<Value, ErrorBody> {
+    let filter = q.to_filter()?;
+    let limit = filter.limit;
+    let alerts = hub
+        .store()
+        .run(move |s| s.list_alerts(&filter))
+        .await
+        .map_err(|e| ErrorBody::new(Reason::Internal, e.to_string()))?;
+    let next = (alerts.len() == limit)
+        .then(|| alerts.last().map(|a| a.id))
+        .flatten();
+    let mut v = json!({ "alerts": alerts });
+    if let (Some(n), Value::Object(m)) = (next, &mut v) {
+        m.insert("next_before_id".into(), json!(n));
+    }
+    Ok(v)
+}
+
+impl OperatorConn {
+    pub fn new(
+        hub: Hub,
+        identity: Identity,
+    ) -> (OperatorConn, tether_mux::outbound::OutboundReceiver) {
+        let conn_id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+        let (outbound, rx) = hub.relay().operator_queue();
+        (
+            OperatorConn {
+                client: ClientInfo {
+                    client_id: ClientId(format!("{}/{conn_id}", identity.principal)),
+                    class: identity.class,
+                    name: identity.name,
+                },
+                hub,
+                conn_id,
+                outbound,
+                attached: Mutex::new(HashSet::new()),
+            },
+            rx,
+        )
+    }
+
+    fn reply(&self, re: RequestId, result: Result<Value, ErrorBody>) {
+        let frame = match result {
+            Ok(v) => ReplyFrame::ok(re, v),
+            Err(e) => ReplyFrame::err(Some(re), e),
+        };
+        self.outbound.push_frame(frame.encode());
+    }
+
+    async fn dispatch(&self, raw: RawRequest) {
+        let hub = &self.hub;
+        let re = raw.id.clone();
+        let result: Result<Value, ErrorBody> = match raw.op.as_str() {
+            "agents.list" => match raw.params::<AgentsList>() {
+                Ok(p) => list_agents(hub, p.label.as_deref(), p.connected).await,
+                Err(e) => Err(bad(e.error.to_string())),
+            },
+            "agents.subscribe" => {
+                hub.subscribe_agents(self.conn_id, self.outbound.clone());
+                Ok(json!({}))
+            }
+            "alerts.list" => match raw.params::<AlertsList>() {
+                Ok(p) => list_alerts(hub, &p).await,
+                Err(e) => Err(bad(e.error.to_string())),
+            },
+            "alerts.subscribe" => match raw.params::<AlertsSubscribe>() {
+                Ok(p) => match p.label.as_deref().map(parse_label).transpose() {
+                    Ok(label) => {
+                        hub.subscribe_alerts(
+                            self.conn_id,
+                            AlertSubFilter {
+                                agent_id: p.agent_id,
+                                status: p.status,
+                                label,
+                            },
+                            self.outbound.clone(),
+                        );
+                        Ok(json!({}))
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(bad(e.error.to_string())),
+            },
+            "session.list" => match raw.params::<SessionsList>() {
+                Ok(p) => hub
+                    .relay()
+                    .list(p.agent_id)
+                    .await
+                    .map(|sessions| json!({ "sessions": sessions })),
+                Err(e) => Err(bad(e.error.to_string())),
+            },
+            _ => match Op::from_raw(&raw) {
+                Err(e) => Err(e.to_reply().error.unwrap_or_else(|| bad("bad request"))),
+                Ok(op) => return self.base_op(re, op).await,
+            },
+        };
+        self.reply(re, result);
+    }
+
+    async fn base_op(&self, re: RequestId, op: Op) {
+        let hub = &self.hub;
+        let relay = hub.relay();
+        let result = match op {
+            Op::Hello(_) => Ok(serde_json::to_value(HelloResult {
+                client_id: self.client.client_id.clone(),
+                class: self.client.class,
+                name: self.client.name.clone(),
+                protocol: tether_proto::CLIENT_PROTOCOL_VERSION,
+                server: ServerInfo {
+                    name: "tether-hub".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                },
+            })
+            .unwrap_or(json!({}))),
+            Op::SessionCreate(c) => relay
+                .create(hub, &self.client, c)
+                .await
+                .map(|id| json!({ "session_id": id })),
+            Op::SessionList => relay
+                .list(None)
+                .await
+                .map(|sessions| json!({ "sessions": sessions })),
+            Op::Attach(a) => {
+                if let Ok(mut set) = self.attached.lock() {
+                    set.insert(a.session_id.to_string());
+                }
+                // Replies itself: the snapshot must precede the replay in the queue.
+                relay
+                    .attach(
+                        hub,
+                        &self.client,
+                        self.conn_id,
+                        &self.outbound,
+                        re,
+                        a.session_id.as_str(),
+                        a.after_seq,
+                    )
+                    .await;
+                return;
+            }
+            Op::Detach(d) => {
+                if let Ok(mut set) = self.attached.lock() {
+                    set.remove(d.session_id.as_str());
+                }
+                relay
+                    .detach(hub, &self.client, self.conn_id, d.session_id.as_str())
+                    .await
+                    .map(|()| json!({}))
+            }
+            Op::Input(i) => relay.input(hub, &self.client, i).await,
+            Op::Answer(a) => relay.answer(hub, &self.client, a).await,
+            Op::Cancel(c) => relay.cancel(hub, &self.client, c).await,
+            Op::SessionClose(c) => relay.close(hub, &self.client, c.session_id.as_str()).await,
+        };
+        self.reply(re, result);
+    }
+}
+
+impl Handler for OperatorConn {
+    fn handle_text<'a>(&'a self, text: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            match RawRequest::parse(text) {
+                Ok(raw) => self.dispatch(raw).await,
+                Err(e) => {
+                    self.outbound.push_frame(e.to_reply().encode());
+                }
+            }
+        })
+    }
+
+    fn reply_error(&self, re: Option<RequestId>, error: ErrorBody) {
+        self.outbound
+            .push_frame(ReplyFrame::err(re, error).encode());
+    }
+
+    fn outbound(&self) -> &Outbound {
+        &self.outbound
+    }
+
+    fn close<'a>(&'a self, _reason: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            self.hub.unsubscribe(self.conn_id);
+            let sessions: Vec<String> = self
+                .attached
+                .lock()
+                .map(|mut s| s.drain().collect())
+                .unwrap_or_default();
+            self.hub
+                .relay()
+                .operator_gone(&self.hub, &self.client, self.conn_id, sessions)
+                .await;
+        })
+    }
+}

@@ -1,0 +1,1333 @@
+//! Remote sessions at the hub. Each hub session mirrors one session on an agent:
+//!
+//! * **Version 2** agents send `session_event` frames carrying the agent's own client-protocol
+//!   events, `seq` included. The hub stores each once (by `seq`) and sends the same bytes to
+//!   every operator attached. Ordering and permission arbitration happened in the agent's
+//!   multiplexer; the hub forwards each operator's op with the operator's name and class, and
+//!   replies with the agent's verdict (its `ack` carries the client-protocol reason).
+//! * **Version 1** agents (stock catpaw) send `session_output` frames; the hub turns them into
+//!   client-protocol events with its own `seq` (text deltas, tool calls and results, turn ends).
+//!
+//! Either way an operator sees one session with one history, replayable from the hub's store.
+
+use crate::agents::AgentConn;
+use crate::hub::{Hub, Metrics};
+use crate::store::{HubStore, SessionRecord, now_ms, rfc3339_ms};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use serde_json::{Map, Value, json};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tether_mux::outbound::{OutItem, Outbound, ReplaySource, StoredEvent};
+use tether_proto::link::{
+    DiagnoseReport, LinkMessage, SessionAnswer, SessionAttach, SessionCancel, SessionDetach,
+    SessionError, SessionEvent, SessionInput, SessionOutput, SessionStart,
+};
+use tether_proto::{
+    CallId, Class, ClientInfo, Control, ErrorBody, Event, EventBody, InputAccepted, InputId, Mode,
+    NoticeLevel, PendingPermission, Policy, QueuedInput, Reason, ReplyFrame, RequestId, Scope, Seq,
+    SessionId, SessionState, SessionSummary, Snapshot, StopReason, TurnId, TurnRef,
+};
+use tokio::sync::Mutex;
+
+/// Longest the hub waits for an agent to answer an op.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Replays read the hub's store.
+pub struct StoreReplay {
+    store: HubStore,
+}
+
+impl ReplaySource for StoreReplay {
+    fn read_range<'a>(
+        &'a self,
+        session_id: &'a SessionId,
+        from: Seq,
+        to: Seq,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<StoredEvent>, String>> {
+        Box::pin(async move {
+            let id = session_id.to_string();
+            let rows = self
+                .store
+                .run(move |s| s.read_events(&id, from, to, limit))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(rows
+                .into_iter()
+                .map(|(seq, frame)| StoredEvent {
+                    seq,
+                    frame: Bytes::from(frame),
+                })
+                .collect())
+        })
+    }
+}
+
+/// The hub's view of a session, rebuilt from its events.
+struct Shadow {
+    state: SessionState,
+    last_seq: Seq,
+    first_seq: Seq,
+    turn: Option<TurnRef>,
+    pending: Vec<PendingPermission>,
+    clients: Vec<ClientInfo>,
+    queued: Vec<QueuedInput>,
+    /// Operators attached at the hub: connection id, who, where their frames go.
+    attached: Vec<(u64, ClientInfo, Outbound)>,
+    v1: V1Track,
+}
+
+/// Version-1 bookkeeping: the hub runs the turn structure itself.
+#[derive(Default)]
+struct V1Track {
+    queue: VecDeque<(InputId, ClientInfo, String)>,
+    /// The last tool call per tool name, to pair `[Tool done]` lines with their call.
+    calls: HashMap<String, CallId>,
+}
+
+impl Shadow {
+    fn new(state: SessionState, last_seq: Seq) -> Shadow {
+        Shadow {
+            state,
+            last_seq,
+            first_seq: 1,
+            turn: None,
+            pending: Vec::new(),
+            clients: Vec::new(),
+            queued: Vec::new(),
+            attached: Vec::new(),
+            v1: V1Track::default(),
+        }
+    }
+
+    fn apply(&mut self, seq: Seq, body: &EventBody) {
+        self.last_seq = self.last_seq.max(seq);
+        match body {
+            EventBody::SessionState { state } => self.state = *state,
+            EventBody::ClientAttached { client, .. } => {
+                if !self.clients.iter().any(|c| c.client_id == client.client_id) {
+                    self.clients.push(client.clone());
+                }
+            }
+            EventBody::ClientDetached { client, .. } => {
+                self.clients.retain(|c| c.client_id != client.client_id)
+            }
+            EventBody::TurnStarted {
+                turn_id,
+                originator,
+                input_id,
+                ..
+            } => {
+                self.turn = Some(TurnRef {
+                    turn_id: turn_id.clone(),
+                    originator: originator.clone(),
+                });
+                if let Some(id) = input_id {
+                    self.queued.retain(|q| &q.input_id != id);
+                }
+            }
+            EventBody::TurnEnded { .. } => self.turn = None,
+            EventBody::PermissionRequested {
+                turn_id,
+                call_id,
+                tool,
+                args,
+                originator,
+                policy,
+            } => self.pending.push(PendingPermission {
+                turn_id: turn_id.clone(),
+                call_id: call_id.clone(),
+                tool: tool.clone(),
+                args: args.clone(),
+                originator: originator.clone(),
+                policy: *policy,
+            }),
+            EventBody::PermissionResolved { call_id, .. } => {
+                self.pending.retain(|p| &p.call_id != call_id)
+            }
+            EventBody::SessionClosed { .. } => {
+                self.state = SessionState::Closed;
+                self.turn = None;
+                self.pending.clear();
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends a frame to every attached operator; drops those whose queue overflowed.
+    fn broadcast(&mut self, frame: &Bytes, metrics: &Metrics) -> Vec<(u64, ClientInfo)> {
+        let mut gone = Vec::new();
+        self.attached.retain(|(id, client, out)| {
+            let ok = out.push(OutItem::Frame(frame.clone()));
+            if !ok {
+                if out.is_evicted() {
+                    metrics.operator_evictions.fetch_add(1, Ordering::Relaxed);
+                }
+                gone.push((*id, client.clone()));
+            }
+            ok
+        });
+        gone
+    }
+}
+
+/// One hub session.
+pub struct HubSession {
+    pub id: String,
+    pub agent_id: String,
+    pub hostname: String,
+    pub mode: Mode,
+    pub proto: u32,
+    pub title: Option<String>,
+    pub policy: Policy,
+    pub created_at: String,
+    pub created_by: ClientInfo,
+    shadow: Mutex<Shadow>,
+}
+
+/// All hub sessions. Cheap to clone.
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<RelayInner>,
+}
+
+struct RelayInner {
+    store: HubStore,
+    metrics: Arc<Metrics>,
+    queue: usize,
+    sessions: std::sync::Mutex<HashMap<String, Arc<HubSession>>>,
+    replay: Arc<StoreReplay>,
+}
+
+fn err(reason: Reason, message: impl Into<String>) -> ErrorBody {
+    ErrorBody::new(reason, message)
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// The agent's refusal of an op, as the client-protocol error it stands for.
+fn ack_error(ack: &tether_proto::link::Ack) -> ErrorBody {
+    let reason = ack
+        .reason
+        .as_deref()
+        .and_then(Reason::parse)
+        .unwrap_or(Reason::Internal);
+    let mut body = err(
+        reason,
+        ack.error
+            .clone()
+            .unwrap_or_else(|| "the agent refused".into()),
+    );
+    if let Some(d) = &ack.details {
+        body.details = d.clone();
+    }
+    body
+}
+
+impl Relay {
+    pub fn new(store: HubStore, metrics: Arc<Metrics>, queue: usize) -> Relay {
+        Relay {
+            inner: Arc::new(RelayInner {
+                replay: Arc::new(StoreReplay {
+                    store: store.clone(),
+                }),
+                store,
+                metrics,
+                queue,
+                sessions: std::sync::Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// A new outbound queue for an operator, replaying from the hub's store.
+    pub fn operator_queue(&self) -> (Outbound, tether_mux::outbound::OutboundReceiver) {
+        tether_mux::outbound::channel(self.inner.queue, self.inner.replay.clone())
+    }
+
+    /// Sessions open now (a session busy being updated counts as open).
+    pub fn active(&self) -> usize {
+        self.inner
+            .sessions
+            .lock()
+            .map(|m| {
+                m.values()
+                    .filter(|s| {
+                        s.shadow
+                            .try_lock()
+                            .map_or(true, |sh| sh.state != SessionState::Closed)
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    fn get(&self, id: &str) -> Option<Arc<HubSession>> {
+        self.inner.sessions.lock().ok()?.get(id).cloned()
+    }
+
+    /// A session from memory, or a finished one from the store (for its history).
+    async fn find(&self, id: &str) -> Option<Arc<HubSession>> {
+        if let Some(s) = self.get(id) {
+            return Some(s);
+        }
+        let key = id.to_owned();
+        let rec = self
+            .inner
+            .store
+            .run(move |s| s.get_session(&key))
+            .await
+            .ok()
+            .flatten()?;
+        let session = Arc::new(HubSession {
+            id: rec.session_id.clone(),
+            agent_id: rec.agent_id.clone(),
+            hostname: String::new(),
+            mode: Mode::parse(&rec.mode).unwrap_or(Mode::Chat),
+            proto: rec.proto,
+            title: rec.title.clone(),
+            policy: Policy::parse(&rec.policy).unwrap_or(Policy::Human),
+            created_at: rec.created_at.clone(),
+            created_by: ClientInfo {
+                client_id: tether_proto::ClientId(rec.created_by.clone()),
+                class: Class::Human,
+                name: rec.created_by.clone(),
+            },
+            shadow: Mutex::new(Shadow::new(SessionState::Closed, rec.last_seq)),
+        });
+        if let Ok(mut map) = self.inner.sessions.lock() {
+            map.entry(id.to_owned()).or_insert_with(|| session.clone());
+        }
+        Some(session)
+    }
+
+    /// Stores an event and sends it to every attached operator (caller holds the shadow).
+    async fn deliver(
+        &self,
+        session: &HubSession,
+        shadow: &mut Shadow,
+        seq: Seq,
+        frame: String,
+        body: &EventBody,
+    ) {
+        let id = session.id.clone();
+        let text = frame.clone();
+        let stored = self
+            .inner
+            .store
+            .run(move |s| s.append_events(&id, &[(seq, text)]))
+            .await;
+        if let Err(e) = stored {
+            tracing::error!(session = %session.id, error = %e, "cannot store a session event");
+        }
+        shadow.apply(seq, body);
+        let gone = shadow.broadcast(&Bytes::from(frame), &self.inner.metrics);
+        if matches!(
+            body,
+            EventBody::SessionState { .. } | EventBody::SessionClosed { .. }
+        ) {
+            let id = session.id.clone();
+            let state = shadow.state.as_str().to_owned();
+            let last = shadow.last_seq;
+            let _ = self
+                .inner
+                .store
+                .run(move |s| s.update_session(&id, &state, last))
+                .await;
+        }
+        for (_, client) in gone {
+            tracing::info!(session = %session.id, operator = %client.name, "operator evicted (slow consumer)");
+        }
+    }
+
+    /// Version 1: the hub assigns the next seq.
+    async fn publish(&self, session: &HubSession, shadow: &mut Shadow, body: EventBody) {
+        let seq = shadow.last_seq + 1;
+        let event = Event {
+            session_id: SessionId(session.id.clone()),
+            seq,
+            ts: now(),
+            body,
+        };
+        let frame = event.encode();
+        self.deliver(session, shadow, seq, frame, &event.body).await;
+    }
+
+    // ---- operator ops ----------------------------------------------------------------
+
+    /// `session.create` with `agent_id`.
+    pub async fn create(
+        &self,
+        hub: &Hub,
+        creator: &ClientInfo,
+        create: tether_proto::SessionCreate,
+    ) -> Result<String, ErrorBody> {
+        if creator.class == Class::Observer {
+            return Err(err(Reason::Forbidden, "observers cannot create sessions"));
+        }
+        let Some(agent_id) = create.agent_id.clone().filter(|a| !a.is_empty()) else {
+            return Err(err(
+                Reason::BadRequest,
+                "field `agent_id`: required at the hub (which agent should run the session?)",
+            ));
+        };
+        let Some(agent) = hub.agent(&agent_id) else {
+            return Err(err(
+                Reason::BadRequest,
+                format!("field `agent_id`: agent {agent_id} is not connected"),
+            ));
+        };
+        let id = uuid::Uuid::now_v7().to_string();
+        let policy = create.policy.unwrap_or(Policy::Human);
+        let params = create.params.clone().unwrap_or_default();
+        let start = SessionStart {
+            session_id: id.clone(),
+            session_type: create.mode.as_str().to_owned(),
+            user_name: creator.name.clone(),
+            params: params.clone(),
+            class: (agent.proto >= 2).then(|| creator.class.as_str().to_owned()),
+            policy: (agent.proto >= 2).then(|| policy.as_str().to_owned()),
+        };
+        // Registered before the agent's first event can arrive.
+        let session = Arc::new(HubSession {
+            id: id.clone(),
+            agent_id: agent_id.clone(),
+            hostname: agent.hostname.clone(),
+            mode: create.mode,
+            proto: agent.proto,
+            title: create.title.clone(),
+            policy,
+            created_at: now(),
+            created_by: creator.clone(),
+            shadow: Mutex::new(Shadow::new(SessionState::Idle, 0)),
+        });
+        let record = SessionRecord {
+            session_id: id.clone(),
+            agent_id: agent_id.clone(),
+            mode: create.mode.as_str().to_owned(),
+            title: create.title.clone(),
+            policy: policy.as_str().to_owned(),
+            state: "idle".into(),
+            created_at: rfc3339_ms(now_ms()),
+            created_by: creator.name.clone(),
+            proto: agent.proto,
+            params: Value::Object(params.clone()),
+            last_seq: 0,
+        };
+        self.inner
+            .store
+            .run(move |s| s.insert_session(&record))
+            .await
+            .map_err(|e| err(Reason::Internal, e.to_string()))?;
+        if let Ok(mut map) = self.inner.sessions.lock() {
+            map.insert(id.clone(), session.clone());
+        }
+        let ack = agent
+            .request(LinkMessage::SessionStart(start), AGENT_TIMEOUT)
+            .await;
+        let refused = match ack {
+            Ok(a) if a.ok => None,
+            Ok(a) => Some(a.error.unwrap_or_else(|| "refused".into())),
+            Err(e) => Some(e),
+        };
+        if let Some(why) = refused {
+            let mut shadow = session.shadow.lock().await;
+            self.publish(
+                &session,
+                &mut shadow,
+                EventBody::SessionClosed {
+                    reason: format!("the agent refused the session: {why}"),
+                },
+            )
+            .await;
+            let reason = if why == tether_proto::link::refusal::MAX_CONCURRENT {
+                Reason::Overloaded
+            } else {
+                Reason::BadRequest
+            };
+            return Err(err(reason, format!("agent {agent_id}: {why}")));
+        }
+        hub.metrics()
+            .sessions_created
+            .fetch_add(1, Ordering::Relaxed);
+        if agent.proto < 2 {
+            // The hub runs the event stream of a version-1 session itself.
+            let mut shadow = session.shadow.lock().await;
+            self.publish(
+                &session,
+                &mut shadow,
+                EventBody::SessionState {
+                    state: SessionState::Idle,
+                },
+            )
+            .await;
+            let first = match create.mode {
+                Mode::Chat => params
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                Mode::Inspect | Mode::Diagnose => Some(first_text(create.mode, &params)),
+            };
+            if let Some(text) = first {
+                self.v1_start_turn(&session, &mut shadow, creator.clone(), text, None)
+                    .await;
+            }
+        }
+        Ok(id)
+    }
+
+    async fn v1_start_turn(
+        &self,
+        session: &HubSession,
+        shadow: &mut Shadow,
+        originator: ClientInfo,
+        text: String,
+        input_id: Option<InputId>,
+    ) -> TurnId {
+        let turn_id = TurnId(uuid::Uuid::now_v7().to_string());
+        self.publish(
+            session,
+            shadow,
+            EventBody::TurnStarted {
+                turn_id: turn_id.clone(),
+                originator,
+                text,
+                input_id,
+            },
+        )
+        .await;
+        self.publish(
+            session,
+            shadow,
+            EventBody::SessionState {
+                state: SessionState::Running,
+            },
+        )
+        .await;
+        turn_id
+    }
+
+    /// `attach`: replies with the snapshot, queues the replay, then live events.
+    pub async fn attach(
+        &self,
+        hub: &Hub,
+        client: &ClientInfo,
+        conn_id: u64,
+        out: &Outbound,
+        re: RequestId,
+        session_id: &str,
+        after_seq: Option<Seq>,
+    ) {
+        let Some(session) = self.find(session_id).await else {
+            out.push_frame(
+                ReplyFrame::err(
+                    Some(re),
+                    err(Reason::UnknownSession, format!("no session {session_id}")),
+                )
+                .encode(),
+            );
+            return;
+        };
+        {
+            let mut shadow = session.shadow.lock().await;
+            if let Some(after) = after_seq {
+                if after > shadow.last_seq {
+                    out.push_frame(
+                        ReplyFrame::err(
+                            Some(re),
+                            err(
+                                Reason::BadRequest,
+                                format!(
+                                    "after_seq {after} is beyond the session's last event ({})",
+                                    shadow.last_seq
+                                ),
+                            ),
+                        )
+                        .encode(),
+                    );
+                    return;
+                }
+            }
+            let snapshot = Snapshot {
+                session_id: SessionId(session.id.clone()),
+                mode: session.mode,
+                state: shadow.state,
+                title: session.title.clone(),
+                policy: session.policy,
+                turn: shadow.turn.clone(),
+                pending_permissions: shadow.pending.clone(),
+                clients: shadow.clients.clone(),
+                queued: shadow.queued.clone(),
+                last_seq: shadow.last_seq,
+                first_seq: shadow.first_seq,
+            };
+            out.push_frame(
+                ReplyFrame::ok(
+                    re,
+                    json!({"snapshot": snapshot, "agent_id": session.agent_id}),
+                )
+                .encode(),
+            );
+            if let Some(after) = after_seq {
+                if after < shadow.last_seq {
+                    out.push(OutItem::Replay {
+                        session_id: SessionId(session.id.clone()),
+                        from: after + 1,
+                        to: shadow.last_seq,
+                    });
+                } else {
+                    out.push_frame(
+                        Control::ReplayComplete {
+                            session_id: SessionId(session.id.clone()),
+                            last_seq: shadow.last_seq,
+                        }
+                        .encode(),
+                    );
+                }
+            }
+            if shadow.state == SessionState::Closed
+                || shadow.attached.iter().any(|(id, _, _)| *id == conn_id)
+            {
+                return;
+            }
+            shadow.attached.push((conn_id, client.clone(), out.clone()));
+            if session.proto < 2 {
+                self.publish(
+                    &session,
+                    &mut shadow,
+                    EventBody::ClientAttached {
+                        client: client.clone(),
+                        reason: None,
+                    },
+                )
+                .await;
+                return;
+            }
+        }
+        // Version 2: the agent learns the operator is present (and may answer prompts).
+        if let Some(agent) = hub.agent(&session.agent_id) {
+            let msg = LinkMessage::SessionAttach(SessionAttach {
+                session_id: session.id.clone(),
+                user_name: client.name.clone(),
+                class: client.class.as_str().to_owned(),
+                after_seq: None,
+            });
+            tokio::spawn(async move {
+                let _ = agent.request(msg, AGENT_TIMEOUT).await;
+            });
+        }
+    }
+
+    /// Removes an operator from a session (explicitly, or because its connection went).
+    pub async fn detach(
+        &self,
+        hub: &Hub,
+        client: &ClientInfo,
+        conn_id: u64,
+        session_id: &str,
+    ) -> Result<(), ErrorBody> {
+        let Some(session) = self.find(session_id).await else {
+            return Err(err(
+                Reason::UnknownSession,
+                format!("no session {session_id}"),
+            ));
+        };
+        let was = {
+            let mut shadow = session.shadow.lock().await;
+            let before = shadow.attached.len();
+            shadow.attached.retain(|(id, _, _)| *id != conn_id);
+            let was = shadow.attached.len() != before;
+            if was && session.proto < 2 && shadow.state != SessionState::Closed {
+                self.publish(
+                    &session,
+                    &mut shadow,
+                    EventBody::ClientDetached {
+                        client: client.clone(),
+                        reason: None,
+                    },
+                )
+                .await;
+            }
+            was
+        };
+        // The agent hears of it only when no other connection of this operator remains.
+        if was && session.proto >= 2 {
+            let still_there = session
+                .shadow
+                .lock()
+                .await
+                .attached
+                .iter()
+                .any(|(_, c, _)| c.name == client.name);
+            if !still_there {
+                if let Some(agent) = hub.agent(&session.agent_id) {
+                    let _ = agent
+                        .send(LinkMessage::SessionDetach(SessionDetach {
+                            session_id: session.id.clone(),
+                            user_name: client.name.clone(),
+                        }))
+                        .await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn live_agent(&self, hub: &Hub, session: &HubSession) -> Result<Arc<AgentConn>, ErrorBody> {
+        hub.agent(&session.agent_id).ok_or_else(|| {
+            err(
+                Reason::SessionClosed,
+                format!("agent {} is not connected", session.agent_id),
+            )
+        })
+    }
+
+    async fn open_session(&self, session_id: &str) -> Result<Arc<HubSession>, ErrorBody> {
+        let session = self
+            .find(session_id)
+            .await
+            .ok_or_else(|| err(Reason::UnknownSession, format!("no session {session_id}")))?;
+        if session.shadow.lock().await.state == SessionState::Closed {
+            return Err(err(
+                Reason::SessionClosed,
+                format!("session {session_id} is closed"),
+            ));
+        }
+        Ok(session)
+    }
+
+    /// `input`
+    pub async fn input(
+        &self,
+        hub: &Hub,
+        client: &ClientInfo,
+        input: tether_proto::Input,
+    ) -> Result<Value, ErrorBody> {
+        if client.class == Class::Observer {
+            return Err(err(Reason::Forbidden, "observers cannot send input"));
+        }
+        let session = self.open_session(input.session_id.as_str()).await?;
+        let agent = self.live_agent(hub, &session)?;
+        if session.proto >= 2 {
+            let ack = agent
+                .request(
+                    LinkMessage::SessionInput(SessionInput {
+                        session_id: session.id.clone(),
+                        message: input.text,
+                        user_name: Some(client.name.clone()),
+                        class: Some(client.class.as_str().to_owned()),
+                        queue: input.queue,
+                    }),
+                    AGENT_TIMEOUT,
+                )
+                .await
+                .map_err(|e| err(Reason::Internal, e))?;
+            return if ack.ok {
+                Ok(ack.result.unwrap_or(json!({})))
+            } else {
+                Err(ack_error(&ack))
+            };
+        }
+        // Version 1: the hub keeps the turn order; the agent queues what it is sent.
+        let mut shadow = session.shadow.lock().await;
+        if let Some(turn) = &shadow.turn {
+            if !input.queue {
+                return Err(ErrorBody::turn_in_progress(&turn.turn_id, &turn.originator));
+            }
+        }
+        agent
+            .send(LinkMessage::SessionInput(SessionInput {
+                session_id: session.id.clone(),
+                message: input.text.clone(),
+                user_name: None,
+                class: None,
+                queue: false,
+            }))
+            .await
+            .map_err(|e| err(Reason::Internal, e))?;
+        if shadow.turn.is_some() {
+            let input_id = InputId(uuid::Uuid::now_v7().to_string());
+            shadow
+                .v1
+                .queue
+                .push_back((input_id.clone(), client.clone(), input.text.clone()));
+            shadow.queued.push(QueuedInput {
+                input_id: input_id.clone(),
+                originator: client.clone(),
+                text: input.text,
+            });
+            let position = shadow.v1.queue.len();
+            return Ok(
+                serde_json::to_value(InputAccepted::Queued { input_id, position })
+                    .unwrap_or(json!({})),
+            );
+        }
+        let turn_id = self
+            .v1_start_turn(&session, &mut shadow, client.clone(), input.text, None)
+            .await;
+        Ok(serde_json::to_value(InputAccepted::Started { turn_id }).unwrap_or(json!({})))
+    }
+
+    /// `answer`
+    pub async fn answer(
+        &self,
+        hub: &Hub,
+        client: &ClientInfo,
+        answer: tether_proto::Answer,
+    ) -> Result<Value, ErrorBody> {
+        if client.class == Class::Observer {
+            return Err(err(
+                Reason::Forbidden,
+                "observers cannot answer permission requests",
+            ));
+        }
+        let session = self.open_session(answer.session_id.as_str()).await?;
+        if session.proto < 2 {
+            return Err(err(
+                Reason::NoPendingPermission,
+                "this agent speaks protocol v1: it never asks for permission (it denies)",
+            ));
+        }
+        let agent = self.live_agent(hub, &session)?;
+        let ack = agent
+            .request(
+                LinkMessage::SessionAnswer(SessionAnswer {
+                    session_id: session.id.clone(),
+                    call_id: answer.call_id.to_string(),
+                    user_name: client.name.clone(),
+                    class: client.class.as_str().to_owned(),
+                    decision: answer.decision.as_str().to_owned(),
+                    scope: answer.scope.map(|s: Scope| s.as_str().to_owned()),
+                }),
+                AGENT_TIMEOUT,
+            )
+            .await
+            .map_err(|e| err(Reason::Internal, e))?;
+        if ack.ok {
+            Ok(json!({}))
+        } else {
+            Err(ack_error(&ack))
+        }
+    }
+
+    /// `cancel`: under version 2 only the turn; under version 1 (catpaw cancels sessions)
+    /// the whole session.
+    pub async fn cancel(
+        &self,
+        hub: &Hub,
+        client: &ClientInfo,
+        cancel: tether_proto::Cancel,
+    ) -> Result<Value, ErrorBody> {
+        if client.class == Class::Observer {
+            return Err(err(Reason::Forbidden, "observers cannot cancel turns"));
+        }
+        let session = self.open_session(cancel.session_id.as_str()).await?;
+        {
+            let shadow = session.shadow.lock().await;
+            match &shadow.turn {
+                Some(t) if t.turn_id == cancel.turn_id => {}
+                _ => {
+                    return Err(err(
+                        Reason::StaleTurn,
+                        format!("turn {} is not running", cancel.turn_id),
+                    ));
+                }
+            }
+        }
+        let agent = self.live_agent(hub, &session)?;
+        agent
+            .send(LinkMessage::SessionCancel(SessionCancel {
+                session_id: session.id.clone(),
+                reason: format!("cancelled by {}", client.name),
+                turn_id: (session.proto >= 2).then(|| cancel.turn_id.to_string()),
+                user_name: (session.proto >= 2).then(|| client.name.clone()),
+                class: (session.proto >= 2).then(|| client.class.as_str().to_owned()),
+            }))
+            .await
+            .map_err(|e| err(Reason::Internal, e))?;
+        Ok(json!({}))
+    }
+
+    /// `session.close`
+    pub async fn close(
+        &self,
+        hub: &Hub,
+        client: &ClientInfo,
+        session_id: &str,
+    ) -> Result<Value, ErrorBody> {
+        if client.class == Class::Observer {
+            return Err(err(Reason::Forbidden, "observers cannot close sessions"));
+        }
+        let Some(session) = self.find(session_id).await else {
+            return Err(err(
+                Reason::UnknownSession,
+                format!("no session {session_id}"),
+            ));
+        };
+        if session.shadow.lock().await.state == SessionState::Closed {
+            return Ok(json!({}));
+        }
+        match hub.agent(&session.agent_id) {
+            Some(agent) => {
+                agent
+                    .send(LinkMessage::SessionCancel(SessionCancel {
+                        session_id: session.id.clone(),
+                        reason: format!("closed by {}", client.name),
+                        turn_id: None,
+                        user_name: None,
+                        class: None,
+                    }))
+                    .await
+                    .map_err(|e| err(Reason::Internal, e))?;
+            }
+            None => {
+                let mut shadow = session.shadow.lock().await;
+                self.close_locally(&session, &mut shadow, &format!("closed by {}", client.name))
+                    .await;
+            }
+        }
+        Ok(json!({}))
+    }
+
+    /// Ends a session at the hub (its agent is gone): the turn ends, then the session.
+    async fn close_locally(&self, session: &HubSession, shadow: &mut Shadow, reason: &str) {
+        if shadow.state == SessionState::Closed {
+            return;
+        }
+        if let Some(turn) = shadow.turn.clone() {
+            self.publish(
+                session,
+                shadow,
+                EventBody::TurnEnded {
+                    turn_id: turn.turn_id,
+                    stop: StopReason::Error,
+                    error: Some(reason.to_owned()),
+                    usage: None,
+                },
+            )
+            .await;
+        }
+        self.publish(
+            session,
+            shadow,
+            EventBody::SessionState {
+                state: SessionState::Closed,
+            },
+        )
+        .await;
+        self.publish(
+            session,
+            shadow,
+            EventBody::SessionClosed {
+                reason: reason.to_owned(),
+            },
+        )
+        .await;
+        shadow.attached.clear();
+    }
+
+    /// `session.list`
+    pub async fn list(&self, agent_id: Option<String>) -> Result<Vec<Value>, ErrorBody> {
+        let records = self
+            .inner
+            .store
+            .run(move |s| s.list_sessions(agent_id.as_deref()))
+            .await
+            .map_err(|e| err(Reason::Internal, e.to_string()))?;
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            let live = self.get(&r.session_id);
+            let (state, clients, last_seq) = match &live {
+                Some(s) => {
+                    let sh = s.shadow.lock().await;
+                    (sh.state, sh.clients.clone(), sh.last_seq)
+                }
+                None => (
+                    SessionState::parse(&r.state).unwrap_or(SessionState::Closed),
+                    Vec::new(),
+                    r.last_seq,
+                ),
+            };
+            let summary = SessionSummary {
+                session_id: SessionId(r.session_id.clone()),
+                mode: Mode::parse(&r.mode).unwrap_or(Mode::Chat),
+                state,
+                title: r.title.clone(),
+                created_at: r.created_at.clone(),
+                clients,
+                last_seq,
+            };
+            let mut v = serde_json::to_value(summary).unwrap_or(json!({}));
+            if let Value::Object(m) = &mut v {
+                m.insert("agent_id".into(), json!(r.agent_id));
+                m.insert(
+                    "hostname".into(),
+                    json!(live.map(|s| s.hostname.clone()).unwrap_or_default()),
+                );
+                m.insert("created_by".into(), json!(r.created_by));
+            }
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    /// An operator connection went away: leave every session it was in.
+    pub async fn operator_gone(
+        &self,
+        hub: &Hub,
+        client: &ClientInfo,
+        conn_id: u64,
+        sessions: Vec<String>,
+    ) {
+        for id in sessions {
+            let _ = self.detach(hub, client, conn_id, &id).await;
+        }
+    }
+
+    /// An agent disconnected: its live sessions end.
+    pub async fn agent_gone(&self, agent_id: &str, reason: &str) {
+        let affected: Vec<Arc<HubSession>> = self
+            .inner
+            .sessions
+            .lock()
+            .map(|m| {
+                m.values()
+                    .filter(|s| s.agent_id == agent_id)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for s in affected {
+            let mut shadow = s.shadow.lock().await;
+            self.close_locally(&s, &mut shadow, &format!("agent disconnected: {reason}"))
+                .await;
+        }
+    }
+
+    // ---- from agents -----------------------------------------------------------------
+
+    /// Version 2: one of the agent's events.
+    pub async fn on_event(&self, agent: &AgentConn, e: SessionEvent) {
+        let Some(session) = self.get(&e.session_id) else {
+            return;
+        };
+        if session.agent_id != agent.agent_id {
+            tracing::warn!(agent = %agent.agent_id, session = %e.session_id, "an agent sent events for another agent's session; ignored");
+            return;
+        }
+        let event: Event = match serde_json::from_value(e.event.clone()) {
+            Ok(ev) => ev,
+            Err(error) => {
+                tracing::warn!(session = %e.session_id, %error, "ignored an unreadable session event");
+                return;
+            }
+        };
+        let mut shadow = session.shadow.lock().await;
+        if event.seq <= shadow.last_seq {
+            return; // delivered twice: kept once
+        }
+        let frame = e.event.to_string();
+        self.deliver(&session, &mut shadow, event.seq, frame, &event.body)
+            .await;
+    }
+
+    /// Version 1: a `session_output` frame.
+    pub async fn on_output(&self, agent: &AgentConn, o: SessionOutput) {
+        let Some(session) = self.get(&o.session_id) else {
+            return;
+        };
+        if session.agent_id != agent.agent_id {
+            return;
+        }
+        let mut shadow = session.shadow.lock().await;
+        if shadow.state == SessionState::Closed {
+            return;
+        }
+        let turn_id = match &shadow.turn {
+            Some(t) => t.turn_id.clone(),
+            None if o.done => TurnId(String::new()),
+            None => {
+                // Output with no turn (the agent started on its own): open one.
+                self.v1_start_turn(
+                    &session,
+                    &mut shadow,
+                    session.created_by.clone(),
+                    "(agent)".into(),
+                    None,
+                )
+                .await
+            }
+        };
+        let has_turn = !turn_id.0.is_empty();
+        match o.stage.as_str() {
+            "thinking" if has_turn && !o.delta.is_empty() => {
+                self.publish(
+                    &session,
+                    &mut shadow,
+                    EventBody::ReasoningDelta {
+                        turn_id: turn_id.clone(),
+                        text: format!("{}\n", o.delta),
+                    },
+                )
+                .await;
+            }
+            "answer" | "error" if has_turn && !o.delta.is_empty() => {
+                let text = if o.stage == "error" {
+                    format!("\n[error] {}\n", o.delta)
+                } else {
+                    o.delta.clone()
+                };
+                self.publish(
+                    &session,
+                    &mut shadow,
+                    EventBody::TextDelta {
+                        turn_id: turn_id.clone(),
+                        text,
+                    },
+                )
+                .await;
+            }
+            "tool_call" if has_turn => {
+                let (tool, args) = parse_tool_line(&o.delta);
+                let call_id = CallId(uuid::Uuid::now_v7().to_string());
+                shadow.v1.calls.insert(tool.clone(), call_id.clone());
+                self.publish(
+                    &session,
+                    &mut shadow,
+                    EventBody::ToolCall {
+                        turn_id: turn_id.clone(),
+                        call_id,
+                        tool,
+                        args,
+                    },
+                )
+                .await;
+            }
+            "tool_result" if has_turn => {
+                if let Some((tool, ok, duration_ms)) = parse_tool_done(&o.delta) {
+                    let call_id = shadow
+                        .v1
+                        .calls
+                        .remove(&tool)
+                        .unwrap_or_else(|| CallId(uuid::Uuid::now_v7().to_string()));
+                    self.publish(
+                        &session,
+                        &mut shadow,
+                        EventBody::ToolResult {
+                            turn_id: turn_id.clone(),
+                            call_id,
+                            ok,
+                            output: o.delta.clone(),
+                            truncated: false,
+                            duration_ms,
+                        },
+                    )
+                    .await;
+                } else {
+                    self.publish(
+                        &session,
+                        &mut shadow,
+                        EventBody::Notice {
+                            level: NoticeLevel::Info,
+                            message: o.delta.clone(),
+                        },
+                    )
+                    .await;
+                }
+            }
+            _ => {}
+        }
+        let turn_done = o
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get("turn_done"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if has_turn && (turn_done || o.done) {
+            if let Some(report) = o.report.as_ref().filter(|r| !r.is_empty()) {
+                self.publish(
+                    &session,
+                    &mut shadow,
+                    EventBody::TextDelta {
+                        turn_id: turn_id.clone(),
+                        text: report.clone(),
+                    },
+                )
+                .await;
+            }
+            let failed = o.stage == "error";
+            self.publish(
+                &session,
+                &mut shadow,
+                EventBody::TurnEnded {
+                    turn_id: turn_id.clone(),
+                    stop: if failed {
+                        StopReason::Error
+                    } else {
+                        StopReason::Completed
+                    },
+                    error: failed.then(|| o.delta.clone()),
+                    usage: None,
+                },
+            )
+            .await;
+            if !o.done {
+                if let Some((input_id, who, text)) = shadow.v1.queue.pop_front() {
+                    self.v1_start_turn(&session, &mut shadow, who, text, Some(input_id))
+                        .await;
+                } else {
+                    self.publish(
+                        &session,
+                        &mut shadow,
+                        EventBody::SessionState {
+                            state: SessionState::Idle,
+                        },
+                    )
+                    .await;
+                }
+            }
+        }
+        if o.done {
+            self.publish(
+                &session,
+                &mut shadow,
+                EventBody::SessionState {
+                    state: SessionState::Closed,
+                },
+            )
+            .await;
+            self.publish(
+                &session,
+                &mut shadow,
+                EventBody::SessionClosed {
+                    reason: "finished".into(),
+                },
+            )
+            .await;
+            shadow.attached.clear();
+        }
+    }
+
+    /// Version 1: a `session_error` (a final `done` output follows).
+    pub async fn on_error(&self, agent: &AgentConn, e: SessionError) {
+        let Some(session) = self.get(&e.session_id) else {
+            return;
+        };
+        if session.agent_id != agent.agent_id {
+            return;
+        }
+        let mut shadow = session.shadow.lock().await;
+        self.publish(
+            &session,
+            &mut shadow,
+            EventBody::Notice {
+                level: NoticeLevel::Error,
+                message: format!("{} ({})", e.error, e.code),
+            },
+        )
+        .await;
+        if let Some(turn) = shadow.turn.clone() {
+            self.publish(
+                &session,
+                &mut shadow,
+                EventBody::TurnEnded {
+                    turn_id: turn.turn_id,
+                    stop: StopReason::Error,
+                    error: Some(e.error.clone()),
+                    usage: None,
+                },
+            )
+            .await;
+        }
+    }
+
+    /// A finished diagnosis report.
+    pub async fn on_report(&self, agent: &AgentConn, r: DiagnoseReport) {
+        let row = crate::store::ReportRow {
+            agent_id: agent.agent_id.clone(),
+            alert_key: r.alert_key,
+            session_id: r.session_id,
+            report: r.report,
+            created_at: r.created_at,
+        };
+        if let Err(e) = self.inner.store.run(move |s| s.insert_report(&row)).await {
+            tracing::error!(agent = %agent.agent_id, error = %e, "cannot store a diagnosis report");
+        }
+    }
+}
+
+/// The first input of an inspect or diagnose session, for the transcript.
+fn first_text(mode: Mode, params: &Map<String, Value>) -> String {
+    let p = |k: &str| params.get(k).and_then(Value::as_str).unwrap_or("");
+    match mode {
+        Mode::Inspect => format!("inspect {} {}", p("plugin"), p("target"))
+            .trim()
+            .to_owned(),
+        _ => {
+            let what = [p("alert"), p("descriptions"), p("message")]
+                .into_iter()
+                .find(|s| !s.is_empty())
+                .unwrap_or("(no description)");
+            format!("diagnose: {what}")
+        }
+    }
+}
+
+/// `[Tool] name {"a": 1}` → (name, args).
+fn parse_tool_line(line: &str) -> (String, Value) {
+    let rest = line.strip_prefix("[Tool]").unwrap_or(line).trim();
+    let (name, args) = rest.split_once(' ').unwrap_or((rest, ""));
+    let args = args.trim();
+    let parsed = if args.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_str(args).unwrap_or_else(|_| Value::String(args.to_owned()))
+    };
+    (name.to_owned(), parsed)
+}
+
+/// `[Tool done] name (ok, 123B, 1.5s)` → (name, ok, ms).
+fn parse_tool_done(line: &str) -> Option<(String, bool, u64)> {
+    let rest = line.strip_prefix("[Tool done]")?.trim();
+    let (name, tail) = rest.split_once(' ')?;
+    let inner = tail.trim().strip_prefix('(')?.strip_suffix(')')?;
+    let mut parts = inner.split(',').map(str::trim);
+    let status = parts.next()?;
+    let _bytes = parts.next();
+    let dur = parts.next().unwrap_or("0s");
+    let ms = if let Some(v) = dur.strip_suffix("ms") {
+        v.parse::<f64>().unwrap_or(0.0)
+    } else if let Some(v) = dur.strip_suffix('s') {
+        v.parse::<f64>().unwrap_or(0.0) * 1000.0
+    } else {
+        0.0
+    };
+    Some((name.to_owned(), status == "ok", ms as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catpaw_tool_lines_parse() {
+        assert_eq!(
+            parse_tool_line(r#"[Tool] disk_usage {"mount":"/"}"#),
+            ("disk_usage".into(), json!({"mount": "/"}))
+        );
+        assert_eq!(parse_tool_line("[Tool] ps aux").1, json!("aux"));
+        assert_eq!(
+            parse_tool_done("[Tool done] disk_usage (ok, 120B, 1.5s)"),
+            Some(("disk_usage".into(), true, 1500))
+        );
+        assert_eq!(
+            parse_tool_done("[Tool done] x (error, 0B, 850ms)"),
+            Some(("x".into(), false, 850))
+        );
+        assert_eq!(parse_tool_done("nonsense"), None);
+    }
+}

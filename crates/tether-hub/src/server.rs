@@ -1,0 +1,367 @@
+//! The hub's HTTP side: one listener for the console, `/v1/ws`, the REST mirror and
+//! `/api/v1/agent/ws`; plain HTTP on loopback, TLS everywhere else (unless plaintext is asked
+//! for by name).
+
+use crate::agents::agent_ws;
+use crate::hub::Hub;
+use crate::operators::{AlertsList, list_agents, list_alerts, operator_ws};
+use crate::store::now_ms;
+use axum::Router;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::path::Path as FsPath;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tether_proto::{ErrorBody, Reason};
+use tether_transport::metrics::PromText;
+use tether_transport::ws::{http_error, request_token};
+use tokio_util::sync::CancellationToken;
+
+/// Every route of the hub.
+pub fn router(hub: Hub) -> Router {
+    let api = Router::new()
+        .route("/api/v1/agent/ws", get(agent_ws))
+        .route("/v1/ws", get(operator_ws))
+        .route("/api/v1/agents", get(rest_agents))
+        .route("/api/v1/alerts", get(rest_alerts))
+        .route("/api/v1/sessions/{id}/events", get(rest_events))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics));
+    crate::console::routes(api).with_state(hub)
+}
+
+/// Operators only (any class), by bearer token or `?token=`.
+fn authorize(
+    hub: &Hub,
+    headers: &HeaderMap,
+    token: Option<String>,
+    peer: SocketAddr,
+) -> Result<(), Response> {
+    let token = request_token(headers, token);
+    hub.operators()
+        .authenticate(token.as_deref(), peer)
+        .map(|_| ())
+        .map_err(|e| http_error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string()))
+}
+
+fn reply(result: Result<Value, ErrorBody>) -> Response {
+    match result {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => {
+            let status = match e.reason {
+                Reason::BadRequest => StatusCode::BAD_REQUEST,
+                Reason::UnknownSession => StatusCode::NOT_FOUND,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            http_error(status, e.reason.as_str(), &e.message)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentsQuery {
+    token: Option<String>,
+    label: Option<String>,
+    connected: Option<bool>,
+}
+
+async fn rest_agents(
+    State(hub): State<Hub>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<AgentsQuery>,
+) -> Response {
+    if let Err(r) = authorize(&hub, &headers, q.token.clone(), peer) {
+        return r;
+    }
+    reply(list_agents(&hub, q.label.as_deref(), q.connected).await)
+}
+
+async fn rest_alerts(
+    State(hub): State<Hub>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(mut q): Query<serde_json::Map<String, Value>>,
+) -> Response {
+    let token = q
+        .remove("token")
+        .and_then(|v| v.as_str().map(str::to_owned));
+    if let Err(r) = authorize(&hub, &headers, token, peer) {
+        return r;
+    }
+    // Query values arrive as strings; numbers are numbers to the filter.
+    for key in ["limit", "before_id"] {
+        if let Some(Value::String(s)) = q.get(key).cloned() {
+            match s.parse::<i64>() {
+                Ok(n) => {
+                    q.insert(key.into(), json!(n));
+                }
+                Err(_) => {
+                    return reply(Err(ErrorBody::new(
+                        Reason::BadRequest,
+                        format!("`{key}`: `{s}` is not a number"),
+                    )));
+                }
+            }
+        }
+    }
+    let params: AlertsList = match serde_json::from_value(Value::Object(q)) {
+        Ok(p) => p,
+        Err(e) => return reply(Err(ErrorBody::new(Reason::BadRequest, e.to_string()))),
+    };
+    reply(list_alerts(&hub, &params).await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    token: Option<String>,
+    after_seq: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn rest_events(
+    State(hub): State<Hub>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> Response {
+    if let Err(r) = authorize(&hub, &headers, q.token.clone(), peer) {
+        return r;
+    }
+    let after = q.after_seq.unwrap_or(0);
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let key = id.clone();
+    let result = hub
+        .store()
+        .run(move |s| {
+            let session = s.get_session(&key)?;
+            let events = s.read_events(&key, after + 1, u64::MAX >> 1, limit)?;
+            Ok((session, events))
+        })
+        .await;
+    match result {
+        Ok((None, _)) => reply(Err(ErrorBody::new(
+            Reason::UnknownSession,
+            format!("no session {id}"),
+        ))),
+        Ok((Some(s), events)) => {
+            let events: Vec<Value> = events
+                .into_iter()
+                .filter_map(|(_, frame)| serde_json::from_str(&frame).ok())
+                .collect();
+            reply(Ok(json!({"events": events, "last_seq": s.last_seq})))
+        }
+        Err(e) => reply(Err(ErrorBody::new(Reason::Internal, e.to_string()))),
+    }
+}
+
+async fn healthz(State(hub): State<Hub>) -> Response {
+    axum::Json(json!({
+        "status": if hub.is_shutting_down() { "shutting_down" } else { "ok" },
+        "server": {"name": "tether-hub", "version": env!("CARGO_PKG_VERSION")},
+        "agents_connected": hub.connected_agents(),
+    }))
+    .into_response()
+}
+
+async fn metrics(State(hub): State<Hub>) -> Response {
+    let m = hub.metrics();
+    let stored = hub.store().run(|s| s.count_alerts()).await.unwrap_or(0);
+    let body = PromText::new()
+        .gauge(
+            "tether_hub_agents_connected",
+            "Agents connected now.",
+            hub.connected_agents() as f64,
+        )
+        .counter(
+            "tether_hub_registrations_total",
+            "Agent registrations.",
+            m.registrations.load(Ordering::Relaxed),
+        )
+        .counter(
+            "tether_hub_auth_failures_total",
+            "Agent connections refused for their credential.",
+            m.auth_failures.load(Ordering::Relaxed),
+        )
+        .counter(
+            "tether_hub_alerts_received_total",
+            "Alert events received from agents.",
+            m.alerts_received.load(Ordering::Relaxed),
+        )
+        .counter(
+            "tether_hub_alerts_stored_total",
+            "Alert events stored.",
+            m.alerts_stored.load(Ordering::Relaxed),
+        )
+        .counter(
+            "tether_hub_alerts_deduplicated_total",
+            "Alert events received again and stored once.",
+            m.alerts_duplicate.load(Ordering::Relaxed),
+        )
+        .gauge(
+            "tether_hub_alerts_in_store",
+            "Alert events held in the store.",
+            stored as f64,
+        )
+        .counter(
+            "tether_hub_sessions_created_total",
+            "Remote sessions started.",
+            m.sessions_created.load(Ordering::Relaxed),
+        )
+        .gauge(
+            "tether_hub_sessions_active",
+            "Remote sessions open now.",
+            hub.relay().active() as f64,
+        )
+        .counter(
+            "tether_hub_link_frames_in_total",
+            "Link frames received from agents.",
+            m.frames_in.load(Ordering::Relaxed),
+        )
+        .counter(
+            "tether_hub_link_frames_out_total",
+            "Link frames sent to agents.",
+            m.frames_out.load(Ordering::Relaxed),
+        )
+        .counter(
+            "tether_hub_operator_evictions_total",
+            "Operators evicted for not keeping up.",
+            m.operator_evictions.load(Ordering::Relaxed),
+        )
+        .finish();
+    tether_transport::metrics::response(body)
+}
+
+/// Deletes old alerts and closed sessions every hour.
+pub fn spawn_retention(hub: Hub, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let alerts_before = now_ms() - hub.config().alert_retention.as_millis() as i64;
+            let sessions_before = now_ms() - hub.config().session_retention.as_millis() as i64;
+            let pruned = hub
+                .store()
+                .run(move |s| {
+                    Ok((
+                        s.prune_alerts(alerts_before)?,
+                        s.prune_sessions(sessions_before)?,
+                    ))
+                })
+                .await;
+            match pruned {
+                Ok((a, s)) if a + s > 0 => {
+                    tracing::info!(alerts = a, sessions = s, "retention: pruned")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "retention failed"),
+            }
+        }
+    });
+}
+
+/// A TLS listener for `axum::serve`: handshakes run concurrently (a slow client cannot hold
+/// up the accept loop) and failed ones are dropped with a log line.
+pub struct TlsListener {
+    ready: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        SocketAddr,
+    )>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    pub fn new(
+        tcp: tokio::net::TcpListener,
+        config: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<TlsListener> {
+        let local = tcp.local_addr()?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match tcp.accept().await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.clone();
+                let ready_tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => {
+                            let _ = ready_tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        Ok(TlsListener { ready, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            if let Some(conn) = self.ready.recv().await {
+                return conn;
+            }
+            // The accept task ended (it never does on its own): wait rather than spin.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// The server side of TLS from PEM files.
+pub fn tls_config(cert: &FsPath, key: &FsPath) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs: Result<Vec<_>, _> = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("tls_cert: cannot read {}: {e}", cert.display()))?
+        .collect();
+    let certs = certs.map_err(|e| format!("tls_cert: {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "tls_cert: {} holds no PEM certificate",
+            cert.display()
+        ));
+    }
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("tls_key: {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map(Arc::new)
+        .map_err(|e| format!("tls_cert/tls_key: {e}"))
+}

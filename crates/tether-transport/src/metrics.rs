@@ -1,0 +1,83 @@
+//! Prometheus text exposition (`GET /metrics`), written by hand: the agent and the hub expose
+//! a handful of counters and gauges, which does not warrant a metrics registry.
+
+use std::fmt::Write;
+
+/// Builds a `/metrics` body.
+#[derive(Default)]
+pub struct PromText {
+    out: String,
+}
+
+impl PromText {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn header(&mut self, name: &str, help: &str, kind: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    pub fn counter(&mut self, name: &str, help: &str, value: u64) -> &mut Self {
+        self.header(name, help, "counter");
+        let _ = writeln!(self.out, "{name} {value}");
+        self
+    }
+
+    pub fn gauge(&mut self, name: &str, help: &str, value: f64) -> &mut Self {
+        self.header(name, help, "gauge");
+        let _ = writeln!(self.out, "{name} {value}");
+        self
+    }
+
+    /// A gauge with one sample per label set.
+    pub fn gauge_with(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: &[(Vec<(&str, String)>, f64)],
+    ) -> &mut Self {
+        self.header(name, help, "gauge");
+        for (labels, value) in samples {
+            let labels: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+                .collect();
+            let _ = writeln!(self.out, "{name}{{{}}} {value}", labels.join(","));
+        }
+        self
+    }
+
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.out)
+    }
+}
+
+/// The response for a `/metrics` body.
+pub fn response(body: String) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_the_exposition_format() {
+        let text = PromText::new()
+            .counter("x_total", "Xs.", 3)
+            .gauge_with("state", "S.", &[(vec![("name", "a\"b".to_owned())], 1.0)])
+            .finish();
+        assert!(text.contains("# TYPE x_total counter\nx_total 3\n"));
+        assert!(text.contains("state{name=\"a\\\"b\"} 1\n"));
+    }
+}

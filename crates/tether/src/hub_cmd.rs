@@ -1,0 +1,377 @@
+//! `tether hub` (the central server), its credential commands, and `tether up` (a hub and a
+//! local agent in one process, for trying tether on one machine).
+
+use crate::agent::{Core, shutdown_signal};
+use crate::config::AgentConfig;
+use crate::paths;
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tether_hub::store::{SqliteStore, Store};
+use tether_hub::{HubConfig, Operator};
+use tether_proto::Class;
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map(Some).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not a duration ({e}); write e.g. \"30d\""
+        ))
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOperator {
+    name: String,
+    class: Class,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    token_env: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    #[serde(default, deserialize_with = "duration")]
+    alerts: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    sessions: Option<Duration>,
+}
+
+/// `hub.toml` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHub {
+    #[serde(default)]
+    listen: Option<String>,
+    #[serde(default)]
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    tls_key: Option<PathBuf>,
+    #[serde(default)]
+    allow_plaintext: bool,
+    #[serde(default)]
+    enrollment_token: Option<String>,
+    #[serde(default)]
+    enrollment_token_env: Option<String>,
+    #[serde(default)]
+    operators: Vec<RawOperator>,
+    #[serde(default)]
+    retention: RawRetention,
+    #[serde(default)]
+    max_agents: Option<usize>,
+}
+
+/// The default hub listener.
+pub const DEFAULT_HUB_LISTEN: &str = "127.0.0.1:7800";
+
+/// A loaded hub config.
+pub struct HubFile {
+    pub config: HubConfig,
+    pub allow_plaintext: bool,
+    pub source: Option<PathBuf>,
+}
+
+fn env_secret(key: &str, var: &str) -> Result<String> {
+    std::env::var(var).with_context(|| format!("{key}: environment variable {var} is not set"))
+}
+
+pub fn default_hub_config() -> PathBuf {
+    paths::config_dir().join("hub.toml")
+}
+
+impl HubFile {
+    /// `explicit` (must exist), else `~/.config/tether/hub.toml` if present, else defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<HubFile> {
+        let path = match explicit {
+            Some(p) => Some(std::path::absolute(p)?),
+            None => Some(default_hub_config()).filter(|p| p.exists()),
+        };
+        let raw: RawHub = match &path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read hub config {}", p.display()))?;
+                toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.to_string().trim_end()))?
+            }
+            None => RawHub::default(),
+        };
+        let base = path.as_deref().and_then(Path::parent);
+        let ctx = |e: anyhow::Error| match &path {
+            Some(p) => e.context(format!("in {}", p.display())),
+            None => e,
+        };
+        Self::from_raw(raw, base)
+            .map_err(ctx)
+            .map(|(config, allow_plaintext)| HubFile {
+                config,
+                allow_plaintext,
+                source: path,
+            })
+    }
+
+    fn from_raw(raw: RawHub, base: Option<&Path>) -> Result<(HubConfig, bool)> {
+        let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_HUB_LISTEN);
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            anyhow::anyhow!("listen: `{listen_text}` is not an address like 127.0.0.1:7800")
+        })?;
+        let state_dir = raw
+            .state_dir
+            .map(|p| paths::resolve(&p, base))
+            .unwrap_or_else(|| paths::data_dir().join("hub"));
+        let mut config = HubConfig::new(listen, state_dir);
+        config.tls = match (raw.tls_cert, raw.tls_key) {
+            (Some(c), Some(k)) => Some((paths::resolve(&c, base), paths::resolve(&k, base))),
+            (None, None) => None,
+            _ => bail!("tls_cert and tls_key go together: set both or neither"),
+        };
+        config.enrollment_token = match (raw.enrollment_token, raw.enrollment_token_env) {
+            (Some(t), None) => Some(t),
+            (None, Some(v)) => Some(env_secret("enrollment_token_env", &v)?),
+            (None, None) => None,
+            _ => bail!("set enrollment_token or enrollment_token_env, not both"),
+        };
+        if let Some(t) = &config.enrollment_token {
+            if t.len() < tether_transport::auth::MIN_TOKEN_LEN {
+                bail!(
+                    "enrollment_token is {} characters; use at least {}",
+                    t.len(),
+                    tether_transport::auth::MIN_TOKEN_LEN
+                );
+            }
+        }
+        for (i, o) in raw.operators.into_iter().enumerate() {
+            let token = match (o.token, o.token_env) {
+                (Some(t), None) => t,
+                (None, Some(v)) => env_secret(&format!("operators[{i}].token_env"), &v)?,
+                (Some(_), Some(_)) => {
+                    bail!("operators[{i}]: set either `token` or `token_env`, not both")
+                }
+                (None, None) => bail!(
+                    "operators[{i}] (`{}`): `token` or `token_env` is required",
+                    o.name
+                ),
+            };
+            config.operators.push(Operator {
+                name: o.name,
+                class: o.class,
+                token,
+            });
+        }
+        if let Some(d) = raw.retention.alerts {
+            config.alert_retention = d;
+        }
+        if let Some(d) = raw.retention.sessions {
+            config.session_retention = d;
+        }
+        if let Some(n) = raw.max_agents {
+            if n == 0 {
+                bail!("max_agents must be at least 1");
+            }
+            config.max_agents = n;
+        }
+        Ok((config, raw.allow_plaintext))
+    }
+}
+
+/// `tether hub`
+pub async fn run(file: HubFile) -> Result<()> {
+    std::fs::create_dir_all(&file.config.state_dir).with_context(|| {
+        format!(
+            "state_dir: cannot create {}",
+            file.config.state_dir.display()
+        )
+    })?;
+    let running = tether_hub::start(file.config.clone(), file.allow_plaintext)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(
+        url = %running.url(),
+        state_dir = %file.config.state_dir.display(),
+        operators = file.config.operators.len(),
+        config = %file.source.as_ref().map_or_else(|| "built-in defaults".to_owned(), |p| p.display().to_string()),
+        "tether hub ready"
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down: asking agents to come back later");
+    running.stop().await;
+    Ok(())
+}
+
+fn open_store(file: &HubFile) -> Result<SqliteStore> {
+    SqliteStore::open(&file.config.state_dir.join("hub.db")).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// `tether hub token create`: prints the token once; only its hash is kept.
+pub fn token_create(file: &HubFile, name: &str, labels: &[(String, String)]) -> Result<String> {
+    if name.trim().is_empty() {
+        bail!("--name must not be empty");
+    }
+    let store = open_store(file)?;
+    let token = tether_hub::tokens::generate().map_err(|e| anyhow::anyhow!(e))?;
+    let labels: BTreeMap<String, String> = labels.iter().cloned().collect();
+    store
+        .insert_token(name, &tether_hub::tokens::hash(&token), &labels)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(token)
+}
+
+pub fn token_list(file: &HubFile) -> Result<()> {
+    let store = open_store(file)?;
+    let tokens = store.list_tokens().map_err(|e| anyhow::anyhow!("{e}"))?;
+    if tokens.is_empty() {
+        println!("no agent tokens (create one with `tether hub token create --name NAME`)");
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:<20}  {:<8}  {:<36}  CREATED",
+        "ID", "NAME", "STATE", "AGENT"
+    );
+    for t in tokens {
+        println!(
+            "{:<36}  {:<20}  {:<8}  {:<36}  {}",
+            t.id,
+            t.name,
+            if t.revoked_at.is_some() {
+                "revoked"
+            } else {
+                "active"
+            },
+            t.agent_id.unwrap_or_else(|| "-".into()),
+            t.created_at
+        );
+    }
+    Ok(())
+}
+
+pub fn token_revoke(file: &HubFile, which: &str) -> Result<()> {
+    let store = open_store(file)?;
+    match store
+        .revoke_token(which)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    {
+        0 => bail!("no active token named or with id `{which}`"),
+        n => {
+            println!(
+                "revoked {n} token(s); agents using them are refused from their next connection"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `tether up`: writes `hub.toml` and `agent.toml` on first run (fresh tokens, printed once),
+/// then runs the hub and a local agent linked to it over loopback.
+pub async fn up(port: u16) -> Result<()> {
+    let config_dir = paths::config_dir();
+    let hub_path = config_dir.join("hub.toml");
+    let agent_path = paths::default_agent_config();
+    let mut first_run_tokens: Option<(String, String)> = None;
+    if !hub_path.exists() && !agent_path.exists() {
+        std::fs::create_dir_all(&config_dir)
+            .with_context(|| format!("cannot create {}", config_dir.display()))?;
+        let data = paths::data_dir();
+        let operator_token = tether_hub::tokens::generate().map_err(|e| anyhow::anyhow!(e))?;
+        let hub_toml = format!(
+            "# Written by `tether up` on first run.\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\n[[operators]]\nname = \"admin\"\nclass = \"human\"\ntoken = \"{operator_token}\"\n",
+            data.join("hub").display()
+        );
+        write_private(&hub_path, &hub_toml)?;
+        let hub_file = HubFile::load(Some(&hub_path))?;
+        let hostname = tether_engine::host::hostname();
+        let agent_token = token_create(&hub_file, &format!("local-{hostname}"), &[])?;
+        let agent_toml = format!(
+            "# Written by `tether up` on first run.\nstate_dir = \"{}\"\n\n# The built-in demo script: chat works, remotely too, without an API key.\n[model]\nprovider = \"scripted\"\n\n[hub]\nurl = \"ws://127.0.0.1:{port}\"\nallow_plaintext = true  # loopback only\ntoken = \"{agent_token}\"\nremote_tools = [{}]\n",
+            data.join("agent").display(),
+            UP_REMOTE_TOOLS
+                .iter()
+                .map(|t| format!("\"{t}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        write_private(&agent_path, &agent_toml)?;
+        first_run_tokens = Some((operator_token, agent_token));
+    } else if !(hub_path.exists() && agent_path.exists()) {
+        bail!(
+            "`tether up` needs both {} and {} (or neither, to create them); one is missing",
+            hub_path.display(),
+            agent_path.display()
+        );
+    }
+    let hub_file = HubFile::load(Some(&hub_path))?;
+    let agent_cfg = AgentConfig::load(Some(&agent_path))?;
+    if agent_cfg.hub.is_none() {
+        bail!(
+            "{} has no [hub] section, so the agent would not reach the hub",
+            agent_path.display()
+        );
+    }
+    std::fs::create_dir_all(&hub_file.config.state_dir)
+        .with_context(|| format!("cannot create {}", hub_file.config.state_dir.display()))?;
+    let hub = tether_hub::start(hub_file.config.clone(), hub_file.allow_plaintext)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let core = Core::start(&agent_cfg, &agent_cfg.state_dir.join("audit.jsonl")).await?;
+    println!("tether up: a hub and a local agent are running (Ctrl-C stops both)");
+    println!("console: {}", hub.url());
+    match &first_run_tokens {
+        Some((operator, agent)) => {
+            println!("operator token: {operator}");
+            println!("agent token: {agent}");
+            println!(
+                "(shown once; kept in {} and {})",
+                hub_path.display(),
+                agent_path.display()
+            );
+        }
+        None => println!("operator token: see {}", hub_path.display()),
+    }
+    println!("chat with the agent: tether chat");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    shutdown_signal().await;
+    core.stop().await;
+    hub.stop().await;
+    Ok(())
+}
+
+/// What a remote (hub) session may use under `tether up`: the read-only tools, plus `shell`
+/// so the console can show a permission prompt (it still needs a human's approval).
+const UP_REMOTE_TOOLS: &[&str] = &[
+    "system_info",
+    "cpu_load",
+    "memory",
+    "disks",
+    "disk_io",
+    "top_processes",
+    "process_detail",
+    "sockets",
+    "net_interfaces",
+    "kernel_log",
+    "systemd_unit",
+    "log_tail",
+    "log_grep",
+    "dns_resolve",
+    "read_file",
+    "shell",
+];
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    use std::io::Write;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
