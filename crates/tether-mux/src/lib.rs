@@ -67,6 +67,17 @@ impl Default for MuxConfig {
     }
 }
 
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct MuxMetrics {
+    /// Events committed and broadcast.
+    pub events_published: AtomicU64,
+    /// Clients evicted for not keeping up.
+    pub evictions: AtomicU64,
+    pub connections_opened: AtomicU64,
+    pub connections_closed: AtomicU64,
+}
+
 /// Who a peer is, as its credential says. Never taken from what the peer sends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -126,6 +137,7 @@ impl Mux {
             engine,
             log,
             tracker: TaskTracker::new(),
+            metrics: Arc::new(MuxMetrics::default()),
         });
         let inner = Arc::new(Inner {
             shared: shared.clone(),
@@ -218,8 +230,18 @@ impl Mux {
 
     /// Registers a new connection for `identity`. The transport must drive the receiver and
     /// call [`Connection::close`] when the peer goes away.
+    /// Counters for `/metrics`.
+    pub fn metrics(&self) -> &MuxMetrics {
+        &self.inner.shared.metrics
+    }
+
     pub fn connect(&self, identity: Identity) -> (Connection, OutboundReceiver) {
         let conn_id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .shared
+            .metrics
+            .connections_opened
+            .fetch_add(1, Ordering::Relaxed);
         let client = ClientInfo {
             client_id: ClientId(format!("{}/{conn_id}", identity.principal)),
             class: identity.class,
@@ -566,6 +588,12 @@ impl Connection {
 
     /// Detaches from every session (the peer went away or was evicted).
     pub async fn close(&self, reason: &str) {
+        self.mux
+            .inner
+            .shared
+            .metrics
+            .connections_closed
+            .fetch_add(1, Ordering::Relaxed);
         let sessions: Vec<SessionId> = self
             .attached
             .lock()

@@ -162,6 +162,7 @@ pub(crate) struct Shared {
     pub engine: Engine,
     pub log: EventLog,
     pub tracker: TaskTracker,
+    pub metrics: Arc<crate::MuxMetrics>,
 }
 
 pub(crate) struct NewSession {
@@ -530,6 +531,10 @@ impl Actor {
                 return;
             }
             self.dirty = false;
+            self.shared
+                .metrics
+                .events_published
+                .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
             let mut gone: Vec<usize> = Vec::new();
             for event in &events {
                 for (i, a) in self.attached.iter().enumerate() {
@@ -546,6 +551,10 @@ impl Actor {
             for i in gone.into_iter().rev() {
                 let a = self.attached.remove(i);
                 let reason = if a.outbound.is_evicted() {
+                    self.shared
+                        .metrics
+                        .evictions
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     "evicted: slow consumer"
                 } else {
                     "disconnected"

@@ -29,6 +29,9 @@ pub const HARD_MESSAGE_LIMIT: usize = 16 * MAX_MESSAGE_BYTES;
 /// Extra fields for `/healthz` (e.g. the hub link's state).
 pub type HealthFn = Arc<dyn Fn() -> Value + Send + Sync>;
 
+/// Extra samples for `/metrics` (e.g. the hub link's).
+pub type MetricsFn = Arc<dyn Fn(&mut crate::metrics::PromText) + Send + Sync>;
+
 /// Shared state of the HTTP listener.
 #[derive(Clone)]
 pub struct WsState {
@@ -38,6 +41,7 @@ pub struct WsState {
     pub closing: CancellationToken,
     pub connections: Arc<Semaphore>,
     pub health: Option<HealthFn>,
+    pub metrics: Option<MetricsFn>,
 }
 
 impl WsState {
@@ -48,6 +52,7 @@ impl WsState {
             closing,
             connections: Arc::new(Semaphore::new(DEFAULT_MAX_CONNECTIONS)),
             health: None,
+            metrics: None,
         }
     }
 }
@@ -60,6 +65,7 @@ pub fn router(state: WsState) -> Router {
     Router::new()
         .route("/v1/ws", get(ws_handler))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -196,4 +202,22 @@ async fn healthz(State(state): State<WsState>) -> Response {
         map.extend(fields);
     }
     axum::Json(body).into_response()
+}
+
+async fn metrics(State(state): State<WsState>) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = state.mux.metrics();
+    let sessions = state.mux.list_sessions().sessions;
+    let open = m.connections_opened.load(Relaxed).saturating_sub(m.connections_closed.load(Relaxed));
+    let mut text = crate::metrics::PromText::new();
+    text.gauge("tether_agent_sessions", "Sessions held (any state).", sessions.len() as f64)
+        .gauge("tether_agent_sessions_active", "Sessions with a turn running.", state.mux.active_sessions() as f64)
+        .gauge("tether_agent_clients_connected", "Client connections open now.", open as f64)
+        .counter("tether_agent_connections_total", "Client connections accepted.", m.connections_opened.load(Relaxed))
+        .counter("tether_agent_events_total", "Session events committed and broadcast.", m.events_published.load(Relaxed))
+        .counter("tether_agent_evictions_total", "Clients evicted for not keeping up.", m.evictions.load(Relaxed));
+    if let Some(extra) = &state.metrics {
+        extra(&mut text);
+    }
+    crate::metrics::response(text.finish())
 }
