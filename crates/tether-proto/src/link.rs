@@ -196,6 +196,20 @@ pub struct DiagnoseReport {
     pub created_at: String,
 }
 
+/// The stable alert key of a set of labels: FNV-1a (64-bit) over the labels sorted by name,
+/// each `name\0value\0`, in lowercase hex. Stable across runs, hosts and versions: the same
+/// labels always give the same key.
+pub fn alert_key(labels: &BTreeMap<String, String>) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (k, v) in labels {
+        for b in k.bytes().chain([0]).chain(v.bytes()).chain([0]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
 // ---- hub → agent ------------------------------------------------------------------------
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -550,6 +564,17 @@ mod tests {
                 && !text.contains("description_format")
         );
         assert_eq!(LinkFrame::decode(&text), Ok(frame));
+    }
+
+    #[test]
+    fn alert_keys_are_stable_and_order_free() {
+        let a = BTreeMap::from([("a".to_owned(), "1".to_owned()), ("b".to_owned(), "2".to_owned())]);
+        // Fixed value: changing the hash would split every alert's history in two.
+        assert_eq!(alert_key(&a), alert_key(&a.clone()));
+        assert_eq!(alert_key(&BTreeMap::new()), "cbf29ce484222325");
+        let c = BTreeMap::from([("a".to_owned(), "12".to_owned())]);
+        let d = BTreeMap::from([("a1".to_owned(), "2".to_owned())]);
+        assert_ne!(alert_key(&c), alert_key(&d));
     }
 
     #[test]

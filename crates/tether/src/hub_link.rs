@@ -123,18 +123,6 @@ struct AlertSend {
     event_time: Option<i64>,
 }
 
-/// A stable alert key from sorted labels (FNV-1a, hex), for events sent without one.
-pub fn key_from_labels(labels: &BTreeMap<String, String>) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (k, v) in labels {
-        for b in k.bytes().chain([0]).chain(v.bytes()).chain([0]) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    format!("{h:016x}")
-}
-
 /// Serves `alert.send` into the spool.
 pub struct AlertOps {
     pub sink: Option<AlertSink>,
@@ -181,7 +169,7 @@ impl AlertOps {
         let key = p
             .key
             .filter(|k| !k.trim().is_empty())
-            .unwrap_or_else(|| key_from_labels(&p.labels));
+            .unwrap_or_else(|| tether_proto::link::alert_key(&p.labels));
         let event_time = p.event_time.unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -215,25 +203,5 @@ impl ExtensionOps for AlertOps {
         request: &'a RawRequest,
     ) -> futures_util::future::BoxFuture<'a, Result<Value, ErrorBody>> {
         Box::pin(async move { self.send(client, request) })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_from_labels_are_stable_and_order_free() {
-        let a = BTreeMap::from([
-            ("a".to_owned(), "1".to_owned()),
-            ("b".to_owned(), "2".to_owned()),
-        ]);
-        let mut b = BTreeMap::new();
-        b.insert("b".to_owned(), "2".to_owned());
-        b.insert("a".to_owned(), "1".to_owned());
-        assert_eq!(key_from_labels(&a), key_from_labels(&b));
-        let c = BTreeMap::from([("a".to_owned(), "12".to_owned())]);
-        let d = BTreeMap::from([("a1".to_owned(), "2".to_owned())]);
-        assert_ne!(key_from_labels(&c), key_from_labels(&d));
     }
 }
