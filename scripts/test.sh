@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs every check tether has: formatting, lints, and all tests (unit, integration over real
-# loopback sockets, property tests). This is the README's test command and what CI runs.
+# Runs every check tether has: formatting, lints, all tests (unit, integration over real
+# loopback sockets, property tests), and the browser test of the hub console (it installs
+# Debian's Chromium and playwright-core when missing). This is the README's test command and
+# what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,5 +20,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test"
 cargo test --workspace --locked
+
+step "browser end-to-end test of the hub console (scripts/e2e.sh)"
+./scripts/e2e.sh
 
 step "all checks passed"

@@ -480,6 +480,7 @@ export function sessionPage(ctx, sessionId) {
       case 'session_closed':
         line('closed', `Session closed${ev.reason ? `: ${ev.reason}` : ''}.`, { 'data-testid': 'session-closed' });
         closed = true;
+        liveEl.textContent = 'closed';
         syncControls();
         break;
       default:

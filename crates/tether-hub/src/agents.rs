@@ -176,8 +176,12 @@ pub async fn agent_ws(
     let credential = Credential {
         token_id: credential,
     };
+    // Thousands of agents each hold a socket: start with small buffers (tungstenite's
+    // defaults are 128 KiB each way) and let them grow only for large frames.
     ws.max_message_size(16 << 20)
         .max_frame_size(16 << 20)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| serve_agent(hub, socket, agent_id, offered, credential))
 }
 

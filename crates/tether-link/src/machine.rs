@@ -292,6 +292,8 @@ impl LinkMachine {
                         version,
                         warning: ack.warning,
                     });
+                    // One heartbeat at once, so the hub has figures from the start.
+                    out.push(Output::SendHeartbeat);
                     out.push(Output::SetTimer(Timer::Heartbeat, HEARTBEAT_INTERVAL));
                     out.push(Output::SetTimer(Timer::ReadDeadline, READ_DEADLINE));
                     out.push(Output::SetTimer(Timer::AlertFlush, ALERT_FLUSH_INTERVAL));

@@ -288,7 +288,7 @@ pub async fn up(port: u16) -> Result<()> {
         let hostname = tether_engine::host::hostname();
         let agent_token = token_create(&hub_file, &format!("local-{hostname}"), &[])?;
         let agent_toml = format!(
-            "# Written by `tether up` on first run.\nstate_dir = \"{}\"\n\n# The built-in demo script: chat works, remotely too, without an API key.\n[model]\nprovider = \"scripted\"\n\n[hub]\nurl = \"ws://127.0.0.1:{port}\"\nallow_plaintext = true  # loopback only\ntoken = \"{agent_token}\"\nremote_tools = [{}]\n",
+            "# Written by `tether up` on first run.\n# Clients reach this agent through its Unix socket (no TCP listener to clash with).\nlisten = \"off\"\nstate_dir = \"{}\"\n\n# The built-in demo script: chat works, remotely too, without an API key.\n[model]\nprovider = \"scripted\"\n\n[hub]\nurl = \"ws://127.0.0.1:{port}\"\nallow_plaintext = true  # loopback only\ntoken = \"{agent_token}\"\nremote_tools = [{}]\n",
             data.join("agent").display(),
             UP_REMOTE_TOOLS
                 .iter()
