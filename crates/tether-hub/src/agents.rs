@@ -391,8 +391,11 @@ async fn serve_agent(
         if let Some(r) = record {
             hub.publish(HubEvent::Agent(r));
         }
-        hub.relay().agent_gone(&agent_id, &reason).await;
     }
+    // Whether it went away or was replaced, the sessions this connection ran are over.
+    hub.relay()
+        .agent_gone(&agent_id, conn.conn_id, &reason)
+        .await;
     tracing::info!(agent = %agent_id, reason = %reason, "agent disconnected");
 }
 
@@ -429,12 +432,12 @@ async fn on_frame(hub: &Hub, conn: &Arc<AgentConn>, hostname: &str, frame: LinkF
                     m.alerts_duplicate
                         .fetch_add(result.duplicates as u64, Ordering::Relaxed);
                     // Acknowledged only now that they are committed.
-                    if conn.proto >= 2 {
-                        if let Some(upto_seq) = upto {
-                            let _ = conn
-                                .send(LinkMessage::AlertAck(AlertAck { upto_seq }))
-                                .await;
-                        }
+                    if conn.proto >= 2
+                        && let Some(upto_seq) = upto
+                    {
+                        let _ = conn
+                            .send(LinkMessage::AlertAck(AlertAck { upto_seq }))
+                            .await;
                     }
                     for row in result.rows {
                         hub.publish(HubEvent::Alert(row));

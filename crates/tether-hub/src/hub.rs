@@ -167,20 +167,20 @@ impl Hub {
         if let Some(t) = found {
             // A credential belongs to the first agent that registered with it: another
             // agent id presenting it is someone acting as someone else.
-            if let Some(bound) = &t.agent_id {
-                if bound != agent_id {
-                    return Err((
-                        StatusCode::FORBIDDEN,
-                        format!("this token belongs to agent {bound}"),
-                    ));
-                }
+            if let Some(bound) = &t.agent_id
+                && bound != agent_id
+            {
+                return Err((
+                    StatusCode::FORBIDDEN,
+                    format!("this token belongs to agent {bound}"),
+                ));
             }
             return Ok(Some(t.id));
         }
-        if let Some(shared) = &self.config().enrollment_token {
-            if tokens::same(shared, token) {
-                return Ok(None);
-            }
+        if let Some(shared) = &self.config().enrollment_token
+            && tokens::same(shared, token)
+        {
+            return Ok(None);
         }
         Err((StatusCode::UNAUTHORIZED, "invalid agent token".into()))
     }

@@ -121,12 +121,12 @@ impl AlertsList {
                     .ok_or_else(|| bad(format!("field `{field}`: `{t}` is not an RFC 3339 time"))),
             }
         };
-        if let Some(s) = &self.status {
-            if tether_proto::link::AlertStatus::parse(s).is_none() {
-                return Err(bad(format!(
-                    "field `status`: `{s}` is not Critical, Warning, Info or Ok"
-                )));
-            }
+        if let Some(s) = &self.status
+            && tether_proto::link::AlertStatus::parse(s).is_none()
+        {
+            return Err(bad(format!(
+                "field `status`: `{s}` is not Critical, Warning, Info or Ok"
+            )));
         }
         Ok(AlertFilter {
             agent_id: self.agent_id.clone(),

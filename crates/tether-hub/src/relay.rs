@@ -86,6 +86,17 @@ struct V1Track {
     queue: VecDeque<(InputId, ClientInfo, String)>,
     /// The last tool call per tool name, to pair `[Tool done]` lines with their call.
     calls: HashMap<String, CallId>,
+    /// `session.create` has not yet opened the session (its first events and turn). catpaw
+    /// starts working right after acking `session_start`, so its first outputs can be read
+    /// before `create` runs again; they wait here and are applied after the opening events.
+    opening: bool,
+    early: Vec<V1Early>,
+}
+
+/// Version-1 frames that arrived while the session was opening.
+enum V1Early {
+    Output(SessionOutput),
+    Error(SessionError),
 }
 
 impl Shadow {
@@ -107,10 +118,10 @@ impl Shadow {
         self.last_seq = self.last_seq.max(seq);
         match body {
             EventBody::SessionState { state } => self.state = *state,
-            EventBody::ClientAttached { client, .. } => {
-                if !self.clients.iter().any(|c| c.client_id == client.client_id) {
-                    self.clients.push(client.clone());
-                }
+            EventBody::ClientAttached { client, .. }
+                if !self.clients.iter().any(|c| c.client_id == client.client_id) =>
+            {
+                self.clients.push(client.clone());
             }
             EventBody::ClientDetached { client, .. } => {
                 self.clients.retain(|c| c.client_id != client.client_id)
@@ -185,6 +196,8 @@ pub struct HubSession {
     pub policy: Policy,
     pub created_at: String,
     pub created_by: ClientInfo,
+    /// The agent connection the session runs on (0: read back from the store).
+    conn_id: u64,
     shadow: Mutex<Shadow>,
 }
 
@@ -292,6 +305,7 @@ impl Relay {
             title: rec.title.clone(),
             policy: Policy::parse(&rec.policy).unwrap_or(Policy::Human),
             created_at: rec.created_at.clone(),
+            conn_id: 0,
             created_by: ClientInfo {
                 client_id: tether_proto::ClientId(rec.created_by.clone()),
                 class: Class::Human,
@@ -403,7 +417,12 @@ impl Relay {
             policy,
             created_at: now(),
             created_by: creator.clone(),
-            shadow: Mutex::new(Shadow::new(SessionState::Idle, 0)),
+            conn_id: agent.conn_id,
+            shadow: Mutex::new({
+                let mut shadow = Shadow::new(SessionState::Idle, 0);
+                shadow.v1.opening = agent.proto < 2;
+                shadow
+            }),
         });
         let record = SessionRecord {
             session_id: id.clone(),
@@ -436,6 +455,8 @@ impl Relay {
         };
         if let Some(why) = refused {
             let mut shadow = session.shadow.lock().await;
+            shadow.v1.opening = false;
+            shadow.v1.early.clear();
             self.publish(
                 &session,
                 &mut shadow,
@@ -476,6 +497,14 @@ impl Relay {
                 self.v1_start_turn(&session, &mut shadow, creator.clone(), text, None)
                     .await;
             }
+            // What the agent sent while the session was opening, in arrival order.
+            shadow.v1.opening = false;
+            for early in std::mem::take(&mut shadow.v1.early) {
+                match early {
+                    V1Early::Output(o) => self.apply_output(&session, &mut shadow, o).await,
+                    V1Early::Error(e) => self.apply_error(&session, &mut shadow, e).await,
+                }
+            }
         }
         Ok(id)
     }
@@ -512,6 +541,7 @@ impl Relay {
     }
 
     /// `attach`: replies with the snapshot, queues the replay, then live events.
+    #[allow(clippy::too_many_arguments)]
     pub async fn attach(
         &self,
         hub: &Hub,
@@ -534,23 +564,23 @@ impl Relay {
         };
         {
             let mut shadow = session.shadow.lock().await;
-            if let Some(after) = after_seq {
-                if after > shadow.last_seq {
-                    out.push_frame(
-                        ReplyFrame::err(
-                            Some(re),
-                            err(
-                                Reason::BadRequest,
-                                format!(
-                                    "after_seq {after} is beyond the session's last event ({})",
-                                    shadow.last_seq
-                                ),
+            if let Some(after) = after_seq
+                && after > shadow.last_seq
+            {
+                out.push_frame(
+                    ReplyFrame::err(
+                        Some(re),
+                        err(
+                            Reason::BadRequest,
+                            format!(
+                                "after_seq {after} is beyond the session's last event ({})",
+                                shadow.last_seq
                             ),
-                        )
-                        .encode(),
-                    );
-                    return;
-                }
+                        ),
+                    )
+                    .encode(),
+                );
+                return;
             }
             let snapshot = Snapshot {
                 session_id: SessionId(session.id.clone()),
@@ -663,15 +693,13 @@ impl Relay {
                 .attached
                 .iter()
                 .any(|(_, c, _)| c.name == client.name);
-            if !still_there {
-                if let Some(agent) = hub.agent(&session.agent_id) {
-                    let _ = agent
-                        .send(LinkMessage::SessionDetach(SessionDetach {
-                            session_id: session.id.clone(),
-                            user_name: client.name.clone(),
-                        }))
-                        .await;
-                }
+            if !still_there && let Some(agent) = hub.agent(&session.agent_id) {
+                let _ = agent
+                    .send(LinkMessage::SessionDetach(SessionDetach {
+                        session_id: session.id.clone(),
+                        user_name: client.name.clone(),
+                    }))
+                    .await;
             }
         }
         Ok(())
@@ -734,10 +762,10 @@ impl Relay {
         }
         // Version 1: the hub keeps the turn order; the agent queues what it is sent.
         let mut shadow = session.shadow.lock().await;
-        if let Some(turn) = &shadow.turn {
-            if !input.queue {
-                return Err(ErrorBody::turn_in_progress(&turn.turn_id, &turn.originator));
-            }
+        if let Some(turn) = &shadow.turn
+            && !input.queue
+        {
+            return Err(ErrorBody::turn_in_progress(&turn.turn_id, &turn.originator));
         }
         agent
             .send(LinkMessage::SessionInput(SessionInput {
@@ -988,15 +1016,16 @@ impl Relay {
         }
     }
 
-    /// An agent disconnected: its live sessions end.
-    pub async fn agent_gone(&self, agent_id: &str, reason: &str) {
+    /// An agent connection ended (the agent went away, or a newer connection of the same
+    /// agent replaced it): the sessions it ran end.
+    pub async fn agent_gone(&self, agent_id: &str, conn_id: u64, reason: &str) {
         let affected: Vec<Arc<HubSession>> = self
             .inner
             .sessions
             .lock()
             .map(|m| {
                 m.values()
-                    .filter(|s| s.agent_id == agent_id)
+                    .filter(|s| s.agent_id == agent_id && s.conn_id == conn_id)
                     .cloned()
                     .collect()
             })
@@ -1044,6 +1073,14 @@ impl Relay {
             return;
         }
         let mut shadow = session.shadow.lock().await;
+        if shadow.v1.opening {
+            shadow.v1.early.push(V1Early::Output(o));
+            return;
+        }
+        self.apply_output(&session, &mut shadow, o).await;
+    }
+
+    async fn apply_output(&self, session: &HubSession, shadow: &mut Shadow, o: SessionOutput) {
         if shadow.state == SessionState::Closed {
             return;
         }
@@ -1053,8 +1090,8 @@ impl Relay {
             None => {
                 // Output with no turn (the agent started on its own): open one.
                 self.v1_start_turn(
-                    &session,
-                    &mut shadow,
+                    session,
+                    shadow,
                     session.created_by.clone(),
                     "(agent)".into(),
                     None,
@@ -1066,8 +1103,8 @@ impl Relay {
         match o.stage.as_str() {
             "thinking" if has_turn && !o.delta.is_empty() => {
                 self.publish(
-                    &session,
-                    &mut shadow,
+                    session,
+                    shadow,
                     EventBody::ReasoningDelta {
                         turn_id: turn_id.clone(),
                         text: format!("{}\n", o.delta),
@@ -1082,8 +1119,8 @@ impl Relay {
                     o.delta.clone()
                 };
                 self.publish(
-                    &session,
-                    &mut shadow,
+                    session,
+                    shadow,
                     EventBody::TextDelta {
                         turn_id: turn_id.clone(),
                         text,
@@ -1096,8 +1133,8 @@ impl Relay {
                 let call_id = CallId(uuid::Uuid::now_v7().to_string());
                 shadow.v1.calls.insert(tool.clone(), call_id.clone());
                 self.publish(
-                    &session,
-                    &mut shadow,
+                    session,
+                    shadow,
                     EventBody::ToolCall {
                         turn_id: turn_id.clone(),
                         call_id,
@@ -1115,8 +1152,8 @@ impl Relay {
                         .remove(&tool)
                         .unwrap_or_else(|| CallId(uuid::Uuid::now_v7().to_string()));
                     self.publish(
-                        &session,
-                        &mut shadow,
+                        session,
+                        shadow,
                         EventBody::ToolResult {
                             turn_id: turn_id.clone(),
                             call_id,
@@ -1129,8 +1166,8 @@ impl Relay {
                     .await;
                 } else {
                     self.publish(
-                        &session,
-                        &mut shadow,
+                        session,
+                        shadow,
                         EventBody::Notice {
                             level: NoticeLevel::Info,
                             message: o.delta.clone(),
@@ -1150,8 +1187,8 @@ impl Relay {
         if has_turn && (turn_done || o.done) {
             if let Some(report) = o.report.as_ref().filter(|r| !r.is_empty()) {
                 self.publish(
-                    &session,
-                    &mut shadow,
+                    session,
+                    shadow,
                     EventBody::TextDelta {
                         turn_id: turn_id.clone(),
                         text: report.clone(),
@@ -1161,8 +1198,8 @@ impl Relay {
             }
             let failed = o.stage == "error";
             self.publish(
-                &session,
-                &mut shadow,
+                session,
+                shadow,
                 EventBody::TurnEnded {
                     turn_id: turn_id.clone(),
                     stop: if failed {
@@ -1177,12 +1214,12 @@ impl Relay {
             .await;
             if !o.done {
                 if let Some((input_id, who, text)) = shadow.v1.queue.pop_front() {
-                    self.v1_start_turn(&session, &mut shadow, who, text, Some(input_id))
+                    self.v1_start_turn(session, shadow, who, text, Some(input_id))
                         .await;
                 } else {
                     self.publish(
-                        &session,
-                        &mut shadow,
+                        session,
+                        shadow,
                         EventBody::SessionState {
                             state: SessionState::Idle,
                         },
@@ -1193,16 +1230,16 @@ impl Relay {
         }
         if o.done {
             self.publish(
-                &session,
-                &mut shadow,
+                session,
+                shadow,
                 EventBody::SessionState {
                     state: SessionState::Closed,
                 },
             )
             .await;
             self.publish(
-                &session,
-                &mut shadow,
+                session,
+                shadow,
                 EventBody::SessionClosed {
                     reason: "finished".into(),
                 },
@@ -1221,9 +1258,17 @@ impl Relay {
             return;
         }
         let mut shadow = session.shadow.lock().await;
+        if shadow.v1.opening {
+            shadow.v1.early.push(V1Early::Error(e));
+            return;
+        }
+        self.apply_error(&session, &mut shadow, e).await;
+    }
+
+    async fn apply_error(&self, session: &HubSession, shadow: &mut Shadow, e: SessionError) {
         self.publish(
-            &session,
-            &mut shadow,
+            session,
+            shadow,
             EventBody::Notice {
                 level: NoticeLevel::Error,
                 message: format!("{} ({})", e.error, e.code),
@@ -1232,8 +1277,8 @@ impl Relay {
         .await;
         if let Some(turn) = shadow.turn.clone() {
             self.publish(
-                &session,
-                &mut shadow,
+                session,
+                shadow,
                 EventBody::TurnEnded {
                     turn_id: turn.turn_id,
                     stop: StopReason::Error,

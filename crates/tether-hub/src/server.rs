@@ -37,6 +37,7 @@ pub fn router(hub: Hub) -> Router {
 }
 
 /// Operators only (any class), by bearer token or `?token=`.
+#[allow(clippy::result_large_err)] // the refusal is the response, sent as is
 fn authorize(
     hub: &Hub,
     headers: &HeaderMap,
@@ -292,7 +293,13 @@ impl TlsListener {
         let (tx, ready) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             loop {
-                let (stream, peer) = match tcp.accept().await {
+                // When the server drops the listener (shutdown), stop accepting at once:
+                // the socket must not outlive the hub.
+                let accepted = tokio::select! {
+                    _ = tx.closed() => return,
+                    a = tcp.accept() => a,
+                };
+                let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -313,9 +320,6 @@ impl TlsListener {
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 });
-                if tx.is_closed() {
-                    return;
-                }
             }
         });
         Ok(TlsListener { ready, local })

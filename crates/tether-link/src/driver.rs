@@ -304,6 +304,9 @@ fn now() -> String {
 
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// A dial's outcome: the socket, or the HTTP status (when the hub answered) and the error.
+type DialResult = Result<Ws, (Option<u16>, String)>;
+
 /// What the reader reports.
 enum Inbound {
     Frame(Result<LinkFrame, LinkDecodeError>),
@@ -382,7 +385,7 @@ struct Driver {
     status: watch::Sender<LinkStatus>,
     timers: HashMap<Timer, Instant>,
     conn: Option<Conn>,
-    dialing: Option<tokio::task::JoinHandle<Result<Ws, (Option<u16>, String)>>>,
+    dialing: Option<tokio::task::JoinHandle<DialResult>>,
     /// A running alert flush: resolves with the highest seq written.
     flush: Option<tokio::task::JoinHandle<Option<u64>>>,
     cpu: CpuSampler,
@@ -513,12 +516,12 @@ impl Driver {
             }
             Output::SendRegister => {
                 let register = self.register();
-                if let Some(c) = &self.conn {
-                    if !c.out.send_control(LinkMessage::Register(register)).await {
-                        return Some(Input::ConnectionLost {
-                            error: "could not queue register".into(),
-                        });
-                    }
+                if let Some(c) = &self.conn
+                    && !c.out.send_control(LinkMessage::Register(register)).await
+                {
+                    return Some(Input::ConnectionLost {
+                        error: "could not queue register".into(),
+                    });
                 }
                 self.set_state(None, |_| {});
             }
@@ -536,7 +539,11 @@ impl Driver {
             }
             Output::Send(frame) => {
                 if let Some(c) = &self.conn {
-                    let _ = c.out.send_text(frame.encode()).await;
+                    // A full queue waits for the writer, but never past the shutdown.
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => {}
+                        _ = c.out.send_text(frame.encode()) => {}
+                    }
                 }
             }
             Output::SendAlerts { after_seq } => match &self.conn {
@@ -562,8 +569,17 @@ impl Driver {
                 if let Some(conn) = self.conn.take() {
                     self.close(conn).await;
                 }
-                if let Some(f) = self.flush.take() {
-                    f.abort();
+                if let Some(mut f) = self.flush.take() {
+                    // With the connection gone the flush ends at once; what it wrote before
+                    // still counts (version 1 must not send it twice).
+                    let written = match tokio::time::timeout(Duration::from_secs(2), &mut f).await {
+                        Ok(r) => r.ok().flatten(),
+                        Err(_) => {
+                            f.abort();
+                            None
+                        }
+                    };
+                    return Some(Input::AlertsWritten { upto_seq: written });
                 }
             }
             Output::Registered { version, warning } => {
@@ -599,6 +615,7 @@ impl Driver {
                     // connection's life.
                     tokio::select! {
                         _ = c.cancel.cancelled() => {}
+                        _ = self.shutdown.cancelled() => {}
                         r = c.sessions.send(SessionWork::Frame(frame)) => if r.is_err() {
                             tracing::warn!("hub link: session worker gone; message dropped");
                         },
@@ -616,6 +633,7 @@ impl Driver {
         if let (Some(c), Some(_)) = (&self.conn, self.machine.version()) {
             tokio::select! {
                 _ = c.cancel.cancelled() => {}
+                _ = self.shutdown.cancelled() => {}
                 r = c.sessions.send(SessionWork::InvalidStart(id)) => if r.is_err() {
                     tracing::warn!("hub link: session worker gone; refusal dropped");
                 },
@@ -735,7 +753,7 @@ fn local_ip(endpoint: &str) -> Option<String> {
     Some(socket.local_addr().ok()?.ip().to_string())
 }
 
-async fn dial(options: LinkOptions) -> Result<Ws, (Option<u16>, String)> {
+async fn dial(options: LinkOptions) -> DialResult {
     let mut request = options
         .endpoint
         .as_str()

@@ -142,6 +142,8 @@ pub struct LinkMachine {
     flushing: bool,
     /// Alerts arrived while a flush was running: flush again after it.
     more_alerts: bool,
+    /// The version of the connection the last `SendAlerts` wrote to.
+    flush_version: u32,
 }
 
 impl LinkMachine {
@@ -156,6 +158,7 @@ impl LinkMachine {
             sent: acked,
             flushing: false,
             more_alerts: false,
+            flush_version: 1,
         }
     }
 
@@ -178,7 +181,8 @@ impl LinkMachine {
     /// Feeds one input; returns what to do, in order.
     pub fn handle(&mut self, input: Input) -> Vec<Output> {
         let mut out = Vec::new();
-        if self.state == State::Stopped {
+        // A flush cut short by the shutdown still reports what it wrote.
+        if self.state == State::Stopped && !matches!(input, Input::AlertsWritten { .. }) {
             return out;
         }
         match input {
@@ -234,15 +238,26 @@ impl LinkMachine {
             }
             Input::AlertsWritten { upto_seq } => {
                 self.flushing = false;
-                if let (Some(upto), State::Registered { version }) = (upto_seq, self.state) {
-                    self.sent = self.sent.max(upto);
-                    // Version 1 delivers at most once: written is done.
-                    if version == 1 {
+                match (upto_seq, self.state) {
+                    (Some(upto), State::Registered { version }) => {
+                        self.sent = self.sent.max(upto);
+                        // Version 1 delivers at most once: written is done.
+                        if version == 1 {
+                            self.acked = self.sent;
+                            out.push(Output::DeleteAlerts { upto_seq: upto });
+                        }
+                        // More may have queued behind a full batch.
+                        self.more_alerts = true;
+                    }
+                    // A version-1 flush cut short by the end of its connection: what it wrote
+                    // is delivered as far as version 1 knows, so it must not be sent again
+                    // (version 2 resends everything unacknowledged anyway).
+                    (Some(upto), _) if self.flush_version == 1 && upto > self.acked => {
+                        self.sent = self.sent.max(upto);
                         self.acked = self.sent;
                         out.push(Output::DeleteAlerts { upto_seq: upto });
                     }
-                    // More may have queued behind a full batch.
-                    self.more_alerts = true;
+                    _ => {}
                 }
                 self.maybe_flush(&mut out);
             }
@@ -411,9 +426,10 @@ impl LinkMachine {
         if self.flushing || !self.more_alerts {
             return;
         }
-        if let State::Registered { .. } = self.state {
+        if let State::Registered { version } = self.state {
             self.flushing = true;
             self.more_alerts = false;
+            self.flush_version = version;
             out.push(Output::SendAlerts {
                 after_seq: self.sent,
             });
@@ -563,6 +579,41 @@ mod tests {
             out.contains(&Output::SendAlerts { after_seq: 3 }),
             "{out:?}"
         );
+    }
+
+    #[test]
+    fn a_version_one_flush_cut_short_still_counts_what_it_wrote() {
+        // The connection drops while a flush (started at registration) runs; the flush
+        // reports afterwards.
+        let mut v1 = registered(2, None);
+        v1.handle(Input::ConnectionLost { error: "cut".into() });
+        let out = v1.handle(Input::AlertsWritten { upto_seq: Some(300) });
+        assert!(out.contains(&Output::DeleteAlerts { upto_seq: 300 }), "{out:?}");
+        // Nothing is flushed while the link is down ...
+        assert!(!out.iter().any(|o| matches!(o, Output::SendAlerts { .. })));
+        // ... and after the reconnect, sending resumes after what was written.
+        v1.handle(Input::Timer(Timer::Reconnect));
+        v1.handle(Input::Connected);
+        let out = v1.handle(ack(true, None));
+        assert!(out.contains(&Output::SendAlerts { after_seq: 300 }), "{out:?}");
+
+        // Shutdown during a flush: what was written still counts.
+        let mut v1 = registered(2, None);
+        v1.handle(Input::AlertsPending);
+        v1.handle(Input::Shutdown);
+        let out = v1.handle(Input::AlertsWritten { upto_seq: Some(7) });
+        assert_eq!(out, vec![Output::DeleteAlerts { upto_seq: 7 }]);
+
+        // Version 2 keeps everything unacknowledged for the next connection.
+        let mut v2 = registered(2, Some(2));
+        v2.handle(Input::AlertsPending);
+        v2.handle(Input::ConnectionLost { error: "cut".into() });
+        let out = v2.handle(Input::AlertsWritten { upto_seq: Some(300) });
+        assert!(!out.iter().any(|o| matches!(o, Output::DeleteAlerts { .. })), "{out:?}");
+        v2.handle(Input::Timer(Timer::Reconnect));
+        v2.handle(Input::Connected);
+        let out = v2.handle(ack(true, Some(2)));
+        assert!(out.contains(&Output::SendAlerts { after_seq: 0 }), "{out:?}");
     }
 
     #[test]

@@ -99,19 +99,14 @@ impl UserConn {
         let (conn, mut rx) = mux.connect(identity);
         let (tx, replies) = mpsc::channel(16);
         let drain = tokio::spawn(async move {
-            loop {
-                match rx.next().await {
-                    Next::Frame(bytes) => {
-                        let Ok(text) = std::str::from_utf8(&bytes) else {
-                            continue;
-                        };
-                        if let Ok(ServerFrame::Reply(reply)) = ServerFrame::decode(text) {
-                            if tx.send(reply).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                    Next::Evicted(_) | Next::Closed => break,
+            while let Next::Frame(bytes) = rx.next().await {
+                let Ok(text) = std::str::from_utf8(&bytes) else {
+                    continue;
+                };
+                if let Ok(ServerFrame::Reply(reply)) = ServerFrame::decode(text)
+                    && tx.send(reply).await.is_err()
+                {
+                    break;
                 }
             }
         });
@@ -332,10 +327,10 @@ impl RemoteSessions {
             .remove("message")
             .and_then(|m| m.as_str().map(str::to_owned))
             .filter(|m| !m.trim().is_empty() && mode == Mode::Chat);
-        if mode != Mode::Chat {
-            if let Some(m) = start.params.get("message") {
-                params.insert("message".into(), m.clone());
-            }
+        if mode != Mode::Chat
+            && let Some(m) = start.params.get("message")
+        {
+            params.insert("message".into(), m.clone());
         }
         let created = self.inner.mux.create_session(
             Some(user.conn.client().clone()),
@@ -755,10 +750,9 @@ async fn run_relay(
                 stop: StopReason::Completed,
                 ..
             } = &event.body
+                && session.mode == Mode::Diagnose
             {
-                if session.mode == Mode::Diagnose {
-                    send_report(&sessions, &session).await;
-                }
+                send_report(&sessions, &session).await;
             }
         } else {
             translate_v1(&sessions, &session, &relay, &mut v1, &event.body).await;

@@ -1,0 +1,660 @@
+//! The hub with version-1 (catpaw) agents: registration, heartbeats, alerts, inspect and chat
+//! sessions relayed to operators as client-protocol events; agent credentials (bad, revoked,
+//! bound to another agent); the REST mirror; live subscriptions; agent replacement.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::sync::atomic::Ordering;
+
+fn new_agent_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Polls `agents.list` until `agent_id` shows a heartbeat; returns its row.
+async fn agent_row_with_heartbeat(
+    op: &mut tether_transport::client::Client,
+    agent_id: &str,
+) -> Value {
+    within("agents.list to show the heartbeat", async {
+        loop {
+            let r = op
+                .request("agents.list", json!({}))
+                .await
+                .expect("agents.list");
+            if let Some(a) = r["agents"]
+                .as_array()
+                .and_then(|a| a.iter().find(|a| a["agent_id"] == agent_id))
+                && a.get("heartbeat").is_some_and(|h| !h.is_null())
+            {
+                return a.clone();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// Polls `alerts.list` (with `params`) until it returns `n` alerts.
+async fn alerts_listed(
+    op: &mut tether_transport::client::Client,
+    params: Value,
+    n: usize,
+) -> Vec<Value> {
+    within(&format!("alerts.list {params} to hold {n}"), async {
+        loop {
+            let r = op
+                .request("alerts.list", params.clone())
+                .await
+                .expect("alerts.list");
+            let alerts = r["alerts"].as_array().cloned().unwrap_or_default();
+            if alerts.len() >= n {
+                return alerts;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// Event frames without the attach/detach bookkeeping (whose presence depends on timing).
+fn without_clients(events: &[Value]) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|e| e["event"] != "client_attached" && e["event"] != "client_detached")
+        .cloned()
+        .collect()
+}
+
+fn assert_contiguous(events: &[Value]) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            e["seq"],
+            json!(i as u64 + 1),
+            "seqs start at 1 with no holes: {events:#?}"
+        );
+    }
+}
+
+/// Requirement 1: a catpaw agent registers with a token, heartbeats, sends alerts, and runs
+/// an inspect and a chat session opened by an operator, who sees client-protocol events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catpaw_agent_heartbeats_alerts_and_sessions() {
+    let hub = TestHub::start().await;
+    let token = hub.create_token("catpaw-db-01").await;
+    let agent_id = new_agent_id();
+    let mut agent = V1Agent::connect(&hub.agent_url(), &token, &agent_id, "db-01").await;
+    let mut alice = hub.operator(ALICE).await;
+
+    // Heartbeat: agents.list shows it connected, with the figures.
+    agent.heartbeat(2, 3, 12.5, 40.25);
+    let row = agent_row_with_heartbeat(&mut alice, &agent_id).await;
+    assert_eq!(row["connected"], true, "{row}");
+    assert_eq!(row["proto"], 1, "{row}");
+    assert_eq!(row["hostname"], "db-01");
+    assert_eq!(row["ip"], "10.0.0.5");
+    assert_eq!(row["os"], "linux");
+    assert_eq!(row["arch"], "amd64");
+    assert_eq!(row["labels"], json!({"env": "prod", "role": "db"}));
+    assert_eq!(row["plugins"], json!(["cpu", "disk", "mem"]));
+    assert_eq!(row["agent_version"], "catpaw v0.9.1");
+    let hb = &row["heartbeat"];
+    assert_eq!(hb["active_sessions"], 2, "{row}");
+    assert_eq!(hb["active_alerts"], 3, "{row}");
+    assert_eq!(hb["cpu_pct"], 12.5, "{row}");
+    assert_eq!(hb["mem_pct"], 40.25, "{row}");
+    assert!(hb["at"].as_str().is_some_and(|t| t.ends_with('Z')), "{row}");
+    let connected = alice
+        .request(
+            "agents.list",
+            json!({"connected": true, "label": "role=db"}),
+        )
+        .await
+        .expect("agents.list");
+    assert_eq!(
+        connected["agents"].as_array().map(Vec::len),
+        Some(1),
+        "{connected}"
+    );
+
+    // Alerts (version 1: no seq).
+    agent.alerts(vec![
+        catpaw_alert("disk_/var", "Critical", json!({"mount": "/var"})),
+        catpaw_alert("cpu", "Warning", json!({"cpu": "all"})),
+        catpaw_alert("mem", "Ok", json!({})),
+    ]);
+    let alerts = alerts_listed(&mut alice, json!({"agent_id": agent_id}), 3).await;
+    assert_eq!(alerts.len(), 3, "{alerts:#?}");
+    // Newest first.
+    assert_eq!(alerts[0]["alert_key"], "mem");
+    let disk = &alerts[2];
+    assert_eq!(disk["alert_key"], "disk_/var");
+    assert_eq!(disk["event_status"], "Critical");
+    assert_eq!(disk["agent_id"], agent_id.as_str());
+    assert_eq!(disk["hostname"], "db-01");
+    assert_eq!(disk["labels"], json!({"mount": "/var"}));
+    assert_eq!(disk["attrs"], json!({"threshold": "90"}));
+    assert_eq!(disk["description"], "disk_/var is Critical");
+    assert_eq!(disk["description_format"], "text");
+    assert!(
+        disk.get("seq").is_none(),
+        "version 1 alerts carry no seq: {disk}"
+    );
+    assert!(
+        disk["event_time"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("2023-11-14T22:13:20")),
+        "{disk}"
+    );
+
+    // An inspect session.
+    let created = alice
+        .request(
+            "session.create",
+            json!({"mode": "inspect", "agent_id": agent_id,
+                   "params": {"plugin": "disk", "target": "/"}}),
+        )
+        .await
+        .expect("session.create inspect");
+    let sid = created["session_id"]
+        .as_str()
+        .expect("session_id")
+        .to_owned();
+    let start = agent.next_of("session_start").await;
+    assert_eq!(start["payload"]["session_id"], sid.as_str());
+    assert_eq!(start["payload"]["session_type"], "inspect");
+    assert_eq!(start["payload"]["user_name"], "alice");
+    assert_eq!(start["payload"]["params"]["plugin"], "disk");
+    assert!(
+        start["payload"].get("class").is_none() && start["payload"].get("policy").is_none(),
+        "a version-1 agent never sees version-2 fields: {start}"
+    );
+    let attached = alice
+        .request("attach", json!({"session_id": sid, "after_seq": 0}))
+        .await
+        .expect("attach");
+    assert_eq!(attached["snapshot"]["mode"], "inspect");
+    let all = events_until(&mut alice, &sid, "the inspect to close", |v| {
+        v["event"] == "session_closed"
+    })
+    .await;
+    assert_contiguous(&all);
+    let evs = without_clients(&all);
+    assert_eq!(
+        names(&evs),
+        [
+            "session_state",
+            "turn_started",
+            "session_state",
+            "reasoning_delta",
+            "tool_call",
+            "tool_result",
+            "text_delta",
+            "turn_ended",
+            "session_state",
+            "session_closed"
+        ],
+        "{evs:#?}"
+    );
+    assert_eq!(evs[0]["state"], "idle");
+    let turn = evs[1]["turn_id"].clone();
+    assert_eq!(evs[1]["originator"]["name"], "alice");
+    assert_eq!(evs[1]["originator"]["class"], "human");
+    assert_eq!(evs[1]["text"], "inspect disk /");
+    assert_eq!(evs[2]["state"], "running");
+    assert_eq!(evs[3]["text"], "[Round 1] AI thinking...\n");
+    assert_eq!(evs[4]["tool"], "disk_usage");
+    assert_eq!(evs[4]["args"], json!({"mount": "/"}));
+    assert_eq!(
+        evs[5]["call_id"], evs[4]["call_id"],
+        "the result pairs with its call"
+    );
+    assert_eq!(evs[5]["ok"], true);
+    assert_eq!(evs[5]["duration_ms"], 3);
+    assert_eq!(evs[6]["text"], INSPECT_REPORT);
+    assert_eq!(evs[7]["stop"], "completed");
+    assert_eq!(evs[8]["state"], "closed");
+    for e in evs[1..8].iter().filter(|e| e["event"] != "session_state") {
+        assert_eq!(e["turn_id"], turn, "one turn: {e}");
+    }
+    let listed = alice
+        .request("session.list", json!({"agent_id": agent_id}))
+        .await
+        .expect("session.list");
+    let row = listed["sessions"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["session_id"] == sid.as_str()))
+        .cloned()
+        .expect("the session is listed");
+    assert_eq!(row["state"], "closed", "{row}");
+    assert_eq!(row["agent_id"], agent_id.as_str(), "{row}");
+
+    // A chat session: two inputs, each a whole turn.
+    let created = alice
+        .request(
+            "session.create",
+            json!({"mode": "chat", "agent_id": agent_id}),
+        )
+        .await
+        .expect("session.create chat");
+    let chat = created["session_id"]
+        .as_str()
+        .expect("session_id")
+        .to_owned();
+    let start = agent.next_of("session_start").await;
+    assert_eq!(start["payload"]["session_type"], "chat");
+    alice
+        .request("attach", json!({"session_id": chat, "after_seq": 0}))
+        .await
+        .expect("attach chat");
+    for (n, text) in [(1, "how full is /var?"), (2, "and /home?")] {
+        let r = alice
+            .request("input", json!({"session_id": chat, "text": text}))
+            .await
+            .expect("input");
+        let turn_id = r["turn_id"].clone();
+        assert!(turn_id.is_string(), "{r}");
+        let got = agent.next_of("session_input").await;
+        assert_eq!(got["payload"]["message"], text);
+        let mut ended = false;
+        let evs = events_until(&mut alice, &chat, "the chat turn to end", |v| {
+            if v["event"] == "turn_ended" && v["turn_id"] == turn_id {
+                ended = true;
+            }
+            ended && v["event"] == "session_state" && v["state"] == "idle"
+        })
+        .await;
+        let evs: Vec<Value> = without_clients(&evs)
+            .into_iter()
+            .filter(|e| e.get("turn_id") == Some(&turn_id))
+            .collect();
+        assert_eq!(
+            names(&evs),
+            ["turn_started", "text_delta", "turn_ended"],
+            "turn {n}: {evs:#?}"
+        );
+        assert_eq!(evs[0]["text"], text);
+        assert_eq!(evs[0]["originator"]["name"], "alice");
+        assert_eq!(evs[1]["text"], format!("answer {n}: you said {text}"));
+        assert_eq!(evs[2]["stop"], "completed");
+    }
+    alice
+        .request("session.close", json!({"session_id": chat}))
+        .await
+        .expect("session.close");
+    let cancel = agent.next_of("session_cancel").await;
+    assert_eq!(cancel["payload"]["session_id"], chat.as_str());
+    let closed = next_event(&mut alice, &chat, "session_closed").await;
+    assert!(closed["reason"].is_string(), "{closed}");
+
+    // The store kept the whole chat, seq 1.. with no holes.
+    let (status, body) = http_get(
+        hub.addr,
+        &format!("/api/v1/sessions/{chat}/events"),
+        Some(ALICE),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let stored = body["events"].as_array().cloned().unwrap_or_default();
+    assert_contiguous(&stored);
+    assert_eq!(body["last_seq"], json!(stored.len()));
+    hub.stop().await;
+}
+
+/// Requirement 2: credentials are checked before the upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_revoked_and_borrowed_tokens_are_refused() {
+    let hub = TestHub::start().await;
+    let url = hub.agent_url();
+    let a = new_agent_id();
+    let b = new_agent_id();
+    let failures = || hub.hub().metrics().auth_failures.load(Ordering::Relaxed);
+
+    // Unknown token: 401 before any upgrade.
+    let r = dial_agent(&url, "tt_not-a-real-token", &a, "1").await;
+    assert_eq!(refused_status(r), 401);
+    assert_eq!(failures(), 1);
+
+    // Revoked token: 401.
+    let revoked = hub.create_token("soon-revoked").await;
+    let ok = V1Agent::connect(&url, &revoked, &a, "a-host").await;
+    ok.close();
+    drop(ok);
+    hub.wait_connected(&a, false).await;
+    assert_eq!(hub.revoke_token("soon-revoked").await, 1);
+    let r = dial_agent(&url, &revoked, &a, "1").await;
+    assert_eq!(refused_status(r), 401);
+
+    // A token bound to agent A presented by agent B: 403; A itself still gets in.
+    let token = hub.create_token("web-01").await;
+    let first = V1Agent::connect(&url, &token, &a, "a-host").await;
+    hub.wait_connected(&a, true).await;
+    let r = dial_agent(&url, &token, &b, "1").await;
+    assert_eq!(refused_status(r), 403);
+    let r = dial_agent(&url, &token, &b, "2").await;
+    assert_eq!(refused_status(r), 403);
+    assert!(!hub.hub().is_connected(&b));
+    assert!(failures() >= 4, "every refusal is counted: {}", failures());
+    drop(first);
+    hub.stop().await;
+}
+
+/// Requirement 5: the REST mirror, with a bearer token (401 without).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_mirror() {
+    let hub = TestHub::start().await;
+    let token = hub.create_token("catpaw-rest").await;
+    let agent_id = new_agent_id();
+    let mut agent = V1Agent::connect(&hub.agent_url(), &token, &agent_id, "rest-01").await;
+    agent.heartbeat(0, 5, 1.0, 2.0);
+    let mut events = Vec::new();
+    for i in 0..7u32 {
+        let status = if i.is_multiple_of(2) {
+            "Critical"
+        } else {
+            "Warning"
+        };
+        let role = if i < 3 { "db" } else { "web" };
+        events.push(catpaw_alert(
+            &format!("k{i}"),
+            status,
+            json!({"role": role}),
+        ));
+    }
+    agent.alerts(events);
+    hub.wait_alerts(7).await;
+
+    // Unauthorized without (or with a wrong) token.
+    for path in [
+        "/api/v1/agents",
+        "/api/v1/alerts",
+        "/api/v1/sessions/x/events",
+    ] {
+        let (status, body) = http_get(hub.addr, path, None).await;
+        assert_eq!(status, 401, "{path}: {body}");
+        assert_eq!(body["reason"], "unauthorized", "{path}: {body}");
+        let (status, _) = http_get(hub.addr, path, Some("wrong-token")).await;
+        assert_eq!(status, 401, "{path}");
+    }
+
+    // Agents.
+    let (status, body) = http_get(hub.addr, "/api/v1/agents", Some(ROBOT)).await;
+    assert_eq!(status, 200, "{body}");
+    let agents = body["agents"].as_array().cloned().unwrap_or_default();
+    assert_eq!(agents.len(), 1, "{body}");
+    assert_eq!(agents[0]["agent_id"], agent_id.as_str());
+    assert_eq!(agents[0]["connected"], true);
+    let (_, body) = http_get(
+        hub.addr,
+        "/api/v1/agents?label=env%3Dprod&connected=true",
+        Some(WATCHER),
+    )
+    .await;
+    assert_eq!(body["agents"].as_array().map(Vec::len), Some(1), "{body}");
+    let (_, body) = http_get(
+        hub.addr,
+        "/api/v1/agents?label=env%3Dstaging",
+        Some(WATCHER),
+    )
+    .await;
+    assert_eq!(body["agents"].as_array().map(Vec::len), Some(0), "{body}");
+    // `?token=` works too (browsers).
+    let (status, _) = http_get(hub.addr, &format!("/api/v1/agents?token={ALICE}"), None).await;
+    assert_eq!(status, 200);
+
+    // Alerts: filters.
+    let (status, body) = http_get(hub.addr, "/api/v1/alerts?status=Critical", Some(ALICE)).await;
+    assert_eq!(status, 200, "{body}");
+    let crit = body["alerts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(crit.len(), 4, "{body}");
+    assert!(crit.iter().all(|a| a["event_status"] == "Critical"));
+    let (_, body) = http_get(hub.addr, "/api/v1/alerts?label=role%3Ddb", Some(ALICE)).await;
+    let db = body["alerts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(db.len(), 3, "{body}");
+    assert!(db.iter().all(|a| a["labels"]["role"] == "db"));
+    let (_, body) = http_get(
+        hub.addr,
+        &format!("/api/v1/alerts?agent_id={agent_id}&status=warning&label=role%3Dweb"),
+        Some(ALICE),
+    )
+    .await;
+    assert_eq!(body["alerts"].as_array().map(Vec::len), Some(2), "{body}");
+    let (status, body) = http_get(hub.addr, "/api/v1/alerts?status=Exploded", Some(ALICE)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["reason"], "bad_request");
+
+    // Alerts: paging with before_id, newest first, no overlap, nothing missed.
+    let mut seen: Vec<i64> = Vec::new();
+    let mut path = "/api/v1/alerts?limit=3".to_owned();
+    let mut pages = 0;
+    loop {
+        let (status, body) = http_get(hub.addr, &path, Some(ALICE)).await;
+        assert_eq!(status, 200, "{body}");
+        pages += 1;
+        let ids: Vec<i64> = body["alerts"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|r| r["id"].as_i64()).collect())
+            .unwrap_or_default();
+        assert!(ids.len() <= 3);
+        seen.extend(&ids);
+        match body["next_before_id"].as_i64() {
+            Some(next) => {
+                assert_eq!(Some(&next), ids.last(), "{body}");
+                path = format!("/api/v1/alerts?limit=3&before_id={next}");
+            }
+            None => break,
+        }
+        assert!(pages < 10, "paging does not end");
+    }
+    assert_eq!(seen.len(), 7, "{seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0] > w[1]),
+        "newest first, no repeats: {seen:?}"
+    );
+
+    // Session events, exactly as operators received them.
+    let mut alice = hub.operator(ALICE).await;
+    let created = alice
+        .request(
+            "session.create",
+            json!({"mode": "inspect", "agent_id": agent_id, "params": {"plugin": "disk"}}),
+        )
+        .await
+        .expect("session.create");
+    let sid = created["session_id"]
+        .as_str()
+        .expect("session_id")
+        .to_owned();
+    agent.next_of("session_start").await;
+    alice
+        .request("attach", json!({"session_id": sid, "after_seq": 0}))
+        .await
+        .expect("attach");
+    let live = events_until(&mut alice, &sid, "the inspect to close", |v| {
+        v["event"] == "session_closed"
+    })
+    .await;
+    let (status, body) = http_get(
+        hub.addr,
+        &format!("/api/v1/sessions/{sid}/events"),
+        Some(WATCHER),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["events"],
+        json!(live),
+        "REST events = what the operator got"
+    );
+    assert_eq!(body["last_seq"], json!(live.len()));
+    let (_, body) = http_get(
+        hub.addr,
+        &format!("/api/v1/sessions/{sid}/events?after_seq=2&limit=3"),
+        Some(WATCHER),
+    )
+    .await;
+    assert_eq!(body["events"], json!(live[2..5]), "{body}");
+    let (status, body) = http_get(
+        hub.addr,
+        "/api/v1/sessions/no-such-session/events",
+        Some(WATCHER),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["reason"], "unknown_session");
+    hub.stop().await;
+}
+
+/// Requirement 6: alerts.subscribe and agents.subscribe push control frames live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_push_agents_and_alerts_live() {
+    let hub = TestHub::start().await;
+    let token = hub.create_token("catpaw-sub").await;
+    let agent_id = new_agent_id();
+    let mut fleet = hub.operator(WATCHER).await;
+    let mut all_alerts = hub.operator(ALICE).await;
+    let mut critical = hub.operator(BOB).await;
+    fleet
+        .request("agents.subscribe", json!({}))
+        .await
+        .expect("agents.subscribe");
+    all_alerts
+        .request("alerts.subscribe", json!({}))
+        .await
+        .expect("alerts.subscribe");
+    critical
+        .request(
+            "alerts.subscribe",
+            json!({"status": "Critical", "agent_id": agent_id}),
+        )
+        .await
+        .expect("alerts.subscribe filtered");
+    let bad = critical
+        .request("alerts.subscribe", json!({"label": "no-equals-sign"}))
+        .await;
+    assert_eq!(reason(&bad), "bad_request");
+
+    // Connect: an `agent` frame.
+    let agent = V1Agent::connect(&hub.agent_url(), &token, &agent_id, "sub-01").await;
+    let f = next_control(&mut fleet, "agent", |f| {
+        f["agent"]["agent_id"] == agent_id.as_str()
+    })
+    .await;
+    assert_eq!(f["agent"]["connected"], true, "{f}");
+    assert_eq!(f["agent"]["hostname"], "sub-01", "{f}");
+
+    // Heartbeat: another, with the figures.
+    agent.heartbeat(1, 4, 55.5, 66.5);
+    let f = next_control(&mut fleet, "agent", |f| !f["agent"]["heartbeat"].is_null()).await;
+    assert_eq!(f["agent"]["heartbeat"]["active_alerts"], 4, "{f}");
+    assert_eq!(f["agent"]["heartbeat"]["cpu_pct"], 55.5, "{f}");
+
+    // Alerts: every subscriber whose filter matches, live.
+    agent.alerts(vec![
+        catpaw_alert("w1", "Warning", json!({"x": "1"})),
+        catpaw_alert("c1", "Critical", json!({"x": "2"})),
+    ]);
+    let w = next_control(&mut all_alerts, "alert", |_| true).await;
+    assert_eq!(w["alert"]["alert_key"], "w1", "{w}");
+    assert_eq!(w["alert"]["agent_id"], agent_id.as_str());
+    assert_eq!(w["alert"]["hostname"], "sub-01");
+    assert!(w["alert"]["id"].is_i64(), "{w}");
+    let c = next_control(&mut all_alerts, "alert", |_| true).await;
+    assert_eq!(c["alert"]["alert_key"], "c1", "{c}");
+    // The filtered subscriber gets the critical one only (the warning came first).
+    let c = next_control(&mut critical, "alert", |_| true).await;
+    assert_eq!(c["alert"]["alert_key"], "c1", "{c}");
+    assert_eq!(c["alert"]["event_status"], "Critical");
+    agent.alerts(vec![catpaw_alert("c2", "Critical", json!({}))]);
+    let c = next_control(&mut critical, "alert", |_| true).await;
+    assert_eq!(c["alert"]["alert_key"], "c2", "{c}");
+
+    // Disconnect: an `agent` frame saying so.
+    agent.close();
+    let f = next_control(&mut fleet, "agent", |f| f["agent"]["connected"] == false).await;
+    assert_eq!(f["agent"]["agent_id"], agent_id.as_str(), "{f}");
+    drop(agent);
+    hub.stop().await;
+}
+
+/// Requirement 7: the same agent id connecting again replaces the first connection cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_of_the_same_agent_replaces_the_first() {
+    let hub = TestHub::start().await;
+    let token = hub.create_token("catpaw-twice").await;
+    let agent_id = new_agent_id();
+    let mut first = V1Agent::connect(&hub.agent_url(), &token, &agent_id, "twice-01").await;
+    hub.wait_connected(&agent_id, true).await;
+    // A chat running on the first connection.
+    let mut alice = hub.operator(ALICE).await;
+    let created = alice
+        .request(
+            "session.create",
+            json!({"mode": "chat", "agent_id": agent_id}),
+        )
+        .await
+        .expect("session.create on the first connection");
+    let old_chat = created["session_id"]
+        .as_str()
+        .expect("session_id")
+        .to_owned();
+    first.next_of("session_start").await;
+    alice
+        .request("attach", json!({"session_id": old_chat, "after_seq": 0}))
+        .await
+        .expect("attach");
+
+    let mut second = V1Agent::connect(&hub.agent_url(), &token, &agent_id, "twice-01").await;
+
+    // The first is told to go, then closed.
+    let bye = first.next_of("disconnect").await;
+    assert!(bye["payload"]["reason"].is_string(), "{bye}");
+    assert!(
+        bye["payload"]["retry_after_sec"].as_u64().is_some(),
+        "{bye}"
+    );
+    first.next_of("__closed__").await;
+    // Its session ended with it (as when an agent disconnects): operators are not left
+    // waiting on a session nobody runs.
+    let closed = next_event(&mut alice, &old_chat, "session_closed").await;
+    assert!(closed["reason"].is_string(), "{closed}");
+
+    // The second still works and the hub lists the agent once, connected.
+    second.heartbeat(0, 9, 3.0, 4.0);
+    let row = within("the second connection's heartbeat", async {
+        loop {
+            let r = alice
+                .request("agents.list", json!({}))
+                .await
+                .expect("agents.list");
+            let rows = r["agents"].as_array().cloned().unwrap_or_default();
+            assert_eq!(rows.len(), 1, "one agent: {r}");
+            if rows[0]["heartbeat"]["active_alerts"] == 9 {
+                return rows[0].clone();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(row["connected"], true, "{row}");
+    assert_eq!(hub.hub().connected_agents(), 1);
+    // Sessions go to the live connection.
+    let created = alice
+        .request(
+            "session.create",
+            json!({"mode": "chat", "agent_id": agent_id}),
+        )
+        .await
+        .expect("session.create on the replacement");
+    let start = second.next_of("session_start").await;
+    assert_eq!(start["payload"]["session_id"], created["session_id"]);
+    // Nothing more reached the replaced connection.
+    assert!(
+        first.inbound_is_empty(),
+        "the replaced connection got more frames"
+    );
+    drop(first);
+    drop(second);
+    hub.stop().await;
+}

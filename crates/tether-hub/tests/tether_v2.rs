@@ -1,0 +1,440 @@
+//! The hub with version-2 agents: the real tether agent side (event log, engine with a
+//! scripted model, multiplexer, remote sessions, alert spool, link driver). Alerts survive
+//! link restarts exactly once; operators sharing a remote session see the same events and
+//! the permission rules hold across the relay; a hub shutdown makes agents back off as told.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tether_transport::client::{Client, ClientError};
+
+/// Requirement 3: a tether agent whose link is restarted while alerts flow (once with the
+/// same spool, once with the spool reopened from disk, as after a process restart) delivers
+/// every alert to the hub's store exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_survive_link_restarts_exactly_once() {
+    const N: usize = 500;
+    let hub = TestHub::start().await;
+    let token = hub.create_token("tether-restart").await;
+    let mut agent = V2Agent::new(&hub.agent_url(), &token, &shell_script(), None);
+    agent.start_link();
+    let s = agent.wait_registered().await;
+    assert_eq!(s.version, Some(2), "{s:?}");
+
+    // A producer sends N alerts through the sink, paced so the link restarts mid-stream.
+    let sink = agent.sink.clone();
+    let producer = tokio::spawn(async move {
+        for i in 0..N {
+            sink.send(alert(i));
+            if i % 5 == 4 {
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        }
+        sink.flush().await;
+    });
+
+    // Restart 1: the link is dropped (its token cancelled) while alerts flow; a new link
+    // takes over the same spool.
+    let first = hub.wait_alerts(40).await;
+    agent.stop_link().await;
+    let mid_stream_1 = !producer.is_finished();
+    agent.start_link();
+
+    // Restart 2: dropped again; this time the agent "restarts": the spool is reopened from
+    // its file once the producer is done, and a new link starts on it.
+    let second = hub.wait_alerts(first + 40).await;
+    agent.stop_link().await;
+    let mid_stream_2 = !producer.is_finished();
+    within("the producer", producer).await.expect("producer");
+    let spool_path = agent.spool.path().to_owned();
+    agent.sink.flush().await;
+    agent.spool = tether_link::AlertSpool::open(&spool_path, 100_000).expect("reopen spool");
+    agent.sink = agent.spool.sink().expect("sink");
+    agent.start_link();
+    eprintln!(
+        "restarted at {first} (mid-stream: {mid_stream_1}) and {second} (mid-stream: {mid_stream_2}) stored alerts"
+    );
+
+    // Everything arrives, the spool empties (all acknowledged), nothing is stored twice.
+    hub.wait_alerts(N as u64).await;
+    agent
+        .wait_status("the spool to drain", |s| {
+            s.state == "registered" && s.spool_pending == 0
+        })
+        .await;
+    assert_eq!(hub.alert_count().await, N as u64, "stored exactly once");
+    let mut op = hub.operator(ALICE).await;
+    let mut rows: Vec<Value> = Vec::new();
+    let mut params = json!({"agent_id": agent.agent_id, "limit": 128});
+    loop {
+        let page = op
+            .request("alerts.list", params.clone())
+            .await
+            .expect("alerts.list");
+        rows.extend(page["alerts"].as_array().cloned().unwrap_or_default());
+        match page["next_before_id"].as_i64() {
+            Some(next) => params["before_id"] = json!(next),
+            None => break,
+        }
+        assert!(rows.len() <= 2 * N, "paging does not end");
+    }
+    assert_eq!(rows.len(), N, "every alert listed once");
+    let seqs: BTreeSet<u64> = rows.iter().filter_map(|r| r["seq"].as_u64()).collect();
+    assert_eq!(seqs.len(), N, "distinct (agent, seq)");
+    assert_eq!(
+        seqs.iter().copied().collect::<Vec<_>>(),
+        (1..=N as u64).collect::<Vec<_>>()
+    );
+    for r in &rows {
+        // The spool numbered them in the order they were sent.
+        let seq = r["seq"].as_u64().expect("seq") as usize;
+        assert_eq!(r["alert_key"], format!("alert-{:05}", seq - 1), "{r}");
+        assert_eq!(r["agent_id"], agent.agent_id.as_str());
+    }
+    let m = hub.hub().metrics();
+    assert_eq!(m.alerts_stored.load(Ordering::Relaxed), N as u64);
+    eprintln!(
+        "received {} events, {} of them again",
+        m.alerts_received.load(Ordering::Relaxed),
+        m.alerts_duplicate.load(Ordering::Relaxed)
+    );
+    agent.stop().await;
+    hub.stop().await;
+}
+
+/// Requirement 3, deterministically: a version-2 peer sending the same seqs again gets them
+/// acknowledged and stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resent_alert_seqs_are_acknowledged_and_stored_once() {
+    let hub = TestHub::start().await;
+    let token = hub.create_token("raw-v2").await;
+    let agent_id = uuid::Uuid::now_v7().to_string();
+    let (mut agent, ack) =
+        V1Agent::connect_with(&hub.agent_url(), &token, &agent_id, "raw-v2", "2").await;
+    assert_eq!(ack["payload"]["ok"], true, "{ack}");
+    assert_eq!(ack["payload"]["proto"], 2, "version 2 is agreed: {ack}");
+    let with_seq = |seq: u64| {
+        let mut a = catpaw_alert(&format!("k{seq}"), "Warning", json!({}));
+        a["seq"] = json!(seq);
+        a
+    };
+    agent.alerts(vec![with_seq(1), with_seq(2), with_seq(3)]);
+    let a = agent.next_of("alert_ack").await;
+    assert_eq!(a["payload"]["upto_seq"], 3, "{a}");
+    agent.alerts(vec![with_seq(2), with_seq(3), with_seq(4)]);
+    let a = agent.next_of("alert_ack").await;
+    assert_eq!(a["payload"]["upto_seq"], 4, "{a}");
+    assert_eq!(hub.alert_count().await, 4);
+    let m = hub.hub().metrics();
+    assert_eq!(m.alerts_duplicate.load(Ordering::Relaxed), 2);
+    assert!(hub.hub().is_connected(&agent_id));
+    drop(agent);
+    hub.stop().await;
+}
+
+/// An operator's view of one session: every event frame it has read, in order.
+struct Watch {
+    client: Client,
+    session: String,
+    seen: Vec<Value>,
+}
+
+impl Watch {
+    async fn until(&mut self, what: &str, mut pred: impl FnMut(&Value) -> bool) -> Value {
+        loop {
+            let v = next_json(&mut self.client, what).await;
+            if v.get("seq").is_none() || v["session_id"] != self.session.as_str() {
+                continue;
+            }
+            self.seen.push(v.clone());
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+
+    async fn request(&mut self, op: &str, params: Value) -> Result<Value, ClientError> {
+        within(op, self.client.request(op, params)).await
+    }
+
+    async fn answer(&mut self, call_id: &Value, decision: &str) -> Result<Value, ClientError> {
+        let params = json!({"session_id": self.session, "call_id": call_id, "decision": decision});
+        self.request("answer", params).await
+    }
+}
+
+/// Requirement 4: two operators attached to one remote session see the same events (same
+/// seqs, same order, same frames), and the permission rules hold across the relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_share_a_remote_session_and_arbitration_holds() {
+    let hub = TestHub::start().await;
+    let token = hub.create_token("tether-shared").await;
+    let mut agent = V2Agent::new(&hub.agent_url(), &token, &shell_script(), None);
+    agent.start_link();
+    agent.wait_registered().await;
+    hub.wait_connected(&agent.agent_id, true).await;
+
+    let mut alice = hub.operator(ALICE).await;
+    let created = alice
+        .request(
+            "session.create",
+            json!({"mode": "chat", "agent_id": agent.agent_id}),
+        )
+        .await
+        .expect("session.create");
+    let sid = created["session_id"]
+        .as_str()
+        .expect("session_id")
+        .to_owned();
+    let mut alice = Watch {
+        client: alice,
+        session: sid.clone(),
+        seen: Vec::new(),
+    };
+    let mut robot = Watch {
+        client: hub.operator(ROBOT).await,
+        session: sid.clone(),
+        seen: Vec::new(),
+    };
+    let mut bob = Watch {
+        client: hub.operator(BOB).await,
+        session: sid.clone(),
+        seen: Vec::new(),
+    };
+    let mut watcher = Watch {
+        client: hub.operator(WATCHER).await,
+        session: sid.clone(),
+        seen: Vec::new(),
+    };
+    for w in [&mut alice, &mut robot] {
+        let r = w
+            .request("attach", json!({"session_id": sid, "after_seq": 0}))
+            .await
+            .expect("attach");
+        assert_eq!(r["snapshot"]["policy"], "human", "{r}");
+        assert_eq!(r["agent_id"], agent.agent_id.as_str(), "{r}");
+    }
+    // The robot is present at the agent before it starts a turn.
+    robot
+        .until("the robot's client_attached", |v| {
+            v["event"] == "client_attached" && v["client"]["name"] == "robot"
+        })
+        .await;
+
+    // Turn 1, started by the agent-class robot.
+    let r = robot
+        .request(
+            "input",
+            json!({"session_id": sid, "text": "robot: check the disk"}),
+        )
+        .await
+        .expect("robot input");
+    let turn1 = r["turn_id"].clone();
+    assert!(turn1.is_string(), "{r}");
+    let asked = robot
+        .until("permission_requested (robot's turn)", |v| {
+            v["event"] == "permission_requested"
+        })
+        .await;
+    assert_eq!(asked["turn_id"], turn1);
+    assert_eq!(asked["tool"], "shell");
+    assert_eq!(asked["originator"]["name"], "robot");
+    assert_eq!(asked["originator"]["class"], "agent");
+    assert_eq!(asked["policy"], "human");
+    let call1 = asked["call_id"].clone();
+    let r = robot.answer(&call1, "allow").await;
+    assert_eq!(reason(&r), "agent_cannot_self_approve", "{r:?}");
+    let r = watcher.answer(&call1, "allow").await;
+    assert_eq!(reason(&r), "forbidden", "{r:?}");
+    alice.answer(&call1, "allow").await.expect("alice allows");
+    let r = bob.answer(&call1, "allow").await;
+    assert_eq!(reason(&r), "already_resolved", "{r:?}");
+    let r = robot.answer(&call1, "deny").await;
+    assert_eq!(reason(&r), "already_resolved", "{r:?}");
+    let ran = robot
+        .until("the tool result of turn 1", |v| v["event"] == "tool_result")
+        .await;
+    assert_eq!(ran["call_id"], call1);
+    assert_eq!(ran["ok"], true, "{ran}");
+    assert!(
+        ran["output"]
+            .as_str()
+            .is_some_and(|o| o.contains("tool-ran")),
+        "{ran}"
+    );
+    let ended = robot
+        .until("turn 1 to end", |v| v["event"] == "turn_ended")
+        .await;
+    assert_eq!(ended["turn_id"], turn1);
+    assert_eq!(ended["stop"], "completed", "{ended}");
+
+    // Turn 2, started by alice (human): the robot may not answer under policy `human`.
+    let r = alice
+        .request(
+            "input",
+            json!({"session_id": sid, "text": "alice: and now?"}),
+        )
+        .await
+        .expect("alice input");
+    let turn2 = r["turn_id"].clone();
+    let asked = alice
+        .until("permission_requested (alice's turn)", |v| {
+            v["event"] == "permission_requested" && v["turn_id"] == turn2
+        })
+        .await;
+    assert_eq!(asked["turn_id"], turn2);
+    assert_eq!(asked["originator"]["name"], "alice");
+    let call2 = asked["call_id"].clone();
+    let r = robot.answer(&call2, "allow").await;
+    assert_eq!(reason(&r), "human_answer_required", "{r:?}");
+    let r = alice.answer(&json!("no-such-call"), "allow").await;
+    assert_eq!(reason(&r), "no_pending_permission", "{r:?}");
+    bob.answer(&call2, "allow").await.expect("bob allows");
+    let r = alice.answer(&call2, "allow").await;
+    assert_eq!(reason(&r), "already_resolved", "{r:?}");
+    let ran = alice
+        .until("the tool result of turn 2", |v| {
+            v["event"] == "tool_result" && v["turn_id"] == turn2
+        })
+        .await;
+    assert_eq!(ran["call_id"], call2);
+    assert_eq!(ran["ok"], true, "{ran}");
+    let ended = alice
+        .until("turn 2 to end", |v| {
+            v["event"] == "turn_ended" && v["turn_id"] == turn2
+        })
+        .await;
+    assert_eq!(ended["stop"], "completed", "{ended}");
+
+    // Close; both operators read to the end.
+    alice
+        .request("session.close", json!({"session_id": sid}))
+        .await
+        .expect("session.close");
+    alice
+        .until("session_closed (alice)", |v| v["event"] == "session_closed")
+        .await;
+    robot
+        .until("session_closed (robot)", |v| v["event"] == "session_closed")
+        .await;
+
+    // Same events, same seqs, same order, byte-for-byte the same JSON.
+    assert_eq!(alice.seen.len(), robot.seen.len());
+    assert_eq!(alice.seen, robot.seen, "both operators saw the same events");
+    for (i, e) in alice.seen.iter().enumerate() {
+        assert_eq!(e["seq"], json!(i as u64 + 1), "seq from 1, no holes: {e}");
+    }
+    let resolved: Vec<&Value> = alice
+        .seen
+        .iter()
+        .filter(|e| e["event"] == "permission_resolved")
+        .collect();
+    assert_eq!(resolved.len(), 2, "{resolved:?}");
+    assert_eq!(resolved[0]["call_id"], call1);
+    assert_eq!(resolved[0]["by"]["name"], "alice");
+    assert_eq!(resolved[0]["cause"], "answered");
+    assert_eq!(resolved[1]["call_id"], call2);
+    assert_eq!(resolved[1]["by"]["name"], "bob");
+    let results = alice
+        .seen
+        .iter()
+        .filter(|e| e["event"] == "tool_result" && e["ok"] == true)
+        .count();
+    assert_eq!(results, 2);
+    // The store holds the same history, frame for frame.
+    let (status, body) = http_get(
+        hub.addr,
+        &format!("/api/v1/sessions/{sid}/events"),
+        Some(ALICE),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["events"], json!(alice.seen));
+    agent.stop().await;
+    hub.stop().await;
+}
+
+/// Requirement 8: stopping the hub sends agents `disconnect` with `retry_after_sec`; the
+/// tether agent backs off that long, then comes back to the hub restarted on the same
+/// address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_shutdown_makes_agents_back_off_as_told() {
+    let hub = TestHub::start().await;
+    let token = hub.create_token("tether-shutdown").await;
+    let v1_token = hub.create_token("catpaw-shutdown").await;
+    let mut agent = V2Agent::new(&hub.agent_url(), &token, &shell_script(), None);
+    agent.start_link();
+    agent.wait_registered().await;
+    let mut catpaw = V1Agent::connect(
+        &hub.agent_url(),
+        &v1_token,
+        &uuid::Uuid::now_v7().to_string(),
+        "catpaw-shutdown",
+    )
+    .await;
+    let before = agent.status();
+    assert_eq!(before.connects, 1, "{before:?}");
+
+    let addr = hub.addr;
+    let stopping = Instant::now();
+    let dir = hub.stop().await;
+
+    // catpaw sees the frame itself.
+    let bye = catpaw.next_of("disconnect").await;
+    assert_eq!(bye["payload"]["retry_after_sec"], 5, "{bye}");
+    assert!(
+        bye["payload"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("shutting down")),
+        "{bye}"
+    );
+    catpaw.next_of("__closed__").await;
+
+    // The tether agent backs off retry_after_sec (± 25 % jitter).
+    let s = agent
+        .wait_status("backing off after the hub's disconnect", |s| {
+            s.state == "backing_off" && s.retry_in_ms.is_some()
+        })
+        .await;
+    let wait_ms = s.retry_in_ms.expect("retry_in_ms");
+    assert!(
+        (3750..=6250).contains(&wait_ms),
+        "waits retry_after_sec = 5 s ± 25 %: {s:?}"
+    );
+    assert!(
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("disconnect") && e.contains("shutting down")),
+        "{s:?}"
+    );
+    assert_eq!(s.registrations, 1);
+    // The stopped hub no longer listens.
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the stopped hub still accepts connections"
+    );
+
+    // A hub on the same address and state: the agent dials only after its wait, then
+    // registers again.
+    let hub = TestHub::start_in(dir, addr, |_| {}).await;
+    let s = agent
+        .wait_status("the agent to dial again", |s| s.connects >= 2)
+        .await;
+    let dialed_after = stopping.elapsed();
+    assert!(
+        dialed_after >= Duration::from_millis(wait_ms),
+        "dialed {dialed_after:?} after the stop began, before its {wait_ms} ms wait: {s:?}"
+    );
+    agent
+        .wait_status("registered with the new hub", |s| {
+            s.state == "registered" && s.registrations >= 2
+        })
+        .await;
+    hub.wait_connected(&agent.agent_id, true).await;
+    agent.stop().await;
+    hub.stop().await;
+}
