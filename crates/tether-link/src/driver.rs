@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tether_proto::link::{
-    AGENT_WS_PATH, AlertEvents, HEADER_AGENT_ID, HEADER_AGENT_TOKEN, HEADER_PROTO_VERSION,
-    Heartbeat, LinkDecodeError, LinkFrame, LinkMessage, MAX_ALERT_BATCH, Register,
+    AGENT_WS_PATH, AlertEvents, DiagnoseReport, HEADER_AGENT_ID, HEADER_AGENT_TOKEN,
+    HEADER_PROTO_VERSION, Heartbeat, LinkDecodeError, LinkFrame, LinkMessage, MAX_ALERT_BATCH,
+    Register,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -238,7 +239,11 @@ impl HeartbeatSource for NoAlerts {}
 pub struct Link {
     status: watch::Receiver<LinkStatus>,
     task: tokio::task::JoinHandle<()>,
+    reports: mpsc::Sender<DiagnoseReport>,
 }
+
+/// Diagnosis reports kept while the hub is unreachable (the oldest go first).
+const REPORT_BACKLOG: usize = 100;
 
 impl Link {
     pub fn spawn(
@@ -255,7 +260,10 @@ impl Link {
             ..LinkStatus::default()
         };
         let (status_tx, status_rx) = watch::channel(status);
+        let (reports, reports_rx) = mpsc::channel(REPORT_BACKLOG);
         let driver = Driver {
+            reports_rx,
+            report_backlog: std::collections::VecDeque::new(),
             machine: LinkMachine::new(
                 options.offered_version,
                 options
@@ -280,7 +288,14 @@ impl Link {
         Link {
             status: status_rx,
             task,
+            reports,
         }
+    }
+
+    /// A handle for sending diagnosis reports to the hub (version 2 only: a version-1 hub has
+    /// no such message). Reports are kept while the link is down; `try_send` never blocks.
+    pub fn report_sender(&self) -> mpsc::Sender<DiagnoseReport> {
+        self.reports.clone()
     }
 
     pub fn status(&self) -> LinkStatus {
@@ -376,6 +391,8 @@ impl CpuSampler {
 }
 
 struct Driver {
+    reports_rx: mpsc::Receiver<DiagnoseReport>,
+    report_backlog: std::collections::VecDeque<DiagnoseReport>,
     machine: LinkMachine,
     options: LinkOptions,
     spool: AlertSpool,
@@ -449,6 +466,14 @@ impl Driver {
                 },
                 written = wait_join(&mut self.flush) => Input::AlertsWritten { upto_seq: written.flatten() },
                 _ = self.spool.pending() => Input::AlertsPending,
+                Some(report) = self.reports_rx.recv() => {
+                    if self.report_backlog.len() >= REPORT_BACKLOG {
+                        self.report_backlog.pop_front();
+                    }
+                    self.report_backlog.push_back(report);
+                    self.flush_reports().await;
+                    continue;
+                }
                 _ = async {
                     match timer {
                         Some((_, at)) => tokio::time::sleep_until(at).await,
@@ -592,6 +617,7 @@ impl Driver {
                 }
                 self.status.send_modify(|s| s.registrations += 1);
                 self.set_state(None, |s| s.retry_in_ms = None);
+                self.flush_reports().await;
             }
             Output::Down { reason } => {
                 tracing::info!(reason = %reason, "hub link: down");
@@ -637,6 +663,24 @@ impl Driver {
                 r = c.sessions.send(SessionWork::InvalidStart(id)) => if r.is_err() {
                     tracing::warn!("hub link: session worker gone; refusal dropped");
                 },
+            }
+        }
+    }
+
+    /// Sends backlogged reports when registered with a version-2 hub.
+    async fn flush_reports(&mut self) {
+        if self.machine.version().unwrap_or(0) < 2 {
+            return;
+        }
+        let Some(conn) = &self.conn else { return };
+        while let Some(report) = self.report_backlog.pop_front() {
+            if !conn
+                .out
+                .send(LinkMessage::DiagnoseReport(report.clone()))
+                .await
+            {
+                self.report_backlog.push_front(report);
+                return;
             }
         }
     }

@@ -105,6 +105,10 @@ pub struct Core {
     pub mux: Mux,
     pub log: EventLog,
     pub hub: Option<crate::hub_link::HubLink>,
+    pub checks: tether_checks::engine::CheckEngine,
+    checks_stop: CancellationToken,
+    notifiers: tether_checks::notify::Notifiers,
+    delivery: tokio::task::JoinHandle<()>,
     pub closing: CancellationToken,
     pub socket: std::path::PathBuf,
     pub endpoints: Vec<String>,
@@ -122,13 +126,84 @@ impl Core {
         })?));
         let log = EventLog::open(&cfg.state_dir.join("events.db"))?;
         let mux = Mux::open(mux_config(cfg), engine, log.clone())?;
+        let checks_stop = CancellationToken::new();
+        let notifiers = tether_checks::notify::Notifiers::start(&cfg.notifiers)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let history = Arc::new(
+            tether_checks::history::AlertHistory::open(
+                &cfg.state_dir.join("alerts.db"),
+                tether_checks::history::DEFAULT_HISTORY_MAX,
+            )
+            .context("alert history")?,
+        );
+        let (deliver, pending) = crate::alerting::channel();
+        let checks = {
+            let deliver = deliver.clone();
+            tether_checks::engine::CheckEngine::start(
+                cfg.checks_dir.clone(),
+                tether_checks::plugins::registry(),
+                Arc::new(move |ev| deliver.send(crate::alerting::Delivery::Check(ev))),
+                checks_stop.clone(),
+            )
+        };
         let hub = match &cfg.hub {
-            Some(h) => Some(crate::hub_link::start(cfg, h, &mux)?),
+            Some(h) => {
+                let mut plugins: Vec<String> =
+                    checks.list().into_iter().map(|i| i.plugin).collect();
+                plugins.sort();
+                plugins.dedup();
+                Some(crate::hub_link::start(
+                    cfg,
+                    h,
+                    &mux,
+                    Arc::new(crate::alerting::EngineFigures(checks.clone())),
+                    plugins,
+                )?)
+            }
             None => None,
         };
+        let autodiag = {
+            let reports = hub.as_ref().map(|h| h.link.report_sender());
+            let notifiers = notifiers.clone();
+            crate::autodiag::AutoDiagnosis::new(
+                mux.clone(),
+                cfg.diagnosis.clone(),
+                Arc::new(move |f: crate::autodiag::Finished| {
+                    tracing::info!(alert_key = %f.alert_key, session = %f.session_id, "automatic diagnosis finished");
+                    if let Some(tx) = &reports {
+                        let _ = tx.try_send(tether_proto::link::DiagnoseReport {
+                            alert_key: f.alert_key.clone(),
+                            session_id: Some(f.session_id.clone()),
+                            report: f.report.clone(),
+                            created_at: f.created_at.clone(),
+                        });
+                    }
+                    notifiers.report(&tether_checks::notify::DiagnosisReport {
+                        alert_key: f.alert_key.clone(),
+                        session_id: Some(f.session_id.clone()),
+                        report: f.report.clone(),
+                        created_at: f.created_at.clone(),
+                        labels: std::collections::BTreeMap::from([
+                            ("plugin".to_owned(), f.plugin.clone()),
+                            ("target".to_owned(), f.target.clone()),
+                        ]),
+                    });
+                }),
+            )
+        };
+        let delivery = pending.start(crate::alerting::Outlets {
+            history,
+            hub: hub.as_ref().map(|h| h.sink.clone()),
+            notifiers: notifiers.clone(),
+            autodiag,
+        });
         mux.add_extension(Arc::new(crate::hub_link::AlertOps {
-            sink: hub.as_ref().map(|h| h.sink.clone()),
+            deliver,
+            checks: checks.clone(),
         }));
+        for e in checks.config_errors() {
+            tracing::error!("checks config: {e}");
+        }
         let auth = Authenticator::new(
             cfg.clients
                 .iter()
@@ -177,6 +252,10 @@ impl Core {
             mux,
             log,
             hub,
+            checks,
+            checks_stop,
+            notifiers,
+            delivery,
             closing,
             socket: cfg.socket.clone(),
             endpoints,
@@ -186,6 +265,9 @@ impl Core {
 
     /// Ends running turns with an event, closes every connection, flushes the log.
     pub async fn stop(self) {
+        // Checks stop first, so their last events are delivered before the link closes.
+        self.checks_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.checks.stopped()).await;
         self.mux.shutdown().await;
         if let Some(hub) = self.hub {
             // Let remote sessions' last events reach the link's queue, then close it.
@@ -199,6 +281,11 @@ impl Core {
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
+        // Delivery ends once the extension ops (in the mux) and the engine drop their senders;
+        // don't wait long for it.
+        drop(self.checks);
+        self.delivery.abort();
+        self.notifiers.shutdown(Duration::from_secs(3)).await;
         let _ = std::fs::remove_file(&self.socket);
         self.log.close();
     }

@@ -40,7 +40,7 @@ use tether_engine::openai::{OpenAiConfig, OpenAiEndpoint};
 use tether_proto::{Class, Mode};
 
 /// A duration written as `30s`, `5m`, `1h 30m`.
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text).map_err(|e| {
         serde::de::Error::custom(format!(
@@ -389,6 +389,13 @@ struct RawConfig {
     mcp: McpSection,
     #[serde(default)]
     hub: Option<RawHub>,
+    #[serde(default)]
+    diagnosis: crate::autodiag::DiagnosisConfig,
+    /// Where `<plugin>.toml` check files live; default `conf.d/` beside this file.
+    #[serde(default)]
+    checks_dir: Option<PathBuf>,
+    #[serde(default)]
+    notifiers: Vec<tether_checks::notify::NotifierConfig>,
 }
 
 /// Which model answers.
@@ -425,6 +432,10 @@ pub struct AgentConfig {
     pub sessions: SessionsSection,
     pub mcp: McpSection,
     pub hub: Option<HubConfig>,
+    pub diagnosis: crate::autodiag::DiagnosisConfig,
+    /// The check files' directory (may not exist: then no checks run).
+    pub checks_dir: PathBuf,
+    pub notifiers: Vec<tether_checks::notify::NotifierConfig>,
 }
 
 /// The default WebSocket listener.
@@ -611,6 +622,14 @@ impl AgentConfig {
             sessions: raw.sessions,
             mcp,
             hub,
+            diagnosis: raw.diagnosis,
+            checks_dir: raw
+                .checks_dir
+                .map(|p| paths::resolve(&p, base))
+                .unwrap_or_else(|| {
+                    base.map_or_else(|| paths::config_dir().join("conf.d"), |b| b.join("conf.d"))
+                }),
+            notifiers: raw.notifiers,
         })
     }
 }

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tether_engine::tools::ToolRegistry;
-use tether_link::driver::{HeartbeatSource, NoAlerts, load_or_create_agent_id, prepare_endpoint};
+use tether_link::driver::{HeartbeatSource, load_or_create_agent_id, prepare_endpoint};
 use tether_link::{
     AlertSink, AlertSpool, Link, LinkOptions, RemoteConfig, RemoteSessions, TlsOptions,
 };
@@ -52,8 +52,15 @@ pub fn remote_tools(all: &ToolRegistry, names: Option<&[String]>) -> Result<Tool
     }
 }
 
-/// Starts the link to the hub.
-pub fn start(cfg: &AgentConfig, hub: &HubConfig, mux: &Mux) -> Result<HubLink> {
+/// Starts the link to the hub. `figures` fills heartbeats; `plugins` names the check plugins
+/// in use (sent at registration).
+pub fn start(
+    cfg: &AgentConfig,
+    hub: &HubConfig,
+    mux: &Mux,
+    figures: Arc<dyn HeartbeatSource>,
+    plugins: Vec<String>,
+) -> Result<HubLink> {
     let (endpoint, connector) = prepare_endpoint(
         &hub.url,
         hub.allow_plaintext,
@@ -79,7 +86,6 @@ pub fn start(cfg: &AgentConfig, hub: &HubConfig, mux: &Mux) -> Result<HubLink> {
         },
     );
     let shutdown = CancellationToken::new();
-    let figures: Arc<dyn HeartbeatSource> = Arc::new(NoAlerts);
     let link = Link::spawn(
         LinkOptions {
             endpoint,
@@ -87,7 +93,7 @@ pub fn start(cfg: &AgentConfig, hub: &HubConfig, mux: &Mux) -> Result<HubLink> {
             agent_id,
             offered_version: hub.proto_version,
             labels: hub.labels.clone(),
-            plugins: Vec::new(),
+            plugins,
             connector,
             seed: None,
         },
@@ -123,9 +129,10 @@ struct AlertSend {
     event_time: Option<i64>,
 }
 
-/// Serves `alert.send` into the spool.
+/// Serves `alert.send` (into the same delivery as checks' events) and `checks.list`.
 pub struct AlertOps {
-    pub sink: Option<AlertSink>,
+    pub deliver: crate::alerting::Deliver,
+    pub checks: tether_checks::engine::CheckEngine,
 }
 
 impl AlertOps {
@@ -160,12 +167,6 @@ impl AlertOps {
                 "field `description`: longer than 64 KiB",
             ));
         }
-        let Some(sink) = &self.sink else {
-            return Err(ErrorBody::new(
-                Reason::BadRequest,
-                "this agent has no [hub] configured, so an alert has nowhere to go",
-            ));
-        };
         let key = p
             .key
             .filter(|k| !k.trim().is_empty())
@@ -178,23 +179,24 @@ impl AlertOps {
         });
         let mut attrs = p.attrs;
         attrs.insert("sent_by".into(), client.name.clone());
-        sink.send(AlertEvent {
-            event_time,
-            event_status: status,
-            alert_key: key.clone(),
-            labels: p.labels,
-            attrs,
-            description: p.description,
-            description_format: p.description_format.unwrap_or_default(),
-            seq: None,
-        });
+        self.deliver
+            .send(crate::alerting::Delivery::Manual(AlertEvent {
+                event_time,
+                event_status: status,
+                alert_key: key.clone(),
+                labels: p.labels,
+                attrs,
+                description: p.description,
+                description_format: p.description_format.unwrap_or_default(),
+                seq: None,
+            }));
         Ok(json!({"queued": true, "alert_key": key}))
     }
 }
 
 impl ExtensionOps for AlertOps {
     fn handles(&self, op: &str) -> bool {
-        op == "alert.send"
+        matches!(op, "alert.send" | "checks.list")
     }
 
     fn call<'a>(
@@ -202,6 +204,15 @@ impl ExtensionOps for AlertOps {
         client: &'a ClientInfo,
         request: &'a RawRequest,
     ) -> futures_util::future::BoxFuture<'a, Result<Value, ErrorBody>> {
-        Box::pin(async move { self.send(client, request) })
+        Box::pin(async move {
+            match request.op.as_str() {
+                "checks.list" => Ok(json!({
+                    "instances": self.checks.list(),
+                    "config_errors": self.checks.config_errors(),
+                    "active_alerts": self.checks.active_alerts(),
+                })),
+                _ => self.send(client, request),
+            }
+        })
     }
 }

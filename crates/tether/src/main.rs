@@ -1,6 +1,8 @@
 //! The `tether` command.
 
 mod agent;
+mod alerting;
+mod autodiag;
 mod client_cmds;
 mod config;
 mod hub_cmd;
