@@ -187,6 +187,30 @@ pub async fn list_agents(
     Ok(json!({ "agents": agents }))
 }
 
+/// `reports.list` / `GET /api/v1/reports`: diagnosis reports, newest first.
+pub async fn list_reports(
+    hub: &Hub,
+    agent_id: Option<String>,
+    limit: Option<usize>,
+) -> Result<Value, ErrorBody> {
+    let limit = limit.unwrap_or(50).clamp(1, 500);
+    let reports = hub
+        .store()
+        .run(move |s| s.list_reports(agent_id.as_deref(), limit))
+        .await
+        .map_err(|e| ErrorBody::new(Reason::Internal, e.to_string()))?;
+    Ok(json!({ "reports": reports }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReportsList {
+    #[serde(default)]
+    agent_id: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
 /// `alerts.list` / `GET /api/v1/alerts`.
 pub async fn list_alerts(hub: &Hub, q: &AlertsList) -> Result<Value, ErrorBody> {
     let filter = q.to_filter()?;
@@ -269,6 +293,10 @@ impl OperatorConn {
                     }
                     Err(e) => Err(e),
                 },
+                Err(e) => Err(bad(e.error.to_string())),
+            },
+            "reports.list" => match raw.params::<ReportsList>() {
+                Ok(p) => list_reports(hub, p.agent_id, p.limit).await,
                 Err(e) => Err(bad(e.error.to_string())),
             },
             "session.list" => match raw.params::<SessionsList>() {

@@ -31,6 +31,7 @@ pub fn router(hub: Hub) -> Router {
         .route("/api/v1/agents", get(rest_agents))
         .route("/api/v1/alerts", get(rest_alerts))
         .route("/api/v1/sessions/{id}/events", get(rest_events))
+        .route("/api/v1/reports", get(rest_reports))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics));
     crate::console::routes(api).with_state(hub)
@@ -163,6 +164,26 @@ async fn rest_events(
         }
         Err(e) => reply(Err(ErrorBody::new(Reason::Internal, e.to_string()))),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportsQuery {
+    token: Option<String>,
+    agent_id: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn rest_reports(
+    State(hub): State<Hub>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<ReportsQuery>,
+) -> Response {
+    if let Err(r) = authorize(&hub, &headers, q.token.clone(), peer) {
+        return r;
+    }
+    reply(crate::operators::list_reports(&hub, q.agent_id, q.limit).await)
 }
 
 async fn healthz(State(hub): State<Hub>) -> Response {

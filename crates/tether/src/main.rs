@@ -3,6 +3,7 @@
 mod agent;
 mod alerting;
 mod autodiag;
+mod checks_cmd;
 mod client_cmds;
 mod config;
 mod hub_cmd;
@@ -46,8 +47,8 @@ enum Command {
     /// Without --config it reads ~/.config/tether/hub.toml if present, else listens on
     /// 127.0.0.1:7800 with state under ~/.local/share/tether/hub.
     Hub {
-        /// Hub config file (TOML).
-        #[arg(long, env = "TETHER_HUB_CONFIG")]
+        /// Hub config file (TOML); also accepted after `token create|list|revoke`.
+        #[arg(long, env = "TETHER_HUB_CONFIG", global = true)]
         config: Option<PathBuf>,
         #[command(subcommand)]
         command: Option<HubCommand>,
@@ -130,6 +131,22 @@ enum Command {
         #[command(subcommand)]
         command: AlertCommand,
     },
+    /// Host checks: list the running agent's instances, or run a plugin once here.
+    Checks {
+        #[command(subcommand)]
+        command: ChecksCommand,
+    },
+    /// Recent alert events from this agent's local history (works with the agent stopped).
+    Alerts {
+        /// Agent config file (default ~/.config/tether/agent.toml).
+        #[arg(long, env = "TETHER_CONFIG")]
+        config: Option<PathBuf>,
+        /// How many, newest first.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the configured models.
     Models {
         #[command(subcommand)]
@@ -142,6 +159,27 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ChecksCommand {
+    /// Every check instance of the running agent: last status, last values, errors.
+    List {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one plugin's instances once, here and now, and print each value and what would
+    /// fire. Without a <plugin>.toml it runs the plugin's default instance (e.g. `disk` on
+    /// every real mount). Exit code: 0 all Ok, 1 a Warning, 2 a Critical.
+    Run {
+        /// cpu, mem, disk, load, procnum, tcp, http, filecheck, logfile, exec, systemd, uptime.
+        plugin: String,
+        /// Agent config file (its checks directory is used).
+        #[arg(long, env = "TETHER_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -344,6 +382,17 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             );
             Ok(std::process::ExitCode::SUCCESS)
         }
+        Command::Checks {
+            command: ChecksCommand::List { connect, json },
+        } => ok(checks_cmd::list(&connect, json).await),
+        Command::Checks {
+            command: ChecksCommand::Run { plugin, config },
+        } => checks_cmd::run(config.as_deref(), &plugin).await,
+        Command::Alerts {
+            config,
+            limit,
+            json,
+        } => ok(checks_cmd::alerts(config.as_deref(), limit, json)),
         Command::Models {
             command: ModelsCommand::Test { config, timeout },
         } => models::test(config.as_deref(), timeout).await,
