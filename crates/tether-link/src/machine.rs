@@ -586,16 +586,26 @@ mod tests {
         // The connection drops while a flush (started at registration) runs; the flush
         // reports afterwards.
         let mut v1 = registered(2, None);
-        v1.handle(Input::ConnectionLost { error: "cut".into() });
-        let out = v1.handle(Input::AlertsWritten { upto_seq: Some(300) });
-        assert!(out.contains(&Output::DeleteAlerts { upto_seq: 300 }), "{out:?}");
+        v1.handle(Input::ConnectionLost {
+            error: "cut".into(),
+        });
+        let out = v1.handle(Input::AlertsWritten {
+            upto_seq: Some(300),
+        });
+        assert!(
+            out.contains(&Output::DeleteAlerts { upto_seq: 300 }),
+            "{out:?}"
+        );
         // Nothing is flushed while the link is down ...
         assert!(!out.iter().any(|o| matches!(o, Output::SendAlerts { .. })));
         // ... and after the reconnect, sending resumes after what was written.
         v1.handle(Input::Timer(Timer::Reconnect));
         v1.handle(Input::Connected);
         let out = v1.handle(ack(true, None));
-        assert!(out.contains(&Output::SendAlerts { after_seq: 300 }), "{out:?}");
+        assert!(
+            out.contains(&Output::SendAlerts { after_seq: 300 }),
+            "{out:?}"
+        );
 
         // Shutdown during a flush: what was written still counts.
         let mut v1 = registered(2, None);
@@ -607,13 +617,23 @@ mod tests {
         // Version 2 keeps everything unacknowledged for the next connection.
         let mut v2 = registered(2, Some(2));
         v2.handle(Input::AlertsPending);
-        v2.handle(Input::ConnectionLost { error: "cut".into() });
-        let out = v2.handle(Input::AlertsWritten { upto_seq: Some(300) });
-        assert!(!out.iter().any(|o| matches!(o, Output::DeleteAlerts { .. })), "{out:?}");
+        v2.handle(Input::ConnectionLost {
+            error: "cut".into(),
+        });
+        let out = v2.handle(Input::AlertsWritten {
+            upto_seq: Some(300),
+        });
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::DeleteAlerts { .. })),
+            "{out:?}"
+        );
         v2.handle(Input::Timer(Timer::Reconnect));
         v2.handle(Input::Connected);
         let out = v2.handle(ack(true, Some(2)));
-        assert!(out.contains(&Output::SendAlerts { after_seq: 0 }), "{out:?}");
+        assert!(
+            out.contains(&Output::SendAlerts { after_seq: 0 }),
+            "{out:?}"
+        );
     }
 
     #[test]

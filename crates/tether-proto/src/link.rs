@@ -568,7 +568,10 @@ mod tests {
 
     #[test]
     fn alert_keys_are_stable_and_order_free() {
-        let a = BTreeMap::from([("a".to_owned(), "1".to_owned()), ("b".to_owned(), "2".to_owned())]);
+        let a = BTreeMap::from([
+            ("a".to_owned(), "1".to_owned()),
+            ("b".to_owned(), "2".to_owned()),
+        ]);
         // Fixed value: changing the hash would split every alert's history in two.
         assert_eq!(alert_key(&a), alert_key(&a.clone()));
         assert_eq!(alert_key(&BTreeMap::new()), "cbf29ce484222325");

@@ -208,14 +208,41 @@ async fn metrics(State(state): State<WsState>) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
     let m = state.mux.metrics();
     let sessions = state.mux.list_sessions().sessions;
-    let open = m.connections_opened.load(Relaxed).saturating_sub(m.connections_closed.load(Relaxed));
+    let open = m
+        .connections_opened
+        .load(Relaxed)
+        .saturating_sub(m.connections_closed.load(Relaxed));
     let mut text = crate::metrics::PromText::new();
-    text.gauge("tether_agent_sessions", "Sessions held (any state).", sessions.len() as f64)
-        .gauge("tether_agent_sessions_active", "Sessions with a turn running.", state.mux.active_sessions() as f64)
-        .gauge("tether_agent_clients_connected", "Client connections open now.", open as f64)
-        .counter("tether_agent_connections_total", "Client connections accepted.", m.connections_opened.load(Relaxed))
-        .counter("tether_agent_events_total", "Session events committed and broadcast.", m.events_published.load(Relaxed))
-        .counter("tether_agent_evictions_total", "Clients evicted for not keeping up.", m.evictions.load(Relaxed));
+    text.gauge(
+        "tether_agent_sessions",
+        "Sessions held (any state).",
+        sessions.len() as f64,
+    )
+    .gauge(
+        "tether_agent_sessions_active",
+        "Sessions with a turn running.",
+        state.mux.active_sessions() as f64,
+    )
+    .gauge(
+        "tether_agent_clients_connected",
+        "Client connections open now.",
+        open as f64,
+    )
+    .counter(
+        "tether_agent_connections_total",
+        "Client connections accepted.",
+        m.connections_opened.load(Relaxed),
+    )
+    .counter(
+        "tether_agent_events_total",
+        "Session events committed and broadcast.",
+        m.events_published.load(Relaxed),
+    )
+    .counter(
+        "tether_agent_evictions_total",
+        "Clients evicted for not keeping up.",
+        m.evictions.load(Relaxed),
+    );
     if let Some(extra) = &state.metrics {
         extra(&mut text);
     }
