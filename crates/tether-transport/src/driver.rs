@@ -62,6 +62,15 @@ impl Handler for Connection {
 /// The write half of a transport.
 pub trait FrameWriter: Send {
     fn write(&mut self, frame: Bytes) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Queues `frame` behind earlier ones; the next `flush` (or `write`) sends it. Writers
+    /// without a buffer of their own just write (the default).
+    fn feed(&mut self, frame: Bytes) -> impl Future<Output = std::io::Result<()>> + Send {
+        self.write(frame)
+    }
+    /// Sends what `feed` queued.
+    fn flush(&mut self) -> impl Future<Output = std::io::Result<()>> + Send {
+        async { Ok(()) }
+    }
     /// Sends the transport's close signal (a close frame; for lines, a flush and shutdown).
     fn close(&mut self, code: u16, reason: &str) -> impl Future<Output = ()> + Send;
 }
@@ -94,6 +103,9 @@ pub async fn drive<S, W>(
     let outbound = conn.outbound().clone();
     let write_loop = async {
         let mut burst = 0;
+        // Frames fed since the last flush: they go out (one write for many frames) as soon as
+        // the queue has nothing ready, and at least every READY_BURST frames.
+        let mut unflushed = false;
         loop {
             let ready = if burst < READY_BURST {
                 rx.try_next()
@@ -107,6 +119,23 @@ pub async fn drive<S, W>(
                 }
                 None => {
                     burst = 0;
+                    if std::mem::take(&mut unflushed) {
+                        let flush = writer.flush();
+                        tokio::pin!(flush);
+                        let flushed = tokio::select! {
+                            biased;
+                            r = &mut flush => r,
+                            _ = outbound.evicted() => {
+                                match tokio::time::timeout(CLOSE_GRACE, &mut flush).await {
+                                    Ok(r) => r,
+                                    Err(_) => return EVICTED,
+                                }
+                            }
+                        };
+                        if flushed.is_err() {
+                            return PEER_CLOSED;
+                        }
+                    }
                     tokio::select! {
                         biased;
                         _ = closing.cancelled() => {
@@ -120,7 +149,8 @@ pub async fn drive<S, W>(
             };
             match next {
                 Next::Frame(frame) => {
-                    let write = writer.write(frame);
+                    unflushed = true;
+                    let write = writer.feed(frame);
                     tokio::pin!(write);
                     // The write is polled first: when the socket takes the frame at once, the
                     // eviction wait is never armed.
@@ -148,7 +178,10 @@ pub async fn drive<S, W>(
                     let _ = tokio::time::timeout(CLOSE_GRACE, writer.close(1008, "evicted")).await;
                     return EVICTED;
                 }
-                Next::Closed => return PEER_CLOSED,
+                Next::Closed => {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, writer.flush()).await;
+                    return PEER_CLOSED;
+                }
             }
         }
     };

@@ -50,6 +50,14 @@ pub async fn serve_http(
     router: axum::Router,
     closing: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Writers batch frames and flush when their queue runs dry, so Nagle has nothing left to
+    // coalesce; with it on, a flush can wait for the peer's delayed ACK (40 ms on Linux).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),

@@ -177,6 +177,18 @@ impl FrameWriter for WsWriter {
             .map_err(std::io::Error::other)
     }
 
+    async fn feed(&mut self, frame: Bytes) -> std::io::Result<()> {
+        let text = Utf8Bytes::try_from(frame).map_err(std::io::Error::other)?;
+        self.0
+            .feed(Message::Text(text))
+            .await
+            .map_err(std::io::Error::other)
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().await.map_err(std::io::Error::other)
+    }
+
     async fn close(&mut self, code: u16, reason: &str) {
         let _ = self
             .0
