@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# Measures the footprint of a real `tether agent` linked to a hub: median resident memory and
-# CPU use over a run.
+# Measures the footprint of a real `tether agent` linked to a real `tether hub`: median
+# resident memory and CPU use over a run.
 #
-#   scripts/footprint.sh            # 5 minutes
-#   scripts/footprint.sh 60         # 1 minute
+#   scripts/footprint.sh                      # 5 minutes, link only
+#   scripts/footprint.sh 60                   # 1 minute
+#   FOOTPRINT_CHECKS=20 scripts/footprint.sh  # plus 20 check instances at a 30 s interval
 #   FOOTPRINT_INTERVAL=2 FOOTPRINT_PROTO=1 scripts/footprint.sh 300
 #
-# It builds (release) the `tether` binary and the stand-in hub
-# `crates/tether-link/examples/test_hub.rs` (the acceptance tests' test hub: acks register,
-# acks alerts, pings every 30 s), starts the hub on a free loopback port, starts
-# `target/release/tether agent` with a [hub] section pointing at it (plaintext ws:// on
-# loopback, listener off, a throwaway state directory), waits for the registration, then
-# samples the agent every FOOTPRINT_INTERVAL seconds (default 1):
+# It builds `tether` (release), starts a hub on a free loopback port with a shared
+# enrollment token, starts an agent linked to it (plaintext ws:// on loopback, listener off, a
+# throwaway state directory; with FOOTPRINT_CHECKS=N, N check instances of several plugins
+# in its conf.d), waits for the registration, then samples the agent every
+# FOOTPRINT_INTERVAL seconds (default 1):
 #   RSS  from /proc/PID/status (VmRSS)
 #   CPU  from /proc/PID/stat (utime + stime, in clock ticks) — per interval, and overall.
 # It prints the median and maximum RSS, the median per-interval CPU %, and the average CPU %
@@ -22,11 +22,11 @@ cd "$(dirname "$0")/.."
 duration="${1:-300}"
 interval="${FOOTPRINT_INTERVAL:-1}"
 proto="${FOOTPRINT_PROTO:-2}"
+checks="${FOOTPRINT_CHECKS:-0}"
 [[ "$duration" =~ ^[0-9]+$ && "$duration" -ge 1 ]] || { echo "usage: scripts/footprint.sh [seconds]" >&2; exit 2; }
 
-echo "==> building (release): tether, test_hub"
+echo "==> building (release): tether"
 cargo build --release -p tether --bin tether
-cargo build --release -p tether-link --example test_hub
 
 work="$(mktemp -d)"
 hub_pid=""
@@ -38,37 +38,74 @@ cleanup() {
 }
 trap cleanup EXIT
 
-target/release/examples/test_hub --listen 127.0.0.1:0 --version "$proto" --ping-every 30 \
-    >"$work/hub.out" 2>&1 &
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+enroll="footprint-enrollment-token"
+cat >"$work/hub.toml" <<TOML
+listen = "127.0.0.1:$port"
+state_dir = "$work/hub"
+enrollment_token = "$enroll"
+TOML
+TETHER_LOG=warn target/release/tether hub --config "$work/hub.toml" >"$work/hub.log" 2>&1 &
 hub_pid=$!
-url=""
 for _ in $(seq 100); do
-    url="$(grep -m1 -o 'ws://[0-9.:]*' "$work/hub.out" || true)"
-    [[ -n "$url" ]] && break
+    curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
     sleep 0.1
 done
-[[ -n "$url" ]] || { echo "the test hub did not start:" >&2; cat "$work/hub.out" >&2; exit 1; }
+curl -sf "http://127.0.0.1:$port/healthz" >/dev/null || { echo "the hub did not start:" >&2; cat "$work/hub.log" >&2; exit 1; }
+
+mkdir -p "$work/conf.d"
+if (( checks > 0 )); then
+    # A realistic mix, every instance at 30 s: system figures, the root file system, files,
+    # a log, a port, a process, a script.
+    touch "$work/watched.log" "$work/marker"
+    plugins=(cpu mem load uptime disk disk filecheck filecheck tcp procnum logfile exec)
+    declare -A count=()
+    for ((i = 0; i < checks; i++)); do
+        p="${plugins[$((i % ${#plugins[@]}))]}"
+        count[$p]=$(( ${count[$p]:-0} + 1 ))
+    done
+    for p in "${!count[@]}"; do
+        f="$work/conf.d/$p.toml"
+        echo 'interval = "30s"' >"$f"
+        for ((n = 0; n < count[$p]; n++)); do
+            echo "[[instances]]" >>"$f"
+            echo "name = \"$p-$n\"" >>"$f"
+            case "$p" in
+                disk) echo 'mounts = ["/"]' >>"$f" ;;
+                filecheck) echo "path = \"$work/marker\"" >>"$f" ;;
+                tcp) echo "target = \"127.0.0.1:$port\"" >>"$f" ;;
+                procnum) echo 'process = "tether"' >>"$f" ;;
+                logfile) echo "path = \"$work/watched.log\"" >>"$f"; echo 'pattern = "ERROR"' >>"$f" ;;
+                exec) echo 'command = "/bin/true"' >>"$f" ;;
+            esac
+        done
+    done
+fi
 
 cat >"$work/agent.toml" <<TOML
 listen = "off"
 state_dir = "$work/state"
+checks_dir = "$work/conf.d"
 
 [hub]
-url = "$url"
-token = "footprint-token"
+url = "ws://127.0.0.1:$port"
+token = "$enroll"
 allow_plaintext = true
 proto_version = $proto
 TOML
 
-target/release/tether agent --config "$work/agent.toml" >"$work/agent.log" 2>&1 &
+TETHER_LOG=info target/release/tether agent --config "$work/agent.toml" >"$work/agent.log" 2>&1 &
 agent_pid=$!
 for _ in $(seq 200); do
-    grep -q '^registered' "$work/hub.out" && break
+    grep -q 'hub link: registered' "$work/agent.log" && break
     kill -0 "$agent_pid" 2>/dev/null || { echo "the agent exited:" >&2; cat "$work/agent.log" >&2; exit 1; }
     sleep 0.1
 done
-grep -q '^registered' "$work/hub.out" || { echo "the agent did not register:" >&2; cat "$work/agent.log" >&2; exit 1; }
-echo "==> agent $agent_pid registered with $url (protocol v$proto); sampling every ${interval}s for ${duration}s"
+grep -q 'hub link: registered' "$work/agent.log" || { echo "the agent did not register:" >&2; cat "$work/agent.log" >&2; exit 1; }
+if grep -q 'checks config' "$work/agent.log"; then
+    echo "check config errors:" >&2; grep 'checks config' "$work/agent.log" >&2; exit 1
+fi
+echo "==> agent $agent_pid registered with ws://127.0.0.1:$port (protocol v$proto, $checks check instances); sampling every ${interval}s for ${duration}s"
 
 ticks_per_sec="$(getconf CLK_TCK)"
 cpu_ticks() { sed 's/.*) //' "/proc/$agent_pid/stat" | awk '{print $12 + $13}'; }
@@ -105,7 +142,7 @@ cpu_median="$(median "${cpu_samples[@]}")"
 cpu_avg="$(awk -v d="$total_ticks" -v hz="$ticks_per_sec" -v dt="$elapsed" 'BEGIN{printf "%.3f", (d / hz) / dt * 100}')"
 
 echo
-echo "tether agent footprint over ${elapsed%.*} s (${#rss_samples[@]} samples, linked to a hub, protocol v$proto)"
+echo "tether agent footprint over ${elapsed%.*} s (${#rss_samples[@]} samples, linked to a hub, protocol v$proto, $checks check instances at 30 s)"
 awk -v m="$rss_median" -v x="$rss_max" 'BEGIN{printf "  RSS  median %.1f MiB   max %.1f MiB\n", m/1024, x/1024}'
 echo "  CPU  median ${cpu_median} % per ${interval}s interval   average ${cpu_avg} % (${total_ticks} ticks at ${ticks_per_sec} Hz)"
-echo "  hub: $(grep -c '^registered' "$work/hub.out") registration(s)"
+echo "  hub link registrations: $(grep -c 'hub link: registered' "$work/agent.log")"

@@ -346,3 +346,32 @@ fn the_core_plugins_load_with_their_defaults_and_reject_unknown_keys() {
         "{e}"
     );
 }
+
+/// The common keys are taken out before a plugin sees its settings, so a plugin setting with
+/// a common key's name (procnum once had `name`) could never be set from a file. This parses
+/// a named instance of the real procnum plugin to keep it that way.
+#[test]
+fn a_named_procnum_instance_keeps_its_process_setting() {
+    let procnum = tether_checks::plugins::find("procnum").expect("procnum is a core plugin");
+    let text = "[[instances]]\nname = \"web\"\nprocess = \"nginx\"\nmax = 8\n";
+    let specs = parse_file(Path::new("conf.d/procnum.toml"), text, procnum.as_ref())
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(specs.len(), 1);
+    assert_eq!(specs[0].name.as_deref(), Some("web"));
+    assert_eq!(
+        specs[0].settings.get("process").and_then(|v| v.as_str()),
+        Some("nginx")
+    );
+
+    // `name` alone is the instance's name, not a process to look for.
+    let err = parse_file(
+        Path::new("conf.d/procnum.toml"),
+        "[[instances]]\nname = \"nginx\"\n",
+        procnum.as_ref(),
+    )
+    .expect_err("no process or pattern");
+    assert!(
+        err.iter().any(|e| e.to_string().contains("`process`")),
+        "{err:?}"
+    );
+}

@@ -68,7 +68,7 @@ async fn tcp_port_closed_then_opened() {
     let addr = listener.local_addr().expect("addr");
     drop(listener);
     let target = addr.to_string();
-    let check = build("tcp", json!({"target": target, "timeout": "3s"}));
+    let check = build("tcp", json!({"target": target}));
 
     let ms = run(check.as_ref()).await;
     let connect = find(&ms, "connect");
@@ -115,7 +115,8 @@ fn tcp_targets_are_validated() {
     }
     assert!(try_build("tcp", json!({"target": "[::1]:22"})).is_ok());
     assert!(try_build("tcp", json!({})).is_err());
-    assert!(try_build("tcp", json!({"target": "a:1", "timeout": "0s"})).is_err());
+    // The connect timeout is the instance's common `timeout`, not a plugin setting.
+    assert!(try_build("tcp", json!({"target": "a:1", "timeout": "3s"})).is_err());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -219,11 +220,15 @@ async fn http_timeout_is_critical() {
             conns.push(c);
         }
     });
-    let check = build(
-        "http",
-        json!({"url": format!("http://{addr}/"), "timeout": "200ms"}),
-    );
-    let ms = run(check.as_ref()).await;
+    let check = build("http", json!({"url": format!("http://{addr}/")}));
+    // A run timeout of 200 ms: the request gets 180 ms and its verdict beats the deadline.
+    let ms = check
+        .run(CheckContext {
+            cancel: CancellationToken::new(),
+            timeout: Duration::from_millis(200),
+        })
+        .await
+        .expect("a timeout is a verdict, not a run error");
     assert_eq!(status(find(&ms, "status")), Status::Critical, "{ms:#?}");
     held.abort();
 }

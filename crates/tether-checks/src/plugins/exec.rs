@@ -4,9 +4,11 @@
 //! * `command` (required) — the program (a path, or a name looked up in `PATH`). It is run
 //!   directly, not through a shell.
 //! * `args` — its arguments (a list of strings).
-//! * `timeout` — how long it may run (default `30s`; never longer than the run's timeout).
-//!   On timeout or cancellation its whole process group is killed and the run fails.
 //! * `env` — extra environment variables (`env = { LANG = "C" }`).
+//!
+//! It may run for nine tenths of the instance's `timeout` (the common key, default `10s`;
+//! raise it for slow scripts). On timeout or cancellation its whole process group is killed
+//! and the run fails.
 //!
 //! The command's stdin is empty; the first 64 KiB of its stdout and stderr are kept. It is
 //! finished when it has exited and closed its output (a background process that keeps
@@ -36,7 +38,7 @@
 //! | `status`          | command line |      | (Status) from the exit code        |
 //! | from JSON `check` | JSON `target`| JSON | JSON `thresholds`                  |
 
-use super::{CANCELLED, Settings, clip};
+use super::{CANCELLED, Settings, clip, work_budget};
 use crate::plugin::{Check, CheckContext, Measurement, Plugin, Status, Thresholds, Value};
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
@@ -46,9 +48,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-const KEYS: &[&str] = &["command", "args", "timeout", "env"];
-
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+const KEYS: &[&str] = &["command", "args", "env"];
 
 /// Most bytes of stdout (and of stderr) kept; the rest is read and dropped.
 pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
@@ -86,7 +86,6 @@ impl Plugin for ExecPlugin {
             command,
             args,
             env,
-            timeout: s.timeout("timeout", DEFAULT_TIMEOUT)?,
         }))
     }
 
@@ -101,7 +100,6 @@ struct ExecCheck {
     command: String,
     args: Vec<String>,
     env: BTreeMap<String, String>,
-    timeout: Duration,
 }
 
 /// Sends SIGKILL to the process group `pgid` (the child made it with `process_group(0)`).
@@ -341,7 +339,7 @@ impl Check for ExecCheck {
                 .map_err(|e| format!("cannot run `{}`: {e}", self.command))?;
             let mut guard = GroupGuard { pgid: child.id() };
             let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-            let limit = self.timeout.min(ctx.timeout);
+            let limit = work_budget(ctx.timeout);
             let finished = {
                 let work =
                     async { tokio::join!(read_capped(stdout), read_capped(stderr), child.wait()) };

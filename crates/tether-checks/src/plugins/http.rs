@@ -7,7 +7,6 @@
 //! * `expect_status` — the statuses that are fine: numbers (`200`) and classes (`"2xx"`), as
 //!   a list or a single value. Default `["2xx", "3xx"]` (redirects are not followed).
 //! * `body_contains` — text the body must contain (GET only; the first 1 MiB is searched).
-//! * `timeout` — for the whole request (default `10s`; never longer than the run's timeout).
 //! * `tls_verify` — verify the server's certificate (default true).
 //! * `ca_file` — PEM file of extra trusted CA certificates (added to the system's).
 //!
@@ -18,12 +17,15 @@
 //! | `body_match`       | `url`  |        | (Status) Critical when the body lacks `body_contains` |
 //! | `cert_expiry_days` | `url`  | `days` | warn_lt 14, critical_lt 3 (https only)          |
 //!
+//! The request (and the certificate probe) get nine tenths of the instance's `timeout` (the
+//! common key, default `10s`); no complete answer by then is a Critical `status`.
+//!
 //! The request ignores proxy settings (it checks the server itself). `cert_expiry_days`
 //! comes from a separate TLS handshake that records the server's certificate without judging
 //! it, so it is reported even when `tls_verify` fails the request (an expired certificate
 //! shows as a negative number of days).
 
-use super::{CANCELLED, Settings, clip, millis, number, round2, verdict};
+use super::{CANCELLED, Settings, clip, millis, number, round2, verdict, work_budget};
 use crate::plugin::{Check, CheckContext, Measurement, Plugin, Status, Thresholds};
 use futures_util::future::BoxFuture;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -38,12 +40,9 @@ const KEYS: &[&str] = &[
     "method",
     "expect_status",
     "body_contains",
-    "timeout",
     "tls_verify",
     "ca_file",
 ];
-
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most body bytes searched for `body_contains`.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -163,7 +162,6 @@ impl Plugin for HttpPlugin {
                 "`body_contains` needs `method = \"GET\"` (a HEAD response has no body)".into(),
             );
         }
-        let timeout = s.timeout("timeout", DEFAULT_TIMEOUT)?;
         let tls_verify = s.bool("tls_verify")?.unwrap_or(true);
 
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -171,7 +169,6 @@ impl Plugin for HttpPlugin {
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .user_agent(concat!("tether-checks/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(timeout)
             .tls_danger_accept_invalid_certs(!tls_verify);
         if let Some(path) = s.string("ca_file")? {
             let pem =
@@ -199,7 +196,6 @@ impl Plugin for HttpPlugin {
             method,
             expect: expect_status(&s)?,
             body_contains,
-            timeout,
             client,
             cert_probe,
         }))
@@ -234,7 +230,6 @@ struct HttpCheck {
     method: reqwest::Method,
     expect: Vec<StatusPattern>,
     body_contains: Option<String>,
-    timeout: Duration,
     client: reqwest::Client,
     cert_probe: Option<CertProbe>,
 }
@@ -444,7 +439,7 @@ pub fn expiry_measurement(target: &str, not_after: i64, now: i64) -> Measurement
 impl Check for HttpCheck {
     fn run<'a>(&'a self, ctx: CheckContext) -> BoxFuture<'a, Result<Vec<Measurement>, String>> {
         Box::pin(async move {
-            let timeout = self.timeout.min(ctx.timeout);
+            let timeout = work_budget(ctx.timeout);
             let request = async {
                 match tokio::time::timeout(timeout, self.request()).await {
                     Ok(o) => o,

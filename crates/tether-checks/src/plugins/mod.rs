@@ -63,6 +63,15 @@ pub fn find(name: &str) -> Option<Arc<dyn Plugin>> {
 /// The error text of a run stopped by its context's cancellation token.
 pub const CANCELLED: &str = "cancelled";
 
+/// How long a plugin's own network or process work may take within a run bounded by
+/// `run_timeout` (the instance's common `timeout`): nine tenths of it, so the plugin's
+/// verdict ("no answer within 9s" is a Critical measurement) lands before the engine's outer
+/// deadline would turn the run into a check error. Plugins take no `timeout` key of their
+/// own: the common key is removed before `build()` sees the settings.
+pub(crate) fn work_budget(run_timeout: Duration) -> Duration {
+    run_timeout.mul_f64(0.9)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Settings
 // ---------------------------------------------------------------------------------------------
@@ -250,15 +259,6 @@ impl<'a> Settings<'a> {
             }
         };
         Ok(Some(d))
-    }
-
-    /// A positive duration (a timeout).
-    pub(crate) fn timeout(&self, key: &str, default: Duration) -> Result<Duration, String> {
-        let d = self.duration(key)?.unwrap_or(default);
-        if d.is_zero() {
-            return Err(format!("`{key}` must be longer than zero"));
-        }
-        Ok(d)
     }
 
     /// A byte size: an integer, or a string such as `"10 MiB"`.

@@ -1,15 +1,17 @@
 //! `procnum`: how many processes match a name or a command-line pattern.
 //!
-//! Settings (one of `pattern` and `name` is required):
+//! Settings (one of `pattern` and `process` is required):
 //! * `pattern` — a substring of the command line (arguments joined by spaces).
-//! * `name` — the exact process name: the kernel's command name (`comm`, e.g. `sshd`) or the
+//! * `process` — the exact process name: the kernel's command name (`comm`, e.g. `sshd`) or the
 //!   file name of the program the command line starts with.
 //! * `min` — fewest processes expected (default 1): fewer is Critical.
 //! * `max` — most processes expected (no default): more is Critical.
 //!
 //! | check   | target                | unit    | default thresholds                         |
 //! |---------|-----------------------|---------|--------------------------------------------|
-//! | `count` | the pattern or name   | `count` | critical_lt `min` (1), critical_gt `max`   |
+//! | `count` | the pattern or process| `count` | critical_lt `min` (1), critical_gt `max`   |
+//!
+//! (The key is `process`, not `name`: `name` is every instance's own display name.)
 //!
 //! Zombie processes are not counted. Every process the agent can see counts, including the
 //! agent itself (a `pattern` that appears in the agent's own command line matches it).
@@ -19,7 +21,7 @@ use crate::plugin::{Check, CheckContext, Measurement, Plugin, Thresholds};
 use futures_util::future::BoxFuture;
 use tether_engine::host;
 
-const KEYS: &[&str] = &["pattern", "name", "min", "max"];
+const KEYS: &[&str] = &["pattern", "process", "min", "max"];
 
 /// Most pids named in a description.
 const SHOWN_PIDS: usize = 10;
@@ -43,21 +45,21 @@ impl Plugin for ProcnumPlugin {
 
     fn build(&self, settings: &toml::Table) -> Result<Box<dyn Check>, String> {
         let s = Settings::new(self.name(), settings, KEYS)?;
-        let matcher = match (s.has("pattern"), s.has("name")) {
-            (true, true) => return Err("give either `pattern` or `name`, not both".into()),
+        let matcher = match (s.has("pattern"), s.has("process")) {
+            (true, true) => return Err("give either `pattern` or `process`, not both".into()),
             (false, false) => {
                 return Err(
-                    "`pattern` (a command-line substring) or `name` (the process \
+                    "`pattern` (a command-line substring) or `process` (the process \
                     name) is required"
                         .into(),
                 );
             }
             (true, false) => Matcher::Pattern(s.required_string("pattern")?),
             (false, true) => {
-                let name = s.required_string("name")?;
+                let name = s.required_string("process")?;
                 if name.contains('/') {
                     return Err(format!(
-                        "`name`: `{name}` contains a `/`; give the program's file name, or use \
+                        "`process`: `{name}` contains a `/`; give the program's file name, or use \
                          `pattern`"
                     ));
                 }
@@ -74,7 +76,7 @@ impl Plugin for ProcnumPlugin {
         Ok(Box::new(ProcnumCheck { matcher, min, max }))
     }
 
-    /// None: a process count needs a name.
+    /// None: a process count needs a process name or pattern.
     fn default_instances(&self) -> Vec<toml::Table> {
         Vec::new()
     }

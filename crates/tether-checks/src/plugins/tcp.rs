@@ -2,8 +2,9 @@
 //!
 //! Settings:
 //! * `target` (required) — `host:port`, `1.2.3.4:port` or `[v6::addr]:port`.
-//! * `timeout` — for resolving and connecting together (default `5s`; never longer than
-//!   the run's own timeout).
+//!
+//! Resolving and connecting together get nine tenths of the instance's `timeout` (the common
+//! key, default `10s`); no connection by then is a Critical `connect`.
 //!
 //! | check        | target   | unit | default thresholds                               |
 //! |--------------|----------|------|--------------------------------------------------|
@@ -13,15 +14,13 @@
 //! Each address the name resolves to is tried in turn until one accepts. The connection is
 //! closed at once; nothing is sent.
 
-use super::{CANCELLED, Settings, millis, number, verdict};
+use super::{CANCELLED, Settings, millis, number, verdict, work_budget};
 use crate::plugin::{Check, CheckContext, Measurement, Plugin, Status, Thresholds};
 use futures_util::future::BoxFuture;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-const KEYS: &[&str] = &["target", "timeout"];
-
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+const KEYS: &[&str] = &["target"];
 
 pub struct TcpPlugin;
 
@@ -38,12 +37,7 @@ impl Plugin for TcpPlugin {
         let s = Settings::new(self.name(), settings, KEYS)?;
         let target = s.required_string("target")?;
         let (host, port) = split_host_port(&target).map_err(|e| format!("`target`: {e}"))?;
-        Ok(Box::new(TcpCheck {
-            target,
-            host,
-            port,
-            timeout: s.timeout("timeout", DEFAULT_TIMEOUT)?,
-        }))
+        Ok(Box::new(TcpCheck { target, host, port }))
     }
 
     /// None: a connection needs a target.
@@ -139,13 +133,12 @@ struct TcpCheck {
     target: String,
     host: String,
     port: u16,
-    timeout: Duration,
 }
 
 impl Check for TcpCheck {
     fn run<'a>(&'a self, ctx: CheckContext) -> BoxFuture<'a, Result<Vec<Measurement>, String>> {
         Box::pin(async move {
-            let timeout = self.timeout.min(ctx.timeout);
+            let timeout = work_budget(ctx.timeout);
             let result = tokio::select! {
                 r = connect(&self.host, self.port, timeout) => r,
                 _ = ctx.cancel.cancelled() => return Err(CANCELLED.into()),
