@@ -6,8 +6,9 @@
 #   scripts/footprint.sh 60                   # 1 minute
 #   FOOTPRINT_CHECKS=20 scripts/footprint.sh  # plus 20 check instances at a 30 s interval
 #   FOOTPRINT_INTERVAL=2 FOOTPRINT_PROTO=1 scripts/footprint.sh 300
+#   FOOTPRINT_PROFILE=release scripts/footprint.sh   # the day-to-day build instead
 #
-# It builds `tether` (release), starts a hub on a free loopback port with a shared
+# It builds `tether` with the `dist` profile (what to deploy: LTO; see Cargo.toml), starts a hub on a free loopback port with a shared
 # enrollment token, starts an agent linked to it (plaintext ws:// on loopback, listener off, a
 # throwaway state directory; with FOOTPRINT_CHECKS=N, N check instances of several plugins
 # in its conf.d), waits for the registration, then samples the agent every
@@ -23,10 +24,13 @@ duration="${1:-300}"
 interval="${FOOTPRINT_INTERVAL:-1}"
 proto="${FOOTPRINT_PROTO:-2}"
 checks="${FOOTPRINT_CHECKS:-0}"
+profile="${FOOTPRINT_PROFILE:-dist}"
 [[ "$duration" =~ ^[0-9]+$ && "$duration" -ge 1 ]] || { echo "usage: scripts/footprint.sh [seconds]" >&2; exit 2; }
 
-echo "==> building (release): tether"
-cargo build --release -p tether --bin tether
+echo "==> building (profile $profile): tether"
+cargo build --profile "$profile" -p tether --bin tether
+tether="target/$profile/tether"
+[[ "$profile" == dev ]] && tether="target/debug/tether"
 
 work="$(mktemp -d)"
 hub_pid=""
@@ -45,7 +49,7 @@ listen = "127.0.0.1:$port"
 state_dir = "$work/hub"
 enrollment_token = "$enroll"
 TOML
-TETHER_LOG=warn target/release/tether hub --config "$work/hub.toml" >"$work/hub.log" 2>&1 &
+TETHER_LOG=warn "$tether" hub --config "$work/hub.toml" >"$work/hub.log" 2>&1 &
 hub_pid=$!
 for _ in $(seq 100); do
     curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
@@ -94,7 +98,7 @@ allow_plaintext = true
 proto_version = $proto
 TOML
 
-TETHER_LOG=info target/release/tether agent --config "$work/agent.toml" >"$work/agent.log" 2>&1 &
+TETHER_LOG=info "$tether" agent --config "$work/agent.toml" >"$work/agent.log" 2>&1 &
 agent_pid=$!
 for _ in $(seq 200); do
     grep -q 'hub link: registered' "$work/agent.log" && break
@@ -142,7 +146,7 @@ cpu_median="$(median "${cpu_samples[@]}")"
 cpu_avg="$(awk -v d="$total_ticks" -v hz="$ticks_per_sec" -v dt="$elapsed" 'BEGIN{printf "%.3f", (d / hz) / dt * 100}')"
 
 echo
-echo "tether agent footprint over ${elapsed%.*} s (${#rss_samples[@]} samples, linked to a hub, protocol v$proto, $checks check instances at 30 s)"
+echo "tether agent ($profile build) footprint over ${elapsed%.*} s (${#rss_samples[@]} samples, linked to a hub, protocol v$proto, $checks check instances at 30 s)"
 awk -v m="$rss_median" -v x="$rss_max" 'BEGIN{printf "  RSS  median %.1f MiB   max %.1f MiB\n", m/1024, x/1024}'
 echo "  CPU  median ${cpu_median} % per ${interval}s interval   average ${cpu_avg} % (${total_ticks} ticks at ${ticks_per_sec} Hz)"
 echo "  hub link registrations: $(grep -c 'hub link: registered' "$work/agent.log")"

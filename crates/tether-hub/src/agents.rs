@@ -294,12 +294,15 @@ async fn serve_agent(
     });
     if let Some(old) = hub.register_agent(conn.clone()) {
         tracing::info!(agent = %agent_id, "agent connected again; replacing its previous connection");
-        old.disconnect("replaced by a newer connection of the same agent", 5)
-            .await;
+        // Boxed, like every large future awaited here: see the reader loop.
+        Box::pin(old.disconnect("replaced by a newer connection of the same agent", 5)).await;
     }
     hub.metrics().registrations.fetch_add(1, Ordering::Relaxed);
     hub.publish(HubEvent::Agent(record));
     tracing::info!(agent = %agent_id, host = %reg.hostname, proto, "agent registered");
+    // From here on only the hostname is needed (`conn.hostname`); free the rest of the
+    // register payload (labels, plugins, …) rather than hold it for the connection's life.
+    drop(reg);
 
     // Writer: queued frames, and a ping every ping_interval.
     let ping_every = hub.config().ping_interval;
@@ -369,7 +372,11 @@ async fn serve_agent(
             continue;
         }
         match LinkFrame::decode(text.as_str()) {
-            Ok(frame) => on_frame(&hub, &conn, &reg.hostname, frame).await,
+            // Boxed: this task lives as long as the connection, and its size is that of its
+            // largest await point. Inline, `on_frame` (over 2 KiB) would make every idle
+            // agent's task that much bigger; boxed, it costs one short-lived allocation per
+            // frame.
+            Ok(frame) => Box::pin(on_frame(&hub, &conn, &conn.hostname, frame)).await,
             Err(e) => tracing::warn!(agent = %agent_id, error = %e, "ignored a bad frame"),
         }
     };
@@ -393,9 +400,7 @@ async fn serve_agent(
         }
     }
     // Whether it went away or was replaced, the sessions this connection ran are over.
-    hub.relay()
-        .agent_gone(&agent_id, conn.conn_id, &reason)
-        .await;
+    Box::pin(hub.relay().agent_gone(&agent_id, conn.conn_id, &reason)).await;
     tracing::info!(agent = %agent_id, reason = %reason, "agent disconnected");
 }
 

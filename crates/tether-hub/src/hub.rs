@@ -258,21 +258,26 @@ impl Hub {
     /// Pushes an `agent` or `alert` control frame to every matching subscriber; a subscriber
     /// whose queue is full is evicted (its connection closes), never waited for.
     pub fn publish(&self, event: HubEvent) {
+        let wants = |s: &Sub| match (&s.kind, &event) {
+            (SubKind::Agents, HubEvent::Agent(_)) => true,
+            (SubKind::Alerts(f), HubEvent::Alert(a)) => f.matches(a),
+            _ => false,
+        };
+        let Ok(mut subs) = self.inner.subs.lock() else {
+            return;
+        };
+        // Encoded only when someone wants it: an alert storm with no console open costs no
+        // JSON.
+        if !subs.iter().any(wants) {
+            return;
+        }
         let frame = match &event {
             HubEvent::Agent(a) => json!({"event": "agent", "agent": a}),
             HubEvent::Alert(a) => json!({"event": "alert", "alert": a}),
         };
         let bytes = Bytes::from(frame.to_string());
-        let Ok(mut subs) = self.inner.subs.lock() else {
-            return;
-        };
         subs.retain(|s| {
-            let wanted = match (&s.kind, &event) {
-                (SubKind::Agents, HubEvent::Agent(_)) => true,
-                (SubKind::Alerts(f), HubEvent::Alert(a)) => f.matches(a),
-                _ => false,
-            };
-            if !wanted {
+            if !wants(s) {
                 return true;
             }
             let ok = s.outbound.push_frame(bytes.clone());

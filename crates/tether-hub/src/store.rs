@@ -812,15 +812,25 @@ impl Store for SqliteStore {
     }
 }
 
-/// The store as the async hub uses it: every call runs on the blocking pool.
+/// How many store calls may be on the blocking pool at once. The SQLite store has one
+/// connection, so more only park threads on its lock: in an alert storm from 10 000 agents,
+/// unbounded calls grew the blocking pool to its 512-thread limit and the hub's RSS with it.
+const STORE_CALLS_IN_FLIGHT: usize = 2;
+
+/// The store as the async hub uses it: every call runs on the blocking pool, a bounded
+/// number at a time (the rest wait as tasks, not threads).
 #[derive(Clone)]
 pub struct HubStore {
     inner: Arc<dyn Store>,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl HubStore {
     pub fn new(store: Arc<dyn Store>) -> HubStore {
-        HubStore { inner: store }
+        HubStore {
+            inner: store,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(STORE_CALLS_IN_FLIGHT)),
+        }
     }
 
     /// Runs `f` against the store off the async workers.
@@ -828,10 +838,19 @@ impl HubStore {
         &self,
         f: impl FnOnce(&dyn Store) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
-        let store = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(store.as_ref()))
+        let permit = self
+            .in_flight
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(|e| StoreError(format!("store task failed: {e}")))?
+            .map_err(|_| StoreError("the store is closed".into()))?;
+        let store = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f(store.as_ref())
+        })
+        .await
+        .map_err(|e| StoreError(format!("store task failed: {e}")))?
     }
 
     /// Direct access for start-up and CLI code (blocking).
