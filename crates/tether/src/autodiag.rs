@@ -150,11 +150,11 @@ impl AutoDiagnosis {
             return;
         }
         let target_key = format!("{plugin}::{target}");
-        if let Some(until) = st.cooldown.get(&target_key) {
-            if *until > tokio::time::Instant::now() {
-                tracing::info!(target = %target_key, "automatic diagnosis skipped: target in cooldown");
-                return;
-            }
+        if let Some(until) = st.cooldown.get(&target_key)
+            && *until > tokio::time::Instant::now()
+        {
+            tracing::info!(target = %target_key, "automatic diagnosis skipped: target in cooldown");
+            return;
         }
         let first = !st.windows.contains_key(&target_key);
         st.windows.entry(target_key.clone()).or_default().push((

@@ -325,8 +325,8 @@ pub async fn chat_with(
                             continue;
                         }
                         r.event(&ev);
-                        if one_shot {
-                            if let EventBody::TurnEnded { stop, error, .. } = &ev.body {
+                        if one_shot
+                            && let EventBody::TurnEnded { stop, error, .. } = &ev.body {
                                 end = match stop {
                                     tether_proto::StopReason::Completed => RunEnd::Completed,
                                     tether_proto::StopReason::Cancelled => RunEnd::Interrupted,
@@ -337,7 +337,6 @@ pub async fn chat_with(
                                 }
                                 break;
                             }
-                        }
                         if on_event(&mut st, &ev.body, may_answer && !replaying) {
                             break;
                         }

@@ -187,10 +187,10 @@ impl ModelSection {
 }
 
 fn endpoint(section: EndpointSection, key: &str) -> Result<OpenAiEndpoint> {
-    if let Some(p) = &section.provider {
-        if p != "openai" {
-            bail!("{key}.provider: `{p}` — only \"openai\" endpoints can be chained");
-        }
+    if let Some(p) = &section.provider
+        && p != "openai"
+    {
+        bail!("{key}.provider: `{p}` — only \"openai\" endpoints can be chained");
     }
     let base_url = section
         .base_url

@@ -138,14 +138,14 @@ impl HubFile {
             (None, None) => None,
             _ => bail!("set enrollment_token or enrollment_token_env, not both"),
         };
-        if let Some(t) = &config.enrollment_token {
-            if t.len() < tether_transport::auth::MIN_TOKEN_LEN {
-                bail!(
-                    "enrollment_token is {} characters; use at least {}",
-                    t.len(),
-                    tether_transport::auth::MIN_TOKEN_LEN
-                );
-            }
+        if let Some(t) = &config.enrollment_token
+            && t.len() < tether_transport::auth::MIN_TOKEN_LEN
+        {
+            bail!(
+                "enrollment_token is {} characters; use at least {}",
+                t.len(),
+                tether_transport::auth::MIN_TOKEN_LEN
+            );
         }
         for (i, o) in raw.operators.into_iter().enumerate() {
             let token = match (o.token, o.token_env) {

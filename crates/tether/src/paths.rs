@@ -38,15 +38,15 @@ pub fn default_agent_config() -> PathBuf {
 /// Expands a leading `~/` and makes relative paths relative to `base` (the config file's
 /// directory), so a config means the same thing whatever the working directory.
 pub fn resolve(path: &Path, base: Option<&Path>) -> PathBuf {
-    if let Ok(rest) = path.strip_prefix("~") {
-        if let Some(h) = home() {
-            return h.join(rest);
-        }
+    if let Ok(rest) = path.strip_prefix("~")
+        && let Some(h) = home()
+    {
+        return h.join(rest);
     }
-    if path.is_relative() {
-        if let Some(base) = base {
-            return base.join(path);
-        }
+    if path.is_relative()
+        && let Some(base) = base
+    {
+        return base.join(path);
     }
     path.to_owned()
 }
