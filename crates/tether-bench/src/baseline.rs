@@ -35,9 +35,10 @@ struct BaseState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Writes {
-    /// One `send` (write and flush) per frame, as the agent's WebSocket transport does.
+    /// One `send` (write and flush) per frame.
     PerFrame,
-    /// Every frame already available (up to 64) is fed, then one flush.
+    /// Every frame already available (up to 64) is fed, then one flush, as the agent's
+    /// WebSocket transport does.
     Batched,
 }
 

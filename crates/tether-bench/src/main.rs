@@ -22,8 +22,8 @@
 //! * **baseline** (the ceiling) — the same N clients on a plain axum WebSocket endpoint (same
 //!   listener stack) that writes the same event frames, each encoded once and shared through a
 //!   broadcast channel, straight to every socket: no event log, no session actor, no
-//!   per-client queues. `--baseline-writes per-frame` (the default) sends each frame with its
-//!   own flush, as the agent's transport does; `batched` feeds what is ready, then flushes once.
+//!   per-client queues. `--baseline-writes batched` (the default) feeds every frame that is
+//!   ready, then flushes once, as the agent's transport does; `per-frame` flushes each frame.
 //!
 //! Both producers obey the same credit window: never more than `--window` events outstanding
 //! that not every client has received yet (so the mux's per-client queue, 1024 frames, is
@@ -37,12 +37,8 @@
 //! shared machine the CPU figure is the steadier measure of cost. `--json` prints the same
 //! (plus every run) as JSON instead of the table. Progress notes go to stderr.
 //!
-//! Reading the figures: the servers do not set `TCP_NODELAY`, so with per-frame flushes a
-//! socket holds back small writes until the previous segment is acknowledged, and the client
-//! may delay that ACK by 40 ms. With a window of 256 small frames (under one loopback MSS,
-//! ~64 KiB) the producer can be stalled that long, which shows as p99 ≈ 40–50 ms and, at small
-//! N, throughput decided by ACK timing rather than CPU. A larger `--window` (e.g. 700) keeps
-//! more than an MSS in flight and removes most of it.
+//! Reading the figures: both servers use the agent's listener stack, which sets
+//! `TCP_NODELAY`. At N = 1000 the p99 is queueing (about window / rate), not a stall.
 //!
 //! By default `--events` scales with N (2 000 000 / N frames per run, between 2 000 and
 //! 20 000 events), so the default sweep takes a few minutes on a 2-core machine. The
@@ -53,7 +49,9 @@ mod baseline;
 mod client;
 mod cpu;
 mod credit;
+mod hub_load;
 mod mux_side;
+mod overhead;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -73,6 +71,10 @@ struct Cli {
 enum Command {
     /// Fan-out throughput and latency of the multiplexer against a plain WebSocket baseline.
     Fanout(FanoutArgs),
+    /// Load on a hub: N simulated version-2 agents registering, heartbeating, sending alerts.
+    Hub(hub_load::HubArgs),
+    /// Harness overhead: a model SSE chunk arriving to its text_delta leaving the WebSocket.
+    Overhead(overhead::OverheadArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -90,7 +92,7 @@ struct FanoutArgs {
     #[arg(long, default_value_t = 256)]
     window: u64,
     /// How the baseline writes to each socket.
-    #[arg(long, value_enum, default_value = "per-frame")]
+    #[arg(long, value_enum, default_value = "batched")]
     baseline_writes: baseline::Writes,
     /// Print JSON instead of the table.
     #[arg(long)]
@@ -270,9 +272,8 @@ fn print_table(report: &Report) {
     });
     if stalled {
         println!(
-            "note: a p99 of 40 ms or more far above p50 means TCP delayed-ACK stalls (the \
-             servers do not set TCP_NODELAY); a larger --window (e.g. 700) keeps them out of \
-             throughput"
+            "note: a p99 of 40 ms or more far above p50 looks like TCP delayed-ACK stalls: \
+             check that TCP_NODELAY is set on the sockets (tether_transport::serve_http)"
         );
     }
 }
@@ -367,5 +368,7 @@ fn main() -> anyhow::Result<()> {
         .context("starting the runtime")?;
     match cli.command {
         Command::Fanout(args) => runtime.block_on(fanout(args)),
+        Command::Hub(args) => runtime.block_on(hub_load::run(args)),
+        Command::Overhead(args) => runtime.block_on(overhead::run(args)),
     }
 }
