@@ -156,15 +156,8 @@ async fn proxy_one(inner: Arc<Inner>, agent: TcpStream) {
             let mut buf = vec![0u8; 16 * 1024];
             let mut carried = 0u64;
             loop {
-                while inner.stalled.load(Ordering::Acquire) {
-                    let unstalled = inner.unstalled.notified();
-                    if !inner.stalled.load(Ordering::Acquire) {
-                        break;
-                    }
-                    tokio::select! {
-                        _ = cut.cancelled() => return,
-                        _ = unstalled => {}
-                    }
+                if !wait_unstalled(&inner, &cut).await {
+                    return;
                 }
                 let room = (cut_at.saturating_sub(carried)).min(buf.len() as u64) as usize;
                 if room == 0 {
@@ -178,6 +171,11 @@ async fn proxy_one(inner: Arc<Inner>, agent: TcpStream) {
                         Ok(n) => n,
                     },
                 };
+                // A read that was already waiting when the stall began must not slip its
+                // bytes through: hold them until the proxy reads again.
+                if !wait_unstalled(&inner, &cut).await {
+                    return;
+                }
                 if hub_w.write_all(&buf[..n]).await.is_err() {
                     return;
                 }
@@ -213,4 +211,19 @@ async fn proxy_one(inner: Arc<Inner>, agent: TcpStream) {
         _ = down => {}
         _ = cut.cancelled() => {}
     }
+}
+
+/// Waits while the proxy is stalled; false when the connection is cut meanwhile.
+async fn wait_unstalled(inner: &Inner, cut: &CancellationToken) -> bool {
+    while inner.stalled.load(Ordering::Acquire) {
+        let unstalled = inner.unstalled.notified();
+        if !inner.stalled.load(Ordering::Acquire) {
+            break;
+        }
+        tokio::select! {
+            _ = cut.cancelled() => return false,
+            _ = unstalled => {}
+        }
+    }
+    true
 }
