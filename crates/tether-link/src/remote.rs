@@ -476,7 +476,15 @@ impl RemoteSessions {
             return self.unknown(frame_id, &input.session_id, out).await;
         };
         if input.message.trim().is_empty() {
-            return;
+            // Refused like any other input: never dropped without a word.
+            let refusal = ReplyFrame::err(
+                None,
+                tether_proto::ErrorBody::new(
+                    tether_proto::Reason::BadRequest,
+                    "message: an input needs some text",
+                ),
+            );
+            return self.report(frame_id, &session, refusal).await;
         }
         let (name, class, queue) = if session.version >= 2 {
             (

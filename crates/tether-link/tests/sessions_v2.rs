@@ -140,6 +140,15 @@ async fn v2_permission_answered_from_the_hub() {
     assert_eq!(s.events[ended]["turn_id"], turn1);
     assert_eq!(s.events[ended]["stop"], "completed");
 
+    // An empty input is refused out loud, not dropped.
+    let id = s.send(
+        "session_input",
+        json!({"session_id": sid, "message": "  ", "user_name": "bob", "class": "human"}),
+    );
+    let ack = s.ack(&id).await;
+    assert_eq!(ack["ok"], false, "{ack}");
+    assert_eq!(ack["reason"], "bad_request", "{ack}");
+
     // An agent-class hub user starts the next turn and tries to approve its own request.
     let id = s.send(
         "session_input",
