@@ -14,12 +14,12 @@
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tether_engine::log::EventLog;
 pub use tether_engine::log::StoredEvent;
 use tether_proto::{Control, Seq, SessionId};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Where replays read past events from: the agent's event log, or the hub's store.
@@ -69,8 +69,29 @@ pub enum OutItem {
     },
 }
 
+/// The items between the mux and one writer. A plain mutex-guarded deque: a push is one
+/// short lock, and the writer takes everything queued in one lock too (see
+/// [`OutboundReceiver::refill`]), which is what makes fan-out cheap — a channel with a
+/// permit per item cost a semaphore round trip per frame per client.
+struct Queue {
+    items: VecDeque<OutItem>,
+    /// Items ever pushed.
+    pushed: u64,
+    /// The receiver was dropped: pushes fail.
+    receiver_gone: bool,
+    /// Every `Outbound` was dropped: the receiver ends once it has drained.
+    senders_gone: bool,
+}
+
 struct Shared {
     capacity: usize,
+    queue: Mutex<Queue>,
+    /// Items the writer has taken off the queue, published every few items (see
+    /// [`PUBLISH_TAKEN_EVERY`]). `pushed - taken` is the backlog the bound applies to.
+    taken: AtomicU64,
+    /// Wakes the writer when a push finds the queue empty (a permit is kept if it is busy).
+    wake: Notify,
+    senders: AtomicUsize,
     warned: AtomicBool,
     /// A `slow_consumer` warning not yet handed to the writer: the queue length it reports
     /// (0: none pending).
@@ -82,6 +103,11 @@ struct Shared {
     reason: Mutex<Option<String>>,
 }
 
+/// How often (in items) the writer publishes how far it got. Publishing every item would
+/// make every push read a cache line the writer just wrote; the bound may be stale by this
+/// many items, which only ever errs towards a fuller queue.
+const PUBLISH_TAKEN_EVERY: u64 = 16;
+
 impl Shared {
     fn is_evicted(&self) -> bool {
         self.evicted_flag.load(Ordering::Acquire)
@@ -91,13 +117,37 @@ impl Shared {
         self.evicted_flag.store(true, Ordering::Release);
         self.evicted.cancel();
     }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // A panic while holding this lock leaves the deque consistent (every critical section
+        // is a few field updates), so a poisoned lock is still usable.
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// The sending side. Cheap to clone; every clone feeds the same queue.
-#[derive(Clone)]
 pub struct Outbound {
-    tx: mpsc::Sender<OutItem>,
     shared: Arc<Shared>,
+}
+
+impl Clone for Outbound {
+    fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Ordering::AcqRel);
+        Outbound {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.lock().senders_gone = true;
+            self.shared.wake.notify_one();
+        }
+    }
 }
 
 /// What the transport's writer should do next.
@@ -113,12 +163,24 @@ pub enum Next {
 
 /// The receiving side, owned by the transport's writer task.
 pub struct OutboundReceiver {
-    rx: mpsc::Receiver<OutItem>,
     shared: Arc<Shared>,
     log: Arc<dyn ReplaySource>,
+    /// Items taken off the shared queue in one lock, not yet handled.
+    batch: VecDeque<OutItem>,
+    /// Items handled so far (and the count last published to `Shared::taken`).
+    taken: u64,
+    published: u64,
     replay: Option<ReplayCursor>,
     ready: VecDeque<Bytes>,
     done: bool,
+}
+
+impl Drop for OutboundReceiver {
+    fn drop(&mut self) {
+        let mut q = self.shared.lock();
+        q.receiver_gone = true;
+        q.items.clear();
+    }
 }
 
 struct ReplayCursor {
@@ -130,9 +192,17 @@ struct ReplayCursor {
 /// Creates a queue of `capacity` frames whose replays read from `log`.
 pub fn channel(capacity: usize, log: Arc<dyn ReplaySource>) -> (Outbound, OutboundReceiver) {
     let capacity = capacity.max(4);
-    let (tx, rx) = mpsc::channel(capacity);
     let shared = Arc::new(Shared {
         capacity,
+        queue: Mutex::new(Queue {
+            items: VecDeque::new(),
+            pushed: 0,
+            receiver_gone: false,
+            senders_gone: false,
+        }),
+        taken: AtomicU64::new(0),
+        wake: Notify::new(),
+        senders: AtomicUsize::new(1),
         warned: AtomicBool::new(false),
         warning: AtomicUsize::new(0),
         evicted_flag: AtomicBool::new(false),
@@ -141,13 +211,14 @@ pub fn channel(capacity: usize, log: Arc<dyn ReplaySource>) -> (Outbound, Outbou
     });
     (
         Outbound {
-            tx,
             shared: shared.clone(),
         },
         OutboundReceiver {
-            rx,
             shared,
             log,
+            batch: VecDeque::new(),
+            taken: 0,
+            published: 0,
             replay: None,
             ready: VecDeque::new(),
             done: false,
@@ -159,27 +230,36 @@ impl Outbound {
     /// Queues `item` without waiting. Returns `false` when the connection is gone or was
     /// evicted by this push (the queue was full).
     pub fn push(&self, item: OutItem) -> bool {
-        if self.shared.is_evicted() {
+        let shared = &*self.shared;
+        if shared.is_evicted() {
             return false;
         }
-        match self.tx.try_send(item) {
-            Ok(()) => {
-                let queued = self.queued();
-                if queued * 4 >= self.shared.capacity * 3
-                    && !self.shared.warned.swap(true, Ordering::AcqRel)
-                {
-                    // Not queued behind the backlog: the receiver sends it next (see
-                    // `OutboundReceiver::take_warning`).
-                    self.shared.warning.store(queued.max(1), Ordering::Release);
-                }
-                true
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.evict("slow_consumer");
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        let mut q = shared.lock();
+        if q.receiver_gone {
+            return false;
         }
+        let backlog = q
+            .pushed
+            .saturating_sub(shared.taken.load(Ordering::Acquire)) as usize;
+        if backlog >= shared.capacity {
+            drop(q);
+            self.evict("slow_consumer");
+            return false;
+        }
+        let was_empty = q.items.is_empty();
+        q.items.push_back(item);
+        q.pushed += 1;
+        drop(q);
+        if was_empty {
+            shared.wake.notify_one();
+        }
+        let queued = backlog + 1;
+        if queued * 4 >= shared.capacity * 3 && !shared.warned.swap(true, Ordering::AcqRel) {
+            // Not queued behind the backlog: the receiver sends it next (see
+            // `OutboundReceiver::take_warning`).
+            shared.warning.store(queued, Ordering::Release);
+        }
+        true
     }
 
     /// Queues a ready frame.
@@ -187,9 +267,10 @@ impl Outbound {
         self.push(OutItem::Frame(frame.into()))
     }
 
-    /// Frames currently queued.
+    /// Items queued and not yet taken by the writer (as of its last report).
     pub fn queued(&self) -> usize {
-        self.shared.capacity - self.tx.capacity()
+        let pushed = self.shared.lock().pushed;
+        pushed.saturating_sub(self.shared.taken.load(Ordering::Acquire)) as usize
     }
 
     /// Marks the connection evicted; the writer sends `evicted` and closes.
@@ -213,13 +294,20 @@ impl Outbound {
 
     /// True once the receiver is gone.
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.shared.lock().receiver_gone
     }
 
     /// Whether two handles feed the same queue.
     pub fn same_queue(&self, other: &Outbound) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
     }
+}
+
+/// What [`OutboundReceiver::refill`] found.
+enum Refill {
+    Items,
+    Empty,
+    Closed,
 }
 
 impl OutboundReceiver {
@@ -244,19 +332,21 @@ impl OutboundReceiver {
                 self.fill_replay_page().await;
                 continue;
             }
-            let item = tokio::select! {
+            // `try_next` found the queue empty; a push since then left a permit.
+            tokio::select! {
                 biased;
-                _ = self.shared.evicted.cancelled() => continue,
-                item = self.rx.recv() => item,
-            };
-            if let Some(next) = self.take(item) {
-                return next;
+                _ = self.shared.evicted.cancelled() => {}
+                _ = self.shared.wake.notified() => {}
             }
         }
     }
 
     /// A pending `slow_consumer` warning, taken (it is sent once).
     fn take_warning(&self) -> Option<Bytes> {
+        // A load first: the swap would write a cache line the producers read on every push.
+        if self.shared.warning.load(Ordering::Acquire) == 0 {
+            return None;
+        }
         let queued = self.shared.warning.swap(0, Ordering::AcqRel);
         (queued > 0).then(|| Bytes::from(Control::SlowConsumer { queued }.encode()))
     }
@@ -287,34 +377,56 @@ impl OutboundReceiver {
             if self.replay.is_some() {
                 return None;
             }
-            let item = match self.rx.try_recv() {
-                Ok(item) => Some(item),
-                Err(mpsc::error::TryRecvError::Empty) => return None,
-                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            let Some(item) = self.batch.pop_front() else {
+                match self.refill() {
+                    Refill::Items => continue,
+                    Refill::Empty => return None,
+                    Refill::Closed => {
+                        self.done = true;
+                        return Some(Next::Closed);
+                    }
+                }
             };
+            self.taken += 1;
+            if self.batch.is_empty() || self.taken - self.published >= PUBLISH_TAKEN_EVERY {
+                self.published = self.taken;
+                self.shared.taken.store(self.taken, Ordering::Release);
+            }
             if let Some(next) = self.take(item) {
                 return Some(next);
             }
         }
     }
 
-    /// Handles one item taken off the queue (`None`: the queue is closed). `None` back when
-    /// the item was a replay, which the caller then expands.
-    fn take(&mut self, item: Option<OutItem>) -> Option<Next> {
-        if self.shared.warned.load(Ordering::Acquire) && self.rx.len() * 2 < self.shared.capacity {
+    /// Takes everything queued in one lock.
+    fn refill(&mut self) -> Refill {
+        let mut q = self.shared.lock();
+        std::mem::swap(&mut q.items, &mut self.batch);
+        let closed = q.senders_gone;
+        drop(q);
+        // The warning re-arms once the backlog (all of it is in `batch` now) has drained
+        // below half.
+        if self.shared.warned.load(Ordering::Acquire) && self.batch.len() * 2 < self.shared.capacity
+        {
             self.shared.warned.store(false, Ordering::Release);
         }
+        match (self.batch.is_empty(), closed) {
+            (false, _) => Refill::Items,
+            (true, false) => Refill::Empty,
+            (true, true) => Refill::Closed,
+        }
+    }
+
+    /// Handles one item taken off the queue. `None` back when the item was a replay, which
+    /// the caller then expands.
+    fn take(&mut self, item: OutItem) -> Option<Next> {
         match item {
-            None => {
-                self.done = true;
-                Some(Next::Closed)
-            }
-            Some(OutItem::Frame(f)) => Some(Next::Frame(f)),
-            Some(OutItem::Replay {
+            OutItem::Frame(f) => Some(Next::Frame(f)),
+            OutItem::Replay {
                 session_id,
                 from,
                 to,
-            }) => {
+            } => {
                 self.replay = Some(ReplayCursor {
                     session_id,
                     next: from,
@@ -385,5 +497,141 @@ impl OutboundReceiver {
                 self.shared.mark_evicted();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replays are not exercised here: a source with no events.
+    struct NoEvents;
+
+    impl ReplaySource for NoEvents {
+        fn read_range<'a>(
+            &'a self,
+            _session_id: &'a SessionId,
+            _from: Seq,
+            _to: Seq,
+            _limit: usize,
+        ) -> BoxFuture<'a, Result<Vec<StoredEvent>, String>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+    }
+
+    fn queue(capacity: usize) -> (Outbound, OutboundReceiver) {
+        channel(capacity, Arc::new(NoEvents))
+    }
+
+    fn frame(i: usize) -> Bytes {
+        Bytes::from(format!("{{\"n\":{i}}}"))
+    }
+
+    fn text(next: Next) -> String {
+        match next {
+            Next::Frame(f) => String::from_utf8(f.to_vec()).expect("utf8"),
+            Next::Evicted(f) => format!("evicted:{}", String::from_utf8_lossy(&f)),
+            Next::Closed => "closed".into(),
+        }
+    }
+
+    #[test]
+    fn frames_come_out_in_order_and_the_end_is_closed() {
+        let (tx, mut rx) = queue(16);
+        for i in 0..10 {
+            assert!(tx.push_frame(frame(i)));
+        }
+        assert_eq!(tx.queued(), 10);
+        for i in 0..10 {
+            assert_eq!(
+                text(rx.try_next().expect("ready")),
+                format!("{{\"n\":{i}}}")
+            );
+        }
+        assert!(rx.try_next().is_none(), "empty, senders alive");
+        assert_eq!(tx.queued(), 0, "the writer published how far it got");
+        let clone = tx.clone();
+        drop(tx);
+        assert!(rx.try_next().is_none(), "one sender left");
+        drop(clone);
+        assert_eq!(text(rx.try_next().expect("closed")), "closed");
+    }
+
+    #[test]
+    fn a_full_queue_warns_then_evicts_and_the_warning_comes_first() {
+        let (tx, mut rx) = queue(8);
+        for i in 0..8 {
+            assert!(tx.push_frame(frame(i)), "frame {i} fits");
+        }
+        assert!(!tx.push_frame(frame(8)), "the ninth overflows");
+        assert!(tx.is_evicted());
+        let first = text(rx.try_next().expect("warning"));
+        assert!(first.contains("slow_consumer"), "{first}");
+        let last = text(rx.try_next().expect("evicted"));
+        assert!(
+            last.starts_with("evicted:") && last.contains("slow_consumer"),
+            "{last}"
+        );
+        assert_eq!(text(rx.try_next().expect("done")), "closed");
+        assert!(
+            !tx.push_frame(frame(9)),
+            "nothing is queued after an eviction"
+        );
+    }
+
+    #[test]
+    fn a_reader_that_keeps_up_is_never_evicted_and_the_warning_re_arms() {
+        let (tx, mut rx) = queue(8);
+        let mut warnings = 0;
+        for round in 0..50 {
+            for i in 0..7 {
+                assert!(tx.push_frame(frame(round * 7 + i)), "round {round}");
+            }
+            while let Some(next) = rx.try_next() {
+                let t = text(next);
+                if t.contains("slow_consumer") {
+                    warnings += 1;
+                }
+            }
+        }
+        assert!(!tx.is_evicted());
+        // Every round reaches 75 % and drains to empty: one warning per round.
+        assert_eq!(warnings, 50);
+    }
+
+    #[test]
+    fn pushes_fail_once_the_receiver_is_gone() {
+        let (tx, rx) = queue(8);
+        assert!(!tx.is_closed());
+        drop(rx);
+        assert!(tx.is_closed());
+        assert!(!tx.push_frame(frame(0)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_racing_producer_and_writer_lose_nothing() {
+        let n = 100_000;
+        let (tx, mut rx) = queue(n + 1);
+        let producer = std::thread::spawn(move || {
+            for i in 0..n {
+                assert!(tx.push_frame(frame(i)));
+                if i % 1000 == 0 {
+                    std::thread::yield_now();
+                }
+            }
+        });
+        let mut got = 0;
+        loop {
+            match rx.next().await {
+                Next::Frame(f) => {
+                    assert_eq!(f, frame(got), "frame {got} out of order");
+                    got += 1;
+                }
+                Next::Closed => break,
+                Next::Evicted(f) => panic!("evicted: {f:?}"),
+            }
+        }
+        producer.join().expect("producer");
+        assert_eq!(got, n);
     }
 }
