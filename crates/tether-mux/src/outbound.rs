@@ -87,7 +87,7 @@ struct Shared {
     capacity: usize,
     queue: Mutex<Queue>,
     /// Items the writer has taken off the queue, published every few items (see
-    /// [`PUBLISH_TAKEN_EVERY`]). `pushed - taken` is the backlog the bound applies to.
+    /// [`publish_taken_every`]). `pushed - taken` is the backlog the bound applies to.
     taken: AtomicU64,
     /// Wakes the writer when a push finds the queue empty (a permit is kept if it is busy).
     wake: Notify,
@@ -103,10 +103,13 @@ struct Shared {
     reason: Mutex<Option<String>>,
 }
 
-/// How often (in items) the writer publishes how far it got. Publishing every item would
-/// make every push read a cache line the writer just wrote; the bound may be stale by this
-/// many items, which only ever errs towards a fuller queue.
-const PUBLISH_TAKEN_EVERY: u64 = 16;
+/// How often (in items) the writer publishes how far it got: every `capacity / 64` items,
+/// between 1 and 16. Publishing every item would make every push read a cache line the
+/// writer just wrote; the bound may be stale by this many items (under 2 % of the queue),
+/// which only ever errs towards a fuller queue.
+fn publish_taken_every(capacity: usize) -> u64 {
+    (capacity as u64 / 64).clamp(1, 16)
+}
 
 impl Shared {
     fn is_evicted(&self) -> bool {
@@ -170,6 +173,7 @@ pub struct OutboundReceiver {
     /// Items handled so far (and the count last published to `Shared::taken`).
     taken: u64,
     published: u64,
+    publish_every: u64,
     replay: Option<ReplayCursor>,
     ready: VecDeque<Bytes>,
     done: bool,
@@ -219,6 +223,7 @@ pub fn channel(capacity: usize, log: Arc<dyn ReplaySource>) -> (Outbound, Outbou
             batch: VecDeque::new(),
             taken: 0,
             published: 0,
+            publish_every: publish_taken_every(capacity),
             replay: None,
             ready: VecDeque::new(),
             done: false,
@@ -388,7 +393,7 @@ impl OutboundReceiver {
                 }
             };
             self.taken += 1;
-            if self.batch.is_empty() || self.taken - self.published >= PUBLISH_TAKEN_EVERY {
+            if self.batch.is_empty() || self.taken - self.published >= self.publish_every {
                 self.published = self.taken;
                 self.shared.taken.store(self.taken, Ordering::Release);
             }

@@ -499,6 +499,7 @@ impl Actor {
     /// Commits the batch (and the row when it changed), then broadcasts the batch. Clients
     /// whose queue overflows are detached here, which publishes more events: loop until quiet.
     async fn flush(&mut self) {
+        let mut broadcast = false;
         for _ in 0..8 {
             if self.batch.is_empty() && !self.dirty {
                 break;
@@ -535,6 +536,7 @@ impl Actor {
                 .metrics
                 .events_published
                 .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            broadcast |= !events.is_empty() && !self.attached.is_empty();
             let mut gone: Vec<usize> = Vec::new();
             for event in &events {
                 for (i, a) in self.attached.iter().enumerate() {
@@ -568,6 +570,12 @@ impl Actor {
         }
         if let Ok(mut s) = self.summary.lock() {
             *s = summary_of(self);
+        }
+        if broadcast {
+            // Let the writers this group just woke run before the next group: a commit that
+            // completes at once does not yield, and a fast turn could otherwise fill the
+            // queues of clients on this worker thread before they ever got to read.
+            tokio::task::yield_now().await;
         }
     }
 
