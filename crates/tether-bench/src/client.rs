@@ -19,15 +19,81 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// Connections opened at once (keeps the listen backlog and the session inbox comfortable).
-const CONNECT_CONCURRENCY: usize = 64;
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// The clients' read buffer. tungstenite zeroes the free part of it before every read, so the
 /// default (128 KiB) makes the clients — which share the CPU with the servers under test —
 /// spend much of their time in `memset`.
-const CLIENT_READ_BUFFER: usize = 16 * 1024;
+pub const CLIENT_READ_BUFFER: usize = 16 * 1024;
+
+/// The sending half of a bench client's socket, with requests matched to the replies its
+/// reader task forwards (frames with `re`).
+pub struct Requester {
+    sink: SplitSink<Ws, Message>,
+    replies: mpsc::UnboundedReceiver<String>,
+    next_id: u64,
+}
+
+impl Requester {
+    pub fn new(sink: SplitSink<Ws, Message>, replies: mpsc::UnboundedReceiver<String>) -> Self {
+        Requester {
+            sink,
+            replies,
+            next_id: 1,
+        }
+    }
+
+    pub async fn send_text(&mut self, text: String) -> anyhow::Result<()> {
+        self.sink
+            .send(Message::Text(text.into()))
+            .await
+            .context("sending on the WebSocket")
+    }
+
+    /// Sends a request and waits for its reply; returns `result`, or fails on an error reply.
+    pub async fn request(&mut self, op: &str, params: Value) -> anyhow::Result<Value> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut frame = serde_json::Map::new();
+        frame.insert("id".into(), id.into());
+        frame.insert("op".into(), op.into());
+        if let Value::Object(p) = params {
+            frame.extend(p);
+        }
+        self.send_text(Value::Object(frame).to_string())
+            .await
+            .with_context(|| format!("sending {op}"))?;
+        let wait = async {
+            while let Some(text) = self.replies.recv().await {
+                let reply: Value = serde_json::from_str(&text)
+                    .with_context(|| format!("reply to {op} is not JSON: {text}"))?;
+                if reply.get("re").and_then(Value::as_u64) != Some(id) {
+                    continue;
+                }
+                if reply.get("ok").and_then(Value::as_bool) == Some(true) {
+                    return Ok(reply.get("result").cloned().unwrap_or(Value::Null));
+                }
+                bail!(
+                    "{op} failed: {}",
+                    reply.get("error").unwrap_or(&Value::Null)
+                );
+            }
+            bail!("the connection closed while waiting for the reply to {op}")
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .with_context(|| format!("no reply to {op} within 30 s"))?
+    }
+
+    /// Sends a close frame (bounded).
+    pub async fn close(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.sink.send(Message::Close(None)))
+            .await;
+    }
+}
+
+/// Connections opened at once (keeps the listen backlog and the session inbox comfortable).
+const CONNECT_CONCURRENCY: usize = 64;
 
 /// How one client's run went.
 pub struct ClientOutcome {
@@ -39,11 +105,9 @@ pub struct ClientOutcome {
 }
 
 pub struct BenchClient {
-    sink: SplitSink<Ws, Message>,
-    replies: mpsc::UnboundedReceiver<String>,
+    requests: Requester,
     outcome: Option<oneshot::Receiver<ClientOutcome>>,
     reader: tokio::task::JoinHandle<()>,
-    next_id: u64,
 }
 
 impl Drop for BenchClient {
@@ -101,48 +165,15 @@ impl BenchClient {
         let (outcome_tx, outcome) = oneshot::channel();
         let reader = tokio::spawn(read_loop(stream, progress, replies_tx, other, outcome_tx));
         Ok(BenchClient {
-            sink,
-            replies,
+            requests: Requester::new(sink, replies),
             outcome: Some(outcome),
             reader,
-            next_id: 1,
         })
     }
 
     /// Sends a request and waits for its reply; returns `result`, or fails on an error reply.
     pub async fn request(&mut self, op: &str, params: Value) -> anyhow::Result<Value> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut frame = serde_json::Map::new();
-        frame.insert("id".into(), id.into());
-        frame.insert("op".into(), op.into());
-        if let Value::Object(p) = params {
-            frame.extend(p);
-        }
-        self.sink
-            .send(Message::Text(Value::Object(frame).to_string().into()))
-            .await
-            .with_context(|| format!("sending {op}"))?;
-        let wait = async {
-            while let Some(text) = self.replies.recv().await {
-                let reply: Value = serde_json::from_str(&text)
-                    .with_context(|| format!("reply to {op} is not JSON: {text}"))?;
-                if reply.get("re").and_then(Value::as_u64) != Some(id) {
-                    continue;
-                }
-                if reply.get("ok").and_then(Value::as_bool) == Some(true) {
-                    return Ok(reply.get("result").cloned().unwrap_or(Value::Null));
-                }
-                bail!(
-                    "{op} failed: {}",
-                    reply.get("error").unwrap_or(&Value::Null)
-                );
-            }
-            bail!("the connection closed while waiting for the reply to {op}")
-        };
-        tokio::time::timeout(Duration::from_secs(30), wait)
-            .await
-            .with_context(|| format!("no reply to {op} within 30 s"))?
+        self.requests.request(op, params).await
     }
 
     /// Waits for this client's outcome (all events received, or the connection ended).
@@ -160,8 +191,7 @@ impl BenchClient {
 
     /// Closes politely (bounded); the reader is aborted when the client is dropped.
     pub async fn close(mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.sink.send(Message::Close(None)))
-            .await;
+        self.requests.close().await;
     }
 }
 

@@ -6,19 +6,16 @@
 //! Replies (`{"re": ...}`) go to the control side.
 
 use super::timeline::{Clock, Stamps, leading_number};
+use crate::client::{CLIENT_READ_BUFFER, Requester, Ws};
 use anyhow::{Context, bail};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
+use futures_util::stream::SplitStream;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const TEXT_DELTA: &str = "\"event\":\"text_delta\"";
 const TURN_ENDED: &str = "\"event\":\"turn_ended\"";
@@ -35,11 +32,9 @@ pub enum ReadEnd {
 }
 
 pub struct WsClient {
-    sink: SplitSink<Ws, Message>,
-    replies: mpsc::UnboundedReceiver<String>,
+    requests: Requester,
     end: Option<oneshot::Receiver<ReadEnd>>,
     reader: tokio::task::JoinHandle<()>,
-    next_id: u64,
 }
 
 impl Drop for WsClient {
@@ -56,8 +51,7 @@ impl WsClient {
         expected: u64,
         clock: Clock,
     ) -> anyhow::Result<WsClient> {
-        // A small read buffer: tungstenite zeroes its free part before every read.
-        let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
+        let config = WebSocketConfig::default().read_buffer_size(CLIENT_READ_BUFFER);
         let (socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
             .await
             .with_context(|| format!("connecting to {url}"))?;
@@ -68,54 +62,19 @@ impl WsClient {
             stream, received, expected, clock, replies_tx, end_tx,
         ));
         Ok(WsClient {
-            sink,
-            replies,
+            requests: Requester::new(sink, replies),
             end: Some(end),
             reader,
-            next_id: 1,
         })
     }
 
     pub async fn send_text(&mut self, text: String) -> anyhow::Result<()> {
-        self.sink
-            .send(Message::Text(text.into()))
-            .await
-            .context("sending on the WebSocket")
+        self.requests.send_text(text).await
     }
 
     /// Sends a request and waits for its reply; returns `result`, or fails on an error reply.
     pub async fn request(&mut self, op: &str, params: Value) -> anyhow::Result<Value> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut frame = serde_json::Map::new();
-        frame.insert("id".into(), id.into());
-        frame.insert("op".into(), op.into());
-        if let Value::Object(p) = params {
-            frame.extend(p);
-        }
-        self.send_text(Value::Object(frame).to_string())
-            .await
-            .with_context(|| format!("sending {op}"))?;
-        let wait = async {
-            while let Some(text) = self.replies.recv().await {
-                let reply: Value = serde_json::from_str(&text)
-                    .with_context(|| format!("reply to {op} is not JSON: {text}"))?;
-                if reply.get("re").and_then(Value::as_u64) != Some(id) {
-                    continue;
-                }
-                if reply.get("ok").and_then(Value::as_bool) == Some(true) {
-                    return Ok(reply.get("result").cloned().unwrap_or(Value::Null));
-                }
-                bail!(
-                    "{op} failed: {}",
-                    reply.get("error").unwrap_or(&Value::Null)
-                );
-            }
-            bail!("the connection closed while waiting for the reply to {op}")
-        };
-        tokio::time::timeout(Duration::from_secs(30), wait)
-            .await
-            .with_context(|| format!("no reply to {op} within 30 s"))?
+        self.requests.request(op, params).await
     }
 
     /// Waits (at most `limit`) until the expected deltas arrived or the stream ended.
@@ -130,8 +89,7 @@ impl WsClient {
 
     /// Closes politely (bounded).
     pub async fn close(mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.sink.send(Message::Close(None)))
-            .await;
+        self.requests.close().await;
     }
 }
 
