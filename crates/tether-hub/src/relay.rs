@@ -93,10 +93,20 @@ struct V1Track {
     early: Vec<V1Early>,
 }
 
-/// Version-1 frames that arrived while the session was opening.
+/// A version-1 session frame from the agent (kept in `V1Track::early` when it arrives while
+/// the session is opening).
 enum V1Early {
     Output(SessionOutput),
     Error(SessionError),
+}
+
+impl V1Early {
+    fn session_id(&self) -> &str {
+        match self {
+            V1Early::Output(o) => &o.session_id,
+            V1Early::Error(e) => &e.session_id,
+        }
+    }
 }
 
 impl Shadow {
@@ -500,10 +510,7 @@ impl Relay {
             // What the agent sent while the session was opening, in arrival order.
             shadow.v1.opening = false;
             for early in std::mem::take(&mut shadow.v1.early) {
-                match early {
-                    V1Early::Output(o) => self.apply_output(&session, &mut shadow, o).await,
-                    V1Early::Error(e) => self.apply_error(&session, &mut shadow, e).await,
-                }
+                self.apply_v1(&session, &mut shadow, early).await;
             }
         }
         Ok(id)
@@ -1066,7 +1073,18 @@ impl Relay {
 
     /// Version 1: a `session_output` frame.
     pub async fn on_output(&self, agent: &AgentConn, o: SessionOutput) {
-        let Some(session) = self.get(&o.session_id) else {
+        self.on_v1(agent, V1Early::Output(o)).await;
+    }
+
+    /// Version 1: a `session_error` (a final `done` output follows).
+    pub async fn on_error(&self, agent: &AgentConn, e: SessionError) {
+        self.on_v1(agent, V1Early::Error(e)).await;
+    }
+
+    /// A version-1 frame of one of `agent`'s sessions: applied now, or after the opening
+    /// events when the session is still opening.
+    async fn on_v1(&self, agent: &AgentConn, frame: V1Early) {
+        let Some(session) = self.get(frame.session_id()) else {
             return;
         };
         if session.agent_id != agent.agent_id {
@@ -1074,10 +1092,17 @@ impl Relay {
         }
         let mut shadow = session.shadow.lock().await;
         if shadow.v1.opening {
-            shadow.v1.early.push(V1Early::Output(o));
+            shadow.v1.early.push(frame);
             return;
         }
-        self.apply_output(&session, &mut shadow, o).await;
+        self.apply_v1(&session, &mut shadow, frame).await;
+    }
+
+    async fn apply_v1(&self, session: &HubSession, shadow: &mut Shadow, frame: V1Early) {
+        match frame {
+            V1Early::Output(o) => self.apply_output(session, shadow, o).await,
+            V1Early::Error(e) => self.apply_error(session, shadow, e).await,
+        }
     }
 
     async fn apply_output(&self, session: &HubSession, shadow: &mut Shadow, o: SessionOutput) {
@@ -1247,22 +1272,6 @@ impl Relay {
             .await;
             shadow.attached.clear();
         }
-    }
-
-    /// Version 1: a `session_error` (a final `done` output follows).
-    pub async fn on_error(&self, agent: &AgentConn, e: SessionError) {
-        let Some(session) = self.get(&e.session_id) else {
-            return;
-        };
-        if session.agent_id != agent.agent_id {
-            return;
-        }
-        let mut shadow = session.shadow.lock().await;
-        if shadow.v1.opening {
-            shadow.v1.early.push(V1Early::Error(e));
-            return;
-        }
-        self.apply_error(&session, &mut shadow, e).await;
     }
 
     async fn apply_error(&self, session: &HubSession, shadow: &mut Shadow, e: SessionError) {
