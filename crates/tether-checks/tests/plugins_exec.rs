@@ -3,25 +3,14 @@
 use serde_json::json;
 use std::time::Duration;
 use tether_checks::plugin::{Check, CheckContext, Measurement, Status, Value};
-use tether_checks::plugins;
 use tether_checks::rules::evaluate;
 use tokio_util::sync::CancellationToken;
 
-fn settings(v: serde_json::Value) -> toml::Table {
-    serde_json::from_value(v).expect("settings table")
-}
+mod common;
+use common::{ctx, status};
 
 fn try_build(v: serde_json::Value) -> Result<Box<dyn Check>, String> {
-    plugins::find("exec")
-        .expect("plugin exists")
-        .build(&settings(v))
-}
-
-fn ctx() -> CheckContext {
-    CheckContext {
-        cancel: CancellationToken::new(),
-        timeout: Duration::from_secs(20),
-    }
+    common::try_build("exec", v)
 }
 
 /// Runs `sh -c script`.
@@ -30,13 +19,6 @@ async fn sh(script: &str) -> Result<Vec<Measurement>, String> {
         .expect("build")
         .run(ctx())
         .await
-}
-
-fn status(m: &Measurement) -> Status {
-    match m.value {
-        Value::Status(s) => s,
-        Value::Number(x) => panic!("{} is a number {x}, not a status", m.check),
-    }
 }
 
 #[tokio::test]

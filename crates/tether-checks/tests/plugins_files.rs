@@ -4,55 +4,11 @@ use serde_json::json;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
-use tether_checks::plugin::{Check, CheckContext, Measurement, Status, Value};
-use tether_checks::plugins;
+use tether_checks::plugin::{Check, Status};
 use tether_checks::rules::evaluate;
-use tokio_util::sync::CancellationToken;
 
-fn settings(v: serde_json::Value) -> toml::Table {
-    serde_json::from_value(v).expect("settings table")
-}
-
-fn try_build(plugin: &str, v: serde_json::Value) -> Result<Box<dyn Check>, String> {
-    plugins::find(plugin)
-        .expect("plugin exists")
-        .build(&settings(v))
-}
-
-fn build(plugin: &str, v: serde_json::Value) -> Box<dyn Check> {
-    try_build(plugin, v).expect("build")
-}
-
-fn ctx() -> CheckContext {
-    CheckContext {
-        cancel: CancellationToken::new(),
-        timeout: Duration::from_secs(20),
-    }
-}
-
-async fn run(check: &dyn Check) -> Vec<Measurement> {
-    check.run(ctx()).await.expect("run")
-}
-
-fn find<'a>(ms: &'a [Measurement], check: &str) -> &'a Measurement {
-    ms.iter()
-        .find(|m| m.check == check)
-        .unwrap_or_else(|| panic!("no {check} in {ms:#?}"))
-}
-
-fn number(m: &Measurement) -> f64 {
-    match m.value {
-        Value::Number(x) => x,
-        Value::Status(s) => panic!("{} is a status {s:?}, not a number", m.check),
-    }
-}
-
-fn status(m: &Measurement) -> Status {
-    match m.value {
-        Value::Status(s) => s,
-        Value::Number(x) => panic!("{} is a number {x}, not a status", m.check),
-    }
-}
+mod common;
+use common::{build, ctx, find, number, run, status, try_build};
 
 fn s(p: &Path) -> String {
     p.to_str().expect("utf-8 path").to_owned()

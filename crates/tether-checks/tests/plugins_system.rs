@@ -4,55 +4,20 @@
 use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
-use tether_checks::plugin::{Check, CheckContext, Measurement, Status, Thresholds, Value};
+use tether_checks::plugin::{CheckContext, Measurement, Status, Thresholds, Value};
 use tether_checks::plugins;
 use tether_checks::rules::{evaluate, overlay};
 use tether_engine::host;
 use tokio_util::sync::CancellationToken;
 
-fn settings(v: serde_json::Value) -> toml::Table {
-    serde_json::from_value(v).expect("settings table")
-}
+mod common;
+use common::{build, ctx, number, run, settings, status, try_build};
 
-fn try_build(plugin: &str, v: serde_json::Value) -> Result<Box<dyn Check>, String> {
-    plugins::find(plugin)
-        .expect("plugin exists")
-        .build(&settings(v))
-}
-
-fn build(plugin: &str, v: serde_json::Value) -> Box<dyn Check> {
-    try_build(plugin, v).expect("build")
-}
-
-fn ctx() -> CheckContext {
-    CheckContext {
-        cancel: CancellationToken::new(),
-        timeout: Duration::from_secs(20),
-    }
-}
-
-async fn run(check: &dyn Check) -> Vec<Measurement> {
-    check.run(ctx()).await.expect("run")
-}
-
+/// The measurement named `check` on `target`.
 fn find<'a>(ms: &'a [Measurement], check: &str, target: &str) -> &'a Measurement {
     ms.iter()
         .find(|m| m.check == check && m.target == target)
         .unwrap_or_else(|| panic!("no {check} on {target} in {ms:#?}"))
-}
-
-fn number(m: &Measurement) -> f64 {
-    match m.value {
-        Value::Number(x) => x,
-        Value::Status(s) => panic!("{} is a status {s:?}, not a number", m.check),
-    }
-}
-
-fn status(m: &Measurement) -> Status {
-    match m.value {
-        Value::Status(s) => s,
-        Value::Number(x) => panic!("{} is a number {x}, not a status", m.check),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
