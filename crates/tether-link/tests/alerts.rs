@@ -73,26 +73,37 @@ async fn deliver_through_cuts(hub: &TestHub, proxy: &FaultProxy, seed: u64) -> u
     mid_delivery
 }
 
+/// A hub behind a fault proxy that is down, and an agent (`setup` for the proxy's URL) that
+/// has already failed to reach it, within `guard`.
+async fn agent_while_the_hub_is_down(
+    hub: HubSettings,
+    setup: impl FnOnce(String) -> AgentSetup,
+    guard: Duration,
+) -> (TestHub, FaultProxy, TestAgent) {
+    let hub = TestHub::start(hub).await;
+    let proxy = FaultProxy::start(hub.addr).await;
+    proxy.set_down(true);
+    let agent = TestAgent::start(setup(proxy.url()));
+    agent
+        .wait_status("failing to reach the hub", guard, |s| {
+            s.state == "backing_off" && s.connects >= 1
+        })
+        .await;
+    (hub, proxy, agent)
+}
+
 /// 1 000 alerts sent while the hub is down arrive after it comes up, each exactly once in the
 /// hub's store, across 20 forced disconnects at random points.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v2_every_alert_is_stored_exactly_once_across_disconnects() {
-    let hub = TestHub::start(HubSettings {
+    let settings = HubSettings {
         version: 2,
         // ~40 ms per frame of 100: a full pass takes ~0.4 s, so cuts land mid-delivery.
         alert_delay: Duration::from_millis(40),
         recv_buffer: Some(16 * 1024),
         ..HubSettings::default()
-    })
-    .await;
-    let proxy = FaultProxy::start(hub.addr).await;
-    proxy.set_down(true);
-    let agent = TestAgent::start(AgentSetup::new(proxy.url()));
-    agent
-        .wait_status("failing to reach the hub", WAIT, |s| {
-            s.state == "backing_off" && s.connects >= 1
-        })
-        .await;
+    };
+    let (hub, proxy, agent) = agent_while_the_hub_is_down(settings, AgentSetup::new, WAIT).await;
     agent.send_alerts(0, ALERTS, 64).await;
     assert_eq!(agent.spool.len(), ALERTS as u64);
     assert_eq!(hub.with(|r| r.alerts_received), 0, "the hub was down");
@@ -154,21 +165,13 @@ fn agent_id_of(hub: &TestHub) -> String {
 /// socket, so a cut can lose what was in flight — but nothing is ever delivered twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1_alerts_are_delivered_at_most_once_across_disconnects() {
-    let hub = TestHub::start(HubSettings {
+    let settings = HubSettings {
         version: 1,
         alert_delay: Duration::from_millis(40),
         recv_buffer: Some(16 * 1024),
         ..HubSettings::default()
-    })
-    .await;
-    let proxy = FaultProxy::start(hub.addr).await;
-    proxy.set_down(true);
-    let agent = TestAgent::start(AgentSetup::new(proxy.url()));
-    agent
-        .wait_status("failing to reach the hub", WAIT, |s| {
-            s.state == "backing_off" && s.connects >= 1
-        })
-        .await;
+    };
+    let (hub, proxy, agent) = agent_while_the_hub_is_down(settings, AgentSetup::new, WAIT).await;
     agent.send_alerts(0, ALERTS, 64).await;
     let mid = deliver_through_cuts(&hub, &proxy, 0x5eed_0002).await;
 
@@ -221,21 +224,16 @@ async fn spool_overflow_is_counted_in_status_and_heartbeat() {
     let _clock = fine_clock();
     let guard = Duration::from_secs(600);
     for version in [2u32, 1] {
-        let hub = TestHub::start(HubSettings {
+        let settings = HubSettings {
             version,
             ..HubSettings::default()
-        })
-        .await;
-        let proxy = FaultProxy::start(hub.addr).await;
-        proxy.set_down(true);
-        let mut setup = AgentSetup::new(proxy.url());
-        setup.spool_max = 10;
-        let agent = TestAgent::start(setup);
-        agent
-            .wait_status("failing to reach the hub", guard, |s| {
-                s.connects >= 1 && s.state == "backing_off"
-            })
-            .await;
+        };
+        let small_spool = |url: String| {
+            let mut setup = AgentSetup::new(url);
+            setup.spool_max = 10;
+            setup
+        };
+        let (hub, proxy, agent) = agent_while_the_hub_is_down(settings, small_spool, guard).await;
         agent.send_alerts(0, 25, 32).await;
         let s = agent
             .wait_status("overflow counted", guard, |s| s.dropped_alerts == 15)
@@ -281,21 +279,13 @@ async fn spool_overflow_is_counted_in_status_and_heartbeat() {
 /// all: duplicates under a protocol that promises at most once.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1_a_cut_during_a_long_flush_sends_nothing_twice() {
-    let hub = TestHub::start(HubSettings {
+    let settings = HubSettings {
         version: 1,
         alert_delay: Duration::from_millis(200),
         recv_buffer: Some(16 * 1024),
         ..HubSettings::default()
-    })
-    .await;
-    let proxy = FaultProxy::start(hub.addr).await;
-    proxy.set_down(true);
-    let agent = TestAgent::start(AgentSetup::new(proxy.url()));
-    agent
-        .wait_status("failing to reach the hub", WAIT, |s| {
-            s.state == "backing_off" && s.connects >= 1
-        })
-        .await;
+    };
+    let (hub, proxy, agent) = agent_while_the_hub_is_down(settings, AgentSetup::new, WAIT).await;
     // 16 MB: one flush (8 frames, 12.8 MB) is more than the socket buffers on the way hold.
     agent.send_alerts(0, ALERTS, 16_000).await;
     proxy.set_down(false);
