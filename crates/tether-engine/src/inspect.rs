@@ -29,6 +29,7 @@
 //! `network`/`netif`/`sockets` → net, `diskio`/`disks` → disk, `port`/`net_port` → tcp.
 
 use crate::host;
+use crate::text::clip;
 use crate::tools::diag::{
     cpu::CpuLoadReport,
     disks::{DiskIoReport, DisksReport},
@@ -444,15 +445,6 @@ fn pct(v: f64) -> String {
 
 fn bytes(n: u64) -> String {
     host::human_bytes(n)
-}
-
-fn clip(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_owned();
-    }
-    let mut s: String = text.chars().take(max.saturating_sub(1)).collect();
-    s.push('…');
-    s
 }
 
 /// A report section under construction.

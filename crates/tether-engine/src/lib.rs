@@ -18,6 +18,7 @@ pub mod model;
 pub mod openai;
 mod prompts;
 pub mod scripted;
+pub mod text;
 pub mod tools;
 pub mod turn;
 

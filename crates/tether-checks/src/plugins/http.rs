@@ -34,6 +34,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+use tether_engine::text::error_chain;
 
 const KEYS: &[&str] = &[
     "url",
@@ -205,21 +206,6 @@ impl Plugin for HttpPlugin {
     fn default_instances(&self) -> Vec<toml::Table> {
         Vec::new()
     }
-}
-
-/// An error and its causes, outermost first.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 struct HttpCheck {

@@ -383,25 +383,7 @@ pub(crate) fn verdict(
     }
 }
 
-/// `text` cut to at most `max` characters, with an ellipsis when cut.
-pub(crate) fn clip(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_owned();
-    }
-    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
-}
-
-/// Rounds to two decimals.
-pub(crate) fn round2(v: f64) -> f64 {
-    (v * 100.0).round() / 100.0
-}
-
-/// Milliseconds of a duration, to two decimals.
-pub(crate) fn millis(d: Duration) -> f64 {
-    round2(d.as_secs_f64() * 1000.0)
-}
+pub(crate) use tether_engine::text::{clip, millis, round2};
 
 /// Sleeps for `d` unless cancelled first (then `Err("cancelled")`).
 pub(crate) async fn pause(d: Duration, cancel: &CancellationToken) -> Result<(), String> {

@@ -179,10 +179,14 @@ impl Call {
                 return Err(Failure::fatal(ModelError::Other(format!(
                     "cannot build the request to {}: {}",
                     target.url,
-                    describe_error(&e)
+                    crate::text::error_chain(&e)
                 ))));
             }
-            Ok(Err(e)) => return Err(Failure::retryable(ModelError::Connect(describe_error(&e)))),
+            Ok(Err(e)) => {
+                return Err(Failure::retryable(ModelError::Connect(
+                    crate::text::error_chain(&e),
+                )));
+            }
             Ok(Ok(r)) => r,
         };
         let status = response.status();
@@ -370,7 +374,7 @@ async fn read(
         }
         Some(Err(e)) => Err(Failure::retryable(ModelError::Stream(format!(
             "the connection broke: {}",
-            describe_error(&e)
+            crate::text::error_chain(&e)
         )))),
         None => Err(Failure::retryable(ModelError::Idle(whole_seconds(idle)))),
     }
@@ -624,22 +628,6 @@ fn clip(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &text[..end])
-}
-
-/// An HTTP client error with its causes, e.g. `error sending request for url (…): client
-/// error (Connect): tcp connect error: Connection refused (os error 111)`.
-pub(crate) fn describe_error(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let part = cause.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn whole_seconds(d: Duration) -> u64 {

@@ -88,7 +88,7 @@ impl OpenAiProvider {
                     "model",
                     format!(
                         "cannot set up the HTTP client for the model: {}",
-                        call::describe_error(&e)
+                        crate::text::error_chain(&e)
                     ),
                 )
             })?;

@@ -167,25 +167,7 @@ pub(crate) async fn run_program(
     }
 }
 
-/// Cuts `text` to at most `max` characters, marking the cut with `…`.
-pub(crate) fn clip(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_owned();
-    }
-    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
-}
-
-/// Rounds to one decimal.
-pub(crate) fn round1(v: f64) -> f64 {
-    (v * 10.0).round() / 10.0
-}
-
-/// Rounds to two decimals.
-pub(crate) fn round2(v: f64) -> f64 {
-    (v * 100.0).round() / 100.0
-}
+pub(crate) use crate::text::{clip, round1, round2};
 
 /// The current time as RFC 3339 (UTC, seconds).
 pub(crate) fn now_rfc3339() -> String {
@@ -195,13 +177,6 @@ pub(crate) fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn clip_marks_the_cut() {
-        assert_eq!(clip("abc", 3), "abc");
-        assert_eq!(clip("abcdef", 4), "abc…");
-        assert_eq!(clip("ééééé", 2), "é…");
-    }
 
     #[tokio::test]
     async fn run_program_reports_output_and_honours_cancel() {

@@ -9,9 +9,10 @@
 //! cannot leave the host whatever the resolver says. `http_check` never follows redirects
 //! (a redirect could point elsewhere) and ignores proxy settings.
 
-use super::{cancelled, clip, json_output, round2};
+use super::{cancelled, clip, json_output};
 use crate::host;
 use crate::model::ToolSpec;
+use crate::text::{error_chain, millis};
 use crate::tools::{Tool, ToolContext, ToolOutput, parse_args};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -114,25 +115,6 @@ fn allowed_addresses(host_text: &str, addrs: Vec<SocketAddr>) -> Result<Vec<Sock
     }
 }
 
-/// An error and its causes, outermost first.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
-}
-
-fn ms(d: Duration) -> f64 {
-    round2(d.as_secs_f64() * 1000.0)
-}
-
 /// A requested timeout in milliseconds, bounded by the configured limit.
 fn bounded(timeout_ms: Option<u64>, default_ms: u64, limit: Duration) -> Duration {
     Duration::from_millis(timeout_ms.unwrap_or(default_ms).max(1)).min(limit)
@@ -212,7 +194,7 @@ impl Tool for DnsResolve {
                 r = resolve(&args.name, 0, timeout) => r,
                 _ = ctx.cancel.cancelled() => return cancelled(),
             };
-            let elapsed_ms = ms(start.elapsed());
+            let elapsed_ms = millis(start.elapsed());
             match result {
                 Ok(addrs) => json_output(
                     &DnsReport {
@@ -306,7 +288,7 @@ async fn tcp_probe(host_text: &str, port: u16, timeout: Duration) -> TcpCheckRep
             return report;
         }
     };
-    report.resolve_ms = Some(ms(start.elapsed()));
+    report.resolve_ms = Some(millis(start.elapsed()));
     let mut errors = Vec::new();
     for addr in addrs {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -319,7 +301,7 @@ async fn tcp_probe(host_text: &str, port: u16, timeout: Duration) -> TcpCheckRep
             Ok(Ok(_stream)) => {
                 report.connected = true;
                 report.address = Some(addr.to_string());
-                report.connect_ms = Some(ms(began.elapsed()));
+                report.connect_ms = Some(millis(began.elapsed()));
                 return report;
             }
             Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
@@ -518,11 +500,11 @@ async fn http_probe(args: HttpArgs, timeout: Duration) -> HttpCheckReport {
         Ok(r) => r,
         Err(e) => {
             report.error = Some(error_chain(&e));
-            report.total_ms = Some(ms(start.elapsed()));
+            report.total_ms = Some(millis(start.elapsed()));
             return report;
         }
     };
-    report.latency_ms = Some(ms(start.elapsed()));
+    report.latency_ms = Some(millis(start.elapsed()));
     let status = response.status();
     report.status = Some(status.as_u16());
     report.reason = status.canonical_reason().map(str::to_owned);
@@ -557,7 +539,7 @@ async fn http_probe(args: HttpArgs, timeout: Duration) -> HttpCheckReport {
         }
         report.body_snippet = Some(String::from_utf8_lossy(&body).into_owned());
     }
-    report.total_ms = Some(ms(start.elapsed()));
+    report.total_ms = Some(millis(start.elapsed()));
     report
 }
 
