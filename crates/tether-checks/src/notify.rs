@@ -36,6 +36,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
+use tether_engine::process::kill_group;
 use tether_proto::link::{AlertEvent, DiagnoseReport};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -707,21 +708,5 @@ async fn exec(
                 humantime::format_duration(timeout)
             ))
         }
-    }
-}
-
-/// Sends SIGKILL to the process group led by `pid`.
-#[allow(unsafe_code)]
-fn kill_group(pid: u32) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return;
-    };
-    if pid <= 1 {
-        return;
-    }
-    // SAFETY: kill(2) has no memory-safety preconditions; a negative pid names the group the
-    // command leads (it was spawned with process_group(0)), so nothing outside it is signalled.
-    unsafe {
-        libc::kill(-pid, libc::SIGKILL);
     }
 }

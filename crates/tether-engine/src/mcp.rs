@@ -16,6 +16,7 @@
 //! nothing it started outlives the agent.
 
 use crate::model::ToolSpec;
+use crate::process::kill_group;
 use crate::tools::{Tool, ToolContext, ToolOutput};
 use futures_util::future::{BoxFuture, join_all};
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -598,22 +599,6 @@ impl Drop for ProcessGroup {
         if let Some(pid) = self.0 {
             kill_group(pid);
         }
-    }
-}
-
-/// Sends SIGKILL to the process group led by `pid`.
-#[allow(unsafe_code)]
-fn kill_group(pid: u32) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return;
-    };
-    if pid <= 1 {
-        return;
-    }
-    // SAFETY: kill(2) has no memory-safety preconditions; a negative pid names the group the
-    // server leads (it was spawned with process_group(0)), so nothing outside it is signalled.
-    unsafe {
-        libc::kill(-pid, libc::SIGKILL);
     }
 }
 

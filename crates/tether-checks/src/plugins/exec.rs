@@ -46,6 +46,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
+use tether_engine::process::kill_group;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 const KEYS: &[&str] = &["command", "args", "env"];
@@ -100,24 +101,6 @@ struct ExecCheck {
     command: String,
     args: Vec<String>,
     env: BTreeMap<String, String>,
-}
-
-/// Sends SIGKILL to the process group `pgid` (the child made it with `process_group(0)`).
-#[allow(unsafe_code)]
-fn kill_group(pgid: u32) {
-    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
-        return;
-    };
-    if pgid <= 1 {
-        return;
-    }
-    // SAFETY: kill(2) takes two integers and reads or writes no memory of this process. The
-    // group is the child's own (it was spawned as a group leader and has not been reaped, or
-    // members of its group still exist), so the id cannot have been reused by an unrelated
-    // group.
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
-    }
 }
 
 /// Kills the command's process group if the run ends before the command did — including

@@ -6,6 +6,7 @@
 
 use super::{Tool, ToolContext, ToolOutput, parse_args};
 use crate::model::ToolSpec;
+use crate::process::kill_group;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -49,19 +50,6 @@ async fn drain(mut pipe: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>, usize)
         }
     }
     (kept, dropped)
-}
-
-/// Kills the whole process group led by `pid`.
-#[allow(unsafe_code)]
-fn kill_group(pid: u32) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return;
-    };
-    // SAFETY: kill(2) has no memory-safety preconditions; a negative pid names the group the
-    // child leads (it was spawned with process_group(0)), so nothing outside it is signalled.
-    unsafe {
-        libc::kill(-pid, libc::SIGKILL);
-    }
 }
 
 enum Ending {
