@@ -19,6 +19,7 @@ use crate::plugin::{Check, CheckContext, Measurement, Plugin, Status, Thresholds
 use futures_util::future::BoxFuture;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use tether_engine::tools::diag::probes::connect_first;
 
 const KEYS: &[&str] = &["target"];
 
@@ -109,24 +110,8 @@ pub(crate) async fn connect(
                 humantime::format_duration(timeout)
             )
         })??;
-    let mut errors = Vec::new();
-    for addr in addrs {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            errors.push(format!("{addr}: no time left"));
-            break;
-        }
-        let began = Instant::now();
-        match tokio::time::timeout(left, tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => return Ok((stream, began.elapsed())),
-            Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
-            Err(_) => errors.push(format!(
-                "{addr}: no answer within {}",
-                humantime::format_duration(left)
-            )),
-        }
-    }
-    Err(errors.join("; "))
+    let (stream, _, took) = connect_first(addrs, deadline).await?;
+    Ok((stream, took))
 }
 
 struct TcpCheck {

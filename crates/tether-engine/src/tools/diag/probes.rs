@@ -289,6 +289,23 @@ async fn tcp_probe(host_text: &str, port: u16, timeout: Duration) -> TcpCheckRep
         }
     };
     report.resolve_ms = Some(millis(start.elapsed()));
+    match connect_first(addrs, deadline).await {
+        Ok((_stream, addr, took)) => {
+            report.connected = true;
+            report.address = Some(addr.to_string());
+            report.connect_ms = Some(millis(took));
+        }
+        Err(e) => report.error = Some(e),
+    }
+    report
+}
+
+/// Connects to the first of `addrs` that accepts before `deadline`: the stream, its address
+/// and how long that address took to accept; or why each address failed, joined.
+pub async fn connect_first(
+    addrs: Vec<SocketAddr>,
+    deadline: Instant,
+) -> Result<(tokio::net::TcpStream, SocketAddr, Duration), String> {
     let mut errors = Vec::new();
     for addr in addrs {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -298,12 +315,7 @@ async fn tcp_probe(host_text: &str, port: u16, timeout: Duration) -> TcpCheckRep
         }
         let began = Instant::now();
         match tokio::time::timeout(left, tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(_stream)) => {
-                report.connected = true;
-                report.address = Some(addr.to_string());
-                report.connect_ms = Some(millis(began.elapsed()));
-                return report;
-            }
+            Ok(Ok(stream)) => return Ok((stream, addr, began.elapsed())),
             Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
             Err(_) => errors.push(format!(
                 "{addr}: no answer within {}",
@@ -311,8 +323,7 @@ async fn tcp_probe(host_text: &str, port: u16, timeout: Duration) -> TcpCheckRep
             )),
         }
     }
-    report.error = Some(errors.join("; "));
-    report
+    Err(errors.join("; "))
 }
 
 impl Tool for TcpCheck {
