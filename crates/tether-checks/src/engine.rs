@@ -124,6 +124,30 @@ struct Shared {
     config_errors: Vec<String>,
 }
 
+impl Shared {
+    /// A new instance slot under a fresh id (ids are never reused, so a stopped instance's
+    /// late result cannot land in its successor's slot).
+    fn add_slot(
+        &mut self,
+        spec: Arc<InstanceSpec>,
+        cancel: CancellationToken,
+        owned: BTreeSet<String>,
+    ) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.instances.insert(
+            id,
+            Slot {
+                spec,
+                cancel,
+                status: RunStatus::default(),
+                owned,
+            },
+        );
+        id
+    }
+}
+
 struct Slot {
     spec: Arc<InstanceSpec>,
     cancel: CancellationToken,
@@ -752,18 +776,8 @@ fn reload(inner: &Arc<Inner>) {
                     };
                     old.cancel.cancel();
                     tracing::info!(plugin = %spec.plugin, instance = %spec.id(), "check instance changed; restarting it");
-                    let id = g.next_id;
-                    g.next_id += 1;
                     let cancel = inner.shutdown.child_token();
-                    g.instances.insert(
-                        id,
-                        Slot {
-                            spec: spec.clone(),
-                            cancel: cancel.clone(),
-                            status: RunStatus::default(),
-                            owned: old.owned,
-                        },
-                    );
+                    let id = g.add_slot(spec.clone(), cancel.clone(), old.owned);
                     to_start.push((id, spec, cancel));
                 }
                 None => {
@@ -797,18 +811,8 @@ fn reload(inner: &Arc<Inner>) {
                 continue;
             }
             let spec = Arc::new(spec);
-            let id = g.next_id;
-            g.next_id += 1;
             let cancel = inner.shutdown.child_token();
-            g.instances.insert(
-                id,
-                Slot {
-                    spec: spec.clone(),
-                    cancel: cancel.clone(),
-                    status: RunStatus::default(),
-                    owned: BTreeSet::new(),
-                },
-            );
+            let id = g.add_slot(spec.clone(), cancel.clone(), BTreeSet::new());
             to_start.push((id, spec, cancel));
         }
     }
