@@ -183,18 +183,7 @@ impl Quantiles {
     }
 }
 
-pub fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[mid]
-    } else {
-        (v[mid - 1] + v[mid]) / 2.0
-    }
-}
+pub(crate) use crate::median;
 
 /// Share of `values` above `limit`.
 pub fn share_above(values: &[f64], limit: f64) -> f64 {
