@@ -151,21 +151,9 @@ impl Shadow {
                 }
             }
             EventBody::TurnEnded { .. } => self.turn = None,
-            EventBody::PermissionRequested {
-                turn_id,
-                call_id,
-                tool,
-                args,
-                originator,
-                policy,
-            } => self.pending.push(PendingPermission {
-                turn_id: turn_id.clone(),
-                call_id: call_id.clone(),
-                tool: tool.clone(),
-                args: args.clone(),
-                originator: originator.clone(),
-                policy: *policy,
-            }),
+            EventBody::PermissionRequested { .. } => {
+                self.pending.extend(PendingPermission::requested_by(body))
+            }
             EventBody::PermissionResolved { call_id, .. } => {
                 self.pending.retain(|p| &p.call_id != call_id)
             }

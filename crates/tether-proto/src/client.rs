@@ -724,6 +724,30 @@ pub struct PendingPermission {
     pub policy: Policy,
 }
 
+impl PendingPermission {
+    /// The request a `permission_requested` event raises (`None` for any other event).
+    pub fn requested_by(body: &EventBody) -> Option<PendingPermission> {
+        match body {
+            EventBody::PermissionRequested {
+                turn_id,
+                call_id,
+                tool,
+                args,
+                originator,
+                policy,
+            } => Some(PendingPermission {
+                turn_id: turn_id.clone(),
+                call_id: call_id.clone(),
+                tool: tool.clone(),
+                args: args.clone(),
+                originator: originator.clone(),
+                policy: *policy,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// A session's state at attach time.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {

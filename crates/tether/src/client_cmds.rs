@@ -402,22 +402,8 @@ fn on_event(st: &mut ChatState, body: &EventBody, may_answer: bool) -> bool {
                 st.phase = Phase::Idle;
             }
         }
-        EventBody::PermissionRequested {
-            turn_id,
-            call_id,
-            tool,
-            args,
-            originator,
-            policy,
-        } if may_answer => {
-            st.prompts.push_back(PendingPermission {
-                turn_id: turn_id.clone(),
-                call_id: call_id.clone(),
-                tool: tool.clone(),
-                args: args.clone(),
-                originator: originator.clone(),
-                policy: *policy,
-            });
+        EventBody::PermissionRequested { .. } if may_answer => {
+            st.prompts.extend(PendingPermission::requested_by(body));
         }
         EventBody::PermissionResolved { call_id, .. } => {
             st.prompts.retain(|p| &p.call_id != call_id);
