@@ -596,11 +596,8 @@ fn random_unit() -> f64 {
 
 /// The console line of an alert event.
 pub fn console_line(e: &AlertEvent) -> String {
-    let time = u64::try_from(e.event_time)
-        .ok()
-        .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
-        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
-        .unwrap_or_else(|| e.event_time.to_string());
+    // Whatever time a script or peer gave (year 11476 once killed this notifier).
+    let time = tether_proto::time::rfc3339_secs(e.event_time);
     let mut what: Vec<&str> = ["plugin", "target", "check"]
         .iter()
         .filter_map(|k| e.labels.get(*k).map(String::as_str))

@@ -428,3 +428,18 @@ fn env_expansion() {
     assert!(expand_env("${}").is_err());
     assert!(expand_env("${TETHER_TEST_SURELY_UNSET_VAR}").is_err());
 }
+
+/// Issue 9, finding 1: an event time from year 11476 (a script's `alert send`) killed the
+/// console notifier's task; it must print the line and go on delivering.
+#[tokio::test]
+async fn the_console_survives_a_far_future_event_time() {
+    let n = Notifiers::start(&configs("[[notifiers]]\nkind = \"console\"\n")).expect("start");
+    let mut far = event(AlertStatus::Critical);
+    far.event_time = 300_000_000_000;
+    n.notify(&far);
+    n.notify(&event(AlertStatus::Ok));
+    eventually("both console lines", || stat(&n, 0).sent >= 2).await;
+    assert_eq!(stat(&n, 0).failed, 0);
+    assert!(tether_checks::notify::console_line(&far).contains("9999-12-31"));
+    n.shutdown(Duration::from_millis(200)).await;
+}

@@ -19,6 +19,7 @@ pub mod openai;
 pub mod process;
 mod prompts;
 pub mod scripted;
+pub mod sync;
 pub mod text;
 pub mod tools;
 pub mod turn;

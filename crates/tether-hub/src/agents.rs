@@ -1,9 +1,16 @@
 //! The agent endpoint, `GET /api/v1/agent/ws`: the hub's side of the link protocol
 //! (PROTOCOL.md §2). Checks the agent's credential before upgrading, negotiates version 1 or
 //! 2, answers `register` with `ack`, pings every 30 s, drops an agent silent for 90 s, stores
-//! alert events (acknowledging them under version 2 only after they are committed), and hands
-//! session traffic to the relay.
+//! alert events (acknowledging them under version 2 only after they are committed, and never
+//! past one it did not store — see [`crate::alert_acks`]), answers a frame it refuses (too
+//! large, undecodable, not storable now) under version 2 with `ack {ok: false, reason}`
+//! naming the frame, and hands session traffic to the relay.
+//!
+//! Every alert event is checked at this edge: undecodable events and events without a usable
+//! key are refused one by one (counted), the rest of their batch is kept; an unbelievable
+//! event time or an oversized description is replaced and flagged in `attrs`.
 
+use crate::alert_acks::AlertAcks;
 use crate::hub::{Hub, HubEvent};
 use crate::store::AgentRecord;
 use axum::extract::State;
@@ -15,9 +22,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tether_engine::sync::lock;
 use tether_proto::link::{
-    Ack, AlertAck, Disconnect, HEADER_AGENT_ID, HEADER_AGENT_TOKEN, HEADER_PROTO_VERSION,
-    LinkFrame, LinkMessage, MAX_LINK_FRAME_BYTES,
+    Ack, AlertAck, AlertEvents, Disconnect, HEADER_AGENT_ID, HEADER_AGENT_TOKEN,
+    HEADER_PROTO_VERSION, LinkFrame, LinkMessage, MAX_LINK_FRAME_BYTES, probe_refused_frame,
+    refused,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -41,6 +50,8 @@ pub struct AgentConn {
     cancel: CancellationToken,
     /// Frames waiting for an `ack` by `ref_id`.
     pending: std::sync::Mutex<HashMap<String, oneshot::Sender<Ack>>>,
+    /// `dropped_alerts` from the agent's last heartbeat (version 2).
+    pub(crate) dropped_alerts: AtomicU64,
 }
 
 impl AgentConn {
@@ -64,7 +75,8 @@ impl AgentConn {
     pub async fn request(&self, message: LinkMessage, timeout: Duration) -> Result<Ack, String> {
         let id = uuid::Uuid::now_v7().to_string();
         let (tx, rx) = oneshot::channel();
-        if let Ok(mut p) = self.pending.lock() {
+        {
+            let mut p = lock(&self.pending);
             p.insert(id.clone(), tx);
         }
         let text = LinkFrame::new(id.clone(), message).encode();
@@ -85,13 +97,14 @@ impl AgentConn {
     }
 
     fn forget(&self, id: &str) {
-        if let Ok(mut p) = self.pending.lock() {
+        {
+            let mut p = lock(&self.pending);
             p.remove(id);
         }
     }
 
     fn resolve(&self, ref_id: &str, ack: Ack) -> bool {
-        let waiter = self.pending.lock().ok().and_then(|mut p| p.remove(ref_id));
+        let waiter = lock(&self.pending).remove(ref_id);
         match waiter {
             Some(w) => {
                 let _ = w.send(ack);
@@ -291,6 +304,7 @@ async fn serve_agent(
         tx,
         cancel: cancel.clone(),
         pending: std::sync::Mutex::new(HashMap::new()),
+        dropped_alerts: AtomicU64::new(0),
     });
     if let Some(old) = hub.register_agent(conn.clone()) {
         tracing::info!(agent = %agent_id, "agent connected again; replacing its previous connection");
@@ -350,6 +364,7 @@ async fn serve_agent(
 
     // Reader, with the read deadline.
     let deadline = hub.config().read_deadline;
+    let mut acks = AlertAcks::new();
     let reason = loop {
         let next = tokio::select! {
             _ = cancel.cancelled() => break "closed by the hub".to_owned(),
@@ -367,17 +382,26 @@ async fn serve_agent(
             _ => continue,
         };
         hub.metrics().frames_in.fetch_add(1, Ordering::Relaxed);
-        if text.len() > MAX_LINK_FRAME_BYTES {
-            tracing::warn!(agent = %agent_id, size = text.len(), "refused an oversized frame");
-            continue;
-        }
-        match LinkFrame::decode(text.as_str()) {
-            // Boxed: this task lives as long as the connection, and its size is that of its
-            // largest await point. Inline, `on_frame` (over 2 KiB) would make every idle
-            // agent's task that much bigger; boxed, it costs one short-lived allocation per
-            // frame.
-            Ok(frame) => Box::pin(on_frame(&hub, &conn, &conn.hostname, frame)).await,
-            Err(e) => tracing::warn!(agent = %agent_id, error = %e, "ignored a bad frame"),
+        let outcome = if text.len() > MAX_LINK_FRAME_BYTES {
+            Box::pin(refuse_oversized(&hub, &conn, &mut acks, text.as_str())).await
+        } else {
+            match LinkFrame::decode(text.as_str()) {
+                // Boxed: this task lives as long as the connection, and its size is that of
+                // its largest await point. Inline, `on_frame` (over 2 KiB) would make every
+                // idle agent's task that much bigger; boxed, it costs one short-lived
+                // allocation per frame.
+                Ok(frame) => Box::pin(on_frame(&hub, &conn, &mut acks, frame)).await,
+                Err(e) => {
+                    hub.metrics().frames_refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(agent = %agent_id, error = %e, "refused a bad frame");
+                    let (id, _, _) = probe_refused_frame(text.as_str());
+                    refuse(&conn, id, refused::BAD_REQUEST, e.to_string()).await;
+                    Ok(())
+                }
+            }
+        };
+        if let Err(why) = outcome {
+            break why;
         }
     };
     cancel.cancel();
@@ -404,9 +428,171 @@ async fn serve_agent(
     tracing::info!(agent = %agent_id, reason = %reason, "agent disconnected");
 }
 
-async fn on_frame(hub: &Hub, conn: &Arc<AgentConn>, hostname: &str, frame: LinkFrame) {
+/// Answers a refused frame under version 2: `ack {ok: false, reason, error}` with the frame's
+/// id as `ref_id`, so the agent can split it, send it again, or count it as dropped. Version 1
+/// has no such answer (catpaw deletes what it wrote); the refusal is logged and counted.
+async fn refuse(conn: &AgentConn, frame_id: String, reason: &str, error: String) {
+    if conn.proto < 2 || frame_id.is_empty() {
+        return;
+    }
+    let frame = LinkFrame {
+        id: uuid::Uuid::now_v7().to_string(),
+        ref_id: Some(frame_id),
+        message: LinkMessage::Ack(Ack {
+            ok: false,
+            error: Some(error),
+            reason: Some(reason.to_owned()),
+            ..Ack::default()
+        }),
+    };
+    let _ = conn.send_text(frame.encode()).await;
+}
+
+/// A frame over [`MAX_LINK_FRAME_BYTES`]: read only for its id and alert seqs, answered, and
+/// its alerts kept out of every acknowledgement until they come again in smaller frames. An
+/// event that is too large on its own is refused for good (the agent drops and counts it).
+async fn refuse_oversized(
+    hub: &Hub,
+    conn: &Arc<AgentConn>,
+    acks: &mut AlertAcks,
+    text: &str,
+) -> Result<(), String> {
+    let m = hub.metrics();
+    m.frames_refused.fetch_add(1, Ordering::Relaxed);
+    let (id, kind, seqs) = probe_refused_frame(text);
+    tracing::warn!(
+        agent = %conn.agent_id,
+        size = text.len(),
+        kind = kind.as_deref().unwrap_or("?"),
+        alerts = seqs.len(),
+        "refused an oversized frame"
+    );
+    if kind.as_deref() == Some("alert_events") {
+        m.alerts_received
+            .fetch_add(seqs.len() as u64, Ordering::Relaxed);
+        if seqs.len() == 1 {
+            m.alerts_rejected.fetch_add(1, Ordering::Relaxed);
+            acks.settled(seqs);
+        } else if let Err(e) = acks.not_stored(seqs) {
+            return Err(format!(
+                "{} refused alerts were never sent again; closing",
+                e.0
+            ));
+        }
+    }
+    refuse(
+        conn,
+        id,
+        refused::TOO_LARGE,
+        format!(
+            "frame is {} bytes; the limit is {MAX_LINK_FRAME_BYTES}",
+            text.len()
+        ),
+    )
+    .await;
+    Ok(())
+}
+
+/// Stores a batch of alert events: refuses the ones that cannot be stored (counted, the rest
+/// kept), makes the others safe (flagged), commits, then acknowledges what the accounting
+/// allows. A batch the store cannot take is answered so the agent sends it again.
+async fn on_alerts(
+    hub: &Hub,
+    conn: &Arc<AgentConn>,
+    acks: &mut AlertAcks,
+    frame_id: String,
+    mut batch: AlertEvents,
+) -> Result<(), String> {
+    let m = hub.metrics();
+    let received = batch.events.len() + batch.rejected.len();
+    m.alerts_received
+        .fetch_add(received as u64, Ordering::Relaxed);
+    let mut settled: Vec<u64> = Vec::new();
+    for r in &batch.rejected {
+        tracing::warn!(agent = %conn.agent_id, index = r.index, seq = ?r.seq, error = %r.error, "refused an alert event");
+        settled.extend(r.seq);
+    }
+    let now = tether_proto::time::now_secs();
+    batch.events.retain_mut(|e| {
+        if let Some(problem) = e.problem() {
+            tracing::warn!(agent = %conn.agent_id, seq = ?e.seq, "refused an alert event: {problem}");
+            settled.extend(e.seq);
+            return false;
+        }
+        let changed = e.sanitize(now);
+        if !changed.is_empty() {
+            m.alerts_sanitized.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(agent = %conn.agent_id, key = %e.alert_key, seq = ?e.seq, "alert event made safe: {}", changed.join("; "));
+        }
+        true
+    });
+    let rejected = received - batch.events.len();
+    m.alerts_rejected
+        .fetch_add(rejected as u64, Ordering::Relaxed);
+    let seqs: Vec<u64> = batch.events.iter().filter_map(|e| e.seq).collect();
+    let id = conn.agent_id.clone();
+    let host = conn.hostname.clone();
+    let events = batch.events;
+    let stored = if events.is_empty() {
+        Ok(Default::default())
+    } else {
+        hub.store()
+            .run(move |s| s.insert_alerts(&id, &host, &events))
+            .await
+    };
+    match stored {
+        Ok(result) => {
+            m.alerts_stored
+                .fetch_add(result.rows.len() as u64, Ordering::Relaxed);
+            m.alerts_duplicate
+                .fetch_add(result.duplicates as u64, Ordering::Relaxed);
+            settled.extend(seqs);
+            // Acknowledged only now that they are committed, and only as far as nothing
+            // refused lies below.
+            if conn.proto >= 2
+                && let Some(upto_seq) = acks.settled(settled)
+            {
+                let _ = conn
+                    .send(LinkMessage::AlertAck(AlertAck { upto_seq }))
+                    .await;
+            }
+            for row in result.rows {
+                hub.publish(HubEvent::Alert(row));
+            }
+        }
+        Err(e) => {
+            // Not stored, so not acknowledged — not even by a later batch's ack.
+            tracing::error!(agent = %conn.agent_id, error = %e, "cannot store alerts");
+            if let Err(too_many) = acks.not_stored(seqs) {
+                return Err(format!(
+                    "{} alerts could not be stored; closing",
+                    too_many.0
+                ));
+            }
+            acks.settled(settled);
+            refuse(
+                conn,
+                frame_id,
+                refused::STORE_UNAVAILABLE,
+                format!("the hub cannot store alerts right now: {e}"),
+            )
+            .await;
+        }
+    }
+    Ok(())
+}
+
+async fn on_frame(
+    hub: &Hub,
+    conn: &Arc<AgentConn>,
+    acks: &mut AlertAcks,
+    frame: LinkFrame,
+) -> Result<(), String> {
     match frame.message {
         LinkMessage::Heartbeat(hb) => {
+            if let Some(d) = hb.dropped_alerts {
+                conn.dropped_alerts.store(d, Ordering::Relaxed);
+            }
             let id = conn.agent_id.clone();
             let result = hub
                 .store()
@@ -420,39 +606,7 @@ async fn on_frame(hub: &Hub, conn: &Arc<AgentConn>, hostname: &str, frame: LinkF
             }
         }
         LinkMessage::AlertEvents(batch) => {
-            let upto = batch.events.iter().filter_map(|e| e.seq).max();
-            let id = conn.agent_id.clone();
-            let host = hostname.to_owned();
-            let n = batch.events.len();
-            let stored = hub
-                .store()
-                .run(move |s| s.insert_alerts(&id, &host, &batch.events))
-                .await;
-            match stored {
-                Ok(result) => {
-                    let m = hub.metrics();
-                    m.alerts_received.fetch_add(n as u64, Ordering::Relaxed);
-                    m.alerts_stored
-                        .fetch_add(result.rows.len() as u64, Ordering::Relaxed);
-                    m.alerts_duplicate
-                        .fetch_add(result.duplicates as u64, Ordering::Relaxed);
-                    // Acknowledged only now that they are committed.
-                    if conn.proto >= 2
-                        && let Some(upto_seq) = upto
-                    {
-                        let _ = conn
-                            .send(LinkMessage::AlertAck(AlertAck { upto_seq }))
-                            .await;
-                    }
-                    for row in result.rows {
-                        hub.publish(HubEvent::Alert(row));
-                    }
-                }
-                Err(e) => {
-                    // Not stored, so not acknowledged: a version-2 agent sends them again.
-                    tracing::error!(agent = %conn.agent_id, error = %e, "cannot store alerts");
-                }
-            }
+            return on_alerts(hub, conn, acks, frame.id, batch).await;
         }
         LinkMessage::Ack(ack) => {
             if let Some(r) = &frame.ref_id {
@@ -466,4 +620,5 @@ async fn on_frame(hub: &Hub, conn: &Arc<AgentConn>, hostname: &str, frame: LinkF
         LinkMessage::Pong | LinkMessage::Register(_) => {}
         other => tracing::debug!(agent = %conn.agent_id, kind = other.kind(), "ignored"),
     }
+    Ok(())
 }

@@ -12,6 +12,7 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use tether_engine::sync::lock;
 use tether_mux::outbound::Outbound;
 use tether_transport::auth::{Authenticator, ClientCredential};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,12 @@ pub struct Metrics {
     pub alerts_received: AtomicU64,
     pub alerts_stored: AtomicU64,
     pub alerts_duplicate: AtomicU64,
+    /// Alert events refused for good (undecodable, no key, alone in an oversized frame).
+    pub alerts_rejected: AtomicU64,
+    /// Alert events stored with a field replaced (an unbelievable time, a description cut).
+    pub alerts_sanitized: AtomicU64,
+    /// Link frames refused (over the size limit, or undecodable), each answered under v2.
+    pub frames_refused: AtomicU64,
     pub sessions_created: AtomicU64,
     pub operator_evictions: AtomicU64,
 }
@@ -187,18 +194,12 @@ impl Hub {
 
     /// Adds a connected agent; returns the connection it replaces.
     pub(crate) fn register_agent(&self, conn: Arc<AgentConn>) -> Option<Arc<AgentConn>> {
-        self.inner
-            .agents
-            .lock()
-            .ok()?
-            .insert(conn.agent_id.clone(), conn)
+        lock(&self.inner.agents).insert(conn.agent_id.clone(), conn)
     }
 
     /// Removes an agent's connection if it is still `conn_id`; true when it was.
     pub(crate) fn unregister_agent(&self, agent_id: &str, conn_id: u64) -> bool {
-        let Ok(mut agents) = self.inner.agents.lock() else {
-            return false;
-        };
+        let mut agents = lock(&self.inner.agents);
         match agents.get(agent_id) {
             Some(c) if c.conn_id == conn_id => {
                 agents.remove(agent_id);
@@ -209,15 +210,23 @@ impl Hub {
     }
 
     pub fn agent(&self, agent_id: &str) -> Option<Arc<AgentConn>> {
-        self.inner.agents.lock().ok()?.get(agent_id).cloned()
+        lock(&self.inner.agents).get(agent_id).cloned()
     }
 
     pub fn is_connected(&self, agent_id: &str) -> bool {
         self.agent(agent_id).is_some()
     }
 
+    /// The sum of `dropped_alerts` connected agents last reported.
+    pub fn agents_dropped_alerts(&self) -> u64 {
+        lock(&self.inner.agents)
+            .values()
+            .map(|a| a.dropped_alerts.load(Ordering::Relaxed))
+            .sum()
+    }
+
     pub fn connected_agents(&self) -> usize {
-        self.inner.agents.lock().map(|a| a.len()).unwrap_or(0)
+        lock(&self.inner.agents).len()
     }
 
     /// Subscribes an operator connection to `agent` frames.
@@ -231,7 +240,8 @@ impl Hub {
     }
 
     fn add_sub(&self, conn_id: u64, kind: SubKind, outbound: Outbound) {
-        if let Ok(mut subs) = self.inner.subs.lock() {
+        {
+            let mut subs = lock(&self.inner.subs);
             let same_kind = |s: &Sub| {
                 s.conn_id == conn_id
                     && matches!(
@@ -250,7 +260,8 @@ impl Hub {
     }
 
     pub fn unsubscribe(&self, conn_id: u64) {
-        if let Ok(mut subs) = self.inner.subs.lock() {
+        {
+            let mut subs = lock(&self.inner.subs);
             subs.retain(|s| s.conn_id != conn_id);
         }
     }
@@ -263,9 +274,7 @@ impl Hub {
             (SubKind::Alerts(f), HubEvent::Alert(a)) => f.matches(a),
             _ => false,
         };
-        let Ok(mut subs) = self.inner.subs.lock() else {
-            return;
-        };
+        let mut subs = lock(&self.inner.subs);
         // Encoded only when someone wants it: an alert storm with no console open costs no
         // JSON.
         if !subs.iter().any(wants) {
@@ -295,12 +304,7 @@ impl Hub {
     /// operator connections.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
-        let agents: Vec<Arc<AgentConn>> = self
-            .inner
-            .agents
-            .lock()
-            .map(|a| a.values().cloned().collect())
-            .unwrap_or_default();
+        let agents: Vec<Arc<AgentConn>> = lock(&self.inner.agents).values().cloned().collect();
         for a in agents {
             a.disconnect("the hub is shutting down", 5).await;
         }

@@ -1,6 +1,7 @@
 //! tether-hub: the central server of a fleet.
 //!
-//! * [`agents`] — the agent endpoint (hub side of the link protocol).
+//! * [`agents`] — the agent endpoint (hub side of the link protocol); [`alert_acks`] — what
+//!   it may acknowledge.
 //! * [`relay`] — remote sessions: mirrors of agent sessions, fanned out to operators.
 //! * [`operators`] — the client protocol at the hub, plus the fleet ops.
 //! * [`server`] — routes, REST mirror, `/healthz`, `/metrics`, TLS, retention.
@@ -9,6 +10,7 @@
 //! * [`tokens`] — credentials; [`config`] — settings; [`hub`] — shared state.
 
 pub mod agents;
+pub mod alert_acks;
 pub mod config;
 pub mod console;
 pub mod hub;

@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use tether_engine::sync::lock;
 use tether_mux::Identity;
 use tether_mux::outbound::Outbound;
 use tether_proto::{
@@ -339,7 +340,8 @@ impl OperatorConn {
                 .await
                 .map(|sessions| json!({ "sessions": sessions })),
             Op::Attach(a) => {
-                if let Ok(mut set) = self.attached.lock() {
+                {
+                    let mut set = lock(&self.attached);
                     set.insert(a.session_id.to_string());
                 }
                 // Replies itself: the snapshot must precede the replay in the queue.
@@ -357,7 +359,8 @@ impl OperatorConn {
                 return;
             }
             Op::Detach(d) => {
-                if let Ok(mut set) = self.attached.lock() {
+                {
+                    let mut set = lock(&self.attached);
                     set.remove(d.session_id.as_str());
                 }
                 relay
@@ -398,11 +401,7 @@ impl Handler for OperatorConn {
     fn close<'a>(&'a self, _reason: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             self.hub.unsubscribe(self.conn_id);
-            let sessions: Vec<String> = self
-                .attached
-                .lock()
-                .map(|mut s| s.drain().collect())
-                .unwrap_or_default();
+            let sessions: Vec<String> = lock(&self.attached).drain().collect();
             self.hub
                 .relay()
                 .operator_gone(&self.hub, &self.client, self.conn_id, sessions)

@@ -20,6 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tether_engine::sync::lock;
 use tether_mux::outbound::{OutItem, Outbound, ReplaySource, StoredEvent};
 use tether_proto::link::{
     DiagnoseReport, LinkMessage, SessionAnswer, SessionAttach, SessionCancel, SessionDetach,
@@ -262,23 +263,18 @@ impl Relay {
 
     /// Sessions open now (a session busy being updated counts as open).
     pub fn active(&self) -> usize {
-        self.inner
-            .sessions
-            .lock()
-            .map(|m| {
-                m.values()
-                    .filter(|s| {
-                        s.shadow
-                            .try_lock()
-                            .map_or(true, |sh| sh.state != SessionState::Closed)
-                    })
-                    .count()
+        lock(&self.inner.sessions)
+            .values()
+            .filter(|s| {
+                s.shadow
+                    .try_lock()
+                    .map_or(true, |sh| sh.state != SessionState::Closed)
             })
-            .unwrap_or(0)
+            .count()
     }
 
     fn get(&self, id: &str) -> Option<Arc<HubSession>> {
-        self.inner.sessions.lock().ok()?.get(id).cloned()
+        lock(&self.inner.sessions).get(id).cloned()
     }
 
     /// A session from memory, or a finished one from the store (for its history).
@@ -311,7 +307,8 @@ impl Relay {
             },
             shadow: Mutex::new(Shadow::new(SessionState::Closed, rec.last_seq)),
         });
-        if let Ok(mut map) = self.inner.sessions.lock() {
+        {
+            let mut map = lock(&self.inner.sessions);
             map.entry(id.to_owned()).or_insert_with(|| session.clone());
         }
         Some(session)
@@ -440,7 +437,8 @@ impl Relay {
             .run(move |s| s.insert_session(&record))
             .await
             .map_err(|e| err(Reason::Internal, e.to_string()))?;
-        if let Ok(mut map) = self.inner.sessions.lock() {
+        {
+            let mut map = lock(&self.inner.sessions);
             map.insert(id.clone(), session.clone());
         }
         let ack = agent
@@ -1014,17 +1012,11 @@ impl Relay {
     /// An agent connection ended (the agent went away, or a newer connection of the same
     /// agent replaced it): the sessions it ran end.
     pub async fn agent_gone(&self, agent_id: &str, conn_id: u64, reason: &str) {
-        let affected: Vec<Arc<HubSession>> = self
-            .inner
-            .sessions
-            .lock()
-            .map(|m| {
-                m.values()
-                    .filter(|s| s.agent_id == agent_id && s.conn_id == conn_id)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
+        let affected: Vec<Arc<HubSession>> = lock(&self.inner.sessions)
+            .values()
+            .filter(|s| s.agent_id == agent_id && s.conn_id == conn_id)
+            .cloned()
+            .collect();
         for s in affected {
             let mut shadow = s.shadow.lock().await;
             self.close_locally(&s, &mut shadow, &format!("agent disconnected: {reason}"))

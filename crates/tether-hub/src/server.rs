@@ -229,6 +229,26 @@ async fn metrics(State(hub): State<Hub>) -> Response {
             "Alert events received again and stored once.",
             m.alerts_duplicate.load(Ordering::Relaxed),
         )
+        .counter(
+            "tether_hub_alerts_rejected_total",
+            "Alert events refused for good (undecodable, no key, or alone in an oversized frame).",
+            m.alerts_rejected.load(Ordering::Relaxed),
+        )
+        .counter(
+            "tether_hub_alerts_sanitized_total",
+            "Alert events stored with a field replaced (an unbelievable event time, a description cut to 64 KiB).",
+            m.alerts_sanitized.load(Ordering::Relaxed),
+        )
+        .counter(
+            "tether_hub_link_frames_refused_total",
+            "Link frames refused for their size or shape (answered under version 2).",
+            m.frames_refused.load(Ordering::Relaxed),
+        )
+        .gauge(
+            "tether_hub_agent_alerts_dropped",
+            "Alert events connected agents report dropped (spool overflow, refused as too large), from their last heartbeat.",
+            hub.agents_dropped_alerts() as f64,
+        )
         .gauge(
             "tether_hub_alerts_in_store",
             "Alert events held in the store.",

@@ -33,11 +33,8 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// RFC 3339 (ms) of unix milliseconds.
-pub fn rfc3339_ms(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
+/// RFC 3339 (ms) of unix milliseconds; never panics (out-of-range values are clamped).
+pub use tether_proto::time::rfc3339_ms;
 
 /// Unix milliseconds of an RFC 3339 time.
 pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
@@ -326,10 +323,10 @@ impl SqliteStore {
         })
     }
 
-    fn conn(&self) -> StoreResult<std::sync::MutexGuard<'_, Connection>> {
-        self.conn
-            .lock()
-            .map_err(|_| StoreError("store lock poisoned".into()))
+    /// The connection, under the crate's locking policy ([`tether_engine::sync::lock`]): a
+    /// panic in one store call never makes the store unusable for the next.
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        tether_engine::sync::lock(&self.conn)
     }
 }
 
@@ -421,7 +418,7 @@ impl Store for SqliteStore {
         token_id: Option<&str>,
     ) -> StoreResult<AgentRecord> {
         let now = now_ms();
-        let conn = self.conn()?;
+        let conn = self.conn();
         conn.execute(
             "INSERT INTO agents (agent_id, hostname, ip, os, arch, labels, plugins, agent_version, proto, connected, first_seen, last_seen, token_id)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1, ?10, ?10, ?11)
@@ -453,7 +450,7 @@ impl Store for SqliteStore {
     }
 
     fn set_connected(&self, agent_id: &str, connected: bool) -> StoreResult<()> {
-        self.conn()?.execute(
+        self.conn().execute(
             "UPDATE agents SET connected = ?2, last_seen = ?3 WHERE agent_id = ?1",
             params![agent_id, connected as i64, now_ms()],
         )?;
@@ -470,7 +467,7 @@ impl Store for SqliteStore {
             dropped_alerts: hb.dropped_alerts,
             at: rfc3339_ms(now),
         };
-        self.conn()?.execute(
+        self.conn().execute(
             "UPDATE agents SET heartbeat = ?2, last_seen = ?3 WHERE agent_id = ?1",
             params![agent_id, to_json(&figures), now],
         )?;
@@ -478,7 +475,7 @@ impl Store for SqliteStore {
     }
 
     fn list_agents(&self) -> StoreResult<Vec<AgentRecord>> {
-        let conn = self.conn()?;
+        let conn = self.conn();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {AGENT_COLUMNS} FROM agents ORDER BY hostname, agent_id"
         ))?;
@@ -488,7 +485,7 @@ impl Store for SqliteStore {
     }
 
     fn get_agent(&self, agent_id: &str) -> StoreResult<Option<AgentRecord>> {
-        let conn = self.conn()?;
+        let conn = self.conn();
         conn.query_row(
             &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE agent_id = ?1"),
             [agent_id],
@@ -499,8 +496,7 @@ impl Store for SqliteStore {
     }
 
     fn mark_all_disconnected(&self) -> StoreResult<()> {
-        self.conn()?
-            .execute("UPDATE agents SET connected = 0", [])?;
+        self.conn().execute("UPDATE agents SET connected = 0", [])?;
         Ok(())
     }
 
@@ -512,7 +508,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<TokenRecord> {
         let id = uuid::Uuid::now_v7().to_string();
         let now = now_ms();
-        self.conn()?.execute(
+        self.conn().execute(
             "INSERT INTO agent_tokens (id, name, hash, labels, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![id, name, hash, to_json(labels), now],
         )?;
@@ -528,7 +524,7 @@ impl Store for SqliteStore {
     }
 
     fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>> {
-        let conn = self.conn()?;
+        let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT id, name, hash, labels, created_at, revoked_at, agent_id FROM agent_tokens ORDER BY created_at",
         )?;
@@ -538,14 +534,14 @@ impl Store for SqliteStore {
     }
 
     fn revoke_token(&self, id_or_name: &str) -> StoreResult<usize> {
-        Ok(self.conn()?.execute(
+        Ok(self.conn().execute(
             "UPDATE agent_tokens SET revoked_at = ?2 WHERE (id = ?1 OR name = ?1) AND revoked_at IS NULL",
             params![id_or_name, now_ms()],
         )?)
     }
 
     fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>> {
-        let conn = self.conn()?;
+        let conn = self.conn();
         conn.query_row(
             "SELECT id, name, hash, labels, created_at, revoked_at, agent_id FROM agent_tokens WHERE hash = ?1 AND revoked_at IS NULL",
             [hash],
@@ -556,7 +552,7 @@ impl Store for SqliteStore {
     }
 
     fn bind_token(&self, token_id: &str, agent_id: &str) -> StoreResult<()> {
-        self.conn()?.execute(
+        self.conn().execute(
             "UPDATE agent_tokens SET agent_id = ?2 WHERE id = ?1 AND agent_id IS NULL",
             params![token_id, agent_id],
         )?;
@@ -570,34 +566,44 @@ impl Store for SqliteStore {
         events: &[AlertEvent],
     ) -> StoreResult<AlertInsert> {
         let now = now_ms();
-        let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
-        let mut out = AlertInsert::default();
+        // Under the lock: only the statements. The rows returned are built after the
+        // commit, outside it.
+        let mut inserted: Vec<(usize, i64)> = Vec::with_capacity(events.len());
         {
-            let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO alerts (agent_id, hostname, seq, event_time, event_status, alert_key, labels, attrs, description, description_format, received_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?;
-            for e in events {
-                let n = insert.execute(params![
-                    agent_id,
-                    hostname,
-                    e.seq.map(|s| s as i64),
-                    e.event_time,
-                    e.event_status.as_str(),
-                    e.alert_key,
-                    to_json(&e.labels),
-                    to_json(&e.attrs),
-                    e.description,
-                    e.description_format,
-                    now
-                ])?;
-                if n == 0 {
-                    out.duplicates += 1;
-                    continue;
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO alerts (agent_id, hostname, seq, event_time, event_status, alert_key, labels, attrs, description, description_format, received_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )?;
+                for (i, e) in events.iter().enumerate() {
+                    let n = insert.execute(params![
+                        agent_id,
+                        hostname,
+                        e.seq.map(|s| s as i64),
+                        e.event_time,
+                        e.event_status.as_str(),
+                        e.alert_key,
+                        to_json(&e.labels),
+                        to_json(&e.attrs),
+                        e.description,
+                        e.description_format,
+                        now
+                    ])?;
+                    if n > 0 {
+                        inserted.push((i, tx.last_insert_rowid()));
+                    }
                 }
-                out.rows.push(AlertRow {
-                    id: tx.last_insert_rowid(),
+            }
+            tx.commit()?;
+        }
+        let rows: Vec<AlertRow> = inserted
+            .into_iter()
+            .map(|(i, id)| {
+                let e = &events[i];
+                AlertRow {
+                    id,
                     agent_id: agent_id.to_owned(),
                     hostname: hostname.to_owned(),
                     seq: e.seq,
@@ -609,11 +615,13 @@ impl Store for SqliteStore {
                     description: e.description.clone(),
                     description_format: e.description_format.clone(),
                     received_at: rfc3339_ms(now),
-                });
-            }
-        }
-        tx.commit()?;
-        Ok(out)
+                }
+            })
+            .collect();
+        Ok(AlertInsert {
+            duplicates: events.len() - rows.len(),
+            rows,
+        })
     }
 
     fn list_alerts(&self, f: &AlertFilter) -> StoreResult<Vec<AlertRow>> {
@@ -653,7 +661,7 @@ impl Store for SqliteStore {
         }
         args.push((f.limit.clamp(1, 1000) as i64).into());
         sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
-        let conn = self.conn()?;
+        let conn = self.conn();
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args), alert_from_row)?;
         rows.collect::<Result<Vec<_>, _>>()
@@ -662,19 +670,19 @@ impl Store for SqliteStore {
 
     fn count_alerts(&self) -> StoreResult<u64> {
         let n: i64 = self
-            .conn()?
+            .conn()
             .query_row("SELECT COUNT(*) FROM alerts", [], |r| r.get(0))?;
         Ok(n as u64)
     }
 
     fn prune_alerts(&self, before_ms: i64) -> StoreResult<usize> {
         Ok(self
-            .conn()?
+            .conn()
             .execute("DELETE FROM alerts WHERE received_at < ?1", [before_ms])?)
     }
 
     fn insert_session(&self, s: &SessionRecord) -> StoreResult<()> {
-        self.conn()?.execute(
+        self.conn().execute(
             &format!("INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
             params![
                 s.session_id,
@@ -694,7 +702,7 @@ impl Store for SqliteStore {
     }
 
     fn update_session(&self, session_id: &str, state: &str, last_seq: u64) -> StoreResult<()> {
-        self.conn()?.execute(
+        self.conn().execute(
             "UPDATE sessions SET state = ?2, last_seq = MAX(last_seq, ?3) WHERE session_id = ?1",
             params![session_id, state, last_seq as i64],
         )?;
@@ -702,7 +710,7 @@ impl Store for SqliteStore {
     }
 
     fn list_sessions(&self, agent_id: Option<&str>) -> StoreResult<Vec<SessionRecord>> {
-        let conn = self.conn()?;
+        let conn = self.conn();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {SESSION_COLUMNS} FROM sessions WHERE ?1 IS NULL OR agent_id = ?1 ORDER BY created_at, session_id"
         ))?;
@@ -712,7 +720,7 @@ impl Store for SqliteStore {
     }
 
     fn get_session(&self, session_id: &str) -> StoreResult<Option<SessionRecord>> {
-        let conn = self.conn()?;
+        let conn = self.conn();
         conn.query_row(
             &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?1"),
             [session_id],
@@ -726,7 +734,7 @@ impl Store for SqliteStore {
         if events.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn()?;
+        let mut conn = self.conn();
         let tx = conn.transaction()?;
         {
             let mut insert = tx.prepare_cached(
@@ -752,7 +760,7 @@ impl Store for SqliteStore {
         to: u64,
         limit: usize,
     ) -> StoreResult<Vec<(u64, String)>> {
-        let conn = self.conn()?;
+        let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT seq, frame FROM session_events WHERE session_id = ?1 AND seq >= ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4",
         )?;
@@ -765,7 +773,7 @@ impl Store for SqliteStore {
     }
 
     fn prune_sessions(&self, before_ms: i64) -> StoreResult<usize> {
-        let mut conn = self.conn()?;
+        let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
             "DELETE FROM session_events WHERE session_id IN (SELECT session_id FROM sessions WHERE created_at < ?1 AND state = 'closed')",
@@ -780,7 +788,7 @@ impl Store for SqliteStore {
     }
 
     fn insert_report(&self, r: &ReportRow) -> StoreResult<()> {
-        self.conn()?.execute(
+        self.conn().execute(
             "INSERT INTO reports (agent_id, alert_key, session_id, report, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
                 r.agent_id,
@@ -794,7 +802,7 @@ impl Store for SqliteStore {
     }
 
     fn list_reports(&self, agent_id: Option<&str>, limit: usize) -> StoreResult<Vec<ReportRow>> {
-        let conn = self.conn()?;
+        let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT agent_id, alert_key, session_id, report, created_at FROM reports WHERE ?1 IS NULL OR agent_id = ?1 ORDER BY id DESC LIMIT ?2",
         )?;

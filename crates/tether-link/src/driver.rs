@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tether_proto::link::{
-    AGENT_WS_PATH, AlertEvents, DiagnoseReport, HEADER_AGENT_ID, HEADER_AGENT_TOKEN,
-    HEADER_PROTO_VERSION, Heartbeat, LinkDecodeError, LinkFrame, LinkMessage, MAX_ALERT_BATCH,
-    Register,
+    AGENT_WS_PATH, ALERT_FRAME_OVERHEAD, AlertEvents, DiagnoseReport, HEADER_AGENT_ID,
+    HEADER_AGENT_TOKEN, HEADER_PROTO_VERSION, Heartbeat, LinkDecodeError, LinkFrame, LinkMessage,
+    MAX_LINK_FRAME_BYTES, Register,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -281,6 +281,7 @@ impl Link {
             conn: None,
             dialing: None,
             flush: None,
+            alert_frames: AlertFrames::default(),
             cpu: CpuSampler::new(),
             started: std::time::Instant::now(),
         };
@@ -405,6 +406,9 @@ struct Driver {
     dialing: Option<tokio::task::JoinHandle<DialResult>>,
     /// A running alert flush: resolves with the highest seq written.
     flush: Option<tokio::task::JoinHandle<Option<u64>>>,
+    /// The alert frames written on this connection, so a refusal (`ack` by `ref_id`) can be
+    /// traced to the events it carried.
+    alert_frames: AlertFrames,
     cpu: CpuSampler,
     started: std::time::Instant,
 }
@@ -454,7 +458,7 @@ impl Driver {
                 } => match inbound {
                     Some(Inbound::Frame(Ok(frame))) => {
                         self.status.send_modify(|s| s.frames_in += 1);
-                        Input::Frame(frame)
+                        self.alert_frames.refusal(&frame).unwrap_or(Input::Frame(frame))
                     }
                     Some(Inbound::Frame(Err(e))) => Input::BadFrame(e),
                     Some(Inbound::InvalidSessionStart { id, error }) => {
@@ -571,18 +575,29 @@ impl Driver {
                     }
                 }
             }
-            Output::SendAlerts { after_seq } => match &self.conn {
+            Output::SendAlerts {
+                after_seq,
+                max_events,
+            } => match &self.conn {
                 Some(c) => {
-                    let out = c.out.clone();
-                    let spool = self.spool.clone();
-                    let v2 = self.machine.version().unwrap_or(1) >= 2;
-                    self.flush = Some(tokio::spawn(flush_alerts(spool, out, after_seq, v2)));
+                    let flush = AlertFlush {
+                        spool: self.spool.clone(),
+                        out: c.out.clone(),
+                        v2: self.machine.version().unwrap_or(1) >= 2,
+                        frames: self.alert_frames.clone(),
+                    };
+                    self.flush = Some(tokio::spawn(flush.run(after_seq, max_events)));
                 }
                 None => return Some(Input::AlertsWritten { upto_seq: None }),
             },
             Output::DeleteAlerts { upto_seq } => {
                 let spool = self.spool.clone();
                 let _ = tokio::task::spawn_blocking(move || spool.delete_upto(upto_seq)).await;
+            }
+            Output::DropAlerts { first, last } => {
+                let spool = self.spool.clone();
+                let _ = tokio::task::spawn_blocking(move || spool.drop_undeliverable(first, last))
+                    .await;
             }
             Output::SetTimer(t, d) => {
                 self.timers.insert(t, Instant::now() + d);
@@ -716,6 +731,7 @@ impl Driver {
 
     /// Starts the reader and writer of a fresh connection.
     fn attach(&mut self, ws: Ws) {
+        self.alert_frames.clear();
         let cancel = CancellationToken::new();
         let closing = CancellationToken::new();
         let (out, queues) = outbox(cancel.clone());
@@ -938,39 +954,141 @@ async fn read_loop(
 
 /// Sends spooled alerts with `seq > after_seq` in frames of at most 100 events, waiting for
 /// them to be written. Returns the highest seq written.
-async fn flush_alerts(spool: AlertSpool, out: LinkOut, after_seq: u64, v2: bool) -> Option<u64> {
-    let mut after = after_seq;
-    let mut highest = None;
-    for _ in 0..FLUSH_FRAMES {
-        let s = spool.clone();
-        let batch = tokio::task::spawn_blocking(move || s.batch(after, MAX_ALERT_BATCH))
-            .await
-            .ok()?
-            .ok()?;
-        let Some(last) = batch.last().and_then(|e| e.seq) else {
-            break;
+/// Alert frames written on the current connection: envelope id → the events it carried.
+#[derive(Clone, Default)]
+struct AlertFrames(Arc<std::sync::Mutex<std::collections::VecDeque<SentAlertFrame>>>);
+
+struct SentAlertFrame {
+    id: String,
+    first: u64,
+    last: u64,
+    events: usize,
+}
+
+/// Frames remembered; a refusal answers one of the last few frames written.
+const ALERT_FRAMES_KEPT: usize = 256;
+
+impl AlertFrames {
+    fn record(&self, frame: SentAlertFrame) {
+        let mut frames = tether_engine::sync::lock(&self.0);
+        if frames.len() >= ALERT_FRAMES_KEPT {
+            frames.pop_front();
+        }
+        frames.push_back(frame);
+    }
+
+    fn clear(&self) {
+        tether_engine::sync::lock(&self.0).clear();
+    }
+
+    /// The machine's input for a hub `ack {ok: false}` that answers one of our alert frames.
+    fn refusal(&self, frame: &LinkFrame) -> Option<Input> {
+        let LinkMessage::Ack(ack) = &frame.message else {
+            return None;
         };
-        let events = batch
-            .into_iter()
-            .map(|mut e| {
+        if ack.ok {
+            return None;
+        }
+        let ref_id = frame.ref_id.as_deref()?;
+        let mut frames = tether_engine::sync::lock(&self.0);
+        let at = frames.iter().position(|f| f.id == ref_id)?;
+        let sent = frames.remove(at)?;
+        let reason = ack.reason.as_deref().unwrap_or("");
+        tracing::warn!(
+            first = sent.first,
+            last = sent.last,
+            events = sent.events,
+            reason,
+            error = ack.error.as_deref().unwrap_or(""),
+            "hub link: the hub refused an alert frame"
+        );
+        Some(Input::AlertsRefused {
+            first: sent.first,
+            last: sent.last,
+            events: sent.events,
+            retry: !matches!(
+                reason,
+                tether_proto::link::refused::TOO_LARGE | tether_proto::link::refused::BAD_REQUEST
+            ),
+        })
+    }
+}
+
+/// One `SendAlerts`: spooled events into `alert_events` frames, bounded by count and by bytes.
+struct AlertFlush {
+    spool: AlertSpool,
+    out: LinkOut,
+    v2: bool,
+    frames: AlertFrames,
+}
+
+impl AlertFlush {
+    /// Writes up to [`FLUSH_FRAMES`] frames of events after `after_seq`; returns the highest
+    /// seq written. An event too large for a frame on its own is dropped (and counted) here:
+    /// no hub could take it.
+    async fn run(self, after_seq: u64, max_events: usize) -> Option<u64> {
+        let budget = MAX_LINK_FRAME_BYTES - ALERT_FRAME_OVERHEAD;
+        let mut after = after_seq;
+        let mut highest = None;
+        for _ in 0..FLUSH_FRAMES {
+            let s = self.spool.clone();
+            let batch = tokio::task::spawn_blocking(move || s.batch(after, max_events.max(1)))
+                .await
+                .ok()?
+                .ok()?;
+            if batch.is_empty() {
+                break;
+            }
+            let mut events = Vec::with_capacity(batch.len());
+            let mut size = 0usize;
+            let mut last_seq = after;
+            for mut e in batch {
+                let seq = e.seq.unwrap_or(last_seq);
                 // Version 1 peers never see version-2 fields.
-                if !v2 {
+                if !self.v2 {
                     e.seq = None;
                 }
-                e
-            })
-            .collect();
-        let frame = LinkFrame::new(
-            uuid::Uuid::now_v7().to_string(),
-            LinkMessage::AlertEvents(AlertEvents { events }),
-        )
-        .encode();
-        let (done, written) = oneshot::channel();
-        if !out.send_alerts(frame, done).await || written.await.is_err() {
-            break;
+                let n = serde_json::to_string(&e).map_or(usize::MAX, |t| t.len() + 1);
+                if n > budget {
+                    let s = self.spool.clone();
+                    let _ =
+                        tokio::task::spawn_blocking(move || s.drop_undeliverable(seq, seq)).await;
+                    last_seq = seq;
+                    continue;
+                }
+                if size + n > budget && !events.is_empty() {
+                    break;
+                }
+                size += n;
+                last_seq = seq;
+                events.push(e);
+            }
+            after = last_seq;
+            if events.is_empty() {
+                continue;
+            }
+            let id = uuid::Uuid::now_v7().to_string();
+            let count = events.len();
+            let first = events.first().and_then(|e| e.seq).unwrap_or(last_seq);
+            let frame = LinkFrame::new(
+                id.clone(),
+                LinkMessage::AlertEvents(AlertEvents::new(events)),
+            )
+            .encode();
+            if self.v2 {
+                self.frames.record(SentAlertFrame {
+                    id,
+                    first,
+                    last: last_seq,
+                    events: count,
+                });
+            }
+            let (done, written) = oneshot::channel();
+            if !self.out.send_alerts(frame, done).await || written.await.is_err() {
+                break;
+            }
+            highest = Some(last_seq);
         }
-        highest = Some(last);
-        after = last;
+        highest
     }
-    highest
 }

@@ -6,7 +6,9 @@
 
 use crate::backoff::{Backoff, Cause, SeededRng};
 use std::time::Duration;
-use tether_proto::link::{AlertAck, Disconnect, LinkDecodeError, LinkFrame, LinkMessage};
+use tether_proto::link::{
+    AlertAck, Disconnect, LinkDecodeError, LinkFrame, LinkMessage, MAX_ALERT_BATCH,
+};
 
 /// The agent waits this long for the hub's `ack` to its `register`.
 pub const REGISTER_ACK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,6 +58,16 @@ pub enum Input {
     /// The driver finished a `SendAlerts`: events up to `upto_seq` were written to the socket
     /// (`None`: there was nothing to send).
     AlertsWritten { upto_seq: Option<u64> },
+    /// The hub refused (version 2, `ack {ok: false}`) an `alert_events` frame that carried
+    /// the events `first..=last` (`events` of them). `retry`: the hub could not store them
+    /// right now (send them again later, as they are); otherwise the frame was too large or
+    /// malformed (split it; a single event is dropped and counted).
+    AlertsRefused {
+        first: u64,
+        last: u64,
+        events: usize,
+        retry: bool,
+    },
     /// The connection broke (read or write error, peer closed).
     ConnectionLost { error: String },
     /// Stop for good: close and never dial again.
@@ -76,10 +88,18 @@ pub enum Output {
     /// [`Input::AlertsWritten`].
     SendAlerts {
         after_seq: u64,
+        /// Most events per frame (frames are bounded by bytes as well).
+        max_events: usize,
     },
     /// The hub has these events: delete them from the spool.
     DeleteAlerts {
         upto_seq: u64,
+    },
+    /// These events can never be delivered (refused on their own): delete them from the spool
+    /// and count them as dropped.
+    DropAlerts {
+        first: u64,
+        last: u64,
     },
     SetTimer(Timer, Duration),
     CancelTimer(Timer),
@@ -144,6 +164,14 @@ pub struct LinkMachine {
     more_alerts: bool,
     /// The version of the connection the last `SendAlerts` wrote to.
     flush_version: u32,
+    /// Events per frame: halved each time the hub refuses a frame as too large, back to
+    /// [`MAX_ALERT_BATCH`] on each new connection.
+    batch_events: usize,
+    /// `sent` was moved back (a refusal) while a flush ran: what that flush wrote does not
+    /// move it forward again.
+    rewound: bool,
+    /// The hub could not store alerts: send again on the next flush tick, not at once.
+    hold: bool,
 }
 
 impl LinkMachine {
@@ -159,6 +187,9 @@ impl LinkMachine {
             flushing: false,
             more_alerts: false,
             flush_version: 1,
+            batch_events: MAX_ALERT_BATCH,
+            rewound: false,
+            hold: false,
         }
     }
 
@@ -238,6 +269,11 @@ impl LinkMachine {
             }
             Input::AlertsWritten { upto_seq } => {
                 self.flushing = false;
+                let upto_seq = if std::mem::take(&mut self.rewound) {
+                    None
+                } else {
+                    upto_seq
+                };
                 match (upto_seq, self.state) {
                     (Some(upto), State::Registered { version }) => {
                         self.sent = self.sent.max(upto);
@@ -260,6 +296,16 @@ impl LinkMachine {
                     _ => {}
                 }
                 self.maybe_flush(&mut out);
+            }
+            Input::AlertsRefused {
+                first,
+                last,
+                events,
+                retry,
+            } => {
+                if let State::Registered { version: 2 } = self.state {
+                    self.on_refused(&mut out, first, last, events, retry);
+                }
             }
             Input::ConnectionLost { error } => match self.state {
                 State::Handshaking => self.fail(&mut out, format!("connection lost: {error}")),
@@ -302,6 +348,9 @@ impl LinkMachine {
                     // Version 2 resends everything the hub has not acknowledged.
                     self.sent = self.acked;
                     self.flushing = false;
+                    self.rewound = false;
+                    self.hold = false;
+                    self.batch_events = MAX_ALERT_BATCH;
                     out.push(Output::CancelTimer(Timer::AckDeadline));
                     out.push(Output::Registered {
                         version,
@@ -415,6 +464,7 @@ impl LinkMachine {
             }
             (Timer::AlertFlush, State::Registered { .. }) => {
                 self.more_alerts = true;
+                self.hold = false;
                 self.maybe_flush(out);
                 out.push(Output::SetTimer(Timer::AlertFlush, ALERT_FLUSH_INTERVAL));
             }
@@ -423,7 +473,7 @@ impl LinkMachine {
     }
 
     fn maybe_flush(&mut self, out: &mut Vec<Output>) {
-        if self.flushing || !self.more_alerts {
+        if self.flushing || !self.more_alerts || self.hold {
             return;
         }
         if let State::Registered { version } = self.state {
@@ -432,8 +482,37 @@ impl LinkMachine {
             self.flush_version = version;
             out.push(Output::SendAlerts {
                 after_seq: self.sent,
+                max_events: self.batch_events,
             });
         }
+    }
+
+    /// A refused alert frame: nothing in it is acknowledged (the hub keeps its acks below
+    /// it), so send it again — split when it was too large, later when the hub could not
+    /// store it — or, for a single event refused as too large, give it up and count it.
+    fn on_refused(
+        &mut self,
+        out: &mut Vec<Output>,
+        first: u64,
+        last: u64,
+        events: usize,
+        retry: bool,
+    ) {
+        if !retry && events <= 1 {
+            out.push(Output::DropAlerts { first, last });
+            return;
+        }
+        if !retry {
+            self.batch_events = (events / 2).max(1);
+        } else {
+            self.hold = true;
+        }
+        // `sent` moves only when a flush reports; one still running may write past the
+        // refused frame, and what it reports must not carry `sent` over it.
+        self.sent = self.sent.min(first.saturating_sub(1).max(self.acked));
+        self.rewound |= self.flushing;
+        self.more_alerts = true;
+        self.maybe_flush(out);
     }
 
     /// Leaves `Registered` (timers off, `Down`, close).
@@ -576,7 +655,10 @@ mod tests {
         v2.handle(Input::Connected);
         let out = v2.handle(ack(true, Some(2)));
         assert!(
-            out.contains(&Output::SendAlerts { after_seq: 3 }),
+            out.contains(&Output::SendAlerts {
+                after_seq: 3,
+                max_events: MAX_ALERT_BATCH
+            }),
             "{out:?}"
         );
     }
@@ -603,7 +685,10 @@ mod tests {
         v1.handle(Input::Connected);
         let out = v1.handle(ack(true, None));
         assert!(
-            out.contains(&Output::SendAlerts { after_seq: 300 }),
+            out.contains(&Output::SendAlerts {
+                after_seq: 300,
+                max_events: MAX_ALERT_BATCH
+            }),
             "{out:?}"
         );
 
@@ -631,7 +716,10 @@ mod tests {
         v2.handle(Input::Connected);
         let out = v2.handle(ack(true, Some(2)));
         assert!(
-            out.contains(&Output::SendAlerts { after_seq: 0 }),
+            out.contains(&Output::SendAlerts {
+                after_seq: 0,
+                max_events: MAX_ALERT_BATCH
+            }),
             "{out:?}"
         );
     }
@@ -671,6 +759,72 @@ mod tests {
         assert_eq!(m.state(), State::Stopped);
         assert!(m.handle(Input::Start).is_empty());
         assert!(m.handle(Input::Timer(Timer::Reconnect)).is_empty());
+    }
+
+    fn sends(out: &[Output]) -> Option<(u64, usize)> {
+        out.iter().find_map(|o| match o {
+            Output::SendAlerts {
+                after_seq,
+                max_events,
+            } => Some((*after_seq, *max_events)),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_refused_alert_frame_is_split_resent_or_dropped() {
+        let mut m = registered(2, Some(2));
+        // The flush after registering writes 1..=40 in frames; the hub refuses 1..=30.
+        let out = m.handle(Input::AlertsRefused {
+            first: 1,
+            last: 30,
+            events: 30,
+            retry: false,
+        });
+        assert_eq!(sends(&out), None, "a flush is still running: {out:?}");
+        // That flush ends having written up to 40: it must not move past the refused frame.
+        let out = m.handle(Input::AlertsWritten { upto_seq: Some(40) });
+        assert_eq!(sends(&out), Some((0, 15)), "{out:?}");
+        // A later ack for 40 would be a hub bug; the agent trusts the hub's acks, which never
+        // cover a refused seq. A single event refused as too large is dropped and counted.
+        m.handle(Input::AlertsWritten { upto_seq: Some(15) });
+        let out = m.handle(Input::AlertsRefused {
+            first: 16,
+            last: 16,
+            events: 1,
+            retry: false,
+        });
+        assert!(
+            out.contains(&Output::DropAlerts {
+                first: 16,
+                last: 16
+            }),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn alerts_the_hub_could_not_store_wait_for_the_next_tick() {
+        let mut m = registered(2, Some(2));
+        m.handle(Input::AlertsWritten { upto_seq: Some(10) });
+        let out = m.handle(Input::AlertsRefused {
+            first: 1,
+            last: 10,
+            events: 10,
+            retry: true,
+        });
+        assert_eq!(sends(&out), None, "not at once: {out:?}");
+        // The flush that was running when the refusal came ends (it had nothing more).
+        let out = m.handle(Input::AlertsWritten { upto_seq: None });
+        assert_eq!(sends(&out), None, "not after that flush: {out:?}");
+        let out = m.handle(Input::AlertsPending);
+        assert_eq!(sends(&out), None, "not before the tick: {out:?}");
+        let out = m.handle(Input::Timer(Timer::AlertFlush));
+        assert_eq!(
+            sends(&out),
+            Some((0, MAX_ALERT_BATCH)),
+            "same size, from the start: {out:?}"
+        );
     }
 
     #[derive(Clone, Debug)]

@@ -100,10 +100,7 @@ impl AlertSpool {
     }
 
     fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, SpoolError> {
-        self.inner
-            .conn
-            .lock()
-            .map_err(|_| SpoolError("spool lock poisoned".into()))
+        Ok(tether_engine::sync::lock(&self.inner.conn))
     }
 
     /// Appends events, assigning each the next `seq`; drops the oldest past the bound.
@@ -186,6 +183,30 @@ impl AlertSpool {
         Ok(n)
     }
 
+    /// Deletes the events with `first <= seq <= last` that can never be delivered (too large
+    /// for a frame on their own) and counts them as dropped. Returns how many went.
+    pub fn drop_undeliverable(&self, first: u64, last: u64) -> Result<u64, SpoolError> {
+        let n = self.conn()?.execute(
+            "DELETE FROM alerts WHERE seq >= ?1 AND seq <= ?2",
+            params![first as i64, last as i64],
+        )? as u64;
+        self.inner.len.fetch_sub(
+            n.min(self.inner.len.load(Ordering::Acquire)),
+            Ordering::AcqRel,
+        );
+        if n > 0 {
+            let total = self.inner.dropped.fetch_add(n, Ordering::AcqRel) + n;
+            tracing::warn!(
+                first,
+                last,
+                dropped = n,
+                total,
+                "alert events too large for any frame: dropped"
+            );
+        }
+        Ok(n)
+    }
+
     /// Events held.
     pub fn len(&self) -> u64 {
         self.inner.len.load(Ordering::Acquire)
@@ -195,7 +216,7 @@ impl AlertSpool {
         self.len() == 0
     }
 
-    /// Events dropped by overflow since this process started.
+    /// Events dropped since this process started: by overflow, or as undeliverable.
     pub fn dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Acquire)
     }

@@ -4,10 +4,12 @@
 //! * [`client`] — the client protocol (PROTOCOL.md §1): requests, replies, events, control frames.
 //! * [`ids`] — identifiers shared by every protocol.
 //! * [`link`] — the link protocol (PROTOCOL.md §2), agent ↔ hub.
+//! * [`time`] — RFC 3339 formatting that never panics, and the sane range of a peer's time.
 
 pub mod client;
 pub mod ids;
 pub mod link;
+pub mod time;
 
 pub use client::*;
 pub use ids::*;

@@ -27,6 +27,34 @@ pub const HEADER_PROTO_VERSION: &str = "x-proto-version";
 /// Most alert events in one `alert_events` frame.
 pub const MAX_ALERT_BATCH: usize = 100;
 
+/// Room left in a frame for the envelope around a batch of alert events: a sender fills a
+/// frame with events up to [`MAX_LINK_FRAME_BYTES`] minus this.
+pub const ALERT_FRAME_OVERHEAD: usize = 1024;
+
+/// Longest alert description kept; longer ones are cut (and flagged) at the hub.
+pub const MAX_ALERT_DESCRIPTION_BYTES: usize = 64 * 1024;
+
+/// Longest alert key accepted.
+pub const MAX_ALERT_KEY_BYTES: usize = 1024;
+
+/// The `reason` of an `ack {ok: false}` that answers a refused frame (version 2): the frame
+/// was over the size limit, did not decode, or could not be stored right now.
+pub mod refused {
+    pub const TOO_LARGE: &str = "too_large";
+    pub const BAD_REQUEST: &str = "bad_request";
+    pub const STORE_UNAVAILABLE: &str = "store_unavailable";
+}
+
+/// Decodes `null` as the type's default: Go encodes a nil map or slice as `null` (catpaw's
+/// `Labels` and `Plugins` have no `omitempty`), and that means "none", not a malformed frame.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// The exact strings a refused `session_start` is acked with (PROTOCOL.md §2).
 pub mod refusal {
     pub const INVALID_PAYLOAD: &str = "invalid payload";
@@ -71,9 +99,9 @@ pub struct Register {
     pub ip: String,
     pub os: String,
     pub arch: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub labels: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub plugins: Vec<String>,
     pub agent_version: String,
     #[serde(default)]
@@ -136,23 +164,183 @@ pub struct AlertEvent {
     pub event_time: i64,
     pub event_status: AlertStatus,
     pub alert_key: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub labels: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub attrs: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub description: String,
     /// `text` or `markdown` (catpaw omits it when empty).
-    #[serde(default, skip_serializing_if = "is_empty_str")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "is_empty_str"
+    )]
     pub description_format: String,
     /// Version 2: per-agent sequence number, kept across restarts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// What [`AlertEvent::sanitize`] changed.
+pub const ATTR_EVENT_TIME_CLAMPED: &str = "event_time_clamped";
+pub const ATTR_DESCRIPTION_CUT: &str = "description_cut_bytes";
+
+impl AlertEvent {
+    /// Makes a peer's event safe to store and show, flagging what it changed in `attrs`: an
+    /// event time that is not believable (before 1970, or more than a day past `now_secs`)
+    /// becomes `now_secs` with the original in `event_time_clamped`; a description over
+    /// [`MAX_ALERT_DESCRIPTION_BYTES`] is cut on a character boundary with the bytes cut in
+    /// `description_cut_bytes`. Returns what was changed, for the log.
+    pub fn sanitize(&mut self, now_secs: i64) -> Vec<String> {
+        let mut changed = Vec::new();
+        if let Err(problem) = crate::time::check_event_time(self.event_time, now_secs) {
+            changed.push(format!(
+                "event_time {} is {}; replaced by the time received",
+                self.event_time,
+                problem.as_str()
+            ));
+            self.attrs
+                .insert(ATTR_EVENT_TIME_CLAMPED.into(), self.event_time.to_string());
+            self.event_time = now_secs;
+        }
+        if self.description.len() > MAX_ALERT_DESCRIPTION_BYTES {
+            let mut end = MAX_ALERT_DESCRIPTION_BYTES;
+            while !self.description.is_char_boundary(end) {
+                end -= 1;
+            }
+            let cut = self.description.len() - end;
+            self.description.truncate(end);
+            changed.push(format!("description cut by {cut} bytes"));
+            self.attrs
+                .insert(ATTR_DESCRIPTION_CUT.into(), cut.to_string());
+        }
+        changed
+    }
+
+    /// Why this event cannot be stored at all, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        if self.alert_key.trim().is_empty() {
+            Some("`alert_key` is empty".into())
+        } else if self.alert_key.len() > MAX_ALERT_KEY_BYTES {
+            Some(format!(
+                "`alert_key` is {} bytes; the limit is {MAX_ALERT_KEY_BYTES}",
+                self.alert_key.len()
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// An event of an `alert_events` batch that did not decode. The rest of the batch is kept:
+/// one bad event never costs the others.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RejectedAlert {
+    /// Position in the batch.
+    pub index: usize,
+    /// Its `seq`, when that much could be read.
+    pub seq: Option<u64>,
+    pub error: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AlertEvents {
     pub events: Vec<AlertEvent>,
+    /// Events of the received batch that did not decode (never sent).
+    #[serde(skip)]
+    pub rejected: Vec<RejectedAlert>,
+}
+
+impl AlertEvents {
+    pub fn new(events: Vec<AlertEvent>) -> Self {
+        AlertEvents {
+            events,
+            rejected: Vec::new(),
+        }
+    }
+
+    /// Every `seq` the batch carried, decoded or not.
+    pub fn seqs(&self) -> impl Iterator<Item = u64> + '_ {
+        self.events
+            .iter()
+            .filter_map(|e| e.seq)
+            .chain(self.rejected.iter().filter_map(|r| r.seq))
+    }
+}
+
+impl<'de> Deserialize<'de> for AlertEvents {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(deserialize_with = "null_as_default")]
+            events: Vec<Value>,
+        }
+        let raw = Raw::deserialize(d)?;
+        let mut out = AlertEvents::new(Vec::with_capacity(raw.events.len()));
+        for (index, value) in raw.events.into_iter().enumerate() {
+            let seq = value.get("seq").and_then(Value::as_u64);
+            let decoded: Result<AlertEvent, _> = serde_path_to_error::deserialize(value);
+            match decoded {
+                Ok(e) => out.events.push(e),
+                Err(e) => {
+                    let path = e.path().to_string();
+                    let inner = e.into_inner().to_string();
+                    out.rejected.push(RejectedAlert {
+                        index,
+                        seq,
+                        error: if path == "." {
+                            inner
+                        } else {
+                            format!("field `{path}`: {inner}")
+                        },
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The envelope id and the alert `seq`s of a frame that will not be decoded in full (it is
+/// over the size limit): enough for the hub to answer it and to keep its acknowledgements
+/// below what it did not store. Reads the text once, keeps nothing else.
+pub fn probe_refused_frame(text: &str) -> (String, Option<String>, Vec<u64>) {
+    #[derive(Deserialize)]
+    struct Seq {
+        #[serde(default)]
+        seq: Option<u64>,
+    }
+    #[derive(Deserialize)]
+    struct Payload {
+        #[serde(default)]
+        events: Vec<Seq>,
+    }
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(default, rename = "type")]
+        kind: String,
+        #[serde(default)]
+        id: String,
+        #[serde(default)]
+        payload: Option<Payload>,
+    }
+    match serde_json::from_str::<Probe>(text) {
+        Ok(p) => {
+            let seqs = match (&p.payload, p.kind.as_str()) {
+                (Some(payload), "alert_events") => {
+                    payload.events.iter().filter_map(|e| e.seq).collect()
+                }
+                _ => Vec::new(),
+            };
+            (p.id, Some(p.kind), seqs)
+        }
+        Err(_) => (String::new(), None, Vec::new()),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -542,18 +730,16 @@ mod tests {
     fn catpaw_shapes_round_trip() {
         let frame = LinkFrame::new(
             "m1",
-            LinkMessage::AlertEvents(AlertEvents {
-                events: vec![AlertEvent {
-                    event_time: 1_700_000_000,
-                    event_status: AlertStatus::Warning,
-                    alert_key: "k".into(),
-                    labels: BTreeMap::from([("plugin".into(), "disk".into())]),
-                    attrs: BTreeMap::new(),
-                    description: "disk full".into(),
-                    description_format: String::new(),
-                    seq: None,
-                }],
-            }),
+            LinkMessage::AlertEvents(AlertEvents::new(vec![AlertEvent {
+                event_time: 1_700_000_000,
+                event_status: AlertStatus::Warning,
+                alert_key: "k".into(),
+                labels: BTreeMap::from([("plugin".into(), "disk".into())]),
+                attrs: BTreeMap::new(),
+                description: "disk full".into(),
+                description_format: String::new(),
+                seq: None,
+            }])),
         );
         let text = frame.encode();
         // Version 1 peers never see version-2 fields; empty optional fields are omitted as
@@ -564,6 +750,78 @@ mod tests {
                 && !text.contains("description_format")
         );
         assert_eq!(LinkFrame::decode(&text), Ok(frame));
+    }
+
+    #[test]
+    fn go_nil_maps_are_empty_and_one_bad_event_spares_the_batch() {
+        // catpaw's `Labels` has no omitempty: a nil map arrives as null.
+        let text = r#"{"type":"alert_events","id":"1","payload":{"events":[
+            {"event_time":1700000000,"event_status":"Critical","alert_key":"a","labels":null,"attrs":null,"description":"x"},
+            {"event_time":"yesterday","event_status":"Critical","alert_key":"b","seq":7},
+            {"event_time":1700000001,"event_status":"Ok","alert_key":"c","labels":{"k":"v"},"seq":8}
+        ]}}"#;
+        let LinkMessage::AlertEvents(batch) = LinkFrame::decode(text).expect("decode").message
+        else {
+            panic!("not alert_events");
+        };
+        assert_eq!(batch.events.len(), 2);
+        assert!(batch.events[0].labels.is_empty());
+        assert_eq!(batch.rejected.len(), 1);
+        assert_eq!(batch.rejected[0].index, 1);
+        assert_eq!(batch.rejected[0].seq, Some(7));
+        assert!(
+            batch.rejected[0].error.contains("event_time"),
+            "{:?}",
+            batch.rejected
+        );
+        assert_eq!(batch.seqs().collect::<Vec<_>>(), vec![8, 7]);
+        let reg = r#"{"type":"register","id":"r","payload":{"hostname":"h","ip":"1","os":"linux","arch":"amd64","labels":null,"plugins":null,"agent_version":"v"}}"#;
+        assert!(matches!(
+            LinkFrame::decode(reg).expect("register").message,
+            LinkMessage::Register(_)
+        ));
+    }
+
+    #[test]
+    fn sanitize_clamps_unbelievable_times_and_long_descriptions() {
+        let mut e = AlertEvent {
+            event_time: 300_000_000_000,
+            event_status: AlertStatus::Critical,
+            alert_key: "k".into(),
+            labels: BTreeMap::new(),
+            attrs: BTreeMap::new(),
+            description: "é".repeat(MAX_ALERT_DESCRIPTION_BYTES),
+            description_format: String::new(),
+            seq: None,
+        };
+        let changed = e.sanitize(1_700_000_000);
+        assert_eq!(changed.len(), 2, "{changed:?}");
+        assert_eq!(e.event_time, 1_700_000_000);
+        assert_eq!(e.attrs[ATTR_EVENT_TIME_CLAMPED], "300000000000");
+        assert!(e.description.len() <= MAX_ALERT_DESCRIPTION_BYTES);
+        assert!(e.attrs.contains_key(ATTR_DESCRIPTION_CUT));
+        // A sane event is left alone.
+        let mut ok = e.clone();
+        ok.attrs.clear();
+        assert!(ok.sanitize(1_700_000_000).is_empty() && ok.attrs.is_empty());
+    }
+
+    #[test]
+    fn a_refused_frame_still_tells_its_id_and_seqs() {
+        let events: Vec<Value> = (1..=3)
+            .map(|i| serde_json::json!({"event_time": 1, "event_status": "Ok", "alert_key": "k", "seq": i, "description": "x"}))
+            .collect();
+        let text =
+            serde_json::json!({"type": "alert_events", "id": "f1", "payload": {"events": events}})
+                .to_string();
+        assert_eq!(
+            probe_refused_frame(&text),
+            ("f1".into(), Some("alert_events".into()), vec![1, 2, 3])
+        );
+        assert_eq!(
+            probe_refused_frame("garbage"),
+            (String::new(), None, vec![])
+        );
     }
 
     #[test]

@@ -161,7 +161,7 @@ impl AlertOps {
                 "give the alert a `key`, or `labels` to derive one from",
             ));
         }
-        if p.description.len() > 64 * 1024 {
+        if p.description.len() > tether_proto::link::MAX_ALERT_DESCRIPTION_BYTES {
             return Err(ErrorBody::new(
                 Reason::BadRequest,
                 "field `description`: longer than 64 KiB",
@@ -171,12 +171,29 @@ impl AlertOps {
             .key
             .filter(|k| !k.trim().is_empty())
             .unwrap_or_else(|| tether_proto::link::alert_key(&p.labels));
-        let event_time = p.event_time.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0)
-        });
+        if key.len() > tether_proto::link::MAX_ALERT_KEY_BYTES {
+            return Err(ErrorBody::new(
+                Reason::BadRequest,
+                format!(
+                    "field `key`: {} bytes; the limit is {}",
+                    key.len(),
+                    tether_proto::link::MAX_ALERT_KEY_BYTES
+                ),
+            ));
+        }
+        let now = tether_proto::time::now_secs();
+        let event_time = match p.event_time {
+            None => now,
+            Some(t) => tether_proto::time::check_event_time(t, now).map_err(|problem| {
+                ErrorBody::new(
+                    Reason::BadRequest,
+                    format!(
+                        "field `event_time`: {t} is {} (unix seconds expected)",
+                        problem.as_str()
+                    ),
+                )
+            })?,
+        };
         let mut attrs = p.attrs;
         attrs.insert("sent_by".into(), client.name.clone());
         self.deliver

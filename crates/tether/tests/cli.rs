@@ -310,3 +310,41 @@ fn diagnose_without_a_model_falls_back_to_inspect_and_says_so() {
     assert!(report.contains("No model is configured"), "{report}");
     assert!(report.contains("# Inspection: disk"), "{report}");
 }
+
+/// Issue 9, finding 1: an event time from year 11476 is refused at the agent's edge, naming
+/// the field, and the agent keeps taking alerts.
+#[test]
+fn alert_send_refuses_an_unbelievable_event_time() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = plain_config(dir.path());
+    let agent = AgentProc::start(&config);
+    let socket = dir.path().join("state/agent.sock");
+    let stream = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut writer = stream.try_clone().expect("clone");
+    let mut reader = BufReader::new(stream);
+    let mut ask = |line: &str| -> serde_json::Value {
+        writer.write_all(line.as_bytes()).expect("write");
+        writer.write_all(b"\n").expect("write");
+        let mut reply = String::new();
+        reader.read_line(&mut reply).expect("reply");
+        serde_json::from_str(&reply).expect("JSON reply")
+    };
+    let r = ask(
+        r#"{"id":1,"op":"alert.send","status":"Critical","key":"far","event_time":300000000000}"#,
+    );
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["error"]["reason"], "bad_request", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("event_time")),
+        "{r}"
+    );
+    let r = ask(r#"{"id":2,"op":"alert.send","status":"Critical","key":"near"}"#);
+    assert_eq!(r["ok"], true, "{r}");
+    drop(agent);
+}

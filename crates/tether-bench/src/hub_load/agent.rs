@@ -359,7 +359,7 @@ fn alert_frame(index: usize, from: u64, plan: &Plan) -> (String, u64) {
         .collect();
     let frame = LinkFrame::new(
         uuid::Uuid::now_v7().to_string(),
-        LinkMessage::AlertEvents(AlertEvents { events }),
+        LinkMessage::AlertEvents(AlertEvents::new(events)),
     );
     (frame.encode(), last)
 }

@@ -388,13 +388,8 @@ fn unix_now() -> i64 {
 }
 
 fn rfc3339(unix: i64) -> String {
-    let t = if unix >= 0 {
-        SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(unix.unsigned_abs()))
-    } else {
-        SystemTime::UNIX_EPOCH.checked_sub(Duration::from_secs(unix.unsigned_abs()))
-    };
-    t.map(|t| humantime::format_rfc3339_seconds(t).to_string())
-        .unwrap_or_else(|| format!("{unix} s after 1970"))
+    // A peer's certificate chooses this time: clamped, never a panic.
+    tether_proto::time::rfc3339_secs(unix)
 }
 
 /// `cert_expiry_days` for a certificate valid until `not_after` (Unix seconds), at `now`.

@@ -292,6 +292,17 @@ pub fn reason(r: &Result<Value, tether_transport::client::ClientError>) -> Strin
 
 /// A minimal HTTP/1.1 GET over a fresh TCP connection: (status, body as JSON or Null).
 pub async fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, Value) {
+    let (status, body) = http_get_raw(addr, path, bearer).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// A GET without credentials whose body is text (`/metrics`).
+pub async fn http_get_text(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_get_raw(addr, path, None).await
+}
+
+/// A minimal HTTP/1.1 GET over a fresh TCP connection: (status, body).
+pub async fn http_get_raw(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     within(&format!("GET {path}"), async {
         let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -318,7 +329,7 @@ pub async fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u1
         } else {
             body.to_owned()
         };
-        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+        (status, body)
     })
     .await
 }
@@ -516,6 +527,11 @@ impl V1Agent {
             },
             ack,
         )
+    }
+
+    /// Sends one text frame exactly as given.
+    pub fn send_raw(&self, text: String) {
+        let _ = self.out.send(Message::Text(text.into()));
     }
 
     /// Sends one frame.
