@@ -271,3 +271,57 @@ async fn a_cancelled_grep_returns_promptly() {
     assert_eq!(out.output, "cancelled");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// Issue 9: a FIFO (or a device) below the log directories must be refused by name, never
+/// opened: open(2) of a FIFO blocks until a writer comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifos_are_refused_by_name_and_skipped_by_grep() {
+    let f = Fixture::new();
+    f.write("app.log", "boom here\n");
+    let fifo = f.path("pipe");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo")
+            .success()
+    );
+    let prompt = Duration::from_secs(10);
+    let tail = tokio::time::timeout(prompt, f.call("log_tail", json!({"path": fifo})))
+        .await
+        .expect("log_tail on a FIFO hung");
+    assert!(!tail.ok);
+    assert_eq!(
+        tail.output,
+        format!("{fifo} is a FIFO (named pipe), not a regular file")
+    );
+    let grep = tokio::time::timeout(
+        prompt,
+        f.call("log_grep", json!({"path": fifo, "pattern": "boom"})),
+    )
+    .await
+    .expect("log_grep on a FIFO hung");
+    assert!(!grep.ok);
+    assert_eq!(
+        grep.output,
+        format!("{fifo} is a FIFO (named pipe), not a regular file")
+    );
+    // Searching the directory names the FIFO as skipped and searches the rest.
+    let dir = f.allowed.path().display().to_string();
+    let r: LogGrepReport = decode(
+        &tokio::time::timeout(
+            prompt,
+            f.call("log_grep", json!({"path": dir, "pattern": "boom"})),
+        )
+        .await
+        .expect("log_grep of a directory holding a FIFO hung"),
+    );
+    assert_eq!(r.matches.len(), 1);
+    assert!(
+        r.skipped
+            .iter()
+            .any(|s| s.file == fifo && s.reason == "a FIFO (named pipe), not a regular file"),
+        "{:?}",
+        r.skipped
+    );
+}

@@ -32,21 +32,26 @@ impl AgentProc {
     }
 
     /// SIGTERM, then wait (bounded) for a clean exit.
-    fn stop(mut self) -> std::process::ExitStatus {
+    fn stop(self) -> std::process::ExitStatus {
+        self.stop_within(Duration::from_secs(30))
+    }
+
+    /// SIGTERM, then wait at most `limit` for the process to exit.
+    fn stop_within(mut self, limit: Duration) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         let killed = Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .expect("kill");
         assert!(killed.success());
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
             assert!(
                 Instant::now() < deadline,
-                "agent did not stop after SIGTERM"
+                "agent did not stop within {limit:?} of SIGTERM"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -178,6 +183,62 @@ fn sigterm_ends_a_running_turn_with_an_event() {
         shown.contains("[turn cancelled]"),
         "chat did not see the turn end: {shown}"
     );
+}
+
+/// Issue 9: a tool whose blocking read is stuck (a FIFO nobody writes to, which `read_file`
+/// used to open with a blocking open(2)) must neither hang the tool call nor keep the agent
+/// from exiting on SIGTERM.
+#[test]
+fn sigterm_exits_promptly_while_a_tool_reads_a_fifo() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("logs/pipe");
+    std::fs::create_dir(dir.path().join("logs")).expect("mkdir");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let script = format!(
+        r#"{{"loop": true, "responses": [
+  {{"tool_calls": [{{"tool": "read_file", "args": {{"path": "{}"}}}}]}},
+  {{"text": "after the read", "chunk_delay_ms": 60000}}
+]}}"#,
+        fifo.display()
+    );
+    std::fs::write(dir.path().join("script.json"), script).expect("script");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "listen = \"off\"\nstate_dir = \"state\"\n[model]\nprovider = \"scripted\"\n\
+         script = \"script.json\"\n[tools]\nread_dirs = [\"logs\"]\nlog_dirs = [\"logs\"]\n",
+    )
+    .expect("config");
+    let agent = AgentProc::start(&config);
+    let cfg = config.clone();
+    let chat = std::thread::spawn(move || client(&cfg, &["chat"], "read the pipe\n"));
+    // Wait until the session's history shows the read_file call (published as it starts).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = client(&config, &["sessions", "--json"], "");
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(id) = list["sessions"][0]["session_id"].as_str()
+            && text(&client(&config, &["attach", id], "")).contains("⚙ read_file")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the read_file call never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = agent.stop_within(Duration::from_secs(15));
+    assert!(status.success(), "agent exit: {status}");
+    let out = chat.join().expect("chat thread");
+    let shown = text(&out);
+    assert!(
+        shown.contains("is a FIFO (named pipe), not a regular file"),
+        "read_file did not refuse the FIFO: {shown}"
+    );
+    // The turn went on past the refusal and was still running when SIGTERM ended it.
+    assert!(shown.contains("[turn cancelled]"), "{shown}");
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //! permission prompt, and whether it is read-only (only read-only tools are offered to
 //! remote sessions by default).
 
+pub mod blocking;
 pub mod diag;
+pub mod files;
 pub mod read_file;
 pub mod schema;
 pub mod shell;

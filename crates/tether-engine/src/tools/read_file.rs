@@ -3,6 +3,8 @@
 //! The path is resolved (symlinks included) before it is checked, so a link inside an allowed
 //! directory that points outside it is refused.
 
+use super::blocking::{BLOCKING_TIMEOUT, run_blocking};
+use super::files::open_regular;
 use super::{Tool, ToolContext, ToolOutput, parse_args};
 use crate::model::ToolSpec;
 use futures_util::future::BoxFuture;
@@ -63,15 +65,12 @@ fn read(args: Args, roots: &[PathBuf]) -> ToolOutput {
         Ok(p) => p,
         Err(e) => return ToolOutput::error(e),
     };
-    let mut file = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) => return ToolOutput::error(format!("cannot open {}: {e}", path.display())),
+    // A FIFO or device would block open(2) or read(2) for ever: regular files only.
+    let (mut file, meta) = match open_regular(&path) {
+        Ok(opened) => opened,
+        Err(e) => return ToolOutput::error(e.to_string()),
     };
-    let size = match file.metadata() {
-        Ok(m) if m.is_file() => m.len(),
-        Ok(_) => return ToolOutput::error(format!("{} is not a regular file", path.display())),
-        Err(e) => return ToolOutput::error(format!("cannot stat {}: {e}", path.display())),
-    };
+    let size = meta.len();
     if args.offset > 0
         && let Err(e) = file.seek(SeekFrom::Start(args.offset))
     {
@@ -132,16 +131,18 @@ impl Tool for ReadFile {
         true
     }
 
-    fn call<'a>(&'a self, args: Value, _ctx: ToolContext) -> BoxFuture<'a, ToolOutput> {
+    fn call<'a>(&'a self, args: Value, ctx: ToolContext) -> BoxFuture<'a, ToolOutput> {
         Box::pin(async move {
             let args: Args = match parse_args("read_file", args) {
                 Ok(a) => a,
                 Err(e) => return e,
             };
             let roots = self.roots.clone();
-            tokio::task::spawn_blocking(move || read(args, &roots))
-                .await
-                .unwrap_or_else(|e| ToolOutput::error(format!("read failed: {e}")))
+            run_blocking("read_file", &ctx.cancel, BLOCKING_TIMEOUT, move |_| {
+                read(args, &roots)
+            })
+            .await
+            .unwrap_or_else(ToolOutput::from)
         })
     }
 }
@@ -149,6 +150,123 @@ impl Tool for ReadFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+    use tether_proto::{SessionId, TurnId};
+    use tokio_util::sync::CancellationToken;
+
+    /// Runs `test` on a runtime of its own that is dropped without waiting for its blocking
+    /// threads, so a read stuck in open(2) fails the test (by its timeout) instead of hanging
+    /// the suite in the runtime's drop.
+    fn on_own_runtime(test: impl std::future::Future<Output = ()>) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(test)));
+        rt.shutdown_background();
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    fn mkfifo(path: &Path) {
+        let made = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .expect("run mkfifo");
+        assert!(made.success(), "mkfifo {} failed", path.display());
+    }
+
+    fn ctx(cancel: CancellationToken) -> ToolContext {
+        ToolContext {
+            session_id: SessionId::from("s"),
+            turn_id: TurnId::from("t"),
+            cancel,
+        }
+    }
+
+    /// Longest any of these calls may take; they should answer at once.
+    const PROMPT: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_fifo_is_refused_at_once() {
+        on_own_runtime(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let fifo = dir.path().join("pipe");
+            mkfifo(&fifo);
+            let tool = ReadFile::new(vec![dir.path().to_path_buf()]);
+            let out = tokio::time::timeout(
+                PROMPT,
+                tool.call(
+                    json!({"path": fifo.display().to_string()}),
+                    ctx(CancellationToken::new()),
+                ),
+            )
+            .await
+            .expect("read_file on a FIFO hung");
+            assert!(!out.ok, "{}", out.output);
+            assert!(
+                out.output.contains("is a FIFO") && out.output.contains("not a regular file"),
+                "{}",
+                out.output
+            );
+        });
+    }
+
+    #[test]
+    fn many_fifo_reads_do_not_starve_the_blocking_pool() {
+        on_own_runtime(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let fifo = dir.path().join("pipe");
+            mkfifo(&fifo);
+            let tool = std::sync::Arc::new(ReadFile::new(vec![dir.path().to_path_buf()]));
+            let calls: Vec<_> = (0..600)
+                .map(|_| {
+                    let tool = tool.clone();
+                    let path = fifo.display().to_string();
+                    tokio::spawn(async move {
+                        tool.call(json!({ "path": path }), ctx(CancellationToken::new()))
+                            .await
+                    })
+                })
+                .collect();
+            let answered = tokio::time::timeout(PROMPT, futures_util::future::join_all(calls))
+                .await
+                .ok();
+            // The runtime's blocking pool (which the event log's replay and the spool share)
+            // must still take work.
+            let probe = tokio::time::timeout(PROMPT, tokio::task::spawn_blocking(|| 7)).await;
+            assert!(
+                matches!(probe, Ok(Ok(7))),
+                "spawn_blocking no longer runs after 600 FIFO reads"
+            );
+            let answered = answered.expect("600 read_file calls on a FIFO did not all answer");
+            for out in answered {
+                let out = out.expect("call task");
+                assert!(!out.ok && out.output.contains("FIFO"), "{}", out.output);
+            }
+        });
+    }
+
+    #[test]
+    fn a_cancelled_call_returns_at_once() {
+        on_own_runtime(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let fifo = dir.path().join("pipe");
+            mkfifo(&fifo);
+            let tool = ReadFile::new(vec![dir.path().to_path_buf()]);
+            let cancel = CancellationToken::new();
+            cancel.cancel();
+            let out = tokio::time::timeout(
+                PROMPT,
+                tool.call(json!({"path": fifo.display().to_string()}), ctx(cancel)),
+            )
+            .await
+            .expect("a cancelled read_file call did not return");
+            assert!(!out.ok, "{}", out.output);
+        });
+    }
 
     #[test]
     fn reads_inside_and_refuses_outside_and_symlink_escapes() {

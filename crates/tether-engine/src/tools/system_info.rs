@@ -1,10 +1,15 @@
 //! `system_info`: hostname, OS and kernel, uptime, load, memory and disks of this host.
 
+use super::blocking::run_blocking;
 use super::{Tool, ToolContext, ToolOutput};
 use crate::host;
 use crate::model::ToolSpec;
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Longest the reading may take (it reads `/proc` and calls `statvfs` on every mount).
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub struct SystemInfo;
 
@@ -27,15 +32,19 @@ impl Tool for SystemInfo {
         true
     }
 
-    fn call<'a>(&'a self, _args: Value, _ctx: ToolContext) -> BoxFuture<'a, ToolOutput> {
+    fn call<'a>(&'a self, _args: Value, ctx: ToolContext) -> BoxFuture<'a, ToolOutput> {
         Box::pin(async move {
-            // statvfs on a hung network mount can block: keep it off the async workers.
-            match tokio::task::spawn_blocking(host::snapshot).await {
+            // statvfs on a hung network mount can block: keep it off the async workers, and
+            // bounded.
+            let snapshot = run_blocking("system_info", &ctx.cancel, SNAPSHOT_TIMEOUT, |_| {
+                host::snapshot()
+            });
+            match snapshot.await {
                 Ok(snapshot) => match serde_json::to_string_pretty(&snapshot) {
                     Ok(text) => ToolOutput::ok(text),
                     Err(e) => ToolOutput::error(format!("cannot encode the reading: {e}")),
                 },
-                Err(e) => ToolOutput::error(format!("reading the host failed: {e}")),
+                Err(e) => e.into(),
             }
         })
     }

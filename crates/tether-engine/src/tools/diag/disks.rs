@@ -3,6 +3,7 @@
 use super::{DEFAULT_SAMPLE_MS, blocking, cancelled, json_output, pause, round1, round2};
 use crate::host::{self, DiskStat, Mount};
 use crate::model::ToolSpec;
+use crate::tools::blocking::run_blocking;
 use crate::tools::{Tool, ToolContext, ToolOutput, parse_args};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -10,6 +11,7 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// At most this many file systems or devices are listed (keeps the answer within the
 /// engine's 32 KiB cap).
@@ -125,9 +127,15 @@ enum Measured {
     Failed(String),
 }
 
-async fn measure(mount: Mount, explicit: bool, all: bool) -> (String, Measured) {
+async fn measure(
+    mount: Mount,
+    explicit: bool,
+    all: bool,
+    cancel: &CancellationToken,
+) -> (String, Measured) {
     let point = mount.mount_point.clone();
-    let task = tokio::task::spawn_blocking(move || {
+    let what = format!("statvfs of {point}");
+    let task = run_blocking(&what, cancel, STATVFS_TIMEOUT, move |_| {
         // Bind mounts of single files (/etc/hosts in a container) repeat their device's figures.
         if !explicit && !all && !Path::new(&mount.mount_point).is_dir() {
             return Measured::Skip;
@@ -138,13 +146,9 @@ async fn measure(mount: Mount, explicit: bool, all: bool) -> (String, Measured) 
             Err(e) => Measured::Failed(e.to_string()),
         }
     });
-    let measured = match tokio::time::timeout(STATVFS_TIMEOUT, task).await {
-        Ok(Ok(m)) => m,
-        Ok(Err(e)) => Measured::Failed(format!("the reading failed: {e}")),
-        Err(_) => Measured::Failed(format!(
-            "statvfs did not answer within {} s (hung network file system?)",
-            STATVFS_TIMEOUT.as_secs()
-        )),
+    let measured = match task.await {
+        Ok(m) => m,
+        Err(e) => Measured::Failed(e.to_string()),
     };
     (point, measured)
 }
@@ -195,7 +199,9 @@ impl Tool for DisksTool {
                 Err(e) => return ToolOutput::error(e),
             };
             let measuring = futures_util::future::join_all(
-                mounts.into_iter().map(|m| measure(m, explicit, all)),
+                mounts
+                    .into_iter()
+                    .map(|m| measure(m, explicit, all, &ctx.cancel)),
             );
             let results = tokio::select! {
                 r = measuring => r,
@@ -369,7 +375,7 @@ impl Tool for DiskIo {
             }
             let after = host::diskstats();
             let elapsed = start.elapsed();
-            let keep: Vec<DiskStat> = match blocking(&ctx.cancel, move || {
+            let keep: Vec<DiskStat> = match blocking("disk_io", &ctx.cancel, move || {
                 after
                     .into_iter()
                     .filter(|d| match &device {

@@ -3,6 +3,8 @@
 
 use super::{blocking, clip, json_output, run_program};
 use crate::model::ToolSpec;
+use crate::tools::blocking::{BLOCKING_TIMEOUT, run_blocking};
+use crate::tools::files::{OpenError, describe, open_regular};
 use crate::tools::read_file::resolve_allowed;
 use crate::tools::{Tool, ToolContext, ToolOutput, parse_args};
 use futures_util::future::BoxFuture;
@@ -291,18 +293,19 @@ impl Tool for KernelLog {
                 }
             };
             let contains = args.contains.clone();
-            let cancel = ctx.cancel.clone();
-            let from_kmsg = blocking(&ctx.cancel, move || {
-                let mut keeper = Keeper {
-                    max,
-                    max_level,
-                    contains: contains.as_deref(),
-                    lines: VecDeque::new(),
-                    matched: 0,
-                };
-                read_kmsg(&mut keeper, &cancel).map(|()| (keeper.lines, keeper.matched))
-            })
-            .await;
+            let from_kmsg =
+                run_blocking("kernel_log", &ctx.cancel, BLOCKING_TIMEOUT, move |stop| {
+                    let mut keeper = Keeper {
+                        max,
+                        max_level,
+                        contains: contains.as_deref(),
+                        lines: VecDeque::new(),
+                        matched: 0,
+                    };
+                    read_kmsg(&mut keeper, &stop).map(|()| (keeper.lines, keeper.matched))
+                })
+                .await
+                .map_err(ToolOutput::from);
             let kmsg_error = match from_kmsg {
                 Ok(Ok((lines, matched))) => {
                     let lines = fit_kernel_lines(lines);
@@ -397,7 +400,7 @@ fn refuse_compressed(path: &Path, suffix: &str) -> String {
 
 /// Whether the first 8 KiB of a file hold a NUL byte (wtmp, lastlog, journal files).
 fn looks_binary(path: &Path) -> bool {
-    let Ok(mut f) = std::fs::File::open(path) else {
+    let Ok((mut f, _)) = open_regular(path) else {
         return false;
     };
     let mut buf = [0u8; 8192];
@@ -477,16 +480,15 @@ fn list_dir(dir: &Path) -> Result<LogDirReport, String> {
     })
 }
 
-/// The last `want` lines of `path`, reading backwards from the end in blocks so a huge file
-/// is never loaded whole. Reads at most `max_bytes`.
+/// The last `want` lines of the file `f` of `size` bytes, reading backwards from the end in
+/// blocks so a huge file is never loaded whole. Reads at most `max_bytes`.
 pub fn tail_lines(
-    path: &Path,
+    mut f: std::fs::File,
+    size: u64,
     want: usize,
     max_bytes: u64,
 ) -> std::io::Result<(Vec<String>, bool)> {
     const BLOCK: u64 = 64 * 1024;
-    let mut f = std::fs::File::open(path)?;
-    let size = f.metadata()?.len();
     let mut start = size;
     let mut data: Vec<u8> = Vec::new();
     loop {
@@ -575,29 +577,27 @@ fn tail(path: &str, want: usize, roots: &[PathBuf]) -> ToolOutput {
         Ok(p) => p,
         Err(e) => return ToolOutput::error(e),
     };
-    let meta = match std::fs::metadata(&resolved) {
-        Ok(m) => m,
-        Err(e) => return ToolOutput::error(format!("cannot stat {}: {e}", resolved.display())),
-    };
-    if meta.is_dir() {
+    if resolved.is_dir() {
         return match list_dir(&resolved) {
             Ok(r) => json_output(&r, true),
             Err(e) => ToolOutput::error(e),
         };
     }
-    if !meta.is_file() {
-        return ToolOutput::error(format!("{} is not a regular file", resolved.display()));
-    }
     if let Some(suffix) = compressed_suffix(&resolved) {
         return ToolOutput::error(refuse_compressed(&resolved, suffix));
     }
+    // A FIFO or device would block open(2) or read(2) for ever: regular files only.
+    let (file, meta) = match open_regular(&resolved) {
+        Ok(opened) => opened,
+        Err(e) => return ToolOutput::error(e.to_string()),
+    };
     if looks_binary(&resolved) {
         return ToolOutput::error(format!(
             "{} is a binary file, not a text log (use `last`/`lastb` or journalctl for such files)",
             resolved.display()
         ));
     }
-    match tail_lines(&resolved, want, 8 * 1024 * 1024) {
+    match tail_lines(file, meta.len(), want, 8 * 1024 * 1024) {
         Ok((mut lines, from_start)) => {
             let truncated = fit_lines(&mut lines);
             json_output(
@@ -657,9 +657,11 @@ impl Tool for LogTail {
             };
             let want = args.lines.unwrap_or(100).clamp(1, 1000);
             let roots = self.roots.clone();
-            blocking(&ctx.cancel, move || tail(&args.path, want, &roots))
-                .await
-                .unwrap_or_else(|e| e)
+            blocking("log_tail", &ctx.cancel, move || {
+                tail(&args.path, want, &roots)
+            })
+            .await
+            .unwrap_or_else(|e| e)
         })
     }
 }
@@ -766,10 +768,15 @@ impl GrepState<'_> {
         self.matches.len() >= self.max_matches || self.text_used >= TEXT_BUDGET
     }
 
-    /// Searches one file; returns whether the search should stop (done or cancelled).
-    fn search(&mut self, file: &Path, cancel: &CancellationToken) -> std::io::Result<(bool, bool)> {
-        let mut f = std::fs::File::open(file)?;
-        let size = f.metadata()?.len();
+    /// Searches one file (`f`, of `size` bytes, named `file`); returns whether the search
+    /// should stop (done or cancelled) and whether only the file's end was searched.
+    fn search(
+        &mut self,
+        mut f: std::fs::File,
+        size: u64,
+        file: &Path,
+        cancel: &CancellationToken,
+    ) -> std::io::Result<(bool, bool)> {
         let partial = size > MAX_SCAN_BYTES;
         let mut reader = if partial {
             f.seek(SeekFrom::Start(size - MAX_SCAN_BYTES))?;
@@ -893,8 +900,24 @@ fn grep(args: GrepArgs, roots: &[PathBuf], cancel: &CancellationToken) -> ToolOu
                         return None;
                     }
                 };
-                if !real.is_file() {
-                    return None;
+                match std::fs::metadata(&real) {
+                    Ok(m) if m.is_file() => {}
+                    // Not recursive: subdirectories are left out without a word.
+                    Ok(m) if m.is_dir() => return None,
+                    Ok(m) => {
+                        skipped.push(SkippedFile {
+                            file: shown,
+                            reason: format!("{}, not a regular file", describe(m.file_type())),
+                        });
+                        return None;
+                    }
+                    Err(e) => {
+                        skipped.push(SkippedFile {
+                            file: shown,
+                            reason: e.to_string(),
+                        });
+                        return None;
+                    }
                 }
                 if let Some(s) = compressed_suffix(&real) {
                     skipped.push(SkippedFile {
@@ -917,8 +940,18 @@ fn grep(args: GrepArgs, roots: &[PathBuf], cancel: &CancellationToken) -> ToolOu
         if let Some(s) = compressed_suffix(&resolved) {
             return ToolOutput::error(refuse_compressed(&resolved, s));
         }
-        if !resolved.is_file() {
-            return ToolOutput::error(format!("{} is not a regular file", resolved.display()));
+        match std::fs::metadata(&resolved) {
+            Ok(m) if m.is_file() => {}
+            Ok(m) => {
+                return ToolOutput::error(format!(
+                    "{} is {}, not a regular file",
+                    resolved.display(),
+                    describe(m.file_type())
+                ));
+            }
+            Err(e) => {
+                return ToolOutput::error(format!("cannot stat {}: {e}", resolved.display()));
+            }
         }
         if looks_binary(&resolved) {
             return ToolOutput::error(format!(
@@ -944,7 +977,19 @@ fn grep(args: GrepArgs, roots: &[PathBuf], cancel: &CancellationToken) -> ToolOu
         if cancel.is_cancelled() {
             break;
         }
-        match state.search(file, cancel) {
+        // A FIFO or device would block open(2) or read(2) for ever: regular files only (the
+        // listing checked, but the file may have been swapped since).
+        let searched_file = open_regular(file)
+            .map_err(|e| match e {
+                OpenError::NotRegular(_) => "not a regular file".to_owned(),
+                OpenError::Io(m) => m,
+            })
+            .and_then(|(f, meta)| {
+                state
+                    .search(f, meta.len(), file, cancel)
+                    .map_err(|e| e.to_string())
+            });
+        match searched_file {
             Ok((stop, partial)) => {
                 searched.push(file.display().to_string());
                 if partial {
@@ -956,7 +1001,7 @@ fn grep(args: GrepArgs, roots: &[PathBuf], cancel: &CancellationToken) -> ToolOu
             }
             Err(e) => skipped.push(SkippedFile {
                 file: file.display().to_string(),
-                reason: e.to_string(),
+                reason: e,
             }),
         }
     }
@@ -1039,10 +1084,11 @@ impl Tool for LogGrep {
                 return ToolOutput::error("`pattern` is empty");
             }
             let roots = self.roots.clone();
-            let cancel = ctx.cancel.clone();
-            blocking(&ctx.cancel, move || grep(args, &roots, &cancel))
-                .await
-                .unwrap_or_else(|e| e)
+            run_blocking("log_grep", &ctx.cancel, BLOCKING_TIMEOUT, move |stop| {
+                grep(args, &roots, &stop)
+            })
+            .await
+            .unwrap_or_else(ToolOutput::from)
         })
     }
 }
@@ -1103,28 +1149,33 @@ not json
         assert_eq!(kept, ["disk c", "Disk d"]);
     }
 
+    fn tail_of(path: &Path, want: usize, max_bytes: u64) -> std::io::Result<(Vec<String>, bool)> {
+        let (f, meta) = open_regular(path).map_err(|e| std::io::Error::other(e.to_string()))?;
+        tail_lines(f, meta.len(), want, max_bytes)
+    }
+
     #[test]
     fn tail_reads_backwards_across_blocks() {
         let dir = tempfile::tempdir().expect("tempdir");
         let f = dir.path().join("big.log");
         let text: String = (0..50_000).map(|i| format!("line {i}\n")).collect();
         std::fs::write(&f, &text).expect("write");
-        let (lines, from_start) = tail_lines(&f, 3, 1 << 30).expect("tail");
+        let (lines, from_start) = tail_of(&f, 3, 1 << 30).expect("tail");
         assert_eq!(lines, ["line 49997", "line 49998", "line 49999"]);
         assert!(!from_start);
         // A byte cap stops the backwards read; the partial first line is dropped.
-        let (lines, _) = tail_lines(&f, 50_000, 100).expect("tail");
+        let (lines, _) = tail_of(&f, 50_000, 100).expect("tail");
         assert!(lines.len() < 20 && lines.last().map(String::as_str) == Some("line 49999"));
         let small = dir.path().join("small.log");
         std::fs::write(&small, "a\r\nb\nc").expect("write");
         assert_eq!(
-            tail_lines(&small, 10, 1 << 30).expect("tail"),
+            tail_of(&small, 10, 1 << 30).expect("tail"),
             (vec!["a".to_owned(), "b".into(), "c".into()], true)
         );
         let empty = dir.path().join("empty.log");
         std::fs::write(&empty, "").expect("write");
         assert_eq!(
-            tail_lines(&empty, 10, 1 << 30).expect("tail"),
+            tail_of(&empty, 10, 1 << 30).expect("tail"),
             (Vec::new(), true)
         );
     }

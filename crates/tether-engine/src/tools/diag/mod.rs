@@ -24,8 +24,10 @@
 //! hosts, which is why they ask for permission then (design rule 8).
 //!
 //! Every call returns promptly when its [`ToolContext::cancel`](super::ToolContext) fires:
-//! sampling waits and blocking reads race the token, and child processes are spawned with
-//! `kill_on_drop`, so they die with the abandoned call.
+//! sampling waits and blocking reads race the token (blocking work goes through
+//! [`run_blocking`](super::blocking::run_blocking), which also bounds it in time and in
+//! threads), and child processes are spawned with `kill_on_drop`, so they die with the
+//! abandoned call.
 
 pub mod cpu;
 pub mod disks;
@@ -36,6 +38,7 @@ pub mod probes;
 pub mod process;
 pub mod systemd;
 
+use super::blocking::{BLOCKING_TIMEOUT, run_blocking};
 use super::{Tool, ToolOutput};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -107,17 +110,17 @@ pub(crate) async fn pause(ms: u64, cancel: &CancellationToken) -> Result<(), Too
     }
 }
 
-/// Runs blocking work (file reads that may stall, `statvfs`) on the blocking pool, giving up
-/// on it when the call is cancelled. Abandoned work finishes in the background; it only reads.
+/// Runs blocking work (reads of `/proc` and `/sys` that may stall) through the tools' shared
+/// cap ([`run_blocking`]): it gives up when the call is cancelled or after
+/// [`BLOCKING_TIMEOUT`]. Abandoned work finishes in the background; it only reads.
 pub(crate) async fn blocking<T: Send + 'static>(
+    tool: &str,
     cancel: &CancellationToken,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ToolOutput> {
-    let task = tokio::task::spawn_blocking(work);
-    tokio::select! {
-        joined = task => joined.map_err(|e| ToolOutput::error(format!("the reading failed: {e}"))),
-        _ = cancel.cancelled() => Err(cancelled()),
-    }
+    run_blocking(tool, cancel, BLOCKING_TIMEOUT, move |_| work())
+        .await
+        .map_err(ToolOutput::from)
 }
 
 /// What a child process printed.

@@ -158,7 +158,7 @@ impl Tool for Sockets {
                 return ToolOutput::error("`protocol` must be \"tcp\", \"udp\" or \"all\"");
             }
             let port = args.port;
-            let report = blocking(&ctx.cancel, move || {
+            let report = blocking("sockets", &ctx.cancel, move || {
                 let tables: Vec<(&str, Vec<SocketEntry>)> = ["tcp", "tcp6", "udp", "udp6"]
                     .into_iter()
                     .map(|t| (t, host::net_sockets(t)))
@@ -313,7 +313,11 @@ impl Tool for NetInterfaces {
                 Ok(a) => a,
                 Err(e) => return e,
             };
-            match blocking(&ctx.cancel, move || interfaces(args.interface.as_deref())).await {
+            match blocking("net_interfaces", &ctx.cancel, move || {
+                interfaces(args.interface.as_deref())
+            })
+            .await
+            {
                 Ok(Ok(r)) => json_output(&r, true),
                 Ok(Err(e)) => ToolOutput::error(e),
                 Err(e) => e,

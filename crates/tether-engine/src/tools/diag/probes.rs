@@ -13,13 +13,15 @@ use super::{cancelled, clip, json_output};
 use crate::host;
 use crate::model::ToolSpec;
 use crate::text::{error_chain, millis};
+use crate::tools::blocking::{BlockingError, run_blocking};
 use crate::tools::{Tool, ToolContext, ToolOutput, parse_args};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// How a probe target was classified.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,13 +68,26 @@ pub fn is_local_target(host_text: &str) -> bool {
     classify(host_text) != Target::Remote
 }
 
-/// Resolves `host:port`. IP literals are used as they are.
-async fn resolve(host_text: &str, port: u16, timeout: Duration) -> Result<Vec<SocketAddr>, String> {
+/// Resolves `host:port`. IP literals are used as they are. The system resolver blocks a
+/// thread, so it runs through the tools' shared cap of blocking jobs.
+async fn resolve(
+    host_text: &str,
+    port: u16,
+    timeout: Duration,
+    cancel: &CancellationToken,
+) -> Result<Vec<SocketAddr>, String> {
     let h = normalise_host(host_text);
     if let Ok(ip) = h.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
-    match tokio::time::timeout(timeout, tokio::net::lookup_host((h.as_str(), port))).await {
+    let name = h.clone();
+    let looked_up = run_blocking(&format!("resolving `{h}`"), cancel, timeout, move |_| {
+        (name.as_str(), port)
+            .to_socket_addrs()
+            .map(Iterator::collect::<Vec<_>>)
+    })
+    .await;
+    match looked_up {
         Ok(Ok(addrs)) => {
             let mut out: Vec<SocketAddr> = Vec::new();
             for a in addrs {
@@ -87,10 +102,11 @@ async fn resolve(host_text: &str, port: u16, timeout: Duration) -> Result<Vec<So
             }
         }
         Ok(Err(e)) => Err(format!("cannot resolve `{h}`: {e}")),
-        Err(_) => Err(format!(
+        Err(BlockingError::TimedOut { after, .. }) => Err(format!(
             "resolving `{h}` took longer than {}",
-            humantime::format_duration(timeout)
+            humantime::format_duration(after)
         )),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -191,7 +207,7 @@ impl Tool for DnsResolve {
             let timeout = bounded(args.timeout_ms, 5000, self.limit);
             let start = Instant::now();
             let result = tokio::select! {
-                r = resolve(&args.name, 0, timeout) => r,
+                r = resolve(&args.name, 0, timeout, &ctx.cancel) => r,
                 _ = ctx.cancel.cancelled() => return cancelled(),
             };
             let elapsed_ms = millis(start.elapsed());
@@ -266,7 +282,12 @@ impl TcpCheck {
     }
 }
 
-async fn tcp_probe(host_text: &str, port: u16, timeout: Duration) -> TcpCheckReport {
+async fn tcp_probe(
+    host_text: &str,
+    port: u16,
+    timeout: Duration,
+    cancel: &CancellationToken,
+) -> TcpCheckReport {
     let mut report = TcpCheckReport {
         host: host_text.to_owned(),
         port,
@@ -278,7 +299,7 @@ async fn tcp_probe(host_text: &str, port: u16, timeout: Duration) -> TcpCheckRep
     };
     let deadline = Instant::now() + timeout;
     let start = Instant::now();
-    let addrs = match resolve(host_text, port, timeout)
+    let addrs = match resolve(host_text, port, timeout, cancel)
         .await
         .and_then(|a| allowed_addresses(host_text, a))
     {
@@ -366,7 +387,7 @@ impl Tool for TcpCheck {
             };
             let timeout = bounded(args.timeout_ms, 3000, self.limit);
             let report = tokio::select! {
-                r = tcp_probe(&args.host, args.port, timeout) => r,
+                r = tcp_probe(&args.host, args.port, timeout, &ctx.cancel) => r,
                 _ = ctx.cancel.cancelled() => return cancelled(),
             };
             let ok = report.connected;
@@ -436,7 +457,11 @@ impl HttpCheck {
     }
 }
 
-async fn http_probe(args: HttpArgs, timeout: Duration) -> HttpCheckReport {
+async fn http_probe(
+    args: HttpArgs,
+    timeout: Duration,
+    cancel: &CancellationToken,
+) -> HttpCheckReport {
     let method = args.method.clone().unwrap_or_else(|| "GET".into());
     let mut report = HttpCheckReport {
         url: args.url.clone(),
@@ -485,9 +510,12 @@ async fn http_probe(args: HttpArgs, timeout: Duration) -> HttpCheckReport {
         .timeout(timeout)
         .connect_timeout(timeout)
         .user_agent(concat!("tether-http-check/", env!("CARGO_PKG_VERSION")));
-    if classify(&host_text) == Target::LocalName {
+    let start = Instant::now();
+    // Names are resolved here rather than by the client's own resolver, whose lookups would
+    // run on the blocking pool unbounded; and a name judged local must stay on this host.
+    if normalise_host(&host_text).parse::<IpAddr>().is_err() {
         let port = url.port_or_known_default().unwrap_or(80);
-        let addrs = match resolve(&host_text, port, timeout)
+        let addrs = match resolve(&host_text, port, timeout, cancel)
             .await
             .and_then(|a| allowed_addresses(&host_text, a))
         {
@@ -506,7 +534,6 @@ async fn http_probe(args: HttpArgs, timeout: Duration) -> HttpCheckReport {
             return report;
         }
     };
-    let start = Instant::now();
     let mut response = match client.request(method.clone(), url).send().await {
         Ok(r) => r,
         Err(e) => {
@@ -598,7 +625,7 @@ impl Tool for HttpCheck {
             };
             let timeout = bounded(args.timeout_ms, 5000, self.limit);
             let report = tokio::select! {
-                r = http_probe(args, timeout) => r,
+                r = http_probe(args, timeout, &ctx.cancel) => r,
                 _ = ctx.cancel.cancelled() => return cancelled(),
             };
             let ok = report.status.is_some();

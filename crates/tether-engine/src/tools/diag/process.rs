@@ -174,14 +174,14 @@ impl Tool for TopProcesses {
             let limit = args.limit.unwrap_or(10).clamp(1, 50);
             let sample_ms = args.sample_ms.unwrap_or(DEFAULT_SAMPLE_MS).clamp(100, 5000);
             let start = Instant::now();
-            let before = match blocking(&ctx.cancel, all_stats).await {
+            let before = match blocking("top_processes", &ctx.cancel, all_stats).await {
                 Ok(b) => b,
                 Err(e) => return e,
             };
             if let Err(e) = pause(sample_ms, &ctx.cancel).await {
                 return e;
             }
-            let report = blocking(&ctx.cancel, move || {
+            let report = blocking("top_processes", &ctx.cancel, move || {
                 let after = all_stats();
                 let elapsed = start.elapsed();
                 let mut states = BTreeMap::new();
@@ -466,7 +466,7 @@ impl Tool for ProcessDetailTool {
                 _ => return ToolOutput::error("give exactly one of `pid` and `name`"),
             };
             let pid = args.pid;
-            let report = blocking(&ctx.cancel, move || {
+            let report = blocking("process_detail", &ctx.cancel, move || {
                 let pids: Vec<u32> = match (&matcher, pid) {
                     (Some(m), _) => host::pids()
                         .into_iter()
