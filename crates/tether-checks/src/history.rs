@@ -27,8 +27,18 @@ impl From<rusqlite::Error> for HistoryError {
 impl AlertHistory {
     pub fn open(path: &Path, max_events: u64) -> Result<AlertHistory, HistoryError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
+            tether_engine::perms::private_dir(dir)
                 .map_err(|e| HistoryError(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        match tether_engine::perms::create_private(path) {
+            Ok(Some(w)) => tracing::warn!("{w}"),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(HistoryError(format!(
+                    "cannot create {}: {e}",
+                    path.display()
+                )));
+            }
         }
         let conn = Connection::open(path)
             .map_err(|e| HistoryError(format!("cannot open {}: {e}", path.display())))?;

@@ -69,7 +69,10 @@ pub struct AuditLog {
 impl AuditLog {
     pub fn open(path: &Path) -> std::io::Result<AuditLog> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            crate::perms::private_dir(dir)?;
+        }
+        if let Some(w) = crate::perms::create_private(path)? {
+            tracing::warn!("{w}");
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         Ok(AuditLog {

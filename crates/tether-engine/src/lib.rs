@@ -16,6 +16,7 @@ pub mod log;
 pub mod mcp;
 pub mod model;
 pub mod openai;
+pub mod perms;
 pub mod process;
 mod prompts;
 pub mod scripted;

@@ -123,6 +123,12 @@ PRAGMA user_version = 1;
 ";
 
 fn open_connection(path: &Path) -> Result<Connection, LogError> {
+    // Transcripts and tool output: the owner's only (the -wal/-shm files take this mode).
+    match crate::perms::create_private(path) {
+        Ok(Some(w)) => tracing::warn!("{w}"),
+        Ok(None) => {}
+        Err(e) => return Err(LogError(format!("cannot create {}: {e}", path.display()))),
+    }
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     // WAL: readers never block the writer. NORMAL: a commit survives a crash of the agent

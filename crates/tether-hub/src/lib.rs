@@ -71,8 +71,23 @@ pub async fn start(config: HubConfig, allow_plaintext: bool) -> Result<RunningHu
         Some((cert, key)) => Some(server::tls_config(cert, key)?),
         None => None,
     };
-    let store =
-        store::SqliteStore::open(&config.state_dir.join("hub.db")).map_err(|e| e.to_string())?;
+    // The store holds credentials' hashes, alerts and transcripts: the owner's only.
+    let dir = &config.state_dir;
+    match tether_engine::perms::private_dir(dir) {
+        Ok(Some(w)) => tracing::warn!("state_dir: {w}"),
+        Ok(None) => {}
+        Err(e) => return Err(format!("state_dir: cannot create {}: {e}", dir.display())),
+    }
+    let loose = tether_engine::perms::tighten_files_in(dir).map_err(|e| {
+        format!(
+            "state_dir: cannot restrict the files in {}: {e}",
+            dir.display()
+        )
+    })?;
+    for w in loose {
+        tracing::warn!("state_dir: {w}");
+    }
+    let store = store::SqliteStore::open(&dir.join("hub.db")).map_err(|e| e.to_string())?;
     use store::Store as _;
     store.mark_all_disconnected().map_err(|e| e.to_string())?;
     let hub = Hub::new(config.clone(), store::HubStore::new(Arc::new(store)))?;

@@ -309,8 +309,16 @@ fn to_json<T: Serialize>(v: &T) -> String {
 impl SqliteStore {
     pub fn open(path: &Path) -> StoreResult<SqliteStore> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
+            match tether_engine::perms::private_dir(dir) {
+                Ok(Some(w)) => tracing::warn!("{w}"),
+                Ok(None) => {}
+                Err(e) => return Err(StoreError(format!("cannot create {}: {e}", dir.display()))),
+            }
+        }
+        match tether_engine::perms::create_private(path) {
+            Ok(Some(w)) => tracing::warn!("{w}"),
+            Ok(None) => {}
+            Err(e) => return Err(StoreError(format!("cannot create {}: {e}", path.display()))),
         }
         let conn = Connection::open(path)
             .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;

@@ -191,8 +191,9 @@ pub fn load_or_create_agent_id(state_dir: &Path) -> Result<String, LinkError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let id = uuid::Uuid::now_v7().to_string();
-            std::fs::create_dir_all(state_dir)
-                .and_then(|()| std::fs::write(&path, format!("{id}\n")))
+            tether_engine::perms::private_dir(state_dir)
+                .and_then(|_| tether_engine::perms::create_private(&path))
+                .and_then(|_| std::fs::write(&path, format!("{id}\n")))
                 .map_err(|e| LinkError::AgentId(format!("cannot write {}: {e}", path.display())))?;
             Ok(id)
         }

@@ -51,8 +51,13 @@ pub struct AlertSpool {
 impl AlertSpool {
     pub fn open(path: &Path, max_events: u64) -> Result<AlertSpool, SpoolError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
+            tether_engine::perms::private_dir(dir)
                 .map_err(|e| SpoolError(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        match tether_engine::perms::create_private(path) {
+            Ok(Some(w)) => tracing::warn!("{w}"),
+            Ok(None) => {}
+            Err(e) => return Err(SpoolError(format!("cannot create {}: {e}", path.display()))),
         }
         let conn = Connection::open(path)
             .map_err(|e| SpoolError(format!("cannot open {}: {e}", path.display())))?;

@@ -17,6 +17,8 @@ use tokio_util::task::TaskTracker;
 pub enum UnixError {
     #[error("another process is already listening on {0}")]
     InUse(String),
+    #[error("socket: {0} exists and is not a socket; refusing to replace it (choose another path)")]
+    NotASocket(String),
     #[error("cannot listen on {path}: {source}")]
     Bind {
         path: String,
@@ -24,17 +26,29 @@ pub enum UnixError {
     },
 }
 
-/// Binds `path`, replacing a stale socket file but never a live one.
+/// Binds `path`, replacing a stale socket but never a live one, and never anything that is
+/// not a socket (as root, `socket = "/etc/passwd"` would otherwise delete it).
 pub fn bind(path: &Path) -> Result<UnixListener, UnixError> {
+    use std::os::unix::fs::FileTypeExt;
     let shown = path.display().to_string();
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(UnixError::InUse(shown));
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(UnixError::InUse(shown));
+            }
+            std::fs::remove_file(path).map_err(|source| UnixError::Bind {
+                path: shown.clone(),
+                source,
+            })?;
         }
-        std::fs::remove_file(path).map_err(|source| UnixError::Bind {
-            path: shown.clone(),
-            source,
-        })?;
+        Ok(_) => return Err(UnixError::NotASocket(shown)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(UnixError::Bind {
+                path: shown,
+                source,
+            });
+        }
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| UnixError::Bind {

@@ -72,14 +72,20 @@ pub fn mux_config(cfg: &AgentConfig) -> MuxConfig {
     }
 }
 
-/// Creates the state directory readable by its owner only.
+/// Creates the state directory readable by its owner only, and tightens an existing one (and
+/// the files in it) that other users could read: it holds transcripts and tool output.
 pub fn ensure_state_dir(cfg: &AgentConfig) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if !cfg.state_dir.exists() {
-        std::fs::create_dir_all(&cfg.state_dir)
-            .with_context(|| format!("state_dir: cannot create {}", cfg.state_dir.display()))?;
-        std::fs::set_permissions(&cfg.state_dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("state_dir: cannot restrict {}", cfg.state_dir.display()))?;
+    use tether_engine::perms;
+    let dir = &cfg.state_dir;
+    if let Some(w) = perms::private_dir(dir)
+        .with_context(|| format!("state_dir: cannot create or restrict {}", dir.display()))?
+    {
+        tracing::warn!("state_dir: {w}");
+    }
+    for w in perms::tighten_files_in(dir)
+        .with_context(|| format!("state_dir: cannot restrict the files in {}", dir.display()))?
+    {
+        tracing::warn!("state_dir: {w}");
     }
     Ok(())
 }

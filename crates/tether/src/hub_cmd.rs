@@ -183,12 +183,6 @@ impl HubFile {
 
 /// `tether hub`
 pub async fn run(file: HubFile) -> Result<()> {
-    std::fs::create_dir_all(&file.config.state_dir).with_context(|| {
-        format!(
-            "state_dir: cannot create {}",
-            file.config.state_dir.display()
-        )
-    })?;
     let running = tether_hub::start(file.config.clone(), file.allow_plaintext)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -275,7 +269,7 @@ pub async fn up(port: u16) -> Result<()> {
     let agent_path = paths::default_agent_config();
     let mut first_run_tokens: Option<(String, String)> = None;
     if !hub_path.exists() && !agent_path.exists() {
-        std::fs::create_dir_all(&config_dir)
+        tether_engine::perms::private_dir(&config_dir)
             .with_context(|| format!("cannot create {}", config_dir.display()))?;
         let data = paths::data_dir();
         let operator_token = tether_hub::tokens::generate().map_err(|e| anyhow::anyhow!(e))?;
@@ -313,8 +307,6 @@ pub async fn up(port: u16) -> Result<()> {
             agent_path.display()
         );
     }
-    std::fs::create_dir_all(&hub_file.config.state_dir)
-        .with_context(|| format!("cannot create {}", hub_file.config.state_dir.display()))?;
     let hub = tether_hub::start(hub_file.config.clone(), hub_file.allow_plaintext)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;

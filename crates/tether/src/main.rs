@@ -402,6 +402,8 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Everything tether writes (state, configs, logs) is its user's only.
+    tether_engine::perms::restrict_umask();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

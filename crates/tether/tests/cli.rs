@@ -409,3 +409,94 @@ fn alert_send_refuses_an_unbelievable_event_time() {
     assert_eq!(r["ok"], true, "{r}");
     drop(agent);
 }
+
+/// Issue 9, finding 9: `socket = <an existing regular file>` deleted that file. The agent
+/// refuses to start instead, naming it, and the file is untouched.
+#[test]
+fn a_socket_path_that_is_a_regular_file_is_never_deleted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let precious = dir.path().join("precious.txt");
+    std::fs::write(&precious, "keep me").expect("write");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"off\"\nstate_dir = \"state\"\nsocket = \"{}\"\n",
+            precious.display()
+        ),
+    )
+    .expect("config");
+    let mut child = Command::new(BIN)
+        .args(["agent", "--config"])
+        .arg(&config)
+        .env("TETHER_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run agent");
+    // Bounded: an agent that started anyway is killed, and the test fails below.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("agent output");
+    assert!(!out.status.success(), "started: {}", text(&out));
+    assert!(
+        text(&out).contains("is not a socket"),
+        "the error names the problem: {}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&precious).expect("still there"),
+        "keep me"
+    );
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777
+}
+
+/// Issue 9, finding 9: state files were created 0644 (`events.db` holds transcripts) and an
+/// existing state directory was never tightened. New state is 0700/0600; loose state found at
+/// start is tightened with a warning.
+#[test]
+fn state_is_private_and_loose_state_is_tightened() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), SHELL_SCRIPT);
+    let state = dir.path().join("state");
+    let agent = AgentProc::start(&config);
+    let out = client(&config, &["chat"], "hello\n");
+    assert!(out.status.success(), "{}", text(&out));
+    let check_private = || {
+        assert_eq!(mode(&state), 0o700, "state dir");
+        let mut files = 0;
+        for entry in std::fs::read_dir(&state).expect("read state") {
+            let entry = entry.expect("entry");
+            if entry.file_type().expect("type").is_socket() {
+                continue;
+            }
+            files += 1;
+            assert_eq!(mode(&entry.path()), 0o600, "{}", entry.path().display());
+        }
+        assert!(files >= 2, "events.db and more were written");
+    };
+    check_private();
+    assert!(agent.stop().success());
+
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let events = state.join("events.db");
+    std::fs::set_permissions(&events, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut agent = AgentProc::start(&config);
+    check_private();
+    let stderr = agent.child.stderr.take().expect("stderr");
+    assert!(agent.stop().success());
+    let mut warnings = String::new();
+    std::io::Read::read_to_string(&mut { stderr }, &mut warnings).expect("stderr");
+    assert!(
+        warnings.contains("readable by other users") && warnings.contains("events.db"),
+        "the tightening is reported: {warnings}"
+    );
+}
