@@ -9,7 +9,9 @@
 //! * `exec` — runs `command` with `args`, the event JSON (one line) on its stdin and
 //!   `TETHER_KIND`, `TETHER_ALERT_KEY` (and `TETHER_STATUS` for alerts) in its environment;
 //!   killed (its whole process group) after `timeout`. A non-zero exit is logged with the
-//!   start of its stderr.
+//!   start of its stderr. Its environment is minimal — `PATH`, `HOME`, `LANG`, `LC_ALL`,
+//!   `LC_CTYPE`, `TERM`, `TZ`, `USER`, `LOGNAME`, `SHELL`, `TMPDIR` from the agent's — plus
+//!   `env`; `inherit_env = true` gives it the agent's whole environment (secrets included).
 //!
 //! Each notifier has its own bounded queue and task, so a slow or failing one never delays
 //! the others or the caller: [`Notifiers::notify`] and [`Notifiers::report`] never wait; a full
@@ -28,6 +30,7 @@
 //! kind = "exec"
 //! command = "/usr/local/bin/page-oncall"
 //! args = ["--team", "infra"]
+//! env = { PAGER_ROUTE = "infra" }
 //! timeout = "10s"
 //! ```
 
@@ -36,7 +39,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
-use tether_engine::process::kill_group;
+use tether_engine::process::{kill_group, minimal_env};
 use tether_proto::link::{AlertEvent, DiagnoseReport};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -96,6 +99,12 @@ pub struct NotifierConfig {
     /// exec: its arguments.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
+    /// exec: environment variables for the command, on top of the minimal environment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// exec: `true` gives the command the agent's whole environment (default `false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inherit_env: Option<bool>,
     /// webhook, exec: per attempt / per run (default 10s).
     #[serde(
         default,
@@ -165,6 +174,15 @@ impl NotifierConfig {
         only("retry_backoff", self.retry_backoff.is_some(), &[Webhook])?;
         only("command", self.command.is_some(), &[Exec])?;
         only("args", !self.args.is_empty(), &[Exec])?;
+        only("env", !self.env.is_empty(), &[Exec])?;
+        only("inherit_env", self.inherit_env.is_some(), &[Exec])?;
+        for var in self.env.keys() {
+            if var.is_empty() || var.contains(['=', '\0']) {
+                return Err(format!(
+                    "env: `{var}` is not a valid environment variable name"
+                ));
+            }
+        }
         only("timeout", self.timeout.is_some(), &[Webhook, Exec])?;
         if self.timeout.is_some_and(|t| t.is_zero()) {
             return Err("timeout: must be longer than zero".into());
@@ -452,11 +470,16 @@ enum Deliver {
         retries: u32,
         backoff: Duration,
     },
-    Exec {
-        command: String,
-        args: Vec<String>,
-        timeout: Duration,
-    },
+    Exec(ExecSpec),
+}
+
+/// How an exec notifier runs its command.
+struct ExecSpec {
+    command: String,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    inherit_env: bool,
+    timeout: Duration,
 }
 
 impl Deliver {
@@ -493,11 +516,13 @@ impl Deliver {
                     backoff: c.retry_backoff.unwrap_or(DEFAULT_RETRY_BACKOFF),
                 }
             }
-            NotifierKind::Exec => Deliver::Exec {
+            NotifierKind::Exec => Deliver::Exec(ExecSpec {
                 command: c.command.clone().unwrap_or_default(),
                 args: c.args.clone(),
+                env: c.env.clone(),
+                inherit_env: c.inherit_env.unwrap_or(false),
                 timeout,
-            },
+            }),
         })
     }
 
@@ -553,11 +578,7 @@ impl Deliver {
                 }
                 Err(format!("gave up after {attempts} attempts: {last}"))
             }
-            Deliver::Exec {
-                command,
-                args,
-                timeout,
-            } => exec(command, args, *timeout, item).await,
+            Deliver::Exec(spec) => exec(spec, item).await,
         }
     }
 }
@@ -636,14 +657,14 @@ async fn console(item: &Item) -> Result<(), String> {
     .map_err(|e| format!("stdout: {e}"))
 }
 
-async fn exec(
-    command: &str,
-    args: &[String],
-    timeout: Duration,
-    item: &Item,
-) -> Result<(), String> {
+async fn exec(spec: &ExecSpec, item: &Item) -> Result<(), String> {
+    let (command, timeout) = (spec.command.as_str(), spec.timeout);
     let mut cmd = tokio::process::Command::new(command);
-    cmd.args(args)
+    if !spec.inherit_env {
+        minimal_env(&mut cmd);
+    }
+    cmd.args(&spec.args)
+        .envs(&spec.env)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

@@ -17,6 +17,9 @@ use tether_checks::plugin::{Check, CheckContext, Measurement, Plugin, Status, Va
 use tether_proto::link::{AlertEvent, AlertStatus};
 use tokio_util::sync::CancellationToken;
 
+mod common;
+use common::{SECRET, SECRET_VARS, in_env_with_secrets};
+
 #[derive(serde::Deserialize)]
 struct AgentConfig {
     notifiers: Vec<NotifierConfig>,
@@ -312,6 +315,45 @@ async fn exec_gets_the_event_json_on_stdin() {
 }
 
 #[tokio::test]
+async fn exec_notifiers_get_a_minimal_environment_plus_their_env() {
+    if !in_env_with_secrets("exec_notifiers_get_a_minimal_environment_plus_their_env") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (minimal, inherited) = (dir.path().join("minimal"), dir.path().join("inherited"));
+    let script = |out: &Path| {
+        let mut s: String = SECRET_VARS
+            .iter()
+            .map(|v| format!("printf '%s ' \"${{{v}:--}}\";"))
+            .collect();
+        s.push_str(
+            " printf '%s %s' \"$GREETING\" \"$TETHER_KIND\"; [ -n \"$PATH\" ] || printf ' no PATH'; cat > /dev/null",
+        );
+        format!("{{ {s}; }} > {}", q(out))
+    };
+    let n = Notifiers::start(&configs(&format!(
+        "[[notifiers]]\nkind = \"exec\"\nenv = {{ GREETING = \"configured\" }}\n{}\n\
+         [[notifiers]]\nkind = \"exec\"\ninherit_env = true\nenv = {{ GREETING = \"configured\" }}\n{}",
+        sh(&script(&minimal)),
+        sh(&script(&inherited)),
+    )))
+    .expect("start");
+    n.notify(&event(AlertStatus::Critical));
+    eventually("both ran", || {
+        stat(&n, 0).sent == 1 && stat(&n, 1).sent == 1
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(&minimal).expect("written"),
+        "- - - configured alert"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&inherited).expect("written"),
+        format!("{SECRET} {SECRET} {SECRET} configured alert")
+    );
+}
+
+#[tokio::test]
 async fn exec_is_killed_with_its_children_on_timeout_and_a_failure_is_counted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pidfile = dir.path().join("pid");
@@ -398,6 +440,18 @@ async fn bad_notifier_configs_are_errors_that_name_the_key() {
             "kind = \"exec\"\ncommand = \"x\"\nqueue = 0\n",
             "notifiers[0].queue: must be at least 1",
         ),
+        (
+            "kind = \"console\"\ninherit_env = true\n",
+            "notifiers[0].inherit_env: not used by a console notifier",
+        ),
+        (
+            "kind = \"webhook\"\nurl = \"http://x\"\nenv = { A = \"b\" }\n",
+            "notifiers[0].env: not used by a webhook notifier",
+        ),
+        (
+            "kind = \"exec\"\ncommand = \"x\"\nenv = { \"A=B\" = \"c\" }\n",
+            "notifiers[0].env: `A=B` is not a valid environment variable name",
+        ),
     ];
     for (entry, want) in cases {
         let c = configs(&format!("[[notifiers]]\n{entry}"));
@@ -408,6 +462,8 @@ async fn bad_notifier_configs_are_errors_that_name_the_key() {
         "kind = \"pager\"\n",
         "kind = \"console\"\nbogus = 1\n",
         "kind = \"exec\"\ncommand = \"x\"\ntimeout = \"5x\"\n",
+        "kind = \"exec\"\ncommand = \"x\"\ninherit_env = \"yes\"\n",
+        "kind = \"exec\"\ncommand = \"x\"\nenv = { A = 1 }\n",
     ] {
         let text = format!("[[notifiers]]\n{bad}");
         assert!(
@@ -415,6 +471,13 @@ async fn bad_notifier_configs_are_errors_that_name_the_key() {
             "{bad:?} accepted"
         );
     }
+    // A bad value's error shows the key.
+    let text = "[[notifiers]]\nkind = \"exec\"\ncommand = \"x\"\ninherit_env = \"yes\"\n";
+    let err = toml::from_str::<AgentConfig>(text)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("inherit_env"), "{err}");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use tether_checks::rules::evaluate;
 use tokio_util::sync::CancellationToken;
 
 mod common;
-use common::{ctx, status};
+use common::{SECRET, SECRET_VARS, ctx, in_env_with_secrets, status};
 
 fn try_build(v: serde_json::Value) -> Result<Box<dyn Check>, String> {
     common::try_build("exec", v)
@@ -136,6 +136,44 @@ async fn env_is_passed() {
     assert_eq!(ms[0].description, "hello tether");
 }
 
+/// A script printing each secret variable's value, or `-` when it is unset.
+fn print_secrets() -> String {
+    SECRET_VARS
+        .iter()
+        .map(|v| format!("printf '%s ' \"${{{v}:--}}\";"))
+        .collect::<String>()
+        + " printf '%s' \"$GREETING\"; [ -n \"$PATH\" ] || printf ' no PATH'"
+}
+
+#[tokio::test]
+async fn exec_checks_get_a_minimal_environment_plus_their_env() {
+    if !in_env_with_secrets("exec_checks_get_a_minimal_environment_plus_their_env") {
+        return;
+    }
+    let check = try_build(json!({
+        "command": "sh",
+        "args": ["-c", print_secrets()],
+        "env": {"GREETING": "configured"},
+    }))
+    .expect("build");
+    let ms = check.run(ctx()).await.expect("run");
+    assert_eq!(ms[0].description, "- - - configured");
+
+    // The opt-out: the agent's whole environment, as before.
+    let check = try_build(json!({
+        "command": "sh",
+        "args": ["-c", print_secrets()],
+        "env": {"GREETING": "configured"},
+        "inherit_env": true,
+    }))
+    .expect("build");
+    let ms = check.run(ctx()).await.expect("run");
+    assert_eq!(
+        ms[0].description,
+        format!("{SECRET} {SECRET} {SECRET} configured")
+    );
+}
+
 /// Whether a process is gone (or a zombie awaiting its parent).
 fn gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -244,6 +282,7 @@ fn exec_settings_are_validated() {
         json!({"command": "x", "args": [1]}),
         json!({"command": "x", "env": {"A": 1}}),
         json!({"command": "x", "env": {"A=B": "c"}}),
+        json!({"command": "x", "inherit_env": "yes"}),
         // The run timeout is the instance's common `timeout`, not a plugin setting.
         json!({"command": "x", "timeout": "5s"}),
     ];
@@ -254,4 +293,9 @@ fn exec_settings_are_validated() {
         .err()
         .expect("rejected");
     assert!(err.contains("did you mean `args`?"), "{err}");
+    let err = try_build(json!({"command": "x", "inherit_env": "yes"}))
+        .err()
+        .expect("rejected");
+    assert!(err.contains("`inherit_env`"), "{err}");
+    assert!(try_build(json!({"command": "x", "inherit_env": false})).is_ok());
 }

@@ -342,6 +342,28 @@ mod tests {
     }
 
     #[test]
+    fn a_cut_tool_result_keeps_both_ends_of_its_fence() {
+        let fence = crate::fence::Fence::new();
+        // The longest source attribute there is, and a result cut down to the minimum.
+        let source = "s".repeat(200);
+        let fenced = fence.untrusted(
+            crate::fence::Kind::ToolOutput,
+            Some(&source),
+            &"z".repeat(40_000),
+        );
+        let m = vec![sys("system"), user("q"), calls(&["a"]), tool("a", &fenced)];
+        let out = compact(&m, 1);
+        let Some(Message::Tool { content, .. }) = out.last() else {
+            panic!("expected a tool message, got {out:?}")
+        };
+        assert!(content.len() < fenced.len());
+        let opening = &fenced[..fenced.find('\n').unwrap_or(0)];
+        let closing = &fenced[fenced.rfind('\n').unwrap_or(0)..];
+        assert!(content.starts_with(opening), "{content}");
+        assert!(content.ends_with(closing), "{content}");
+    }
+
+    #[test]
     fn cut_middle_respects_char_boundaries() {
         let text = "é".repeat(1000);
         let cut = cut_middle(&text, 301);

@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod context;
+pub mod fence;
 pub mod host;
 pub mod inspect;
 pub mod log;
@@ -84,14 +85,21 @@ impl Engine {
         }
     }
 
-    /// The conversation a new session starts with.
-    pub fn new_conversation(&self, mode: Mode, params: &Map<String, Value>) -> Conversation {
-        Conversation::with_system_prompt(prompts::system_prompt(mode, params, &self.tools))
+    /// The conversation a new session starts with. Its system prompt depends on the mode only:
+    /// session params never enter it (see [`Engine::initial_input`]).
+    pub fn new_conversation(&self, mode: Mode) -> Conversation {
+        Conversation::with_system_prompt(prompts::system_prompt(mode, &self.tools))
     }
 
-    /// The input a `diagnose` or `inspect` session starts with by itself, from its params.
-    pub fn initial_input(&self, mode: Mode, params: &Map<String, Value>) -> Option<String> {
-        prompts::initial_input(mode, params)
+    /// The input a `diagnose` or `inspect` session starts with by itself, from its params;
+    /// alert fields are fenced with the fence of the session's `conversation`.
+    pub fn initial_input(
+        &self,
+        conversation: &Conversation,
+        mode: Mode,
+        params: &Map<String, Value>,
+    ) -> Option<String> {
+        prompts::initial_input(mode, params, &conversation.fence)
     }
 
     /// Runs one turn of a session in `mode`.

@@ -7,6 +7,7 @@
 //! multiplexer.
 
 use crate::audit::{AuditDecision, AuditEntry, AuditLog, AuditOutcome};
+use crate::fence::{Fence, Kind};
 use crate::model::{Message, ModelChunk, ModelProvider, ModelRequest, ToolCallRequest};
 use crate::tools::{ToolContext, ToolOutput, ToolRegistry, cap_output};
 use futures_util::StreamExt;
@@ -70,6 +71,10 @@ pub struct Conversation {
     /// Tools allowed for the rest of the session by an answer with `scope: session`.
     #[serde(default)]
     pub session_allowed: BTreeSet<String>,
+    /// The id of the fences around untrusted text in this session (see [`crate::fence`]); a
+    /// session saved before fences existed gets a fresh one.
+    #[serde(default)]
+    pub fence: Fence,
 }
 
 impl Conversation {
@@ -77,6 +82,16 @@ impl Conversation {
         Conversation {
             messages: vec![Message::System { content: prompt }],
             session_allowed: BTreeSet::new(),
+            fence: Fence::new(),
+        }
+    }
+
+    /// The message answering tool call `call_id`: what the tool returned, fenced as data.
+    fn tool_message(&self, call_id: String, tool: String, output: &str) -> Message {
+        Message::Tool {
+            content: self.fence.untrusted(Kind::ToolOutput, Some(&tool), output),
+            tool_call_id: call_id,
+            name: tool,
         }
     }
 }
@@ -219,18 +234,13 @@ pub async fn run_turn_with(
             } else {
                 run_model_tool_call(conversation, &run, extras, &call).await
             };
-            conversation.messages.push(Message::Tool {
-                tool_call_id: call.id.clone(),
-                name: call.name.clone(),
-                content: output.output,
-            });
+            let message = conversation.tool_message(call.id, call.name, &output.output);
+            conversation.messages.push(message);
             if run.cancel.is_cancelled() {
                 for rest in iter.by_ref() {
-                    conversation.messages.push(Message::Tool {
-                        tool_call_id: rest.id,
-                        name: rest.name,
-                        content: "cancelled before it ran".into(),
-                    });
+                    let message =
+                        conversation.tool_message(rest.id, rest.name, "cancelled before it ran");
+                    conversation.messages.push(message);
                 }
                 return outcome(StopReason::Cancelled, None, usage, String::new());
             }

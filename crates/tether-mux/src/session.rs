@@ -223,7 +223,7 @@ fn summary_of(a: &Actor) -> SessionSummary {
 /// Starts the actor of a brand-new session. Its first event (`session_state: idle`) and its
 /// row are committed before any op reaches it.
 pub(crate) fn spawn_new(shared: Arc<Shared>, new: NewSession) -> SessionHandle {
-    let conversation = shared.engine.new_conversation(new.mode, &new.params);
+    let conversation = shared.engine.new_conversation(new.mode);
     let durable = Durable {
         params: new.params,
         conversation,
@@ -234,9 +234,13 @@ pub(crate) fn spawn_new(shared: Arc<Shared>, new: NewSession) -> SessionHandle {
         .options
         .tools
         .unwrap_or_else(|| shared.engine.tools.clone());
-    let first_input = new
-        .creator
-        .and_then(|c| Some((c, shared.engine.initial_input(new.mode, &durable.params)?)));
+    let first_input = new.creator.and_then(|c| {
+        let input =
+            shared
+                .engine
+                .initial_input(&durable.conversation, new.mode, &durable.params)?;
+        Some((c, input))
+    });
     spawn(
         shared,
         new.session_id,

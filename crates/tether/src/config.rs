@@ -706,6 +706,21 @@ mod tests {
     }
 
     #[test]
+    fn exec_notifiers_take_env_and_inherit_env() {
+        let c = parse(
+            "[[notifiers]]\nkind = \"exec\"\ncommand = \"/bin/true\"\nenv = { ROUTE = \"infra\" }\ninherit_env = true\n",
+        )
+        .expect("valid");
+        assert_eq!(c.notifiers[0].inherit_env, Some(true));
+        assert_eq!(
+            c.notifiers[0].env.get("ROUTE").map(String::as_str),
+            Some("infra")
+        );
+        let e = err("[[notifiers]]\nkind = \"exec\"\ncommand = \"x\"\ninherit_env = \"yes\"\n");
+        assert!(e.contains("inherit_env"), "{e}");
+    }
+
+    #[test]
     fn embedded_defaults_are_loopback_and_demo() {
         let c = parse("").expect("empty config");
         assert_eq!(c.listen, Some(DEFAULT_LISTEN.parse().expect("addr")));

@@ -4,7 +4,11 @@
 //! * `command` (required) — the program (a path, or a name looked up in `PATH`). It is run
 //!   directly, not through a shell.
 //! * `args` — its arguments (a list of strings).
-//! * `env` — extra environment variables (`env = { LANG = "C" }`).
+//! * `env` — environment variables for the command (`env = { LANG = "C" }`). It starts with
+//!   a minimal environment: `PATH`, `HOME`, `LANG`, `LC_ALL`, `LC_CTYPE`, `TERM`, `TZ`, `USER`,
+//!   `LOGNAME`, `SHELL` and `TMPDIR` from the agent's (those set), then these.
+//! * `inherit_env` — `true` gives the command the agent's whole environment instead
+//!   (API keys and tokens included), plus `env`. Default `false`.
 //!
 //! It may run for nine tenths of the instance's `timeout` (the common key, default `10s`;
 //! raise it for slow scripts). On timeout or cancellation its whole process group is killed
@@ -46,10 +50,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
-use tether_engine::process::kill_group;
+use tether_engine::process::{kill_group, minimal_env};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-const KEYS: &[&str] = &["command", "args", "env"];
+const KEYS: &[&str] = &["command", "args", "env", "inherit_env"];
 
 /// Most bytes of stdout (and of stderr) kept; the rest is read and dropped.
 pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
@@ -78,6 +82,7 @@ impl Plugin for ExecPlugin {
                 return Err(format!("`env`: `{k}` is not a valid variable name"));
             }
         }
+        let inherit_env = s.bool("inherit_env")?.unwrap_or(false);
         let target = std::iter::once(command.as_str())
             .chain(args.iter().map(String::as_str))
             .collect::<Vec<_>>()
@@ -87,6 +92,7 @@ impl Plugin for ExecPlugin {
             command,
             args,
             env,
+            inherit_env,
         }))
     }
 
@@ -101,6 +107,8 @@ struct ExecCheck {
     command: String,
     args: Vec<String>,
     env: BTreeMap<String, String>,
+    /// The agent's whole environment instead of the minimal one.
+    inherit_env: bool,
 }
 
 /// Kills the command's process group if the run ends before the command did — including
@@ -310,6 +318,9 @@ impl Check for ExecCheck {
     fn run<'a>(&'a self, ctx: CheckContext) -> BoxFuture<'a, Result<Vec<Measurement>, String>> {
         Box::pin(async move {
             let mut cmd = tokio::process::Command::new(&self.command);
+            if !self.inherit_env {
+                minimal_env(&mut cmd);
+            }
             cmd.args(&self.args)
                 .envs(&self.env)
                 .stdin(Stdio::null())

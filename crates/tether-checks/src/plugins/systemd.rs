@@ -108,7 +108,8 @@ impl Check for SystemdCheck {
                 return Err(NOT_AVAILABLE.to_owned());
             }
             let mut cmd = tokio::process::Command::new("systemctl");
-            cmd.args(["show", "--no-pager", "-p", SHOWN, "--"])
+            tether_engine::process::minimal_env(&mut cmd)
+                .args(["show", "--no-pager", "-p", SHOWN, "--"])
                 .args(&self.units)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())

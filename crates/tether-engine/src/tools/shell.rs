@@ -1,12 +1,14 @@
 //! `shell`: runs a command with `/bin/sh -c`. Always needs permission.
 //!
 //! The command runs in its own process group so that cancel and timeout kill everything it
-//! started, not just the shell. Output is captured up to the cap; the rest is drained and
+//! started, not just the shell. It gets a minimal environment
+//! ([`crate::process::minimal_env`]): the model reads what it prints, and the agent's
+//! environment holds API keys and tokens. Output is captured up to the cap; the rest is drained and
 //! counted so a chatty command can never block on a full pipe.
 
 use super::{Tool, ToolContext, ToolOutput, parse_args};
 use crate::model::ToolSpec;
-use crate::process::kill_group;
+use crate::process::{kill_group, minimal_env};
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -66,7 +68,8 @@ pub async fn run_command(
     cancel: &tokio_util::sync::CancellationToken,
 ) -> ToolOutput {
     let mut cmd = tokio::process::Command::new("/bin/sh");
-    cmd.arg("-c")
+    minimal_env(&mut cmd)
+        .arg("-c")
         .arg(command)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

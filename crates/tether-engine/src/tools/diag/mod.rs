@@ -140,7 +140,9 @@ pub(crate) async fn run_program(
     cancel: &CancellationToken,
 ) -> Result<CommandOutput, String> {
     let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
+    // What these helpers print goes to the model: none of the agent's secrets.
+    crate::process::minimal_env(&mut cmd)
+        .args(args)
         .env("LC_ALL", "C")
         .env("SYSTEMD_PAGER", "")
         .env("SYSTEMD_COLORS", "0")
