@@ -45,6 +45,8 @@ pub struct AgentConn {
     pub agent_id: String,
     pub hostname: String,
     pub proto: u32,
+    /// The credential it registered with (`None`: the shared enrollment token).
+    pub token_id: Option<String>,
     pub(crate) conn_id: u64,
     tx: mpsc::Sender<String>,
     cancel: CancellationToken,
@@ -300,6 +302,7 @@ async fn serve_agent(
         agent_id: agent_id.clone(),
         hostname: reg.hostname.clone(),
         proto,
+        token_id: cred.token_id.clone(),
         conn_id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
         tx,
         cancel: cancel.clone(),

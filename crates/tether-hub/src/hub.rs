@@ -213,6 +213,15 @@ impl Hub {
         lock(&self.inner.agents).get(agent_id).cloned()
     }
 
+    /// Connected agents that registered with this credential.
+    pub fn agents_with_token(&self, token_id: &str) -> Vec<Arc<AgentConn>> {
+        lock(&self.inner.agents)
+            .values()
+            .filter(|a| a.token_id.as_deref() == Some(token_id))
+            .cloned()
+            .collect()
+    }
+
     pub fn is_connected(&self, agent_id: &str) -> bool {
         self.agent(agent_id).is_some()
     }

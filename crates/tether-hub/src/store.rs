@@ -183,6 +183,8 @@ pub trait Store: Send + Sync {
     fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>>;
     /// Revokes by id or name; returns how many were revoked.
     fn revoke_token(&self, id_or_name: &str) -> StoreResult<usize>;
+    /// Credentials revoked at or after `since_ms` (unix ms), with when: (id, revoked_at).
+    fn tokens_revoked_since(&self, since_ms: i64) -> StoreResult<Vec<(String, i64)>>;
     /// The active (not revoked) credential with this hash.
     fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>>;
     fn bind_token(&self, token_id: &str, agent_id: &str) -> StoreResult<()>;
@@ -546,6 +548,16 @@ impl Store for SqliteStore {
             "UPDATE agent_tokens SET revoked_at = ?2 WHERE (id = ?1 OR name = ?1) AND revoked_at IS NULL",
             params![id_or_name, now_ms()],
         )?)
+    }
+
+    fn tokens_revoked_since(&self, since_ms: i64) -> StoreResult<Vec<(String, i64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, revoked_at FROM agent_tokens WHERE revoked_at >= ?1 ORDER BY revoked_at",
+        )?;
+        let rows = stmt.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(StoreError::from)
     }
 
     fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>> {

@@ -22,6 +22,51 @@ pub fn hash(token: &str) -> String {
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// How often the hub looks for credentials revoked by another process (`tether hub token
+/// revoke` writes the store directly; so does any other replica).
+pub const REVOCATION_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Revocations are looked for this far back from the newest one seen, so a revoking process
+/// whose clock runs a little behind this one's is not missed (cutting twice is harmless).
+const REVOCATION_SKEW_MS: i64 = 60_000;
+
+/// Cuts the live link of every agent whose credential is revoked, within
+/// [`REVOCATION_POLL`] of the revocation, whoever revoked it.
+pub fn spawn_revocation_watch(hub: crate::Hub, stop: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        let mut seen = crate::store::now_ms();
+        let mut tick = tokio::time::interval(REVOCATION_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let since = seen - REVOCATION_SKEW_MS;
+            let revoked = match hub
+                .store()
+                .run(move |s| s.tokens_revoked_since(since))
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot check for revoked credentials");
+                    continue;
+                }
+            };
+            for (token_id, at) in revoked {
+                seen = seen.max(at);
+                for agent in hub.agents_with_token(&token_id) {
+                    tracing::warn!(agent = %agent.agent_id, token = %token_id, "credential revoked: closing the agent's link");
+                    agent
+                        .disconnect("this agent's credential was revoked", 3600)
+                        .await;
+                }
+            }
+        }
+    });
+}
+
 /// Constant-time equality of two secrets.
 pub fn same(a: &str, b: &str) -> bool {
     tether_transport::auth::constant_time_eq(a.as_bytes(), b.as_bytes())
