@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing of the link frame decoder (tether_proto::link::LinkFrame::decode,
-# run by the agent on every frame from the hub) with cargo-fuzz / libFuzzer.
+# Coverage-guided fuzzing with cargo-fuzz / libFuzzer of what a peer's bytes go through:
+#   link_frame  — the link frame decoder (tether_proto::link::LinkFrame::decode), run by the
+#                 agent on every frame from the hub;
+#   hub_alerts  — the hub's path for an agent's frame into its store: decode (or the probe
+#                 of an oversized frame), the alert edge checks, the SQLite commit, reading
+#                 back, the acknowledgement accounting.
 #
-#   scripts/fuzz.sh            # fuzz `link_frame` for 60 s
-#   scripts/fuzz.sh 600        # ... for 10 minutes
-#   FUZZ_TARGET=link_frame FUZZ_JOBS=2 scripts/fuzz.sh 300
+#   scripts/fuzz.sh            # fuzz every target for 60 s each
+#   scripts/fuzz.sh 600        # ... for 10 minutes each
+#   FUZZ_TARGET=hub_alerts FUZZ_JOBS=2 scripts/fuzz.sh 300
 #
 # What it does:
 #   1. installs cargo-fuzz (`cargo install cargo-fuzz --locked`) if it is missing;
@@ -13,7 +17,7 @@
 #      corpus it has grown in fuzz/corpus/<target>/ (git-ignored);
 #   3. exits non-zero if libFuzzer found a crash; the input is saved under
 #      fuzz/artifacts/<target>/ — reproduce it with
-#      `scripts/fuzz.sh --repro fuzz/artifacts/link_frame/crash-…`.
+#      `scripts/fuzz.sh --repro fuzz/artifacts/<target>/crash-…`.
 #
 # Toolchain: cargo-fuzz needs nightly-only compiler flags (-Zsanitizer=address,
 # -Cpasses=sancov-module, …). If a nightly toolchain is installed (`rustup toolchain list`),
@@ -27,7 +31,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-target="${FUZZ_TARGET:-link_frame}"
+targets=(link_frame hub_alerts)
+if [[ -n "${FUZZ_TARGET:-}" ]]; then targets=("$FUZZ_TARGET"); fi
 jobs="${FUZZ_JOBS:-1}"
 sanitizer="${FUZZ_SANITIZER:-address}"
 
@@ -59,14 +64,18 @@ else
 fi
 
 cd fuzz
-mkdir -p "corpus/$target"
 if [[ -n "${repro:-}" ]]; then
+    # The target is the artifact's directory name: fuzz/artifacts/<target>/crash-…
+    target="${FUZZ_TARGET:-$(basename "$(dirname "$repro")")}"
     case "$repro" in /*) ;; *) repro="../$repro" ;; esac
     exec cargo "${toolchain[@]}" fuzz run --sanitizer "$sanitizer" "$target" "$repro"
 fi
 
-echo "==> fuzzing $target for ${seconds}s (jobs: $jobs, sanitizer: $sanitizer)"
-cargo "${toolchain[@]}" fuzz run --sanitizer "$sanitizer" --jobs "$jobs" "$target" \
-    "corpus/$target" "seeds/$target" -- \
-    -max_total_time="$seconds" -max_len=65536 -timeout=10 -print_final_stats=1
-echo "==> no crash in ${seconds}s; corpus: fuzz/corpus/$target ($(ls "corpus/$target" | wc -l) inputs)"
+for target in "${targets[@]}"; do
+    mkdir -p "corpus/$target"
+    echo "==> fuzzing $target for ${seconds}s (jobs: $jobs, sanitizer: $sanitizer)"
+    cargo "${toolchain[@]}" fuzz run --sanitizer "$sanitizer" --jobs "$jobs" "$target" \
+        "corpus/$target" "seeds/$target" -- \
+        -max_total_time="$seconds" -max_len=65536 -timeout=10 -print_final_stats=1
+    echo "==> $target: no crash in ${seconds}s; corpus: fuzz/corpus/$target ($(ls "corpus/$target" | wc -l) inputs)"
+done

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tether_engine::sync::lock;
 use tether_proto::link::{
-    Ack, AlertAck, AlertEvents, Disconnect, HEADER_AGENT_ID, HEADER_AGENT_TOKEN,
+    Ack, AlertAck, AlertEvent, AlertEvents, Disconnect, HEADER_AGENT_ID, HEADER_AGENT_TOKEN,
     HEADER_PROTO_VERSION, LinkFrame, LinkMessage, MAX_LINK_FRAME_BYTES, probe_refused_frame,
     refused,
 };
@@ -496,6 +496,50 @@ async fn refuse_oversized(
     Ok(())
 }
 
+/// A received batch after the edge checks, ready for the store.
+#[derive(Debug, Default)]
+pub struct PreparedAlerts {
+    /// Events to store, made safe.
+    pub events: Vec<AlertEvent>,
+    /// Seqs of events refused for good (they count as settled: never coming back valid).
+    pub refused_seqs: Vec<u64>,
+    /// Why each refused event was refused (for the log).
+    pub refusals: Vec<String>,
+    /// What was changed in the kept events (for the log), one line per event changed.
+    pub changes: Vec<String>,
+}
+
+/// The edge checks of a batch, with no I/O (fuzzed: `fuzz/fuzz_targets/hub_alerts.rs`):
+/// undecodable events and events without a usable key are refused one by one, the rest of the
+/// batch kept; an unbelievable time or an oversized description is replaced and flagged.
+pub fn prepare_alerts(batch: AlertEvents, now_secs: i64) -> PreparedAlerts {
+    let mut out = PreparedAlerts::default();
+    for r in batch.rejected {
+        out.refusals
+            .push(format!("event {} (seq {:?}): {}", r.index, r.seq, r.error));
+        out.refused_seqs.extend(r.seq);
+    }
+    for mut e in batch.events {
+        if let Some(problem) = e.problem() {
+            out.refusals
+                .push(format!("event seq {:?}: {problem}", e.seq));
+            out.refused_seqs.extend(e.seq);
+            continue;
+        }
+        let changed = e.sanitize(now_secs);
+        if !changed.is_empty() {
+            out.changes.push(format!(
+                "{} (seq {:?}): {}",
+                e.alert_key,
+                e.seq,
+                changed.join("; ")
+            ));
+        }
+        out.events.push(e);
+    }
+    out
+}
+
 /// Stores a batch of alert events: refuses the ones that cannot be stored (counted, the rest
 /// kept), makes the others safe (flagged), commits, then acknowledges what the accounting
 /// allows. A batch the store cannot take is answered so the agent sends it again.
@@ -504,38 +548,28 @@ async fn on_alerts(
     conn: &Arc<AgentConn>,
     acks: &mut AlertAcks,
     frame_id: String,
-    mut batch: AlertEvents,
+    batch: AlertEvents,
 ) -> Result<(), String> {
     let m = hub.metrics();
     let received = batch.events.len() + batch.rejected.len();
     m.alerts_received
         .fetch_add(received as u64, Ordering::Relaxed);
-    let mut settled: Vec<u64> = Vec::new();
-    for r in &batch.rejected {
-        tracing::warn!(agent = %conn.agent_id, index = r.index, seq = ?r.seq, error = %r.error, "refused an alert event");
-        settled.extend(r.seq);
+    let prepared = prepare_alerts(batch, tether_proto::time::now_secs());
+    for r in &prepared.refusals {
+        tracing::warn!(agent = %conn.agent_id, "refused an alert event: {r}");
     }
-    let now = tether_proto::time::now_secs();
-    batch.events.retain_mut(|e| {
-        if let Some(problem) = e.problem() {
-            tracing::warn!(agent = %conn.agent_id, seq = ?e.seq, "refused an alert event: {problem}");
-            settled.extend(e.seq);
-            return false;
-        }
-        let changed = e.sanitize(now);
-        if !changed.is_empty() {
-            m.alerts_sanitized.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(agent = %conn.agent_id, key = %e.alert_key, seq = ?e.seq, "alert event made safe: {}", changed.join("; "));
-        }
-        true
-    });
-    let rejected = received - batch.events.len();
+    for c in &prepared.changes {
+        tracing::warn!(agent = %conn.agent_id, "alert event made safe: {c}");
+    }
+    m.alerts_sanitized
+        .fetch_add(prepared.changes.len() as u64, Ordering::Relaxed);
     m.alerts_rejected
-        .fetch_add(rejected as u64, Ordering::Relaxed);
-    let seqs: Vec<u64> = batch.events.iter().filter_map(|e| e.seq).collect();
+        .fetch_add(prepared.refusals.len() as u64, Ordering::Relaxed);
+    let mut settled = prepared.refused_seqs;
+    let seqs: Vec<u64> = prepared.events.iter().filter_map(|e| e.seq).collect();
     let id = conn.agent_id.clone();
     let host = conn.hostname.clone();
-    let events = batch.events;
+    let events = prepared.events;
     let stored = if events.is_empty() {
         Ok(Default::default())
     } else {

@@ -188,3 +188,55 @@ async fn a_refused_frame_is_answered_and_never_acknowledged() {
     );
     hub.stop().await;
 }
+
+mod stable_fuzz {
+    //! The always-on counterpart of `fuzz/fuzz_targets/hub_alerts.rs`: arbitrary alert
+    //! batches through the edge checks into a real store, which must keep answering.
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+    use tether_hub::agents::prepare_alerts;
+    use tether_hub::store::{AlertFilter, SqliteStore, Store};
+    use tether_proto::link::{LinkFrame, LinkMessage};
+
+    fn field() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            ".{0,40}".prop_map(Value::from),
+            Just(json!({"k": "v", "": null})),
+            Just(json!(["x"])),
+        ]
+    }
+
+    fn event() -> impl Strategy<Value = Value> {
+        (field(), field(), field(), field(), field(), field()).prop_map(
+            |(time, status, key, labels, description, seq)| {
+                json!({"event_time": time, "event_status": status, "alert_key": key,
+                       "labels": labels, "description": description, "seq": seq})
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn any_batch_is_stored_or_refused_and_the_store_keeps_answering(
+            events in proptest::collection::vec(
+                prop_oneof![event(), Just(json!({"event_time": 300_000_000_000i64,
+                    "event_status": "Critical", "alert_key": "far", "seq": 1}))], 0..8)
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = SqliteStore::open(&dir.path().join("hub.db")).expect("store");
+            let text = json!({"type": "alert_events", "id": "f", "payload": {"events": events}}).to_string();
+            if let Ok(LinkFrame { message: LinkMessage::AlertEvents(batch), .. }) = LinkFrame::decode(&text) {
+                let n = batch.events.len() + batch.rejected.len();
+                let prepared = prepare_alerts(batch, 1_700_000_000);
+                prop_assert_eq!(prepared.events.len() + prepared.refusals.len(), n);
+                store.insert_alerts("a", "h", &prepared.events).expect("storable");
+            }
+            store.list_alerts(&AlertFilter { limit: 100, ..Default::default() }).expect("answers");
+        }
+    }
+}
