@@ -235,6 +235,21 @@ impl Core {
                 state.health = Some(Arc::new(
                     move || serde_json::json!({ "hub": *watch.borrow() }),
                 ));
+                // Every alert the link lost is visible here as well as in the heartbeat.
+                let watch = h.link.watch();
+                state.metrics = Some(Arc::new(move |text| {
+                    let s = watch.borrow();
+                    text.gauge(
+                        "tether_agent_alerts_spooled",
+                        "Alert events waiting in the spool for the hub.",
+                        s.spool_pending as f64,
+                    )
+                    .counter(
+                        "tether_agent_alerts_dropped_total",
+                        "Alert events dropped since start: spool overflow, or too large for any frame.",
+                        s.dropped_alerts,
+                    );
+                }));
             }
             let closing = closing.clone();
             tasks.push(tokio::spawn(async move {
