@@ -395,6 +395,16 @@ impl Relay {
         };
         let id = uuid::Uuid::now_v7().to_string();
         let policy = create.policy.unwrap_or(Policy::Human);
+        // Checked here too: a version-1 agent is never told the operator's class.
+        if tether_mux::arbitration::may_choose_policy(creator.class, policy).is_err() {
+            return Err(err(
+                Reason::Forbidden,
+                format!(
+                    "only a human-class operator may choose policy `any` ({} is {}-class)",
+                    creator.name, creator.class
+                ),
+            ));
+        }
         let params = create.params.clone().unwrap_or_default();
         let start = SessionStart {
             session_id: id.clone(),
@@ -587,6 +597,7 @@ impl Relay {
                 pending_permissions: shadow.pending.clone(),
                 clients: shadow.clients.clone(),
                 queued: shadow.queued.clone(),
+                queued_count: shadow.queued.len(),
                 last_seq: shadow.last_seq,
                 first_seq: shadow.first_seq,
             };
