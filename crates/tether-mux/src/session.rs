@@ -942,10 +942,12 @@ impl Actor {
             a.outbound.push_frame(frame.clone());
         }
         // Inputs queued before the failure run now (the turn they waited for has ended).
-        if self.turn.is_none() && self.closing.is_none() && self.state != SessionState::Closed {
-            if let Some(next) = self.pop_queue() {
-                self.start_turn(next.originator, next.text, Some(next.input_id));
-            }
+        if self.turn.is_none()
+            && self.closing.is_none()
+            && self.state != SessionState::Closed
+            && let Some(next) = self.pop_queue()
+        {
+            self.start_turn(next.originator, next.text, Some(next.input_id));
         }
     }
 
