@@ -381,6 +381,22 @@ impl Relay {
         if creator.class == Class::Observer {
             return Err(err(Reason::Forbidden, "observers cannot create sessions"));
         }
+        // The agent checks it as well, but a version-1 agent is never told the operator's
+        // class.
+        if tether_mux::arbitration::may_choose_policy(
+            creator.class,
+            create.policy.unwrap_or(Policy::Human),
+        )
+        .is_err()
+        {
+            return Err(err(
+                Reason::Forbidden,
+                format!(
+                    "only a human-class operator may choose policy `any` ({} is {}-class)",
+                    creator.name, creator.class
+                ),
+            ));
+        }
         let Some(agent_id) = create.agent_id.clone().filter(|a| !a.is_empty()) else {
             return Err(err(
                 Reason::BadRequest,
@@ -395,16 +411,6 @@ impl Relay {
         };
         let id = uuid::Uuid::now_v7().to_string();
         let policy = create.policy.unwrap_or(Policy::Human);
-        // Checked here too: a version-1 agent is never told the operator's class.
-        if tether_mux::arbitration::may_choose_policy(creator.class, policy).is_err() {
-            return Err(err(
-                Reason::Forbidden,
-                format!(
-                    "only a human-class operator may choose policy `any` ({} is {}-class)",
-                    creator.name, creator.class
-                ),
-            ));
-        }
         let params = create.params.clone().unwrap_or_default();
         let start = SessionStart {
             session_id: id.clone(),
