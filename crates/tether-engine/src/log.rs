@@ -5,6 +5,9 @@
 //! transaction (group commit), so a fast event stream costs one commit per batch, not per event.
 //! Reads go through a small pool of read connections (WAL lets them run beside the writer).
 //!
+//! Inputs queued behind a session's running turn are rows of their own (`queued_inputs`), so
+//! queuing one writes one small row, whatever the length of the queue.
+//!
 //! Checkpoints run on a thread and connection of their own, when the log is quiet. SQLite's
 //! automatic checkpoint runs inside the commit that crosses its mark (1000 pages) and syncs
 //! the WAL and the database there, a few milliseconds on a disk; every event waits for its
@@ -19,6 +22,7 @@
 
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -49,6 +53,24 @@ pub struct SessionRow {
     /// Oldest event still held (`last_seq + 1` when none).
     pub first_seq: Seq,
     pub data: String,
+    /// The session's queued inputs, in order.
+    pub queued: Vec<QueuedRow>,
+}
+
+/// One queued input: its place in the session's queue and the multiplexer's JSON for it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueuedRow {
+    /// Increasing in queue order within a session.
+    pub ord: u64,
+    pub data: String,
+}
+
+/// A change to a session's queued inputs, applied in order within its job.
+#[derive(Clone, Debug, PartialEq)]
+pub enum QueueChange {
+    Add(QueuedRow),
+    Remove { ord: u64 },
+    Clear,
 }
 
 /// One stored event: its sequence number and the exact frame clients receive.
@@ -67,6 +89,10 @@ pub struct AppendJob {
     pub row: Option<SessionRow>,
     /// Deletes this session's events with `seq <= prune_through` (retention).
     pub prune_through: Option<Seq>,
+    /// Changes to the session's queued inputs (after the row).
+    pub queue: Vec<QueueChange>,
+    /// Deletes the session: its row, events and queued inputs (after everything else).
+    pub delete: bool,
 }
 
 type Reply = oneshot::Sender<Result<(), LogError>>;
@@ -99,6 +125,24 @@ struct Inner {
     checkpoint_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Checkpoints the checkpointer has run.
     checkpoints: Arc<AtomicU64>,
+    /// What the writer reports back.
+    stats: Arc<WriterStats>,
+}
+
+#[derive(Default)]
+struct WriterStats {
+    /// Session rows written (a diagnostic: what an op costs the log).
+    row_writes: AtomicU64,
+    /// The error of the last write, if it failed.
+    failure: Mutex<Option<String>>,
+}
+
+impl WriterStats {
+    fn outcome(&self, result: &Result<(), LogError>) {
+        if let Ok(mut f) = self.failure.lock() {
+            *f = result.as_ref().err().map(|e| e.0.clone());
+        }
+    }
 }
 
 const SCHEMA: &str = "
@@ -119,7 +163,13 @@ CREATE TABLE IF NOT EXISTS events (
     frame      TEXT NOT NULL,
     PRIMARY KEY (session_id, seq)
 ) WITHOUT ROWID;
-PRAGMA user_version = 1;
+CREATE TABLE IF NOT EXISTS queued_inputs (
+    session_id TEXT NOT NULL,
+    ord        INTEGER NOT NULL,
+    data       TEXT NOT NULL,
+    PRIMARY KEY (session_id, ord)
+) WITHOUT ROWID;
+PRAGMA user_version = 2;
 ";
 
 fn open_connection(path: &Path) -> Result<Connection, LogError> {
@@ -160,9 +210,11 @@ impl EventLog {
             .spawn(move || checkpoint_loop(&checkpoint_conn, &committed_rx, &counter))
             .map_err(|e| LogError(format!("cannot start the log checkpointer: {e}")))?;
         let (tx, rx) = mpsc::channel::<(AppendJob, Reply)>();
+        let stats = Arc::new(WriterStats::default());
+        let writer_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("tether-event-log".into())
-            .spawn(move || writer_loop(conn, rx, committed_tx))
+            .spawn(move || writer_loop(conn, rx, committed_tx, &writer_stats))
             .map_err(|e| LogError(format!("cannot start the log writer: {e}")))?;
         Ok(EventLog {
             inner: Arc::new(Inner {
@@ -172,6 +224,7 @@ impl EventLog {
                 writer_thread: Mutex::new(Some(thread)),
                 checkpoint_thread: Mutex::new(Some(checkpoint_thread)),
                 checkpoints,
+                stats,
             }),
         })
     }
@@ -183,6 +236,16 @@ impl EventLog {
     /// How many checkpoints have run (after every so many commits, when quiet, on close).
     pub fn checkpoints(&self) -> u64 {
         self.inner.checkpoints.load(Ordering::Relaxed)
+    }
+
+    /// How many session rows have been committed (each rewrites the whole row).
+    pub fn row_writes(&self) -> u64 {
+        self.inner.stats.row_writes.load(Ordering::Relaxed)
+    }
+
+    /// The error of the last write when it failed (`None` once a write succeeds again).
+    pub fn last_failure(&self) -> Option<String> {
+        self.inner.stats.failure.lock().ok()?.clone()
     }
 
     /// Commits `job`. Resolves once the data is in the database.
@@ -324,6 +387,7 @@ impl EventLog {
                     row.get::<_, String>(8)?,
                 ))
             })?;
+            let mut queued = load_queued(conn)?;
             let mut out = Vec::new();
             for row in rows {
                 let (id, mode, title, policy, created_at, state, last, first, data) = row?;
@@ -332,12 +396,13 @@ impl EventLog {
                     mode: Mode::parse(&mode).ok_or_else(|| bad("mode", &mode))?,
                     policy: Policy::parse(&policy).ok_or_else(|| bad("policy", &policy))?,
                     state: SessionState::parse(&state).ok_or_else(|| bad("state", &state))?,
-                    session_id: SessionId(id),
                     title,
                     created_at,
                     last_seq: last as Seq,
                     first_seq: first.map_or(last as Seq + 1, |f| f as Seq),
                     data,
+                    queued: queued.remove(&id).unwrap_or_default(),
+                    session_id: SessionId(id),
                 });
             }
             Ok(out)
@@ -357,6 +422,28 @@ impl EventLog {
             Ok(n.unwrap_or(0) as u64)
         })
     }
+}
+
+/// Every queued input, by session, in queue order.
+fn load_queued(conn: &Connection) -> Result<HashMap<String, Vec<QueuedRow>>, LogError> {
+    let mut stmt =
+        conn.prepare("SELECT session_id, ord, data FROM queued_inputs ORDER BY session_id, ord")?;
+    let rows = stmt.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, i64>(1)?,
+            row.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut out: HashMap<String, Vec<QueuedRow>> = HashMap::new();
+    for row in rows {
+        let (id, ord, data) = row?;
+        out.entry(id).or_default().push(QueuedRow {
+            ord: ord as u64,
+            data,
+        });
+    }
+    Ok(out)
 }
 
 fn apply(conn: &Connection, job: &AppendJob) -> Result<(), rusqlite::Error> {
@@ -393,6 +480,28 @@ fn apply(conn: &Connection, job: &AppendJob) -> Result<(), rusqlite::Error> {
     if let Some(upto) = job.prune_through {
         conn.prepare_cached("DELETE FROM events WHERE session_id = ?1 AND seq <= ?2")?
             .execute(params![job.session_id.as_str(), upto as i64])?;
+    }
+    let id = job.session_id.as_str();
+    for change in &job.queue {
+        match change {
+            QueueChange::Add(q) => conn
+                .prepare_cached(
+                    "INSERT INTO queued_inputs (session_id, ord, data) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![id, q.ord as i64, q.data])?,
+            QueueChange::Remove { ord } => conn
+                .prepare_cached("DELETE FROM queued_inputs WHERE session_id = ?1 AND ord = ?2")?
+                .execute(params![id, *ord as i64])?,
+            QueueChange::Clear => conn
+                .prepare_cached("DELETE FROM queued_inputs WHERE session_id = ?1")?
+                .execute([id])?,
+        };
+    }
+    if job.delete {
+        for table in ["events", "queued_inputs", "sessions"] {
+            conn.prepare_cached(&format!("DELETE FROM {table} WHERE session_id = ?1"))?
+                .execute([id])?;
+        }
     }
     Ok(())
 }
@@ -452,6 +561,7 @@ fn writer_loop(
     mut conn: Connection,
     rx: mpsc::Receiver<(AppendJob, Reply)>,
     committed: mpsc::Sender<()>,
+    stats: &WriterStats,
 ) {
     const MAX_BATCH: usize = 256;
     while let Ok(first) = rx.recv() {
@@ -464,6 +574,9 @@ fn writer_loop(
         }
         match commit_all(&mut conn, &batch) {
             Ok(()) => {
+                let rows = batch.iter().filter(|(job, _)| job.row.is_some()).count();
+                stats.row_writes.fetch_add(rows as u64, Ordering::Relaxed);
+                stats.outcome(&Ok(()));
                 for (_, reply) in batch {
                     let _ = reply.send(Ok(()));
                 }
@@ -475,8 +588,15 @@ fn writer_loop(
                         .transaction()
                         .and_then(|tx| apply(&tx, &job).and_then(|()| tx.commit()))
                         .map_err(LogError::from);
-                    if let Err(e) = &result {
-                        tracing::error!(session = %job.session_id, error = %e, "event log write failed");
+                    stats.outcome(&result);
+                    match &result {
+                        Ok(()) if job.row.is_some() => {
+                            stats.row_writes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(()) => {}
+                        Err(e) => {
+                            tracing::error!(session = %job.session_id, error = %e, "event log write failed");
+                        }
                     }
                     let _ = reply.send(result);
                 }
@@ -502,6 +622,7 @@ mod tests {
             last_seq: last,
             first_seq: 1,
             data: "{}".into(),
+            queued: vec![],
         }
     }
 
@@ -522,7 +643,7 @@ mod tests {
             session_id: sid.clone(),
             events: (1..=10).map(ev).collect(),
             row: Some(row("s1", 10)),
-            prune_through: None,
+            ..Default::default()
         })
         .await
         .expect("append");
@@ -568,6 +689,63 @@ mod tests {
         );
     }
 
+    /// Queued inputs are rows of their own, changed in order within a job; deleting a
+    /// session removes its row, events and queue.
+    #[tokio::test]
+    async fn queued_inputs_and_deletion() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = EventLog::open(&dir.path().join("events.db")).expect("open");
+        let sid = SessionId("s1".into());
+        let add = |ord: u64| {
+            QueueChange::Add(QueuedRow {
+                ord,
+                data: format!("q{ord}"),
+            })
+        };
+        log.append(AppendJob {
+            session_id: sid.clone(),
+            events: vec![ev(1)],
+            row: Some(row("s1", 1)),
+            queue: vec![add(1), add(2), add(3), QueueChange::Remove { ord: 2 }],
+            ..Default::default()
+        })
+        .await
+        .expect("append");
+        let rows_written = log.row_writes();
+        // A queue change alone does not touch the session's row.
+        log.append(AppendJob {
+            session_id: sid.clone(),
+            queue: vec![add(4)],
+            ..Default::default()
+        })
+        .await
+        .expect("enqueue");
+        assert_eq!(log.row_writes(), rows_written);
+        let ords = |log: &EventLog| -> Vec<u64> {
+            let rows = log.load_sessions().expect("load");
+            rows[0].queued.iter().map(|q| q.ord).collect()
+        };
+        assert_eq!(ords(&log), vec![1, 3, 4]);
+        assert_eq!(log.load_sessions().expect("load")[0].queued[0].data, "q1");
+        log.append(AppendJob {
+            session_id: sid.clone(),
+            queue: vec![QueueChange::Clear, add(5)],
+            ..Default::default()
+        })
+        .await
+        .expect("clear");
+        assert_eq!(ords(&log), vec![5]);
+        log.append(AppendJob {
+            session_id: sid.clone(),
+            delete: true,
+            ..Default::default()
+        })
+        .await
+        .expect("delete");
+        assert!(log.load_sessions().expect("load").is_empty());
+        assert_eq!(log.count_events(&sid).expect("count"), 0);
+    }
+
     /// The checkpointer runs once the log is quiet, and again on close when commits came
     /// since; the data is intact either way.
     #[tokio::test]
@@ -582,7 +760,7 @@ mod tests {
                 session_id: sid.clone(),
                 events: vec![ev(seq)],
                 row: Some(row("s1", seq)),
-                prune_through: None,
+                ..Default::default()
             })
             .await
             .expect("append");

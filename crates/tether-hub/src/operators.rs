@@ -335,7 +335,7 @@ impl OperatorConn {
                 .create(hub, &self.client, c)
                 .await
                 .map(|id| json!({ "session_id": id })),
-            Op::SessionList => relay
+            Op::SessionList(_) => relay
                 .list(None)
                 .await
                 .map(|sessions| json!({ "sessions": sessions })),

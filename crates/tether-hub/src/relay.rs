@@ -378,6 +378,22 @@ impl Relay {
         if creator.class == Class::Observer {
             return Err(err(Reason::Forbidden, "observers cannot create sessions"));
         }
+        // The agent checks it as well, but a version-1 agent is never told the operator's
+        // class.
+        if tether_mux::arbitration::may_choose_policy(
+            creator.class,
+            create.policy.unwrap_or(Policy::Human),
+        )
+        .is_err()
+        {
+            return Err(err(
+                Reason::Forbidden,
+                format!(
+                    "only a human-class operator may choose policy `any` ({} is {}-class)",
+                    creator.name, creator.class
+                ),
+            ));
+        }
         let Some(agent_id) = create.agent_id.clone().filter(|a| !a.is_empty()) else {
             return Err(err(
                 Reason::BadRequest,
@@ -585,6 +601,7 @@ impl Relay {
                 pending_permissions: shadow.pending.clone(),
                 clients: shadow.clients.clone(),
                 queued: shadow.queued.clone(),
+                queued_count: shadow.queued.len(),
                 last_seq: shadow.last_seq,
                 first_seq: shadow.first_seq,
             };

@@ -167,6 +167,48 @@ impl Watch {
     }
 }
 
+/// Only a human-class operator may choose policy `any` (issue 9, finding 12): an
+/// agent-class operator gets `forbidden` from the hub itself (a version-1 agent could not
+/// check it), and no session reaches the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_human_operator_may_choose_policy_any() {
+    let hub = TestHub::start().await;
+    let token = hub.create_token("tether-policy").await;
+    let mut agent = V2Agent::new(&hub.agent_url(), &token, &shell_script(), None);
+    agent.start_link();
+    agent.wait_registered().await;
+    hub.wait_connected(&agent.agent_id, true).await;
+
+    let mut robot = hub.operator(ROBOT).await;
+    let refused = robot
+        .request(
+            "session.create",
+            json!({"mode": "chat", "agent_id": agent.agent_id, "policy": "any"}),
+        )
+        .await;
+    match refused {
+        Err(ClientError::Server(e)) => {
+            assert_eq!(e.reason.as_str(), "forbidden", "{e:?}");
+            assert!(e.message.contains("policy `any`"), "{e:?}");
+        }
+        other => panic!("an agent-class operator chose policy `any`: {other:?}"),
+    }
+    let listed = robot
+        .request("session.list", json!({}))
+        .await
+        .expect("session.list");
+    assert_eq!(listed["sessions"].as_array().map(Vec::len), Some(0));
+
+    let mut alice = hub.operator(ALICE).await;
+    alice
+        .request(
+            "session.create",
+            json!({"mode": "chat", "agent_id": agent.agent_id, "policy": "any"}),
+        )
+        .await
+        .expect("a human may choose `any`");
+}
+
 /// Requirement 4: two operators attached to one remote session see the same events (same
 /// seqs, same order, same frames), and the permission rules hold across the relay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

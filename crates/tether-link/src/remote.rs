@@ -332,18 +332,22 @@ impl RemoteSessions {
         {
             params.insert("message".into(), m.clone());
         }
-        let created = self.inner.mux.create_session(
-            Some(user.conn.client().clone()),
-            mode,
-            Some(format!("{} by {} (hub)", mode, start.user_name)),
-            policy,
-            params.clone(),
-            SessionOptions {
-                tools: Some(self.inner.cfg.tools.clone()),
-                remote: true,
-                session_id: Some(SessionId(start.session_id.clone())),
-            },
-        );
+        let created = self
+            .inner
+            .mux
+            .create_session(
+                Some(user.conn.client().clone()),
+                mode,
+                Some(format!("{} by {} (hub)", mode, start.user_name)),
+                policy,
+                params.clone(),
+                SessionOptions {
+                    tools: Some(self.inner.cfg.tools.clone()),
+                    remote: true,
+                    session_id: Some(SessionId(start.session_id.clone())),
+                },
+            )
+            .await;
         if let Err(e) = created {
             let code = if mode == Mode::Chat {
                 error_code::CHAT_INIT_FAILED

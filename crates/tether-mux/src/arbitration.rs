@@ -33,6 +33,15 @@ pub fn may_act(class: Class) -> Result<(), Reason> {
     }
 }
 
+/// Whether a client of `class` may put a session under `policy`. Under `any`, agent-class
+/// clients answer each other's prompts, so only a human may choose it (PROTOCOL.md §3).
+pub fn may_choose_policy(class: Class, policy: Policy) -> Result<(), Reason> {
+    match (policy, class) {
+        (Policy::Human, _) | (Policy::Any, Class::Human) => Ok(()),
+        (Policy::Any, Class::Agent | Class::Observer) => Err(Reason::Forbidden),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,6 +53,15 @@ mod tests {
             client_id: ClientId(format!("{principal}/{conn}")),
             class,
             name: principal.into(),
+        }
+    }
+
+    #[test]
+    fn only_humans_choose_policy_any() {
+        for class in Class::ALL.iter().copied() {
+            assert_eq!(may_choose_policy(class, Policy::Human), Ok(()));
+            let any = may_choose_policy(class, Policy::Any);
+            assert_eq!(any.is_ok(), class == Class::Human, "{class}: {any:?}");
         }
     }
 

@@ -17,8 +17,8 @@ mod session;
 
 use outbound::{Outbound, OutboundReceiver};
 use serde_json::{Map, Value};
-use session::{ConnRef, NewSession, OpMsg, SessionHandle, SessionOp, Shared};
-use std::collections::{BTreeMap, HashSet};
+use session::{ConnRef, NewSession, OpMsg, SessionMap, SessionOp, Shared};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -26,9 +26,9 @@ use tether_engine::Engine;
 use tether_engine::log::{EventLog, LogError};
 use tether_engine::tools::ToolRegistry;
 use tether_proto::{
-    CLIENT_PROTOCOL_VERSION, Class, ClientId, ClientInfo, ErrorBody, HelloResult, Mode, Op, Policy,
-    RawRequest, Reason, ReplyFrame, Request, RequestId, ServerInfo, SessionCreated, SessionId,
-    SessionList, SessionState,
+    CLIENT_PROTOCOL_VERSION, Class, ClientId, ClientInfo, DEFAULT_LIST_LIMIT, ErrorBody,
+    HelloResult, ListSessions, Mode, Op, Policy, RawRequest, Reason, ReplyFrame, Request,
+    RequestId, ServerInfo, SessionCreated, SessionId, SessionList, SessionState, SessionSummary,
 };
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +49,14 @@ pub struct MuxConfig {
     pub permission_timeout: Option<Duration>,
     /// Ops queued per session before new ones are refused with `overloaded`.
     pub session_inbox: usize,
+    /// Inputs a session holds queued behind its running turn; more are `overloaded`.
+    pub max_queued_inputs: usize,
+    /// Open (not closed) sessions one credential may have; more are `overloaded`.
+    pub max_sessions_per_client: usize,
+    /// A closed session is removed (from memory and the log) this long after it closed.
+    pub closed_retention: Duration,
+    /// How often a session whose events the log could not commit tries again.
+    pub log_retry: Duration,
 }
 
 impl Default for MuxConfig {
@@ -63,6 +71,10 @@ impl Default for MuxConfig {
             permission_grace: Duration::from_secs(30),
             permission_timeout: None,
             session_inbox: 256,
+            max_queued_inputs: 64,
+            max_sessions_per_client: 100,
+            closed_retention: Duration::from_secs(7 * 24 * 3600),
+            log_retry: Duration::from_secs(2),
         }
     }
 }
@@ -120,7 +132,7 @@ pub trait ExtensionOps: Send + Sync {
 struct Inner {
     shared: Arc<Shared>,
     extensions: RwLock<Vec<Arc<dyn ExtensionOps>>>,
-    sessions: RwLock<BTreeMap<SessionId, SessionHandle>>,
+    sessions: Arc<SessionMap>,
     next_conn: AtomicU64,
     shutdown: CancellationToken,
     remote_tools: Mutex<Option<ToolRegistry>>,
@@ -132,16 +144,19 @@ impl Mux {
     /// `stop: error, error: "agent restarted"`.
     pub fn open(config: MuxConfig, engine: Engine, log: EventLog) -> Result<Mux, LogError> {
         let rows = log.load_sessions()?;
+        let sessions = Arc::new(RwLock::new(BTreeMap::new()));
         let shared = Arc::new(Shared {
             config,
             engine,
             log,
             tracker: TaskTracker::new(),
             metrics: Arc::new(MuxMetrics::default()),
+            sessions: Arc::downgrade(&sessions),
+            degraded: Mutex::new(HashMap::new()),
         });
         let inner = Arc::new(Inner {
             shared: shared.clone(),
-            sessions: RwLock::new(BTreeMap::new()),
+            sessions,
             next_conn: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
             remote_tools: Mutex::new(None),
@@ -212,7 +227,9 @@ impl Mux {
         self.inner.shutdown.clone()
     }
 
-    fn sessions_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<SessionId, SessionHandle>> {
+    fn sessions_read(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, BTreeMap<SessionId, session::SessionHandle>> {
         self.inner
             .sessions
             .read()
@@ -221,7 +238,7 @@ impl Mux {
 
     fn sessions_write(
         &self,
-    ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<SessionId, SessionHandle>> {
+    ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<SessionId, session::SessionHandle>> {
         self.inner
             .sessions
             .write()
@@ -267,8 +284,12 @@ impl Mux {
 
     /// Creates a session on behalf of `creator` (already authorised to act). A `diagnose` or
     /// `inspect` session whose params name what to look at starts its first turn at once,
-    /// originated by the creator.
-    pub fn create_session(
+    /// originated by the creator. Returns once the session's first event is committed.
+    ///
+    /// Refused: policy `any` chosen by anyone but a human (`forbidden`); a creator with
+    /// `max_sessions_per_client` open sessions (`overloaded`); while the event log cannot
+    /// write (`internal`).
+    pub async fn create_session(
         &self,
         creator: Option<ClientInfo>,
         mode: Mode,
@@ -283,50 +304,138 @@ impl Mux {
                 "the agent is shutting down",
             ));
         }
-        // The caller may name the session (the hub does); the name must be unused. The check
-        // and the insert happen under one write lock, so two creators cannot both win.
-        let mut sessions = self.sessions_write();
-        let session_id = match &options.session_id {
-            Some(id) if sessions.contains_key(id) => {
-                return Err(ErrorBody::new(
-                    Reason::BadRequest,
-                    format!("session {id} already exists"),
-                )
-                .with("session_id", id));
+        if let Some(c) = &creator
+            && arbitration::may_choose_policy(c.class, policy).is_err()
+        {
+            return Err(ErrorBody::new(
+                Reason::Forbidden,
+                format!(
+                    "only a human-class client may choose policy `any` ({} is {}-class): under \
+                     it agent-class clients answer each other's permission prompts",
+                    c.name, c.class
+                ),
+            ));
+        }
+        if let Some(error) = self.inner.shared.log_failure() {
+            return Err(ErrorBody::new(
+                Reason::Internal,
+                format!(
+                    "the event log cannot write: {error}; no session can be created until it can"
+                ),
+            ));
+        }
+        let ready = {
+            // The caller may name the session (the hub does); the name must be unused. The
+            // checks and the insert happen under one write lock, so two creators cannot both
+            // win.
+            let mut sessions = self.sessions_write();
+            let session_id = match &options.session_id {
+                Some(id) if sessions.contains_key(id) => {
+                    return Err(ErrorBody::new(
+                        Reason::BadRequest,
+                        format!("session {id} already exists"),
+                    )
+                    .with("session_id", id));
+                }
+                Some(id) => id.clone(),
+                None => SessionId(uuid::Uuid::now_v7().to_string()),
+            };
+            if let Some(c) = &creator {
+                let principal = c.client_id.principal();
+                let max = self.config().max_sessions_per_client;
+                let open = sessions
+                    .values()
+                    .filter(|h| h.owner.as_deref() == Some(principal))
+                    .filter(|h| {
+                        h.summary
+                            .lock()
+                            .is_ok_and(|s| s.state != SessionState::Closed)
+                    })
+                    .count();
+                if open >= max {
+                    return Err(ErrorBody::new(
+                        Reason::Overloaded,
+                        format!(
+                            "{} already has {open} open sessions, as many as one client may \
+                             have; close one first",
+                            c.name
+                        ),
+                    ));
+                }
             }
-            Some(id) => id.clone(),
-            None => SessionId(uuid::Uuid::now_v7().to_string()),
+            let (handle, ready) = session::spawn_new(
+                self.inner.shared.clone(),
+                NewSession {
+                    creator,
+                    session_id: session_id.clone(),
+                    mode,
+                    title,
+                    policy,
+                    params,
+                    options,
+                },
+            );
+            sessions.insert(session_id.clone(), handle);
+            (session_id, ready)
         };
-        let handle = session::spawn_new(
-            self.inner.shared.clone(),
-            NewSession {
-                creator,
-                session_id: session_id.clone(),
-                mode,
-                title,
-                policy,
-                params,
-                options,
-            },
-        );
-        sessions.insert(session_id.clone(), handle);
-        Ok(session_id)
+        let (session_id, ready) = ready;
+        let error = match ready.await {
+            Ok(Ok(())) => return Ok(session_id),
+            Ok(Err(error)) => error,
+            Err(_) => "the session stopped before its first event was written".to_owned(),
+        };
+        // Nothing of it was committed: it never existed.
+        self.sessions_write().remove(&session_id);
+        Err(ErrorBody::new(
+            Reason::Internal,
+            format!("the event log cannot write: {error}; the session was not created"),
+        ))
     }
 
     /// Every session, oldest first.
     pub fn list_sessions(&self) -> SessionList {
-        let sessions = self
-            .sessions_read()
+        let mut sessions = self.summaries();
+        sessions.sort_by(|a, b| list_key(a).cmp(&list_key(b)));
+        SessionList {
+            sessions,
+            next: None,
+        }
+    }
+
+    /// One page of `session.list`: sessions after `cursor`, oldest first, at most `limit`.
+    pub fn list_page(&self, params: &ListSessions) -> Result<SessionList, ErrorBody> {
+        let limit = params.limit.unwrap_or(DEFAULT_LIST_LIMIT).max(1);
+        let after = match &params.cursor {
+            None => None,
+            Some(c) => Some(parse_cursor(c).ok_or_else(|| {
+                ErrorBody::new(
+                    Reason::BadRequest,
+                    "field `cursor`: not a cursor from a `session.list` reply's `next`",
+                )
+            })?),
+        };
+        let mut sessions: Vec<SessionSummary> = self
+            .summaries()
+            .into_iter()
+            .filter(|s| after.as_ref().is_none_or(|(t, id)| list_key(s) > (t, id)))
+            .collect();
+        sessions.sort_by(|a, b| list_key(a).cmp(&list_key(b)));
+        let next = if sessions.len() > limit {
+            sessions.truncate(limit);
+            sessions
+                .last()
+                .map(|s| format!("{}|{}", s.created_at, s.session_id))
+        } else {
+            None
+        };
+        Ok(SessionList { sessions, next })
+    }
+
+    fn summaries(&self) -> Vec<SessionSummary> {
+        self.sessions_read()
             .values()
             .filter_map(|h| h.summary.lock().ok().map(|s| s.clone()))
-            .collect::<Vec<_>>();
-        let mut sessions = sessions;
-        sessions.sort_by(|a, b| {
-            a.created_at
-                .cmp(&b.created_at)
-                .then_with(|| a.session_id.cmp(&b.session_id))
-        });
-        SessionList { sessions }
+            .collect()
     }
 
     /// Closes a session on the agent's own behalf (idle timeout, the hub link going away),
@@ -369,6 +478,11 @@ impl Mux {
                 )
             })
             .count()
+    }
+
+    /// The log's error while some session cannot commit to it.
+    pub fn log_failure(&self) -> Option<String> {
+        self.inner.shared.log_failure()
     }
 
     fn session_ops(&self, id: &SessionId) -> Option<tokio::sync::mpsc::Sender<OpMsg>> {
@@ -479,20 +593,26 @@ impl Connection {
                         ErrorBody::new(Reason::Forbidden, "observers cannot create sessions"),
                     ));
                 }
-                let result = self.mux.create_session(
-                    Some(client.clone()),
-                    create.mode,
-                    create.title,
-                    create.policy.unwrap_or(Policy::Human),
-                    create.params.unwrap_or_default(),
-                    SessionOptions::default(),
-                );
+                let result = self
+                    .mux
+                    .create_session(
+                        Some(client.clone()),
+                        create.mode,
+                        create.title,
+                        create.policy.unwrap_or(Policy::Human),
+                        create.params.unwrap_or_default(),
+                        SessionOptions::default(),
+                    )
+                    .await;
                 match result {
                     Ok(session_id) => self.reply(ReplyFrame::ok(re, SessionCreated { session_id })),
                     Err(e) => self.reply(ReplyFrame::err(Some(re), e)),
                 }
             }
-            Op::SessionList => self.reply(ReplyFrame::ok(re, self.mux.list_sessions())),
+            Op::SessionList(params) => match self.mux.list_page(&params) {
+                Ok(page) => self.reply(ReplyFrame::ok(re, page)),
+                Err(e) => self.reply(ReplyFrame::err(Some(re), e)),
+            },
             Op::Attach(a) => {
                 self.route(
                     re,
@@ -538,11 +658,7 @@ impl Connection {
     /// Hands an op to its session's actor and waits until the actor has replied.
     async fn route(&self, re: RequestId, session_id: SessionId, op: SessionOp) {
         let Some(ops) = self.mux.session_ops(&session_id) else {
-            return self.reply(ReplyFrame::err(
-                Some(re),
-                ErrorBody::new(Reason::UnknownSession, format!("no session {session_id}"))
-                    .with("session_id", &session_id),
-            ));
+            return self.reply(ReplyFrame::err(Some(re), unknown_session(&session_id)));
         };
         if matches!(op, SessionOp::Attach { .. })
             && let Ok(mut a) = self.attached.lock()
@@ -576,6 +692,12 @@ impl Connection {
                     format!("session {session_id} has too many requests queued; retry shortly"),
                 ),
             )),
+            // The session was removed (retention) after it was looked up.
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_))
+                if !self.mux.inner.shutdown.is_cancelled() =>
+            {
+                self.reply(ReplyFrame::err(Some(re), unknown_session(&session_id)))
+            }
             Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => self.reply(ReplyFrame::err(
                 Some(re),
                 ErrorBody::new(
@@ -610,4 +732,21 @@ impl Connection {
             }
         }
     }
+}
+
+/// `unknown_session` for `id`.
+pub(crate) fn unknown_session(id: &SessionId) -> ErrorBody {
+    ErrorBody::new(Reason::UnknownSession, format!("no session {id}")).with("session_id", id)
+}
+
+/// The order of `session.list`: oldest first.
+fn list_key(s: &SessionSummary) -> (&String, &SessionId) {
+    (&s.created_at, &s.session_id)
+}
+
+/// A `next` cursor: `<created_at>|<session_id>` of the last row of the previous page.
+fn parse_cursor(cursor: &str) -> Option<(String, SessionId)> {
+    let (created_at, id) = cursor.split_once('|')?;
+    humantime::parse_rfc3339(created_at).ok()?;
+    (!id.is_empty()).then(|| (created_at.to_owned(), SessionId(id.to_owned())))
 }

@@ -7,6 +7,13 @@
 //! transaction and only then pushed to every attached client (hard rule 4). Nothing in a
 //! handler awaits, so a flush is the only suspension point and an op always sees a fully
 //! flushed session.
+//!
+//! When the log cannot commit (a full disk), the events stay with the actor, in order, and
+//! the session is *degraded*: its clients are told (`log_unavailable`), its turn is stopped,
+//! and it takes no new work. It retries the commit every `log_retry`; the first commit that
+//! succeeds carries the withheld events and the repair (the stopped turn's `turn_ended`), and
+//! then `log_restored` is sent. What clients are shown — snapshots, `session.list` — is always
+//! what has been committed.
 
 use crate::arbitration::{may_act, may_answer};
 use crate::clock::now_rfc3339;
@@ -16,9 +23,11 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
-use tether_engine::log::{AppendJob, EventLog, SessionRow, StoredEvent};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use tether_engine::log::{
+    AppendJob, EventLog, LogError, QueueChange, QueuedRow, SessionRow, StoredEvent,
+};
 use tether_engine::tools::ToolRegistry;
 use tether_engine::turn::{AnswerRouter, Conversation, EventSink, PermissionAnswer, PermissionAsk};
 use tether_engine::{Engine, TurnOutcome, TurnRequest};
@@ -35,6 +44,13 @@ use tokio_util::task::TaskTracker;
 
 /// Turn messages handled per flush at most (group commit size).
 const TURN_BATCH: usize = 256;
+
+/// Queued inputs an attach snapshot shows at most (`queued_count` says how many there are).
+const SNAPSHOT_QUEUED: usize = 16;
+
+/// Bytes of queued text an attach snapshot carries at most, so that it stays far below the
+/// 1 MiB message limit however long the queued inputs are.
+const SNAPSHOT_QUEUED_BYTES: usize = 64 * 1024;
 
 /// A connection as a session sees it.
 #[derive(Clone)]
@@ -115,7 +131,12 @@ enum TurnMsg {
 pub(crate) struct SessionHandle {
     pub ops: mpsc::Sender<OpMsg>,
     pub summary: Arc<Mutex<SessionSummary>>,
+    /// The principal that created the session (its open sessions are limited).
+    pub owner: Option<String>,
 }
+
+/// Every session the mux holds.
+pub(crate) type SessionMap = RwLock<BTreeMap<SessionId, SessionHandle>>;
 
 /// What a session keeps across restarts (the `data` column of its row).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -126,7 +147,9 @@ struct Durable {
     turn: Option<TurnRef>,
     #[serde(default)]
     pending: Vec<PendingPermission>,
-    #[serde(default)]
+    /// Inputs queued by versions that kept the queue here: read once, then moved to rows of
+    /// their own (an enqueue rewrote this whole row).
+    #[serde(default, skip_serializing)]
     queue: Vec<QueuedInput>,
     #[serde(default)]
     closed_reason: Option<String>,
@@ -134,6 +157,24 @@ struct Durable {
     remote: bool,
     #[serde(default)]
     report: Option<String>,
+    /// The principal that created the session.
+    #[serde(default)]
+    owner: Option<String>,
+    /// When the session was closed (RFC 3339); it is removed `closed_retention` later.
+    #[serde(default)]
+    closed_at: Option<String>,
+}
+
+/// An input waiting in the queue, with its place in the log's `queued_inputs`.
+struct Queued {
+    ord: u64,
+    input: QueuedInput,
+}
+
+/// The log cannot commit: what went wrong, and when to try again.
+struct Degraded {
+    error: String,
+    retry_at: Instant,
 }
 
 struct Attachment {
@@ -146,6 +187,9 @@ struct RunningTurn {
     turn_id: TurnId,
     originator: ClientInfo,
     cancel: CancellationToken,
+    /// Stopped because the log could not commit (the error): it ends with `stop: error`, and
+    /// what it still emits is dropped.
+    stopped_by_log: Option<String>,
 }
 
 struct Pending {
@@ -163,6 +207,32 @@ pub(crate) struct Shared {
     pub log: EventLog,
     pub tracker: TaskTracker,
     pub metrics: Arc<crate::MuxMetrics>,
+    /// The mux's sessions, for a session that expires to remove itself.
+    pub sessions: Weak<SessionMap>,
+    /// Sessions that cannot commit, with the log's error.
+    pub degraded: Mutex<HashMap<SessionId, String>>,
+}
+
+impl Shared {
+    /// The log's error while it is failing as a whole: some session cannot commit, and the
+    /// last write failed too (one session's bad write does not stop the others).
+    pub fn log_failure(&self) -> Option<String> {
+        let any = self.degraded.lock().ok()?.values().next().cloned()?;
+        self.log.last_failure().map(|_| any)
+    }
+
+    fn set_degraded(&self, id: &SessionId, error: Option<String>) {
+        if let Ok(mut d) = self.degraded.lock() {
+            match error {
+                Some(e) => {
+                    d.insert(id.clone(), e);
+                }
+                None => {
+                    d.remove(id);
+                }
+            }
+        }
+    }
 }
 
 pub(crate) struct NewSession {
@@ -190,7 +260,11 @@ struct Actor {
     tools: ToolRegistry,
     attached: Vec<Attachment>,
     turn: Option<RunningTurn>,
-    queue: VecDeque<QueuedInput>,
+    queue: VecDeque<Queued>,
+    /// The `ord` of the next queued input.
+    next_ord: u64,
+    /// Queue changes not yet committed.
+    queue_changes: Vec<QueueChange>,
     pending: Vec<Pending>,
     resolved: HashSet<CallId>,
     /// Events published but not yet committed and broadcast.
@@ -206,28 +280,69 @@ struct Actor {
     turn_tx: mpsc::Sender<TurnMsg>,
     /// Recovery events to publish when the actor starts (restored sessions).
     restored_turn: Option<TurnRef>,
+    /// Set while the log cannot commit.
+    degraded: Option<Degraded>,
+    /// The session as of its last commit: what attach and `session.list` show while
+    /// degraded.
+    committed: Snapshot,
+    /// The queue changed in a commit since `committed.queued` was taken.
+    queue_view_stale: bool,
+    /// When a closed session is removed.
+    expire_at: Option<Instant>,
+    /// A new session: told whether its first commit succeeded.
+    ready: Option<oneshot::Sender<Result<(), String>>>,
 }
 
 fn summary_of(a: &Actor) -> SessionSummary {
+    let c = &a.committed;
     SessionSummary {
         session_id: a.id.clone(),
         mode: a.mode,
-        state: a.state,
+        state: c.state,
         title: a.title.clone(),
         created_at: a.created_at.clone(),
-        clients: a.attached.iter().map(|x| x.client.clone()).collect(),
-        last_seq: a.last_seq,
+        clients: c.clients.clone(),
+        last_seq: c.last_seq,
+    }
+}
+
+/// The first queued inputs, as many as fit in a snapshot.
+fn queued_prefix(queue: &VecDeque<Queued>) -> Vec<QueuedInput> {
+    let mut bytes = 0;
+    let mut out = Vec::new();
+    for q in queue.iter().take(SNAPSHOT_QUEUED) {
+        bytes += q.input.text.len();
+        if bytes > SNAPSHOT_QUEUED_BYTES {
+            break;
+        }
+        out.push(q.input.clone());
+    }
+    out
+}
+
+fn queued_row(q: &Queued) -> QueuedRow {
+    QueuedRow {
+        ord: q.ord,
+        data: serde_json::to_string(&q.input).unwrap_or_else(|_| "{}".into()),
     }
 }
 
 /// Starts the actor of a brand-new session. Its first event (`session_state: idle`) and its
-/// row are committed before any op reaches it.
-pub(crate) fn spawn_new(shared: Arc<Shared>, new: NewSession) -> SessionHandle {
+/// row are committed before any op reaches it; the receiver learns whether that commit
+/// succeeded (when it did not, the actor has stopped and nothing of the session remains).
+pub(crate) fn spawn_new(
+    shared: Arc<Shared>,
+    new: NewSession,
+) -> (SessionHandle, oneshot::Receiver<Result<(), String>>) {
     let conversation = shared.engine.new_conversation(new.mode);
     let durable = Durable {
         params: new.params,
         conversation,
         remote: new.options.remote,
+        owner: new
+            .creator
+            .as_ref()
+            .map(|c| c.client_id.principal().to_owned()),
         ..Durable::default()
     };
     let tools = new
@@ -241,21 +356,25 @@ pub(crate) fn spawn_new(shared: Arc<Shared>, new: NewSession) -> SessionHandle {
                 .initial_input(&durable.conversation, new.mode, &durable.params)?;
         Some((c, input))
     });
-    spawn(
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let handle = spawn(
         shared,
-        new.session_id,
-        new.mode,
-        new.title,
-        new.policy,
-        now_rfc3339(),
-        SessionState::Idle,
-        0,
-        1,
-        durable,
-        tools,
-        true,
-        first_input,
-    )
+        Start {
+            id: new.session_id,
+            mode: new.mode,
+            title: new.title,
+            policy: new.policy,
+            created_at: now_rfc3339(),
+            state: SessionState::Idle,
+            last_seq: 0,
+            first_seq: 1,
+            durable,
+            queued: Vec::new(),
+            tools,
+            fresh: Some((first_input, ready_tx)),
+        },
+    );
+    (handle, ready_rx)
 }
 
 /// Starts the actor of a session loaded from the log, ending a turn the previous run left
@@ -279,24 +398,25 @@ pub(crate) fn spawn_restored(
     };
     spawn(
         shared,
-        row.session_id,
-        row.mode,
-        row.title,
-        row.policy,
-        row.created_at,
-        row.state,
-        row.last_seq,
-        row.first_seq,
-        durable,
-        tools,
-        false,
-        None,
+        Start {
+            id: row.session_id,
+            mode: row.mode,
+            title: row.title,
+            policy: row.policy,
+            created_at: row.created_at,
+            state: row.state,
+            last_seq: row.last_seq,
+            first_seq: row.first_seq,
+            durable,
+            queued: row.queued,
+            tools,
+            fresh: None,
+        },
     )
 }
 
-#[allow(clippy::too_many_arguments)]
-fn spawn(
-    shared: Arc<Shared>,
+/// What an actor starts from.
+struct Start {
     id: SessionId,
     mode: Mode,
     title: Option<String>,
@@ -305,18 +425,113 @@ fn spawn(
     state: SessionState,
     last_seq: Seq,
     first_seq: Seq,
-    mut durable: Durable,
+    durable: Durable,
+    queued: Vec<QueuedRow>,
     tools: ToolRegistry,
-    fresh: bool,
-    first_input: Option<(ClientInfo, String)>,
-) -> SessionHandle {
+    /// A new session: the input its first turn starts with, and who learns whether its
+    /// first commit succeeded.
+    #[allow(clippy::type_complexity)]
+    fresh: Option<(
+        Option<(ClientInfo, String)>,
+        oneshot::Sender<Result<(), String>>,
+    )>,
+}
+
+fn spawn(shared: Arc<Shared>, start: Start) -> SessionHandle {
+    let Start {
+        id,
+        mode,
+        title,
+        policy,
+        created_at,
+        state,
+        last_seq,
+        first_seq,
+        mut durable,
+        queued,
+        tools,
+        fresh,
+    } = start;
     let (ops_tx, ops_rx) = mpsc::channel(shared.config.session_inbox);
     let (turn_tx, turn_rx) = mpsc::channel(TURN_BATCH);
     let restored_turn = durable.turn.take();
-    let queue: VecDeque<QueuedInput> = std::mem::take(&mut durable.queue).into();
     let pending_restored = std::mem::take(&mut durable.pending);
+    let mut dirty = fresh.is_some();
+
+    // The queue: its own rows, or (written by an older version) the list in the row, which
+    // is moved to rows of its own at the first commit.
+    let mut queue_changes = Vec::new();
+    let mut next_ord = queued.iter().map(|q| q.ord + 1).max().unwrap_or(1);
+    let mut queue = VecDeque::new();
+    for row in queued {
+        match serde_json::from_str::<QueuedInput>(&row.data) {
+            Ok(input) => queue.push_back(Queued {
+                ord: row.ord,
+                input,
+            }),
+            Err(e) => {
+                tracing::warn!(session = %id, error = %e, "unreadable queued input; dropped");
+                queue_changes.push(QueueChange::Remove { ord: row.ord });
+            }
+        }
+    }
+    for input in std::mem::take(&mut durable.queue) {
+        let q = Queued {
+            ord: next_ord,
+            input,
+        };
+        next_ord += 1;
+        queue_changes.push(QueueChange::Add(queued_row(&q)));
+        queue.push_back(q);
+        dirty = true;
+    }
+
+    // A closed session is removed `closed_retention` after it was closed, across restarts.
+    let mut expire_at = None;
+    if state == SessionState::Closed {
+        let retention = shared.config.closed_retention;
+        let age = durable
+            .closed_at
+            .as_deref()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok());
+        if age.is_none() {
+            durable.closed_at = Some(now_rfc3339());
+            dirty = true;
+        }
+        expire_at = Some(Instant::now() + retention.saturating_sub(age.unwrap_or_default()));
+    }
+
+    let owner = durable.owner.clone();
+    let (first_input, ready) = match fresh {
+        Some((input, ready)) => (input, Some(ready)),
+        None => (None, None),
+    };
+    let summary = Arc::new(Mutex::new(SessionSummary {
+        session_id: id.clone(),
+        mode,
+        state,
+        title: title.clone(),
+        created_at: created_at.clone(),
+        clients: vec![],
+        last_seq,
+    }));
     let mut actor = Actor {
         shared: shared.clone(),
+        committed: Snapshot {
+            session_id: id.clone(),
+            mode,
+            state,
+            title: title.clone(),
+            policy,
+            turn: None,
+            pending_permissions: Vec::new(),
+            clients: Vec::new(),
+            queued: Vec::new(),
+            queued_count: 0,
+            last_seq,
+            first_seq: first_seq.min(last_seq + 1),
+        },
         id,
         mode,
         title,
@@ -330,32 +545,27 @@ fn spawn(
         attached: Vec::new(),
         turn: None,
         queue,
+        next_ord,
+        queue_changes,
         pending: Vec::new(),
         resolved: HashSet::new(),
         batch: Vec::new(),
-        dirty: fresh,
+        dirty,
         closing: None,
         close_waiters: Vec::new(),
         close_done: Vec::new(),
         shutting_down: false,
-        summary: Arc::new(Mutex::new(SessionSummary {
-            session_id: SessionId::default(),
-            mode,
-            state,
-            title: None,
-            created_at: String::new(),
-            clients: vec![],
-            last_seq,
-        })),
+        summary: summary.clone(),
         turn_tx,
         restored_turn,
+        degraded: None,
+        queue_view_stale: false,
+        expire_at,
+        ready,
     };
-    if let Ok(mut s) = actor.summary.lock() {
-        *s = summary_of(&actor);
-    }
-    let summary = actor.summary.clone();
+    actor.refresh_committed(true);
     shared.tracker.spawn(async move {
-        if fresh {
+        if actor.ready.is_some() {
             actor.publish(EventBody::SessionState {
                 state: SessionState::Idle,
             });
@@ -366,11 +576,24 @@ fn spawn(
             actor.recover(pending_restored);
         }
         actor.flush().await;
+        if let Some(ready) = actor.ready.take() {
+            if let Some(d) = actor.degraded.take() {
+                // Nothing of the session was committed: it does not exist.
+                actor.shared.set_degraded(&actor.id, None);
+                if let Some(t) = &actor.turn {
+                    t.cancel.cancel();
+                }
+                let _ = ready.send(Err(d.error));
+                return;
+            }
+            let _ = ready.send(Ok(()));
+        }
         actor.run(ops_rx, turn_rx).await;
     });
     SessionHandle {
         ops: ops_tx,
         summary,
+        owner,
     }
 }
 
@@ -443,7 +666,50 @@ impl Actor {
                 _ = sleep_until_opt(deadline), if deadline.is_some() => self.on_timer(),
             }
             self.flush().await;
+            if self.expire_at.is_some_and(|t| t <= Instant::now()) && self.expire().await {
+                // Ops that raced the removal learn that the session is gone.
+                ops.close();
+                while let Some(msg) = ops.recv().await {
+                    match msg {
+                        OpMsg::Op { conn, re, done, .. } => {
+                            conn.reply_err(&re, crate::unknown_session(&self.id));
+                            let _ = done.send(());
+                        }
+                        OpMsg::Shutdown { done } | OpMsg::CloseWithReason { done, .. } => {
+                            let _ = done.send(());
+                        }
+                        OpMsg::Report { done } => {
+                            let _ = done.send(None);
+                        }
+                        OpMsg::Disconnected { .. } => {}
+                    }
+                }
+                return;
+            }
         }
+    }
+
+    /// Removes a closed session whose retention has run out, from the log and then from the
+    /// mux. False (and a later retry) when the log cannot delete it now.
+    async fn expire(&mut self) -> bool {
+        let job = AppendJob {
+            session_id: self.id.clone(),
+            delete: true,
+            ..AppendJob::default()
+        };
+        if let Err(e) = self.shared.log.append(job).await {
+            tracing::warn!(session = %self.id, error = %e, "cannot remove an expired session; will retry");
+            self.expire_at = Some(Instant::now() + self.shared.config.log_retry);
+            return false;
+        }
+        if let Some(sessions) = self.shared.sessions.upgrade() {
+            sessions
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&self.id);
+        }
+        tracing::info!(session = %self.id, "closed session removed after its retention period");
+        true
     }
 
     /// Turn messages handled per flush. A flush pushes its whole batch onto every client's
@@ -486,7 +752,6 @@ impl Actor {
             originator: t.originator.clone(),
         });
         durable.pending = self.pending.iter().map(|p| p.info.clone()).collect();
-        durable.queue = self.queue.iter().cloned().collect();
         SessionRow {
             session_id: self.id.clone(),
             mode: self.mode,
@@ -497,15 +762,30 @@ impl Actor {
             last_seq: self.last_seq,
             first_seq: self.first_seq,
             data: serde_json::to_string(&durable).unwrap_or_else(|_| "{}".into()),
+            // Queued inputs are written as they change, not with the row.
+            queued: Vec::new(),
         }
     }
 
-    /// Commits the batch (and the row when it changed), then broadcasts the batch. Clients
-    /// whose queue overflows are detached here, which publishes more events: loop until quiet.
+    /// Commits the batch (and the row and queue when they changed), then broadcasts the
+    /// batch. Clients whose queue overflows are detached here, which publishes more events:
+    /// loop until quiet. A failed commit keeps everything for the next attempt, in order, and
+    /// degrades the session; while degraded, a commit is tried only when the retry is due.
     async fn flush(&mut self) {
         let mut broadcast = false;
         for _ in 0..8 {
-            if self.batch.is_empty() && !self.dirty {
+            let idle = self.batch.is_empty() && !self.dirty && self.queue_changes.is_empty();
+            if idle && self.degraded.is_some() {
+                // Nothing withheld, yet degraded: a row write probes the log.
+                self.dirty = true;
+            } else if idle {
+                break;
+            }
+            if self
+                .degraded
+                .as_ref()
+                .is_some_and(|d| Instant::now() < d.retry_at)
+            {
                 break;
             }
             let events = std::mem::take(&mut self.batch);
@@ -522,20 +802,24 @@ impl Actor {
                 self.first_seq = self.last_seq.max(1);
             }
             let row = self.dirty.then(|| self.row());
+            let queue_changed = !self.queue_changes.is_empty();
             let job = AppendJob {
                 session_id: self.id.clone(),
                 events: events.clone(),
                 row,
                 prune_through,
+                queue: self.queue_changes.clone(),
+                delete: false,
             };
             if let Err(e) = self.shared.log.append(job).await {
-                // Not durable, so not sent: take the seqs back so the history keeps no hole.
-                tracing::error!(session = %self.id, error = %e, lost = events.len(), "event log write failed; events withheld");
-                self.last_seq -= events.len() as Seq;
+                // Not durable, so not sent: kept, in order, for the next attempt.
                 self.first_seq = old_first;
-                return;
+                self.batch = events;
+                self.on_commit_failed(&e);
+                break;
             }
             self.dirty = false;
+            self.queue_changes.clear();
             self.shared
                 .metrics
                 .events_published
@@ -548,6 +832,9 @@ impl Actor {
                         gone.push(i);
                     }
                 }
+            }
+            if self.degraded.is_some() {
+                self.on_log_restored();
             }
             if self.state == SessionState::Closed {
                 self.attached.clear();
@@ -571,15 +858,131 @@ impl Actor {
                 });
                 self.recompute_unattended();
             }
-        }
-        if let Ok(mut s) = self.summary.lock() {
-            *s = summary_of(self);
+            self.queue_view_stale |= queue_changed;
+            if self.batch.is_empty() && !self.dirty && self.queue_changes.is_empty() {
+                // Everything is committed: what is shown is the live state.
+                let queue_changed = std::mem::take(&mut self.queue_view_stale);
+                self.refresh_committed(queue_changed);
+            }
         }
         if broadcast {
             // Let the writers this group just woke run before the next group: a commit that
             // completes at once does not yield, and a fast turn could otherwise fill the
             // queues of clients on this worker thread before they ever got to read.
             tokio::task::yield_now().await;
+        }
+    }
+
+    /// Records the session as committed (what attach and `session.list` show), when the
+    /// live state is all committed.
+    fn refresh_committed(&mut self, queue_changed: bool) {
+        let c = &mut self.committed;
+        c.state = self.state;
+        c.turn = self.turn.as_ref().map(|t| TurnRef {
+            turn_id: t.turn_id.clone(),
+            originator: t.originator.clone(),
+        });
+        c.pending_permissions = self.pending.iter().map(|p| p.info.clone()).collect();
+        c.clients = self.attached.iter().map(|a| a.client.clone()).collect();
+        if queue_changed {
+            c.queued = queued_prefix(&self.queue);
+        }
+        c.queued_count = self.queue.len();
+        c.last_seq = self.last_seq;
+        c.first_seq = self.first_seq.min(self.last_seq + 1);
+        if let Ok(mut s) = self.summary.lock() {
+            *s = summary_of(self);
+        }
+    }
+
+    /// The log could not commit: keep what was not committed, tell the clients, stop the
+    /// work (the turn is cancelled, its prompts resolved) and try again later.
+    fn on_commit_failed(&mut self, e: &LogError) {
+        let error = e.0.clone();
+        let retry = self.shared.config.log_retry;
+        let retry_at = Instant::now() + retry;
+        self.shared.set_degraded(&self.id, Some(error.clone()));
+        if let Some(d) = &mut self.degraded {
+            d.error = error;
+            d.retry_at = retry_at;
+            return;
+        }
+        tracing::error!(session = %self.id, error = %e, withheld = self.batch.len(), "event log write failed; the session stops until the log can write");
+        self.degraded = Some(Degraded {
+            error: error.clone(),
+            retry_at,
+        });
+        let frame = Control::LogUnavailable {
+            session_id: self.id.clone(),
+            message: format!(
+                "the event log cannot write: {error}; the running turn was stopped and the \
+                 session takes no input until the log can write (retrying every {})",
+                humantime::format_duration(retry)
+            ),
+        }
+        .encode();
+        for a in &self.attached {
+            a.outbound.push_frame(frame.clone());
+        }
+        if let Some(t) = &mut self.turn {
+            t.stopped_by_log = Some(error);
+        }
+        self.cancel_turn();
+    }
+
+    /// The first commit after a failure went through (the withheld events, then the
+    /// repair): the session takes work again.
+    fn on_log_restored(&mut self) {
+        let Some(d) = self.degraded.take() else {
+            return;
+        };
+        self.shared.set_degraded(&self.id, None);
+        tracing::info!(session = %self.id, error = %d.error, "the event log writes again");
+        let frame = Control::LogRestored {
+            session_id: self.id.clone(),
+        }
+        .encode();
+        for a in &self.attached {
+            a.outbound.push_frame(frame.clone());
+        }
+        // Inputs queued before the failure run now (the turn they waited for has ended).
+        if self.turn.is_none()
+            && self.closing.is_none()
+            && self.state != SessionState::Closed
+            && let Some(next) = self.pop_queue()
+        {
+            self.start_turn(next.originator, next.text, Some(next.input_id));
+        }
+    }
+
+    /// Why new work is refused while the log cannot write (this session's or another's).
+    fn refuse_while_degraded(&self) -> Result<(), ErrorBody> {
+        let error = match &self.degraded {
+            Some(d) => Some(d.error.clone()),
+            None => self.shared.log_failure(),
+        };
+        match error {
+            Some(error) => Err(ErrorBody::new(
+                Reason::Internal,
+                format!(
+                    "the event log cannot write: {error}; session {} takes no new work until it can",
+                    self.id
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn pop_queue(&mut self) -> Option<QueuedInput> {
+        let q = self.queue.pop_front()?;
+        self.queue_changes.push(QueueChange::Remove { ord: q.ord });
+        Some(q.input)
+    }
+
+    fn clear_queue(&mut self) {
+        if !self.queue.is_empty() {
+            self.queue.clear();
+            self.queue_changes.push(QueueChange::Clear);
         }
     }
 
@@ -597,6 +1000,18 @@ impl Actor {
                         },
                     );
                     self.attach(&conn, after_seq);
+                    if let Some(d) = &self.degraded {
+                        conn.outbound.push_frame(
+                            Control::LogUnavailable {
+                                session_id: self.id.clone(),
+                                message: format!(
+                                    "the event log cannot write: {}; the session takes no input until it can",
+                                    d.error
+                                ),
+                            }
+                            .encode(),
+                        );
+                    }
                     let _ = done.send(());
                     return;
                 }
@@ -609,6 +1024,9 @@ impl Actor {
                 decision,
                 scope,
             } => self.on_answer(&conn, call_id, decision, scope),
+            SessionOp::Cancel { .. } | SessionOp::Close if self.degraded.is_some() => {
+                self.refuse_while_degraded().map(|()| None)
+            }
             SessionOp::Cancel { turn_id } => self.on_cancel(&conn, turn_id),
             SessionOp::Close => {
                 if may_act(conn.client.class).is_err() {
@@ -634,7 +1052,19 @@ impl Actor {
         let _ = done.send(());
     }
 
+    /// The last event clients may see: the last committed one.
+    fn visible_last_seq(&self) -> Seq {
+        if self.degraded.is_some() {
+            self.committed.last_seq
+        } else {
+            self.last_seq
+        }
+    }
+
     fn snapshot(&self) -> Snapshot {
+        if self.degraded.is_some() {
+            return self.committed.clone();
+        }
         Snapshot {
             session_id: self.id.clone(),
             mode: self.mode,
@@ -647,40 +1077,40 @@ impl Actor {
             }),
             pending_permissions: self.pending.iter().map(|p| p.info.clone()).collect(),
             clients: self.attached.iter().map(|a| a.client.clone()).collect(),
-            queued: self.queue.iter().cloned().collect(),
+            queued: queued_prefix(&self.queue),
+            queued_count: self.queue.len(),
             last_seq: self.last_seq,
             first_seq: self.first_seq.min(self.last_seq + 1),
         }
     }
 
     fn check_attach(&self, after_seq: Option<Seq>) -> Result<(), ErrorBody> {
+        let last = self.visible_last_seq();
         match after_seq {
-            Some(after) if after > self.last_seq => Err(ErrorBody::new(
+            Some(after) if after > last => Err(ErrorBody::new(
                 Reason::BadRequest,
-                format!(
-                    "after_seq {after} is beyond the session's last event ({})",
-                    self.last_seq
-                ),
+                format!("after_seq {after} is beyond the session's last event ({last})"),
             )
-            .with("last_seq", self.last_seq)),
+            .with("last_seq", last)),
             _ => Ok(()),
         }
     }
 
     /// Queues the replay (when asked for) and registers the client for live events.
     fn attach(&mut self, conn: &ConnRef, after_seq: Option<Seq>) {
+        let last = self.visible_last_seq();
         if let Some(after) = after_seq {
-            if after < self.last_seq {
+            if after < last {
                 conn.outbound.push(OutItem::Replay {
                     session_id: self.id.clone(),
                     from: after + 1,
-                    to: self.last_seq,
+                    to: last,
                 });
             } else {
                 conn.outbound.push_frame(
                     Control::ReplayComplete {
                         session_id: self.id.clone(),
-                        last_seq: self.last_seq,
+                        last_seq: last,
                     }
                     .encode(),
                 );
@@ -731,17 +1161,35 @@ impl Actor {
         if self.state == SessionState::Closed || self.closing.is_some() {
             return Err(closed_error(&self.id));
         }
+        self.refuse_while_degraded()?;
         if let Some(turn) = &self.turn {
             if !queue {
                 return Err(ErrorBody::turn_in_progress(&turn.turn_id, &turn.originator));
             }
+            let max = self.shared.config.max_queued_inputs;
+            if self.queue.len() >= max {
+                return Err(ErrorBody::new(
+                    Reason::Overloaded,
+                    format!(
+                        "session {} already has {max} inputs queued, as many as it holds; \
+                         send this one when the queue has room",
+                        self.id
+                    ),
+                ));
+            }
             let input_id = InputId(uuid::Uuid::now_v7().to_string());
-            self.queue.push_back(QueuedInput {
-                input_id: input_id.clone(),
-                originator: conn.client.clone(),
-                text,
-            });
-            self.dirty = true;
+            let q = Queued {
+                ord: self.next_ord,
+                input: QueuedInput {
+                    input_id: input_id.clone(),
+                    originator: conn.client.clone(),
+                    text,
+                },
+            };
+            self.next_ord += 1;
+            // One row of its own: the session's row is not rewritten.
+            self.queue_changes.push(QueueChange::Add(queued_row(&q)));
+            self.queue.push_back(q);
             let accepted = InputAccepted::Queued {
                 input_id,
                 position: self.queue.len(),
@@ -765,6 +1213,7 @@ impl Actor {
                 "observers cannot answer permission requests",
             ));
         }
+        self.refuse_while_degraded()?;
         if self.resolved.contains(&call_id) {
             return Err(ErrorBody::new(
                 Reason::AlreadyResolved,
@@ -841,6 +1290,7 @@ impl Actor {
             turn_id: turn_id.clone(),
             originator: originator.clone(),
             cancel: cancel.clone(),
+            stopped_by_log: None,
         });
         self.publish(EventBody::TurnStarted {
             turn_id: turn_id.clone(),
@@ -911,6 +1361,12 @@ impl Actor {
 
     fn on_turn(&mut self, msg: TurnMsg) {
         match msg {
+            // A turn stopped because the log cannot write produces nothing more.
+            TurnMsg::Event(_)
+                if self
+                    .turn
+                    .as_ref()
+                    .is_some_and(|t| t.stopped_by_log.is_some()) => {}
             TurnMsg::Event(body) => self.publish(body),
             TurnMsg::Ask(ask, answer) => self.on_ask(ask, answer),
             TurnMsg::Finished {
@@ -1002,6 +1458,7 @@ impl Actor {
         if self.turn.as_ref().map(|t| &t.turn_id) != Some(&turn_id) {
             return;
         }
+        let stopped_by_log = self.turn.as_ref().and_then(|t| t.stopped_by_log.clone());
         while !self.pending.is_empty() {
             self.resolve(
                 0,
@@ -1017,18 +1474,29 @@ impl Actor {
             self.durable.report = Some(outcome.final_text.clone());
         }
         self.dirty = true;
+        let (stop, error) = match stopped_by_log {
+            Some(e) => (
+                StopReason::Error,
+                Some(format!(
+                    "the event log could not be written ({e}); the turn was stopped"
+                )),
+            ),
+            None => (outcome.stop, outcome.error),
+        };
         self.publish(EventBody::TurnEnded {
             turn_id,
-            stop: outcome.stop,
-            error: outcome.error,
+            stop,
+            error,
             usage: outcome.usage,
         });
         if let Some(reason) = self.closing.take() {
             self.finish_close(reason);
             return;
         }
+        // While the log cannot write, the queue waits for it.
         if !self.shutting_down
-            && let Some(next) = self.queue.pop_front()
+            && self.degraded.is_none()
+            && let Some(next) = self.pop_queue()
         {
             self.start_turn(next.originator, next.text, Some(next.input_id));
             return;
@@ -1077,6 +1545,8 @@ impl Actor {
                 [a, b]
             })
             .flatten()
+            .chain(self.degraded.as_ref().map(|d| d.retry_at))
+            .chain(self.expire_at)
             .min()
     }
 
@@ -1102,7 +1572,7 @@ impl Actor {
     // ---- closing, shutdown, recovery ----------------------------------------------------
 
     fn close(&mut self, reason: String) {
-        self.queue.clear();
+        self.clear_queue();
         if self.turn.is_some() {
             self.closing = Some(reason);
             self.cancel_turn();
@@ -1112,8 +1582,10 @@ impl Actor {
     }
 
     fn finish_close(&mut self, reason: String) {
-        self.queue.clear();
+        self.clear_queue();
         self.durable.closed_reason = Some(reason.clone());
+        self.durable.closed_at = Some(now_rfc3339());
+        self.expire_at = Some(Instant::now() + self.shared.config.closed_retention);
         self.set_state(SessionState::Closed);
         self.publish(EventBody::SessionClosed { reason });
         for (conn, re, done) in self.close_waiters.drain(..) {
@@ -1129,6 +1601,11 @@ impl Actor {
     /// next start.
     async fn shutdown(&mut self, turns: &mut mpsc::Receiver<TurnMsg>) {
         self.shutting_down = true;
+        if let Some(d) = &mut self.degraded {
+            // One last try; what cannot be committed is lost, and the next start ends the
+            // turn the log still shows as running.
+            d.retry_at = Instant::now();
+        }
         if self.turn.is_some() {
             self.cancel_turn();
             self.flush().await;
@@ -1153,7 +1630,11 @@ impl Actor {
             }
         }
         self.dirty = true;
+        if let Some(d) = &mut self.degraded {
+            d.retry_at = Instant::now();
+        }
         self.flush().await;
+        self.shared.set_degraded(&self.id, None);
     }
 
     /// A session whose turn was running when the agent stopped: deny what was pending, end
@@ -1187,7 +1668,7 @@ impl Actor {
         if self.state == SessionState::Closed {
             return;
         }
-        if let Some(next) = self.queue.pop_front() {
+        if let Some(next) = self.pop_queue() {
             self.start_turn(next.originator, next.text, Some(next.input_id));
         } else {
             self.set_state(SessionState::Idle);

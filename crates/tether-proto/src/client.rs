@@ -405,6 +405,22 @@ pub struct Cancel {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NoParams {}
 
+/// `session.list`: one page of sessions, oldest first. Without params, the first page.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ListSessions {
+    /// Rows per page, 1 to [`MAX_LIST_LIMIT`]; [`DEFAULT_LIST_LIMIT`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// The `next` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// `session.list` rows per page when the request names no `limit`.
+pub const DEFAULT_LIST_LIMIT: usize = 100;
+/// The largest `limit` a `session.list` may ask for.
+pub const MAX_LIST_LIMIT: usize = 1000;
+
 /// Limits on free-text fields (hard rule 10: every field has a size limit).
 pub const MAX_TITLE_CHARS: usize = 200;
 pub const MAX_CLIENT_NAME_CHARS: usize = 128;
@@ -414,7 +430,7 @@ pub const MAX_CLIENT_NAME_CHARS: usize = 128;
 pub enum Op {
     Hello(Hello),
     SessionCreate(SessionCreate),
-    SessionList,
+    SessionList(ListSessions),
     Attach(Attach),
     Detach(SessionRef),
     Input(Input),
@@ -442,7 +458,7 @@ impl Op {
         match self {
             Op::Hello(_) => "hello",
             Op::SessionCreate(_) => "session.create",
-            Op::SessionList => "session.list",
+            Op::SessionList(_) => "session.list",
             Op::Attach(_) => "attach",
             Op::Detach(_) => "detach",
             Op::Input(_) => "input",
@@ -457,10 +473,7 @@ impl Op {
         let op = match raw.op.as_str() {
             "hello" => Op::Hello(raw.params()?),
             "session.create" => Op::SessionCreate(raw.params()?),
-            "session.list" => {
-                let _: NoParams = raw.params()?;
-                Op::SessionList
-            }
+            "session.list" => Op::SessionList(raw.params()?),
             "attach" => Op::Attach(raw.params()?),
             "detach" => Op::Detach(raw.params()?),
             "input" => Op::Input(raw.params()?),
@@ -504,6 +517,16 @@ impl Op {
                     limit("title", title, MAX_TITLE_CHARS)?;
                 }
             }
+            Op::SessionList(l) => {
+                if let Some(n) = l.limit
+                    && !(1..=MAX_LIST_LIMIT).contains(&n)
+                {
+                    return Err(DecodeError::Field {
+                        field: "limit".into(),
+                        message: format!("is {n}; it must be 1 to {MAX_LIST_LIMIT}"),
+                    });
+                }
+            }
             Op::Input(i) if i.text.trim().is_empty() => {
                 return Err(DecodeError::Field {
                     field: "text".into(),
@@ -519,7 +542,7 @@ impl Op {
         let v = match self {
             Op::Hello(p) => serde_json::to_value(p),
             Op::SessionCreate(p) => serde_json::to_value(p),
-            Op::SessionList => serde_json::to_value(NoParams {}),
+            Op::SessionList(p) => serde_json::to_value(p),
             Op::Attach(p) => serde_json::to_value(p),
             Op::Detach(p) | Op::SessionClose(p) => serde_json::to_value(p),
             Op::Input(p) => serde_json::to_value(p),
@@ -704,6 +727,9 @@ pub struct SessionSummary {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SessionList {
     pub sessions: Vec<SessionSummary>,
+    /// Present when more sessions follow: pass it as `cursor` for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// The running turn in a snapshot.
@@ -760,9 +786,13 @@ pub struct Snapshot {
     pub turn: Option<TurnRef>,
     pub pending_permissions: Vec<PendingPermission>,
     pub clients: Vec<ClientInfo>,
-    /// Inputs queued behind the running turn, in order.
+    /// The first inputs queued behind the running turn, in order (the first few only: see
+    /// `queued_count`).
     #[serde(default)]
     pub queued: Vec<QueuedInput>,
+    /// How many inputs are queued in all.
+    #[serde(default)]
+    pub queued_count: usize,
     pub last_seq: Seq,
     /// The oldest event the log still holds (`last_seq + 1` when it holds none).
     pub first_seq: Seq,
@@ -945,6 +975,16 @@ pub enum Control {
     },
     Evicted {
         reason: String,
+    },
+    /// The session's events cannot be committed to the event log (e.g. the disk is full):
+    /// its turn is stopped and it takes no new work until `log_restored`.
+    LogUnavailable {
+        session_id: SessionId,
+        message: String,
+    },
+    /// The event log commits again; the session has been repaired and takes input.
+    LogRestored {
+        session_id: SessionId,
     },
 }
 

@@ -242,7 +242,19 @@ fn request_session_list() {
         "request_session_list",
         Request {
             id: 4.into(),
-            op: Op::SessionList,
+            op: Op::SessionList(ListSessions::default()),
+        },
+    );
+    request(
+        "request_session_list_page",
+        Request {
+            id: 4.into(),
+            op: Op::SessionList(ListSessions {
+                limit: Some(50),
+                cursor: Some(
+                    "2025-01-02T03:00:00.000Z|0199a0c0-5e55-7000-8000-000000000001".into(),
+                ),
+            }),
         },
     );
 }
@@ -475,12 +487,32 @@ fn reply_session_list() {
                     last_seq: 0,
                 },
             ],
+            next: None,
         },
     );
     ok_reply(
         "reply_session_list_empty",
         "l".into(),
-        SessionList { sessions: vec![] },
+        SessionList {
+            sessions: vec![],
+            next: None,
+        },
+    );
+    ok_reply(
+        "reply_session_list_more",
+        "m".into(),
+        SessionList {
+            sessions: vec![SessionSummary {
+                session_id: sid(),
+                mode: Mode::Chat,
+                state: SessionState::Closed,
+                title: None,
+                created_at: "2025-01-02T03:00:00.000Z".into(),
+                clients: vec![],
+                last_seq: 7,
+            }],
+            next: Some("2025-01-02T03:00:00.000Z|0199a0c0-5e55-7000-8000-000000000001".into()),
+        },
     );
 }
 
@@ -514,6 +546,7 @@ fn reply_attached() {
                     originator: alice(),
                     text: "then check inodes".into(),
                 }],
+                queued_count: 3,
                 last_seq: 42,
                 first_seq: 1,
             },
@@ -533,6 +566,7 @@ fn reply_attached() {
                 pending_permissions: vec![],
                 clients: vec![alice()],
                 queued: vec![],
+                queued_count: 0,
                 last_seq: 0,
                 first_seq: 1,
             },
@@ -917,4 +951,12 @@ fn control_frames() {
             reason: "slow consumer".into(),
         },
     );
+    control(
+        "log_unavailable",
+        Control::LogUnavailable {
+            session_id: sid(),
+            message: "the event log cannot write: database or disk is full".into(),
+        },
+    );
+    control("log_restored", Control::LogRestored { session_id: sid() });
 }

@@ -46,7 +46,8 @@ async fn agent_cannot_approve_its_own_request() {
         let mut robot = agent.ws(AGENT_TOKEN).await;
         let mut robot_again = agent.ws(AGENT_TOKEN).await;
         let mut alice = agent.ws(HUMAN_TOKEN).await;
-        let sid = create_session(&mut robot, policy).await;
+        // Only a human may choose `any`; the robot's turn runs in it all the same.
+        let sid = create_session(&mut alice, policy).await;
         let (_turn, request) = start_turn_with_prompt(&mut robot, &sid).await;
         assert_eq!(request["policy"], policy);
         assert_eq!(request["originator"]["class"], "agent");
@@ -93,7 +94,8 @@ async fn under_any_another_agent_may_answer() {
     let agent = Agent::start(opts()).await;
     let mut robot = agent.ws(AGENT_TOKEN).await;
     let mut robot2 = agent.ws(AGENT2_TOKEN).await;
-    let sid = create_session(&mut robot, "any").await;
+    let mut alice = agent.ws(HUMAN_TOKEN).await;
+    let sid = create_session(&mut alice, "any").await;
     let (_turn, request) = start_turn_with_prompt(&mut robot, &sid).await;
     answer(&mut robot2, &sid, call_id(&request), "allow")
         .await
@@ -113,6 +115,35 @@ async fn under_any_another_agent_may_answer() {
         .expect("tool_result");
     assert_eq!(result["ok"], true, "{result}");
     assert_eq!(result["output"], APPROVE_OUTPUT);
+    agent.stop().await;
+}
+
+/// Only a human-class client may choose policy `any` (PROTOCOL.md §3): otherwise two AI
+/// principals could approve each other's shell with no human involved. An agent asking for
+/// it gets `forbidden` and no session is created; `human` stays open to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_human_may_choose_policy_any() {
+    let agent = Agent::start(opts()).await;
+    let mut robot = agent.ws(AGENT_TOKEN).await;
+    let mut alice = agent.ws(HUMAN_TOKEN).await;
+    let before = agent.mux.list_sessions().sessions.len();
+    let err = expect_error(
+        &mut robot,
+        "session.create",
+        json!({"mode": "chat", "policy": "any"}),
+    )
+    .await;
+    assert_eq!(err.reason.as_str(), "forbidden", "{err:?}");
+    assert!(err.message.contains("policy `any`"), "{err:?}");
+    assert_eq!(agent.mux.list_sessions().sessions.len(), before);
+
+    // The robot may still create a `human` session, and a human may choose `any`.
+    let sid = create_session(&mut robot, "human").await;
+    let snap = attach(&mut robot, &sid, None).await;
+    assert_eq!(snap["snapshot"]["policy"], "human");
+    let sid = create_session(&mut alice, "any").await;
+    let snap = attach(&mut alice, &sid, None).await;
+    assert_eq!(snap["snapshot"]["policy"], "any");
     agent.stop().await;
 }
 

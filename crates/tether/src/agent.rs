@@ -68,6 +68,9 @@ pub fn mux_config(cfg: &AgentConfig) -> MuxConfig {
         retention_events: cfg.sessions.retention_events,
         permission_grace: cfg.sessions.permission_grace,
         permission_timeout: cfg.sessions.permission_timeout,
+        max_queued_inputs: cfg.sessions.max_queued_inputs,
+        max_sessions_per_client: cfg.sessions.max_sessions_per_client,
+        closed_retention: cfg.sessions.closed_retention,
         ..MuxConfig::default()
     }
 }

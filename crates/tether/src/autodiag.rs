@@ -226,14 +226,17 @@ impl AutoDiagnosis {
             name: "auto-diagnosis".into(),
         };
         let mux = &self.inner.mux;
-        let session_id = match mux.create_session(
-            Some(creator),
-            Mode::Diagnose,
-            Some(format!("auto-diagnosis: {plugin} {target}")),
-            Policy::Human,
-            params,
-            SessionOptions::default(),
-        ) {
+        let session_id = match mux
+            .create_session(
+                Some(creator),
+                Mode::Diagnose,
+                Some(format!("auto-diagnosis: {plugin} {target}")),
+                Policy::Human,
+                params,
+                SessionOptions::default(),
+            )
+            .await
+        {
             Ok(id) => id,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start an automatic diagnosis");

@@ -14,8 +14,8 @@ use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use tether_proto::{
-    Attached, CallId, ClientId, EventBody, HelloResult, PendingPermission, Reason, ServerFrame,
-    SessionCreated, SessionId, SessionList, TurnId,
+    Attached, CallId, ClientId, EventBody, HelloResult, MAX_LIST_LIMIT, PendingPermission, Reason,
+    ServerFrame, SessionCreated, SessionId, SessionList, TurnId,
 };
 use tether_transport::client::{Client, ClientError, Target};
 
@@ -75,10 +75,22 @@ fn server_error(e: ClientError) -> anyhow::Error {
 /// `tether sessions`
 pub async fn sessions(connect: &ConnectArgs, as_json: bool) -> Result<()> {
     let (mut client, _) = connect.connect().await?;
-    let list: SessionList = client
-        .call("session.list", json!({}))
+    // Every page: `session.list` returns at most a page of sessions and `next` for the rest.
+    let mut list: SessionList = client
+        .call("session.list", json!({"limit": MAX_LIST_LIMIT}))
         .await
         .map_err(server_error)?;
+    while let Some(cursor) = list.next.take() {
+        let page: SessionList = client
+            .call(
+                "session.list",
+                json!({"limit": MAX_LIST_LIMIT, "cursor": cursor}),
+            )
+            .await
+            .map_err(server_error)?;
+        list.sessions.extend(page.sessions);
+        list.next = page.next;
+    }
     if as_json {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());

@@ -26,6 +26,9 @@
 //! permission_grace = "30s"          # deny a prompt nobody eligible is attached to answer
 //! permission_timeout = "10m"        # deny any prompt left this long (default: never)
 //! client_queue = 1024               # frames queued per client before it is evicted
+//! max_queued_inputs = 64            # inputs a session holds behind its running turn
+//! max_sessions_per_client = 100     # open sessions one credential may have
+//! closed_retention = "7d"           # closed sessions are removed this long after closing
 //! ```
 
 use crate::paths;
@@ -267,6 +270,12 @@ pub struct SessionsSection {
     pub permission_timeout: Option<Duration>,
     #[serde(default = "default_client_queue")]
     pub client_queue: usize,
+    #[serde(default = "default_max_queued_inputs")]
+    pub max_queued_inputs: usize,
+    #[serde(default = "default_max_sessions_per_client")]
+    pub max_sessions_per_client: usize,
+    #[serde(default = "default_closed_retention", deserialize_with = "duration")]
+    pub closed_retention: Duration,
 }
 
 fn default_max_rounds() -> u32 {
@@ -285,6 +294,18 @@ fn default_client_queue() -> usize {
     tether_mux::outbound::DEFAULT_QUEUE_FRAMES
 }
 
+fn default_max_queued_inputs() -> usize {
+    tether_mux::MuxConfig::default().max_queued_inputs
+}
+
+fn default_max_sessions_per_client() -> usize {
+    tether_mux::MuxConfig::default().max_sessions_per_client
+}
+
+fn default_closed_retention() -> Duration {
+    tether_mux::MuxConfig::default().closed_retention
+}
+
 impl Default for SessionsSection {
     fn default() -> Self {
         SessionsSection {
@@ -293,6 +314,9 @@ impl Default for SessionsSection {
             permission_grace: default_grace(),
             permission_timeout: None,
             client_queue: default_client_queue(),
+            max_queued_inputs: default_max_queued_inputs(),
+            max_sessions_per_client: default_max_sessions_per_client(),
+            closed_retention: default_closed_retention(),
         }
     }
 }
@@ -610,6 +634,15 @@ impl AgentConfig {
         if s.permission_grace.is_zero() {
             bail!("sessions.permission_grace must be more than 0");
         }
+        if s.max_queued_inputs == 0 {
+            bail!("sessions.max_queued_inputs must be at least 1");
+        }
+        if s.max_sessions_per_client == 0 {
+            bail!("sessions.max_sessions_per_client must be at least 1");
+        }
+        if s.closed_retention.is_zero() {
+            bail!("sessions.closed_retention must be more than 0");
+        }
 
         Ok(AgentConfig {
             source: source.map(Path::to_owned),
@@ -727,6 +760,20 @@ mod tests {
         assert_eq!(c.model, ModelChoice::Demo);
         assert!(c.socket.ends_with("agent.sock"));
         assert_eq!(c.sessions.permission_grace, Duration::from_secs(30));
+        assert_eq!(c.sessions.max_queued_inputs, 64);
+        assert_eq!(c.sessions.max_sessions_per_client, 100);
+        assert_eq!(
+            c.sessions.closed_retention,
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        let c = parse(
+            "[sessions]\nmax_queued_inputs = 8\nmax_sessions_per_client = 3\nclosed_retention = \"1h\"",
+        )
+        .expect("config");
+        let m = crate::agent::mux_config(&c);
+        assert_eq!(m.max_queued_inputs, 8);
+        assert_eq!(m.max_sessions_per_client, 3);
+        assert_eq!(m.closed_retention, Duration::from_secs(3600));
     }
 
     #[test]
@@ -750,6 +797,14 @@ mod tests {
         assert!(err("[sessions]\npermission_grace = \"soon\"").contains("permission_grace"));
         assert!(err("[sessions]\nmax_rounds = 0").contains("sessions.max_rounds"));
         assert!(err("[sessions]\nclient_queue = \"big\"").contains("client_queue"));
+        assert!(err("[sessions]\nmax_queued_inputs = 0").contains("sessions.max_queued_inputs"));
+        assert!(err("[sessions]\nmax_queued_inputs = -1").contains("max_queued_inputs"));
+        assert!(
+            err("[sessions]\nmax_sessions_per_client = 0")
+                .contains("sessions.max_sessions_per_client")
+        );
+        assert!(err("[sessions]\nclosed_retention = \"0s\"").contains("sessions.closed_retention"));
+        assert!(err("[sessions]\nclosed_retention = \"a week\"").contains("closed_retention"));
         assert!(
             err("[[clients]]\nname = \"a\"\nclass = \"admin\"\ntoken = \"x\"").contains("class")
         );

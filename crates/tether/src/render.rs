@@ -366,6 +366,10 @@ impl Renderer {
             Control::Evicted { reason } => {
                 self.error(&format!("[disconnected by the agent: {reason}]"))
             }
+            Control::LogUnavailable { message, .. } => self.error(&format!("[{message}]")),
+            Control::LogRestored { .. } => {
+                self.note("[the event log writes again; the session takes input]")
+            }
         }
     }
 }

@@ -242,8 +242,7 @@ pub async fn log_appends(
                     seq: seq + 3,
                     frame: Bytes::from(delta_frame(seq, &session_id, &turn_id)),
                 }],
-                row: None,
-                prune_through: None,
+                ..AppendJob::default()
             };
             let started = clock.now_ns();
             log.append(job)
