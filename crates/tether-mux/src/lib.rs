@@ -346,11 +346,7 @@ impl Mux {
                 let open = sessions
                     .values()
                     .filter(|h| h.owner.as_deref() == Some(principal))
-                    .filter(|h| {
-                        h.summary
-                            .lock()
-                            .is_ok_and(|s| s.state != SessionState::Closed)
-                    })
+                    .filter(|h| !h.closed.load(std::sync::atomic::Ordering::Acquire))
                     .count();
                 if open >= max {
                     return Err(ErrorBody::new(

@@ -24,6 +24,7 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use tether_engine::log::{
     AppendJob, EventLog, LogError, QueueChange, QueuedRow, SessionRow, StoredEvent,
@@ -133,6 +134,9 @@ pub(crate) struct SessionHandle {
     pub summary: Arc<Mutex<SessionSummary>>,
     /// The principal that created the session (its open sessions are limited).
     pub owner: Option<String>,
+    /// Set as soon as the actor closes the session — before the close is committed and the
+    /// summary shows it — so the close's reply and this agree for the per-client limit.
+    pub closed: Arc<AtomicBool>,
 }
 
 /// Every session the mux holds.
@@ -277,6 +281,8 @@ struct Actor {
     close_done: Vec<oneshot::Sender<()>>,
     shutting_down: bool,
     summary: Arc<Mutex<SessionSummary>>,
+    /// Shared with [`SessionHandle::closed`].
+    closed_flag: Arc<AtomicBool>,
     turn_tx: mpsc::Sender<TurnMsg>,
     /// Recovery events to publish when the actor starts (restored sessions).
     restored_turn: Option<TurnRef>,
@@ -516,6 +522,7 @@ fn spawn(shared: Arc<Shared>, start: Start) -> SessionHandle {
         clients: vec![],
         last_seq,
     }));
+    let closed = Arc::new(AtomicBool::new(state == SessionState::Closed));
     let mut actor = Actor {
         shared: shared.clone(),
         committed: Snapshot {
@@ -556,6 +563,7 @@ fn spawn(shared: Arc<Shared>, start: Start) -> SessionHandle {
         close_done: Vec::new(),
         shutting_down: false,
         summary: summary.clone(),
+        closed_flag: closed.clone(),
         turn_tx,
         restored_turn,
         degraded: None,
@@ -594,6 +602,7 @@ fn spawn(shared: Arc<Shared>, start: Start) -> SessionHandle {
         ops: ops_tx,
         summary,
         owner,
+        closed,
     }
 }
 
@@ -1586,6 +1595,7 @@ impl Actor {
         self.durable.closed_reason = Some(reason.clone());
         self.durable.closed_at = Some(now_rfc3339());
         self.expire_at = Some(Instant::now() + self.shared.config.closed_retention);
+        self.closed_flag.store(true, Ordering::Release);
         self.set_state(SessionState::Closed);
         self.publish(EventBody::SessionClosed { reason });
         for (conn, re, done) in self.close_waiters.drain(..) {
