@@ -97,16 +97,54 @@ export async function waitText(locator, re, { timeout = 15_000 } = {}) {
   }
 }
 
-export async function screenshot(page, name) {
+/** Saves a PNG of the page (the whole page, or what the viewport shows with `fullPage: false`). */
+export async function screenshot(page, name, { fullPage = true } = {}) {
   fs.mkdirSync(OUTPUT, { recursive: true });
   const file = path.join(OUTPUT, `${name}.png`);
-  // A full-page capture draws sticky bars where the viewport happens to be; unstick them.
   await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({
     path: file,
-    fullPage: true,
+    fullPage,
     timeout: 15_000,
-    style: '.topbar, .composer, .session-side { position: static !important; }',
+    // A full-page capture draws sticky bars where the viewport happens to be; unstick them.
+    style: fullPage ? '.topbar, .composer, .session-side { position: static !important; }' : undefined,
   });
   return file;
+}
+
+/**
+ * Checks a page laid out for a narrow screen: the page itself never scrolls sideways, the
+ * header's items all fit (it wraps instead), and every table box stays inside the screen
+ * (a wide table scrolls inside its box). Returns {tables: [{scrolls}]}; throws on a problem.
+ */
+export async function checkPhoneLayout(page) {
+  const r = await page.evaluate(() => {
+    const width = document.documentElement.clientWidth;
+    const problems = [];
+    const visible = (el) => {
+      const b = el.getBoundingClientRect();
+      return b.width > 0 && b.height > 0 && getComputedStyle(el).visibility !== 'hidden';
+    };
+    if (document.documentElement.scrollWidth > width + 1) {
+      const wide = [...document.querySelectorAll('main *')]
+        .filter((el) => visible(el) && el.getBoundingClientRect().right > width + 1 && !el.closest('.table-wrap, .md-table'))
+        .slice(0, 5)
+        .map((el) => `${el.tagName.toLowerCase()}${el.id ? `#${el.id}` : ''}.${el.className} (right ${Math.round(el.getBoundingClientRect().right)})`);
+      problems.push(`the page is ${document.documentElement.scrollWidth} px wide on a ${width} px screen; too wide: ${wide.join(', ')}`);
+    }
+    const bar = document.querySelector('.topbar');
+    for (const el of bar.children) {
+      if (!visible(el)) continue;
+      const b = el.getBoundingClientRect();
+      if (b.left < -1 || b.right > width + 1) problems.push(`header item ${el.id || el.className} runs off the screen (${Math.round(b.left)}–${Math.round(b.right)})`);
+    }
+    const tables = [...document.querySelectorAll('.table-wrap, .md-table')].filter(visible).map((el) => {
+      const b = el.getBoundingClientRect();
+      if (b.right > width + 1) problems.push(`a table box ends at ${Math.round(b.right)} px`);
+      return { scrolls: el.scrollWidth > el.clientWidth, width: Math.round(b.width), content: el.scrollWidth };
+    });
+    return { problems, tables, headerHeight: Math.round(bar.getBoundingClientRect().height) };
+  });
+  if (r.problems.length) throw new Error(`phone layout of ${page.url()}:\n${r.problems.join('\n')}`);
+  return r;
 }

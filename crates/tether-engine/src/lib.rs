@@ -203,16 +203,44 @@ fn inspect_target(mode: Mode, params: &Map<String, Value>, text: &str) -> (Strin
             param("target"),
         );
     }
-    let mut words = text.split_whitespace();
-    let mut first = words.next();
-    if first == Some("inspect") {
-        first = words.next();
+    // The first word names the plugin (after an optional `inspect`); the rest of the line is
+    // the target, spaces included (a path may hold one).
+    let word = |s: &str| -> (String, String) {
+        let s = s.trim_start();
+        match s.split_once(char::is_whitespace) {
+            Some((w, rest)) => (w.to_owned(), rest.trim().to_owned()),
+            None => (s.trim_end().to_owned(), String::new()),
+        }
+    };
+    let (mut first, mut rest) = word(text);
+    if first == "inspect" {
+        (first, rest) = word(&rest);
     }
-    match first {
-        Some(plugin) => (plugin.to_owned(), words.next().map(str::to_owned)),
-        None => (
+    if first.is_empty() {
+        return (
             param("plugin").unwrap_or_else(|| "system".into()),
             param("target"),
-        ),
+        );
+    }
+    (first, (!rest.is_empty()).then_some(rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Another inspection asked for in an inspect session (the console sends `PLUGIN TARGET`):
+    /// the target is the rest of the line, spaces included, so a path with a space is not cut.
+    #[test]
+    fn an_inspect_input_names_the_plugin_and_the_whole_target() {
+        let none = Map::new();
+        let at = |text: &str| inspect_target(Mode::Inspect, &none, text);
+        assert_eq!(at("disk /var"), ("disk".into(), Some("/var".into())));
+        assert_eq!(
+            at("inspect log  /var/log/my app.log "),
+            ("log".into(), Some("/var/log/my app.log".into()))
+        );
+        assert_eq!(at("mem"), ("mem".into(), None));
+        assert_eq!(at("  "), ("system".into(), None));
     }
 }

@@ -4,9 +4,21 @@
 // list is asked for with the filters, and live alerts that match are put on top.
 
 import { h, append, replaceChildren, fmtTime, labelChips, labelFilter, debounce, errorText } from './dom.js';
+import { renderMarkdown } from './markdown.js';
 
 const STATUSES = ['Critical', 'Warning', 'Info', 'Ok'];
 const PAGE = 100;
+
+/**
+ * An alert's description: Markdown (rendered safely, see markdown.js) unless the sender said
+ * it is plain text (`description_format: "text"`, tether's own checks), which keeps its lines.
+ */
+function description(a) {
+  const text = a.description ?? '';
+  const format = String(a.description_format ?? '').toLowerCase();
+  if (format === 'text' || format === 'plain') return h('div', { class: 'plain' }, text);
+  return h('div', { class: 'md' }, renderMarkdown(text));
+}
 
 export function alertsPage(ctx) {
   const { hub } = ctx;
@@ -53,7 +65,7 @@ export function alertsPage(ctx) {
       h('td', { 'data-testid': 'alert-host' }, a.hostname || a.agent_id || '—'),
       h('td', { class: 'mono', 'data-testid': 'alert-key' }, a.alert_key ?? ''),
       h('td', { 'data-testid': 'alert-labels' }, labelChips(a.labels)),
-      h('td', { class: 'desc', 'data-testid': 'alert-description' }, a.description ?? ''),
+      h('td', { class: 'desc', 'data-testid': 'alert-description' }, description(a)),
       h('td', { class: 'actions' },
         h('button', {
           type: 'button',

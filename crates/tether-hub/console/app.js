@@ -5,7 +5,7 @@
 // and helpers whose listeners and timers are removed when the page goes away.
 
 import { Hub } from './hub.js';
-import { h, replaceChildren, fmtTime, errorText, who } from './dom.js';
+import { h, replaceChildren, fmtTime, errorText, who, stateText } from './dom.js';
 import { fleetPage, openStartForm } from './fleet.js';
 import { alertsPage } from './alerts.js';
 import { sessionPage } from './session.js';
@@ -259,7 +259,7 @@ function sessionsPage(ctx) {
           h('td', {}, h('a', { href: `#/session/${encodeURIComponent(s.session_id)}`, 'data-testid': 'session-link', class: 'mono' }, s.session_id)),
           h('td', {}, s.hostname ?? s.agent_id ?? '—'),
           h('td', {}, h('span', { class: 'badge' }, s.mode)),
-          h('td', {}, h('span', { class: `badge state-${s.state}`, 'data-testid': 'session-row-state' }, s.state)),
+          h('td', {}, h('span', { class: `badge state-${s.state}`, 'data-testid': 'session-row-state', 'data-state': s.state ?? '', title: s.state ?? '' }, stateText(s.state))),
           h('td', {}, s.title ?? h('span', { class: 'muted' }, '—')),
           h('td', {}, fmtTime(s.created_at)),
           h('td', { title: (s.clients ?? []).map(who).join(', ') }, String((s.clients ?? []).length)),

@@ -139,3 +139,16 @@ export function who(client) {
   if (!client) return 'nobody';
   return client.name ? `${client.name} (${client.class ?? '?'})` : (client.client_id ?? '?');
 }
+
+const STATE_TEXT = {
+  idle: 'Idle',
+  running: 'Working',
+  requires_action: 'Waiting for approval',
+  closed: 'Closed',
+};
+
+/** A session state in words (`requires_action` → `Waiting for approval`). */
+export function stateText(state) {
+  if (!state) return '…';
+  return STATE_TEXT[state] ?? String(state).replace(/_/g, ' ');
+}

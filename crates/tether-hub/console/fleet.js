@@ -1,24 +1,7 @@
 // The fleet page (#/agents) and the start-a-session form.
 
 import { h, append, replaceChildren, fmtTime, fmtAgo, fmtPct, labelChips, labelFilter, errorText } from './dom.js';
-
-export const PLUGINS = ['system', 'cpu', 'load', 'mem', 'disk', 'net', 'process', 'service', 'kernel', 'log', 'http', 'dns', 'tcp'];
-
-const TARGET_HINTS = {
-  system: 'not used',
-  cpu: 'not used',
-  load: 'not used',
-  mem: 'not used',
-  disk: 'a path or block device, e.g. /var',
-  net: 'HOST:PORT, a URL or a host (optional)',
-  process: 'a name, glob or pid (optional)',
-  service: 'a systemd unit (optional)',
-  kernel: 'not used',
-  log: 'a log file or directory, e.g. /var/log/syslog',
-  http: 'a URL, e.g. http://127.0.0.1:8080/health',
-  dns: 'a host name, e.g. example.com',
-  tcp: 'HOST:PORT, e.g. 127.0.0.1:5432',
-};
+import { pluginPicker } from './inspect.js';
 
 export function fleetPage(ctx) {
   const { hub } = ctx;
@@ -78,7 +61,14 @@ export function fleetPage(ctx) {
       h('div', { class: 'strong' }, a.hostname || '—'),
       h('div', { class: 'muted small' }, [a.ip, a.os, a.arch].filter(Boolean).join(' · ')),
     );
-    cells.id.textContent = a.agent_id;
+    // The credential the agent signed in with, when the hub says (newer hubs do).
+    const cred = a.credential ?? a.token_name;
+    const credential = typeof cred === 'string' ? cred : typeof cred?.name === 'string' ? cred.name : '';
+    replaceChildren(
+      cells.id,
+      a.agent_id,
+      credential ? h('div', { class: 'muted small', 'data-testid': 'agent-credential' }, `credential ${credential}`) : null,
+    );
     replaceChildren(
       cells.state,
       h('span', { class: `badge ${a.connected ? 'ok' : 'off'}`, 'data-testid': 'agent-connected' }, a.connected ? 'connected' : 'disconnected'),
@@ -184,11 +174,10 @@ export function openStartForm(ctx, { agent, mode = 'inspect', alert = '', plugin
     h('option', { value: 'diagnose' }, 'Diagnose — investigate an alert'),
     h('option', { value: 'chat' }, 'Chat — talk to the agent'));
   modeSelect.value = mode;
-  const pluginSelect = h('select', { id: 'start-plugin', name: 'plugin', 'data-testid': 'start-plugin' },
-    h('option', { value: '', 'data-any': 'true' }, '(any)'),
-    PLUGINS.map((p) => h('option', { value: p }, p)));
-  pluginSelect.value = PLUGINS.includes(plugin) ? plugin : mode === 'inspect' ? 'system' : '';
-  const targetInput = h('input', { id: 'start-target', name: 'target', type: 'text', 'data-testid': 'start-target', '.value': target });
+  const picker = pluginPicker('start', { any: true, plugin, target });
+  const pluginSelect = picker.plugin;
+  const targetInput = picker.target;
+  if (!pluginSelect.value && mode === 'inspect') pluginSelect.value = 'system';
   const alertInput = h('textarea', { id: 'start-alert', name: 'alert', rows: 3, 'data-testid': 'start-alert', '.value': alert,
     placeholder: 'What the alert says, e.g. "disk /var 93% full"' });
   const messageInput = h('textarea', { id: 'start-message', name: 'message', rows: 3, 'data-testid': 'start-message',
@@ -199,11 +188,9 @@ export function openStartForm(ctx, { agent, mode = 'inspect', alert = '', plugin
   const submit = h('button', { id: 'start-submit', type: 'submit', class: 'primary', 'data-testid': 'start-submit' }, 'Start session');
 
   const field = (id, label, input, extra) => h('div', { class: 'field', 'data-field': id }, h('label', { for: input.id }, label), input, extra ?? null);
-  const targetHint = h('p', { class: 'hint', id: 'start-target-hint' });
-  targetInput.setAttribute('aria-describedby', 'start-target-hint');
   const fields = {
     plugin: field('plugin', 'Plugin', pluginSelect),
-    target: field('target', 'Target', targetInput, targetHint),
+    target: field('target', 'Target', targetInput, picker.hint),
     alert: field('alert', 'Alert text', alertInput),
     message: field('message', 'First message', messageInput),
   };
@@ -219,10 +206,9 @@ export function openStartForm(ctx, { agent, mode = 'inspect', alert = '', plugin
     anyOpt.disabled = m === 'inspect';
     anyOpt.hidden = m === 'inspect';
     if (m === 'inspect' && !pluginSelect.value) pluginSelect.value = 'system';
-    targetHint.textContent = pluginSelect.value ? `Target for ${pluginSelect.value}: ${TARGET_HINTS[pluginSelect.value]}` : 'Optional';
+    picker.sync();
   };
   modeSelect.addEventListener('change', sync);
-  pluginSelect.addEventListener('change', sync);
 
   const dialog = h('dialog', { id: 'start-dialog', 'aria-labelledby': 'start-title-heading', 'data-testid': 'start-dialog' });
   const close = () => {

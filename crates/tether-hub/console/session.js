@@ -7,8 +7,9 @@
 // events (seq <= that) are rendered in the transcript but do not change the session's state,
 // the running turn or the client list; only later (live) events do.
 
-import { h, replaceChildren, fmtTime, fmtDuration, errorText, who } from './dom.js';
+import { h, replaceChildren, fmtTime, fmtDuration, errorText, who, stateText } from './dom.js';
 import { renderMarkdown } from './markdown.js';
+import { pluginPicker, inspectionText } from './inspect.js';
 
 const ANSWER_REFUSALS = {
   human_answer_required: 'Only a human-class operator may answer this prompt (policy: human).',
@@ -41,6 +42,9 @@ export function sessionPage(ctx, sessionId) {
   let buffer = null; // frames that arrive while the attach reply is on its way
   let closed = false;
   let state = null;
+  let mode = null; // the session's mode, from the attach snapshot
+  let missing = false; // the hub does not know the session
+  let sending = false;
   let runningTurn = null; // {turn_id, originator}
   let pendingFromSnapshot = [];
   const clients = new Map();
@@ -89,31 +93,63 @@ export function sessionPage(ctx, sessionId) {
     'data-testid': 'input-form',
     onsubmit: (ev) => {
       ev.preventDefault();
-      send(false);
+      const text = textarea.value;
+      send(text, {
+        onSent: () => {
+          if (textarea.value === text) textarea.value = '';
+        },
+      });
     },
   },
   h('label', { for: 'input-text', class: 'sr-only' }, 'Message'),
   textarea, sendBtn, cancelBtn);
 
-  const el = h(
-    'section',
-    { class: 'page session-page', 'data-session-id': sessionId },
-    h('div', { class: 'page-head' },
-      h('div', {},
-        h('h1', {}, titleEl),
-        h('div', { class: 'meta' }, modeEl, ' ', stateEl, ' ', hostEl, ' ', h('span', { class: 'mono small muted', 'data-testid': 'session-id' }, sessionId), ' ', liveEl)),
-      closeBtn),
-    pageError,
-    h('div', { class: 'session-grid' },
+  // An inspect session takes no chat: its input names a plugin and a target (`disk /var`), so
+  // it gets a plugin picker instead of a message box.
+  const picker = pluginPicker('inspect');
+  const inspectBtn = h('button', { id: 'inspect-run', type: 'submit', class: 'primary', 'data-testid': 'inspect-run' }, 'Run inspection');
+  const inspectActions = h('div', { class: 'inspect-actions' }, inspectBtn);
+  const inspectForm = h('form', {
+    id: 'inspect-form',
+    class: 'inspect-form',
+    'data-testid': 'inspect-form',
+    hidden: true,
+    'aria-labelledby': 'inspect-form-heading',
+    onsubmit: (ev) => {
+      ev.preventDefault();
+      send(inspectionText(picker.plugin.value, picker.target.value));
+    },
+  },
+  h('h2', { id: 'inspect-form-heading', class: 'composer-heading' }, 'Run another inspection'),
+  h('div', { class: 'inspect-row' },
+    h('div', { class: 'field' }, h('label', { for: picker.plugin.id }, 'Plugin'), picker.plugin),
+    h('div', { class: 'field grow' }, h('label', { for: picker.target.id }, 'Target'), picker.target, picker.hint),
+    inspectActions));
+
+  const metaEl = h('div', { class: 'meta' }, modeEl, ' ', stateEl, ' ', hostEl, ' ', h('span', { class: 'mono small muted', 'data-testid': 'session-id' }, sessionId), ' ', liveEl);
+  const missingEl = h('p', { id: 'session-missing', hidden: true, 'data-testid': 'session-missing' },
+    h('a', { href: '#/sessions' }, 'See the sessions the hub holds'));
+  const grid = h('div', { class: 'session-grid', id: 'session-grid' },
       h('div', { class: 'session-main' },
         transcript,
-        h('div', { class: 'composer', id: 'composer' }, queueOffer, form, inputStatus)),
+        h('div', { class: 'composer', id: 'composer' }, queueOffer, form, inspectForm, inputStatus)),
       h('aside', { class: 'session-side', id: 'session-side', 'aria-label': 'Session details' },
         h('h3', {}, 'Attached clients'),
         clientsList,
         queuedBox,
         h('h3', {}, 'Session'),
-        infoList)),
+        infoList));
+  const el = h(
+    'section',
+    { class: 'page session-page', 'data-session-id': sessionId },
+    h('div', { class: 'page-head' },
+      h('div', { class: 'page-title' },
+        h('h1', {}, titleEl),
+        metaEl),
+      closeBtn),
+    pageError,
+    missingEl,
+    grid,
   );
 
   // ---- rendering helpers -------------------------------------------------------------------
@@ -143,20 +179,44 @@ export function sessionPage(ctx, sessionId) {
 
   function setState(s) {
     state = s;
-    stateEl.textContent = s ?? '…';
+    stateEl.textContent = stateText(s);
+    stateEl.title = s ? `state: ${s}` : '';
     stateEl.className = `badge state-${s}`;
     stateEl.dataset.state = s ?? '';
     syncControls();
   }
 
+  function setMode(m) {
+    mode = m;
+    const inspect = m === 'inspect';
+    form.hidden = inspect;
+    inspectForm.hidden = !inspect;
+    // One Cancel button, in whichever form shows.
+    (inspect ? inspectActions : form).append(cancelBtn);
+  }
+
+  /** The hub does not know this session: say so and offer nothing to do with it. */
+  function setMissing(on) {
+    missing = on;
+    grid.hidden = on;
+    metaEl.hidden = on;
+    closeBtn.hidden = on;
+    missingEl.hidden = !on;
+    if (on) titleEl.textContent = 'Session not found';
+  }
+
   function syncControls() {
     const observer = hub.identity?.class === 'observer';
-    const canType = hub.ready && !closed && !observer;
+    const canType = hub.ready && !closed && !observer && !missing;
     textarea.disabled = !canType;
-    sendBtn.disabled = !canType;
+    sendBtn.disabled = !canType || sending;
+    picker.plugin.disabled = !canType;
+    picker.target.disabled = !canType;
+    inspectBtn.disabled = !canType || sending;
     cancelBtn.hidden = !(runningTurn && !closed);
     cancelBtn.disabled = observer || !hub.ready;
     closeBtn.disabled = closed || observer || !hub.ready;
+    inspectBtn.title = closed ? 'The session is closed.' : observer ? 'Observers cannot send input.' : '';
     if (closed) textarea.placeholder = 'The session is closed.';
     else if (observer) textarea.placeholder = 'Observers cannot send input.';
     else textarea.placeholder = 'Message the agent (Enter sends, Shift+Enter for a new line)';
@@ -199,6 +259,9 @@ export function sessionPage(ctx, sessionId) {
     constructor(turnId, ev) {
       this.id = turnId;
       this.seg = null;
+      this.thinking = null; // the indicator shown while the turn waits for the model
+      this.openTools = 0; // tool calls of this turn without a result yet
+      this.ended = false;
       this.body = h('div', { class: 'turn-body' });
       const head = ev
         ? h('div', { class: 'turn-head' },
@@ -211,7 +274,24 @@ export function sessionPage(ctx, sessionId) {
       transcript.append(this.el);
     }
 
+    /** Shows (or removes) the indicator at the end of the turn: nothing has come back yet. */
+    waiting(on) {
+      if (on && !this.thinking && !this.ended) {
+        this.flush();
+        this.seg = null;
+        this.thinking = h('div', { class: 'thinking', role: 'status', 'data-testid': 'thinking' },
+          h('span', { class: 'dots', 'aria-hidden': 'true' }, h('span'), h('span'), h('span')),
+          mode === 'inspect' ? 'Inspecting…' : 'Thinking…');
+        this.body.append(this.thinking);
+        scrollDown();
+      } else if (!on && this.thinking) {
+        this.thinking.remove();
+        this.thinking = null;
+      }
+    }
+
     text(kind, text) {
+      this.waiting(false);
       if (!this.seg || this.seg.kind !== kind) {
         const el =
           kind === 'text'
@@ -244,6 +324,7 @@ export function sessionPage(ctx, sessionId) {
     }
 
     add(node) {
+      this.waiting(false);
       this.flush();
       this.seg = null;
       this.body.append(node);
@@ -278,16 +359,20 @@ export function sessionPage(ctx, sessionId) {
       const status = h('span', { class: 'badge running', 'data-testid': 'tool-status' }, 'running…');
       const duration = h('span', { class: 'muted small', 'data-testid': 'tool-duration' });
       const output = h('div', { class: 'tool-output-wrap' });
+      // A permission prompt for this call goes here: under its arguments, above its result.
+      const permSlot = h('div', { class: 'perm-slot' });
       const argsPre = h('pre', { 'data-testid': 'tool-args' }, argsText(ev.args));
       const details = h('details', { class: 'tool', 'data-testid': 'tool-call', 'data-call-id': ev.call_id, 'data-tool': ev.tool ?? '' },
         h('summary', {},
           h('span', { class: 'tool-name' }, ev.tool ?? 'tool'), ' ',
           h('code', { class: 'args-brief' }, briefArgs(ev.args)), ' ',
           status, ' ', duration),
-        h('div', { class: 'tool-body' }, h('div', { class: 'label' }, 'Arguments'), argsPre, output));
-      t = { details, status, duration, output, argsPre, tool: ev.tool };
+        h('div', { class: 'tool-body' }, h('div', { class: 'label' }, 'Arguments'), argsPre, permSlot, output));
+      const turn = turnFor(ev.turn_id);
+      t = { details, status, duration, output, argsPre, permSlot, turn, tool: ev.tool };
       tools.set(ev.call_id, t);
-      turnFor(ev.turn_id).add(details);
+      turn.openTools += 1;
+      turn.add(details);
     }
     return t;
   }
@@ -298,7 +383,7 @@ export function sessionPage(ctx, sessionId) {
   }
 
   // ---- permission prompts ------------------------------------------------------------------
-  function permissionCard(ev) {
+  function permissionCard(ev, nested) {
     const statusEl = h('p', { class: 'perm-status', 'data-testid': 'permission-status', 'aria-live': 'polite' }, 'Waiting for an answer…');
     const errorEl = h('p', { class: 'error', role: 'alert', 'data-testid': 'permission-error' });
     const card = {
@@ -362,7 +447,8 @@ export function sessionPage(ctx, sessionId) {
     h('div', { class: 'perm-head' },
       h('strong', {}, 'Permission requested: '), h('code', {}, ev.tool ?? 'tool'),
       h('span', { class: 'muted small' }, ` · turn by ${who(ev.originator)} · policy ${ev.policy ?? 'human'}`)),
-    h('pre', { 'data-testid': 'permission-args' }, argsText(ev.args)),
+    // Nested in its tool call, the arguments are right above it.
+    nested ? null : h('pre', { 'data-testid': 'permission-args' }, argsText(ev.args)),
     actions,
     statusEl,
     errorEl);
@@ -372,9 +458,18 @@ export function sessionPage(ctx, sessionId) {
 
   function addPermission(ev) {
     if (perms.has(ev.call_id)) return;
-    const card = permissionCard(ev);
+    const tool = tools.get(ev.call_id);
+    const card = permissionCard(ev, Boolean(tool));
     perms.set(ev.call_id, card);
-    turnFor(ev.turn_id).add(card.el);
+    if (tool) {
+      tool.permSlot.append(card.el);
+      tool.details.open = true;
+      tool.turn.waiting(false);
+      scrollDown();
+    } else {
+      // Its tool call is not in the history we hold: the card stands alone.
+      turnFor(ev.turn_id).add(card.el);
+    }
   }
 
   // ---- events ------------------------------------------------------------------------------
@@ -411,6 +506,7 @@ export function sessionPage(ctx, sessionId) {
       case 'turn_started': {
         const t = new Turn(ev.turn_id, ev);
         turns.set(ev.turn_id, t);
+        t.waiting(true);
         if (ev.input_id && queued.delete(ev.input_id)) {
           renderQueued();
           if (inputStatus.dataset.inputId === ev.input_id) setInputStatus('');
@@ -449,6 +545,7 @@ export function sessionPage(ctx, sessionId) {
       }
       case 'tool_result': {
         const t = toolFor(ev);
+        if (!t.done) t.turn.openTools -= 1;
         t.done = true;
         setToolStatus(t, ev.ok ? 'ok' : 'error', `badge ${ev.ok ? 'ok' : 'err'}`);
         t.details.dataset.ok = ev.ok ? 'true' : 'false';
@@ -459,6 +556,8 @@ export function sessionPage(ctx, sessionId) {
           ev.truncated ? h('p', { class: 'muted small' }, 'Output truncated at 32 KiB.') : null);
         // A call somebody had to approve is worth showing.
         if (perms.has(ev.call_id) || t.permission) t.details.open = true;
+        // Every call has answered: the model (or the inspection) goes on.
+        if (t.turn.openTools <= 0) t.turn.waiting(true);
         break;
       }
       case 'turn_ended': {
@@ -467,6 +566,7 @@ export function sessionPage(ctx, sessionId) {
         const text = `${STOP_TEXT[ev.stop] ?? `Turn ended (${ev.stop})`}${ev.error ? `: ${ev.error}` : ''}${usage}`;
         t.add(h('div', { class: `turn-end stop-${ev.stop}`, 'data-testid': 'turn-ended', 'data-stop': ev.stop ?? '' }, text));
         t.el.dataset.ended = ev.stop ?? 'ended';
+        t.ended = true;
         if (inputStatus.dataset.turnId === ev.turn_id) setInputStatus('');
         if (isLive && runningTurn?.turn_id === ev.turn_id) {
           runningTurn = null;
@@ -480,6 +580,7 @@ export function sessionPage(ctx, sessionId) {
       case 'session_closed':
         line('closed', `Session closed${ev.reason ? `: ${ev.reason}` : ''}.`, { 'data-testid': 'session-closed' });
         closed = true;
+        for (const t of turns.values()) t.waiting(false);
         liveEl.textContent = 'closed';
         syncControls();
         break;
@@ -500,10 +601,14 @@ export function sessionPage(ctx, sessionId) {
         line('gap', `The hub no longer holds events ${ev.from_seq}–${ev.to_seq}; the history above is incomplete.`, { 'data-testid': 'stream-gap' });
         break;
       case 'replay_complete': {
-            if (typeof ev.last_seq === 'number' && ev.last_seq > lastSeq) lastSeq = ev.last_seq;
+        if (typeof ev.last_seq === 'number' && ev.last_seq > lastSeq) lastSeq = ev.last_seq;
         for (const p of pendingFromSnapshot) addPermission(p);
         pendingFromSnapshot = [];
-        for (const t of turns.values()) t.flush();
+        for (const t of turns.values()) {
+          t.flush();
+          // Only the running turn can still be waiting (one cut short by a restart is not).
+          if (closed || t.id !== runningTurn?.turn_id) t.waiting(false);
+        }
         liveEl.textContent = closed ? 'history (closed)' : 'live';
         liveEl.dataset.live = 'true';
         scrollDown();
@@ -516,6 +621,7 @@ export function sessionPage(ctx, sessionId) {
 
   function applySnapshot(s) {
     snapshotSeq = s.last_seq ?? 0;
+    setMode(s.mode ?? null);
     modeEl.textContent = s.mode ?? '';
     titleEl.textContent = s.title || `${capitalize(s.mode ?? '')} session`.trim();
     setState(s.state);
@@ -551,6 +657,7 @@ export function sessionPage(ctx, sessionId) {
     try {
       const { snapshot } = await hub.request('attach', { session_id: sessionId, after_seq: after });
       pageError.textContent = '';
+      setMissing(false);
       applySnapshot(snapshot ?? {});
       if (after > 0 && (snapshot?.last_seq ?? 0) < after) {
         // The hub's history is shorter than what we rendered (a different hub?): start over.
@@ -571,12 +678,13 @@ export function sessionPage(ctx, sessionId) {
         return attach();
       }
       liveEl.textContent = 'not attached';
-      pageError.textContent =
-        e.reason === 'unknown_session'
-          ? `No such session: ${sessionId}.`
-          : e.reason === 'disconnected'
-            ? ''
-            : `Cannot attach: ${errorText(e)}`;
+      if (e.reason === 'unknown_session') {
+        setMissing(true);
+        pageError.textContent = `No such session: ${sessionId} (the hub answered ${errorText(e)}).`;
+      } else {
+        pageError.textContent = e.reason === 'disconnected' ? '' : `Cannot attach: ${errorText(e)}`;
+      }
+      syncControls();
     } finally {
       attaching = false;
     }
@@ -603,20 +711,21 @@ export function sessionPage(ctx, sessionId) {
   }
 
   // ---- actions -----------------------------------------------------------------------------
-  let pendingText = null;
+  let pending = null; // {text, onSent}: refused with turn_in_progress, offered for the queue
 
-  async function send(queue) {
-    const text = queue ? pendingText : textarea.value;
+  /** Sends `text` as the session's next input; `onSent` runs once the hub took it. */
+  async function send(text, { queue = false, onSent = null } = {}) {
     if (!text || !text.trim()) return;
     setInputStatus('');
     queueOffer.hidden = true;
-    sendBtn.disabled = true;
+    sending = true;
+    syncControls();
     try {
       const params = { session_id: sessionId, text };
       if (queue) params.queue = true;
       const r = await hub.request('input', params);
-      if (textarea.value === text) textarea.value = '';
-      pendingText = null;
+      onSent?.();
+      pending = null;
       if (r.input_id) {
         queued.set(r.input_id, { text, originator: hub.identity, position: r.position });
         renderQueued();
@@ -624,7 +733,7 @@ export function sessionPage(ctx, sessionId) {
       }
     } catch (e) {
       if (e.reason === 'turn_in_progress' && !queue) {
-        pendingText = text;
+        pending = { text, onSent };
         const by = e.details?.originator ? who(e.details.originator) : 'someone';
         queueText.textContent = `A turn started by ${by} is still running. `;
         queueOffer.hidden = false;
@@ -632,12 +741,13 @@ export function sessionPage(ctx, sessionId) {
         setInputStatus(`Not sent: ${errorText(e)}`, { error: true });
       }
     } finally {
+      sending = false;
       syncControls();
     }
   }
 
   function sendQueued() {
-    if (pendingText) send(true);
+    if (pending) send(pending.text, { queue: true, onSent: pending.onSent });
     else queueOffer.hidden = true;
   }
 

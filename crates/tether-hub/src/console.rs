@@ -49,3 +49,54 @@ async fn file(Path(name): Path<String>) -> Response {
 pub fn routes<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
     router.route("/", get(index)).route("/{name}", get(file))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ASSETS;
+
+    fn asset_text(name: &str) -> String {
+        let (_, bytes) = ASSETS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("{name} is not embedded"));
+        String::from_utf8(bytes.to_vec()).expect("utf-8")
+    }
+
+    /// The console's plugin pickers offer exactly the inspect plugins the engine knows, in its
+    /// order: a name it lacks would be refused as an unknown plugin, one it misses is unreachable.
+    #[test]
+    fn the_console_offers_the_engines_inspect_plugins() {
+        let js = asset_text("inspect.js");
+        let start = js
+            .find("export const PLUGINS = [")
+            .expect("inspect.js declares PLUGINS");
+        let list = &js[start..];
+        let list = &list[list.find('[').expect("[") + 1..list.find(']').expect("]")];
+        let console: Vec<&str> = list
+            .split(',')
+            .map(|s| s.trim().trim_matches('\''))
+            .filter(|s| !s.is_empty())
+            .collect();
+        assert_eq!(console, tether_engine::inspect::plugins());
+    }
+
+    /// The console builds its DOM from text nodes: no file assigns HTML.
+    #[test]
+    fn no_console_file_assigns_html() {
+        for (name, bytes) in ASSETS {
+            if !name.ends_with(".js") {
+                continue;
+            }
+            let text = String::from_utf8_lossy(bytes);
+            for banned in [
+                ".innerHTML",
+                ".outerHTML",
+                "insertAdjacentHTML",
+                "document.write",
+                "createContextualFragment",
+            ] {
+                assert!(!text.contains(banned), "{name} uses {banned}");
+            }
+        }
+    }
+}

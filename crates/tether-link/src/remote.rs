@@ -49,7 +49,8 @@ pub struct RemoteConfig {
     pub tools: ToolRegistry,
     /// Session types the hub may start.
     pub session_types: Vec<Mode>,
-    /// Whether a real model is configured (remote chat needs one).
+    /// Whether the agent's config names a model provider (remote chat needs one); the built-in
+    /// demo script counts when `[model]` names it.
     pub model_configured: bool,
 }
 

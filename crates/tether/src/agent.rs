@@ -58,7 +58,7 @@ pub fn build_engine(cfg: &AgentConfig) -> Result<Engine> {
         ));
     }
     // The demo script keeps `chat` alive without a model; `diagnose` falls back to inspect.
-    engine.model_configured = !matches!(cfg.model, ModelChoice::Demo);
+    engine.model_configured = cfg.model.answers_diagnoses();
     Ok(engine)
 }
 

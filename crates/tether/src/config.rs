@@ -434,6 +434,24 @@ pub enum ModelChoice {
     OpenAi(OpenAiConfig),
 }
 
+impl ModelChoice {
+    /// Whether a model of the owner's answers: a real provider or the owner's own script. The
+    /// built-in demo script (no `[model]`, or `provider = "scripted"` without `script`, as
+    /// `tether up` writes) only shows the harness, so `diagnose` falls back to an inspection.
+    pub fn answers_diagnoses(&self) -> bool {
+        !matches!(
+            self,
+            ModelChoice::Demo | ModelChoice::Scripted { script: None }
+        )
+    }
+
+    /// Whether the config names a provider (`[model]`): hub-started chat needs one; the demo
+    /// script named explicitly (`tether up`) counts, so remote chat works without an API key.
+    pub fn chosen(&self) -> bool {
+        !matches!(self, ModelChoice::Demo)
+    }
+}
+
 /// A credential with its token resolved.
 #[derive(Debug, Clone)]
 pub struct Credential {
@@ -774,6 +792,19 @@ mod tests {
         assert_eq!(m.max_queued_inputs, 8);
         assert_eq!(m.max_sessions_per_client, 3);
         assert_eq!(m.closed_retention, Duration::from_secs(3600));
+    }
+
+    /// The demo script answers chat (when `[model]` names it) but never counts as a model that
+    /// diagnoses; a script of the owner's does both.
+    #[test]
+    fn only_a_model_of_the_owners_answers_diagnoses() {
+        let model = |text: &str| parse(text).expect("config").model;
+        let none = model("");
+        assert!(!none.answers_diagnoses() && !none.chosen());
+        let demo = model("[model]\nprovider = \"scripted\"");
+        assert!(!demo.answers_diagnoses() && demo.chosen());
+        let script = model("[model]\nprovider = \"scripted\"\nscript = \"s.json\"");
+        assert!(script.answers_diagnoses() && script.chosen());
     }
 
     #[test]

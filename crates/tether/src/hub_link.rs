@@ -82,7 +82,9 @@ pub fn start(
             idle_timeout: hub.remote_idle_timeout,
             tools: remote_tools(&engine.tools, hub.remote_tools.as_deref())?,
             session_types: hub.remote_sessions.clone(),
-            model_configured: engine.model_configured,
+            // Remote chat needs a provider the owner chose, the demo script named in `[model]`
+            // included (`tether up`); that is wider than what `diagnose` counts as a model.
+            model_configured: cfg.model.chosen(),
         },
     );
     let shutdown = CancellationToken::new();

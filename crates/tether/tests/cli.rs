@@ -372,6 +372,36 @@ fn diagnose_without_a_model_falls_back_to_inspect_and_says_so() {
     assert!(report.contains("# Inspection: disk"), "{report}");
 }
 
+/// Issue 10, item 10: `tether up` writes `[model] provider = "scripted"` without a script, which
+/// is the built-in demo script (it keeps chat alive, remotely too). A diagnosis on it must be the
+/// inspection report the README promises, not the demo chat's script.
+#[test]
+fn diagnose_with_the_builtin_demo_script_falls_back_to_inspect() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "listen = \"off\"\nstate_dir = \"state\"\n[model]\nprovider = \"scripted\"\n",
+    )
+    .expect("config");
+    let out = client(
+        &config,
+        &[
+            "diagnose",
+            "--alert",
+            "disk / is filling up",
+            "--plugin",
+            "disk",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("No model is configured"), "{report}");
+    assert!(report.contains("# Inspection: disk"), "{report}");
+    assert!(!report.contains("demo model"), "{report}");
+}
+
 /// Issue 9, finding 1: an event time from year 11476 is refused at the agent's edge, naming
 /// the field, and the agent keeps taking alerts.
 #[test]
