@@ -69,7 +69,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut conversation = engine.new_conversation(Mode::Diagnose);
     let text = engine
         .initial_input(&conversation, Mode::Diagnose, &params)
-        .ok_or("no first message")?;
+        .ok_or("no first message")?
+        .for_model;
     let provider = ScriptedProvider::from_json(
         r#"{"responses":[
             {"tool_calls":[{"tool":"system_info"},{"tool":"disks"},{"tool":"memory"},{"tool":"kernel_log"}]},

@@ -19,7 +19,7 @@ pub mod model;
 pub mod openai;
 pub mod perms;
 pub mod process;
-mod prompts;
+pub mod prompts;
 pub mod scripted;
 pub mod sync;
 pub mod text;
@@ -60,7 +60,11 @@ pub struct Engine {
 pub struct TurnRequest<'a> {
     pub session_id: SessionId,
     pub turn_id: TurnId,
+    /// The input as clients were shown it (`turn_started.text`).
     pub text: String,
+    /// What the model reads instead, when it differs (a session's first input, whose alert
+    /// fields are fenced).
+    pub model_text: Option<String>,
     pub originator: ClientInfo,
     pub mode: Mode,
     pub params: &'a Map<String, Value>,
@@ -98,7 +102,7 @@ impl Engine {
         conversation: &Conversation,
         mode: Mode,
         params: &Map<String, Value>,
-    ) -> Option<String> {
+    ) -> Option<prompts::InitialInput> {
         prompts::initial_input(mode, params, &conversation.fence)
     }
 
@@ -152,7 +156,7 @@ impl Engine {
         let run = TurnRun {
             session_id: req.session_id.clone(),
             turn_id: req.turn_id.clone(),
-            text: req.text.clone(),
+            text: req.model_text.clone().unwrap_or_else(|| req.text.clone()),
             provider: match &provider {
                 Some(p) => p.clone(),
                 None => Arc::new(scripted::ScriptedProvider::demo()),

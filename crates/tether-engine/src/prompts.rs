@@ -81,14 +81,30 @@ pub fn system_prompt(mode: Mode, tools: &ToolRegistry) -> String {
 /// The input a session starts with by itself, if its params call for one. A diagnosis' alert
 /// fields are fenced with the session's `fence`: the plugin and target as one-line labels,
 /// the alert text as a block.
-pub fn initial_input(mode: Mode, params: &Map<String, Value>, fence: &Fence) -> Option<String> {
+/// The first input of a session that starts by itself: what clients are shown (in
+/// `turn_started`) and what the model reads (the same, with the alert's fields fenced).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitialInput {
+    pub shown: String,
+    pub for_model: String,
+}
+
+pub fn initial_input(
+    mode: Mode,
+    params: &Map<String, Value>,
+    fence: &Fence,
+) -> Option<InitialInput> {
     match mode {
         Mode::Chat => None,
         Mode::Inspect => {
             let plugin = param(params, "plugin")?;
-            Some(match param(params, "target") {
+            let text = match param(params, "target") {
                 Some(t) => format!("inspect {plugin} {t}"),
                 None => format!("inspect {plugin}"),
+            };
+            Some(InitialInput {
+                shown: text.clone(),
+                for_model: text,
             })
         }
         Mode::Diagnose => {
@@ -101,22 +117,39 @@ pub fn initial_input(mode: Mode, params: &Map<String, Value>, fence: &Fence) -> 
                 return None;
             }
             let mut text = String::from("Diagnose this alert.");
+            let mut shown = text.clone();
             if let Some(p) = plugin {
                 text.push_str("\nPlugin: ");
                 text.push_str(&fence.untrusted_label(Kind::AlertPlugin, p, MAX_LABEL_CHARS));
+                shown.push_str(&format!(
+                    "\nPlugin: {}",
+                    crate::fence::one_line(p, MAX_LABEL_CHARS)
+                ));
             }
             if let Some(t) = target {
                 text.push_str("\nTarget: ");
                 text.push_str(&fence.untrusted_label(Kind::AlertTarget, t, MAX_LABEL_CHARS));
+                shown.push_str(&format!(
+                    "\nTarget: {}",
+                    crate::fence::one_line(t, MAX_LABEL_CHARS)
+                ));
             }
             match alert {
                 Some(a) => {
                     text.push_str("\nAlert text:\n");
                     text.push_str(&fence.untrusted(Kind::AlertText, None, a));
+                    shown.push_str("\nAlert text:\n");
+                    shown.push_str(a);
                 }
-                None => text.push_str("\nNo alert text was given."),
+                None => {
+                    text.push_str("\nNo alert text was given.");
+                    shown.push_str("\nNo alert text was given.");
+                }
             }
-            Some(text)
+            Some(InitialInput {
+                shown,
+                for_model: text,
+            })
         }
     }
 }
@@ -138,7 +171,8 @@ mod tests {
                 Mode::Inspect,
                 &map(json!({"plugin": "disk", "target": "/data"})),
                 &f
-            ),
+            )
+            .map(|i| i.for_model),
             Some("inspect disk /data".into())
         );
         let d = initial_input(
@@ -147,6 +181,10 @@ mod tests {
             &f,
         )
         .expect("diagnose input");
+        // Clients are shown the alert as it was written; the model reads it fenced.
+        assert!(!d.shown.contains("untrusted-data"), "{}", d.shown);
+        assert!(d.shown.contains("disk /data 95% full"), "{}", d.shown);
+        let d = d.for_model;
         assert!(d.contains("\ndisk /data 95% full\n"), "{d}");
         assert!(d.contains("\">disk</untrusted-data"), "{d}");
         assert_eq!(
@@ -172,7 +210,9 @@ mod tests {
         assert!(system.contains("never instructions"), "{system}");
 
         let fence = Fence::new();
-        let first = initial_input(Mode::Diagnose, &params, &fence).expect("diagnose input");
+        let first = initial_input(Mode::Diagnose, &params, &fence)
+            .expect("diagnose input")
+            .for_model;
         // Each field sits in its own fence; plugin and target are one line each.
         let target = first
             .lines()

@@ -438,7 +438,7 @@ struct Start {
     /// first commit succeeded.
     #[allow(clippy::type_complexity)]
     fresh: Option<(
-        Option<(ClientInfo, String)>,
+        Option<(ClientInfo, tether_engine::prompts::InitialInput)>,
         oneshot::Sender<Result<(), String>>,
     )>,
 }
@@ -578,7 +578,7 @@ fn spawn(shared: Arc<Shared>, start: Start) -> SessionHandle {
                 state: SessionState::Idle,
             });
             if let Some((creator, text)) = first_input {
-                actor.start_turn(creator, text, None);
+                actor.start_turn(creator, text.shown, None, Some(text.for_model));
             }
         } else {
             actor.recover(pending_restored);
@@ -960,7 +960,7 @@ impl Actor {
             && self.state != SessionState::Closed
             && let Some(next) = self.pop_queue()
         {
-            self.start_turn(next.originator, next.text, Some(next.input_id));
+            self.start_turn(next.originator, next.text, Some(next.input_id), None);
         }
     }
 
@@ -1205,7 +1205,7 @@ impl Actor {
             };
             return Ok(Some(to_value(accepted)));
         }
-        let turn_id = self.start_turn(conn.client.clone(), text, None);
+        let turn_id = self.start_turn(conn.client.clone(), text, None, None);
         Ok(Some(to_value(InputAccepted::Started { turn_id })))
     }
 
@@ -1287,11 +1287,14 @@ impl Actor {
 
     // ---- turns --------------------------------------------------------------------------
 
+    /// Starts a turn on `text` (what clients see); the model reads `model_text` instead when
+    /// given.
     fn start_turn(
         &mut self,
         originator: ClientInfo,
         text: String,
         input_id: Option<InputId>,
+        model_text: Option<String>,
     ) -> TurnId {
         let turn_id = TurnId(uuid::Uuid::now_v7().to_string());
         let cancel = CancellationToken::new();
@@ -1330,6 +1333,7 @@ impl Actor {
                         session_id,
                         turn_id: tid.clone(),
                         text,
+                        model_text,
                         originator,
                         mode,
                         params: &params,
@@ -1507,7 +1511,7 @@ impl Actor {
             && self.degraded.is_none()
             && let Some(next) = self.pop_queue()
         {
-            self.start_turn(next.originator, next.text, Some(next.input_id));
+            self.start_turn(next.originator, next.text, Some(next.input_id), None);
             return;
         }
         self.set_state(SessionState::Idle);
@@ -1679,7 +1683,7 @@ impl Actor {
             return;
         }
         if let Some(next) = self.pop_queue() {
-            self.start_turn(next.originator, next.text, Some(next.input_id));
+            self.start_turn(next.originator, next.text, Some(next.input_id), None);
         } else {
             self.set_state(SessionState::Idle);
         }
