@@ -18,6 +18,10 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "python protocol SDKs for the ACP/MCP tests (scripts/python-sdks.sh)"
+./scripts/python-sdks.sh
+export TETHER_PYTHON="${TETHER_PYTHON:-$PWD/target/python-sdk/bin/python}"
+
 step "cargo test"
 cargo test --workspace --locked
 
