@@ -724,8 +724,8 @@ impl Driver {
         Heartbeat {
             active_sessions: self.remote.active() as u64,
             active_alerts: self.figures.active_alerts(),
-            cpu_pct: self.cpu.sample(),
-            mem_pct: tether_engine::host::memory().map_or(0.0, |m| m.used_pct),
+            cpu_pct: Some(self.cpu.sample()),
+            mem_pct: tether_engine::host::memory().map(|m| m.used_pct),
             dropped_alerts: v2.then(|| self.spool.dropped()),
         }
     }

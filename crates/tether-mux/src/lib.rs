@@ -28,7 +28,7 @@ use tether_engine::tools::ToolRegistry;
 use tether_proto::{
     CLIENT_PROTOCOL_VERSION, Class, ClientId, ClientInfo, ErrorBody, HelloResult, Mode, Op, Policy,
     RawRequest, Reason, ReplyFrame, Request, RequestId, ServerInfo, SessionCreated, SessionId,
-    SessionList, SessionState,
+    SessionList, SessionState, SessionSummary,
 };
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -327,6 +327,15 @@ impl Mux {
                 .then_with(|| a.session_id.cmp(&b.session_id))
         });
         SessionList { sessions }
+    }
+
+    /// A session started from the hub (`SessionOptions::remote`), restored ones included;
+    /// `None` for a local session or none at all. The hub link resumes only these: a hub never
+    /// reaches a local session.
+    pub fn remote_session(&self, id: &SessionId) -> Option<SessionSummary> {
+        let sessions = self.sessions_read();
+        let handle = sessions.get(id).filter(|h| h.remote)?;
+        handle.summary.lock().ok().map(|s| s.clone())
     }
 
     /// Closes a session on the agent's own behalf (idle timeout, the hub link going away),

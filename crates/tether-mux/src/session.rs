@@ -115,6 +115,8 @@ enum TurnMsg {
 pub(crate) struct SessionHandle {
     pub ops: mpsc::Sender<OpMsg>,
     pub summary: Arc<Mutex<SessionSummary>>,
+    /// Started from the hub.
+    pub remote: bool,
 }
 
 /// What a session keeps across restarts (the `data` column of its row).
@@ -312,6 +314,7 @@ fn spawn(
 ) -> SessionHandle {
     let (ops_tx, ops_rx) = mpsc::channel(shared.config.session_inbox);
     let (turn_tx, turn_rx) = mpsc::channel(TURN_BATCH);
+    let remote = durable.remote;
     let restored_turn = durable.turn.take();
     let queue: VecDeque<QueuedInput> = std::mem::take(&mut durable.queue).into();
     let pending_restored = std::mem::take(&mut durable.pending);
@@ -371,6 +374,7 @@ fn spawn(
     SessionHandle {
         ops: ops_tx,
         summary,
+        remote,
     }
 }
 
