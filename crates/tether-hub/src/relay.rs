@@ -763,11 +763,16 @@ impl Relay {
         Ok(())
     }
 
+    /// The session's agent, connected. Away, it is `overloaded` (try again), not
+    /// `session_closed`: the session stays open and resumes when the agent is back.
     fn live_agent(&self, hub: &Hub, session: &HubSession) -> Result<Arc<AgentConn>, ErrorBody> {
         hub.agent(&session.agent_id).ok_or_else(|| {
             err(
-                Reason::SessionClosed,
-                format!("agent {} is not connected", session.agent_id),
+                Reason::Overloaded,
+                format!(
+                    "agent {} is not connected; the session resumes when it is back",
+                    session.agent_id
+                ),
             )
         })
     }
@@ -1148,7 +1153,11 @@ impl Relay {
                 return;
             }
         };
-        for rec in records {
+        // The store's state follows every session's (closed ones are never read back here).
+        let open = records
+            .into_iter()
+            .filter(|r| r.state != SessionState::Closed.as_str());
+        for rec in open {
             let Some(session) = self.find(&rec.session_id).await else {
                 continue;
             };

@@ -228,31 +228,38 @@ impl RemoteSessions {
     /// Version-2 sessions stay: their relay keeps running (so the idle timeout holds) with
     /// nobody to send to, their hub users leave (nobody can answer a prompt from there), and
     /// the hub resumes them after it registers again (`session_attach` with `after_seq`).
-    pub async fn on_down(&self, reason: &str) {
-        let all: Vec<Arc<RemoteSession>> = self
+    ///
+    /// The sessions are those held when it is called (the work runs when the returned future
+    /// is polled): a session the hub resumes on the next connection meanwhile is not touched.
+    pub fn on_down(&self, reason: &str) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let this = self.clone();
+        let reason = reason.to_owned();
+        let held: Vec<Arc<RemoteSession>> = self
             .inner
             .sessions
             .lock()
             .map(|s| s.values().cloned().collect())
             .unwrap_or_default();
-        for s in all {
-            if s.version >= 2 {
-                let users: Vec<Arc<UserConn>> =
-                    s.users.lock().await.drain().map(|(_, u)| u).collect();
-                for u in users {
-                    u.conn.close("the hub link went down").await;
+        async move {
+            for s in held {
+                if s.version >= 2 {
+                    let users: Vec<Arc<UserConn>> =
+                        s.users.lock().await.drain().map(|(_, u)| u).collect();
+                    for u in users {
+                        u.conn.close("the hub link went down").await;
+                    }
+                    continue;
                 }
-                continue;
+                this.remove(&s);
+                s.cancel.cancel();
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(20),
+                    this.inner
+                        .mux
+                        .close_session(&SessionId(s.hub_id.clone()), &reason),
+                )
+                .await;
             }
-            self.remove(&s);
-            s.cancel.cancel();
-            let _ = tokio::time::timeout(
-                Duration::from_secs(20),
-                self.inner
-                    .mux
-                    .close_session(&SessionId(s.hub_id.clone()), reason),
-            )
-            .await;
         }
     }
 
