@@ -1173,3 +1173,33 @@ async fn agents_and_operator_connections_are_told_apart() {
     drop((web_agent, db_agent));
     hub.stop().await;
 }
+
+/// Issue 10 item 11 (verified): catpaw's `alertEventItem` has no `omitempty` on `labels`, so
+/// a Go nil map arrives as `"labels": null` — stored as no labels. One event the hub cannot
+/// store (an empty `alert_key`) is refused and counted alone; the rest of its batch is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catpaw_nil_labels_are_empty_and_one_bad_event_spares_its_batch() {
+    let hub = TestHub::start().await;
+    let token = hub.create_token("catpaw-nil-labels").await;
+    let agent_id = new_agent_id();
+    let agent = V1Agent::connect(&hub.agent_url(), &token, &agent_id, "nil-01").await;
+    let mut nil_labels = catpaw_alert("ntp", "Warning", Value::Null);
+    nil_labels.as_object_mut().expect("object").remove("attrs"); // `attrs,omitempty`: a nil map is left out
+    let keyless = catpaw_alert("", "Critical", json!({"x": "1"}));
+    let fine = catpaw_alert("disk", "Ok", json!({"mount": "/"}));
+    agent.alerts(vec![nil_labels, keyless, fine]);
+    let mut alice = hub.operator(ALICE).await;
+    let alerts = alerts_listed(&mut alice, json!({"agent_id": agent_id}), 2).await;
+    let keys: Vec<&str> = alerts
+        .iter()
+        .filter_map(|a| a["alert_key"].as_str())
+        .collect();
+    assert_eq!(keys, ["disk", "ntp"], "{alerts:#?}");
+    assert_eq!(alerts[1]["labels"], json!({}), "{alerts:#?}");
+    let m = hub.hub().metrics();
+    assert_eq!(m.alerts_rejected.load(Ordering::Relaxed), 1);
+    assert_eq!(m.alerts_stored.load(Ordering::Relaxed), 2);
+    assert!(hub.hub().is_connected(&agent_id));
+    drop(agent);
+    hub.stop().await;
+}

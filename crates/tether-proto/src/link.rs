@@ -877,6 +877,66 @@ mod tests {
     }
 
     #[test]
+    fn catpaw_heartbeat_figures_it_leaves_out_are_unknown() {
+        // catpaw's heartbeatPayload: cpu_pct and mem_pct are `omitempty` and never filled.
+        let text =
+            r#"{"type":"heartbeat","id":"h","payload":{"active_sessions":2,"active_alerts":0}}"#;
+        let LinkMessage::Heartbeat(hb) = LinkFrame::decode(text).expect("decode").message else {
+            panic!("not a heartbeat");
+        };
+        assert_eq!((hb.cpu_pct, hb.mem_pct), (None, None));
+        // Encoded as catpaw would read it: unknown figures left out, known ones as numbers.
+        let frame = LinkFrame::new("h", LinkMessage::Heartbeat(hb));
+        assert!(!frame.encode().contains("cpu_pct"), "{}", frame.encode());
+        let known = Heartbeat {
+            cpu_pct: Some(0.0),
+            mem_pct: Some(41.5),
+            ..Heartbeat::default()
+        };
+        let text = LinkFrame::new("h", LinkMessage::Heartbeat(known.clone())).encode();
+        assert!(text.contains(r#""cpu_pct":0.0"#) && text.contains(r#""mem_pct":41.5"#));
+        assert_eq!(
+            LinkFrame::decode(&text).map(|f| f.message),
+            Ok(LinkMessage::Heartbeat(known))
+        );
+    }
+
+    #[test]
+    fn a_large_session_output_is_probed_and_read_under_its_own_limit() {
+        let report = "r".repeat(MAX_LINK_FRAME_BYTES + 10);
+        let text = serde_json::json!({"type": "session_output", "id": "o1", "payload": {
+            "session_id": "s1", "delta": "", "stage": "", "done": true, "report": report}})
+        .to_string();
+        assert!(matches!(
+            LinkFrame::decode(&text),
+            Err(LinkDecodeError::TooLarge { .. })
+        ));
+        assert_eq!(
+            probe_session_output(&text),
+            Some(OutputProbe {
+                session_id: "s1".into(),
+                done: true,
+                turn_done: false,
+            })
+        );
+        let frame = LinkFrame::decode_with_limit(&text, MAX_SESSION_OUTPUT_FRAME_BYTES)
+            .expect("read under the session output limit");
+        assert!(
+            matches!(frame.message, LinkMessage::SessionOutput(o) if o.report.as_deref() == Some(report.as_str()))
+        );
+        let reply = r#"{"type":"session_output","id":"o2","payload":{"session_id":"s2","delta":"x","stage":"answer","done":false,"metadata":{"turn_done":true}}}"#;
+        assert_eq!(
+            probe_session_output(reply).map(|p| (p.done, p.turn_done)),
+            Some((false, true))
+        );
+        assert_eq!(
+            probe_session_output(r#"{"type":"alert_events","id":"a","payload":{}}"#),
+            None
+        );
+        assert_eq!(probe_session_output("garbage"), None);
+    }
+
+    #[test]
     fn sanitize_clamps_unbelievable_times_and_long_descriptions() {
         let mut e = AlertEvent {
             event_time: 300_000_000_000,
