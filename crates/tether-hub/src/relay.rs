@@ -1051,12 +1051,16 @@ impl Relay {
             .inner
             .store
             .run(move |s| {
-                let hosts: HashMap<String, String> = s
-                    .list_agents()?
-                    .into_iter()
-                    .map(|a| (a.agent_id, a.hostname))
-                    .collect();
-                Ok((s.list_sessions(agent_id.as_deref())?, hosts))
+                let records = s.list_sessions(agent_id.as_deref())?;
+                let mut hosts: HashMap<String, String> = HashMap::new();
+                for r in &records {
+                    if !hosts.contains_key(&r.agent_id)
+                        && let Some(a) = s.get_agent(&r.agent_id)?
+                    {
+                        hosts.insert(a.agent_id, a.hostname);
+                    }
+                }
+                Ok((records, hosts))
             })
             .await
             .map_err(|e| err(Reason::Internal, e.to_string()))?;
