@@ -25,8 +25,8 @@ use std::time::Duration;
 use tether_engine::sync::lock;
 use tether_proto::link::{
     Ack, AlertAck, AlertEvent, AlertEvents, Disconnect, HEADER_AGENT_ID, HEADER_AGENT_TOKEN,
-    HEADER_PROTO_VERSION, LinkFrame, LinkMessage, MAX_LINK_FRAME_BYTES, probe_refused_frame,
-    refused,
+    HEADER_PROTO_VERSION, LinkFrame, LinkMessage, MAX_LINK_FRAME_BYTES,
+    MAX_SESSION_OUTPUT_FRAME_BYTES, probe_refused_frame, probe_session_output, refused,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -212,19 +212,54 @@ async fn serve_agent(
     let register = tokio::time::timeout(REGISTER_TIMEOUT, async {
         while let Some(Ok(msg)) = stream.next().await {
             if let Message::Text(t) = msg {
-                return LinkFrame::decode(t.as_str()).ok();
+                return Some(match LinkFrame::decode(t.as_str()) {
+                    Ok(frame) => Ok(frame),
+                    Err(e) => Err((probe_refused_frame(t.as_str()).0, e.to_string())),
+                });
             }
         }
         None
     })
     .await;
     let (frame_id, reg) = match register {
-        Ok(Some(LinkFrame {
+        Ok(Some(Ok(LinkFrame {
             id,
             message: LinkMessage::Register(reg),
             ..
-        })) => (id, reg),
-        _ => {
+        }))) => (id, reg),
+        Ok(Some(result)) => {
+            // Answered, not dropped: the agent logs why (catpaw prints the ack's error).
+            let (ref_id, why) = match result {
+                Ok(other) => (
+                    other.id,
+                    format!(
+                        "the first frame must be `register`, not `{}`",
+                        other.message.kind()
+                    ),
+                ),
+                Err((id, e)) => (id, format!("register refused: {e}")),
+            };
+            hub.metrics().frames_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(agent = %agent_id, "{why}; closing");
+            let ack = LinkFrame {
+                id: uuid::Uuid::now_v7().to_string(),
+                ref_id: (!ref_id.is_empty()).then_some(ref_id),
+                message: LinkMessage::Ack(Ack {
+                    ok: false,
+                    error: Some(why),
+                    reason: (offered >= 2).then(|| refused::BAD_REQUEST.to_owned()),
+                    ..Ack::default()
+                }),
+            };
+            let _ = sink.send(Message::Text(ack.encode().into())).await;
+            let _ = sink.send(Message::Close(None)).await;
+            return;
+        }
+        Ok(None) => {
+            tracing::info!(agent = %agent_id, "agent closed the connection before registering");
+            return;
+        }
+        Err(_) => {
             tracing::info!(agent = %agent_id, "agent did not register in time; closing");
             let _ = sink.send(Message::Close(None)).await;
             return;
@@ -317,6 +352,13 @@ async fn serve_agent(
     hub.metrics().registrations.fetch_add(1, Ordering::Relaxed);
     hub.publish(HubEvent::Agent(record));
     tracing::info!(agent = %agent_id, host = %reg.hostname, proto, "agent registered");
+    // Its sessions left open by an earlier connection: resumed, or closed if it lost them.
+    // A task of its own: the agent's answers come through this connection's reader below.
+    tokio::spawn({
+        let hub = hub.clone();
+        let conn = conn.clone();
+        async move { hub.relay().agent_back(conn).await }
+    });
     // From here on only the hostname is needed (`conn.hostname`); free the rest of the
     // register payload (labels, plugins, …) rather than hold it for the connection's life.
     drop(reg);
@@ -386,7 +428,7 @@ async fn serve_agent(
         };
         hub.metrics().frames_in.fetch_add(1, Ordering::Relaxed);
         let outcome = if text.len() > MAX_LINK_FRAME_BYTES {
-            Box::pin(refuse_oversized(&hub, &conn, &mut acks, text.as_str())).await
+            Box::pin(on_large_frame(&hub, &conn, &mut acks, text.as_str())).await
         } else {
             match LinkFrame::decode(text.as_str()) {
                 // Boxed: this task lives as long as the connection, and its size is that of
@@ -449,6 +491,54 @@ async fn refuse(conn: &AgentConn, frame_id: String, reason: &str, error: String)
         }),
     };
     let _ = conn.send_text(frame.encode()).await;
+}
+
+/// A frame over [`MAX_LINK_FRAME_BYTES`]. A `session_output` is read up to
+/// [`MAX_SESSION_OUTPUT_FRAME_BYTES`] (catpaw's final report comes whole in one); a larger one
+/// ends its turn with an error saying so. Anything else is refused.
+async fn on_large_frame(
+    hub: &Hub,
+    conn: &Arc<AgentConn>,
+    acks: &mut AlertAcks,
+    text: &str,
+) -> Result<(), String> {
+    let Some(probe) = probe_session_output(text) else {
+        return refuse_oversized(hub, conn, acks, text).await;
+    };
+    if text.len() <= MAX_SESSION_OUTPUT_FRAME_BYTES {
+        match LinkFrame::decode_with_limit(text, MAX_SESSION_OUTPUT_FRAME_BYTES) {
+            Ok(frame) => return on_frame(hub, conn, acks, frame).await,
+            Err(e) => {
+                hub.metrics().frames_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(agent = %conn.agent_id, error = %e, "refused a bad frame");
+                let (id, _, _) = probe_refused_frame(text);
+                refuse(conn, id, refused::BAD_REQUEST, e.to_string()).await;
+                return Ok(());
+            }
+        }
+    }
+    hub.metrics().frames_refused.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        agent = %conn.agent_id,
+        session = %probe.session_id,
+        size = text.len(),
+        "refused an oversized session output"
+    );
+    let (id, _, _) = probe_refused_frame(text);
+    refuse(
+        conn,
+        id,
+        refused::TOO_LARGE,
+        format!(
+            "frame is {} bytes; the limit for session output is {MAX_SESSION_OUTPUT_FRAME_BYTES}",
+            text.len()
+        ),
+    )
+    .await;
+    hub.relay()
+        .on_output_too_large(conn, probe, text.len())
+        .await;
+    Ok(())
 }
 
 /// A frame over [`MAX_LINK_FRAME_BYTES`]: read only for its id and alert seqs, answered, and

@@ -91,6 +91,7 @@ pub async fn start(config: HubConfig, allow_plaintext: bool) -> Result<RunningHu
     use store::Store as _;
     store.mark_all_disconnected().map_err(|e| e.to_string())?;
     let hub = Hub::new(config.clone(), store::HubStore::new(Arc::new(store)))?;
+    hub.relay().recover().await;
     let tcp =
         listen(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let local_addr = tcp.local_addr().map_err(|e| e.to_string())?;

@@ -32,9 +32,23 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 pub struct OperatorConn {
     hub: Hub,
     conn_id: u64,
-    client: ClientInfo,
+    /// The credential's name (the operator's `name` in the hub config).
+    operator: String,
+    /// Who this connection is, as sessions show it: see [`display_name`].
+    client: Mutex<ClientInfo>,
     outbound: Outbound,
     attached: Mutex<HashSet<String>>,
+}
+
+/// How an operator connection is shown in sessions (`client_attached`, `originator`,
+/// `permission_resolved.by`, `hello`'s `name`): the credential's name, the connection's tag
+/// `#<n>` (the `<n>` of its client id `<principal>/<n>`), and the `client_name` its `hello`
+/// gave, e.g. `alice #3 (tether-console)`. Two tabs and a CLI of one credential are three.
+pub fn display_name(operator: &str, conn_id: u64, client_name: Option<&str>) -> String {
+    match client_name.map(str::trim).filter(|c| !c.is_empty()) {
+        Some(c) => format!("{operator} #{conn_id} ({c})"),
+        None => format!("{operator} #{conn_id}"),
+    }
 }
 
 /// `?token=` for browsers.
@@ -240,11 +254,12 @@ impl OperatorConn {
         let (outbound, rx) = hub.relay().operator_queue();
         (
             OperatorConn {
-                client: ClientInfo {
+                client: Mutex::new(ClientInfo {
                     client_id: ClientId(format!("{}/{conn_id}", identity.principal)),
                     class: identity.class,
-                    name: identity.name,
-                },
+                    name: display_name(&identity.name, conn_id, None),
+                }),
+                operator: identity.name,
                 hub,
                 conn_id,
                 outbound,
@@ -316,23 +331,43 @@ impl OperatorConn {
         self.reply(re, result);
     }
 
+    fn client(&self) -> ClientInfo {
+        lock(&self.client).clone()
+    }
+
     async fn base_op(&self, re: RequestId, op: Op) {
         let hub = &self.hub;
         let relay = hub.relay();
+        let client = &self.client();
         let result = match op {
-            Op::Hello(_) => Ok(serde_json::to_value(HelloResult {
-                client_id: self.client.client_id.clone(),
-                class: self.client.class,
-                name: self.client.name.clone(),
-                protocol: tether_proto::CLIENT_PROTOCOL_VERSION,
-                server: ServerInfo {
-                    name: "tether-hub".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                },
-            })
-            .unwrap_or(json!({}))),
+            Op::Hello(hello) => {
+                // The client's own name joins its display name (sessions joined from now on
+                // show it).
+                let client = {
+                    let mut c = lock(&self.client);
+                    if hello.client_name.is_some() {
+                        c.name = display_name(
+                            &self.operator,
+                            self.conn_id,
+                            hello.client_name.as_deref(),
+                        );
+                    }
+                    c.clone()
+                };
+                Ok(serde_json::to_value(HelloResult {
+                    client_id: client.client_id.clone(),
+                    class: client.class,
+                    name: client.name.clone(),
+                    protocol: tether_proto::CLIENT_PROTOCOL_VERSION,
+                    server: ServerInfo {
+                        name: "tether-hub".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                    },
+                })
+                .unwrap_or(json!({})))
+            }
             Op::SessionCreate(c) => relay
-                .create(hub, &self.client, c)
+                .create(hub, client, c)
                 .await
                 .map(|id| json!({ "session_id": id })),
             Op::SessionList(_) => relay
@@ -348,7 +383,7 @@ impl OperatorConn {
                 relay
                     .attach(
                         hub,
-                        &self.client,
+                        client,
                         self.conn_id,
                         &self.outbound,
                         re,
@@ -364,14 +399,14 @@ impl OperatorConn {
                     set.remove(d.session_id.as_str());
                 }
                 relay
-                    .detach(hub, &self.client, self.conn_id, d.session_id.as_str())
+                    .detach(hub, client, self.conn_id, d.session_id.as_str())
                     .await
                     .map(|()| json!({}))
             }
-            Op::Input(i) => relay.input(hub, &self.client, i).await,
-            Op::Answer(a) => relay.answer(hub, &self.client, a).await,
-            Op::Cancel(c) => relay.cancel(hub, &self.client, c).await,
-            Op::SessionClose(c) => relay.close(hub, &self.client, c.session_id.as_str()).await,
+            Op::Input(i) => relay.input(hub, client, i).await,
+            Op::Answer(a) => relay.answer(hub, client, a).await,
+            Op::Cancel(c) => relay.cancel(hub, client, c).await,
+            Op::SessionClose(c) => relay.close(hub, client, c.session_id.as_str()).await,
         };
         self.reply(re, result);
     }
@@ -404,7 +439,7 @@ impl Handler for OperatorConn {
             let sessions: Vec<String> = lock(&self.attached).drain().collect();
             self.hub
                 .relay()
-                .operator_gone(&self.hub, &self.client, self.conn_id, sessions)
+                .operator_gone(&self.hub, &self.client(), self.conn_id, sessions)
                 .await;
         })
     }

@@ -23,8 +23,9 @@ use std::time::Duration;
 use tether_engine::sync::lock;
 use tether_mux::outbound::{OutItem, Outbound, ReplaySource, StoredEvent};
 use tether_proto::link::{
-    DiagnoseReport, LinkMessage, SessionAnswer, SessionAttach, SessionCancel, SessionDetach,
-    SessionError, SessionEvent, SessionInput, SessionOutput, SessionStart,
+    DiagnoseReport, LinkMessage, MAX_SESSION_OUTPUT_FRAME_BYTES, OutputProbe, SessionAnswer,
+    SessionAttach, SessionCancel, SessionDetach, SessionError, SessionEvent, SessionInput,
+    SessionOutput, SessionStart,
 };
 use tether_proto::{
     CallId, Class, ClientInfo, Control, ErrorBody, Event, EventBody, InputAccepted, InputId, Mode,
@@ -35,6 +36,9 @@ use tokio::sync::Mutex;
 
 /// Longest the hub waits for an agent to answer an op.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Why a session closes when its agent comes back without it.
+pub const AGENT_LOST_IT: &str = "the agent no longer has this session";
 
 /// Replays read the hub's store.
 pub struct StoreReplay {
@@ -79,14 +83,19 @@ struct Shadow {
     /// Operators attached at the hub: connection id, who, where their frames go.
     attached: Vec<(u64, ClientInfo, Outbound)>,
     v1: V1Track,
+    /// `session_closed` is out: nothing follows it.
+    finished: bool,
 }
 
 /// Version-1 bookkeeping: the hub runs the turn structure itself.
 #[derive(Default)]
 struct V1Track {
     queue: VecDeque<(InputId, ClientInfo, String)>,
-    /// The last tool call per tool name, to pair `[Tool done]` lines with their call.
-    calls: HashMap<String, CallId>,
+    /// Open tool calls by the name on catpaw's line (`call_tool` for most), oldest first:
+    /// a `[Tool done]` line names only that, so it pairs with the oldest open call of it.
+    calls: VecDeque<(String, CallId)>,
+    /// Why the session ends when its final `done` frame comes (default: "finished").
+    end_reason: Option<String>,
     /// `session.create` has not yet opened the session (its first events and turn). catpaw
     /// starts working right after acking `session_start`, so its first outputs can be read
     /// before `create` runs again; they wait here and are applied after the opening events.
@@ -99,6 +108,8 @@ struct V1Track {
 enum V1Early {
     Output(SessionOutput),
     Error(SessionError),
+    /// A `session_output` over [`MAX_SESSION_OUTPUT_FRAME_BYTES`] (its size), not decoded.
+    TooLarge(OutputProbe, usize),
 }
 
 impl V1Early {
@@ -106,6 +117,7 @@ impl V1Early {
         match self {
             V1Early::Output(o) => &o.session_id,
             V1Early::Error(e) => &e.session_id,
+            V1Early::TooLarge(p, _) => &p.session_id,
         }
     }
 }
@@ -122,6 +134,7 @@ impl Shadow {
             queued: Vec::new(),
             attached: Vec::new(),
             v1: V1Track::default(),
+            finished: state == SessionState::Closed,
         }
     }
 
@@ -159,6 +172,7 @@ impl Shadow {
                 self.pending.retain(|p| &p.call_id != call_id)
             }
             EventBody::SessionClosed { .. } => {
+                self.finished = true;
                 self.state = SessionState::Closed;
                 self.turn = None;
                 self.pending.clear();
@@ -277,23 +291,48 @@ impl Relay {
         lock(&self.inner.sessions).get(id).cloned()
     }
 
-    /// A session from memory, or a finished one from the store (for its history).
+    /// A session from memory, or read back from the store. A session that was open when the
+    /// hub stopped is open again, its view rebuilt from its stored events: its agent resumes
+    /// it when it registers ([`Relay::agent_back`]).
     async fn find(&self, id: &str) -> Option<Arc<HubSession>> {
         if let Some(s) = self.get(id) {
             return Some(s);
         }
         let key = id.to_owned();
-        let rec = self
+        let (rec, hostname, events) = self
             .inner
             .store
-            .run(move |s| s.get_session(&key))
+            .run(move |s| {
+                let Some(rec) = s.get_session(&key)? else {
+                    return Ok(None);
+                };
+                let hostname = s
+                    .get_agent(&rec.agent_id)?
+                    .map(|a| a.hostname)
+                    .unwrap_or_default();
+                let events = if rec.state == SessionState::Closed.as_str() {
+                    Vec::new()
+                } else {
+                    s.read_events(&key, 1, rec.last_seq, rec.last_seq as usize)?
+                };
+                Ok(Some((rec, hostname, events)))
+            })
             .await
             .ok()
             .flatten()?;
+        let state = SessionState::parse(&rec.state).unwrap_or(SessionState::Closed);
+        let mut shadow = Shadow::new(state, rec.last_seq);
+        for (seq, frame) in events {
+            if let Ok(event) = serde_json::from_str::<Event>(&frame) {
+                shadow.apply(seq, &event.body);
+            }
+        }
+        // Nobody is attached to a session just read back (its agent re-attaches its users).
+        shadow.clients.clear();
         let session = Arc::new(HubSession {
             id: rec.session_id.clone(),
             agent_id: rec.agent_id.clone(),
-            hostname: String::new(),
+            hostname,
             mode: Mode::parse(&rec.mode).unwrap_or(Mode::Chat),
             proto: rec.proto,
             title: rec.title.clone(),
@@ -305,13 +344,36 @@ impl Relay {
                 class: Class::Human,
                 name: rec.created_by.clone(),
             },
-            shadow: Mutex::new(Shadow::new(SessionState::Closed, rec.last_seq)),
+            shadow: Mutex::new(shadow),
         });
-        {
-            let mut map = lock(&self.inner.sessions);
-            map.entry(id.to_owned()).or_insert_with(|| session.clone());
+        let mut map = lock(&self.inner.sessions);
+        Some(map.entry(id.to_owned()).or_insert(session).clone())
+    }
+
+    /// At start-up: the version-1 sessions that were open when the hub stopped are over (a
+    /// catpaw agent ends its sessions with the connection); version-2 ones wait for their
+    /// agent to resume them.
+    pub async fn recover(&self) {
+        let open = self
+            .inner
+            .store
+            .run(|s| s.list_sessions(None))
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.state != SessionState::Closed.as_str() && r.proto < 2);
+        for rec in open {
+            if let Some(session) = self.find(&rec.session_id).await {
+                let mut shadow = session.shadow.lock().await;
+                self.close_locally(
+                    &session,
+                    &mut shadow,
+                    StopReason::Error,
+                    &format!("{AGENT_LOST_IT}: the hub restarted, and a version-1 agent ends its sessions with the connection"),
+                )
+                .await;
+            }
         }
-        Some(session)
     }
 
     /// Stores an event and sends it to every attached operator (caller holds the shadow).
@@ -408,14 +470,27 @@ impl Relay {
         };
         let id = uuid::Uuid::now_v7().to_string();
         let policy = create.policy.unwrap_or(Policy::Human);
-        let params = create.params.clone().unwrap_or_default();
+        let mut params = create.params.clone().unwrap_or_default();
+        if agent.proto < 2 && create.mode == Mode::Diagnose {
+            // catpaw reads the alert text from `descriptions` only.
+            v1_descriptions(&mut params);
+        }
+        // One title, the same at the hub and (version 2) at the agent.
+        let title = create
+            .title
+            .clone()
+            .filter(|t| !t.trim().is_empty())
+            .unwrap_or_else(|| format!("{} by {}", create.mode, creator.name));
+        let v2 = agent.proto >= 2;
         let start = SessionStart {
             session_id: id.clone(),
             session_type: create.mode.as_str().to_owned(),
             user_name: creator.name.clone(),
             params: params.clone(),
-            class: (agent.proto >= 2).then(|| creator.class.as_str().to_owned()),
-            policy: (agent.proto >= 2).then(|| policy.as_str().to_owned()),
+            class: v2.then(|| creator.class.as_str().to_owned()),
+            policy: v2.then(|| policy.as_str().to_owned()),
+            title: v2.then(|| title.clone()),
+            client_id: v2.then(|| creator.client_id.to_string()),
         };
         // Registered before the agent's first event can arrive.
         let session = Arc::new(HubSession {
@@ -424,7 +499,7 @@ impl Relay {
             hostname: agent.hostname.clone(),
             mode: create.mode,
             proto: agent.proto,
-            title: create.title.clone(),
+            title: Some(title.clone()),
             policy,
             created_at: now(),
             created_by: creator.clone(),
@@ -439,7 +514,7 @@ impl Relay {
             session_id: id.clone(),
             agent_id: agent_id.clone(),
             mode: create.mode.as_str().to_owned(),
-            title: create.title.clone(),
+            title: Some(title),
             policy: policy.as_str().to_owned(),
             state: "idle".into(),
             created_at: rfc3339_ms(now_ms()),
@@ -650,12 +725,7 @@ impl Relay {
         }
         // Version 2: the agent learns the operator is present (and may answer prompts).
         if let Some(agent) = hub.agent(&session.agent_id) {
-            let msg = LinkMessage::SessionAttach(SessionAttach {
-                session_id: session.id.clone(),
-                user_name: client.name.clone(),
-                class: client.class.as_str().to_owned(),
-                after_seq: None,
-            });
+            let msg = user_attach(&session.id, client);
             tokio::spawn(async move {
                 let _ = agent.request(msg, AGENT_TIMEOUT).await;
             });
@@ -694,32 +764,32 @@ impl Relay {
             }
             was
         };
-        // The agent hears of it only when no other connection of this operator remains.
-        if was && session.proto >= 2 {
-            let still_there = session
-                .shadow
-                .lock()
-                .await
-                .attached
-                .iter()
-                .any(|(_, c, _)| c.name == client.name);
-            if !still_there && let Some(agent) = hub.agent(&session.agent_id) {
-                let _ = agent
-                    .send(LinkMessage::SessionDetach(SessionDetach {
-                        session_id: session.id.clone(),
-                        user_name: client.name.clone(),
-                    }))
-                    .await;
-            }
+        // Each operator connection is a user of its own at the agent.
+        if was
+            && session.proto >= 2
+            && let Some(agent) = hub.agent(&session.agent_id)
+        {
+            let _ = agent
+                .send(LinkMessage::SessionDetach(SessionDetach {
+                    session_id: session.id.clone(),
+                    user_name: client.name.clone(),
+                    client_id: Some(client.client_id.to_string()),
+                }))
+                .await;
         }
         Ok(())
     }
 
+    /// The session's agent, connected. Away, it is `overloaded` (try again), not
+    /// `session_closed`: the session stays open and resumes when the agent is back.
     fn live_agent(&self, hub: &Hub, session: &HubSession) -> Result<Arc<AgentConn>, ErrorBody> {
         hub.agent(&session.agent_id).ok_or_else(|| {
             err(
-                Reason::SessionClosed,
-                format!("agent {} is not connected", session.agent_id),
+                Reason::Overloaded,
+                format!(
+                    "agent {} is not connected; the session resumes when it is back",
+                    session.agent_id
+                ),
             )
         })
     }
@@ -759,6 +829,7 @@ impl Relay {
                         user_name: Some(client.name.clone()),
                         class: Some(client.class.as_str().to_owned()),
                         queue: input.queue,
+                        client_id: Some(client.client_id.to_string()),
                     }),
                     AGENT_TIMEOUT,
                 )
@@ -784,6 +855,7 @@ impl Relay {
                 user_name: None,
                 class: None,
                 queue: false,
+                client_id: None,
             }))
             .await
             .map_err(|e| err(Reason::Internal, e))?;
@@ -840,6 +912,7 @@ impl Relay {
                     class: client.class.as_str().to_owned(),
                     decision: answer.decision.as_str().to_owned(),
                     scope: answer.scope.map(|s: Scope| s.as_str().to_owned()),
+                    client_id: Some(client.client_id.to_string()),
                 }),
                 AGENT_TIMEOUT,
             )
@@ -877,16 +950,26 @@ impl Relay {
             }
         }
         let agent = self.live_agent(hub, &session)?;
+        let v2 = session.proto >= 2;
+        let reason = format!("cancelled by {}", client.name);
         agent
             .send(LinkMessage::SessionCancel(SessionCancel {
                 session_id: session.id.clone(),
-                reason: format!("cancelled by {}", client.name),
-                turn_id: (session.proto >= 2).then(|| cancel.turn_id.to_string()),
-                user_name: (session.proto >= 2).then(|| client.name.clone()),
-                class: (session.proto >= 2).then(|| client.class.as_str().to_owned()),
+                reason: reason.clone(),
+                turn_id: v2.then(|| cancel.turn_id.to_string()),
+                user_name: v2.then(|| client.name.clone()),
+                class: v2.then(|| client.class.as_str().to_owned()),
+                client_id: v2.then(|| client.client_id.to_string()),
             }))
             .await
             .map_err(|e| err(Reason::Internal, e))?;
+        if !v2 {
+            // catpaw cancels the whole session and answers with a bare `done` (or nothing,
+            // if it had already finished): the hub ends it now, saying who and how.
+            let mut shadow = session.shadow.lock().await;
+            self.close_locally(&session, &mut shadow, StopReason::Cancelled, &reason)
+                .await;
+        }
         Ok(json!({}))
     }
 
@@ -909,30 +992,41 @@ impl Relay {
         if session.shadow.lock().await.state == SessionState::Closed {
             return Ok(json!({}));
         }
-        match hub.agent(&session.agent_id) {
-            Some(agent) => {
-                agent
-                    .send(LinkMessage::SessionCancel(SessionCancel {
-                        session_id: session.id.clone(),
-                        reason: format!("closed by {}", client.name),
-                        turn_id: None,
-                        user_name: None,
-                        class: None,
-                    }))
-                    .await
-                    .map_err(|e| err(Reason::Internal, e))?;
-            }
-            None => {
-                let mut shadow = session.shadow.lock().await;
-                self.close_locally(&session, &mut shadow, &format!("closed by {}", client.name))
-                    .await;
-            }
+        let reason = format!("closed by {}", client.name);
+        let agent = hub.agent(&session.agent_id);
+        if let Some(agent) = &agent {
+            let v2 = session.proto >= 2;
+            agent
+                .send(LinkMessage::SessionCancel(SessionCancel {
+                    session_id: session.id.clone(),
+                    reason: reason.clone(),
+                    turn_id: None,
+                    user_name: v2.then(|| client.name.clone()),
+                    class: v2.then(|| client.class.as_str().to_owned()),
+                    client_id: v2.then(|| client.client_id.to_string()),
+                }))
+                .await
+                .map_err(|e| err(Reason::Internal, e))?;
+        }
+        // Version 2: the agent closes it and its `session_closed` says why. Version 1 (or an
+        // agent away): the hub closes it, saying who.
+        if agent.is_none() || session.proto < 2 {
+            let mut shadow = session.shadow.lock().await;
+            self.close_locally(&session, &mut shadow, StopReason::Cancelled, &reason)
+                .await;
         }
         Ok(json!({}))
     }
 
-    /// Ends a session at the hub (its agent is gone): the turn ends, then the session.
-    async fn close_locally(&self, session: &HubSession, shadow: &mut Shadow, reason: &str) {
+    /// Ends a session at the hub: the turn ends (`stop`, with `reason` as its error unless
+    /// cancelled), then the session, closed for `reason`.
+    async fn close_locally(
+        &self,
+        session: &HubSession,
+        shadow: &mut Shadow,
+        stop: StopReason,
+        reason: &str,
+    ) {
         if shadow.state == SessionState::Closed {
             return;
         }
@@ -942,8 +1036,8 @@ impl Relay {
                 shadow,
                 EventBody::TurnEnded {
                     turn_id: turn.turn_id,
-                    stop: StopReason::Error,
-                    error: Some(reason.to_owned()),
+                    stop,
+                    error: (stop != StopReason::Cancelled).then(|| reason.to_owned()),
                     usage: None,
                 },
             )
@@ -970,10 +1064,21 @@ impl Relay {
 
     /// `session.list`
     pub async fn list(&self, agent_id: Option<String>) -> Result<Vec<Value>, ErrorBody> {
-        let records = self
+        let (records, hosts) = self
             .inner
             .store
-            .run(move |s| s.list_sessions(agent_id.as_deref()))
+            .run(move |s| {
+                let records = s.list_sessions(agent_id.as_deref())?;
+                let mut hosts: HashMap<String, String> = HashMap::new();
+                for r in &records {
+                    if !hosts.contains_key(&r.agent_id)
+                        && let Some(a) = s.get_agent(&r.agent_id)?
+                    {
+                        hosts.insert(a.agent_id, a.hostname);
+                    }
+                }
+                Ok((records, hosts))
+            })
             .await
             .map_err(|e| err(Reason::Internal, e.to_string()))?;
         let mut out = Vec::with_capacity(records.len());
@@ -1002,10 +1107,13 @@ impl Relay {
             let mut v = serde_json::to_value(summary).unwrap_or(json!({}));
             if let Value::Object(m) = &mut v {
                 m.insert("agent_id".into(), json!(r.agent_id));
-                m.insert(
-                    "hostname".into(),
-                    json!(live.map(|s| s.hostname.clone()).unwrap_or_default()),
-                );
+                // The agent's hostname now (or as it last registered).
+                let hostname = hosts
+                    .get(&r.agent_id)
+                    .cloned()
+                    .or_else(|| live.map(|s| s.hostname.clone()))
+                    .unwrap_or_default();
+                m.insert("hostname".into(), json!(hostname));
                 m.insert("created_by".into(), json!(r.created_by));
             }
             out.push(v);
@@ -1027,17 +1135,112 @@ impl Relay {
     }
 
     /// An agent connection ended (the agent went away, or a newer connection of the same
-    /// agent replaced it): the sessions it ran end.
+    /// agent replaced it). Its version-1 sessions end with it (catpaw cancels them); its
+    /// version-2 sessions stay open: the agent keeps them, and resumes them when it registers
+    /// again ([`Relay::agent_back`]).
     pub async fn agent_gone(&self, agent_id: &str, conn_id: u64, reason: &str) {
         let affected: Vec<Arc<HubSession>> = lock(&self.inner.sessions)
             .values()
-            .filter(|s| s.agent_id == agent_id && s.conn_id == conn_id)
+            .filter(|s| s.agent_id == agent_id && s.conn_id == conn_id && s.proto < 2)
             .cloned()
             .collect();
         for s in affected {
             let mut shadow = s.shadow.lock().await;
-            self.close_locally(&s, &mut shadow, &format!("agent disconnected: {reason}"))
-                .await;
+            self.close_locally(
+                &s,
+                &mut shadow,
+                StopReason::Error,
+                &format!("agent disconnected: {reason}"),
+            )
+            .await;
+        }
+    }
+
+    /// An agent registered: each of its sessions left open by an earlier connection (or
+    /// before a hub restart) is resumed (`session_attach` with `after_seq`: the agent sends
+    /// what the hub has not seen, then live events, and the operators attached here are
+    /// attached there again), or closed if the agent no longer has it.
+    pub async fn agent_back(&self, agent: Arc<AgentConn>) {
+        let id = agent.agent_id.clone();
+        let records = match self
+            .inner
+            .store
+            .run(move |s| s.list_sessions(Some(&id)))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(agent = %agent.agent_id, error = %e, "cannot list the agent's sessions to resume them");
+                return;
+            }
+        };
+        // The store's state follows every session's (closed ones are never read back here).
+        let open = records
+            .into_iter()
+            .filter(|r| r.state != SessionState::Closed.as_str());
+        for rec in open {
+            let Some(session) = self.find(&rec.session_id).await else {
+                continue;
+            };
+            if session.conn_id == agent.conn_id {
+                continue; // opened on this very connection
+            }
+            let last_seq = {
+                let mut shadow = session.shadow.lock().await;
+                if shadow.state == SessionState::Closed {
+                    continue;
+                }
+                if session.proto < 2 || agent.proto < 2 {
+                    self.close_locally(
+                        &session,
+                        &mut shadow,
+                        StopReason::Error,
+                        &format!("{AGENT_LOST_IT} (version-1 sessions end with their connection)"),
+                    )
+                    .await;
+                    continue;
+                }
+                shadow.last_seq
+            };
+            let resume = LinkMessage::SessionAttach(SessionAttach {
+                session_id: session.id.clone(),
+                user_name: String::new(),
+                class: String::new(),
+                after_seq: Some(last_seq),
+                client_id: None,
+            });
+            let refusal = match agent.request(resume, AGENT_TIMEOUT).await {
+                Ok(ack) if ack.ok => None,
+                Ok(ack) => Some(ack),
+                Err(e) => {
+                    // The link went again (or the agent is slow): the next registration retries.
+                    tracing::warn!(agent = %agent.agent_id, session = %session.id, error = %e, "cannot resume a session");
+                    continue;
+                }
+            };
+            let mut shadow = session.shadow.lock().await;
+            if let Some(ack) = refusal {
+                let why = match ack.reason.as_deref() {
+                    Some("unknown_session") => AGENT_LOST_IT.to_owned(),
+                    _ => format!(
+                        "the agent could not resume this session: {}",
+                        ack.error.as_deref().unwrap_or("refused")
+                    ),
+                };
+                self.close_locally(&session, &mut shadow, StopReason::Error, &why)
+                    .await;
+                continue;
+            }
+            tracing::info!(agent = %agent.agent_id, session = %session.id, after_seq = last_seq, "session resumed");
+            let users: Vec<LinkMessage> = shadow
+                .attached
+                .iter()
+                .map(|(_, client, _)| user_attach(&session.id, client))
+                .collect();
+            drop(shadow);
+            for msg in users {
+                let _ = agent.request(msg, AGENT_TIMEOUT).await;
+            }
         }
     }
 
@@ -1060,8 +1263,8 @@ impl Relay {
             }
         };
         let mut shadow = session.shadow.lock().await;
-        if event.seq <= shadow.last_seq {
-            return; // delivered twice: kept once
+        if event.seq <= shadow.last_seq || shadow.finished {
+            return; // delivered twice (kept once), or after the session closed
         }
         let frame = e.event.to_string();
         self.deliver(&session, &mut shadow, event.seq, frame, &event.body)
@@ -1099,7 +1302,51 @@ impl Relay {
         match frame {
             V1Early::Output(o) => self.apply_output(session, shadow, o).await,
             V1Early::Error(e) => self.apply_error(session, shadow, e).await,
+            V1Early::TooLarge(probe, size) => {
+                // Not decoded, so not shown. A frame that ends the turn (a chat's reply) or
+                // the session (the final report) still does, with an error that says why.
+                let what = match (probe.done, probe.turn_done) {
+                    (true, _) => "final report",
+                    (false, true) => "reply",
+                    (false, false) => "output",
+                };
+                let why = format!(
+                    "the agent's {what} was {size} bytes; the hub accepts session output frames of up to {MAX_SESSION_OUTPUT_FRAME_BYTES} bytes, so it was dropped"
+                );
+                if !probe.done && !probe.turn_done {
+                    if shadow.state != SessionState::Closed {
+                        self.publish(
+                            session,
+                            shadow,
+                            EventBody::Notice {
+                                level: NoticeLevel::Warning,
+                                message: why,
+                            },
+                        )
+                        .await;
+                    }
+                    return;
+                }
+                if probe.done {
+                    shadow.v1.end_reason = Some(why.clone());
+                }
+                let output = SessionOutput {
+                    session_id: probe.session_id,
+                    delta: why,
+                    stage: "error".into(),
+                    done: probe.done,
+                    report: None,
+                    metadata: Some(Map::from_iter([("turn_done".into(), Value::Bool(true))])),
+                };
+                self.apply_output(session, shadow, output).await;
+            }
         }
+    }
+
+    /// Version 1: a `session_output` frame too large to decode (over
+    /// [`MAX_SESSION_OUTPUT_FRAME_BYTES`], `size` bytes).
+    pub async fn on_output_too_large(&self, agent: &AgentConn, probe: OutputProbe, size: usize) {
+        self.on_v1(agent, V1Early::TooLarge(probe, size)).await;
     }
 
     async fn apply_output(&self, session: &HubSession, shadow: &mut Shadow, o: SessionOutput) {
@@ -1151,9 +1398,10 @@ impl Relay {
                 .await;
             }
             "tool_call" if has_turn => {
-                let (tool, args) = parse_tool_line(&o.delta);
+                let line = parse_tool_line(&o.delta);
+                let (tool, args) = (line.tool, line.args);
                 let call_id = CallId(uuid::Uuid::now_v7().to_string());
-                shadow.v1.calls.insert(tool.clone(), call_id.clone());
+                shadow.v1.calls.push_back((line.wire_name, call_id.clone()));
                 self.publish(
                     session,
                     shadow,
@@ -1167,11 +1415,11 @@ impl Relay {
                 .await;
             }
             "tool_result" if has_turn => {
-                if let Some((tool, ok, duration_ms)) = parse_tool_done(&o.delta) {
-                    let call_id = shadow
-                        .v1
-                        .calls
-                        .remove(&tool)
+                if let Some((wire_name, ok, duration_ms)) = parse_tool_done(&o.delta) {
+                    let open = shadow.v1.calls.iter().position(|(n, _)| *n == wire_name);
+                    let call_id = open
+                        .and_then(|i| shadow.v1.calls.remove(i))
+                        .map(|(_, id)| id)
                         .unwrap_or_else(|| CallId(uuid::Uuid::now_v7().to_string()));
                     self.publish(
                         session,
@@ -1259,19 +1507,23 @@ impl Relay {
                 },
             )
             .await;
-            self.publish(
-                session,
-                shadow,
-                EventBody::SessionClosed {
-                    reason: "finished".into(),
-                },
-            )
-            .await;
+            let reason = shadow
+                .v1
+                .end_reason
+                .take()
+                .unwrap_or_else(|| "finished".into());
+            self.publish(session, shadow, EventBody::SessionClosed { reason })
+                .await;
             shadow.attached.clear();
         }
     }
 
     async fn apply_error(&self, session: &HubSession, shadow: &mut Shadow, e: SessionError) {
+        if shadow.state == SessionState::Closed {
+            return;
+        }
+        // The final `done` that follows closes the session for this reason.
+        shadow.v1.end_reason = Some(format!("failed: {}", e.error));
         self.publish(
             session,
             shadow,
@@ -1311,6 +1563,39 @@ impl Relay {
     }
 }
 
+/// Version 2: `session_attach` making an operator connection a user of the session at the
+/// agent (present, and able to answer prompts as itself).
+fn user_attach(session_id: &str, client: &ClientInfo) -> LinkMessage {
+    LinkMessage::SessionAttach(SessionAttach {
+        session_id: session_id.to_owned(),
+        user_name: client.name.clone(),
+        class: client.class.as_str().to_owned(),
+        after_seq: None,
+        client_id: Some(client.client_id.to_string()),
+    })
+}
+
+/// catpaw's diagnose reads the alert text from `params.descriptions` only; operators and
+/// tether's own callers may give it as `alert` or `message`.
+fn v1_descriptions(params: &mut Map<String, Value>) {
+    let has = |v: Option<&Value>| {
+        v.and_then(Value::as_str)
+            .is_some_and(|s| !s.trim().is_empty())
+    };
+    if has(params.get("descriptions")) {
+        return;
+    }
+    let text = ["alert", "message"]
+        .into_iter()
+        .map(|k| params.get(k))
+        .find(|v| has(*v))
+        .flatten()
+        .cloned();
+    if let Some(text) = text {
+        params.insert("descriptions".into(), text);
+    }
+}
+
 /// The first input of an inspect or diagnose session, for the transcript.
 fn first_text(mode: Mode, params: &Map<String, Value>) -> String {
     let p = |k: &str| params.get(k).and_then(Value::as_str).unwrap_or("");
@@ -1328,20 +1613,64 @@ fn first_text(mode: Mode, params: &Map<String, Value>) -> String {
     }
 }
 
-/// `[Tool] name {"a": 1}` → (name, args).
-fn parse_tool_line(line: &str) -> (String, Value) {
-    let rest = line.strip_prefix("[Tool]").unwrap_or(line).trim();
-    let (name, args) = rest.split_once(' ').unwrap_or((rest, ""));
-    let args = args.trim();
-    let parsed = if args.is_empty() {
-        json!({})
-    } else {
-        serde_json::from_str(args).unwrap_or_else(|_| Value::String(args.to_owned()))
-    };
-    (name.to_owned(), parsed)
+/// A catpaw `tool_call` line, read.
+#[derive(Debug, PartialEq)]
+struct ToolLine {
+    /// The name on the line (`call_tool` for most tools): its `[Tool done]` line says this.
+    wire_name: String,
+    /// The tool that runs.
+    tool: String,
+    /// Its arguments, always an object.
+    args: Value,
 }
 
-/// `[Tool done] name (ok, 123B, 1.5s)` → (name, ok, ms).
+/// catpaw's `[Tool] <name> <display>` (`FormatToolArgsDisplay`): `call_tool <tool> <json>`
+/// (or just `<tool>`), `list_tools <category>`, `exec_shell <command>`, a direct tool with
+/// nothing after it; `[Shell] <command>` in a chat that may run commands.
+fn parse_tool_line(line: &str) -> ToolLine {
+    if let Some(command) = line.strip_prefix("[Shell]") {
+        return ToolLine {
+            wire_name: "exec_shell".into(),
+            tool: "exec_shell".into(),
+            args: json!({"command": command.trim()}),
+        };
+    }
+    let rest = line.strip_prefix("[Tool]").unwrap_or(line).trim();
+    let (name, display) = rest.split_once(' ').unwrap_or((rest, ""));
+    let display = display.trim();
+    let (tool, args) = match name {
+        "call_tool" => {
+            let (tool, args) = display.split_once(' ').unwrap_or((display, ""));
+            (tool.to_owned(), args_object(args.trim()))
+        }
+        "list_tools" if !display.is_empty() => (name.to_owned(), json!({"category": display})),
+        "exec_shell" if !display.is_empty() => (name.to_owned(), json!({"command": display})),
+        _ => (name.to_owned(), args_object(display)),
+    };
+    ToolLine {
+        wire_name: name.to_owned(),
+        tool: if tool.is_empty() {
+            name.to_owned()
+        } else {
+            tool
+        },
+        args,
+    }
+}
+
+/// Arguments as an object: a JSON object as is, anything else kept as `_raw` text (catpaw's
+/// own fallback in `ParseToolArgs`).
+fn args_object(text: &str) -> Value {
+    if text.is_empty() {
+        return json!({});
+    }
+    match serde_json::from_str::<Value>(text) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => json!({"_raw": text}),
+    }
+}
+
+/// `[Tool done] name (ok, 123B, 1m2.5s)` → (name, ok, ms).
 fn parse_tool_done(line: &str) -> Option<(String, bool, u64)> {
     let rest = line.strip_prefix("[Tool done]")?.trim();
     let (name, tail) = rest.split_once(' ')?;
@@ -1349,15 +1678,45 @@ fn parse_tool_done(line: &str) -> Option<(String, bool, u64)> {
     let mut parts = inner.split(',').map(str::trim);
     let status = parts.next()?;
     let _bytes = parts.next();
-    let dur = parts.next().unwrap_or("0s");
-    let ms = if let Some(v) = dur.strip_suffix("ms") {
-        v.parse::<f64>().unwrap_or(0.0)
-    } else if let Some(v) = dur.strip_suffix('s') {
-        v.parse::<f64>().unwrap_or(0.0) * 1000.0
-    } else {
-        0.0
-    };
-    Some((name.to_owned(), status == "ok", ms as u64))
+    let ms = parts.next().and_then(go_duration_ms).unwrap_or(0);
+    Some((name.to_owned(), status == "ok", ms))
+}
+
+/// Milliseconds of a Go `time.Duration` string (`850µs`, `12ms`, `1.5s`, `1m2.5s`,
+/// `2h0m0s`, `0s`); `None` if it is not one.
+fn go_duration_ms(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let text = text.strip_prefix('-').unwrap_or(text);
+    if text == "0" {
+        return Some(0);
+    }
+    let mut rest = text;
+    let mut total_ns = 0f64;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total_ns += value * scale;
+    }
+    if text.is_empty() || !total_ns.is_finite() {
+        return None;
+    }
+    Some((total_ns / 1e6).round() as u64)
 }
 
 #[cfg(test)]
@@ -1366,19 +1725,106 @@ mod tests {
 
     #[test]
     fn catpaw_tool_lines_parse() {
+        // Exactly as catpaw's `fmt.Sprintf("[Tool] %s %s", ToolName, FormatToolArgsDisplay(..))`.
+        let line = |t: &str| {
+            let l = parse_tool_line(t);
+            (l.wire_name, l.tool, l.args)
+        };
         assert_eq!(
-            parse_tool_line(r#"[Tool] disk_usage {"mount":"/"}"#),
-            ("disk_usage".into(), json!({"mount": "/"}))
+            line(r#"[Tool] call_tool disk_usage {"mount":"/"}"#),
+            (
+                "call_tool".into(),
+                "disk_usage".into(),
+                json!({"mount": "/"})
+            )
         );
-        assert_eq!(parse_tool_line("[Tool] ps aux").1, json!("aux"));
         assert_eq!(
-            parse_tool_done("[Tool done] disk_usage (ok, 120B, 1.5s)"),
-            Some(("disk_usage".into(), true, 1500))
+            line("[Tool] call_tool mem_info"),
+            ("call_tool".into(), "mem_info".into(), json!({}))
+        );
+        assert_eq!(
+            line("[Tool] call_tool ps_top not json"),
+            (
+                "call_tool".into(),
+                "ps_top".into(),
+                json!({"_raw": "not json"})
+            )
+        );
+        // A direct tool: the display is empty (note catpaw's trailing space).
+        assert_eq!(
+            line("[Tool] cpu_usage "),
+            ("cpu_usage".into(), "cpu_usage".into(), json!({}))
+        );
+        assert_eq!(
+            line("[Tool] list_tools network"),
+            (
+                "list_tools".into(),
+                "list_tools".into(),
+                json!({"category": "network"})
+            )
+        );
+        assert_eq!(
+            line("[Tool] exec_shell df -h /var"),
+            (
+                "exec_shell".into(),
+                "exec_shell".into(),
+                json!({"command": "df -h /var"})
+            )
+        );
+        assert_eq!(
+            line("[Shell] uptime"),
+            (
+                "exec_shell".into(),
+                "exec_shell".into(),
+                json!({"command": "uptime"})
+            )
+        );
+        assert_eq!(
+            parse_tool_done("[Tool done] call_tool (ok, 120B, 1.5s)"),
+            Some(("call_tool".into(), true, 1500))
         );
         assert_eq!(
             parse_tool_done("[Tool done] x (error, 0B, 850ms)"),
             Some(("x".into(), false, 850))
         );
+        assert_eq!(
+            parse_tool_done("[Tool done] call_tool (ok, 9B, 1m2.5s)"),
+            Some(("call_tool".into(), true, 62_500))
+        );
         assert_eq!(parse_tool_done("nonsense"), None);
+    }
+
+    #[test]
+    fn go_durations_parse() {
+        for (text, ms) in [
+            ("0s", 0),
+            ("850µs", 1),
+            ("850μs", 1),
+            ("400us", 0),
+            ("999ns", 0),
+            ("12ms", 12),
+            ("1.234567891s", 1235),
+            ("1m2.5s", 62_500),
+            ("2h0m0s", 7_200_000),
+            ("1h1m1.001s", 3_661_001),
+        ] {
+            assert_eq!(go_duration_ms(text), Some(ms), "{text}");
+        }
+        for bad in ["", "5", "1.5x", "ms", "1..2s"] {
+            assert_eq!(go_duration_ms(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn v1_diagnose_params_carry_descriptions() {
+        let mut p = Map::new();
+        p.insert("alert".into(), json!("disk /data 95% full"));
+        v1_descriptions(&mut p);
+        assert_eq!(p["descriptions"], "disk /data 95% full");
+        let mut p = Map::new();
+        p.insert("descriptions".into(), json!("kept"));
+        p.insert("alert".into(), json!("not this"));
+        v1_descriptions(&mut p);
+        assert_eq!(p["descriptions"], "kept");
     }
 }

@@ -49,8 +49,11 @@ pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
 pub struct HeartbeatFigures {
     pub active_sessions: u64,
     pub active_alerts: u64,
-    pub cpu_pct: f64,
-    pub mem_pct: f64,
+    /// Absent: the agent did not say (unknown, not 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_pct: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_pct: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropped_alerts: Option<u64>,
     /// RFC 3339.
@@ -77,6 +80,10 @@ pub struct AgentRecord {
     /// The credential it registered with.
     #[serde(skip)]
     pub token_id: Option<String>,
+    /// That credential's name (`tether hub token create NAME`); null when the agent
+    /// registered with the shared enrollment token. Tells apart agents on same-named hosts.
+    #[serde(default)]
+    pub token_name: Option<String>,
 }
 
 /// An agent credential (only its hash is kept).
@@ -359,10 +366,11 @@ fn agent_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRecord> {
         last_seen: rfc3339_ms(row.get(11)?),
         heartbeat: heartbeat.and_then(|h| serde_json::from_str(&h).ok()),
         token_id: row.get(13)?,
+        token_name: row.get(14)?,
     })
 }
 
-const AGENT_COLUMNS: &str = "agent_id, hostname, ip, os, arch, labels, plugins, agent_version, proto, connected, first_seen, last_seen, heartbeat, token_id";
+const AGENT_COLUMNS: &str = "agent_id, hostname, ip, os, arch, labels, plugins, agent_version, proto, connected, first_seen, last_seen, heartbeat, token_id, (SELECT name FROM agent_tokens WHERE agent_tokens.id = agents.token_id)";
 
 fn token_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
     let labels: String = row.get(3)?;

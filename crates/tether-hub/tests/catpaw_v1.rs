@@ -86,6 +86,7 @@ async fn catpaw_agent_heartbeats_alerts_and_sessions() {
     let agent_id = new_agent_id();
     let mut agent = V1Agent::connect(&hub.agent_url(), &token, &agent_id, "db-01").await;
     let mut alice = hub.operator(ALICE).await;
+    let alice_name = who_am_i(&mut alice).await;
 
     // Heartbeat: agents.list shows it connected, with the figures.
     agent.heartbeat(2, 3, 12.5, 40.25);
@@ -164,7 +165,12 @@ async fn catpaw_agent_heartbeats_alerts_and_sessions() {
     let start = agent.next_of("session_start").await;
     assert_eq!(start["payload"]["session_id"], sid.as_str());
     assert_eq!(start["payload"]["session_type"], "inspect");
-    assert_eq!(start["payload"]["user_name"], "alice");
+    assert!(
+        start["payload"]["user_name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("alice #")),
+        "{start}"
+    );
     assert_eq!(start["payload"]["params"]["plugin"], "disk");
     assert!(
         start["payload"].get("class").is_none() && start["payload"].get("policy").is_none(),
@@ -199,11 +205,12 @@ async fn catpaw_agent_heartbeats_alerts_and_sessions() {
     );
     assert_eq!(evs[0]["state"], "idle");
     let turn = evs[1]["turn_id"].clone();
-    assert_eq!(evs[1]["originator"]["name"], "alice");
+    assert_eq!(evs[1]["originator"]["name"], alice_name.as_str());
     assert_eq!(evs[1]["originator"]["class"], "human");
     assert_eq!(evs[1]["text"], "inspect disk /");
     assert_eq!(evs[2]["state"], "running");
     assert_eq!(evs[3]["text"], "[Round 1] AI thinking...\n");
+    // catpaw's `[Tool] call_tool disk_usage {..}`: the tool that ran, its arguments an object.
     assert_eq!(evs[4]["tool"], "disk_usage");
     assert_eq!(evs[4]["args"], json!({"mount": "/"}));
     assert_eq!(
@@ -275,7 +282,7 @@ async fn catpaw_agent_heartbeats_alerts_and_sessions() {
             "turn {n}: {evs:#?}"
         );
         assert_eq!(evs[0]["text"], text);
-        assert_eq!(evs[0]["originator"]["name"], "alice");
+        assert_eq!(evs[0]["originator"]["name"], alice_name.as_str());
         assert_eq!(evs[1]["text"], format!("answer {n}: you said {text}"));
         assert_eq!(evs[2]["stop"], "completed");
     }
@@ -286,7 +293,11 @@ async fn catpaw_agent_heartbeats_alerts_and_sessions() {
     let cancel = agent.next_of("session_cancel").await;
     assert_eq!(cancel["payload"]["session_id"], chat.as_str());
     let closed = next_event(&mut alice, &chat, "session_closed").await;
-    assert!(closed["reason"].is_string(), "{closed}");
+    assert_eq!(
+        closed["reason"],
+        format!("closed by {alice_name}"),
+        "{closed}"
+    );
 
     // The store kept the whole chat, seq 1.. with no holes.
     let (status, body) = http_get(
@@ -656,5 +667,539 @@ async fn a_second_connection_of_the_same_agent_replaces_the_first() {
     );
     drop(first);
     drop(second);
+    hub.stop().await;
+}
+
+/// Issue 10 item 11: catpaw's heartbeat as it really is (`heartbeatPayload` with `cpu_pct` and
+/// `mem_pct` left out: catpaw fills neither and Go's `omitempty` drops them) shows those
+/// figures as unknown — absent — not as 0 %.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absent_cpu_or_mem_figure_is_unknown_not_zero() {
+    let hub = TestHub::start().await;
+    let token = hub.create_token("catpaw-hb").await;
+    let agent_id = new_agent_id();
+    let agent = V1Agent::connect(&hub.agent_url(), &token, &agent_id, "hb-01").await;
+    let mut alice = hub.operator(ALICE).await;
+    agent.send(
+        "heartbeat",
+        json!({"active_sessions": 1, "active_alerts": 0}),
+    );
+    let row = agent_row_with_heartbeat(&mut alice, &agent_id).await;
+    let hb = &row["heartbeat"];
+    assert_eq!(hb["active_sessions"], 1, "{row}");
+    assert!(
+        hb.get("cpu_pct").is_none() && hb.get("mem_pct").is_none(),
+        "unknown figures are absent, not 0: {row}"
+    );
+    drop(agent);
+    hub.stop().await;
+}
+
+/// The first `ack` on a raw agent connection (after sending `register`), or `None` if the hub
+/// closed first.
+async fn register_answer(ws: Ws, register: Value) -> (Option<Value>, bool) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut sink, mut stream) = futures_util::StreamExt::split(ws);
+    sink.send(Message::Text(register.to_string().into()))
+        .await
+        .expect("send register");
+    let mut ack = None;
+    let mut closed = false;
+    within("the hub's answer to register", async {
+        while let Some(Ok(msg)) = stream.next().await {
+            match msg {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(t.as_str()).expect("JSON");
+                    if v["type"] == "ack" && ack.is_none() {
+                        ack = Some(v);
+                        if ack.as_ref().is_some_and(|a| a["payload"]["ok"] == true) {
+                            return;
+                        }
+                    }
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        closed = true;
+    })
+    .await;
+    (ack, closed)
+}
+
+/// Issue 10 item 11: a `register` with Go's nil `labels` and `plugins` (`null`: no
+/// `omitempty` on them) is answered `ok`; one that does not decode is answered `ok: false`
+/// with the decoding error (naming the field), then closed — not dropped silently and
+/// logged as "did not register in time".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_are_answered_even_when_refused() {
+    let hub = TestHub::start().await;
+    let token = hub.create_token("catpaw-nil-maps").await;
+    let agent_id = new_agent_id();
+    let ws = dial_agent(&hub.agent_url(), &token, &agent_id, "1")
+        .await
+        .expect("upgrade");
+    let mut payload = register_payload("nil-maps-01");
+    payload["labels"] = Value::Null;
+    payload["plugins"] = Value::Null;
+    let register = json!({"type": "register", "id": "reg-1", "payload": payload});
+    let (ack, _) = register_answer(ws, register).await;
+    let ack = ack.expect("an ack");
+    assert_eq!(ack["ref_id"], "reg-1", "{ack}");
+    assert_eq!(ack["payload"]["ok"], true, "{ack}");
+
+    let token = hub.create_token("catpaw-bad-register").await;
+    let agent_id = new_agent_id();
+    let ws = dial_agent(&hub.agent_url(), &token, &agent_id, "1")
+        .await
+        .expect("upgrade");
+    let mut payload = register_payload("bad-01");
+    payload["hostname"] = json!(42);
+    let register = json!({"type": "register", "id": "reg-2", "payload": payload});
+    let (ack, closed) = register_answer(ws, register).await;
+    let ack = ack.expect("a refusal, not silence");
+    assert_eq!(ack["ref_id"], "reg-2", "{ack}");
+    assert_eq!(ack["payload"]["ok"], false, "{ack}");
+    let error = ack["payload"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("register") && error.contains("hostname"),
+        "the refusal says what was wrong: {ack}"
+    );
+    assert!(closed, "the hub closes after refusing");
+    assert!(!hub.hub().is_connected(&agent_id));
+    hub.stop().await;
+}
+
+/// `session.create` on an agent in manual mode: the agent acks the `session_start` (as catpaw
+/// does at once) while the operator waits for the reply. Returns the session id and the
+/// `session_start` frame.
+async fn create_on_manual(
+    alice: &mut tether_transport::client::Client,
+    agent: &mut V1Agent,
+    params: Value,
+) -> (String, Value) {
+    let (created, start) = tokio::join!(alice.request("session.create", params), async {
+        let start = agent.next_of("session_start").await;
+        agent.ack(&start);
+        start
+    });
+    let sid = created.expect("session.create")["session_id"]
+        .as_str()
+        .expect("session_id")
+        .to_owned();
+    (sid, start)
+}
+
+/// The events of one diagnose session driven frame by frame as catpaw's Go code writes them,
+/// ending with a final `done` frame carrying a report of `report_bytes`.
+async fn catpaw_diagnose(
+    agent: &mut V1Agent,
+    alice: &mut tether_transport::client::Client,
+    agent_id: &str,
+    report: &str,
+) -> Vec<Value> {
+    let (sid, start) = create_on_manual(
+        alice,
+        agent,
+        json!({"mode": "diagnose", "agent_id": agent_id,
+               "params": {"alert": "disk /data is 95% full", "plugin": "disk"}}),
+    )
+    .await;
+    // catpaw's diagnose reads the alert text from `params.descriptions` only.
+    assert_eq!(
+        start["payload"]["params"]["descriptions"], "disk /data is 95% full",
+        "{start}"
+    );
+    alice
+        .request("attach", json!({"session_id": sid, "after_seq": 0}))
+        .await
+        .expect("attach");
+    // `RunDiagnoseStreaming`'s progress lines, then `runRemoteSession`'s final frame.
+    agent.output(&sid, "[Round 1] AI thinking...", "thinking", false);
+    agent.output(
+        &sid,
+        r#"[Tool] call_tool disk_usage {"mount":"/data"}"#,
+        "tool_call",
+        false,
+    );
+    agent.output(
+        &sid,
+        "[Tool done] call_tool (ok, 120B, 1m2.5s)",
+        "tool_result",
+        false,
+    );
+    agent.output(&sid, "[Tool] cpu_usage ", "tool_call", false);
+    agent.output(
+        &sid,
+        "[Tool done] cpu_usage (error, 31B, 850µs)",
+        "tool_result",
+        false,
+    );
+    agent.output(&sid, "Looking at the numbers.", "answer", false);
+    agent.send(
+        "session_output",
+        json!({"session_id": sid, "delta": "", "stage": "", "done": true, "report": report}),
+    );
+    let evs = events_until(alice, &sid, "the diagnosis to close", |v| {
+        v["event"] == "session_closed"
+    })
+    .await;
+    without_clients(&evs)
+}
+
+/// Issue 10 item 11: catpaw bounds only what it reads, so its final `done` frame carries the
+/// whole report whatever its size. One over 1 MiB is shown (the hub reads `session_output`
+/// frames up to `MAX_SESSION_OUTPUT_FRAME_BYTES`); one over that limit ends the turn, and the
+/// session, with an error saying the report was too large — the session is never left
+/// `running`. catpaw's tool lines show the tool that ran and its arguments as an object, with
+/// Go durations read (`1m2.5s`, `850µs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catpaw_reports_over_1_mib_are_shown_or_explained() {
+    let hub = TestHub::start().await;
+    let token = hub.create_token("catpaw-big").await;
+    let agent_id = new_agent_id();
+    let mut agent = V1Agent::connect(&hub.agent_url(), &token, &agent_id, "big-01").await;
+    agent.manual();
+    let mut alice = hub.operator(ALICE).await;
+
+    let report = format!("## Report\n\n{}", "the disk is full. ".repeat(120_000));
+    assert!(report.len() > 2 << 20);
+    let evs = catpaw_diagnose(&mut agent, &mut alice, &agent_id, &report).await;
+    assert_eq!(
+        names(&evs),
+        [
+            "session_state",
+            "turn_started",
+            "session_state",
+            "reasoning_delta",
+            "tool_call",
+            "tool_result",
+            "tool_call",
+            "tool_result",
+            "text_delta",
+            "text_delta",
+            "turn_ended",
+            "session_state",
+            "session_closed"
+        ],
+        "{:#?}",
+        names(&evs)
+    );
+    assert_eq!(evs[1]["text"], "diagnose: disk /data is 95% full");
+    assert_eq!(evs[4]["tool"], "disk_usage");
+    assert_eq!(evs[4]["args"], json!({"mount": "/data"}));
+    assert_eq!(evs[5]["call_id"], evs[4]["call_id"]);
+    assert_eq!(evs[5]["ok"], true);
+    assert_eq!(evs[5]["duration_ms"], 62_500);
+    assert_eq!(evs[6]["tool"], "cpu_usage");
+    assert_eq!(evs[6]["args"], json!({}));
+    assert_eq!(evs[7]["call_id"], evs[6]["call_id"]);
+    assert_eq!(evs[7]["ok"], false);
+    assert_eq!(evs[7]["duration_ms"], 1);
+    assert_eq!(evs[9]["text"], report.as_str(), "the whole report");
+    assert_eq!(evs[10]["stop"], "completed");
+    assert_eq!(evs[12]["reason"], "finished");
+
+    // Just over `tether_proto::link::MAX_SESSION_OUTPUT_FRAME_BYTES` (8 MiB).
+    let huge = "x".repeat((8 << 20) + 1);
+    let evs = catpaw_diagnose(&mut agent, &mut alice, &agent_id, &huge).await;
+    let ended = evs
+        .iter()
+        .find(|e| e["event"] == "turn_ended")
+        .expect("the turn ends");
+    assert_eq!(ended["stop"], "error", "{ended}");
+    let error = ended["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("final report") && error.contains("bytes"),
+        "the error says the report was too large: {ended}"
+    );
+    let closed = evs.last().expect("session_closed");
+    assert_eq!(closed["event"], "session_closed");
+    assert_eq!(closed["reason"], error, "{closed}");
+    assert!(!evs.iter().any(|e| e["text"] == huge.as_str()), "not shown");
+    // The agent is still connected and served.
+    assert!(hub.hub().is_connected(&agent_id));
+    drop(agent);
+    hub.stop().await;
+}
+
+/// Issue 10 item 11: cancelling a version-1 turn ends it `cancelled` and closes the session
+/// saying who cancelled it (catpaw cancels whole sessions, then sends a bare `done`, which
+/// changes nothing); `session.close` says who closed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_v1_turn_says_cancelled_and_who() {
+    let hub = TestHub::start().await;
+    let token = hub.create_token("catpaw-cancel").await;
+    let agent_id = new_agent_id();
+    let mut agent = V1Agent::connect(&hub.agent_url(), &token, &agent_id, "cancel-01").await;
+    agent.manual();
+    let mut alice = hub.operator(ALICE).await;
+    let alice_name = who_am_i(&mut alice).await;
+
+    let (sid, _) = create_on_manual(
+        &mut alice,
+        &mut agent,
+        json!({"mode": "chat", "agent_id": agent_id}),
+    )
+    .await;
+    alice
+        .request("attach", json!({"session_id": sid, "after_seq": 0}))
+        .await
+        .expect("attach");
+    let r = alice
+        .request(
+            "input",
+            json!({"session_id": sid, "text": "a long question"}),
+        )
+        .await
+        .expect("input");
+    let turn_id = r["turn_id"].clone();
+    agent.next_of("session_input").await;
+    agent.output(&sid, "[Round 1] thinking...", "thinking", false);
+    alice
+        .request("cancel", json!({"session_id": sid, "turn_id": turn_id}))
+        .await
+        .expect("cancel");
+    let cancel = agent.next_of("session_cancel").await;
+    assert_eq!(cancel["payload"]["session_id"], sid.as_str());
+    assert_eq!(
+        cancel["payload"]["reason"],
+        format!("cancelled by {alice_name}")
+    );
+    // catpaw's session goroutine ends with its deferred bare `done`.
+    agent.output(&sid, "", "", true);
+    let evs = events_until(&mut alice, &sid, "the cancelled session to close", |v| {
+        v["event"] == "session_closed"
+    })
+    .await;
+    let ended = evs
+        .iter()
+        .find(|e| e["event"] == "turn_ended")
+        .expect("turn_ended");
+    assert_eq!(ended["turn_id"], turn_id);
+    assert_eq!(ended["stop"], "cancelled", "{ended}");
+    let closed = evs.last().expect("session_closed");
+    assert_eq!(
+        closed["reason"],
+        format!("cancelled by {alice_name}"),
+        "{closed}"
+    );
+    // The `done` after it is read (frames are handled in order: the heartbeat after it
+    // shows) and adds nothing.
+    agent.send(
+        "heartbeat",
+        json!({"active_sessions": 7, "active_alerts": 0}),
+    );
+    within("the heartbeat after the done", async {
+        loop {
+            let row = agent_row_with_heartbeat(&mut alice, &agent_id).await;
+            if row["heartbeat"]["active_sessions"] == 7 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (_, body) = http_get(
+        hub.addr,
+        &format!("/api/v1/sessions/{sid}/events"),
+        Some(ALICE),
+    )
+    .await;
+    let stored = body["events"].as_array().cloned().unwrap_or_default();
+    assert_eq!(stored.last(), Some(closed), "nothing after session_closed");
+    assert_eq!(
+        stored
+            .iter()
+            .filter(|e| e["event"] == "turn_ended" || e["event"] == "session_closed")
+            .count(),
+        2,
+        "{stored:#?}"
+    );
+
+    // `session.close`: closed, saying by whom.
+    let (sid, _) = create_on_manual(
+        &mut alice,
+        &mut agent,
+        json!({"mode": "chat", "agent_id": agent_id}),
+    )
+    .await;
+    alice
+        .request("attach", json!({"session_id": sid, "after_seq": 0}))
+        .await
+        .expect("attach");
+    alice
+        .request("session.close", json!({"session_id": sid}))
+        .await
+        .expect("session.close");
+    let cancel = agent.next_of("session_cancel").await;
+    assert_eq!(
+        cancel["payload"]["reason"],
+        format!("closed by {alice_name}")
+    );
+    agent.output(&sid, "", "", true);
+    let closed = next_event(&mut alice, &sid, "session_closed").await;
+    assert_eq!(
+        closed["reason"],
+        format!("closed by {alice_name}"),
+        "{closed}"
+    );
+    drop(agent);
+    hub.stop().await;
+}
+
+/// Issue 10 item 9: agents on hosts with the same name are told apart by their credential's
+/// name (`token_name`); the connections of one operator credential (two console tabs and a
+/// CLI) are told apart by their connection tag and client name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_and_operator_connections_are_told_apart() {
+    let hub = TestHub::start().await;
+    let web = hub.create_token("vm-web-01").await;
+    let db = hub.create_token("vm-db-01").await;
+    let (web_id, db_id) = (new_agent_id(), new_agent_id());
+    let web_agent = V1Agent::connect(&hub.agent_url(), &web, &web_id, "vm").await;
+    let db_agent = V1Agent::connect(&hub.agent_url(), &db, &db_id, "vm").await;
+    let mut tab1 = hub.operator(ALICE).await;
+    let r = tab1
+        .request("agents.list", json!({}))
+        .await
+        .expect("agents.list");
+    let rows = r["agents"].as_array().cloned().unwrap_or_default();
+    let row = |id: &str| {
+        rows.iter()
+            .find(|a| a["agent_id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("agent {id} listed: {r}"))
+    };
+    assert_eq!(row(&web_id)["hostname"], "vm");
+    assert_eq!(row(&web_id)["token_name"], "vm-web-01", "{r}");
+    assert_eq!(row(&db_id)["hostname"], "vm");
+    assert_eq!(row(&db_id)["token_name"], "vm-db-01", "{r}");
+
+    // Three connections of the operator `alice`.
+    let connect = |client_name: &'static str| {
+        let url = hub.operator_url();
+        async move {
+            let mut c = within(
+                "operator connect",
+                tether_transport::client::Client::connect_ws(&url, Some(ALICE)),
+            )
+            .await
+            .expect("connect");
+            let hello = c
+                .request("hello", json!({"client_name": client_name}))
+                .await
+                .expect("hello");
+            (c, hello)
+        }
+    };
+    let (mut tab2, hello2) = connect("tether-console").await;
+    let (mut cli, hello3) = connect("tether-cli").await;
+    let name1 = who_am_i(&mut tab1).await;
+    let (name2, name3) = (
+        hello2["name"].as_str().unwrap_or_default().to_owned(),
+        hello3["name"].as_str().unwrap_or_default().to_owned(),
+    );
+    for (hello_name, client_name) in [(&name2, "tether-console"), (&name3, "tether-cli")] {
+        assert!(
+            hello_name.starts_with("alice #") && hello_name.ends_with(&format!("({client_name})")),
+            "name, connection tag, client: {hello_name}"
+        );
+    }
+    let tag = |id: &Value| {
+        id.as_str()
+            .and_then(|i| i.rsplit_once('/'))
+            .map(|(_, n)| n.to_owned())
+    };
+    assert_eq!(
+        Some(format!(
+            "alice #{} (tether-console)",
+            tag(&hello2["client_id"]).expect("tag")
+        )),
+        Some(name2.clone()),
+        "the tag is the client id's connection number: {hello2}"
+    );
+    assert_ne!(name1, name2);
+    assert_ne!(name2, name3);
+
+    // All three in one session: three distinct clients.
+    let created = tab1
+        .request(
+            "session.create",
+            json!({"mode": "chat", "agent_id": web_id}),
+        )
+        .await
+        .expect("session.create");
+    let sid = created["session_id"]
+        .as_str()
+        .expect("session_id")
+        .to_owned();
+    for c in [&mut tab1, &mut tab2, &mut cli] {
+        c.request("attach", json!({"session_id": sid}))
+            .await
+            .expect("attach");
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let (_, body) = within("three client_attached events", async {
+        loop {
+            let (status, body) = http_get(
+                hub.addr,
+                &format!("/api/v1/sessions/{sid}/events"),
+                Some(ALICE),
+            )
+            .await;
+            let attached = body["events"]
+                .as_array()
+                .map(|e| e.iter().filter(|e| e["event"] == "client_attached").count())
+                .unwrap_or(0);
+            if attached >= 3 {
+                return (status, body);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    for e in body["events"].as_array().into_iter().flatten() {
+        if e["event"] == "client_attached" {
+            seen.insert(e["client"]["name"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    assert_eq!(
+        seen,
+        [name1, name2, name3].into_iter().collect(),
+        "each connection is its own client"
+    );
+    drop((web_agent, db_agent));
+    hub.stop().await;
+}
+
+/// Issue 10 item 11 (verified): catpaw's `alertEventItem` has no `omitempty` on `labels`, so
+/// a Go nil map arrives as `"labels": null` — stored as no labels. One event the hub cannot
+/// store (an empty `alert_key`) is refused and counted alone; the rest of its batch is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catpaw_nil_labels_are_empty_and_one_bad_event_spares_its_batch() {
+    let hub = TestHub::start().await;
+    let token = hub.create_token("catpaw-nil-labels").await;
+    let agent_id = new_agent_id();
+    let agent = V1Agent::connect(&hub.agent_url(), &token, &agent_id, "nil-01").await;
+    let mut nil_labels = catpaw_alert("ntp", "Warning", Value::Null);
+    nil_labels.as_object_mut().expect("object").remove("attrs"); // `attrs,omitempty`: a nil map is left out
+    let keyless = catpaw_alert("", "Critical", json!({"x": "1"}));
+    let fine = catpaw_alert("disk", "Ok", json!({"mount": "/"}));
+    agent.alerts(vec![nil_labels, keyless, fine]);
+    let mut alice = hub.operator(ALICE).await;
+    let alerts = alerts_listed(&mut alice, json!({"agent_id": agent_id}), 2).await;
+    let keys: Vec<&str> = alerts
+        .iter()
+        .filter_map(|a| a["alert_key"].as_str())
+        .collect();
+    assert_eq!(keys, ["disk", "ntp"], "{alerts:#?}");
+    assert_eq!(alerts[1]["labels"], json!({}), "{alerts:#?}");
+    let m = hub.hub().metrics();
+    assert_eq!(m.alerts_rejected.load(Ordering::Relaxed), 1);
+    assert_eq!(m.alerts_stored.load(Ordering::Relaxed), 2);
+    assert!(hub.hub().is_connected(&agent_id));
+    drop(agent);
     hub.stop().await;
 }

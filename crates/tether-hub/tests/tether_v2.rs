@@ -221,6 +221,7 @@ async fn operators_share_a_remote_session_and_arbitration_holds() {
     hub.wait_connected(&agent.agent_id, true).await;
 
     let mut alice = hub.operator(ALICE).await;
+    let alice_name = who_am_i(&mut alice).await;
     let created = alice
         .request(
             "session.create",
@@ -242,6 +243,14 @@ async fn operators_share_a_remote_session_and_arbitration_holds() {
         session: sid.clone(),
         seen: Vec::new(),
     };
+    let robot_name = who_am_i(&mut robot.client).await;
+    // A second connection of the same robot credential: a client of its own, but the same
+    // principal, so it may not approve its twin's turn either.
+    let mut robot2 = Watch {
+        client: hub.operator(ROBOT).await,
+        session: sid.clone(),
+        seen: Vec::new(),
+    };
     let mut bob = Watch {
         client: hub.operator(BOB).await,
         session: sid.clone(),
@@ -252,7 +261,7 @@ async fn operators_share_a_remote_session_and_arbitration_holds() {
         session: sid.clone(),
         seen: Vec::new(),
     };
-    for w in [&mut alice, &mut robot] {
+    for w in [&mut alice, &mut robot, &mut robot2] {
         let r = w
             .request("attach", json!({"session_id": sid, "after_seq": 0}))
             .await
@@ -263,7 +272,7 @@ async fn operators_share_a_remote_session_and_arbitration_holds() {
     // The robot is present at the agent before it starts a turn.
     robot
         .until("the robot's client_attached", |v| {
-            v["event"] == "client_attached" && v["client"]["name"] == "robot"
+            v["event"] == "client_attached" && v["client"]["name"] == robot_name.as_str()
         })
         .await;
 
@@ -284,12 +293,18 @@ async fn operators_share_a_remote_session_and_arbitration_holds() {
         .await;
     assert_eq!(asked["turn_id"], turn1);
     assert_eq!(asked["tool"], "shell");
-    assert_eq!(asked["originator"]["name"], "robot");
+    assert_eq!(asked["originator"]["name"], robot_name.as_str());
     assert_eq!(asked["originator"]["class"], "agent");
     assert_eq!(asked["policy"], "human");
     let call1 = asked["call_id"].clone();
     let r = robot.answer(&call1, "allow").await;
     assert_eq!(reason(&r), "agent_cannot_self_approve", "{r:?}");
+    let r = robot2.answer(&call1, "allow").await;
+    assert_eq!(
+        reason(&r),
+        "agent_cannot_self_approve",
+        "another connection of the same credential: {r:?}"
+    );
     let r = watcher.answer(&call1, "allow").await;
     assert_eq!(reason(&r), "forbidden", "{r:?}");
     alice.answer(&call1, "allow").await.expect("alice allows");
@@ -329,7 +344,7 @@ async fn operators_share_a_remote_session_and_arbitration_holds() {
         })
         .await;
     assert_eq!(asked["turn_id"], turn2);
-    assert_eq!(asked["originator"]["name"], "alice");
+    assert_eq!(asked["originator"]["name"], alice_name.as_str());
     let call2 = asked["call_id"].clone();
     let r = robot.answer(&call2, "allow").await;
     assert_eq!(reason(&r), "human_answer_required", "{r:?}");
@@ -377,10 +392,26 @@ async fn operators_share_a_remote_session_and_arbitration_holds() {
         .collect();
     assert_eq!(resolved.len(), 2, "{resolved:?}");
     assert_eq!(resolved[0]["call_id"], call1);
-    assert_eq!(resolved[0]["by"]["name"], "alice");
+    // "Allowed by" names the connection (credential, tag, client) and its principal.
+    assert_eq!(resolved[0]["by"]["name"], alice_name.as_str());
+    assert!(alice_name.starts_with("alice #") && alice_name.ends_with("(hub test)"));
+    let principal = |by: &Value| {
+        by["client_id"]
+            .as_str()
+            .and_then(|id| id.rsplit_once('/'))
+            .map(|(p, _)| p.to_owned())
+    };
+    assert_eq!(principal(&resolved[0]["by"]).as_deref(), Some("hub:alice"));
     assert_eq!(resolved[0]["cause"], "answered");
     assert_eq!(resolved[1]["call_id"], call2);
-    assert_eq!(resolved[1]["by"]["name"], "bob");
+    assert!(
+        resolved[1]["by"]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("bob #")),
+        "{:?}",
+        resolved[1]
+    );
+    assert_eq!(principal(&resolved[1]["by"]).as_deref(), Some("hub:bob"));
     let results = alice
         .seen
         .iter()
@@ -477,6 +508,295 @@ async fn hub_shutdown_makes_agents_back_off_as_told() {
         })
         .await;
     hub.wait_connected(&agent.agent_id, true).await;
+    agent.stop().await;
+    hub.stop().await;
+}
+
+/// Each turn: a short answer, no tools.
+fn chat_script() -> String {
+    json!({"loop": true, "responses": [{"text": "all quiet here"}]}).to_string()
+}
+
+/// Sends `text` into `sid` and reads the operator's frames until that turn ends; returns the
+/// turn's `turn_ended`.
+async fn one_turn(w: &mut Watch, text: &str) -> Value {
+    let r = w
+        .request("input", json!({"session_id": w.session, "text": text}))
+        .await
+        .expect("input");
+    let turn = r["turn_id"].clone();
+    assert!(turn.is_string(), "{r}");
+    w.until("the turn to end", |v| {
+        v["event"] == "turn_ended" && v["turn_id"] == turn
+    })
+    .await
+}
+
+fn assert_contiguous(events: &[Value]) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            e["seq"],
+            json!(i as u64 + 1),
+            "seq from 1, no holes: {events:#?}"
+        );
+    }
+}
+
+/// The session's row in `session.list`.
+async fn listed(op: &mut Client, sid: &str) -> Value {
+    let r = within("session.list", op.request("session.list", json!({})))
+        .await
+        .expect("session.list");
+    r["sessions"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["session_id"] == sid))
+        .cloned()
+        .unwrap_or_else(|| panic!("session {sid} listed: {r}"))
+}
+
+/// Waits until the agent's link holds `n` remote sessions (a resumed one counts again).
+async fn remote_sessions(agent: &V2Agent, n: usize) {
+    within(&format!("{n} remote sessions at the agent"), async {
+        while agent.remote.active() != n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// Issue 10 item 8: restarting `tether up` — the agent and the hub both stop (the agent
+/// first, as on Ctrl-C) and start again on their state — leaves the sessions the agent still
+/// has open at the hub: when the agent registers, the hub resumes each (`session_attach` with
+/// `after_seq`), its history goes on with no gap, and it keeps its host and its title, the
+/// same at the hub and the agent. (Before, every such session was closed "agent
+/// disconnected", could not be resumed, and listed without host or title.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_hub_and_agent_resumes_open_sessions() {
+    let hub = TestHub::start().await;
+    let token = hub.create_token("tether-up").await;
+    let mut agent = V2Agent::new(&hub.agent_url(), &token, &chat_script(), None);
+    agent.start_link();
+    agent.wait_registered().await;
+    hub.wait_connected(&agent.agent_id, true).await;
+    let mut op = hub.operator(ALICE).await;
+    let created = op
+        .request(
+            "session.create",
+            json!({"mode": "chat", "agent_id": agent.agent_id, "title": "disk check"}),
+        )
+        .await
+        .expect("session.create");
+    let sid = created["session_id"]
+        .as_str()
+        .expect("session_id")
+        .to_owned();
+    let mut alice = Watch {
+        client: op,
+        session: sid.clone(),
+        seen: Vec::new(),
+    };
+    alice
+        .request("attach", json!({"session_id": sid, "after_seq": 0}))
+        .await
+        .expect("attach");
+    let ended = one_turn(&mut alice, "first question").await;
+    assert_eq!(ended["stop"], "completed", "{ended}");
+    let before = alice
+        .until("the session to be idle", |v| {
+            v["event"] == "session_state" && v["state"] == "idle"
+        })
+        .await;
+    let last_before = before["seq"].as_u64().expect("seq");
+    drop(alice);
+
+    // Ctrl-C on `tether up`: the agent stops, then the hub.
+    let agent_id = agent.agent_id.clone();
+    let agent_dir = agent.stop().await;
+    let addr = hub.addr;
+    let hub_dir = hub.stop().await;
+
+    // Started again on the same state.
+    let hub = TestHub::start_in(hub_dir, addr, |_| {}).await;
+    let mut op = hub.operator(ALICE).await;
+    let row = listed(&mut op, &sid).await;
+    assert_ne!(
+        row["state"], "closed",
+        "open while its agent is away: {row}"
+    );
+    let mut agent = V2Agent::open_in(agent_dir, &hub.agent_url(), &token, &chat_script(), None);
+    assert_eq!(agent.agent_id, agent_id);
+    agent.start_link();
+    agent.wait_registered().await;
+    remote_sessions(&agent, 1).await;
+
+    let row = listed(&mut op, &sid).await;
+    assert_eq!(row["state"], "idle", "{row}");
+    assert_eq!(row["title"], "disk check", "{row}");
+    assert_eq!(row["hostname"], tether_engine::host::hostname(), "{row}");
+    let at_agent = agent
+        .mux
+        .list_sessions()
+        .sessions
+        .into_iter()
+        .find(|s| s.session_id.as_str() == sid)
+        .expect("the agent still has the session");
+    assert_eq!(
+        at_agent.title.as_deref(),
+        Some("disk check"),
+        "titles agree"
+    );
+
+    // The operator picks it up where it was: history from the store, then a new turn.
+    let mut alice = Watch {
+        client: op,
+        session: sid.clone(),
+        seen: Vec::new(),
+    };
+    let attached = alice
+        .request("attach", json!({"session_id": sid, "after_seq": 0}))
+        .await
+        .expect("attach after the restart");
+    assert_eq!(attached["snapshot"]["state"], "idle", "{attached}");
+    assert_eq!(attached["snapshot"]["title"], "disk check", "{attached}");
+    assert!(
+        attached["snapshot"]["last_seq"].as_u64() >= Some(last_before),
+        "{attached}"
+    );
+    let ended = one_turn(&mut alice, "second question").await;
+    assert_eq!(ended["stop"], "completed", "{ended}");
+    assert_contiguous(&alice.seen);
+    assert!(
+        !alice.seen.iter().any(|e| e["event"] == "session_closed"),
+        "{:#?}",
+        alice.seen
+    );
+    let (_, body) = http_get(
+        hub.addr,
+        &format!("/api/v1/sessions/{sid}/events"),
+        Some(ALICE),
+    )
+    .await;
+    let stored = body["events"].as_array().cloned().unwrap_or_default();
+    assert_contiguous(&stored);
+    agent.stop().await;
+    hub.stop().await;
+}
+
+/// Issue 10 item 8: a link that drops and comes back (the hub and the agent both running)
+/// resumes the session: operators attached through the outage stay attached, are attached
+/// at the agent again, and carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_link_resumes_its_sessions() {
+    let hub = TestHub::start().await;
+    let token = hub.create_token("tether-drop").await;
+    let mut agent = V2Agent::new(&hub.agent_url(), &token, &chat_script(), None);
+    agent.start_link();
+    agent.wait_registered().await;
+    hub.wait_connected(&agent.agent_id, true).await;
+    let mut op = hub.operator(ALICE).await;
+    let alice_name = who_am_i(&mut op).await;
+    let created = op
+        .request(
+            "session.create",
+            json!({"mode": "chat", "agent_id": agent.agent_id}),
+        )
+        .await
+        .expect("session.create");
+    let sid = created["session_id"]
+        .as_str()
+        .expect("session_id")
+        .to_owned();
+    let mut alice = Watch {
+        client: op,
+        session: sid.clone(),
+        seen: Vec::new(),
+    };
+    alice
+        .request("attach", json!({"session_id": sid, "after_seq": 0}))
+        .await
+        .expect("attach");
+    one_turn(&mut alice, "before the drop").await;
+
+    agent.stop_link().await;
+    hub.wait_connected(&agent.agent_id, false).await;
+    let mut other = hub.operator(BOB).await;
+    assert_eq!(listed(&mut other, &sid).await["state"], "idle");
+    agent.start_link();
+    agent.wait_registered().await;
+    // Resumed: the agent replays what the hub missed (its hub users left with the link) and
+    // the hub attaches alice there again.
+    alice
+        .until("alice attached at the agent again", |v| {
+            v["event"] == "client_attached" && v["client"]["name"] == alice_name.as_str()
+        })
+        .await;
+    let ended = one_turn(&mut alice, "after the drop").await;
+    assert_eq!(ended["stop"], "completed", "{ended}");
+    assert_contiguous(&alice.seen);
+    assert!(
+        !alice.seen.iter().any(|e| e["event"] == "session_closed"),
+        "{:#?}",
+        alice.seen
+    );
+    agent.stop().await;
+    hub.stop().await;
+}
+
+/// Issue 10 item 8: a session the agent no longer has (its state was lost) is closed when
+/// the agent comes back, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_the_agent_lost_is_closed_saying_so() {
+    let hub = TestHub::start().await;
+    let token = hub.create_token("tether-lost").await;
+    let mut agent = V2Agent::new(&hub.agent_url(), &token, &chat_script(), None);
+    agent.start_link();
+    agent.wait_registered().await;
+    hub.wait_connected(&agent.agent_id, true).await;
+    let mut op = hub.operator(ALICE).await;
+    let created = op
+        .request(
+            "session.create",
+            json!({"mode": "chat", "agent_id": agent.agent_id}),
+        )
+        .await
+        .expect("session.create");
+    let sid = created["session_id"]
+        .as_str()
+        .expect("session_id")
+        .to_owned();
+    let mut alice = Watch {
+        client: op,
+        session: sid.clone(),
+        seen: Vec::new(),
+    };
+    alice
+        .request("attach", json!({"session_id": sid, "after_seq": 0}))
+        .await
+        .expect("attach");
+    one_turn(&mut alice, "hello").await;
+
+    // The agent comes back with its identity but without its event log.
+    let agent_id = agent.agent_id.clone();
+    let old_dir = agent.stop().await;
+    let fresh = std::sync::Arc::new(tempfile::tempdir().expect("tempdir"));
+    std::fs::copy(
+        old_dir.path().join("agent_id"),
+        fresh.path().join("agent_id"),
+    )
+    .expect("copy agent_id");
+    let mut agent = V2Agent::open_in(fresh, &hub.agent_url(), &token, &chat_script(), None);
+    assert_eq!(agent.agent_id, agent_id);
+    agent.start_link();
+    let closed = alice
+        .until("the lost session to close", |v| {
+            v["event"] == "session_closed"
+        })
+        .await;
+    assert_eq!(
+        closed["reason"], "the agent no longer has this session",
+        "{closed}"
+    );
+    assert_contiguous(&alice.seen);
     agent.stop().await;
     hub.stop().await;
 }

@@ -338,7 +338,8 @@ enum Inbound {
 
 /// Work for a connection's session worker, in arrival order.
 enum SessionWork {
-    Frame(LinkFrame),
+    /// Boxed: a frame is large, a refusal small.
+    Frame(Box<LinkFrame>),
     /// Refuse the `session_start` with this envelope id: its payload did not decode.
     InvalidStart(String),
 }
@@ -637,9 +638,8 @@ impl Driver {
             }
             Output::Down { reason } => {
                 tracing::info!(reason = %reason, "hub link: down");
-                let remote = self.remote.clone();
-                let why = format!("hub link lost: {reason}");
-                tokio::spawn(async move { remote.on_down(&why).await });
+                // The sessions held now; the work runs on its own.
+                tokio::spawn(self.remote.on_down(&format!("hub link lost: {reason}")));
             }
             Output::Backoff { wait, reason } => {
                 tracing::info!(
@@ -658,7 +658,7 @@ impl Driver {
                     tokio::select! {
                         _ = c.cancel.cancelled() => {}
                         _ = self.shutdown.cancelled() => {}
-                        r = c.sessions.send(SessionWork::Frame(frame)) => if r.is_err() {
+                        r = c.sessions.send(SessionWork::Frame(Box::new(frame))) => if r.is_err() {
                             tracing::warn!("hub link: session worker gone; message dropped");
                         },
                     }
@@ -724,8 +724,8 @@ impl Driver {
         Heartbeat {
             active_sessions: self.remote.active() as u64,
             active_alerts: self.figures.active_alerts(),
-            cpu_pct: self.cpu.sample(),
-            mem_pct: tether_engine::host::memory().map_or(0.0, |m| m.used_pct),
+            cpu_pct: Some(self.cpu.sample()),
+            mem_pct: tether_engine::host::memory().map(|m| m.used_pct),
             dropped_alerts: v2.then(|| self.spool.dropped()),
         }
     }
@@ -751,7 +751,7 @@ impl Driver {
                     f = session_rx.recv() => match f { Some(f) => f, None => break },
                 };
                 match frame {
-                    SessionWork::Frame(frame) => remote.handle(frame, &worker_out).await,
+                    SessionWork::Frame(frame) => remote.handle(*frame, &worker_out).await,
                     SessionWork::InvalidStart(id) => remote.refuse_invalid(&id, &worker_out).await,
                 }
             }

@@ -27,8 +27,8 @@ use tether_proto::link::{
     error_code, refusal,
 };
 use tether_proto::{
-    Answer, Attach, CallId, Class, Decision, EventBody, Input, Mode, Op, Policy, ReplyFrame,
-    Request, RequestId, Scope, ServerFrame, SessionId, SessionRef, StopReason, TurnId,
+    Answer, Attach, CallId, Class, ClientId, Decision, EventBody, Input, Mode, Op, Policy,
+    ReplyFrame, Request, RequestId, Scope, ServerFrame, SessionId, SessionRef, StopReason, TurnId,
 };
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -72,12 +72,14 @@ struct RemoteSession {
     mode: Mode,
     version: u32,
     out: LinkOut,
+    /// By hub connection (`client_id`), else by user name, and class.
     users: Mutex<HashMap<(String, Class), Arc<UserConn>>>,
     /// Stops the relay.
     cancel: CancellationToken,
     running_turn: std::sync::Mutex<Option<TurnId>>,
     params: Map<String, Value>,
-    _permit: OwnedSemaphorePermit,
+    /// Handed on to the session's next relay when the hub resumes it.
+    permit: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 /// A hub user's connection to the mux: requests in, replies back; events are drained (the
@@ -157,17 +159,29 @@ fn class_of(name: Option<&str>) -> Class {
     name.and_then(Class::parse).unwrap_or(Class::Human)
 }
 
-fn user_identity(user: &str, class: Class) -> Identity {
+/// A hub user as the multiplexer knows it. With the hub connection's `client_id`
+/// (`<principal>/<n>`) the principal is the hub credential's, so the permission rules compare
+/// credentials, not connections, while each connection is a client of its own.
+fn user_identity(user: &str, class: Class, client_id: Option<&str>) -> Identity {
     let user = if user.trim().is_empty() {
         "hub user"
     } else {
         user
     };
+    let principal = match client_id {
+        Some(id) => ClientId(id.to_owned()).principal().to_owned(),
+        None => user.to_owned(),
+    };
     Identity {
-        principal: format!("hub:{user}"),
+        principal: format!("hub:{principal}"),
         class,
         name: user.to_owned(),
     }
+}
+
+/// The key of a hub user's connection in `RemoteSession::users`.
+fn user_key(user: &str, class: Class, client_id: Option<&str>) -> (String, Class) {
+    (client_id.unwrap_or(user).to_owned(), class)
 }
 
 /// Hub session ids become mux session ids: keep them to a safe shape.
@@ -201,29 +215,52 @@ impl RemoteSessions {
         self.inner.sessions.lock().ok()?.get(hub_id).cloned()
     }
 
-    fn remove(&self, hub_id: &str) {
-        if let Ok(mut s) = self.inner.sessions.lock() {
-            s.remove(hub_id);
+    /// Forgets `session` unless another relay of it (a resumed one) took its place.
+    fn remove(&self, session: &Arc<RemoteSession>) {
+        if let Ok(mut s) = self.inner.sessions.lock()
+            && s.get(&session.hub_id)
+                .is_some_and(|held| Arc::ptr_eq(held, session))
+        {
+            s.remove(&session.hub_id);
         }
     }
 
-    /// The link went down: every remote session ends.
-    pub async fn on_down(&self, reason: &str) {
-        let all: Vec<Arc<RemoteSession>> = self
+    /// The link went down. Version-1 sessions end (a catpaw hub never resumes them).
+    /// Version-2 sessions stay: their relay keeps running (so the idle timeout holds) with
+    /// nobody to send to, their hub users leave (nobody can answer a prompt from there), and
+    /// the hub resumes them after it registers again (`session_attach` with `after_seq`).
+    ///
+    /// The sessions are those held when it is called (the work runs when the returned future
+    /// is polled): a session the hub resumes on the next connection meanwhile is not touched.
+    pub fn on_down(&self, reason: &str) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let this = self.clone();
+        let reason = reason.to_owned();
+        let held: Vec<Arc<RemoteSession>> = self
             .inner
             .sessions
             .lock()
-            .map(|mut s| s.drain().map(|(_, v)| v).collect())
+            .map(|s| s.values().cloned().collect())
             .unwrap_or_default();
-        for s in all {
-            s.cancel.cancel();
-            let _ = tokio::time::timeout(
-                Duration::from_secs(20),
-                self.inner
-                    .mux
-                    .close_session(&SessionId(s.hub_id.clone()), reason),
-            )
-            .await;
+        async move {
+            for s in held {
+                if s.version >= 2 {
+                    let users: Vec<Arc<UserConn>> =
+                        s.users.lock().await.drain().map(|(_, u)| u).collect();
+                    for u in users {
+                        u.conn.close("the hub link went down").await;
+                    }
+                    continue;
+                }
+                this.remove(&s);
+                s.cancel.cancel();
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(20),
+                    this.inner
+                        .mux
+                        .close_session(&SessionId(s.hub_id.clone()), &reason),
+                )
+                .await;
+            }
         }
     }
 
@@ -316,7 +353,11 @@ impl RemoteSessions {
         } else {
             Class::Human
         };
-        let user = UserConn::start(&self.inner.mux, user_identity(&start.user_name, class));
+        let client_id = start.client_id.as_deref().filter(|_| version >= 2);
+        let user = UserConn::start(
+            &self.inner.mux,
+            user_identity(&start.user_name, class, client_id),
+        );
         let policy = start
             .policy
             .as_deref()
@@ -339,7 +380,14 @@ impl RemoteSessions {
             .create_session(
                 Some(user.conn.client().clone()),
                 mode,
-                Some(format!("{} by {} (hub)", mode, start.user_name)),
+                // The hub's title, so both show the same (a version-1 hub sends none).
+                Some(
+                    start
+                        .title
+                        .clone()
+                        .filter(|t| !t.trim().is_empty())
+                        .unwrap_or_else(|| format!("{} by {} (hub)", mode, start.user_name)),
+                ),
                 policy,
                 params.clone(),
                 SessionOptions {
@@ -367,36 +415,14 @@ impl RemoteSessions {
             cancel: CancellationToken::new(),
             running_turn: std::sync::Mutex::new(None),
             params,
-            _permit: permit,
+            permit: std::sync::Mutex::new(Some(permit)),
         });
         if let Ok(mut s) = self.inner.sessions.lock() {
             s.insert(start.session_id.clone(), session.clone());
         }
         // The relay attaches from the first event, so nothing the session did is missed.
-        let relay_identity = if version >= 2 {
-            Identity {
-                principal: "hub-link".into(),
-                class: Class::Observer,
-                name: "hub link".into(),
-            }
-        } else {
-            Identity {
-                principal: "hub-link".into(),
-                class: Class::Human,
-                name: "hub link (v1)".into(),
-            }
-        };
-        let (relay, relay_rx) = self.inner.mux.connect(relay_identity);
+        self.spawn_relay(&session, 0).await;
         let sid = SessionId(start.session_id.clone());
-        relay
-            .handle(Request {
-                id: RequestId::from(0),
-                op: Op::Attach(Attach {
-                    session_id: sid.clone(),
-                    after_seq: Some(0),
-                }),
-            })
-            .await;
         let _ = user
             .call(Op::Attach(Attach {
                 session_id: sid.clone(),
@@ -407,13 +433,7 @@ impl RemoteSessions {
             .users
             .lock()
             .await
-            .insert((start.user_name.clone(), class), user.clone());
-        let this = self.clone();
-        let s2 = session.clone();
-        tokio::spawn(async move {
-            run_relay(this.clone(), s2.clone(), relay, relay_rx).await;
-            this.remove(&s2.hub_id);
-        });
+            .insert(user_key(&start.user_name, class, client_id), user.clone());
         if let Some(message) = message {
             let reply = user
                 .call(Op::Input(Input {
@@ -433,12 +453,125 @@ impl RemoteSessions {
         }
     }
 
-    async fn user(&self, session: &RemoteSession, name: &str, class: Class) -> Arc<UserConn> {
+    async fn user(
+        &self,
+        session: &RemoteSession,
+        name: &str,
+        class: Class,
+        client_id: Option<&str>,
+    ) -> Arc<UserConn> {
         let mut users = session.users.lock().await;
         users
-            .entry((name.to_owned(), class))
-            .or_insert_with(|| UserConn::start(&self.inner.mux, user_identity(name, class)))
+            .entry(user_key(name, class, client_id))
+            .or_insert_with(|| {
+                UserConn::start(&self.inner.mux, user_identity(name, class, client_id))
+            })
             .clone()
+    }
+
+    /// Starts the relay of `session` from the event after `after_seq` (0: from the first).
+    async fn spawn_relay(&self, session: &Arc<RemoteSession>, after_seq: u64) {
+        let relay_identity = if session.version >= 2 {
+            Identity {
+                principal: "hub-link".into(),
+                class: Class::Observer,
+                name: "hub link".into(),
+            }
+        } else {
+            Identity {
+                principal: "hub-link".into(),
+                class: Class::Human,
+                name: "hub link (v1)".into(),
+            }
+        };
+        let (relay, relay_rx) = self.inner.mux.connect(relay_identity);
+        relay
+            .handle(Request {
+                id: RequestId::from(0),
+                op: Op::Attach(Attach {
+                    session_id: SessionId(session.hub_id.clone()),
+                    after_seq: Some(after_seq),
+                }),
+            })
+            .await;
+        let this = self.clone();
+        let s2 = session.clone();
+        tokio::spawn(async move {
+            run_relay(this.clone(), s2.clone(), relay, relay_rx).await;
+            this.remove(&s2);
+        });
+    }
+
+    /// Version 2: the hub resumes a session after registering again (`session_attach` with
+    /// `after_seq`). The relay starts over on this connection from the event after
+    /// `after_seq`; after an agent restart the session, restored by the multiplexer from its
+    /// event log, is taken up again. Only sessions started from the hub qualify.
+    async fn resume(&self, frame_id: &str, attach: &SessionAttach, after_seq: u64, out: &LinkOut) {
+        let sid = SessionId(attach.session_id.clone());
+        let refuse = |reason, message: String| {
+            ReplyFrame::err(None, tether_proto::ErrorBody::new(reason, message))
+        };
+        let Some(summary) = self.inner.mux.remote_session(&sid) else {
+            return self.unknown(frame_id, &attach.session_id, out).await;
+        };
+        if after_seq > summary.last_seq {
+            let reply = refuse(
+                tether_proto::Reason::BadRequest,
+                format!(
+                    "after_seq {after_seq} is beyond the session's last event ({})",
+                    summary.last_seq
+                ),
+            );
+            out.ack_reply(frame_id, &reply).await;
+            return;
+        }
+        let old = self.get(&attach.session_id);
+        let handed_on = old
+            .as_ref()
+            .and_then(|o| o.permit.lock().ok().and_then(|mut p| p.take()));
+        let permit = match handed_on {
+            Some(p) => p,
+            None => match self.inner.permits.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    let reply = refuse(
+                        tether_proto::Reason::Overloaded,
+                        refusal::MAX_CONCURRENT.to_owned(),
+                    );
+                    out.ack_reply(frame_id, &reply).await;
+                    return;
+                }
+            },
+        };
+        if let Some(old) = &old {
+            old.cancel.cancel();
+            let users: Vec<Arc<UserConn>> =
+                old.users.lock().await.drain().map(|(_, u)| u).collect();
+            for u in users {
+                u.conn.close("the hub resumed the session").await;
+            }
+        }
+        let session = Arc::new(RemoteSession {
+            hub_id: attach.session_id.clone(),
+            mode: summary.mode,
+            version: out.version(),
+            out: out.clone(),
+            users: Mutex::new(HashMap::new()),
+            cancel: CancellationToken::new(),
+            running_turn: std::sync::Mutex::new(None),
+            params: old.as_ref().map(|o| o.params.clone()).unwrap_or_default(),
+            permit: std::sync::Mutex::new(Some(permit)),
+        });
+        if let Ok(mut s) = self.inner.sessions.lock() {
+            s.insert(attach.session_id.clone(), session.clone());
+        }
+        self.spawn_relay(&session, after_seq).await;
+        tracing::info!(session = %attach.session_id, after_seq, "the hub resumed a remote session");
+        out.ack_reply(
+            frame_id,
+            &ReplyFrame::ok(RequestId::from(0), json!({"last_seq": summary.last_seq})),
+        )
+        .await;
     }
 
     /// Reports the outcome of a hub user's op: under version 2 as an `ack` (with the client
@@ -506,7 +639,8 @@ impl RemoteSessions {
         } else {
             name
         };
-        let user = self.user(&session, &name, class).await;
+        let client_id = input.client_id.as_deref().filter(|_| session.version >= 2);
+        let user = self.user(&session, &name, class, client_id).await;
         let reply = user
             .call(Op::Input(Input {
                 session_id: SessionId(session.hub_id.clone()),
@@ -530,13 +664,24 @@ impl RemoteSessions {
 
     async fn cancel(&self, cancel: SessionCancel) {
         let Some(session) = self.get(&cancel.session_id) else {
+            // Restored after a restart and not resumed yet: a close still closes it.
+            let sid = SessionId(cancel.session_id.clone());
+            if cancel.turn_id.is_none() && self.inner.mux.remote_session(&sid).is_some() {
+                let reason = format!("cancelled by the hub: {}", cancel.reason);
+                let _ = self.inner.mux.close_session(&sid, &reason).await;
+            }
             return;
         };
         if let (Some(turn_id), true) = (&cancel.turn_id, session.version >= 2) {
             // Version 2: cancel just this turn, as the operator who asked.
             let name = cancel.user_name.clone().unwrap_or_default();
             let user = self
-                .user(&session, &name, class_of(cancel.class.as_deref()))
+                .user(
+                    &session,
+                    &name,
+                    class_of(cancel.class.as_deref()),
+                    cancel.client_id.as_deref(),
+                )
                 .await;
             let reply = user
                 .call(Op::Cancel(tether_proto::Cancel {
@@ -566,11 +711,19 @@ impl RemoteSessions {
     }
 
     async fn attach(&self, frame_id: &str, attach: SessionAttach, out: &LinkOut) {
+        if let (Some(after_seq), true) = (attach.after_seq, out.version() >= 2) {
+            return self.resume(frame_id, &attach, after_seq, out).await;
+        }
         let Some(session) = self.get(&attach.session_id) else {
             return self.unknown(frame_id, &attach.session_id, out).await;
         };
         let user = self
-            .user(&session, &attach.user_name, class_of(Some(&attach.class)))
+            .user(
+                &session,
+                &attach.user_name,
+                class_of(Some(&attach.class)),
+                attach.client_id.as_deref(),
+            )
             .await;
         // The hub replays history to its operators itself; the agent-side attach makes the
         // user present (and eligible to answer prompts).
@@ -588,11 +741,8 @@ impl RemoteSessions {
             return self.unknown(frame_id, &detach.session_id, out).await;
         };
         let mut users = session.users.lock().await;
-        let keys: Vec<(String, Class)> = users
-            .keys()
-            .filter(|(n, _)| *n == detach.user_name)
-            .cloned()
-            .collect();
+        let who = detach.client_id.as_deref().unwrap_or(&detach.user_name);
+        let keys: Vec<(String, Class)> = users.keys().filter(|(n, _)| n == who).cloned().collect();
         let mut last = ReplyFrame::ok(RequestId::from(0), json!({}));
         for key in keys {
             if let Some(user) = users.remove(&key) {
@@ -628,7 +778,12 @@ impl RemoteSessions {
                 .await;
         };
         let user = self
-            .user(&session, &answer.user_name, class_of(Some(&answer.class)))
+            .user(
+                &session,
+                &answer.user_name,
+                class_of(Some(&answer.class)),
+                answer.client_id.as_deref(),
+            )
             .await;
         let reply = user
             .call(Op::Answer(Answer {

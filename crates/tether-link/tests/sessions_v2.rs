@@ -302,3 +302,97 @@ async fn v2_refusals_carry_client_protocol_reasons() {
     assert_eq!(ack["reason"], "already_resolved", "{ack}");
     agent.stop().await;
 }
+
+/// Issue 10 item 8, agent side: `session_attach` with `after_seq` resumes a session the hub
+/// started — the relay starts over from the event after `after_seq`, on the connection the
+/// attach came on — but never reaches a local session (hub or not, the hub only ever gets
+/// what it started), nor a session the agent does not hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_resume_replays_hub_sessions_and_never_reaches_local_ones() {
+    let hub = TestHub::start(HubSettings::default()).await;
+    let setup = AgentSetup::new(hub.url());
+    let agent = TestAgent::start(setup);
+    let conn = hub.next_conn(WAIT).await;
+    let mut s = V2 {
+        conn,
+        events: Vec::new(),
+        acks: Vec::new(),
+        frames: Vec::new(),
+    };
+    let id = s.send(
+        "session_start",
+        json!({"session_id": "s-resume", "session_type": "chat", "user_name": "alice",
+               "title": "from the hub", "params": {"message": "hello"}}),
+    );
+    assert_eq!(s.ack(&id).await["ok"], true);
+    let ended = s.event("turn_ended", 0).await;
+    let title = agent
+        .mux
+        .list_sessions()
+        .sessions
+        .into_iter()
+        .find(|x| x.session_id.as_str() == "s-resume")
+        .and_then(|x| x.title);
+    assert_eq!(title.as_deref(), Some("from the hub"), "the hub's title");
+
+    // Resume from seq 2: every event after it again (same seqs), then live.
+    let seen = s.events.len();
+    let id = s.send(
+        "session_attach",
+        json!({"session_id": "s-resume", "user_name": "", "class": "", "after_seq": 2}),
+    );
+    let ack = s.ack(&id).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    // (A live event of the first relay may come in between.)
+    let replayed = |s: &V2| -> Vec<u64> {
+        s.events[seen..]
+            .iter()
+            .filter_map(|e| e["seq"].as_u64())
+            .skip_while(|&q| q != 3)
+            .take(ended - 1)
+            .collect()
+    };
+    while replayed(&s).len() < ended - 1 {
+        s.pump().await;
+    }
+    assert_eq!(
+        replayed(&s),
+        (3..=ended as u64 + 1).collect::<Vec<_>>(),
+        "replayed from after_seq"
+    );
+    let id = s.send(
+        "session_attach",
+        json!({"session_id": "s-resume", "user_name": "", "class": "", "after_seq": 999}),
+    );
+    let ack = s.ack(&id).await;
+    assert_eq!(ack["ok"], false, "{ack}");
+    assert_eq!(ack["reason"], "bad_request", "{ack}");
+
+    // A local session: as unknown to the hub as one that does not exist.
+    let local = agent
+        .mux
+        .create_session(
+            None,
+            tether_proto::Mode::Chat,
+            Some("local".into()),
+            tether_proto::Policy::Human,
+            serde_json::Map::new(),
+            tether_mux::SessionOptions::default(),
+        )
+        .await
+        .expect("local session");
+    for sid in [local.as_str(), "no-such-session"] {
+        let id = s.send(
+            "session_attach",
+            json!({"session_id": sid, "user_name": "", "class": "", "after_seq": 0}),
+        );
+        let ack = s.ack(&id).await;
+        assert_eq!(ack["ok"], false, "{sid}: {ack}");
+        assert_eq!(ack["reason"], "unknown_session", "{sid}: {ack}");
+    }
+    assert!(
+        !s.events.iter().any(|e| e["session_id"] == local.as_str()),
+        "nothing of the local session reached the hub"
+    );
+    agent.stop().await;
+}

@@ -434,6 +434,15 @@ impl Mux {
             .collect()
     }
 
+    /// A session started from the hub (`SessionOptions::remote`), restored ones included;
+    /// `None` for a local session or none at all. The hub link resumes only these: a hub never
+    /// reaches a local session.
+    pub fn remote_session(&self, id: &SessionId) -> Option<SessionSummary> {
+        let sessions = self.sessions_read();
+        let handle = sessions.get(id).filter(|h| h.remote)?;
+        handle.summary.lock().ok().map(|s| s.clone())
+    }
+
     /// Closes a session on the agent's own behalf (idle timeout, the hub link going away),
     /// with `reason` in its `session_closed` event. Waits until it is closed.
     pub async fn close_session(&self, id: &SessionId, reason: &str) -> Result<(), ErrorBody> {

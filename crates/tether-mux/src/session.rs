@@ -137,6 +137,8 @@ pub(crate) struct SessionHandle {
     /// Set as soon as the actor closes the session — before the close is committed and the
     /// summary shows it — so the close's reply and this agree for the per-client limit.
     pub closed: Arc<AtomicBool>,
+    /// Started from the hub.
+    pub remote: bool,
 }
 
 /// Every session the mux holds.
@@ -460,6 +462,7 @@ fn spawn(shared: Arc<Shared>, start: Start) -> SessionHandle {
     } = start;
     let (ops_tx, ops_rx) = mpsc::channel(shared.config.session_inbox);
     let (turn_tx, turn_rx) = mpsc::channel(TURN_BATCH);
+    let remote = durable.remote;
     let restored_turn = durable.turn.take();
     let pending_restored = std::mem::take(&mut durable.pending);
     let mut dirty = fresh.is_some();
@@ -603,6 +606,7 @@ fn spawn(shared: Arc<Shared>, start: Start) -> SessionHandle {
         summary,
         owner,
         closed,
+        remote,
     }
 }
 

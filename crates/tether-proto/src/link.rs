@@ -16,6 +16,11 @@ use std::collections::BTreeMap;
 /// Largest inbound link frame accepted.
 pub const MAX_LINK_FRAME_BYTES: usize = 1024 * 1024;
 
+/// Largest `session_output` frame a hub accepts. catpaw bounds only what it reads: its final
+/// `done` frame carries the whole report (and a chat answer the whole reply), whatever its
+/// size. Larger ones are not decoded; the hub ends the turn saying the output was too large.
+pub const MAX_SESSION_OUTPUT_FRAME_BYTES: usize = 8 * 1024 * 1024;
+
 /// Path of the agent endpoint on a hub.
 pub const AGENT_WS_PATH: &str = "/api/v1/agent/ws";
 
@@ -112,10 +117,11 @@ pub struct Register {
 pub struct Heartbeat {
     pub active_sessions: u64,
     pub active_alerts: u64,
-    #[serde(default)]
-    pub cpu_pct: f64,
-    #[serde(default)]
-    pub mem_pct: f64,
+    /// Absent means unknown (catpaw sends neither yet; Go's `omitempty` drops them), never 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_pct: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_pct: Option<f64>,
     /// Version 2: alerts dropped from the full spool since the agent started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropped_alerts: Option<u64>,
@@ -343,6 +349,50 @@ pub fn probe_refused_frame(text: &str) -> (String, Option<String>, Vec<u64>) {
     }
 }
 
+/// What the hub needs of a `session_output` frame it will not decode in full (over
+/// [`MAX_SESSION_OUTPUT_FRAME_BYTES`]): enough to end the turn it belongs to and say why.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OutputProbe {
+    pub session_id: String,
+    /// The session's final frame.
+    pub done: bool,
+    /// A chat turn's last frame (`metadata.turn_done`).
+    pub turn_done: bool,
+}
+
+/// Reads a `session_output` frame's session id and whether it ends the turn or the session,
+/// skipping its text. `None` when the frame is not a readable `session_output`.
+pub fn probe_session_output(text: &str) -> Option<OutputProbe> {
+    #[derive(Deserialize)]
+    struct Meta {
+        #[serde(default)]
+        turn_done: Option<bool>,
+    }
+    #[derive(Deserialize)]
+    struct Payload {
+        #[serde(default)]
+        session_id: String,
+        #[serde(default)]
+        done: bool,
+        #[serde(default)]
+        metadata: Option<Meta>,
+    }
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        payload: Option<Payload>,
+    }
+    let p: Probe = serde_json::from_str(text).ok()?;
+    let payload = p.payload.filter(|_| p.kind == "session_output")?;
+    Some(OutputProbe {
+        session_id: payload.session_id,
+        done: payload.done,
+        turn_done: payload.metadata.and_then(|m| m.turn_done).unwrap_or(false),
+    })
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SessionOutput {
     pub session_id: String,
@@ -446,6 +496,14 @@ pub struct SessionStart {
     /// Version 2: who may answer permission prompts (`human` or `any`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// Version 2: the session's title, as the hub shows it (the agent uses it too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Version 2: the hub connection acting (`<principal>/<n>`), so that each operator
+    /// connection is a user of its own at the agent while the credential (the part before the
+    /// last `/`) stays the principal the permission rules compare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -462,6 +520,11 @@ pub struct SessionInput {
     /// Version 2.
     #[serde(default, skip_serializing_if = "is_false")]
     pub queue: bool,
+    /// Version 2: the hub connection acting (`<principal>/<n>`), so that each operator
+    /// connection is a user of its own at the agent while the credential (the part before the
+    /// last `/`) stays the principal the permission rules compare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -478,16 +541,31 @@ pub struct SessionCancel {
     pub user_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<String>,
+    /// Version 2: the hub connection acting (`<principal>/<n>`), so that each operator
+    /// connection is a user of its own at the agent while the credential (the part before the
+    /// last `/`) stays the principal the permission rules compare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
 }
 
-/// Version 2: an operator joins a remote session.
+/// Version 2: an operator joins a remote session. With `after_seq` it (re)starts the agent's
+/// relay of the session on the current connection: every event after `after_seq`, then live
+/// (the hub resumes its open sessions this way after every registration); `user_name` may
+/// then be empty (nobody joins).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SessionAttach {
     pub session_id: String,
+    #[serde(default)]
     pub user_name: String,
+    #[serde(default)]
     pub class: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_seq: Option<u64>,
+    /// Version 2: the hub connection acting (`<principal>/<n>`), so that each operator
+    /// connection is a user of its own at the agent while the credential (the part before the
+    /// last `/`) stays the principal the permission rules compare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
 }
 
 /// Version 2: an operator leaves a remote session.
@@ -496,6 +574,11 @@ pub struct SessionDetach {
     pub session_id: String,
     #[serde(default)]
     pub user_name: String,
+    /// Version 2: the hub connection acting (`<principal>/<n>`), so that each operator
+    /// connection is a user of its own at the agent while the credential (the part before the
+    /// last `/`) stays the principal the permission rules compare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
 }
 
 /// Version 2: an operator answers a permission prompt.
@@ -508,6 +591,11 @@ pub struct SessionAnswer {
     pub decision: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// Version 2: the hub connection acting (`<principal>/<n>`), so that each operator
+    /// connection is a user of its own at the agent while the credential (the part before the
+    /// last `/`) stays the principal the permission rules compare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
 }
 
 /// Version 2: the hub has stored every alert event with `seq <= upto_seq`.
@@ -655,10 +743,16 @@ impl LinkFrame {
 
     /// Decodes one inbound frame. Never panics; every failure says what was wrong.
     pub fn decode(text: &str) -> Result<LinkFrame, LinkDecodeError> {
-        if text.len() > MAX_LINK_FRAME_BYTES {
+        LinkFrame::decode_with_limit(text, MAX_LINK_FRAME_BYTES)
+    }
+
+    /// [`LinkFrame::decode`] with another size limit (a hub reading a catpaw `session_output`
+    /// up to [`MAX_SESSION_OUTPUT_FRAME_BYTES`]).
+    pub fn decode_with_limit(text: &str, limit: usize) -> Result<LinkFrame, LinkDecodeError> {
+        if text.len() > limit {
             return Err(LinkDecodeError::TooLarge {
                 size: text.len(),
-                limit: MAX_LINK_FRAME_BYTES,
+                limit,
             });
         }
         let raw: RawEnvelope = serde_json::from_str(text).map_err(|e| {
@@ -780,6 +874,66 @@ mod tests {
             LinkFrame::decode(reg).expect("register").message,
             LinkMessage::Register(_)
         ));
+    }
+
+    #[test]
+    fn catpaw_heartbeat_figures_it_leaves_out_are_unknown() {
+        // catpaw's heartbeatPayload: cpu_pct and mem_pct are `omitempty` and never filled.
+        let text =
+            r#"{"type":"heartbeat","id":"h","payload":{"active_sessions":2,"active_alerts":0}}"#;
+        let LinkMessage::Heartbeat(hb) = LinkFrame::decode(text).expect("decode").message else {
+            panic!("not a heartbeat");
+        };
+        assert_eq!((hb.cpu_pct, hb.mem_pct), (None, None));
+        // Encoded as catpaw would read it: unknown figures left out, known ones as numbers.
+        let frame = LinkFrame::new("h", LinkMessage::Heartbeat(hb));
+        assert!(!frame.encode().contains("cpu_pct"), "{}", frame.encode());
+        let known = Heartbeat {
+            cpu_pct: Some(0.0),
+            mem_pct: Some(41.5),
+            ..Heartbeat::default()
+        };
+        let text = LinkFrame::new("h", LinkMessage::Heartbeat(known.clone())).encode();
+        assert!(text.contains(r#""cpu_pct":0.0"#) && text.contains(r#""mem_pct":41.5"#));
+        assert_eq!(
+            LinkFrame::decode(&text).map(|f| f.message),
+            Ok(LinkMessage::Heartbeat(known))
+        );
+    }
+
+    #[test]
+    fn a_large_session_output_is_probed_and_read_under_its_own_limit() {
+        let report = "r".repeat(MAX_LINK_FRAME_BYTES + 10);
+        let text = serde_json::json!({"type": "session_output", "id": "o1", "payload": {
+            "session_id": "s1", "delta": "", "stage": "", "done": true, "report": report}})
+        .to_string();
+        assert!(matches!(
+            LinkFrame::decode(&text),
+            Err(LinkDecodeError::TooLarge { .. })
+        ));
+        assert_eq!(
+            probe_session_output(&text),
+            Some(OutputProbe {
+                session_id: "s1".into(),
+                done: true,
+                turn_done: false,
+            })
+        );
+        let frame = LinkFrame::decode_with_limit(&text, MAX_SESSION_OUTPUT_FRAME_BYTES)
+            .expect("read under the session output limit");
+        assert!(
+            matches!(frame.message, LinkMessage::SessionOutput(o) if o.report.as_deref() == Some(report.as_str()))
+        );
+        let reply = r#"{"type":"session_output","id":"o2","payload":{"session_id":"s2","delta":"x","stage":"answer","done":false,"metadata":{"turn_done":true}}}"#;
+        assert_eq!(
+            probe_session_output(reply).map(|p| (p.done, p.turn_done)),
+            Some((false, true))
+        );
+        assert_eq!(
+            probe_session_output(r#"{"type":"alert_events","id":"a","payload":{}}"#),
+            None
+        );
+        assert_eq!(probe_session_output("garbage"), None);
     }
 
     #[test]

@@ -378,8 +378,8 @@ impl Link<'_> {
             LinkMessage::Heartbeat(Heartbeat {
                 active_sessions: 0,
                 active_alerts: 0,
-                cpu_pct: 3.0,
-                mem_pct: 40.0,
+                cpu_pct: Some(3.0),
+                mem_pct: Some(40.0),
                 dropped_alerts: Some(0),
             }),
         );

@@ -219,6 +219,17 @@ impl TestHub {
 
 // ---- operators ------------------------------------------------------------------------
 
+/// The name sessions show for this operator connection (its `hello` result's `name`).
+pub async fn who_am_i(c: &mut Client) -> String {
+    let r = within(
+        "hello",
+        c.request("hello", json!({"client_name": "hub test"})),
+    )
+    .await
+    .expect("hello");
+    r["name"].as_str().expect("name").to_owned()
+}
+
 /// The next frame an operator gets (bounded), as JSON.
 pub async fn next_json(c: &mut Client, what: &str) -> Value {
     let text = within(what, c.next_text())
@@ -423,6 +434,8 @@ pub struct V1Agent {
     out: mpsc::UnboundedSender<Message>,
     inbound: mpsc::UnboundedReceiver<Value>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Whether sessions are answered by themselves (see [`V1Agent::manual`]).
+    auto: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Drop for V1Agent {
@@ -505,7 +518,9 @@ impl V1Agent {
             }
         });
         let (in_tx, inbound) = mpsc::unbounded_channel();
-        let auto = out.clone();
+        let reply = out.clone();
+        let auto = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let answering = auto.clone();
         let reader = tokio::spawn(async move {
             let mut chats: BTreeMap<String, usize> = BTreeMap::new();
             while let Some(Ok(msg)) = stream.next().await {
@@ -513,7 +528,9 @@ impl V1Agent {
                 let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
                     continue;
                 };
-                catpaw_behaviour(&auto, &mut chats, &v);
+                if answering.load(std::sync::atomic::Ordering::SeqCst) {
+                    catpaw_behaviour(&reply, &mut chats, &v);
+                }
                 let _ = in_tx.send(v);
             }
             let _ = in_tx.send(json!({"type": "__closed__"}));
@@ -524,9 +541,35 @@ impl V1Agent {
                 out,
                 inbound,
                 tasks: vec![writer, reader],
+                auto,
             },
             ack,
         )
+    }
+
+    /// From now on the test answers sessions itself (acks, outputs), frame by frame.
+    pub fn manual(&self) {
+        self.auto.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Acks a `session_start` (or any frame) by its id, as catpaw's `sendACK` does.
+    pub fn ack(&self, frame: &Value) {
+        let ack = json!({
+            "type": "ack",
+            "id": uuid::Uuid::now_v7().to_string(),
+            "ref_id": frame["id"],
+            "payload": {"ok": true},
+        });
+        self.send_raw(ack.to_string());
+    }
+
+    /// One `session_output`, shaped as catpaw's `sessionOutputPayload` marshals it (`report`
+    /// and `metadata` omitted when empty).
+    pub fn output(&self, sid: &str, delta: &str, stage: &str, done: bool) {
+        self.send(
+            "session_output",
+            json!({"session_id": sid, "delta": delta, "stage": stage, "done": done}),
+        );
     }
 
     /// Sends one text frame exactly as given.
@@ -610,17 +653,23 @@ fn catpaw_behaviour(
                         "session_output",
                         output(&sid, "[Round 1] AI thinking...", "thinking"),
                     );
+                    // catpaw's lines for a tool reached through `call_tool`
+                    // (`FormatToolArgsDisplay`), its duration as Go prints one.
                     send(
                         "session_output",
                         output(
                             &sid,
-                            &format!("[Tool] disk_usage {INSPECT_TOOL_ARGS}"),
+                            &format!("[Tool] call_tool disk_usage {INSPECT_TOOL_ARGS}"),
                             "tool_call",
                         ),
                     );
                     send(
                         "session_output",
-                        output(&sid, "[Tool done] disk_usage (ok, 12B, 3ms)", "tool_result"),
+                        output(
+                            &sid,
+                            "[Tool done] call_tool (ok, 12B, 3.000412ms)",
+                            "tool_result",
+                        ),
                     );
                     send(
                         "session_output",
@@ -642,12 +691,15 @@ fn catpaw_behaviour(
             chat_answer(out, chats, &sid, &m);
         }
         Some("session_cancel") => {
+            // catpaw cancels the session's context; its goroutine then sends the final bare
+            // `done`. A session it no longer runs gets nothing.
             let sid = p["session_id"].as_str().unwrap_or_default();
-            chats.remove(sid);
-            send(
-                "session_output",
-                json!({"session_id": sid, "delta": "", "stage": "", "done": true}),
-            );
+            if chats.remove(sid).is_some() {
+                send(
+                    "session_output",
+                    json!({"session_id": sid, "delta": "", "stage": "", "done": true}),
+                );
+            }
         }
         _ => {}
     }
@@ -703,6 +755,18 @@ impl V2Agent {
     /// Builds the agent (link not started). `url` is the hub's agent endpoint.
     pub fn new(url: &str, token: &str, script: &str, tls: Option<&TlsOptions>) -> V2Agent {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        V2Agent::open_in(dir, url, token, script, tls)
+    }
+
+    /// Builds the agent on an existing state directory: its agent id, event log (sessions
+    /// restored) and spool, as after a process restart.
+    pub fn open_in(
+        dir: Arc<tempfile::TempDir>,
+        url: &str,
+        token: &str,
+        script: &str,
+        tls: Option<&TlsOptions>,
+    ) -> V2Agent {
         let log = EventLog::open(&dir.path().join("events.db")).expect("event log");
         let provider = ScriptedProvider::from_json(script, "test script").expect("script");
         let engine = Engine::new(
@@ -812,10 +876,13 @@ impl V2Agent {
             .await
     }
 
-    pub async fn stop(mut self) {
+    /// Stops like the process exiting: the link, then the multiplexer (sessions persisted).
+    /// Returns the state directory, for [`V2Agent::open_in`].
+    pub async fn stop(mut self) -> Arc<tempfile::TempDir> {
         self.stop_link().await;
         let _ = tokio::time::timeout(WAIT, self.mux.shutdown()).await;
         self.mux.log().close();
+        self.dir.clone()
     }
 }
 
