@@ -774,9 +774,6 @@ struct V1 {
     text: String,
     /// Tool names by call id, for `[Tool done] name`.
     tools: HashMap<String, String>,
-    /// Calls whose permission was denied, with why: their result is the one `[Tool denied]`
-    /// frame.
-    denied: HashMap<String, String>,
 }
 
 impl V1 {
@@ -970,7 +967,7 @@ async fn translate_v1(
                 .await;
         }
         EventBody::PermissionRequested { call_id, .. } => {
-            // Version 1 cannot ask a remote user: deny. The call's result says so.
+            // Version 1 cannot ask a remote user: deny (and say so once it is resolved).
             let _ = relay
                 .handle(Request {
                     id: RequestId::from(1),
@@ -990,10 +987,22 @@ async fn translate_v1(
             cause,
             ..
         } => {
-            st.denied.insert(
-                call_id.to_string(),
-                denial(relay.client(), by.as_ref(), *cause),
-            );
+            // A note, not a result: the call's one `tool_result` frame follows, in catpaw's
+            // `[Tool done]` form, so a hub pairing calls with results sees it end.
+            let tool = st
+                .tools
+                .get(call_id.as_str())
+                .cloned()
+                .unwrap_or_else(|| "tool".into());
+            let why = denial(relay.client(), by.as_ref(), *cause);
+            session
+                .v1_send(V1::output(
+                    session,
+                    format!("[Tool denied] {tool}: {why}"),
+                    "thinking",
+                    None,
+                ))
+                .await;
         }
         EventBody::ToolResult {
             call_id,
@@ -1006,20 +1015,19 @@ async fn translate_v1(
                 .tools
                 .remove(call_id.as_str())
                 .unwrap_or_else(|| "tool".into());
-            // One result frame per call: a denied call's is the denial.
-            let delta = match st.denied.remove(call_id.as_str()) {
-                Some(why) => format!("[Tool denied] {tool}: {why}"),
-                None => {
-                    let status = if *ok { "ok" } else { "error" };
+            // Exactly one result frame per call, denied or not: catpaw's line.
+            let status = if *ok { "ok" } else { "error" };
+            session
+                .v1_send(V1::output(
+                    session,
                     format!(
                         "[Tool done] {tool} ({status}, {}B, {})",
                         output.len(),
                         go_duration(*duration_ms)
-                    )
-                }
-            };
-            session
-                .v1_send(V1::output(session, delta, "tool_result", None))
+                    ),
+                    "tool_result",
+                    None,
+                ))
                 .await;
         }
         EventBody::Notice { message, .. } => {

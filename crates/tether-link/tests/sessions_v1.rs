@@ -336,8 +336,8 @@ async fn v1_chat_in_catpaw_shapes() {
     assert_catpaw_shaped(&hub);
 }
 
-/// Version 1 has no way to ask a remote user for approval: a tool that needs it is denied and
-/// the turn still ends in catpaw's shapes.
+/// Version 1 has no way to ask a remote user for approval: a tool that needs it is denied, the
+/// call gets exactly one `tool_result` frame, and the turn still ends in catpaw's shapes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1_denies_tools_that_need_approval() {
     let hub = TestHub::start(HubSettings {
@@ -357,10 +357,18 @@ async fn v1_denies_tools_that_need_approval() {
     .await;
     assert_eq!(ack["ok"], true);
     let turn = v1_turn(&mut conn, "chat-2").await;
-    // The model's words before the call, the call, ONE result (the denial), the answer.
+    // The model's words before the call, the call, why it was denied, ONE result (catpaw's
+    // `[Tool done]` line, failed), the answer.
     assert_eq!(
         stages(&turn),
-        vec!["thinking", "answer", "tool_call", "tool_result", "answer"],
+        vec![
+            "thinking",
+            "answer",
+            "tool_call",
+            "thinking",
+            "tool_result",
+            "answer"
+        ],
         "{turn:#?}"
     );
     assert!(
@@ -370,10 +378,15 @@ async fn v1_denies_tools_that_need_approval() {
             .starts_with("[Tool] shell"),
         "{turn:#?}"
     );
-    let result = turn[3]["delta"].as_str().unwrap_or_default();
-    assert!(result.starts_with("[Tool denied] shell"), "{turn:#?}");
-    assert!(result.contains("protocol v1"), "{result}");
-    assert_eq!(turn[4]["metadata"], json!({"turn_done": true}));
+    let why = turn[3]["delta"].as_str().unwrap_or_default();
+    assert!(why.starts_with("[Tool denied] shell: "), "{turn:#?}");
+    assert!(why.contains("protocol v1"), "{why}");
+    let result = turn[4]["delta"].as_str().unwrap_or_default();
+    assert!(
+        result.starts_with("[Tool done] shell (error, "),
+        "{turn:#?}"
+    );
+    assert_eq!(turn[5]["metadata"], json!({"turn_done": true}));
     // The command never ran: no successful tool result for shell.
     assert!(
         !turn.iter().any(|p| p["delta"]
