@@ -60,6 +60,47 @@ pub struct TlsOptions {
     pub client_key: Option<PathBuf>,
 }
 
+/// The label catpaw stamps on every alert event (and the register labels) with the agent's
+/// host name.
+pub const FROM_HOSTNAME: &str = "from_hostname";
+/// Likewise with the agent's IP address.
+pub const FROM_HOSTIP: &str = "from_hostip";
+
+/// Who the agent says it is, as catpaw does (`AgentHostname()`, `AgentIP()`): a non-empty
+/// `from_hostname` / `from_hostip` in the configured labels wins; otherwise the host name and
+/// the address this host uses to reach the hub. It fills `register.hostname` / `register.ip`
+/// and the two labels on the register and on every alert event sent.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HostIdentity {
+    pub hostname: String,
+    pub ip: String,
+}
+
+impl HostIdentity {
+    /// Resolves the identity for a connection to `endpoint` (the IP can depend on the route).
+    pub fn resolve(labels: &BTreeMap<String, String>, endpoint: &str) -> HostIdentity {
+        let configured = |key: &str| {
+            labels
+                .get(key)
+                .map(|v| v.trim())
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        HostIdentity {
+            hostname: configured(FROM_HOSTNAME).unwrap_or_else(tether_engine::host::hostname),
+            ip: configured(FROM_HOSTIP)
+                .or_else(|| local_ip(endpoint))
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Sets both labels, replacing any of the same name (catpaw's engine does the same).
+    pub fn stamp(&self, labels: &mut BTreeMap<String, String>) {
+        labels.insert(FROM_HOSTNAME.to_owned(), self.hostname.clone());
+        labels.insert(FROM_HOSTIP.to_owned(), self.ip.clone());
+    }
+}
+
 /// Everything the driver needs to dial.
 #[derive(Clone)]
 pub struct LinkOptions {
@@ -285,6 +326,7 @@ impl Link {
             alert_frames: AlertFrames::default(),
             cpu: CpuSampler::new(),
             started: std::time::Instant::now(),
+            identity: HostIdentity::default(),
         };
         let task = tokio::spawn(driver.run());
         Link {
@@ -413,6 +455,8 @@ struct Driver {
     alert_frames: AlertFrames,
     cpu: CpuSampler,
     started: std::time::Instant,
+    /// The identity sent in this connection's `register`, stamped on its alert events.
+    identity: HostIdentity,
 }
 
 async fn wait_join<T>(h: &mut Option<tokio::task::JoinHandle<T>>) -> Option<T> {
@@ -546,6 +590,7 @@ impl Driver {
                 self.dialing = Some(tokio::spawn(dial(options)));
             }
             Output::SendRegister => {
+                self.identity = HostIdentity::resolve(&self.options.labels, &self.options.endpoint);
                 let register = self.register();
                 if let Some(c) = &self.conn
                     && !c.out.send_control(LinkMessage::Register(register)).await
@@ -587,6 +632,7 @@ impl Driver {
                         out: c.out.clone(),
                         v2: self.machine.version().unwrap_or(1) >= 2,
                         frames: self.alert_frames.clone(),
+                        identity: self.identity.clone(),
                     };
                     self.flush = Some(tokio::spawn(flush.run(after_seq, max_events)));
                 }
@@ -703,16 +749,18 @@ impl Driver {
 
     fn register(&self) -> Register {
         let kernel = tether_engine::host::kernel();
+        let mut labels = self.options.labels.clone();
+        self.identity.stamp(&mut labels);
         Register {
-            hostname: tether_engine::host::hostname(),
-            ip: local_ip(&self.options.endpoint).unwrap_or_default(),
+            hostname: self.identity.hostname.clone(),
+            ip: self.identity.ip.clone(),
             os: std::env::consts::OS.to_owned(),
             arch: match kernel.arch.as_str() {
                 "x86_64" => "amd64".to_owned(),
                 "aarch64" => "arm64".to_owned(),
                 other => other.to_owned(),
             },
-            labels: self.options.labels.clone(),
+            labels,
             plugins: self.options.plugins.clone(),
             agent_version: format!("tether {}", env!("CARGO_PKG_VERSION")),
             uptime_sec: self.started.elapsed().as_secs() as i64,
@@ -1021,6 +1069,7 @@ struct AlertFlush {
     out: LinkOut,
     v2: bool,
     frames: AlertFrames,
+    identity: HostIdentity,
 }
 
 impl AlertFlush {
@@ -1049,6 +1098,9 @@ impl AlertFlush {
                 if !self.v2 {
                     e.seq = None;
                 }
+                // Stamped on the way out (the spool keeps the event as raised; its alert key
+                // was computed without them).
+                self.identity.stamp(&mut e.labels);
                 let n = serde_json::to_string(&e).map_or(usize::MAX, |t| t.len() + 1);
                 if n > budget {
                     let s = self.spool.clone();

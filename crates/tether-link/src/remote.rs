@@ -12,6 +12,12 @@
 //!
 //! Under version 1 there is no way to ask a remote user for approval, so the relay (a human
 //! client named "hub link (v1)") denies every permission prompt, and the session says so.
+//!
+//! Version 1 also keeps catpaw's session rules (`digcore/server/session_handler.go`): only a
+//! chat takes `session_input`, and an empty one is ignored; `session_error` is always followed
+//! by the final `{delta: "", stage: "", done: true}` output, and after that final frame nothing
+//! more is sent for the session; a `session_cancel` removes the session at once and the final
+//! frame is the only one that follows it.
 
 use crate::outbox::LinkOut;
 use serde_json::{Map, Value, json};
@@ -27,8 +33,9 @@ use tether_proto::link::{
     error_code, refusal,
 };
 use tether_proto::{
-    Answer, Attach, CallId, Class, ClientId, Decision, EventBody, Input, Mode, Op, Policy,
-    ReplyFrame, Request, RequestId, Scope, ServerFrame, SessionId, SessionRef, StopReason, TurnId,
+    Answer, Attach, CallId, Class, ClientId, ClientInfo, Decision, EventBody, Input, Mode, Op,
+    Policy, Reason, ReplyFrame, Request, RequestId, ResolveCause, Scope, ServerFrame, SessionId,
+    SessionRef, StopReason, TurnId,
 };
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -78,8 +85,61 @@ struct RemoteSession {
     cancel: CancellationToken,
     running_turn: std::sync::Mutex<Option<TurnId>>,
     params: Map<String, Value>,
+    /// Version 1: what may still be sent (held across each send, so nothing can slip out
+    /// after the final frame).
+    v1: Mutex<V1Gate>,
     /// Handed on to the session's next relay when the hub resumes it.
     permit: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
+}
+
+/// Version 1's end-of-session rule (catpaw's): once the final `done: true` output is sent,
+/// nothing more goes out for the session; after the hub's `session_cancel`, only that final
+/// frame does (catpaw cancels the session's context and its deferred send is all that follows).
+#[derive(Default)]
+struct V1Gate {
+    done: bool,
+    cancelled: bool,
+}
+
+impl RemoteSession {
+    /// Version 1: sends one frame of the session's output, unless it has ended or was
+    /// cancelled.
+    async fn v1_send(&self, message: LinkMessage) {
+        let gate = self.v1.lock().await;
+        if !gate.done && !gate.cancelled {
+            self.out.send(message).await;
+        }
+    }
+
+    /// Version 1: ends the session for the hub, once — `session_error` (when given) and the
+    /// final `done` output (with the report, when there is one). After a cancel it is the
+    /// bare final frame, as catpaw sends it. Returns whether this call sent it.
+    async fn v1_finish(&self, error: Option<(&str, &str)>, report: Option<String>) -> bool {
+        let mut gate = self.v1.lock().await;
+        if gate.done {
+            return false;
+        }
+        gate.done = true;
+        let (error, report) = if gate.cancelled {
+            (None, None)
+        } else {
+            (error, report)
+        };
+        if let Some((error, code)) = error {
+            self.out
+                .send(LinkMessage::SessionError(SessionError {
+                    session_id: self.hub_id.clone(),
+                    error: error.to_owned(),
+                    code: code.to_owned(),
+                }))
+                .await;
+        }
+        // catpaw's `report` is `omitempty`: an empty one is no report.
+        self.out
+            .send(V1::done(self, report.filter(|r| !r.is_empty())))
+            .await;
+        true
+    }
 }
 
 /// A hub user's connection to the mux: requests in, replies back; events are drained (the
@@ -267,7 +327,19 @@ impl RemoteSessions {
     /// Handles one session message from the hub. `payload_error` is set when the frame's
     /// payload could not be decoded (a `session_start` is then acked "invalid payload").
     pub async fn handle(&self, frame: LinkFrame, out: &LinkOut) {
+        let v1 = out.version() < 2;
         match frame.message {
+            // Not catpaw messages: a catpaw agent ignores types it does not know.
+            m @ (LinkMessage::SessionAttach(_)
+            | LinkMessage::SessionDetach(_)
+            | LinkMessage::SessionAnswer(_))
+                if v1 =>
+            {
+                tracing::debug!(
+                    kind = m.kind(),
+                    "ignored a version-2 message on a version-1 link"
+                );
+            }
             LinkMessage::SessionStart(start) => self.start(&frame.id, start, out).await,
             LinkMessage::SessionInput(input) => self.input(&frame.id, input, out).await,
             LinkMessage::SessionCancel(cancel) => self.cancel(cancel).await,
@@ -415,6 +487,7 @@ impl RemoteSessions {
             cancel: CancellationToken::new(),
             running_turn: std::sync::Mutex::new(None),
             params,
+            v1: Mutex::new(V1Gate::default()),
             permit: std::sync::Mutex::new(Some(permit)),
         });
         if let Ok(mut s) = self.inner.sessions.lock() {
@@ -437,18 +510,31 @@ impl RemoteSessions {
         if let Some(message) = message {
             let reply = user
                 .call(Op::Input(Input {
-                    session_id: sid,
+                    session_id: sid.clone(),
                     text: message,
                     queue: true,
                 }))
                 .await;
             if let Some(e) = reply.error {
-                out.session_error(
-                    &session.hub_id,
-                    &e.to_string(),
-                    error_code::CHAT_INIT_FAILED,
-                )
-                .await;
+                if version >= 2 {
+                    out.session_error(
+                        &session.hub_id,
+                        &e.to_string(),
+                        error_code::CHAT_INIT_FAILED,
+                    )
+                    .await;
+                } else {
+                    // catpaw: a chat that cannot start reports it and ends.
+                    session
+                        .v1_finish(Some((&e.to_string(), error_code::CHAT_INIT_FAILED)), None)
+                        .await;
+                    self.remove(&session);
+                    let _ = self
+                        .inner
+                        .mux
+                        .close_session(&sid, "its opening message was refused")
+                        .await;
+                }
             }
         }
     }
@@ -560,6 +646,7 @@ impl RemoteSessions {
             cancel: CancellationToken::new(),
             running_turn: std::sync::Mutex::new(None),
             params: old.as_ref().map(|o| o.params.clone()).unwrap_or_default(),
+            v1: Mutex::new(V1Gate::default()),
             permit: std::sync::Mutex::new(Some(permit)),
         });
         if let Ok(mut s) = self.inner.sessions.lock() {
@@ -574,20 +661,13 @@ impl RemoteSessions {
         .await;
     }
 
-    /// Reports the outcome of a hub user's op: under version 2 as an `ack` (with the client
-    /// protocol's reason and result); a refusal under version 1 as a `session_error`.
+    /// Reports the outcome of a hub user's op as an `ack` (with the client protocol's reason
+    /// and result). Version 1 has no such reply (catpaw answers only `session_start`).
     async fn report(&self, frame_id: &str, session: &RemoteSession, reply: ReplyFrame) {
         if session.version >= 2 {
             session.out.ack_reply(frame_id, &reply).await;
         } else if let Some(e) = reply.error {
-            session
-                .out
-                .session_error(
-                    &session.hub_id,
-                    &e.to_string(),
-                    error_code::ENGINE_UNAVAILABLE,
-                )
-                .await;
+            tracing::info!(session = %session.hub_id, error = %e, "refused a hub request");
         }
     }
 
@@ -613,6 +693,9 @@ impl RemoteSessions {
         let Some(session) = self.get(&input.session_id) else {
             return self.unknown(frame_id, &input.session_id, out).await;
         };
+        if session.version < 2 {
+            return self.input_v1(&session, input).await;
+        }
         if input.message.trim().is_empty() {
             // Refused like any other input: never dropped without a word.
             let refusal = ReplyFrame::err(
@@ -624,16 +707,11 @@ impl RemoteSessions {
             );
             return self.report(frame_id, &session, refusal).await;
         }
-        let (name, class, queue) = if session.version >= 2 {
-            (
-                input.user_name.clone().unwrap_or_default(),
-                class_of(input.class.as_deref()),
-                input.queue,
-            )
-        } else {
-            // catpaw buffers a chat's inputs and runs them in order: queue them.
-            (String::new(), Class::Human, true)
-        };
+        let (name, class, queue) = (
+            input.user_name.clone().unwrap_or_default(),
+            class_of(input.class.as_deref()),
+            input.queue,
+        );
         let name = if name.is_empty() {
             self.first_user(&session).await
         } else {
@@ -649,6 +727,44 @@ impl RemoteSessions {
             }))
             .await;
         self.report(frame_id, &session, reply).await;
+    }
+
+    /// Version 1, catpaw's `handleSessionInput`: only a chat takes input and an empty message
+    /// is ignored; the inputs of a chat run in order (queued behind a running turn).
+    async fn input_v1(&self, session: &RemoteSession, input: SessionInput) {
+        if session.mode != Mode::Chat || input.message.trim().is_empty() {
+            tracing::debug!(session = %session.hub_id, mode = %session.mode,
+                "ignored a session_input (not a chat, or no text), as catpaw does");
+            return;
+        }
+        let name = self.first_user(session).await;
+        let user = self.user(session, &name, Class::Human, None).await;
+        let reply = user
+            .call(Op::Input(Input {
+                session_id: SessionId(session.hub_id.clone()),
+                text: input.message,
+                queue: true,
+            }))
+            .await;
+        match reply.error {
+            None => {}
+            // The session is ending: its final frame is on the way.
+            Some(e) if matches!(e.reason, Reason::SessionClosed | Reason::UnknownSession) => {
+                tracing::debug!(session = %session.hub_id, error = %e, "input for an ending session");
+            }
+            // To the hub, this input's turn failed: catpaw's shape for a failed chat turn. The
+            // session goes on.
+            Some(e) => {
+                session
+                    .v1_send(V1::output(
+                        session,
+                        e.to_string(),
+                        "error",
+                        Some(json!({"turn_done": true})),
+                    ))
+                    .await;
+            }
+        }
     }
 
     async fn first_user(&self, session: &RemoteSession) -> String {
@@ -672,6 +788,12 @@ impl RemoteSessions {
             }
             return;
         };
+        if session.version < 2 {
+            // catpaw removes the session at once (later inputs find nothing) and cancels it;
+            // the final frame is all that follows.
+            session.v1.lock().await.cancelled = true;
+            self.remove(&session);
+        }
         if let (Some(turn_id), true) = (&cancel.turn_id, session.version >= 2) {
             // Version 2: cancel just this turn, as the operator who asked.
             let name = cancel.user_name.clone().unwrap_or_default();
@@ -813,7 +935,6 @@ struct V1 {
     text: String,
     /// Tool names by call id, for `[Tool done] name`.
     tools: HashMap<String, String>,
-    done_sent: bool,
 }
 
 impl V1 {
@@ -926,8 +1047,8 @@ async fn run_relay(
             translate_v1(&sessions, &session, &relay, &mut v1, &event.body).await;
         }
         if closed {
-            if session.version < 2 && !v1.done_sent {
-                session.out.send(V1::done(&session, None)).await;
+            if session.version < 2 {
+                session.v1_finish(None, None).await;
             }
             break;
         }
@@ -970,17 +1091,17 @@ async fn translate_v1(
     st: &mut V1,
     body: &EventBody,
 ) {
-    let out = &session.out;
     match body {
         EventBody::TurnStarted { .. } => {
             st.text.clear();
-            out.send(V1::output(
-                session,
-                "[Round 1] AI thinking...".into(),
-                "thinking",
-                None,
-            ))
-            .await;
+            session
+                .v1_send(V1::output(
+                    session,
+                    "[Round 1] AI thinking...".into(),
+                    "thinking",
+                    None,
+                ))
+                .await;
         }
         EventBody::TextDelta { text, .. } => st.text.push_str(text),
         EventBody::ToolCall {
@@ -991,20 +1112,23 @@ async fn translate_v1(
         } => {
             if !st.text.trim().is_empty() {
                 let said = std::mem::take(&mut st.text);
-                out.send(V1::output(session, said, "answer", None)).await;
+                session
+                    .v1_send(V1::output(session, said, "answer", None))
+                    .await;
             }
             st.text.clear();
             st.tools.insert(call_id.to_string(), tool.clone());
-            out.send(V1::output(
-                session,
-                format!("[Tool] {tool} {args}"),
-                "tool_call",
-                None,
-            ))
-            .await;
+            session
+                .v1_send(V1::output(
+                    session,
+                    format!("[Tool] {tool} {args}"),
+                    "tool_call",
+                    None,
+                ))
+                .await;
         }
-        EventBody::PermissionRequested { call_id, tool, .. } => {
-            // Version 1 cannot ask a remote user: deny, and say so.
+        EventBody::PermissionRequested { call_id, .. } => {
+            // Version 1 cannot ask a remote user: deny (and say so once it is resolved).
             let _ = relay
                 .handle(Request {
                     id: RequestId::from(1),
@@ -1016,15 +1140,30 @@ async fn translate_v1(
                     }),
                 })
                 .await;
-            out.send(V1::output(
-                session,
-                format!(
-                    "[Tool denied] {tool}: it needs approval, and this hub (protocol v1) cannot ask for it"
-                ),
-                "tool_result",
-                None,
-            ))
-            .await;
+        }
+        EventBody::PermissionResolved {
+            call_id,
+            decision: Decision::Deny,
+            by,
+            cause,
+            ..
+        } => {
+            // A note, not a result: the call's one `tool_result` frame follows, in catpaw's
+            // `[Tool done]` form, so a hub pairing calls with results sees it end.
+            let tool = st
+                .tools
+                .get(call_id.as_str())
+                .cloned()
+                .unwrap_or_else(|| "tool".into());
+            let why = denial(relay.client(), by.as_ref(), *cause);
+            session
+                .v1_send(V1::output(
+                    session,
+                    format!("[Tool denied] {tool}: {why}"),
+                    "thinking",
+                    None,
+                ))
+                .await;
         }
         EventBody::ToolResult {
             call_id,
@@ -1037,71 +1176,90 @@ async fn translate_v1(
                 .tools
                 .remove(call_id.as_str())
                 .unwrap_or_else(|| "tool".into());
+            // Exactly one result frame per call, denied or not: catpaw's line.
             let status = if *ok { "ok" } else { "error" };
-            out.send(V1::output(
-                session,
-                format!(
-                    "[Tool done] {tool} ({status}, {}B, {})",
-                    output.len(),
-                    go_duration(*duration_ms)
-                ),
-                "tool_result",
-                None,
-            ))
-            .await;
+            session
+                .v1_send(V1::output(
+                    session,
+                    format!(
+                        "[Tool done] {tool} ({status}, {}B, {})",
+                        output.len(),
+                        go_duration(*duration_ms)
+                    ),
+                    "tool_result",
+                    None,
+                ))
+                .await;
         }
         EventBody::Notice { message, .. } => {
-            out.send(V1::output(session, message.clone(), "thinking", None))
+            session
+                .v1_send(V1::output(session, message.clone(), "thinking", None))
                 .await;
         }
         EventBody::TurnEnded { stop, error, .. } => {
             let text = std::mem::take(&mut st.text);
             match (session.mode, stop) {
                 (Mode::Chat, StopReason::Completed) => {
-                    out.send(V1::output(
-                        session,
-                        text,
-                        "answer",
-                        Some(json!({"turn_done": true})),
-                    ))
-                    .await;
+                    session
+                        .v1_send(V1::output(
+                            session,
+                            text,
+                            "answer",
+                            Some(json!({"turn_done": true})),
+                        ))
+                        .await;
                 }
                 (Mode::Chat, _) => {
+                    // After a hub cancel the gate holds this back: catpaw's cancelled turn
+                    // sends nothing.
                     let why = error.clone().unwrap_or_else(|| format!("turn {stop}"));
-                    out.send(V1::output(
-                        session,
-                        why,
-                        "error",
-                        Some(json!({"turn_done": true})),
-                    ))
-                    .await;
+                    session
+                        .v1_send(V1::output(
+                            session,
+                            why,
+                            "error",
+                            Some(json!({"turn_done": true})),
+                        ))
+                        .await;
                 }
                 (_, StopReason::Completed) => {
                     // An inspection or diagnosis is one report: deliver it and end.
-                    out.send(V1::done(session, Some(text))).await;
-                    st.done_sent = true;
-                    let sid = SessionId(session.hub_id.clone());
-                    let mux = sessions.inner.mux.clone();
-                    tokio::spawn(async move {
-                        let _ = mux.close_session(&sid, "finished").await;
-                    });
+                    session.v1_finish(None, Some(text)).await;
+                    close_later(sessions, session, "finished");
                 }
                 (_, StopReason::Cancelled) => {}
                 (_, _) => {
                     let why = error.clone().unwrap_or_else(|| format!("turn {stop}"));
-                    out.session_error(&session.hub_id, &why, error_code::DIAGNOSE_FAILED)
+                    session
+                        .v1_finish(Some((&why, error_code::DIAGNOSE_FAILED)), None)
                         .await;
-                    st.done_sent = true;
-                    let sid = SessionId(session.hub_id.clone());
-                    let mux = sessions.inner.mux.clone();
-                    tokio::spawn(async move {
-                        let _ = mux.close_session(&sid, "failed").await;
-                    });
+                    close_later(sessions, session, "failed");
                 }
             }
         }
         _ => {}
     }
+}
+
+/// Why a tool call was not run, for its `[Tool denied]` frame.
+fn denial(relay: &ClientInfo, by: Option<&ClientInfo>, cause: ResolveCause) -> String {
+    match by {
+        Some(c) if c == relay => {
+            "it needs approval, and this hub (protocol v1) cannot ask for it".to_owned()
+        }
+        Some(c) => format!("denied by {}", c.name),
+        None => format!("not approved ({cause})"),
+    }
+}
+
+/// Closes the session in the background: the relay, which asks, must keep reading until the
+/// close's `session_closed` arrives.
+fn close_later(sessions: &RemoteSessions, session: &RemoteSession, reason: &'static str) {
+    let sid = SessionId(session.hub_id.clone());
+    let mux = sessions.inner.mux.clone();
+    tokio::spawn(async move {
+        let _ = mux.close_session(&sid, reason).await;
+    });
 }
 
 /// `session_error` helper shape (v1: always followed by the final `done` output).

@@ -85,7 +85,15 @@ async fn register_carries_every_field_and_the_upgrade_headers() {
         assert_eq!(p["ip"], "127.0.0.1");
         assert_eq!(p["os"], std::env::consts::OS);
         assert_eq!(p["arch"], Value::String(expected_arch()));
-        assert_eq!(p["labels"], serde_json::json!({"env": "test"}));
+        // The configured labels plus catpaw's automatic identity labels (`AgentLabels()`).
+        assert_eq!(
+            p["labels"],
+            serde_json::json!({
+                "env": "test",
+                "from_hostname": tether_engine::host::hostname(),
+                "from_hostip": "127.0.0.1",
+            })
+        );
         assert_eq!(p["plugins"], serde_json::json!(["cpu", "disk"]));
         let version = p["agent_version"].as_str().expect("agent_version");
         assert!(version.starts_with("tether "), "{version}");
@@ -104,6 +112,77 @@ async fn register_carries_every_field_and_the_upgrade_headers() {
         assert_eq!(s.registrations, 1);
         assert_eq!(conn.version, negotiated);
         agent.stop().await;
+    }
+}
+
+/// catpaw stamps `from_hostip` and `from_hostname` on every alert event's labels (its
+/// engine's `clean`, overriding any of the same name) and on the register labels, with the
+/// agent's identity: a value configured in the labels wins over the detected one (`AgentIP()`,
+/// `AgentHostname()`), and `register.hostname` / `register.ip` are that same identity. Under
+/// both versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_alert_event_carries_the_host_labels() {
+    for (version, configured) in [(1, false), (2, false), (1, true), (2, true)] {
+        let hub = TestHub::start(HubSettings {
+            version,
+            ..HubSettings::default()
+        })
+        .await;
+        let mut setup = AgentSetup::new(hub.url());
+        setup.offered_version = version;
+        let (hostname, ip) = if configured {
+            setup
+                .labels
+                .insert("from_hostname".to_owned(), "db-7".to_owned());
+            setup
+                .labels
+                .insert("from_hostip".to_owned(), "10.1.2.3".to_owned());
+            ("db-7".to_owned(), "10.1.2.3")
+        } else {
+            (tether_engine::host::hostname(), "127.0.0.1")
+        };
+        let agent = TestAgent::start(setup);
+        let conn = hub.next_conn(WAIT).await;
+        let reg = &conn.register["payload"];
+        assert_eq!(reg["hostname"], hostname.as_str(), "{reg}");
+        assert_eq!(reg["ip"], ip, "{reg}");
+        assert_eq!(reg["labels"]["from_hostname"], hostname.as_str(), "{reg}");
+        assert_eq!(reg["labels"]["from_hostip"], ip, "{reg}");
+
+        // An event that names them itself gets the agent's values, as in catpaw.
+        let mut forged = common::alert(1, 0);
+        forged
+            .labels
+            .insert("from_hostname".to_owned(), "elsewhere".to_owned());
+        agent.sink.send(common::alert(0, 0));
+        agent.sink.send(forged);
+        agent.sink.flush().await;
+        let stored = hub
+            .wait("two alerts stored", WAIT, |r| {
+                (r.alerts.len() >= 2).then(|| r.alerts.clone())
+            })
+            .await;
+        for a in &stored {
+            let labels = &a.event["labels"];
+            assert_eq!(
+                labels,
+                &serde_json::json!({
+                    "check": "test",
+                    "from_hostname": hostname,
+                    "from_hostip": ip,
+                }),
+                "v{version}: {}",
+                a.event
+            );
+        }
+        // The alert key is the agent's, computed before (unchanged by the stamp).
+        assert_eq!(stored[0].alert_key, common::alert_key(0));
+        agent.stop().await;
+        assert!(
+            hub.with(|r| r.v1_violations.is_empty()),
+            "{:?}",
+            hub.with(|r| r.v1_violations.clone())
+        );
     }
 }
 

@@ -26,6 +26,44 @@ async fn start(conn: &mut HubConn, payload_json: Value) -> Value {
     ack["payload"].clone()
 }
 
+/// The strict catpaw-server saw nothing a catpaw agent would not send.
+fn assert_catpaw_shaped(hub: &TestHub) {
+    let bad = hub.with(|r| r.v1_violations.clone());
+    assert!(
+        bad.is_empty(),
+        "frames a catpaw-server would not expect: {bad:#?}"
+    );
+}
+
+/// Disconnects the link and returns the session frames that arrived meanwhile.
+async fn session_frames_until_closed(conn: &mut HubConn) -> Vec<Value> {
+    conn.send_msg(
+        "disconnect",
+        json!({"reason": "test over", "retry_after_sec": 600}),
+    );
+    conn.ended(WAIT)
+        .await
+        .into_iter()
+        .filter(|f| matches!(f["type"].as_str(), Some("session_output" | "session_error")))
+        .collect()
+}
+
+/// The next `session_output` / `session_error` frame (v1 session traffic).
+async fn next_session_frame(conn: &mut HubConn) -> Value {
+    conn.next_where(WAIT, |f| {
+        matches!(
+            f["type"].as_str(),
+            Some("session_output" | "session_error" | "session_event")
+        )
+    })
+    .await
+}
+
+/// catpaw's final frame of a session (`runRemoteSession`'s deferred send).
+fn final_frame(sid: &str) -> Value {
+    json!({"session_id": sid, "delta": "", "stage": "", "done": true})
+}
+
 fn refused_with(ack: &Value, why: &str, case: &str) {
     assert_eq!(ack["ok"], false, "{case}: {ack}");
     assert_eq!(ack["error"], why, "{case}: {ack}");
@@ -161,6 +199,7 @@ async fn every_refusal_is_acked_with_its_exact_string() {
         // The link survived every refusal.
         assert_eq!(agent.status().registrations, 1);
         agent.stop().await;
+        assert_catpaw_shaped(&hub);
     }
 }
 
@@ -294,10 +333,11 @@ async fn v1_chat_in_catpaw_shapes() {
         "frames after done: {rest:?}"
     );
     agent.stop().await;
+    assert_catpaw_shaped(&hub);
 }
 
-/// Version 1 has no way to ask a remote user for approval: a tool that needs it is denied and
-/// the turn still ends in catpaw's shapes.
+/// Version 1 has no way to ask a remote user for approval: a tool that needs it is denied, the
+/// call gets exactly one `tool_result` frame, and the turn still ends in catpaw's shapes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1_denies_tools_that_need_approval() {
     let hub = TestHub::start(HubSettings {
@@ -317,17 +357,36 @@ async fn v1_denies_tools_that_need_approval() {
     .await;
     assert_eq!(ack["ok"], true);
     let turn = v1_turn(&mut conn, "chat-2").await;
-    let st = stages(&turn);
-    assert_eq!(st.first(), Some(&"thinking"), "{turn:#?}");
-    assert_eq!(st.last(), Some(&"answer"), "{turn:#?}");
-    assert!(
-        turn.iter().any(|p| p["stage"] == "tool_result"
-            && p["delta"]
-                .as_str()
-                .unwrap_or_default()
-                .starts_with("[Tool denied] shell")),
+    // The model's words before the call, the call, why it was denied, ONE result (catpaw's
+    // `[Tool done]` line, failed), the answer.
+    assert_eq!(
+        stages(&turn),
+        vec![
+            "thinking",
+            "answer",
+            "tool_call",
+            "thinking",
+            "tool_result",
+            "answer"
+        ],
         "{turn:#?}"
     );
+    assert!(
+        turn[2]["delta"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("[Tool] shell"),
+        "{turn:#?}"
+    );
+    let why = turn[3]["delta"].as_str().unwrap_or_default();
+    assert!(why.starts_with("[Tool denied] shell: "), "{turn:#?}");
+    assert!(why.contains("protocol v1"), "{why}");
+    let result = turn[4]["delta"].as_str().unwrap_or_default();
+    assert!(
+        result.starts_with("[Tool done] shell (error, "),
+        "{turn:#?}"
+    );
+    assert_eq!(turn[5]["metadata"], json!({"turn_done": true}));
     // The command never ran: no successful tool result for shell.
     assert!(
         !turn.iter().any(|p| p["delta"]
@@ -337,4 +396,171 @@ async fn v1_denies_tools_that_need_approval() {
         "{turn:#?}"
     );
     agent.stop().await;
+    assert_catpaw_shaped(&hub);
+}
+
+/// catpaw ignores a `session_input` with an empty message (`handleSessionInput`): no
+/// `session_error`, no `done`, and the chat goes on answering the next input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_blank_input_is_ignored_and_the_chat_goes_on() {
+    let hub = TestHub::start(HubSettings {
+        version: 1,
+        ..HubSettings::default()
+    })
+    .await;
+    let agent = TestAgent::start(AgentSetup::new(hub.url()));
+    let mut conn = registered(&hub, &agent).await;
+    let ack = start(
+        &mut conn,
+        session_start("chat-b", "chat", "alice", Some("how is the host?")),
+    )
+    .await;
+    assert_eq!(ack, json!({"ok": true}));
+    check_v1_turn(&v1_turn(&mut conn, "chat-b").await, 1);
+
+    // Empty, whitespace only, and no message at all (Go decodes it as "").
+    for payload in [
+        json!({"session_id": "chat-b", "message": ""}),
+        json!({"session_id": "chat-b", "message": "  \n "}),
+        json!({"session_id": "chat-b"}),
+    ] {
+        conn.send_msg("session_input", payload);
+    }
+    conn.send_msg(
+        "session_input",
+        json!({"session_id": "chat-b", "message": "and now?"}),
+    );
+    // The next session frames are the next turn's: nothing answered the blank inputs.
+    check_v1_turn(&v1_turn(&mut conn, "chat-b").await, 2);
+    assert_eq!(agent.status().remote_sessions, 1);
+
+    conn.send_msg(
+        "session_cancel",
+        json!({"session_id": "chat-b", "reason": ""}),
+    );
+    assert_eq!(
+        *payload(&next_session_frame(&mut conn).await),
+        final_frame("chat-b")
+    );
+    let rest = session_frames_until_closed(&mut conn).await;
+    assert!(rest.is_empty(), "frames after done: {rest:#?}");
+    agent.stop().await;
+    assert_catpaw_shaped(&hub);
+}
+
+/// A cancel in the middle of a chat turn: catpaw cancels the session's context and its
+/// deferred send is the only frame — `{delta: "", stage: "", done: true}`, no `stage: error`
+/// for the interrupted turn. The session is gone at once: an input sent right after the
+/// cancel is ignored, like catpaw's (no such session any more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_cancel_mid_turn_sends_only_the_final_frame() {
+    let hub = TestHub::start(HubSettings {
+        version: 1,
+        ..HubSettings::default()
+    })
+    .await;
+    let mut setup = AgentSetup::new(hub.url());
+    // A turn that streams for about a minute unless cancelled.
+    setup.script = json!({"loop": true, "responses": [
+        {"text": "slowly ".repeat(600), "chunk_delay_ms": 100}
+    ]})
+    .to_string();
+    let agent = TestAgent::start(setup);
+    let mut conn = registered(&hub, &agent).await;
+    let ack = start(
+        &mut conn,
+        session_start("chat-c", "chat", "alice", Some("take your time")),
+    )
+    .await;
+    assert_eq!(ack["ok"], true);
+    let first = next_session_frame(&mut conn).await;
+    assert_eq!(payload(&first)["stage"], "thinking", "{first}");
+
+    conn.send_msg(
+        "session_cancel",
+        json!({"session_id": "chat-c", "reason": "user left"}),
+    );
+    conn.send_msg(
+        "session_input",
+        json!({"session_id": "chat-c", "message": "still there?"}),
+    );
+    let last = next_session_frame(&mut conn).await;
+    assert_eq!(
+        payload(&last),
+        &final_frame("chat-c"),
+        "the only frame after the cancel"
+    );
+    agent
+        .wait_status("the session is gone", WAIT, |s| s.remote_sessions == 0)
+        .await;
+    conn.send_msg(
+        "session_input",
+        json!({"session_id": "chat-c", "message": "hello?"}),
+    );
+    let rest = session_frames_until_closed(&mut conn).await;
+    assert!(rest.is_empty(), "frames after done: {rest:#?}");
+    agent.stop().await;
+    assert_catpaw_shaped(&hub);
+}
+
+/// An inspection ends with its report in the final frame, and nothing follows it: a
+/// `session_input` — while it runs or after it ended — is ignored (catpaw gives input only to
+/// a chat), and so is a `session_cancel` after the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_nothing_follows_the_final_frame_of_an_inspection() {
+    let hub = TestHub::start(HubSettings {
+        version: 1,
+        ..HubSettings::default()
+    })
+    .await;
+    let agent = TestAgent::start(AgentSetup::new(hub.url()));
+    let mut conn = registered(&hub, &agent).await;
+    let mut inspect = session_start("insp-1", "inspect", "alice", None);
+    inspect["params"]["plugin"] = json!("cpu");
+    let ack = start(&mut conn, inspect).await;
+    assert_eq!(ack, json!({"ok": true}));
+    // While it runs: catpaw gives input only to a chat.
+    conn.send_msg(
+        "session_input",
+        json!({"session_id": "insp-1", "message": "and the disks?"}),
+    );
+    let mut frames = Vec::new();
+    let last = loop {
+        let f = next_session_frame(&mut conn).await;
+        assert_eq!(f["type"], "session_output", "{f}");
+        if payload(&f)["done"] == true {
+            break payload(&f).clone();
+        }
+        frames.push(payload(&f).clone());
+    };
+    // Thinking, then each tool's call and result (the inspection's own collection first).
+    let st = stages(&frames);
+    assert_eq!(st.first(), Some(&"thinking"), "{frames:#?}");
+    assert!(st.len() >= 3 && st.len() % 2 == 1, "{frames:#?}");
+    for pair in st[1..].chunks(2) {
+        assert_eq!(pair, ["tool_call", "tool_result"], "{frames:#?}");
+    }
+    // catpaw's final frame with the report.
+    let report = last["report"].as_str().unwrap_or_default().to_owned();
+    assert!(report.starts_with("# Inspection: cpu"), "{last}");
+    assert_eq!(
+        last,
+        json!({"session_id": "insp-1", "delta": "", "stage": "", "done": true, "report": report})
+    );
+    // Straight after the report, before the agent has finished closing the session.
+    conn.send_msg(
+        "session_input",
+        json!({"session_id": "insp-1", "message": "one more thing"}),
+    );
+    conn.send_msg(
+        "session_cancel",
+        json!({"session_id": "insp-1", "reason": "late"}),
+    );
+    agent
+        .wait_status("the session is gone", WAIT, |s| s.remote_sessions == 0)
+        .await;
+    let rest = session_frames_until_closed(&mut conn).await;
+    assert!(rest.is_empty(), "frames after done: {rest:#?}");
+    agent.stop().await;
+    assert_catpaw_shaped(&hub);
 }

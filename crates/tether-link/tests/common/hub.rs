@@ -8,6 +8,13 @@
 //! registered connection to the test as a [`HubConn`] through which the test reads what the
 //! agent sent and sends whatever it likes.
 //!
+//! Under version 1 it is also a *strict* catpaw-server: every frame the agent sends is checked
+//! against the shapes catpaw's Go agent produces (`digcore/server/proto.go`: the envelope,
+//! `session_output`'s always-present `session_id`/`delta`/`stage`/`done` and `omitempty`
+//! `report`/`metadata`, `session_error`'s three fields and catpaw's codes) and against its
+//! session rules (`session_error` is followed by the final `done: true` output; after that,
+//! nothing more for the session). What breaks them is kept in [`Record::v1_violations`].
+//!
 //! This file is also compiled into `examples/test_hub.rs` (footprint measurement), so it
 //! depends only on axum, tokio, serde_json and uuid.
 #![allow(dead_code)]
@@ -112,6 +119,8 @@ pub struct Record {
     /// Every heartbeat payload, in order.
     pub heartbeats: Vec<Value>,
     pub pongs: u64,
+    /// Version 1: every way a frame from the agent differed from what a catpaw agent sends.
+    pub v1_violations: Vec<String>,
 }
 
 impl Record {
@@ -489,6 +498,7 @@ async fn serve_agent(
         cmd,
     });
     let mut cmds_open = true;
+    let mut strict = StrictV1::default();
     let mut ping = settings.ping_every.map(|p| {
         let mut i = tokio::time::interval_at(Instant::now() + p, p);
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -503,6 +513,12 @@ async fn serve_agent(
                     Some(Ok(_)) => continue,
                 };
                 let Ok(v) = serde_json::from_str::<Value>(text.as_str()) else { continue };
+                if version == 1 {
+                    let bad = strict.check(&v);
+                    if !bad.is_empty() {
+                        shared.update(|r| r.v1_violations.extend(bad));
+                    }
+                }
                 match v["type"].as_str() {
                     Some("alert_events") => {
                         if !settings.alert_delay.is_zero() {
@@ -555,6 +571,149 @@ async fn serve_agent(
         }
     }
     end(&shared);
+}
+
+/// catpaw's `session_error` codes (`digcore/server/session_handler.go`).
+pub const CATPAW_ERROR_CODES: [&str; 5] = [
+    "invalid_type",
+    "engine_unavailable",
+    "missing_plugin",
+    "diagnose_failed",
+    "chat_init_failed",
+];
+
+/// catpaw's `session_output` stages; the final `done` frame has an empty one.
+pub const CATPAW_STAGES: [&str; 5] = ["thinking", "tool_call", "tool_result", "answer", "error"];
+
+/// The version-1 checks of one connection (see the module docs).
+#[derive(Default)]
+struct StrictV1 {
+    /// Sessions whose final `done: true` output was sent.
+    done: HashSet<String>,
+    /// Sessions that sent `session_error` and owe the final `done` output next.
+    errored: HashSet<String>,
+}
+
+impl StrictV1 {
+    fn check(&mut self, v: &Value) -> Vec<String> {
+        let mut bad = Vec::new();
+        let Some(obj) = v.as_object() else {
+            return vec![format!("not a JSON object: {v}")];
+        };
+        let kind = v["type"].as_str().unwrap_or_default();
+        for k in obj.keys() {
+            if !["type", "id", "ref_id", "payload"].contains(&k.as_str()) {
+                bad.push(format!("envelope field `{k}`: {v}"));
+            }
+        }
+        if v["id"].as_str().is_none_or(str::is_empty) {
+            bad.push(format!("envelope without an id: {v}"));
+        }
+        if obj.contains_key("ref_id") && kind != "ack" {
+            bad.push(format!("ref_id on a `{kind}`: {v}"));
+        }
+        let p = &v["payload"];
+        match kind {
+            "register" | "heartbeat" | "ack" => {}
+            "alert_events" => {
+                for e in p["events"].as_array().into_iter().flatten() {
+                    for k in e.as_object().into_iter().flat_map(|o| o.keys()) {
+                        let known = [
+                            "event_time",
+                            "event_status",
+                            "alert_key",
+                            "labels",
+                            "attrs",
+                            "description",
+                            "description_format",
+                        ];
+                        if !known.contains(&k.as_str()) {
+                            bad.push(format!("alert event field `{k}`: {e}"));
+                        }
+                    }
+                }
+            }
+            "session_output" => {
+                let sid = p["session_id"].as_str().unwrap_or_default().to_owned();
+                let fields = p.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>());
+                for k in fields.unwrap_or_default() {
+                    let known = ["session_id", "delta", "stage", "done", "report", "metadata"];
+                    if !known.contains(&k.as_str()) {
+                        bad.push(format!("session_output field `{k}`: {v}"));
+                    }
+                }
+                let stage = p["stage"].as_str();
+                let done = p["done"].as_bool();
+                if sid.is_empty() || p["delta"].as_str().is_none() || stage.is_none() {
+                    bad.push(format!("session_output without catpaw's fields: {v}"));
+                }
+                let Some(done) = done else {
+                    bad.push(format!("session_output without a boolean done: {v}"));
+                    return bad;
+                };
+                // `omitempty`: present means non-empty.
+                if p.get("report")
+                    .is_some_and(|r| r.as_str().is_none_or(str::is_empty))
+                {
+                    bad.push(format!("empty or non-string report: {v}"));
+                }
+                if p.get("metadata")
+                    .is_some_and(|m| m.as_object().is_none_or(|m| m.is_empty()))
+                {
+                    bad.push(format!("empty or non-object metadata: {v}"));
+                }
+                if self.done.contains(&sid) {
+                    bad.push(format!("session_output after done: {v}"));
+                }
+                if done {
+                    // catpaw's final frame: no delta, no stage, no metadata.
+                    if p["delta"] != "" || p["stage"] != "" || p.get("metadata").is_some() {
+                        bad.push(format!("a final frame not shaped like catpaw's: {v}"));
+                    }
+                    self.errored.remove(&sid);
+                    self.done.insert(sid);
+                } else {
+                    if !stage.is_some_and(|s| CATPAW_STAGES.contains(&s)) {
+                        bad.push(format!("stage is not one of catpaw's: {v}"));
+                    }
+                    if p.get("report").is_some() {
+                        bad.push(format!("a report before the final frame: {v}"));
+                    }
+                    if self.errored.contains(&sid) {
+                        bad.push(format!("session_error not followed by done: {v}"));
+                    }
+                }
+            }
+            "session_error" => {
+                let sid = p["session_id"].as_str().unwrap_or_default().to_owned();
+                let keys: Vec<&str> = p
+                    .as_object()
+                    .map(|o| o.keys().map(String::as_str).collect())
+                    .unwrap_or_default();
+                if keys.len() != 3
+                    || p["error"].as_str().is_none()
+                    || p["code"].as_str().is_none()
+                    || sid.is_empty()
+                {
+                    bad.push(format!("session_error not shaped like catpaw's: {v}"));
+                }
+                if !p["code"]
+                    .as_str()
+                    .is_some_and(|c| CATPAW_ERROR_CODES.contains(&c))
+                {
+                    bad.push(format!("session_error code is not one of catpaw's: {v}"));
+                }
+                if self.done.contains(&sid) {
+                    bad.push(format!("session_error after done: {v}"));
+                }
+                if !self.errored.insert(sid) {
+                    bad.push(format!("two session_errors without a done between: {v}"));
+                }
+            }
+            other => bad.push(format!("`{other}` is not a catpaw agent message: {v}")),
+        }
+        bad
+    }
 }
 
 /// Stores a batch; under version 2 an event whose `(agent_id, seq)` is already stored is
