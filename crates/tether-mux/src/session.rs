@@ -57,6 +57,9 @@ impl ConnRef {
 }
 
 /// Client ops routed to a session.
+/// Longest `via` an answer may carry.
+const MAX_VIA_BYTES: usize = 64;
+
 #[derive(Debug)]
 pub(crate) enum SessionOp {
     Attach {
@@ -71,6 +74,7 @@ pub(crate) enum SessionOp {
         call_id: CallId,
         decision: Decision,
         scope: Scope,
+        via: Option<String>,
     },
     Cancel {
         turn_id: TurnId,
@@ -608,7 +612,8 @@ impl Actor {
                 call_id,
                 decision,
                 scope,
-            } => self.on_answer(&conn, call_id, decision, scope),
+                via,
+            } => self.on_answer(&conn, call_id, decision, scope, via),
             SessionOp::Cancel { turn_id } => self.on_cancel(&conn, turn_id),
             SessionOp::Close => {
                 if may_act(conn.client.class).is_err() {
@@ -758,11 +763,21 @@ impl Actor {
         call_id: CallId,
         decision: Decision,
         scope: Scope,
+        via: Option<String>,
     ) -> Result<Option<Value>, ErrorBody> {
         if conn.client.class == tether_proto::Class::Observer {
             return Err(ErrorBody::new(
                 Reason::Forbidden,
                 "observers cannot answer permission requests",
+            ));
+        }
+        // Free text from the client, kept in the audit log: short and on one line.
+        if let Some(v) = &via
+            && (v.len() > MAX_VIA_BYTES || v.chars().any(char::is_control))
+        {
+            return Err(ErrorBody::new(
+                Reason::BadRequest,
+                format!("field `via`: at most {MAX_VIA_BYTES} bytes on one line"),
             ));
         }
         if self.resolved.contains(&call_id) {
@@ -800,6 +815,7 @@ impl Actor {
             decision,
             scope,
             Some(conn.client.clone()),
+            via,
             ResolveCause::Answered,
         );
         Ok(None)
@@ -901,6 +917,7 @@ impl Actor {
                 Decision::Deny,
                 Scope::Once,
                 None,
+                None,
                 ResolveCause::Cancelled,
             );
         }
@@ -968,6 +985,7 @@ impl Actor {
         decision: Decision,
         scope: Scope,
         by: Option<ClientInfo>,
+        via: Option<String>,
         cause: ResolveCause,
     ) {
         let mut p = self.pending.remove(index);
@@ -990,6 +1008,7 @@ impl Actor {
                 decision,
                 scope,
                 by,
+                via,
                 cause,
             });
         }
@@ -1007,6 +1026,7 @@ impl Actor {
                 0,
                 Decision::Deny,
                 Scope::Once,
+                None,
                 None,
                 ResolveCause::Cancelled,
             );
@@ -1093,7 +1113,7 @@ impl Actor {
                 None
             };
             match cause {
-                Some(cause) => self.resolve(i, Decision::Deny, Scope::Once, None, cause),
+                Some(cause) => self.resolve(i, Decision::Deny, Scope::Once, None, None, cause),
                 None => i += 1,
             }
         }

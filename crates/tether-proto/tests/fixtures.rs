@@ -345,6 +345,7 @@ fn request_answer() {
                 call_id: cid(),
                 decision: Decision::Allow,
                 scope: None,
+                via: None,
             }),
         },
     );
@@ -357,6 +358,7 @@ fn request_answer() {
                 call_id: cid(),
                 decision: Decision::Allow,
                 scope: Some(Scope::Session),
+                via: None,
             }),
         },
     );
@@ -369,6 +371,7 @@ fn request_answer() {
                 call_id: cid(),
                 decision: Decision::Deny,
                 scope: Some(Scope::Once),
+                via: None,
             }),
         },
     );
