@@ -484,12 +484,19 @@ impl Builder {
     /// A tool that failed without a readable report.
     fn failed(&mut self, call: &PlannedCall, out: &ToolOutput, heading: &str) {
         let text = clip(out.output.trim(), 400);
-        if let Some(target) = self.target.clone().filter(|_| self.target_calls.contains(call)) {
+        if let Some(target) = self
+            .target
+            .clone()
+            .filter(|_| self.target_calls.contains(call))
+        {
             // What the inspection was asked about could not be read (e.g. a path that does not
             // exist): the result is unknown, not a warning about the host.
             self.find(
                 Severity::Unknown,
-                format!("{heading}: cannot read the target `{}`", target.replace('`', "'")),
+                format!(
+                    "{heading}: cannot read the target `{}`",
+                    target.replace('`', "'")
+                ),
                 text.clone(),
             );
         } else if text.starts_with("not available") || text.starts_with("systemd is not available")
@@ -2007,26 +2014,37 @@ mod target_tests {
                 (c, out)
             })
             .collect();
-        let report = report("disk", Some("/nonexistent"), &results);
-        let disks = report
+        let with_target = report("disk", Some("/nonexistent"), &results);
+        let disks = with_target
             .findings
             .iter()
             .find(|f| f.title.starts_with("Disks"))
             .expect("disks finding");
-        assert_eq!(disks.severity, Severity::Unknown, "{:?}", report.findings);
+        assert_eq!(
+            disks.severity,
+            Severity::Unknown,
+            "{:?}",
+            with_target.findings
+        );
         assert!(disks.title.contains("`/nonexistent`"), "{}", disks.title);
-        let io = report
+        let io = with_target
             .findings
             .iter()
             .find(|f| f.title.starts_with("Disk I/O"))
             .expect("disk_io finding");
-        assert_eq!(io.severity, Severity::Warning, "{:?}", report.findings);
+        assert_eq!(io.severity, Severity::Warning, "{:?}", with_target.findings);
         assert!(
-            report.markdown.contains("0 critical, 1 unknown, 1 warning, 0 info, 0 ok."),
+            with_target
+                .markdown
+                .contains("0 critical, 1 unknown, 1 warning, 0 info, 0 ok."),
             "{}",
-            report.markdown
+            with_target.markdown
         );
-        assert!(report.markdown.contains("| UNKNOWN | Disks: cannot read"));
+        assert!(
+            with_target
+                .markdown
+                .contains("| UNKNOWN | Disks: cannot read")
+        );
 
         // Without a target the same failure is a warning, and the summary has no "unknown".
         let calls = plan("disk", None).expect("plan");
@@ -2034,13 +2052,17 @@ mod target_tests {
             .into_iter()
             .map(|c| (c, ToolOutput::error("failed")))
             .collect();
-        let report = report("disk", None, &results);
+        let without = report("disk", None, &results);
         assert!(
-            report
+            without
                 .findings
                 .iter()
                 .all(|f| f.severity == Severity::Warning)
         );
-        assert!(report.markdown.contains("0 critical, 2 warning, 0 info, 0 ok."));
+        assert!(
+            without
+                .markdown
+                .contains("0 critical, 2 warning, 0 info, 0 ok.")
+        );
     }
 }

@@ -186,8 +186,10 @@ pub async fn run(config: Option<&Path>, plugin_name: &str, as_json: bool) -> Res
                     let verdict = judge(&m.value, &thresholds);
                     let fires = verdict.status != Status::Ok;
                     let bound = verdict.bound.as_ref().filter(|_| fires);
-                    let fires_after = (fires && !spec.lifecycle.for_duration.is_zero())
-                        .then(|| humantime::format_duration(spec.lifecycle.for_duration).to_string());
+                    let fires_after =
+                        (fires && !spec.lifecycle.for_duration.is_zero()).then(|| {
+                            humantime::format_duration(spec.lifecycle.for_duration).to_string()
+                        });
                     let v = RunValue {
                         instance: name.clone(),
                         target: m.target.clone(),

@@ -226,7 +226,10 @@ pub fn token_list(file: &HubFile) -> Result<()> {
     }
     outln!(
         "{:<36}  {:<20}  {:<8}  {:<36}  CREATED",
-        "ID", "NAME", "STATE", "AGENT"
+        "ID",
+        "NAME",
+        "STATE",
+        "AGENT"
     )?;
     for t in tokens {
         outln!(
@@ -358,7 +361,11 @@ fn local_hub_url(hub: &HubFile) -> String {
             std::net::Ipv6Addr::LOCALHOST.into()
         });
     }
-    let scheme = if hub.config.tls.is_some() { "wss" } else { "ws" };
+    let scheme = if hub.config.tls.is_some() {
+        "wss"
+    } else {
+        "ws"
+    };
     format!("{scheme}://{addr}")
 }
 

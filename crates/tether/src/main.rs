@@ -522,12 +522,12 @@ fn monitoring_command(args: &[std::ffi::OsString]) -> bool {
         .skip(1)
         .filter_map(|a| a.to_str())
         .filter(|a| !a.starts_with('-'))
-        .take(2)
         .collect();
-    matches!(
-        words.as_slice(),
-        ["inspect", ..] | ["diagnose", ..] | ["checks", "run"]
-    )
+    match words.as_slice() {
+        ["inspect", ..] | ["diagnose", ..] => true,
+        ["checks", rest @ ..] => rest.contains(&"run"),
+        _ => false,
+    }
 }
 
 fn main() -> std::process::ExitCode {

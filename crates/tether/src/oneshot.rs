@@ -9,8 +9,8 @@
 
 use crate::agent::{Core, ensure_state_dir};
 use crate::client_cmds::{Answers, Join, RunEnd, RunMode, RunOutput, chat_with};
-use crate::verdict::{self, Verdict};
 use crate::config::AgentConfig;
+use crate::verdict::{self, Verdict};
 use anyhow::{Context, Result};
 use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
@@ -227,9 +227,10 @@ pub async fn diagnose(
 ) -> Result<ExitCode> {
     let alert_status = match status.as_deref() {
         None => None,
-        Some(s) => Some(Verdict::of_alert_status(s).with_context(|| {
-            format!("--status: `{s}` is not Critical, Warning, Info or Ok")
-        })?),
+        Some(s) => Some(
+            Verdict::of_alert_status(s)
+                .with_context(|| format!("--status: `{s}` is not Critical, Warning, Info or Ok"))?,
+        ),
     };
     let cfg = AgentConfig::load(config)?;
     let mut params = Map::new();

@@ -40,7 +40,8 @@ pub fn print(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
 
 /// True when `e` (or what it wraps) is [`StdoutClosed`].
 pub fn is_closed(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<StdoutClosed>().is_some())
+    e.chain()
+        .any(|c| c.downcast_ref::<StdoutClosed>().is_some())
 }
 
 /// `println!` that returns `anyhow::Result<()>` instead of panicking on a closed stdout.

@@ -152,7 +152,11 @@ impl Renderer {
     /// Erases the prompt on screen, if any, before other output.
     fn clear_prompt(&mut self) {
         if self.prompt_shown.take().is_some() {
-            let erase = if self.prompt_on_tty { "\r\x1b[2K" } else { "\n" };
+            let erase = if self.prompt_on_tty {
+                "\r\x1b[2K"
+            } else {
+                "\n"
+            };
             self.write(true, erase);
             self.at_line_start = true;
         }

@@ -63,8 +63,15 @@ fn diagnose_without_a_terminal_denies_prompts_and_prints_only_the_report() {
         stderr.contains("denied: stdin is not a terminal"),
         "no notice: {stderr}"
     );
-    assert_eq!(stdout.trim_end(), CRITICAL_REPORT, "stdout is the report alone");
-    assert!(!stdout.contains('\x1b'), "colour codes on stdout: {stdout:?}");
+    assert_eq!(
+        stdout.trim_end(),
+        CRITICAL_REPORT,
+        "stdout is the report alone"
+    );
+    assert!(
+        !stdout.contains('\x1b'),
+        "colour codes on stdout: {stdout:?}"
+    );
     let audit = shell_audit(dir.path());
     assert_eq!(audit["decision"], "denied", "{audit}");
     assert_eq!(audit["via"], "no-terminal", "{audit}");
@@ -96,7 +103,12 @@ fn diagnose_yes_approves_as_the_invoking_user_and_no_denies_both_audited() {
     drop(agent);
 
     let out = client(&config, &["diagnose", "--alert", "x", "--yes", "--no"], "");
-    assert_eq!(out.status.code(), Some(3), "conflicting flags: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "conflicting flags: {}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -125,7 +137,11 @@ fn diagnose_exit_code_follows_the_stated_severity_else_the_alert_status() {
     assert_eq!(doc["status"], "CRITICAL", "{doc}");
     assert_eq!(doc["exit_code"], 2, "{doc}");
     assert_eq!(doc["severity_from"], "alert", "{doc}");
-    assert!(doc["report"].as_str().is_some_and(|r| r.contains("Nothing to add")));
+    assert!(
+        doc["report"]
+            .as_str()
+            .is_some_and(|r| r.contains("Nothing to add"))
+    );
 
     // Without a model, the inspection's status counts.
     let plain = dir.path().join("plain.toml");
@@ -179,10 +195,18 @@ fn inspect_exit_codes_follow_the_monitoring_plugin_convention() {
 
     // UNKNOWN: the target does not exist (it used to report `/` as fine, exit 0).
     let missing = dir.path().join("nonexistent");
-    let out = run(&["inspect", "disk", "--target", missing.to_str().expect("utf-8")]);
+    let out = run(&[
+        "inspect",
+        "disk",
+        "--target",
+        missing.to_str().expect("utf-8"),
+    ]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("UNKNOWN") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("UNKNOWN") && err.contains("does not exist"),
+        "{err}"
+    );
 
     // UNKNOWN: could not run at all.
     let out = run(&["inspect", "nonsense"]);
@@ -209,16 +233,22 @@ fn inspect_exit_codes_follow_the_monitoring_plugin_convention() {
     assert_eq!(doc["exit_code"], 3, "{doc}");
     let findings = doc["findings"].as_array().expect("findings");
     assert!(
-        findings
-            .iter()
-            .any(|f| f["severity"] == "UNKNOWN" && f["detail"].as_str().is_some_and(|d| d.contains("does not exist"))),
+        findings.iter().any(|f| f["severity"] == "UNKNOWN"
+            && f["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("does not exist"))),
         "{doc}"
     );
     let out = run(&["inspect", "nonsense", "--output", "json"]);
     assert_eq!(out.status.code(), Some(3));
     let doc: Value = serde_json::from_slice(&out.stdout).expect("json on stdout");
     assert_eq!(doc["status"], "UNKNOWN", "{doc}");
-    assert!(doc["error"].as_str().is_some_and(|e| e.contains("nonsense")), "{doc}");
+    assert!(
+        doc["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("nonsense")),
+        "{doc}"
+    );
 }
 
 #[test]
@@ -277,7 +307,10 @@ fn with_closed_stdout(args: &[&str]) -> Output {
 #[test]
 fn a_closed_stdout_ends_quietly_instead_of_panicking() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(dir.path(), r#"{"responses": [{"text": "hi"}], "loop": true}"#);
+    let config = write_config(
+        dir.path(),
+        r#"{"responses": [{"text": "hi"}], "loop": true}"#,
+    );
     let config = config.to_str().expect("utf-8");
     let agent = AgentProc::start(Path::new(config));
     for (args, expected) in [
@@ -337,7 +370,10 @@ fn checks_list_shows_a_broken_config_file_and_its_error() {
     assert!(out.status.success(), "{}", text(&out));
     let listing = String::from_utf8_lossy(&out.stdout);
     assert!(listing.contains("uptime.toml"), "{listing}");
-    assert!(listing.contains("interval"), "the error is shown: {listing}");
+    assert!(
+        listing.contains("interval"),
+        "the error is shown: {listing}"
+    );
     assert!(!listing.contains("no check instances"), "{listing}");
 }
 
@@ -347,13 +383,17 @@ fn console_line(child: &mut std::process::Child) -> String {
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if line.starts_with("console:") {
                 let _ = tx.send(line);
             }
         }
     });
-    rx.recv_timeout(PATIENCE).expect("`tether up` printed no console URL")
+    rx.recv_timeout(PATIENCE)
+        .expect("`tether up` printed no console URL")
 }
 
 fn stop(mut child: std::process::Child) {
@@ -391,17 +431,47 @@ fn up_port_wins_over_an_existing_hub_toml() {
     assert!(console_line(&mut child).contains(&format!(":{first}")));
     stop(child);
 
+    let hub_toml =
+        std::fs::read_to_string(dir.path().join("config/tether/hub.toml")).expect("hub.toml");
+    let operator = hub_toml
+        .lines()
+        .find_map(|l| l.strip_prefix("token = \""))
+        .and_then(|t| t.strip_suffix('"'))
+        .expect("operator token")
+        .to_owned();
+
     let second = free_port();
     let mut child = up(second);
     let line = console_line(&mut child);
     assert!(line.contains(&format!(":{second}")), "{line}");
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", second)).is_ok(),
-        "the hub does not listen on --port"
-    );
+    // The local agent follows the hub to its new port.
+    let deadline = Instant::now() + PATIENCE;
+    while !agents_json(second, &operator).contains("\"connected\":true") {
+        assert!(
+            Instant::now() < deadline,
+            "the local agent never linked to the hub on --port"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     stop(child);
     // Written back only on the first run.
-    let hub_toml =
+    let again =
         std::fs::read_to_string(dir.path().join("config/tether/hub.toml")).expect("hub.toml");
-    assert!(hub_toml.contains(&format!("127.0.0.1:{first}")), "{hub_toml}");
+    assert_eq!(again, hub_toml);
+}
+
+/// `GET /api/v1/agents` on the hub at `port` (the raw response; empty when unreachable).
+fn agents_json(port: u16, token: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = write!(
+        s,
+        "GET /api/v1/agents HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text
 }

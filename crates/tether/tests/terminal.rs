@@ -47,7 +47,10 @@ fn assert_clean(screen: &[String], typed: &[&str]) {
     );
     for l in screen {
         if l.contains(" joined") || l.contains(" left") {
-            assert!(l.starts_with('·'), "a notice not on a line of its own: {l:?}\n{all}");
+            assert!(
+                l.starts_with('·'),
+                "a notice not on a line of its own: {l:?}\n{all}"
+            );
         }
     }
 }
@@ -61,7 +64,10 @@ fn an_idle_terminal_shows_another_clients_turn_as_one_block() {
 
     // A: an idle client on a terminal.
     let mut a = Pty::spawn(&["chat", "--config", config_arg]);
-    let shown = a.wait_for("the banner and the prompt", prompt_last);
+    let shown = a.wait_for("the banner and the prompt", |s| {
+        s.last().is_some_and(|l| l.starts_with('>'))
+    });
+    assert_clean(&shown, &[]);
     let id = session_id(&shown);
 
     // B: another client joins, sends a message whose answer streams word by word, and leaves.
@@ -93,7 +99,11 @@ fn an_idle_terminal_shows_another_clients_turn_as_one_block() {
     let screen = a.wait_for("the command list", |s| {
         s.iter().any(|l| l.contains("/queue MESSAGE")) && prompt_last(s)
     });
-    assert!(!screen.join("\n").contains("you> /help"), "{}", screen.join("\n"));
+    assert!(
+        !screen.join("\n").contains("you> /help"),
+        "{}",
+        screen.join("\n")
+    );
 
     // A's own line: the terminal shows it once (as typed), not echoed back as `you> …`.
     a.type_text("my own question\n");
@@ -102,7 +112,10 @@ fn an_idle_terminal_shows_another_clients_turn_as_one_block() {
     });
     let all = screen.join("\n");
     assert!(all.contains("> my own question"), "{all}");
-    assert!(!all.contains("you> my own question"), "own line echoed:\n{all}");
+    assert!(
+        !all.contains("you> my own question"),
+        "own line echoed:\n{all}"
+    );
     assert_clean(&screen, &["/help", "my own question"]);
 
     // The model never saw `/help`: the session has B's turn and A's, nothing else.
