@@ -365,7 +365,9 @@ pub async fn chat_with(
     if !may_answer {
         st.prompts.clear();
     }
-    let mut lines = stdin_lines();
+    // stdin is read only where it means something: chat input and prompt answers, or a
+    // report's prompt answers on a terminal. Otherwise it is left alone, unread.
+    let mut lines = (answers == Answers::Ask).then(stdin_lines);
     let mut replaying = replaying_at_start;
     let mut stdout_closed = false;
 
@@ -405,7 +407,8 @@ pub async fn chat_with(
             Some(p) => r.prompt(&p),
             None => r.hide_prompt(),
         }
-        let want_stdin = !st.stdin_closed
+        let want_stdin = lines.is_some()
+            && !st.stdin_closed
             && may_answer
             && (st.asking.is_some() || (st.phase == Phase::Idle && !one_shot));
         // Input is over: leave once the replay (if any) and our own turn are done.
@@ -418,7 +421,12 @@ pub async fn chat_with(
             break;
         }
         tokio::select! {
-            line = lines.recv(), if want_stdin => {
+            line = async {
+                match lines.as_mut() {
+                    Some(l) => l.recv().await,
+                    None => std::future::pending().await,
+                }
+            }, if want_stdin => {
                 r.prompt_answered(interactive);
                 match line.flatten() {
                     None => {
