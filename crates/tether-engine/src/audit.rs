@@ -54,6 +54,9 @@ pub struct AuditEntry {
     pub args: Value,
     pub decision: AuditDecision,
     pub approved_by: Option<ClientInfo>,
+    /// What answered the prompt on `approved_by`'s behalf (`--yes`, `--no`, `no-terminal`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     pub duration_ms: u64,
     pub outcome: AuditOutcome,
     pub output_bytes: usize,
@@ -122,6 +125,7 @@ mod tests {
                 args: serde_json::json!({"command": "ls"}),
                 decision: AuditDecision::Allowed,
                 approved_by: None,
+                via: None,
                 duration_ms: 3,
                 outcome: AuditOutcome::Ok,
                 output_bytes: 10,

@@ -142,6 +142,9 @@ impl PlannedCall {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Severity {
     Critical,
+    /// The inspection could not read what it was asked about (its target does not exist or
+    /// gave no reading): nothing can be said about it, in either direction.
+    Unknown,
     Warning,
     Info,
     Ok,
@@ -151,6 +154,7 @@ impl Severity {
     pub fn as_str(self) -> &'static str {
         match self {
             Severity::Critical => "CRITICAL",
+            Severity::Unknown => "UNKNOWN",
             Severity::Warning => "WARNING",
             Severity::Info => "INFO",
             Severity::Ok => "OK",
@@ -456,6 +460,9 @@ struct Section {
 struct Builder {
     findings: Vec<Finding>,
     sections: Vec<Section>,
+    /// The target and the calls of the plan that read it (absent from the plan without it).
+    target: Option<String>,
+    target_calls: Vec<PlannedCall>,
 }
 
 impl Builder {
@@ -477,8 +484,24 @@ impl Builder {
     /// A tool that failed without a readable report.
     fn failed(&mut self, call: &PlannedCall, out: &ToolOutput, heading: &str) {
         let text = clip(out.output.trim(), 400);
-        // A facility the host does not have is a fact about the host, not a failure.
-        if text.starts_with("not available") || text.starts_with("systemd is not available") {
+        if let Some(target) = self
+            .target
+            .clone()
+            .filter(|_| self.target_calls.contains(call))
+        {
+            // What the inspection was asked about could not be read (e.g. a path that does not
+            // exist): the result is unknown, not a warning about the host.
+            self.find(
+                Severity::Unknown,
+                format!(
+                    "{heading}: cannot read the target `{}`",
+                    target.replace('`', "'")
+                ),
+                text.clone(),
+            );
+        } else if text.starts_with("not available") || text.starts_with("systemd is not available")
+        {
+            // A facility the host does not have is a fact about the host, not a failure.
             self.find(
                 Severity::Info,
                 format!("{heading} not available"),
@@ -508,9 +531,21 @@ pub fn report(
     target: Option<&str>,
     results: &[(PlannedCall, ToolOutput)],
 ) -> InspectReport {
+    let target = target.map(str::trim).filter(|t| !t.is_empty());
+    // The calls that read the target: those the plan without a target does not have (all of
+    // them for plugins that need a target).
+    let target_calls = match target.and_then(|t| plan(plugin, Some(t)).ok()) {
+        Some(with) => {
+            let without = plan(plugin, None).unwrap_or_default();
+            with.into_iter().filter(|c| !without.contains(c)).collect()
+        }
+        None => Vec::new(),
+    };
     let mut b = Builder {
         findings: Vec::new(),
         sections: Vec::new(),
+        target: target.map(str::to_owned),
+        target_calls,
     };
     for (call, out) in results {
         match call.tool.as_str() {
@@ -610,9 +645,14 @@ pub fn report(
     let _ = writeln!(md, "{meta}\n");
 
     let count = |s: Severity| b.findings.iter().filter(|f| f.severity == s).count();
+    // "unknown" only when there is one: most reports never have it.
+    let unknown = match count(Severity::Unknown) {
+        0 => String::new(),
+        n => format!("{n} unknown, "),
+    };
     let _ = writeln!(
         md,
-        "## Findings\n\n{} critical, {} warning, {} info, {} ok.\n",
+        "## Findings\n\n{} critical, {unknown}{} warning, {} info, {} ok.\n",
         count(Severity::Critical),
         count(Severity::Warning),
         count(Severity::Info),
@@ -1955,5 +1995,74 @@ mod tests {
         let mut s = String::new();
         table(&mut s, &["a"], &[vec!["x|y\nz".into()]]);
         assert!(s.contains("| x\\|y z |"), "{s}");
+    }
+}
+
+#[cfg(test)]
+mod target_tests {
+    use super::*;
+
+    /// Issue 10: a target the tools cannot read makes the report UNKNOWN (the CLI exits 3),
+    /// while a failed reading of something else stays a warning about the host.
+    #[test]
+    fn an_unreadable_target_is_unknown_and_other_failures_stay_warnings() {
+        let calls = plan("disk", Some("/nonexistent")).expect("plan");
+        let results: Vec<(PlannedCall, ToolOutput)> = calls
+            .into_iter()
+            .map(|c| {
+                let out = ToolOutput::error(format!("{} failed", c.tool));
+                (c, out)
+            })
+            .collect();
+        let with_target = report("disk", Some("/nonexistent"), &results);
+        let disks = with_target
+            .findings
+            .iter()
+            .find(|f| f.title.starts_with("Disks"))
+            .expect("disks finding");
+        assert_eq!(
+            disks.severity,
+            Severity::Unknown,
+            "{:?}",
+            with_target.findings
+        );
+        assert!(disks.title.contains("`/nonexistent`"), "{}", disks.title);
+        let io = with_target
+            .findings
+            .iter()
+            .find(|f| f.title.starts_with("Disk I/O"))
+            .expect("disk_io finding");
+        assert_eq!(io.severity, Severity::Warning, "{:?}", with_target.findings);
+        assert!(
+            with_target
+                .markdown
+                .contains("0 critical, 1 unknown, 1 warning, 0 info, 0 ok."),
+            "{}",
+            with_target.markdown
+        );
+        assert!(
+            with_target
+                .markdown
+                .contains("| UNKNOWN | Disks: cannot read")
+        );
+
+        // Without a target the same failure is a warning, and the summary has no "unknown".
+        let calls = plan("disk", None).expect("plan");
+        let results: Vec<(PlannedCall, ToolOutput)> = calls
+            .into_iter()
+            .map(|c| (c, ToolOutput::error("failed")))
+            .collect();
+        let without = report("disk", None, &results);
+        assert!(
+            without
+                .findings
+                .iter()
+                .all(|f| f.severity == Severity::Warning)
+        );
+        assert!(
+            without
+                .markdown
+                .contains("0 critical, 2 warning, 0 info, 0 ok.")
+        );
     }
 }

@@ -69,6 +69,8 @@ pub fn system_prompt(mode: Mode, tools: &ToolRegistry) -> String {
         prompt.push_str(
             "\nYou are diagnosing an alert raised on this host. Gather evidence with the tools \
              first. Then answer with a Markdown report and nothing else, with these sections:\n\
+             ## Severity (one word on the next line: CRITICAL if something is broken or about to \
+             break, WARNING if it needs attention, OK if nothing is wrong any more)\n\
              ## Summary (one or two sentences)\n\
              ## Root cause (the most likely cause, and how sure you are)\n\
              ## Evidence (the figures and log lines that support it, with the tool that showed them)\n\
@@ -244,7 +246,12 @@ mod tests {
     #[test]
     fn the_diagnose_prompt_asks_for_the_report_sections() {
         let p = system_prompt(Mode::Diagnose, &ToolRegistry::new());
-        for section in ["## Root cause", "## Evidence", "## Suggested actions"] {
+        for section in [
+            "## Severity",
+            "## Root cause",
+            "## Evidence",
+            "## Suggested actions",
+        ] {
             assert!(p.contains(section));
         }
     }

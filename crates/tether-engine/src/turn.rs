@@ -43,6 +43,8 @@ pub struct PermissionAnswer {
     pub decision: Decision,
     pub scope: Scope,
     pub by: Option<ClientInfo>,
+    /// What answered on `by`'s behalf (e.g. `--yes`), as the answering client stated it.
+    pub via: Option<String>,
     pub cause: ResolveCause,
 }
 
@@ -53,6 +55,7 @@ impl PermissionAnswer {
             decision: Decision::Deny,
             scope: Scope::Once,
             by: None,
+            via: None,
             cause: ResolveCause::Cancelled,
         }
     }
@@ -307,6 +310,7 @@ pub(crate) async fn run_tool(
     let started = Instant::now();
     let mut decision = AuditDecision::NotAsked;
     let mut approved_by: Option<ClientInfo> = None;
+    let mut answered_via: Option<String> = None;
     let (result, outcome) = match parsed {
         Err(e) => (
             ToolOutput::error(format!("the arguments are not valid JSON: {e}")),
@@ -347,6 +351,7 @@ pub(crate) async fn run_tool(
                             a = run.router.ask(ask) => a,
                         };
                         approved_by = answer.by.clone();
+                        answered_via = answer.via.clone();
                         match answer.decision {
                             Decision::Allow => {
                                 decision = AuditDecision::Allowed;
@@ -420,6 +425,7 @@ pub(crate) async fn run_tool(
             args: shown_args,
             decision,
             approved_by,
+            via: answered_via,
             duration_ms,
             outcome,
             output_bytes,

@@ -658,6 +658,7 @@ impl AnswerRouter for AllowAll {
                     class: Class::Human,
                     name: "operator".into(),
                 }),
+                via: None,
                 cause: ResolveCause::Answered,
             }
         })

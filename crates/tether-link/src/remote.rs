@@ -913,6 +913,7 @@ impl RemoteSessions {
                 call_id: CallId(answer.call_id),
                 decision,
                 scope: answer.scope.as_deref().and_then(Scope::parse),
+                via: None,
             }))
             .await;
         self.report(frame_id, &session, reply).await;
@@ -1137,6 +1138,7 @@ async fn translate_v1(
                         call_id: call_id.clone(),
                         decision: Decision::Deny,
                         scope: None,
+                        via: None,
                     }),
                 })
                 .await;

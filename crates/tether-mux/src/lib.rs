@@ -648,6 +648,7 @@ impl Connection {
                         call_id: a.call_id,
                         decision: a.decision,
                         scope: a.scope.unwrap_or(tether_proto::Scope::Once),
+                        via: a.via,
                     },
                 )
                 .await

@@ -74,6 +74,9 @@ impl ConnRef {
 }
 
 /// Client ops routed to a session.
+/// Longest `via` an answer may carry.
+const MAX_VIA_BYTES: usize = 64;
+
 #[derive(Debug)]
 pub(crate) enum SessionOp {
     Attach {
@@ -88,6 +91,7 @@ pub(crate) enum SessionOp {
         call_id: CallId,
         decision: Decision,
         scope: Scope,
+        via: Option<String>,
     },
     Cancel {
         turn_id: TurnId,
@@ -1036,7 +1040,8 @@ impl Actor {
                 call_id,
                 decision,
                 scope,
-            } => self.on_answer(&conn, call_id, decision, scope),
+                via,
+            } => self.on_answer(&conn, call_id, decision, scope, via),
             SessionOp::Cancel { .. } | SessionOp::Close if self.degraded.is_some() => {
                 self.refuse_while_degraded().map(|()| None)
             }
@@ -1219,6 +1224,7 @@ impl Actor {
         call_id: CallId,
         decision: Decision,
         scope: Scope,
+        via: Option<String>,
     ) -> Result<Option<Value>, ErrorBody> {
         if conn.client.class == tether_proto::Class::Observer {
             return Err(ErrorBody::new(
@@ -1227,6 +1233,15 @@ impl Actor {
             ));
         }
         self.refuse_while_degraded()?;
+        // Free text from the client, kept in the audit log: short and on one line.
+        if let Some(v) = &via
+            && (v.len() > MAX_VIA_BYTES || v.chars().any(char::is_control))
+        {
+            return Err(ErrorBody::new(
+                Reason::BadRequest,
+                format!("field `via`: at most {MAX_VIA_BYTES} bytes on one line"),
+            ));
+        }
         if self.resolved.contains(&call_id) {
             return Err(ErrorBody::new(
                 Reason::AlreadyResolved,
@@ -1262,6 +1277,7 @@ impl Actor {
             decision,
             scope,
             Some(conn.client.clone()),
+            via,
             ResolveCause::Answered,
         );
         Ok(None)
@@ -1368,6 +1384,7 @@ impl Actor {
                 Decision::Deny,
                 Scope::Once,
                 None,
+                None,
                 ResolveCause::Cancelled,
             );
         }
@@ -1441,6 +1458,7 @@ impl Actor {
         decision: Decision,
         scope: Scope,
         by: Option<ClientInfo>,
+        via: Option<String>,
         cause: ResolveCause,
     ) {
         let mut p = self.pending.remove(index);
@@ -1463,6 +1481,7 @@ impl Actor {
                 decision,
                 scope,
                 by,
+                via,
                 cause,
             });
         }
@@ -1481,6 +1500,7 @@ impl Actor {
                 0,
                 Decision::Deny,
                 Scope::Once,
+                None,
                 None,
                 ResolveCause::Cancelled,
             );
@@ -1580,7 +1600,7 @@ impl Actor {
                 None
             };
             match cause {
-                Some(cause) => self.resolve(i, Decision::Deny, Scope::Once, None, cause),
+                Some(cause) => self.resolve(i, Decision::Deny, Scope::Once, None, None, cause),
                 None => i += 1,
             }
         }

@@ -393,6 +393,9 @@ pub struct Answer {
     pub decision: Decision,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<Scope>,
+    /// What gave the answer on the client's behalf (e.g. `--yes`), recorded in the audit log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 /// `cancel`

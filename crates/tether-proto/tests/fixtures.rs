@@ -357,6 +357,7 @@ fn request_answer() {
                 call_id: cid(),
                 decision: Decision::Allow,
                 scope: None,
+                via: None,
             }),
         },
     );
@@ -369,6 +370,7 @@ fn request_answer() {
                 call_id: cid(),
                 decision: Decision::Allow,
                 scope: Some(Scope::Session),
+                via: None,
             }),
         },
     );
@@ -381,6 +383,7 @@ fn request_answer() {
                 call_id: cid(),
                 decision: Decision::Deny,
                 scope: Some(Scope::Once),
+                via: None,
             }),
         },
     );

@@ -2,7 +2,9 @@
 
 use crate::client_cmds::ConnectArgs;
 use crate::config::AgentConfig;
+use crate::verdict::Verdict;
 use anyhow::{Context, Result, bail};
+use serde::Serialize;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::ExitCode;
@@ -12,7 +14,8 @@ use tether_checks::plugin::{CheckContext, Status};
 use tether_checks::rules::judge;
 use tokio_util::sync::CancellationToken;
 
-/// `tether checks list`: each instance of the running agent with its last status and values.
+/// `tether checks list`: each instance of the running agent with its last status and values,
+/// then the config files that are broken (not in effect) with their errors.
 pub async fn list(connect: &ConnectArgs, as_json: bool) -> Result<()> {
     let (mut client, _) = connect.connect().await?;
     let result = client
@@ -20,53 +23,85 @@ pub async fn list(connect: &ConnectArgs, as_json: bool) -> Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        outln!("{}", serde_json::to_string_pretty(&result)?)?;
         return Ok(());
     }
     let empty = Vec::new();
     let instances = result["instances"].as_array().unwrap_or(&empty);
-    if instances.is_empty() {
-        println!("no check instances (put <plugin>.toml files in the agent's conf.d/)");
+    let errors = result["config_errors"].as_array().unwrap_or(&empty);
+    if instances.is_empty() && errors.is_empty() {
+        outln!("no check instances (put <plugin>.toml files in the agent's conf.d/)")?;
     }
     for i in instances {
         let name = i["name"].as_str().unwrap_or("-");
         let status = i["last_status"].as_str().unwrap_or("not run yet");
-        println!(
+        outln!(
             "{:<10} {:<16} every {:<6} {:<11} last run {}",
             i["plugin"].as_str().unwrap_or("?"),
             name,
             i["interval"].as_str().unwrap_or("?"),
             status,
             i["last_run"].as_str().unwrap_or("never"),
-        );
+        )?;
         if let Some(values) = i["last_values"].as_array() {
             for v in values {
                 // (check, target, value, status) tuples.
                 let part = |n: usize| v.get(n).and_then(Value::as_str).unwrap_or("").to_owned();
-                println!(
+                outln!(
                     "    {:<18} {:<28} {:>14}  {}",
                     part(0),
                     part(1),
                     part(2),
                     part(3)
-                );
+                )?;
             }
         }
         if let Some(e) = i["last_error"].as_str() {
-            println!("    error: {e}");
+            outln!("    error: {e}")?;
         }
     }
-    if let Some(errors) = result["config_errors"].as_array() {
+    if !errors.is_empty() {
+        // In the listing itself (stdout), not only in the agent's log: a broken file is not in
+        // effect, and its plugin keeps the instances it had before.
+        outln!(
+            "broken config ({} error{}; those files are not in effect, their plugins keep their previous instances):",
+            errors.len(),
+            if errors.len() == 1 { "" } else { "s" }
+        )?;
         for e in errors {
-            eprintln!("config error: {}", e.as_str().unwrap_or_default());
+            outln!("    {}", e.as_str().unwrap_or_default())?;
         }
     }
     Ok(())
 }
 
+/// One value of a `checks run`.
+#[derive(Serialize)]
+struct RunValue {
+    instance: String,
+    target: String,
+    check: String,
+    value: String,
+    status: &'static str,
+    /// The bound it crosses (`critical_ge 90`), when it would fire.
+    bound: Option<String>,
+    /// How long it must hold before it fires (`for_duration`), when it would fire.
+    fires_after: Option<String>,
+    description: String,
+}
+
+/// An instance of a `checks run` that could not run (UNKNOWN).
+#[derive(Serialize)]
+struct RunError {
+    instance: String,
+    error: String,
+}
+
 /// `tether checks run PLUGIN`: runs the plugin's configured instances once (or its default
-/// instance when it has no config) and prints every value and what would fire.
-pub async fn run(config: Option<&Path>, plugin_name: &str) -> Result<ExitCode> {
+/// instance when it has no config) and prints every value and what would fire. The exit code
+/// is the worst result: 2 a Critical value, 3 an instance that could not run, 1 a Warning,
+/// 0 otherwise; 3 also for an unknown plugin or a broken config (an error from here).
+pub async fn run(config: Option<&Path>, plugin_name: &str, as_json: bool) -> Result<ExitCode> {
     let cfg = AgentConfig::load(config)?;
     let Some(plugin) = tether_checks::plugins::find(plugin_name) else {
         let names: Vec<&str> = tether_checks::plugins::registry()
@@ -79,7 +114,8 @@ pub async fn run(config: Option<&Path>, plugin_name: &str) -> Result<ExitCode> {
         );
     };
     let file = cfg.checks_dir.join(format!("{plugin_name}.toml"));
-    let specs = if file.exists() {
+    let defaults = !file.exists();
+    let specs = if !defaults {
         tether_checks::config::load_file(&file, plugin.as_ref()).map_err(|errs| {
             anyhow::anyhow!(
                 "{}",
@@ -111,10 +147,25 @@ pub async fn run(config: Option<&Path>, plugin_name: &str) -> Result<ExitCode> {
                 file.display()
             );
         }
-        println!("(no {} — running the default instance)", file.display());
         specs
     };
-    let mut worst = Status::Ok;
+    let mut worst = Verdict::Ok;
+    // Text goes out as it is found; a closed stdout ends the run with the verdict so far.
+    let say = |r: Result<()>, worst: Verdict| -> Result<Option<ExitCode>> {
+        match r {
+            Ok(()) => Ok(None),
+            Err(e) if crate::out::is_closed(&e) => Ok(Some(worst.exit_code())),
+            Err(e) => Err(e),
+        }
+    };
+    if defaults && !as_json {
+        let r = outln!("(no {} — running the default instance)", file.display());
+        if let Some(code) = say(r, worst)? {
+            return Ok(code);
+        }
+    }
+    let mut values = Vec::new();
+    let mut errors = Vec::new();
     for spec in specs {
         let name = spec
             .name
@@ -128,54 +179,92 @@ pub async fn run(config: Option<&Path>, plugin_name: &str) -> Result<ExitCode> {
         let ran =
             tokio::time::timeout(spec.timeout + Duration::from_secs(1), spec.check.run(ctx)).await;
         cancel.cancel();
-        let measurements = match ran {
-            Ok(Ok(m)) => m,
-            Ok(Err(e)) => {
-                println!("{plugin_name} {name}: check failed: {e} (raises a check_error alert)");
-                worst = worst.max(Status::Warning);
-                continue;
+        let failure = match ran {
+            Ok(Ok(measurements)) => {
+                for m in measurements {
+                    let thresholds = spec.thresholds_for(&m.check, &m.defaults);
+                    let verdict = judge(&m.value, &thresholds);
+                    let fires = verdict.status != Status::Ok;
+                    let bound = verdict.bound.as_ref().filter(|_| fires);
+                    let fires_after =
+                        (fires && !spec.lifecycle.for_duration.is_zero()).then(|| {
+                            humantime::format_duration(spec.lifecycle.for_duration).to_string()
+                        });
+                    let v = RunValue {
+                        instance: name.clone(),
+                        target: m.target.clone(),
+                        check: m.check.clone(),
+                        value: format_value(&m.value, m.unit),
+                        status: verdict.status.as_str(),
+                        bound: bound.map(|b| format!("{} {}", b.key, b.limit)),
+                        fires_after,
+                        description: m.description.clone(),
+                    };
+                    worst = worst.worst(Verdict::of_check(verdict.status));
+                    if !as_json {
+                        let fire = match (&v.bound, fires) {
+                            (_, false) => String::new(),
+                            (Some(b), true) => format!("  → would fire {} ({b})", v.status),
+                            (None, true) => format!("  → would fire {}", v.status),
+                        };
+                        let after = v
+                            .fires_after
+                            .as_ref()
+                            .map(|d| format!(" once it holds for {d}"))
+                            .unwrap_or_default();
+                        let r = outln!(
+                            "{plugin_name:<9} {:<20} {:<16} {:>14}  {:<8}{fire}{after}\n          {}",
+                            v.target,
+                            v.check,
+                            v.value,
+                            v.status,
+                            v.description,
+                        );
+                        if let Some(code) = say(r, worst)? {
+                            return Ok(code);
+                        }
+                    }
+                    values.push(v);
+                }
+                None
             }
-            Err(_) => {
-                println!(
-                    "{plugin_name} {name}: timed out after {} (raises a check_error alert)",
-                    humantime::format_duration(spec.timeout)
-                );
-                worst = worst.max(Status::Warning);
-                continue;
-            }
+            Ok(Err(e)) => Some(format!("check failed: {e}")),
+            Err(_) => Some(format!(
+                "timed out after {}",
+                humantime::format_duration(spec.timeout)
+            )),
         };
-        for m in measurements {
-            let thresholds = spec.thresholds_for(&m.check, &m.defaults);
-            let verdict = judge(&m.value, &thresholds);
-            let fire = match (verdict.status, &verdict.bound) {
-                (Status::Ok, _) => String::new(),
-                (s, Some(b)) => format!("  → would fire {} ({} {})", s.as_str(), b.key, b.limit),
-                (s, None) => format!("  → would fire {}", s.as_str()),
-            };
-            let after = if verdict.status != Status::Ok && !spec.lifecycle.for_duration.is_zero() {
-                format!(
-                    " once it holds for {}",
-                    humantime::format_duration(spec.lifecycle.for_duration)
-                )
-            } else {
-                String::new()
-            };
-            println!(
-                "{plugin_name:<9} {:<20} {:<16} {:>14}  {:<8}{fire}{after}",
-                m.target,
-                m.check,
-                format_value(&m.value, m.unit),
-                verdict.status.as_str(),
-            );
-            println!("          {}", m.description);
-            worst = worst.max(verdict.status);
+        if let Some(error) = failure {
+            // It could not run: UNKNOWN (the agent raises a check_error alert for it).
+            worst = worst.worst(Verdict::Unknown);
+            if !as_json {
+                let r = outln!("{plugin_name} {name}: {error} (raises a check_error alert)");
+                if let Some(code) = say(r, worst)? {
+                    return Ok(code);
+                }
+            }
+            errors.push(RunError {
+                instance: name,
+                error,
+            });
         }
     }
-    Ok(match worst {
-        Status::Ok | Status::Info => ExitCode::SUCCESS,
-        Status::Warning => ExitCode::from(1),
-        Status::Critical => ExitCode::from(2),
-    })
+    if as_json {
+        let doc = json!({
+            "command": "checks run",
+            "plugin": plugin_name,
+            "default_instance": defaults,
+            "status": worst,
+            "exit_code": worst.code(),
+            "values": values,
+            "errors": errors,
+        });
+        let r = outln!("{}", serde_json::to_string_pretty(&doc)?);
+        if let Some(code) = say(r, worst)? {
+            return Ok(code);
+        }
+    }
+    Ok(worst.exit_code())
 }
 
 /// `tether alerts`: recent events from the agent's local history (works with the agent
@@ -184,7 +273,11 @@ pub fn alerts(config: Option<&Path>, limit: usize, as_json: bool) -> Result<()> 
     let cfg = AgentConfig::load(config)?;
     let path = cfg.state_dir.join("alerts.db");
     if !path.exists() {
-        println!("no alerts yet ({} does not exist)", path.display());
+        if as_json {
+            outln!("[]")?;
+        } else {
+            outln!("no alerts yet ({} does not exist)", path.display())?;
+        }
         return Ok(());
     }
     let history = tether_checks::history::AlertHistory::open(
@@ -194,24 +287,24 @@ pub fn alerts(config: Option<&Path>, limit: usize, as_json: bool) -> Result<()> 
     .context("alert history")?;
     let events = history.recent(limit).map_err(|e| anyhow::anyhow!("{e}"))?;
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&events)?);
+        outln!("{}", serde_json::to_string_pretty(&events)?)?;
         return Ok(());
     }
     if events.is_empty() {
-        println!("no alerts yet");
+        outln!("no alerts yet")?;
     }
     for e in events {
         let when = std::time::UNIX_EPOCH + Duration::from_secs(e.event_time.max(0) as u64);
         let labels: Vec<String> = e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!(
+        outln!(
             "{}  {:<8}  {}  {}",
             humantime::format_rfc3339_seconds(when),
             e.event_status,
             e.alert_key,
             labels.join(",")
-        );
+        )?;
         if !e.description.is_empty() {
-            println!("    {}", e.description.lines().next().unwrap_or(""));
+            outln!("    {}", e.description.lines().next().unwrap_or(""))?;
         }
     }
     Ok(())

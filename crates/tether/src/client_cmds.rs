@@ -92,19 +92,24 @@ pub async fn sessions(connect: &ConnectArgs, as_json: bool) -> Result<()> {
         list.next = page.next;
     }
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        outln!("{}", serde_json::to_string_pretty(&list)?)?;
         return Ok(());
     }
     if list.sessions.is_empty() {
-        println!("no sessions");
+        outln!("no sessions")?;
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<36}  {:<8}  {:<15}  {:>7}  {:>6}  {:<24}  TITLE",
-        "SESSION", "MODE", "STATE", "CLIENTS", "EVENTS", "CREATED"
-    );
+        "SESSION",
+        "MODE",
+        "STATE",
+        "CLIENTS",
+        "EVENTS",
+        "CREATED"
+    )?;
     for s in list.sessions {
-        println!(
+        outln!(
             "{:<36}  {:<8}  {:<15}  {:>7}  {:>6}  {:<24}  {}",
             s.session_id,
             s.mode,
@@ -113,7 +118,7 @@ pub async fn sessions(connect: &ConnectArgs, as_json: bool) -> Result<()> {
             s.last_seq,
             s.created_at,
             s.title.unwrap_or_default()
-        );
+        )?;
     }
     Ok(())
 }
@@ -183,7 +188,11 @@ pub enum Join {
 /// `tether chat` and `tether attach`.
 pub async fn chat(connect: &ConnectArgs, join: Join) -> Result<()> {
     let (client, hello) = connect.connect().await?;
-    chat_with(client, hello, join, false).await.map(|_| ())
+    let run = chat_with(client, hello, join, RunMode::Chat).await?;
+    if run.stdout_closed {
+        return Err(crate::out::StdoutClosed.into());
+    }
+    Ok(())
 }
 
 /// How a one-shot run (`inspect`, `diagnose`) ended.
@@ -194,20 +203,102 @@ pub enum RunEnd {
     Interrupted,
 }
 
-/// The chat loop over an open connection. With `one_shot`, the session's first turn (started
-/// by the session itself) is the whole run: progress goes to stderr, the answer to stdout, and
-/// the loop ends with that turn.
+/// How the permission prompts of a report run (`inspect`, `diagnose`) are answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answers {
+    /// Ask on the terminal (stderr) and read the answer from stdin, a terminal.
+    Ask,
+    /// `--yes`: approve every prompt, as the invoking user.
+    Yes,
+    /// `--no`: deny every prompt.
+    No,
+    /// stdin is not a terminal and no flag was given: deny (fail closed). Piped input is
+    /// never taken as an answer.
+    NoTerminal,
+    /// Input ended (Ctrl-D) at a prompt: deny it and the ones after it.
+    InputClosed,
+}
+
+impl Answers {
+    /// `--yes`, `--no`, else ask when stdin is a terminal, else deny.
+    pub fn choose(yes: bool, no: bool) -> Answers {
+        if yes {
+            Answers::Yes
+        } else if no {
+            Answers::No
+        } else if std::io::stdin().is_terminal() {
+            Answers::Ask
+        } else {
+            Answers::NoTerminal
+        }
+    }
+
+    /// The answer given without asking, what the audit log records it came from, and why.
+    fn automatic(self) -> Option<(&'static str, &'static str, &'static str)> {
+        match self {
+            Answers::Ask => None,
+            Answers::Yes => Some(("allow", "--yes", "allowed by --yes")),
+            Answers::No => Some(("deny", "--no", "denied by --no")),
+            Answers::NoTerminal => Some((
+                "deny",
+                "no-terminal",
+                "denied: stdin is not a terminal, so nobody can be asked \
+                 (pass --yes to approve prompts, or --no to deny them)",
+            )),
+            Answers::InputClosed => Some(("deny", "input-closed", "denied: input ended")),
+        }
+    }
+}
+
+/// What the chat loop is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunMode {
+    /// `tether chat` / `attach`: lines from stdin are messages and prompt answers.
+    Chat,
+    /// `inspect` / `diagnose`: the session's first turn (started by the session itself) is the
+    /// whole run; progress and prompts go to stderr, the answer is kept (and streamed to
+    /// stdout when `stream`); stdin is read only to answer a prompt, per `answers`.
+    Report { answers: Answers, stream: bool },
+}
+
+/// What a run produced.
+pub struct RunOutput {
+    pub end: RunEnd,
+    pub session_id: SessionId,
+    /// Report mode: the final answer (the text after the last tool call).
+    pub answer: String,
+    /// Report mode: the answer is already on stdout.
+    pub streamed: bool,
+    /// stdout's reader went away (the loop stopped early).
+    pub stdout_closed: bool,
+}
+
+/// The slash commands, answered by the client itself (never sent to the model).
+const HELP: &[&str] = &[
+    "commands (handled here, never sent to the model):",
+    "  /help            this list",
+    "  /queue MESSAGE   run MESSAGE after the turn someone else is running",
+    "  Ctrl-C           cancel the running turn; when idle, or pressed again, leave",
+    "  Ctrl-D           leave",
+    "a permission prompt takes y (allow once), a (allow for the rest of the session) or n",
+];
+
+/// The chat loop over an open connection (see [`RunMode`]).
 pub async fn chat_with(
     mut client: Client,
     hello: HelloResult,
     join: Join,
-    one_shot: bool,
-) -> Result<RunEnd> {
+    mode: RunMode,
+) -> Result<RunOutput> {
     let color = std::io::stdout().is_terminal();
     let interactive = std::io::stdin().is_terminal();
+    let (one_shot, mut answers) = match mode {
+        RunMode::Chat => (false, Answers::Ask),
+        RunMode::Report { answers, .. } => (true, answers),
+    };
     let mut r = Renderer::new(color);
-    if one_shot {
-        r.report_mode();
+    if let RunMode::Report { stream, .. } = mode {
+        r.report_mode(stream);
     }
     r.set_me(hello.client_id.clone());
     let mut end = RunEnd::Interrupted;
@@ -267,7 +358,7 @@ pub async fn chat_with(
             if hello.class == tether_proto::Class::Observer {
                 "watching; Ctrl-C leaves"
             } else {
-                "type a message; Ctrl-C cancels a running turn; Ctrl-D leaves"
+                "type a message (/help lists commands); Ctrl-C cancels a running turn; Ctrl-D leaves"
             }
         ));
     }
@@ -286,44 +377,83 @@ pub async fn chat_with(
     if !may_answer {
         st.prompts.clear();
     }
-    let mut lines = stdin_lines();
+    // stdin is read only where it means something: chat input and prompt answers, or a
+    // report's prompt answers on a terminal. Otherwise it is left alone, unread.
+    let mut lines = (answers == Answers::Ask).then(stdin_lines);
     let mut replaying = replaying_at_start;
+    let mut stdout_closed = false;
 
     loop {
-        // Put a question on screen when one is due.
-        if st.asking.is_none() {
-            if let Some(p) = st.prompts.front() {
-                st.asking = Some(p.call_id.clone());
-                r.prompt(&format!(
-                    "allow {}? [y]es / [n]o / [a]lways this session: ",
-                    p.tool
-                ));
-            } else if st.phase == Phase::Idle
+        // Report mode without a terminal to ask on: answer every due prompt at once.
+        if let Some((decision, via, why)) = answers.automatic() {
+            while let Some(p) = st.prompts.pop_front() {
+                r.warn(&format!("permission for {} {why}", p.tool));
+                let answer = json!({
+                    "session_id": st.session_id, "call_id": p.call_id,
+                    "decision": decision, "scope": "once", "via": via,
+                });
+                answer_request(&mut client, &mut r, answer).await;
+            }
+        }
+        // The prompt due now, drawn once: a permission question, or `> ` when this client
+        // may type a message (idle, nobody's turn running, history replayed).
+        st.asking = st.prompts.front().map(|p| p.call_id.clone());
+        let due = match st.prompts.front() {
+            Some(p) => Some(format!(
+                "allow {}? [y]es / [n]o / [a]lways this session: ",
+                p.tool
+            )),
+            None if st.phase == Phase::Idle
+                && st.running_turn.is_none()
+                && !replaying
                 && interactive
                 && !st.stdin_closed
                 && may_answer
-                && !one_shot
+                && !one_shot =>
             {
-                r.prompt("> ");
+                Some("> ".to_owned())
             }
+            None => None,
+        };
+        match due {
+            Some(p) => r.prompt(&p),
+            None => r.hide_prompt(),
         }
-        let want_stdin =
-            !st.stdin_closed && may_answer && (st.asking.is_some() || st.phase == Phase::Idle);
+        let want_stdin = lines.is_some()
+            && !st.stdin_closed
+            && may_answer
+            && (st.asking.is_some() || (st.phase == Phase::Idle && !one_shot));
         // Input is over: leave once the replay (if any) and our own turn are done.
-        if st.stdin_closed && st.phase == Phase::Idle && st.asking.is_none() && !replaying {
+        if !one_shot
+            && st.stdin_closed
+            && st.phase == Phase::Idle
+            && st.asking.is_none()
+            && !replaying
+        {
             break;
         }
         tokio::select! {
-            line = lines.recv(), if want_stdin => {
+            line = async {
+                match lines.as_mut() {
+                    Some(l) => l.recv().await,
+                    None => std::future::pending().await,
+                }
+            }, if want_stdin => {
+                r.prompt_answered(interactive);
                 match line.flatten() {
                     None => {
                         st.stdin_closed = true;
-                        if st.asking.is_some() {
+                        if one_shot {
+                            // Ctrl-D at a prompt: no.
+                            answers = Answers::InputClosed;
+                        } else if st.asking.is_some() {
                             r.warn("input closed with a permission prompt open; leaving it to the other clients");
                             break;
                         }
                     }
-                    Some(text) => on_line(&mut client, &mut r, &mut st, text).await?,
+                    Some(text) => {
+                        on_line(&mut client, &mut r, &mut st, text, interactive && !one_shot).await?
+                    }
                 }
             }
             frame = client.next_frame() => {
@@ -344,9 +474,6 @@ pub async fn chat_with(
                                     tether_proto::StopReason::Cancelled => RunEnd::Interrupted,
                                     _ => RunEnd::Failed(error.clone().unwrap_or_else(|| stop.to_string())),
                                 };
-                                if let Some(answer) = r.take_answer() {
-                                    println!("{}", answer.trim_end());
-                                }
                                 break;
                             }
                         if on_event(&mut st, &ev.body, may_answer && !replaying) {
@@ -363,6 +490,11 @@ pub async fn chat_with(
                         }
                     }
                     ServerFrame::Reply(_) => {}
+                }
+                if !one_shot && r.stdout_closed() {
+                    // Nobody reads the conversation any more (`tether attach … | head`).
+                    stdout_closed = true;
+                    break;
                 }
             }
             _ = tokio::signal::ctrl_c() => {
@@ -383,11 +515,30 @@ pub async fn chat_with(
             }
         }
     }
+    r.hide_prompt();
     let _ = client
         .request("detach", json!({"session_id": st.session_id}))
         .await;
     client.close().await;
-    Ok(end)
+    Ok(RunOutput {
+        end,
+        session_id: st.session_id,
+        answer: r.answer().unwrap_or_default().to_owned(),
+        streamed: r.streamed(),
+        stdout_closed: stdout_closed || r.stdout_closed(),
+    })
+}
+
+/// Sends an `answer`; someone else answering first is a note, any other refusal an error.
+async fn answer_request(client: &mut Client, r: &mut Renderer, answer: Value) {
+    if let Err(e) = client.request("answer", answer).await {
+        match &e {
+            ClientError::Server(body) if body.reason == Reason::AlreadyResolved => {
+                r.note("(someone else answered first)")
+            }
+            _ => r.error(&format!("answer refused: {e}")),
+        }
+    }
 }
 
 /// Updates the loop's state from an event. Returns true when the session closed.
@@ -434,6 +585,7 @@ async fn on_line(
     r: &mut Renderer,
     st: &mut ChatState,
     text: String,
+    typed: bool,
 ) -> Result<()> {
     if let Some(call_id) = st.asking.clone() {
         let (decision, scope) = match text.trim().to_ascii_lowercase().as_str() {
@@ -442,25 +594,23 @@ async fn on_line(
             "n" | "no" => ("deny", "once"),
             _ => {
                 r.warn("answer y, n or a");
-                st.asking = None; // ask again
-                return Ok(());
+                return Ok(()); // the question is drawn again
             }
         };
-        st.asking = None;
         st.prompts.retain(|p| p.call_id != call_id);
+        st.asking = None;
         let answer = json!({"session_id": st.session_id, "call_id": call_id, "decision": decision, "scope": scope});
-        if let Err(e) = client.request("answer", answer).await {
-            match &e {
-                ClientError::Server(body) if body.reason == Reason::AlreadyResolved => {
-                    r.note("(someone else answered first)")
-                }
-                _ => r.error(&format!("answer refused: {e}")),
-            }
-        }
+        answer_request(client, r, answer).await;
         return Ok(());
     }
     let text = text.trim().to_owned();
     if text.is_empty() {
+        return Ok(());
+    }
+    if text == "/help" || text == "/?" {
+        for l in HELP {
+            r.note(l);
+        }
         return Ok(());
     }
     let (text, queue) = match text.strip_prefix("/queue ") {
@@ -476,7 +626,12 @@ async fn on_line(
     match reply {
         Ok(v) => {
             if let Some(turn) = v.get("turn_id").and_then(Value::as_str) {
-                st.our_turn = Some(TurnId(turn.to_owned()));
+                let turn = TurnId(turn.to_owned());
+                if typed {
+                    // The terminal already shows the line: its turn header is not repeated.
+                    r.typed_turn(turn.clone());
+                }
+                st.our_turn = Some(turn);
                 st.phase = Phase::Running;
             } else if let Some(pos) = v.get("position") {
                 r.note(&format!("queued at position {pos}"));

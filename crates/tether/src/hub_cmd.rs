@@ -221,15 +221,18 @@ pub fn token_list(file: &HubFile) -> Result<()> {
     let store = open_store(file)?;
     let tokens = store.list_tokens().map_err(|e| anyhow::anyhow!("{e}"))?;
     if tokens.is_empty() {
-        println!("no agent tokens (create one with `tether hub token create --name NAME`)");
+        outln!("no agent tokens (create one with `tether hub token create --name NAME`)")?;
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<36}  {:<20}  {:<8}  {:<36}  CREATED",
-        "ID", "NAME", "STATE", "AGENT"
-    );
+        "ID",
+        "NAME",
+        "STATE",
+        "AGENT"
+    )?;
     for t in tokens {
-        println!(
+        outln!(
             "{:<36}  {:<20}  {:<8}  {:<36}  {}",
             t.id,
             t.name,
@@ -240,7 +243,7 @@ pub fn token_list(file: &HubFile) -> Result<()> {
             },
             t.agent_id.unwrap_or_else(|| "-".into()),
             t.created_at
-        );
+        )?;
     }
     Ok(())
 }
@@ -253,17 +256,18 @@ pub fn token_revoke(file: &HubFile, which: &str) -> Result<()> {
     {
         0 => bail!("no active token named or with id `{which}`"),
         n => {
-            println!(
+            outln!(
                 "revoked {n} token(s); agents using them are refused from their next connection"
-            );
+            )?;
             Ok(())
         }
     }
 }
 
 /// `tether up`: writes `hub.toml` and `agent.toml` on first run (fresh tokens, printed once),
-/// then runs the hub and a local agent linked to it over loopback.
-pub async fn up(port: u16) -> Result<()> {
+/// then runs the hub and a local agent linked to it over loopback. `port` (`--port`) always
+/// wins over the files, which it is written into only when they are created.
+pub async fn up(port: Option<u16>) -> Result<()> {
     let config_dir = paths::config_dir();
     let hub_path = config_dir.join("hub.toml");
     let agent_path = paths::default_agent_config();
@@ -272,6 +276,7 @@ pub async fn up(port: u16) -> Result<()> {
         tether_engine::perms::private_dir(&config_dir)
             .with_context(|| format!("cannot create {}", config_dir.display()))?;
         let data = paths::data_dir();
+        let port = port.unwrap_or(DEFAULT_UP_PORT);
         let operator_token = tether_hub::tokens::generate().map_err(|e| anyhow::anyhow!(e))?;
         let hub_toml = format!(
             "# Written by `tether up` on first run.\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\n[[operators]]\nname = \"admin\"\nclass = \"human\"\ntoken = \"{operator_token}\"\n",
@@ -299,8 +304,15 @@ pub async fn up(port: u16) -> Result<()> {
             agent_path.display()
         );
     }
-    let hub_file = HubFile::load(Some(&hub_path))?;
-    let agent_cfg = AgentConfig::load(Some(&agent_path))?;
+    let mut hub_file = HubFile::load(Some(&hub_path))?;
+    let mut agent_cfg = AgentConfig::load(Some(&agent_path))?;
+    if let Some(port) = port {
+        // The flag wins over hub.toml, and the local agent follows the hub to its new port.
+        hub_file.config.listen.set_port(port);
+        if let Some(link) = &mut agent_cfg.hub {
+            link.url = local_hub_url(&hub_file);
+        }
+    }
     if agent_cfg.hub.is_none() {
         bail!(
             "{} has no [hub] section, so the agent would not reach the hub",
@@ -311,27 +323,50 @@ pub async fn up(port: u16) -> Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let core = Core::start(&agent_cfg, &agent_cfg.state_dir.join("audit.jsonl")).await?;
-    println!("tether up: a hub and a local agent are running (Ctrl-C stops both)");
-    println!("console: {}", hub.url());
+    let mut banner = vec![
+        "tether up: a hub and a local agent are running (Ctrl-C stops both)".to_owned(),
+        format!("console: {}", hub.url()),
+    ];
     match &first_run_tokens {
         Some((operator, agent)) => {
-            println!("operator token: {operator}");
-            println!("agent token: {agent}");
-            println!(
+            banner.push(format!("operator token: {operator}"));
+            banner.push(format!("agent token: {agent}"));
+            banner.push(format!(
                 "(shown once; kept in {} and {})",
                 hub_path.display(),
                 agent_path.display()
-            );
+            ));
         }
-        None => println!("operator token: see {}", hub_path.display()),
+        None => banner.push(format!("operator token: see {}", hub_path.display())),
     }
-    println!("chat with the agent: tether chat");
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
+    banner.push("chat with the agent: tether chat".to_owned());
+    // Nobody reading stdout any more is no reason to stop the hub.
+    let _ = outln!("{}", banner.join("\n"));
     shutdown_signal().await;
     core.stop().await;
     hub.stop().await;
     Ok(())
+}
+
+/// `tether up`'s hub port when neither `--port` nor hub.toml names one.
+const DEFAULT_UP_PORT: u16 = 7800;
+
+/// The URL the local agent dials to reach the hub `tether up` runs.
+fn local_hub_url(hub: &HubFile) -> String {
+    let mut addr = hub.config.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let scheme = if hub.config.tls.is_some() {
+        "wss"
+    } else {
+        "ws"
+    };
+    format!("{scheme}://{addr}")
 }
 
 /// What a remote (hub) session may use under `tether up`: the read-only tools, plus `shell`

@@ -1,5 +1,7 @@
 //! The `tether` command.
 
+#[macro_use]
+mod out;
 mod agent;
 mod alerting;
 mod autodiag;
@@ -12,9 +14,10 @@ mod models;
 mod oneshot;
 mod paths;
 mod render;
+mod verdict;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use client_cmds::{ConnectArgs, Join};
 use std::path::PathBuf;
 
@@ -23,6 +26,9 @@ use std::path::PathBuf;
 /// Start an agent on the host with `tether agent`, then talk to it with `tether chat`.
 /// Many clients can share one session: `tether sessions` lists them, `tether attach ID`
 /// joins one with its history.
+///
+/// `inspect`, `diagnose` and `checks run` exit like monitoring plugins: 0 OK, 1 WARNING,
+/// 2 CRITICAL, 3 UNKNOWN (could not run: bad config, unknown plugin, target not found).
 #[derive(Parser, Debug)]
 #[command(name = "tether", version, propagate_version = true)]
 struct Cli {
@@ -58,9 +64,10 @@ enum Command {
     /// On first run it writes ~/.config/tether/hub.toml and agent.toml with fresh operator
     /// and agent tokens (printed once); later runs reuse them.
     Up {
-        /// The hub's port on 127.0.0.1.
-        #[arg(long, default_value_t = 7800)]
-        port: u16,
+        /// The hub's port (default: the one in hub.toml, else 7800). Always wins over
+        /// hub.toml; written into the config files only when `up` creates them.
+        #[arg(long)]
+        port: Option<u16>,
     },
     /// Chat with the agent in a new session (or join one with --session).
     ///
@@ -95,7 +102,12 @@ enum Command {
     ///
     /// Runs in-process: no agent or model is needed. Plugins: system (default), cpu, mem,
     /// disk, load, net, process; --target narrows some of them (a mount, HOST:PORT, a process
-    /// name). Progress goes to stderr, the report to stdout.
+    /// name). Progress and permission prompts go to stderr, the report to stdout.
+    ///
+    /// Exit code: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (could not run: bad config, unknown
+    /// plugin, target not found, the run failed); 130 when interrupted.
+    /// The status is the worst finding: CRITICAL, else UNKNOWN when the target could not be
+    /// read, else WARNING, else OK.
     Inspect {
         /// What to inspect.
         #[arg(default_value = "system")]
@@ -106,12 +118,21 @@ enum Command {
         /// Agent config file (for tool settings; default ~/.config/tether/agent.toml).
         #[arg(long, env = "TETHER_CONFIG")]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        report: ReportArgs,
     },
     /// Investigate an alert with the model and print a diagnosis report.
     ///
     /// Uses the running agent when its socket answers (the session is kept and can be
     /// attached to), otherwise runs in-process. Without a configured model it falls back to an
-    /// inspection report. Tools that need approval ask on the terminal.
+    /// inspection report. Progress and permission prompts go to stderr, the report to stdout.
+    /// A tool that needs approval is asked about on the terminal; with stdin not a terminal it
+    /// is denied unless --yes is given.
+    ///
+    /// Exit code: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (could not run: bad config, unknown
+    /// plugin, target not found, the run failed); 130 when interrupted.
+    /// The status is the severity the report states (the model is asked for a `## Severity`
+    /// section; without a model, the inspection's status), else the alert's --status.
     Diagnose {
         /// What the alert says, e.g. "disk /var 93% full".
         #[arg(long)]
@@ -122,9 +143,15 @@ enum Command {
         /// What it is about (a mount, HOST:PORT, a process).
         #[arg(long)]
         target: Option<String>,
+        /// The alert's status (Critical, Warning, Info, Ok): the exit status when the report
+        /// states no severity (default Warning).
+        #[arg(long)]
+        status: Option<String>,
         /// Agent config file (default ~/.config/tether/agent.toml).
         #[arg(long, env = "TETHER_CONFIG")]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        report: ReportArgs,
     },
     /// Raise alerts through the running agent (they go to the hub over the link).
     Alert {
@@ -144,8 +171,8 @@ enum Command {
         /// How many, newest first.
         #[arg(long, default_value_t = 50)]
         limit: usize,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Check the configured models.
     Models {
@@ -156,30 +183,81 @@ enum Command {
     Sessions {
         #[command(flatten)]
         connect: ConnectArgs,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: OutputArgs,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+/// `--output text|json` (and `--json`, the same as `--output json`).
+#[derive(clap::Args, Debug)]
+struct OutputArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    /// Same as --output json.
+    #[arg(long)]
+    json: bool,
+}
+
+impl OutputArgs {
+    fn json(&self) -> bool {
+        self.json || self.output == Output::Json
+    }
+}
+
+/// Output and permission answers of `inspect` and `diagnose`.
+#[derive(clap::Args, Debug)]
+struct ReportArgs {
+    #[command(flatten)]
+    output: OutputArgs,
+    /// Approve every permission prompt, as the invoking user (the audit log records
+    /// `"via": "--yes"`).
+    #[arg(long, conflicts_with = "no")]
+    yes: bool,
+    /// Deny every permission prompt (recorded as `"via": "--no"`).
+    #[arg(long)]
+    no: bool,
+}
+
+impl ReportArgs {
+    fn opts(&self) -> oneshot::ReportOpts {
+        oneshot::ReportOpts {
+            json: self.output.json(),
+            answers: client_cmds::Answers::choose(self.yes, self.no),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
 enum ChecksCommand {
-    /// Every check instance of the running agent: last status, last values, errors.
+    /// Every check instance of the running agent: last status, last values, errors, and the
+    /// config files that are broken.
     List {
         #[command(flatten)]
         connect: ConnectArgs,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Run one plugin's instances once, here and now, and print each value and what would
     /// fire. Without a <plugin>.toml it runs the plugin's default instance (e.g. `disk` on
-    /// every real mount). Exit code: 0 all Ok, 1 a Warning, 2 a Critical.
+    /// every real mount). It never contacts the agent or the hub.
+    ///
+    /// Exit code: the worst result — 2 CRITICAL (a Critical value), 3 UNKNOWN (an instance
+    /// could not run; also an unknown plugin or a broken config), 1 WARNING, 0 OK.
     Run {
         /// cpu, mem, disk, load, procnum, tcp, http, filecheck, logfile, exec, systemd, uptime.
         plugin: String,
         /// Agent config file (its checks directory is used).
         #[arg(long, env = "TETHER_CONFIG")]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        output: OutputArgs,
     },
 }
 
@@ -288,7 +366,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     command: TokenCommand::Create { name, labels },
                 }) => {
                     let token = hub_cmd::token_create(&file, &name, &labels)?;
-                    println!("{token}");
+                    outln!("{token}")?;
                     eprintln!(
                         "agent token for `{name}` created; it is shown once. Put it in the agent's [hub] token."
                     );
@@ -310,13 +388,24 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             plugin,
             target,
             config,
-        } => oneshot::inspect(config.as_deref(), &plugin, target).await,
+            report,
+        } => {
+            let opts = report.opts();
+            let r = oneshot::inspect(config.as_deref(), &plugin, target, opts).await;
+            Ok(unknown_on_error("inspect", r, opts.json))
+        }
         Command::Diagnose {
             alert,
             plugin,
             target,
+            status,
             config,
-        } => oneshot::diagnose(config.as_deref(), alert, plugin, target).await,
+            report,
+        } => {
+            let opts = report.opts();
+            let r = oneshot::diagnose(config.as_deref(), alert, plugin, target, status, opts).await;
+            Ok(unknown_on_error("diagnose", r, opts.json))
+        }
         Command::Chat {
             connect,
             session,
@@ -376,32 +465,88 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 .request("alert.send", params)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!(
+            outln!(
                 "queued alert {}",
                 result["alert_key"].as_str().unwrap_or_default()
-            );
+            )?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Checks {
-            command: ChecksCommand::List { connect, json },
-        } => ok(checks_cmd::list(&connect, json).await),
+            command: ChecksCommand::List { connect, output },
+        } => ok(checks_cmd::list(&connect, output.json()).await),
         Command::Checks {
-            command: ChecksCommand::Run { plugin, config },
-        } => checks_cmd::run(config.as_deref(), &plugin).await,
+            command:
+                ChecksCommand::Run {
+                    plugin,
+                    config,
+                    output,
+                },
+        } => {
+            let json = output.json();
+            let r = checks_cmd::run(config.as_deref(), &plugin, json).await;
+            Ok(unknown_on_error("checks run", r, json))
+        }
         Command::Alerts {
             config,
             limit,
-            json,
-        } => ok(checks_cmd::alerts(config.as_deref(), limit, json)),
+            output,
+        } => ok(checks_cmd::alerts(config.as_deref(), limit, output.json())),
         Command::Models {
             command: ModelsCommand::Test { config, timeout },
         } => models::test(config.as_deref(), timeout).await,
-        Command::Sessions { connect, json } => ok(client_cmds::sessions(&connect, json).await),
+        Command::Sessions { connect, output } => {
+            ok(client_cmds::sessions(&connect, output.json()).await)
+        }
+    }
+}
+
+/// `inspect`, `diagnose`, `checks run`: a command that could not run is UNKNOWN (3), not the
+/// generic failure 1, which would read as WARNING. A closed stdout is not a failure.
+fn unknown_on_error(
+    command: &str,
+    r: Result<std::process::ExitCode>,
+    json: bool,
+) -> std::process::ExitCode {
+    match r {
+        Ok(code) => code,
+        Err(e) if out::is_closed(&e) => std::process::ExitCode::SUCCESS,
+        Err(e) => oneshot::could_not_run(command, &e, json),
+    }
+}
+
+/// Whether the command line names a command whose exit codes follow the monitoring-plugin
+/// convention (so a usage error is UNKNOWN, 3, instead of clap's 2, CRITICAL).
+fn monitoring_command(args: &[std::ffi::OsString]) -> bool {
+    let words: Vec<&str> = args
+        .iter()
+        .skip(1)
+        .filter_map(|a| a.to_str())
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    match words.as_slice() {
+        ["inspect", ..] | ["diagnose", ..] => true,
+        ["checks", rest @ ..] => rest.contains(&"run"),
+        _ => false,
     }
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let usage_error = e.use_stderr();
+            // `--help` and `--version` print on stdout; a closed pipe there is not an error.
+            let _ = e.print();
+            return if !usage_error {
+                std::process::ExitCode::SUCCESS
+            } else if monitoring_command(&args) {
+                verdict::Verdict::Unknown.exit_code()
+            } else {
+                std::process::ExitCode::from(2)
+            };
+        }
+    };
     // Everything tether writes (state, configs, logs) is its user's only.
     tether_engine::perms::restrict_umask();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -419,6 +564,8 @@ fn main() -> std::process::ExitCode {
     runtime.shutdown_background();
     match result {
         Ok(code) => code,
+        // The reader of stdout went away (`… | head -1`): stop quietly, as Unix tools do.
+        Err(e) if out::is_closed(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

@@ -12,15 +12,15 @@ pub async fn test(config: Option<&Path>, timeout: Duration) -> Result<ExitCode> 
     let cfg = AgentConfig::load(config)?;
     let endpoints = match &cfg.model {
         ModelChoice::Demo => {
-            println!(
+            outln!(
                 "no [model] is configured: chat uses the built-in demo script, diagnose falls back to inspect"
-            );
+            )?;
             return Ok(ExitCode::SUCCESS);
         }
         ModelChoice::Scripted { script } => {
             match script {
-                Some(s) => println!("model: scripted, replaying {}", s.display()),
-                None => println!("model: scripted, replaying the built-in demo script"),
+                Some(s) => outln!("model: scripted, replaying {}", s.display())?,
+                None => outln!("model: scripted, replaying the built-in demo script")?,
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -37,14 +37,14 @@ pub async fn test(config: Option<&Path>, timeout: Duration) -> Result<ExitCode> 
                     .map(|d| format!(", first token after {} ms", d.as_millis()))
                     .unwrap_or_default();
                 let preview: String = report.model_answer_preview.chars().take(60).collect();
-                println!(
+                outln!(
                     "ok    {name} — answered in {} ms{first}: {preview:?}",
                     report.latency.as_millis()
-                );
+                )?;
             }
             Err(e) => {
                 failures += 1;
-                println!("FAIL  {name} — {e}");
+                outln!("FAIL  {name} — {e}")?;
             }
         }
     }

@@ -1,4 +1,8 @@
 //! Turns events into terminal output. Colour only when stdout is a terminal.
+//!
+//! A prompt (`> `, `allow …?`) is drawn once and remembered: any other output first erases it
+//! (or ends its line when the output is not a terminal), so notices and another client's
+//! streamed turn never land on the prompt line; the chat loop draws it again when it is due.
 
 use serde_json::Value;
 use std::io::Write;
@@ -16,15 +20,25 @@ pub struct Renderer {
     /// Report mode (`inspect`, `diagnose`): progress goes to stderr, the answer to stdout.
     report: Option<ReportMode>,
     spinner: Option<Spinner>,
+    /// The prompt on screen (at the end of the last line), if any.
+    prompt_shown: Option<String>,
+    /// Where prompts go is a terminal: a prompt is erased in place, not ended with a newline.
+    prompt_on_tty: bool,
+    /// The turn whose input line is already on screen (typed at this terminal): its
+    /// `turn_started` header is not printed again.
+    typed_turn: Option<tether_proto::TurnId>,
+    /// A write to stdout failed because its reader went away.
+    stdout_closed: bool,
 }
 
 /// How `inspect` and `diagnose` print.
 struct ReportMode {
-    /// stdout is a terminal: stream the text as it comes. Otherwise keep only the final
-    /// answer (the text after the last tool result) and print it when the turn ends.
+    /// Stream the answer to stdout as it comes (stdout is a terminal, text output). Otherwise
+    /// only keep it; the caller prints it when the turn ends.
     stream_text: bool,
     /// stderr is a terminal: show a spinner with the running tool.
     spinner: bool,
+    /// The final answer: the text after the last tool call.
     answer: String,
 }
 
@@ -85,6 +99,7 @@ const TOOL_OUTPUT_LINES: usize = 12;
 
 impl Renderer {
     pub fn new(color: bool) -> Self {
+        use std::io::IsTerminal;
         Renderer {
             color,
             me: None,
@@ -92,18 +107,87 @@ impl Renderer {
             in_reasoning: false,
             report: None,
             spinner: None,
+            prompt_shown: None,
+            prompt_on_tty: std::io::stdout().is_terminal(),
+            typed_turn: None,
+            stdout_closed: false,
         }
     }
 
-    /// Switches to report mode: progress on stderr, the answer on stdout.
-    pub fn report_mode(&mut self) {
+    /// Switches to report mode: progress and prompts on stderr, the answer on stdout (streamed
+    /// when `stream_text`, else kept for [`Renderer::answer`]).
+    pub fn report_mode(&mut self, stream_text: bool) {
         use std::io::IsTerminal;
         self.color = std::io::stderr().is_terminal();
+        self.prompt_on_tty = std::io::stderr().is_terminal();
         self.report = Some(ReportMode {
-            stream_text: std::io::stdout().is_terminal(),
+            stream_text,
             spinner: std::io::stderr().is_terminal(),
             answer: String::new(),
         });
+    }
+
+    /// A write to stdout found its reader gone.
+    pub fn stdout_closed(&self) -> bool {
+        self.stdout_closed
+    }
+
+    /// Writes to stdout (or, in report mode with `progress`, to stderr), remembering a closed
+    /// stdout instead of failing.
+    fn write(&mut self, progress: bool, text: &str) {
+        if progress && self.report.is_some() {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(text.as_bytes());
+            let _ = err.flush();
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
+            && e.kind() == std::io::ErrorKind::BrokenPipe
+        {
+            self.stdout_closed = true;
+        }
+    }
+
+    /// Erases the prompt on screen, if any, before other output.
+    fn clear_prompt(&mut self) {
+        if self.prompt_shown.take().is_some() {
+            let erase = if self.prompt_on_tty {
+                "\r\x1b[2K"
+            } else {
+                "\n"
+            };
+            self.write(true, erase);
+            self.at_line_start = true;
+        }
+    }
+
+    /// The prompt is no longer on screen: the user ended its line by typing Enter (a terminal
+    /// echoes the newline).
+    pub fn prompt_answered(&mut self, echoed: bool) {
+        if self.prompt_shown.take().is_some() {
+            self.at_line_start = echoed;
+        }
+    }
+
+    /// Erases the prompt if one is shown (nothing is due).
+    pub fn hide_prompt(&mut self) {
+        self.clear_prompt();
+    }
+
+    /// The turn `turn_id` was started by a line typed at this terminal: don't echo it.
+    pub fn typed_turn(&mut self, turn_id: tether_proto::TurnId) {
+        self.typed_turn = Some(turn_id);
+    }
+
+    /// Report mode: the final answer (also when it was streamed).
+    pub fn answer(&self) -> Option<&str> {
+        self.report.as_ref().map(|r| r.answer.as_str())
+    }
+
+    /// Report mode: the answer was streamed to stdout as it came.
+    pub fn streamed(&self) -> bool {
+        self.report.as_ref().is_some_and(|r| r.stream_text)
     }
 
     pub fn set_me(&mut self, me: ClientId) {
@@ -126,29 +210,17 @@ impl Renderer {
         }
     }
 
-    /// Prints a line of its own (after ending a streamed line if needed).
+    /// Prints a line of its own (after ending a streamed line if needed). In report mode it
+    /// is progress: stderr, so stdout carries only the answer.
     pub fn line(&mut self, text: &str) {
         self.spinner = None;
-        if self.report.is_some() {
-            // Progress lines: stderr, so stdout carries only the answer.
-            let mut err = std::io::stderr().lock();
-            if !self.at_line_start {
-                let _ = writeln!(err);
-            }
-            let _ = writeln!(err, "{text}");
-            let _ = err.flush();
-            self.at_line_start = true;
-            return;
-        }
-        let mut out = std::io::stdout().lock();
-        if !self.at_line_start {
-            let _ = writeln!(out);
-        }
-        let _ = writeln!(out, "{text}");
-        let _ = out.flush();
+        self.clear_prompt();
+        let start = if self.at_line_start { "" } else { "\n" };
+        self.write(true, &format!("{start}{text}\n"));
         self.at_line_start = true;
     }
 
+    /// Streamed answer text.
     fn stream(&mut self, text: &str) {
         if let Some(report) = &mut self.report {
             report.answer.push_str(text);
@@ -156,30 +228,30 @@ impl Renderer {
                 return;
             }
         }
-        let mut out = std::io::stdout().lock();
-        let _ = write!(out, "{text}");
-        let _ = out.flush();
+        self.clear_prompt();
+        self.write(false, text);
         self.at_line_start = text.ends_with('\n');
     }
 
-    /// Report mode: the final answer, for printing when stdout is not a terminal.
-    pub fn take_answer(&mut self) -> Option<String> {
-        let report = self.report.as_mut()?;
-        if report.stream_text {
-            return None;
-        }
-        Some(std::mem::take(&mut report.answer))
+    /// Streamed text that is not part of the answer (the model's reasoning): in report mode
+    /// it is progress, on stderr.
+    fn aside(&mut self, text: &str) {
+        self.clear_prompt();
+        self.write(true, text);
+        self.at_line_start = text.ends_with('\n');
     }
 
-    /// Prints `text` without a newline (a prompt).
+    /// Shows `text` as a prompt (without a newline), unless it is already on screen.
     pub fn prompt(&mut self, text: &str) {
-        if !self.at_line_start {
-            self.line("");
+        if self.prompt_shown.as_deref() == Some(text) {
+            return;
         }
+        self.clear_prompt();
+        let start = if self.at_line_start { "" } else { "\n" };
         let painted = self.paint(BOLD, text);
-        let mut out = std::io::stdout().lock();
-        let _ = write!(out, "{painted}");
-        let _ = out.flush();
+        self.write(true, &format!("{start}{painted}"));
+        self.at_line_start = false;
+        self.prompt_shown = Some(text.to_owned());
     }
 
     pub fn note(&mut self, text: &str) {
@@ -201,7 +273,7 @@ impl Renderer {
         if self.in_reasoning {
             self.in_reasoning = false;
             if self.color {
-                self.stream(RESET);
+                self.aside(RESET);
             }
             self.line("");
         }
@@ -227,8 +299,15 @@ impl Renderer {
                 self.note(&t);
             }
             EventBody::TurnStarted {
-                originator, text, ..
+                turn_id,
+                originator,
+                text,
+                ..
             } => {
+                // A line typed here is already on screen after its prompt.
+                if self.typed_turn.as_ref() == Some(turn_id) {
+                    return;
+                }
                 let who = self.who(originator);
                 let head = self.paint(BOLD, &format!("{who}>"));
                 self.line(&format!("{head} {text}"));
@@ -241,11 +320,11 @@ impl Renderer {
                         self.line("");
                     }
                     if self.color {
-                        self.stream(DIM);
+                        self.aside(DIM);
                     }
-                    self.stream("(thinking) ");
+                    self.aside("(thinking) ");
                 }
-                self.stream(text);
+                self.aside(text);
             }
             EventBody::ToolCall { tool, args, .. } => {
                 let t = self.paint(CYAN, &format!("⚙ {tool} {}", compact(args)));
@@ -323,11 +402,15 @@ impl Renderer {
                 }
             }
             EventBody::TurnEnded { stop, error, .. } => match (stop, error) {
-                (StopReason::Completed, _) => {
-                    if self.report.as_ref().is_none_or(|r| r.stream_text) {
-                        self.line("")
+                (StopReason::Completed, _) => match &self.report {
+                    None => self.line(""),
+                    // The streamed answer ends its line on stdout.
+                    Some(r) if r.stream_text && !self.at_line_start => {
+                        self.write(false, "\n");
+                        self.at_line_start = true;
                     }
-                }
+                    Some(_) => {}
+                },
                 (StopReason::Cancelled, _) => self.warn("[turn cancelled]"),
                 (StopReason::MaxRounds, e) => {
                     let t = format!(

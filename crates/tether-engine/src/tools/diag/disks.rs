@@ -194,6 +194,19 @@ impl Tool for DisksTool {
             };
             let all = args.all.unwrap_or(false);
             let explicit = args.mount.is_some();
+            // Every absolute path has a mount "holding" it; one that does not exist is a
+            // mistake to report, not a reason to show the root file system.
+            if let Some(path) = args.mount.as_deref().filter(|p| Path::new(p).is_absolute()) {
+                let exists = tokio::select! {
+                    r = tokio::fs::symlink_metadata(path) => r,
+                    _ = ctx.cancel.cancelled() => return cancelled(),
+                };
+                if let Err(e) = exists
+                    && e.kind() == std::io::ErrorKind::NotFound
+                {
+                    return ToolOutput::error(format!("`mount`: `{path}` does not exist"));
+                }
+            }
             let mounts = match select_mounts(host::mounts(), args.mount.as_deref(), all) {
                 Ok(m) => m,
                 Err(e) => return ToolOutput::error(e),
@@ -407,6 +420,28 @@ impl Tool for DiskIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 10: `disks {"mount": "/nonexistent"}` reported the root file system (every
+    /// absolute path has a mount above it); a path that does not exist is an error now.
+    #[tokio::test]
+    async fn a_mount_path_that_does_not_exist_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("not-here");
+        let ctx = || crate::tools::ToolContext {
+            session_id: tether_proto::SessionId::from("s"),
+            turn_id: tether_proto::TurnId::from("t"),
+            cancel: CancellationToken::new(),
+        };
+        let out = DisksTool
+            .call(json!({"mount": missing.display().to_string()}), ctx())
+            .await;
+        assert!(!out.ok, "{}", out.output);
+        assert!(out.output.contains("does not exist"), "{}", out.output);
+        let out = DisksTool
+            .call(json!({"mount": dir.path().display().to_string()}), ctx())
+            .await;
+        assert!(out.ok, "{}", out.output);
+    }
 
     fn mount(dev: &str, point: &str, fs: &str) -> Mount {
         Mount {
