@@ -250,8 +250,8 @@ impl ToolRegistry {
         };
         let why_not = match configured {
             None => {
-                "sessions started from the hub get only read-only tools unless \
-                     `remote_tools` under [hub] in this host's agent.toml says otherwise"
+                "without `remote_tools` under [hub] in this host's agent.toml they get \
+                     only read-only tools"
             }
             Some(_) => "it is not in `remote_tools` under [hub] in this host's agent.toml",
         };
