@@ -300,10 +300,7 @@ pub fn parse_file(
     let instances = top.remove("instances");
     let defaults = parse_common(&mut top, "", false, &mut errs);
     for key in top.keys() {
-        errs.key(
-            key,
-            "unknown key at plugin level (plugin-specific settings go in [[instances]])",
-        );
+        errs.file(unknown_plugin_level_key(plugin, key));
     }
     let tables: Vec<(toml::Table, String)> = match instances {
         None => plugin
@@ -421,6 +418,13 @@ fn build_instance(
         repeat_number: own.repeat_number.or(defaults.repeat_number),
         recovery: own.recovery.or(defaults.recovery).unwrap_or(true),
     };
+    // Checked here for every plugin, so that the message can list the common keys too (a
+    // plugin's `build` sees only its own settings).
+    for key in table.keys() {
+        if !plugin.settings_keys().contains(&key.as_str()) {
+            errs.key(path, &unknown_instance_key(plugin, key));
+        }
+    }
     if errs.list.len() > before {
         return None;
     }
@@ -446,6 +450,69 @@ fn build_instance(
         settings: table,
         check,
     })
+}
+
+/// The keys every instance takes, whatever its plugin: the common keys, then the thresholds.
+fn common_instance_keys() -> impl Iterator<Item = &'static str> {
+    COMMON_KEYS.into_iter().chain(THRESHOLD_KEYS)
+}
+
+/// ` (did you mean `x`?)` when one of `known` is near `key`.
+fn did_you_mean(key: &str, known: &[&str]) -> String {
+    crate::plugins::suggest(key, known)
+        .map(|k| format!(" (did you mean `{k}`?)"))
+        .unwrap_or_default()
+}
+
+/// The message for an instance key that is neither a common key nor one of the plugin's
+/// settings: the key, a likely intended one, and every key the instance could take.
+fn unknown_instance_key(plugin: &dyn Plugin, key: &str) -> String {
+    let own = plugin.settings_keys();
+    let common: Vec<&str> = common_instance_keys().collect();
+    let known: Vec<&str> = own.iter().copied().chain(common.iter().copied()).collect();
+    let takes = if own.is_empty() {
+        format!("takes only the common keys: {}", common.join(", "))
+    } else {
+        format!(
+            "takes: {}; and the common keys: {}",
+            own.join(", "),
+            common.join(", ")
+        )
+    };
+    format!(
+        "unknown key `{key}`{}; the {} plugin {takes}",
+        did_you_mean(key, &known),
+        plugin.name()
+    )
+}
+
+/// The message for a key at the top of a plugin's file that is not a plugin-level key.
+fn unknown_plugin_level_key(plugin: &dyn Plugin, key: &str) -> String {
+    if plugin.settings_keys().contains(&key) {
+        return format!(
+            "`{key}` is a setting of each instance of the {} plugin: put it under [[instances]]",
+            plugin.name()
+        );
+    }
+    let level: Vec<&str> = std::iter::once("instances")
+        .chain(common_instance_keys().filter(|k| *k != "name"))
+        .collect();
+    let mut known = level.clone();
+    known.extend(plugin.settings_keys());
+    let own = if plugin.settings_keys().is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (the {} plugin's own settings, {}, go under [[instances]])",
+            plugin.name(),
+            plugin.settings_keys().join(", ")
+        )
+    };
+    format!(
+        "unknown key `{key}` at plugin level{}; the plugin level takes: {}{own}",
+        did_you_mean(key, &known),
+        level.join(", ")
+    )
 }
 
 /// The common keys of one level (plugin or instance); `None` = not set at this level.

@@ -104,6 +104,9 @@ pub trait Plugin: Send + Sync {
     /// Builds a check from an instance's plugin-specific settings (the engine has removed
     /// the common keys: interval, labels, thresholds, for_duration, …). Errors name the key.
     fn build(&self, settings: &toml::Table) -> Result<Box<dyn Check>, String>;
+    /// The plugin-specific settings `build` takes (besides the common keys). The config
+    /// loader refuses any other key before `build` runs, listing these and the common keys.
+    fn settings_keys(&self) -> &'static [&'static str];
     /// Instances used when no config exists (`tether checks run disk` on a bare machine).
     fn default_instances(&self) -> Vec<toml::Table>;
 }

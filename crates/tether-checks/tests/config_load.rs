@@ -37,6 +37,9 @@ impl Plugin for Probe {
         }
         Ok(Box::new(NoopCheck))
     }
+    fn settings_keys(&self) -> &'static [&'static str] {
+        &["targets", "mode"]
+    }
     fn default_instances(&self) -> Vec<toml::Table> {
         let mut t = toml::Table::new();
         t.insert("targets".into(), toml::Value::Array(vec!["default".into()]));
@@ -209,11 +212,13 @@ fn errors_name_the_file_and_the_key() {
         ),
         (
             "[[instances]]\nbogus = 1\n",
-            "conf.d/probe.toml: instances[0]: bogus: unknown key",
+            "conf.d/probe.toml: instances[0]: unknown key `bogus`; the probe plugin takes: \
+             targets, mode; and the common keys: name, interval,",
         ),
         (
             "bogus = 1\n",
-            "conf.d/probe.toml: bogus: unknown key at plugin level",
+            "conf.d/probe.toml: unknown key `bogus` at plugin level; the plugin level takes: \
+             instances, interval,",
         ),
         (
             "name = \"x\"\n",
@@ -373,5 +378,79 @@ fn a_named_procnum_instance_keeps_its_process_setting() {
     assert!(
         err.iter().any(|e| e.to_string().contains("`process`")),
         "{err:?}"
+    );
+}
+
+/// A misspelt key names itself, the likely intended key, and every key the plugin takes —
+/// the common keys too, which a plugin with no settings of its own still takes.
+#[test]
+fn an_unknown_key_is_named_with_the_keys_the_plugin_takes() {
+    let cpu = tether_checks::plugins::find("cpu").expect("cpu is a core plugin");
+    let errors = parse_file(
+        Path::new("conf.d/cpu.toml"),
+        "[[instances]]\nwarn_gee = 90\n",
+        cpu.as_ref(),
+    )
+    .expect_err("a typo");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let e = errors[0].to_string();
+    assert!(
+        e.starts_with(
+            "conf.d/cpu.toml: instances[0]: unknown key `warn_gee` (did you mean `warn_ge`?); \
+             the cpu plugin takes only the common keys: name, interval, timeout, labels, \
+             checks, for_duration, repeat_interval, repeat_number, recovery, diagnose, \
+             warn_ge, critical_ge, warn_gt, critical_gt, warn_le, critical_le, warn_lt, \
+             critical_lt"
+        ),
+        "{e}"
+    );
+    assert!(!e.contains("takes no settings"), "{e}");
+
+    // The same typo at plugin level.
+    let errors = parse_file(
+        Path::new("conf.d/cpu.toml"),
+        "warn_gee = 90\n",
+        cpu.as_ref(),
+    )
+    .expect_err("a typo");
+    let e = errors[0].to_string();
+    assert!(
+        e.starts_with(
+            "conf.d/cpu.toml: unknown key `warn_gee` at plugin level (did you mean \
+             `warn_ge`?); the plugin level takes: instances, interval, timeout, labels,"
+        ),
+        "{e}"
+    );
+
+    // A plugin with settings lists them first; no near key, no guess.
+    let disk = tether_checks::plugins::find("disk").expect("disk is a core plugin");
+    let errors = parse_file(
+        Path::new("conf.d/disk.toml"),
+        "[[instances]]\nname = \"data\"\nvolumes = [\"/data\"]\n",
+        disk.as_ref(),
+    )
+    .expect_err("unknown");
+    let e = errors[0].to_string();
+    assert!(
+        e.starts_with(
+            "conf.d/disk.toml: instances[0]: unknown key `volumes`; the disk plugin takes: \
+             mounts, exclude, fs_types_exclude; and the common keys: name, interval,"
+        ),
+        "{e}"
+    );
+    // A plugin setting at plugin level is pointed to [[instances]].
+    let errors = parse_file(
+        Path::new("conf.d/disk.toml"),
+        "mounts = [\"/data\"]\n",
+        disk.as_ref(),
+    )
+    .expect_err("misplaced");
+    let e = errors[0].to_string();
+    assert!(
+        e.starts_with(
+            "conf.d/disk.toml: `mounts` is a setting of each instance of the disk plugin: \
+             put it under [[instances]]"
+        ),
+        "{e}"
     );
 }

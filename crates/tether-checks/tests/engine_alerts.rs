@@ -125,6 +125,9 @@ impl Plugin for Probe {
         }
         Ok(Box::new(ProbeCheck(self.0.clone())))
     }
+    fn settings_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
     fn default_instances(&self) -> Vec<toml::Table> {
         vec![toml::Table::new()]
     }
@@ -465,7 +468,7 @@ async fn run_once_uses_defaults_or_settings() {
     let e = run_once(&plugin, Some(&bad), Duration::from_secs(5))
         .await
         .expect_err("bad settings");
-    assert!(e.contains("nope: unknown key"), "{e}");
+    assert!(e.contains("unknown key `nope`"), "{e}");
     ctl.mode(Mode::Hang);
     let e = run_once(&plugin, None, Duration::from_secs(5))
         .await

@@ -75,6 +75,9 @@ impl Plugin for Probe {
         }
         Ok(Box::new(ProbeCheck(self.0.clone())))
     }
+    fn settings_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
     fn default_instances(&self) -> Vec<toml::Table> {
         vec![toml::Table::new()]
     }

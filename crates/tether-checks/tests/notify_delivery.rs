@@ -208,6 +208,9 @@ impl Plugin for Loud {
     fn build(&self, _settings: &toml::Table) -> Result<Box<dyn Check>, String> {
         Ok(Box::new(LoudCheck))
     }
+    fn settings_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
     fn default_instances(&self) -> Vec<toml::Table> {
         vec![toml::Table::new()]
     }

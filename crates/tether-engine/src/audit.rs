@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use tether_proto::{CallId, ClientInfo, SessionId, TurnId};
+use tether_proto::{CallId, ClientInfo, Scope, SessionId, TurnId};
 
 /// Whether and how the call was allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -20,7 +20,8 @@ pub enum AuditDecision {
     NotRequired,
     /// Approved by a client (see `approved_by`).
     Allowed,
-    /// Allowed by an earlier `scope: session` answer.
+    /// Allowed by an earlier `scope: session` answer ("always allow"): `approved_by` names
+    /// who gave it and `grant_call_id` the call it was given for.
     AllowedForSession,
     Denied,
     /// The call never reached the permission step (bad arguments, unknown tool, cancelled).
@@ -37,6 +38,9 @@ pub enum AuditOutcome {
     Cancelled,
     InvalidArguments,
     UnknownTool,
+    /// The host has the tool, but this session may not use it (e.g. `shell` in a session
+    /// started from the hub, unless `remote_tools` allows it).
+    NotAllowed,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -53,10 +57,23 @@ pub struct AuditEntry {
     pub tool: String,
     pub args: Value,
     pub decision: AuditDecision,
+    /// Who allowed or denied the call; for `allowed_for_session`, who gave the grant (`null`
+    /// for a grant restored from a session saved before grants named their giver).
     pub approved_by: Option<ClientInfo>,
     /// What answered the prompt on `approved_by`'s behalf (`--yes`, `--no`, `no-terminal`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
+    /// How far the approval reaches: `once`, or `session` (an "always allow" given with this
+    /// call, or the grant a call was allowed by). Absent when nobody approved it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+    /// For `allowed_for_session`: the call whose answer made the grant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant_call_id: Option<CallId>,
+    /// How long the call waited for a permission answer (present when it was asked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waited_ms: Option<u64>,
+    /// How long the tool itself ran (0 when it never ran); never includes `waited_ms`.
     pub duration_ms: u64,
     pub outcome: AuditOutcome,
     pub output_bytes: usize,
@@ -126,6 +143,9 @@ mod tests {
                 decision: AuditDecision::Allowed,
                 approved_by: None,
                 via: None,
+                scope: None,
+                grant_call_id: None,
+                waited_ms: None,
                 duration_ms: 3,
                 outcome: AuditOutcome::Ok,
                 output_bytes: 10,

@@ -148,6 +148,14 @@ impl Engine {
                     // Remote is untrusted: only tools the operator declared harmless.
                     if !req.remote || tool.read_only() {
                         registry.add(tool);
+                    } else {
+                        let name = tool.spec().name;
+                        let why = format!(
+                            "`{name}` is not allowed in sessions started from the hub: only \
+                             tools of MCP servers configured with `needs_permission = false` \
+                             are offered to them"
+                        );
+                        registry.withhold(&name, why);
                     }
                 }
                 with_mcp = Some(registry);

@@ -12,15 +12,17 @@ use crate::model::{Message, ModelChunk, ModelProvider, ModelRequest, ToolCallReq
 use crate::tools::{ToolContext, ToolOutput, ToolRegistry, cap_output};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
+// Tokio's clock, so that paused-time tests measure waits and runs exactly.
 use tether_proto::{
     CallId, ClientInfo, Decision, EventBody, ResolveCause, Scope, SessionId, StopReason, TurnId,
     Usage,
 };
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Where the turn publishes its events. Events are delivered in the order they are emitted.
@@ -67,13 +69,48 @@ pub trait AnswerRouter: Send + Sync {
     fn ask(&self, ask: PermissionAsk) -> BoxFuture<'_, PermissionAnswer>;
 }
 
+/// An "always allow": an answer with `scope: session` that allows every later call of its
+/// tool in the session. Remembered with who gave it, so that the calls it allows are audited
+/// as approved by them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionGrant {
+    /// Who answered (`None` only for grants restored from a session saved before grants
+    /// named their giver).
+    #[serde(default)]
+    pub by: Option<ClientInfo>,
+    /// The call the answer was given for.
+    #[serde(default)]
+    pub call_id: Option<CallId>,
+}
+
+/// Reads `session_allowed` as saved now (tool → grant) or as saved before grants named their
+/// giver (a list of tool names).
+fn session_grants<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, SessionGrant>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Grants(BTreeMap<String, SessionGrant>),
+        Names(Vec<String>),
+    }
+    Ok(match Stored::deserialize(d)? {
+        Stored::Grants(grants) => grants,
+        Stored::Names(names) => names
+            .into_iter()
+            .map(|n| (n, SessionGrant::default()))
+            .collect(),
+    })
+}
+
 /// What a session remembers between turns: the conversation and the session-scoped grants.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Conversation {
     pub messages: Vec<Message>,
-    /// Tools allowed for the rest of the session by an answer with `scope: session`.
-    #[serde(default)]
-    pub session_allowed: BTreeSet<String>,
+    /// Tools allowed for the rest of the session by an answer with `scope: session`, and who
+    /// allowed each.
+    #[serde(default, deserialize_with = "session_grants")]
+    pub session_allowed: BTreeMap<String, SessionGrant>,
     /// The id of the fences around untrusted text in this session (see [`crate::fence`]); a
     /// session saved before fences existed gets a fresh one.
     #[serde(default)]
@@ -84,7 +121,7 @@ impl Conversation {
     pub fn with_system_prompt(prompt: String) -> Self {
         Conversation {
             messages: vec![Message::System { content: prompt }],
-            session_allowed: BTreeSet::new(),
+            session_allowed: BTreeMap::new(),
             fence: Fence::new(),
         }
     }
@@ -307,26 +344,36 @@ pub(crate) async fn run_tool(
             args: shown_args.clone(),
         })
         .await;
-    let started = Instant::now();
     let mut decision = AuditDecision::NotAsked;
     let mut approved_by: Option<ClientInfo> = None;
     let mut answered_via: Option<String> = None;
+    let mut scope: Option<Scope> = None;
+    let mut grant_call_id: Option<CallId> = None;
+    // The wait for a permission answer and the tool's own run, measured apart: a call that
+    // waited a minute for a human did not take a minute to run.
+    let mut waited: Option<Duration> = None;
+    let mut ran = Duration::ZERO;
     let (result, outcome) = match parsed {
         Err(e) => (
             ToolOutput::error(format!("the arguments are not valid JSON: {e}")),
             AuditOutcome::InvalidArguments,
         ),
         Ok(args) => match run.tools.get(tool_name) {
-            None => {
-                let names: Vec<&str> = run.tools.names().collect();
-                (
-                    ToolOutput::error(format!(
-                        "unknown tool `{tool_name}`; available tools: {}",
-                        names.join(", ")
-                    )),
-                    AuditOutcome::UnknownTool,
-                )
-            }
+            None => match run.tools.withheld(tool_name) {
+                // The host has the tool but this session may not use it: say why, and how
+                // an operator would allow it.
+                Some(why) => (ToolOutput::error(why), AuditOutcome::NotAllowed),
+                None => {
+                    let names: Vec<&str> = run.tools.names().collect();
+                    (
+                        ToolOutput::error(format!(
+                            "unknown tool `{tool_name}`; available tools: {}",
+                            names.join(", ")
+                        )),
+                        AuditOutcome::UnknownTool,
+                    )
+                }
+            },
             Some(tool) => match crate::tools::validate_args(tool.as_ref(), &args) {
                 Err(e) => (
                     ToolOutput::error(format!("invalid arguments for `{tool_name}`: {e}")),
@@ -336,8 +383,11 @@ pub(crate) async fn run_tool(
                     let mut denial: Option<String> = None;
                     if !tool.needs_permission(&args) {
                         decision = AuditDecision::NotRequired;
-                    } else if conversation.session_allowed.contains(tool_name) {
+                    } else if let Some(grant) = conversation.session_allowed.get(tool_name) {
                         decision = AuditDecision::AllowedForSession;
+                        approved_by = grant.by.clone();
+                        scope = Some(Scope::Session);
+                        grant_call_id = grant.call_id.clone();
                     } else {
                         let ask = PermissionAsk {
                             turn_id: run.turn_id.clone(),
@@ -345,18 +395,27 @@ pub(crate) async fn run_tool(
                             tool: tool_name.to_owned(),
                             args: args.clone(),
                         };
+                        let asked = Instant::now();
                         let answer = tokio::select! {
                             biased;
                             _ = run.cancel.cancelled() => PermissionAnswer::cancelled(),
                             a = run.router.ask(ask) => a,
                         };
+                        waited = Some(asked.elapsed());
                         approved_by = answer.by.clone();
                         answered_via = answer.via.clone();
                         match answer.decision {
                             Decision::Allow => {
                                 decision = AuditDecision::Allowed;
+                                scope = Some(answer.scope);
                                 if answer.scope == Scope::Session {
-                                    conversation.session_allowed.insert(tool_name.to_owned());
+                                    conversation.session_allowed.insert(
+                                        tool_name.to_owned(),
+                                        SessionGrant {
+                                            by: answer.by.clone(),
+                                            call_id: Some(call_id.clone()),
+                                        },
+                                    );
                                 }
                             }
                             Decision::Deny => {
@@ -388,14 +447,16 @@ pub(crate) async fn run_tool(
                             turn_id: run.turn_id.clone(),
                             cancel: run.cancel.clone(),
                         };
+                        let started = Instant::now();
                         let out = tokio::select! {
                             out = tool.call(args, ctx) => out,
                             // Tools watch the token themselves; this bounds one that does not.
                             _ = async {
                                 run.cancel.cancelled().await;
-                                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                                tokio::time::sleep(Duration::from_secs(5)).await;
                             } => ToolOutput::error("cancelled"),
                         };
+                        ran = started.elapsed();
                         let outcome = if run.cancel.is_cancelled() && !out.ok {
                             AuditOutcome::Cancelled
                         } else if out.ok {
@@ -409,7 +470,8 @@ pub(crate) async fn run_tool(
             },
         },
     };
-    let duration_ms = started.elapsed().as_millis() as u64;
+    let duration_ms = millis(ran);
+    let waited_ms = waited.map(millis);
     let output_bytes = result.output.len();
     let (output, truncated) = cap_output(result.output);
     if let Some(audit) = &extras.audit {
@@ -426,6 +488,9 @@ pub(crate) async fn run_tool(
             decision,
             approved_by,
             via: answered_via,
+            scope,
+            grant_call_id,
+            waited_ms,
             duration_ms,
             outcome,
             output_bytes,
@@ -440,6 +505,7 @@ pub(crate) async fn run_tool(
             output: output.clone(),
             truncated,
             duration_ms,
+            waited_ms,
         })
         .await;
     let for_model = if truncated {
@@ -451,6 +517,10 @@ pub(crate) async fn run_tool(
         ok: result.ok,
         output: for_model,
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// An inspection turn: runs the tools the plugin's plan lists (through the same permission
@@ -523,5 +593,49 @@ pub(crate) async fn run_inspect(
         error: None,
         usage: None,
         final_text: text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_proto::{Class, ClientId};
+
+    #[test]
+    fn session_grants_are_saved_with_their_giver_and_old_saves_still_load() {
+        let mut c = Conversation::with_system_prompt("p".into());
+        let alice = ClientInfo {
+            client_id: ClientId::from("alice/1"),
+            class: Class::Human,
+            name: "alice".into(),
+        };
+        c.session_allowed.insert(
+            "shell".into(),
+            SessionGrant {
+                by: Some(alice),
+                call_id: Some(CallId::from("c1")),
+            },
+        );
+        let saved = serde_json::to_string(&c).expect("serialize");
+        let back: Conversation = serde_json::from_str(&saved).expect("deserialize");
+        assert_eq!(back, c);
+
+        // A session saved before grants named their giver: a list of tool names.
+        let mut old = serde_json::to_value(&c).expect("value");
+        old["session_allowed"] = serde_json::json!(["shell", "restart"]);
+        let back: Conversation = serde_json::from_value(old).expect("old format");
+        assert_eq!(
+            back.session_allowed.keys().collect::<Vec<_>>(),
+            ["restart", "shell"]
+        );
+        assert_eq!(back.session_allowed["shell"], SessionGrant::default());
+        // And one saved before grants existed at all.
+        let mut older = serde_json::to_value(&c).expect("value");
+        older
+            .as_object_mut()
+            .expect("object")
+            .remove("session_allowed");
+        let back: Conversation = serde_json::from_value(older).expect("older format");
+        assert!(back.session_allowed.is_empty());
     }
 }

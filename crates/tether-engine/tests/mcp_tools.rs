@@ -752,3 +752,78 @@ async fn a_scripted_model_calls_an_mcp_tool_through_the_turn_loop() {
     );
     mcp.shutdown().await;
 }
+
+/// A hub session's call to a tool of an MCP server that needs approval is refused saying
+/// why (not "unknown tool"), and never reaches the server or a permission prompt.
+#[tokio::test]
+async fn a_hub_session_is_told_why_an_mcp_tool_is_not_offered() {
+    let mcp = Arc::new(servers(vec![fixture_config("fixture")]));
+    let provider = ScriptedProvider::from_json(
+        r#"{"responses":[
+            {"tool_calls":[{"tool":"fixture__add","args":{"a":2,"b":3}}]},
+            {"text":"done"}
+        ]}"#,
+        "remote mcp test script",
+    )
+    .expect("script");
+    let mut engine = tether_engine::Engine::new(Some(Arc::new(provider)), ToolRegistry::new());
+    engine.mcp = Some(mcp.clone());
+    let sink = Recorder::default();
+    let router = AllowAll::default();
+    let cancel = CancellationToken::new();
+    let mut conversation = Conversation::with_system_prompt("test".into());
+    let outcome = tokio::time::timeout(
+        WAIT,
+        engine.run(
+            &mut conversation,
+            tether_engine::TurnRequest {
+                session_id: SessionId::from("s-remote"),
+                turn_id: TurnId::from("t-remote"),
+                text: "add 2 and 3".into(),
+                model_text: None,
+                originator: ClientInfo {
+                    client_id: ClientId::from("hub:alice/1"),
+                    class: Class::Human,
+                    name: "alice".into(),
+                },
+                mode: tether_proto::Mode::Chat,
+                params: &serde_json::Map::new(),
+                remote: true,
+                tools: &ToolRegistry::new(),
+                sink: &sink,
+                router: &router,
+                cancel: &cancel,
+            },
+        ),
+    )
+    .await
+    .expect("the turn ends in time");
+    assert_eq!(outcome.stop, StopReason::Completed, "{outcome:?}");
+    let events = sink
+        .events
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let (ok, output) = events
+        .iter()
+        .find_map(|e| match e {
+            EventBody::ToolResult { ok, output, .. } => Some((*ok, output.clone())),
+            _ => None,
+        })
+        .expect("a tool_result event");
+    assert!(!ok, "{output}");
+    assert!(
+        output.starts_with("`fixture__add` is not allowed in sessions started from the hub")
+            && output.contains("needs_permission = false"),
+        "{output}"
+    );
+    assert!(
+        router
+            .asks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty(),
+        "nobody was asked"
+    );
+    mcp.shutdown().await;
+}

@@ -1431,6 +1431,8 @@ impl Relay {
                             output: o.delta.clone(),
                             truncated: false,
                             duration_ms,
+                            // A v1 `[Tool done]` line carries no approval wait.
+                            waited_ms: None,
                         },
                     )
                     .await;

@@ -396,3 +396,52 @@ async fn v2_resume_replays_hub_sessions_and_never_reaches_local_ones() {
     );
     agent.stop().await;
 }
+
+/// A hub session with the default toolset (read-only tools) whose model calls `shell` is
+/// told that `shell` is not allowed in sessions started from the hub and how an operator
+/// allows it, not that the tool is unknown; nobody is asked to approve it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_a_tool_withheld_from_hub_sessions_is_explained() {
+    let hub = TestHub::start(HubSettings::default()).await;
+    let mut setup = AgentSetup::new(hub.url());
+    setup.script = common::shell_script();
+    let agent = TestAgent::start(setup);
+    let conn = hub.next_conn(WAIT).await;
+    let mut s = V2 {
+        conn,
+        events: Vec::new(),
+        acks: Vec::new(),
+        frames: Vec::new(),
+    };
+    let id = s.send(
+        "session_start",
+        json!({"session_id": "s-shell", "session_type": "chat", "user_name": "alice",
+               "class": "human", "params": {"message": "run uname"}}),
+    );
+    assert_eq!(s.ack(&id).await["ok"], true);
+    let result = s.event("tool_result", 0).await;
+    let r = s.events[result].clone();
+    assert_eq!(r["ok"], false, "{r}");
+    let output = r["output"].as_str().unwrap_or_default();
+    assert!(
+        output.starts_with("`shell` is not allowed in sessions started from the hub"),
+        "{output}"
+    );
+    assert!(
+        output.contains("under [hub] in this host's agent.toml")
+            && output.contains("remote_tools = [")
+            && output.ends_with("\"shell\"]"),
+        "{output}"
+    );
+    assert!(r.get("waited_ms").is_none(), "nobody was asked: {r}");
+    let ended = s.event("turn_ended", result).await;
+    assert_eq!(s.events[ended]["stop"], "completed", "{:?}", s.events);
+    assert!(
+        s.events
+            .iter()
+            .all(|e| e["event"] != "permission_requested"),
+        "{:?}",
+        s.events
+    );
+    agent.stop().await;
+}

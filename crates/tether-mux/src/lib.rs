@@ -201,13 +201,7 @@ impl Mux {
 
     fn remote_tools(&self) -> ToolRegistry {
         let configured = self.inner.remote_tools.lock().ok().and_then(|t| t.clone());
-        configured.unwrap_or_else(|| {
-            self.inner
-                .shared
-                .engine
-                .tools
-                .filtered(|_, tool| tool.read_only())
-        })
+        configured.unwrap_or_else(|| self.inner.shared.engine.tools.read_only_for_hub())
     }
 
     pub fn config(&self) -> &MuxConfig {

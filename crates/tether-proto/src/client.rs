@@ -900,7 +900,12 @@ pub enum EventBody {
         ok: bool,
         output: String,
         truncated: bool,
+        /// How long the tool itself ran (0 when it never ran: denied, invalid, cancelled).
         duration_ms: u64,
+        /// Present when the call waited for a permission answer (allowed or not): how long
+        /// that wait was. Never part of `duration_ms`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        waited_ms: Option<u64>,
     },
     TurnEnded {
         turn_id: TurnId,

@@ -849,6 +849,7 @@ fn event_tool_result() {
             output: "1.2G\t/var/log\n".into(),
             truncated: false,
             duration_ms: 231,
+            waited_ms: None,
         },
     );
     event_variant(
@@ -860,6 +861,20 @@ fn event_tool_result() {
             output: "x".repeat(16),
             truncated: true,
             duration_ms: 30000,
+            waited_ms: None,
+        },
+    );
+    // A call that waited for a human's approval: the wait is reported apart from the run.
+    event_variant(
+        "after_approval",
+        EventBody::ToolResult {
+            turn_id: tid(),
+            call_id: cid(),
+            ok: true,
+            output: "Linux\n".into(),
+            truncated: false,
+            duration_ms: 4,
+            waited_ms: Some(54767),
         },
     );
 }

@@ -2,7 +2,7 @@
 //! `alert.send` op, which lets scripts raise an alert through the running agent.
 
 use crate::config::{AgentConfig, HubConfig};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -33,23 +33,10 @@ impl HubLink {
     }
 }
 
-/// The tools remote sessions may use: the configured list, or every read-only tool.
+/// The tools remote sessions may use: the configured list, or every read-only tool. The
+/// others are withheld: a hub session's call to one is told how an operator would allow it.
 pub fn remote_tools(all: &ToolRegistry, names: Option<&[String]>) -> Result<ToolRegistry> {
-    match names {
-        None => Ok(all.filtered(|_, tool| tool.read_only())),
-        Some(names) => {
-            for n in names {
-                if all.get(n).is_none() {
-                    let known: Vec<&str> = all.names().collect();
-                    bail!(
-                        "hub.remote_tools: unknown tool `{n}`; tools are: {}",
-                        known.join(", ")
-                    );
-                }
-            }
-            Ok(all.filtered(|name, _| names.iter().any(|n| n == name)))
-        }
-    }
+    all.for_hub_sessions(names).map_err(anyhow::Error::msg)
 }
 
 /// Starts the link to the hub. `figures` fills heartbeats; `plugins` names the check plugins

@@ -37,10 +37,14 @@ impl Plugin for CpuPlugin {
     }
 
     fn build(&self, settings: &toml::Table) -> Result<Box<dyn Check>, String> {
-        Settings::new(self.name(), settings, &[])?;
+        Settings::new(self.name(), settings, self.settings_keys())?;
         Ok(Box::new(CpuCheck {
             previous: Mutex::new(None),
         }))
+    }
+
+    fn settings_keys(&self) -> &'static [&'static str] {
+        &[]
     }
 
     fn default_instances(&self) -> Vec<toml::Table> {

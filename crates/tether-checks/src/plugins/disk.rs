@@ -44,7 +44,7 @@ impl Plugin for DiskPlugin {
     }
 
     fn build(&self, settings: &toml::Table) -> Result<Box<dyn Check>, String> {
-        let s = Settings::new(self.name(), settings, KEYS)?;
+        let s = Settings::new(self.name(), settings, self.settings_keys())?;
         let mut literal = Vec::new();
         let mut globs = Vec::new();
         let mut selected = false;
@@ -75,6 +75,10 @@ impl Plugin for DiskPlugin {
                 &s.string_list("fs_types_exclude")?.unwrap_or_default(),
             )?,
         }))
+    }
+
+    fn settings_keys(&self) -> &'static [&'static str] {
+        KEYS
     }
 
     /// One instance: every real file system with the default thresholds.

@@ -73,7 +73,7 @@ impl Plugin for ExecPlugin {
     }
 
     fn build(&self, settings: &toml::Table) -> Result<Box<dyn Check>, String> {
-        let s = Settings::new(self.name(), settings, KEYS)?;
+        let s = Settings::new(self.name(), settings, self.settings_keys())?;
         let command = s.required_string("command")?;
         let args = s.strict_string_list("args")?.unwrap_or_default();
         let env = s.string_map("env")?.unwrap_or_default();
@@ -94,6 +94,10 @@ impl Plugin for ExecPlugin {
             env,
             inherit_env,
         }))
+    }
+
+    fn settings_keys(&self) -> &'static [&'static str] {
+        KEYS
     }
 
     /// None: there is nothing to run by default.

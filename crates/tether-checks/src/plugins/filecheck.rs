@@ -50,7 +50,7 @@ impl Plugin for FilecheckPlugin {
     }
 
     fn build(&self, settings: &toml::Table) -> Result<Box<dyn Check>, String> {
-        let s = Settings::new(self.name(), settings, KEYS)?;
+        let s = Settings::new(self.name(), settings, self.settings_keys())?;
         let path = s.required_string("path")?;
         if !path.starts_with('/') {
             return Err(format!("`path`: `{path}` is not an absolute path"));
@@ -82,6 +82,10 @@ impl Plugin for FilecheckPlugin {
             max_size,
             min_size,
         }))
+    }
+
+    fn settings_keys(&self) -> &'static [&'static str] {
+        KEYS
     }
 
     /// None: a file check needs a path.

@@ -126,7 +126,7 @@ impl Plugin for HttpPlugin {
     }
 
     fn build(&self, settings: &toml::Table) -> Result<Box<dyn Check>, String> {
-        let s = Settings::new(self.name(), settings, KEYS)?;
+        let s = Settings::new(self.name(), settings, self.settings_keys())?;
         let url_text = s.required_string("url")?;
         let url = reqwest::Url::parse(url_text.trim())
             .map_err(|e| format!("`url`: `{url_text}` is not a URL: {e}"))?;
@@ -200,6 +200,10 @@ impl Plugin for HttpPlugin {
             client,
             cert_probe,
         }))
+    }
+
+    fn settings_keys(&self) -> &'static [&'static str] {
+        KEYS
     }
 
     /// None: a request needs a URL.

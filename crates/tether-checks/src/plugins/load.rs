@@ -28,8 +28,12 @@ impl Plugin for LoadPlugin {
     }
 
     fn build(&self, settings: &toml::Table) -> Result<Box<dyn Check>, String> {
-        Settings::new(self.name(), settings, &[])?;
+        Settings::new(self.name(), settings, self.settings_keys())?;
         Ok(Box::new(LoadCheck))
+    }
+
+    fn settings_keys(&self) -> &'static [&'static str] {
+        &[]
     }
 
     fn default_instances(&self) -> Vec<toml::Table> {

@@ -56,7 +56,7 @@ impl Plugin for LogfilePlugin {
     }
 
     fn build(&self, settings: &toml::Table) -> Result<Box<dyn Check>, String> {
-        let s = Settings::new(self.name(), settings, KEYS)?;
+        let s = Settings::new(self.name(), settings, self.settings_keys())?;
         let path = s.required_string("path")?;
         if !path.starts_with('/') {
             return Err(format!("`path`: `{path}` is not an absolute path"));
@@ -90,6 +90,10 @@ impl Plugin for LogfilePlugin {
             max_lines: usize::try_from(max_lines).unwrap_or(usize::MAX),
             state: tokio::sync::Mutex::new(State::Fresh),
         }))
+    }
+
+    fn settings_keys(&self) -> &'static [&'static str] {
+        KEYS
     }
 
     /// None: a log check needs a file and a pattern.

@@ -98,7 +98,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// The known key nearest to `key`, if one is near enough to be a likely typo.
-fn suggest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+pub(crate) fn suggest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
     let key_l = key.to_ascii_lowercase();
     known
         .iter()
@@ -114,7 +114,7 @@ fn suggest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
 /// The error for a setting the plugin does not know.
 pub(crate) fn unknown_key(plugin: &str, key: &str, known: &[&str]) -> String {
     if known.is_empty() {
-        return format!("unknown key `{key}`: the {plugin} plugin takes no settings");
+        return format!("unknown key `{key}`: the {plugin} plugin takes no settings of its own");
     }
     match suggest(key, known) {
         Some(k) => format!("unknown key `{key}`; did you mean `{k}`?"),

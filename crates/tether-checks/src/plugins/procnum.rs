@@ -44,7 +44,7 @@ impl Plugin for ProcnumPlugin {
     }
 
     fn build(&self, settings: &toml::Table) -> Result<Box<dyn Check>, String> {
-        let s = Settings::new(self.name(), settings, KEYS)?;
+        let s = Settings::new(self.name(), settings, self.settings_keys())?;
         let matcher = match (s.has("pattern"), s.has("process")) {
             (true, true) => return Err("give either `pattern` or `process`, not both".into()),
             (false, false) => {
@@ -74,6 +74,10 @@ impl Plugin for ProcnumPlugin {
             return Err(format!("`max` ({max}) is less than `min` ({min})"));
         }
         Ok(Box::new(ProcnumCheck { matcher, min, max }))
+    }
+
+    fn settings_keys(&self) -> &'static [&'static str] {
+        KEYS
     }
 
     /// None: a process count needs a process name or pattern.

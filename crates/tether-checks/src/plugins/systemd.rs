@@ -41,7 +41,7 @@ impl Plugin for SystemdPlugin {
     }
 
     fn build(&self, settings: &toml::Table) -> Result<Box<dyn Check>, String> {
-        let s = Settings::new(self.name(), settings, KEYS)?;
+        let s = Settings::new(self.name(), settings, self.settings_keys())?;
         let mut units = Vec::new();
         if let Some(u) = s.string("unit")? {
             units.push(u);
@@ -62,6 +62,10 @@ impl Plugin for SystemdPlugin {
         let mut seen = std::collections::HashSet::new();
         units.retain(|u| seen.insert(u.clone()));
         Ok(Box::new(SystemdCheck { units }))
+    }
+
+    fn settings_keys(&self) -> &'static [&'static str] {
+        KEYS
     }
 
     /// None: a unit check needs unit names.

@@ -35,10 +35,14 @@ impl Plugin for TcpPlugin {
     }
 
     fn build(&self, settings: &toml::Table) -> Result<Box<dyn Check>, String> {
-        let s = Settings::new(self.name(), settings, KEYS)?;
+        let s = Settings::new(self.name(), settings, self.settings_keys())?;
         let target = s.required_string("target")?;
         let (host, port) = split_host_port(&target).map_err(|e| format!("`target`: {e}"))?;
         Ok(Box::new(TcpCheck { target, host, port }))
+    }
+
+    fn settings_keys(&self) -> &'static [&'static str] {
+        KEYS
     }
 
     /// None: a connection needs a target.

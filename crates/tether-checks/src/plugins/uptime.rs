@@ -24,8 +24,12 @@ impl Plugin for UptimePlugin {
     }
 
     fn build(&self, settings: &toml::Table) -> Result<Box<dyn Check>, String> {
-        Settings::new(self.name(), settings, &[])?;
+        Settings::new(self.name(), settings, self.settings_keys())?;
         Ok(Box::new(UptimeCheck))
+    }
+
+    fn settings_keys(&self) -> &'static [&'static str] {
+        &[]
     }
 
     fn default_instances(&self) -> Vec<toml::Table> {

@@ -63,9 +63,13 @@ pub fn shell_script() -> String {
     .to_string()
 }
 
-/// The builtin tools with only these names kept.
+/// The builtin tools with only these names kept, as the agent builds a hub session's
+/// toolset from `remote_tools`.
 pub fn tools_named(names: &[&str]) -> ToolRegistry {
-    ToolRegistry::builtin(&ToolsConfig::default()).filtered(|n, _| names.contains(&n))
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    ToolRegistry::builtin(&ToolsConfig::default())
+        .for_hub_sessions(Some(&names))
+        .expect("known tool names")
 }
 
 /// Everything an agent under test is built from.
@@ -91,8 +95,8 @@ impl AgentSetup {
             remote: RemoteConfig {
                 max_sessions: 4,
                 idle_timeout: Duration::from_secs(30 * 60),
-                tools: ToolRegistry::builtin(&ToolsConfig::default())
-                    .filtered(|_, t| t.read_only()),
+                // What the agent gives hub sessions without `remote_tools`.
+                tools: ToolRegistry::builtin(&ToolsConfig::default()).read_only_for_hub(),
                 session_types: vec![Mode::Chat, Mode::Diagnose, Mode::Inspect],
                 model_configured: true,
             },
