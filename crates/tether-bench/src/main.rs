@@ -50,6 +50,7 @@ mod client;
 mod cpu;
 mod credit;
 mod hub_load;
+mod idle;
 mod mux_side;
 mod overhead;
 
@@ -75,6 +76,8 @@ enum Command {
     Hub(hub_load::HubArgs),
     /// Harness overhead: a model SSE chunk arriving to its text_delta leaving the WebSocket.
     Overhead(overhead::OverheadArgs),
+    /// Resident memory per idle client connection of a real `tether agent`.
+    Idle(idle::IdleArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -371,5 +374,6 @@ fn main() -> anyhow::Result<()> {
         Command::Fanout(args) => runtime.block_on(fanout(args)),
         Command::Hub(args) => runtime.block_on(hub_load::run(args)),
         Command::Overhead(args) => runtime.block_on(overhead::run(args)),
+        Command::Idle(args) => runtime.block_on(idle::run(args)),
     }
 }
