@@ -189,28 +189,8 @@ fn summarize(runs: &[RunResult]) -> Option<Summary> {
 }
 
 /// Raises the soft limit on open files to the hard limit; returns the new soft limit.
-#[allow(unsafe_code)]
 fn raise_fd_limit() -> std::io::Result<libc::rlim_t> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `getrlimit` only writes the `rlimit` we own and pass by valid pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: `setrlimit` only reads the `rlimit` we pass by valid pointer.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        limit = raised;
-    }
-    Ok(limit.rlim_cur)
+    tether_transport::raise_open_files_limit().map(|(_, after)| after)
 }
 
 fn fmt_rate(v: f64) -> String {

@@ -2,6 +2,7 @@
 
 use crate::auth::Authenticator;
 use crate::driver::{FrameWriter, Handler, Inbound, drive};
+use crate::limits::{ConnectionLimits, LimitError};
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
@@ -18,7 +19,6 @@ use std::sync::Arc;
 use tether_mux::outbound::OutboundReceiver;
 use tether_mux::{Identity, Mux};
 use tether_proto::MAX_MESSAGE_BYTES;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// Messages above this are cut off by the WebSocket layer itself (the connection closes);
@@ -39,7 +39,8 @@ pub struct WsState {
     pub auth: Arc<Authenticator>,
     /// Fires when the server shuts down: connections flush and send a close frame.
     pub closing: CancellationToken,
-    pub connections: Arc<Semaphore>,
+    /// Connection caps, in total and per credential (shared with the Unix socket).
+    pub limits: Arc<ConnectionLimits>,
     pub health: Option<HealthFn>,
     pub metrics: Option<MetricsFn>,
 }
@@ -50,15 +51,38 @@ impl WsState {
             mux,
             auth: Arc::new(auth),
             closing,
-            connections: Arc::new(Semaphore::new(DEFAULT_MAX_CONNECTIONS)),
+            limits: Arc::new(ConnectionLimits::default()),
             health: None,
             metrics: None,
         }
     }
 }
 
-/// Connections served at once by one listener; more get HTTP 503 `overloaded`.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Read buffer of a client-protocol WebSocket. tungstenite's default (128 KiB, zeroed on
+/// every read) made an idle connection cost ~138 KiB; requests are small, and the buffer
+/// grows for a large one.
+pub const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Frames written are batched up to this much before going to the socket (the driver also
+/// flushes whenever its queue runs dry). The buffer is allocated on the first write.
+pub const WRITE_BUFFER_BYTES: usize = 8 * 1024;
+
+/// The settings of every client-protocol WebSocket (the agent's and the hub's `/v1/ws`): the
+/// hard size limit of PROTOCOL.md §1 and small buffers.
+pub fn configure(ws: WebSocketUpgrade) -> WebSocketUpgrade {
+    ws.max_message_size(HARD_MESSAGE_LIMIT)
+        .max_frame_size(HARD_MESSAGE_LIMIT)
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+}
+
+/// The HTTP refusal of a connection past a cap.
+pub fn refused(e: &LimitError) -> Response {
+    http_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        &e.to_string(),
+    )
+}
 
 /// `/v1/ws` and `/healthz`.
 pub fn router(state: WsState) -> Router {
@@ -115,19 +139,14 @@ async fn ws_handler(
             "shutting down",
         );
     }
-    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-        return http_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "too many connections; retry shortly",
-        );
+    let permit = match state.limits.acquire(&identity.principal) {
+        Ok(p) => p,
+        Err(e) => return refused(&e),
     };
-    ws.max_message_size(HARD_MESSAGE_LIMIT)
-        .max_frame_size(HARD_MESSAGE_LIMIT)
-        .on_upgrade(move |socket| async move {
-            serve_socket(socket, state.mux, identity, state.closing).await;
-            drop(permit);
-        })
+    configure(ws).on_upgrade(move |socket| async move {
+        serve_socket(socket, state.mux, identity, state.closing).await;
+        drop(permit);
+    })
 }
 
 /// Serves one upgraded WebSocket for `identity`.
@@ -142,7 +161,8 @@ pub async fn serve_socket(
 }
 
 /// Serves one upgraded WebSocket with any connection handler (the hub's operators use this
-/// with their own handler): JSON text frames, the size limits of PROTOCOL.md §1.
+/// with their own handler): JSON text frames, the size limits of PROTOCOL.md §1, and the
+/// close codes of §3.
 pub async fn serve_handler(
     socket: WebSocket,
     handler: impl Handler,
@@ -150,20 +170,64 @@ pub async fn serve_handler(
     closing: CancellationToken,
 ) {
     let (sink, stream) = socket.split();
-    let inbound = stream
-        .take_while(|m| std::future::ready(!matches!(m, Ok(Message::Close(_)))))
-        .filter_map(|m| {
-            std::future::ready(match m {
-                Ok(Message::Text(t)) if t.len() > MAX_MESSAGE_BYTES => {
-                    Some(Ok(Inbound::TooLarge(t.len())))
-                }
-                Ok(Message::Text(t)) => Some(Ok(Inbound::Text(t.as_str().to_owned()))),
-                Ok(Message::Binary(_)) => Some(Ok(Inbound::NotText)),
-                Ok(_) => None,
-                Err(e) => Some(Err(std::io::Error::other(e))),
-            })
-        });
+    let inbound = futures_util::stream::unfold(
+        (stream, None::<tokio::time::Instant>),
+        |(mut stream, mut answering)| async move {
+            loop {
+                let next = match answering {
+                    None => stream.next().await,
+                    // The peer has closed: reading on is what sends tungstenite's answer (it
+                    // is queued when the Close frame is read and flushed by the next read),
+                    // after which the stream ends. Bounded, in case the peer stops reading.
+                    Some(deadline) => tokio::time::timeout_at(deadline, stream.next())
+                        .await
+                        .ok()
+                        .flatten()
+                        .filter(Result::is_ok),
+                };
+                let item = match next? {
+                    Ok(Message::Close(_)) => {
+                        answering.get_or_insert(
+                            tokio::time::Instant::now() + crate::driver::CLOSE_GRACE,
+                        );
+                        continue;
+                    }
+                    Ok(Message::Text(t)) if t.len() > MAX_MESSAGE_BYTES => {
+                        Ok(Inbound::TooLarge(t.len()))
+                    }
+                    Ok(Message::Text(t)) => Ok(Inbound::Text(t.as_str().to_owned())),
+                    Ok(Message::Binary(_)) => Ok(Inbound::NotText),
+                    Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                    Err(e) => match refusal(e) {
+                        Ok((code, reason)) => Ok(Inbound::Fatal { code, reason }),
+                        Err(e) => Err(e),
+                    },
+                };
+                return Some((item, (stream, answering)));
+            }
+        },
+    );
     drive(handler, rx, Box::pin(inbound), WsWriter(sink), closing).await;
+}
+
+/// The close code for a read error the peer caused, or the error (the connection just ends:
+/// the peer went away, the socket failed).
+fn refusal(e: axum::Error) -> Result<(u16, &'static str), std::io::Error> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    let e = match e.into_inner().downcast::<WsError>() {
+        Ok(e) => *e,
+        Err(e) => return Err(std::io::Error::other(e)),
+    };
+    match e {
+        WsError::Capacity(_) => Ok((1009, "message over the size limit")),
+        WsError::Utf8(_) => Ok((1007, "invalid UTF-8 in a text frame")),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            Err(std::io::Error::other(e))
+        }
+        WsError::Protocol(_) => Ok((1002, "WebSocket protocol violation")),
+        other => Err(std::io::Error::other(other)),
+    }
 }
 
 struct WsWriter(SplitSink<WebSocket, Message>);
