@@ -20,6 +20,11 @@
 //!    and reads once more: what the process kept after the connections went away (freed
 //!    memory the allocator holds on to counts here).
 //!
+//! With `--replay N` the agent runs a scripted model; one turn of N `text_delta` events is
+//! recorded first, and every connection attaches to that session from the start, reads the
+//! whole replay and only then goes idle: the figure then includes what a burst leaves behind
+//! in each connection's buffers.
+//!
 //! The agent is stopped with SIGTERM at the end (killed if it lingers).
 
 use crate::hub_load::hub_proc::{ProcStatus, http_get, proc_status, signal};
@@ -51,6 +56,9 @@ pub struct IdleArgs {
     /// Connections being opened at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Each connection first replays a session of this many events (0: none).
+    #[arg(long, default_value_t = 0)]
+    replay: usize,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
@@ -71,6 +79,7 @@ struct Report {
     tether: String,
     connections: usize,
     credentials: usize,
+    replay_events: usize,
     rss_kib: Readings,
     rss_anon_kib: Readings,
     /// (open − baseline) / connections.
@@ -98,7 +107,12 @@ struct AgentProc {
 }
 
 impl AgentProc {
-    async fn start(bin: &Path, dir: &Path, credentials: usize) -> anyhow::Result<AgentProc> {
+    async fn start(
+        bin: &Path,
+        dir: &Path,
+        credentials: usize,
+        replay: usize,
+    ) -> anyhow::Result<AgentProc> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .context("finding a free port")?
             .local_addr()?
@@ -110,9 +124,21 @@ impl AgentProc {
             dir.join("agent.sock").display(),
             dir.join("conf.d").display(),
         );
+        if replay > 0 {
+            // One `text_delta` per word.
+            let text = "word ".repeat(replay);
+            let script = serde_json::json!({"loop": true, "responses": [{"text": text}]});
+            let path = dir.join("script.json");
+            std::fs::write(&path, script.to_string())
+                .with_context(|| format!("writing {}", path.display()))?;
+            toml.push_str(&format!(
+                "[model]\nprovider = \"scripted\"\nscript = \"{}\"\n",
+                path.display()
+            ));
+        }
         for i in 0..credentials {
             toml.push_str(&format!(
-                "\n[[clients]]\nname = \"c{i}\"\nclass = \"observer\"\ntoken = \"{}\"\n",
+                "\n[[clients]]\nname = \"c{i}\"\nclass = \"human\"\ntoken = \"{}\"\n",
                 token(i)
             ));
         }
@@ -190,6 +216,90 @@ async fn open(url: &str, token: &str) -> anyhow::Result<Ws> {
     }
 }
 
+/// Sends one request and waits for its reply; other frames are skipped.
+async fn request(
+    ws: &mut Ws,
+    id: u64,
+    op: &str,
+    params: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let mut frame = params;
+    frame["id"] = id.into();
+    frame["op"] = op.into();
+    ws.send(Message::text(frame.to_string())).await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str())?;
+                if v["re"] == id {
+                    if v["ok"] != true {
+                        bail!("{op} failed: {v}");
+                    }
+                    return Ok(v["result"].clone());
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("closed before the {op} reply"),
+        }
+    }
+}
+
+/// Reads frames until one satisfies `done`.
+async fn read_until(ws: &mut Ws, done: impl Fn(&serde_json::Value) -> bool) -> anyhow::Result<()> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                if done(&serde_json::from_str(t.as_str())?) {
+                    return Ok(());
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("closed while waiting"),
+        }
+    }
+}
+
+/// Records one turn of the scripted model; its session's id.
+async fn record_session(url: &str) -> anyhow::Result<String> {
+    let mut ws = open(url, &token(0)).await?;
+    let created = request(
+        &mut ws,
+        2,
+        "session.create",
+        serde_json::json!({"mode": "chat"}),
+    )
+    .await?;
+    let sid = created["session_id"]
+        .as_str()
+        .context("session.create gave no session_id")?
+        .to_owned();
+    request(&mut ws, 3, "attach", serde_json::json!({"session_id": sid})).await?;
+    request(
+        &mut ws,
+        4,
+        "input",
+        serde_json::json!({"session_id": sid, "text": "go"}),
+    )
+    .await?;
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        read_until(&mut ws, |v| v["event"] == "turn_ended"),
+    )
+    .await
+    .context("the recorded turn did not end within 120 s")??;
+    close(ws).await;
+    Ok(sid)
+}
+
+/// Attaches from the start and reads the whole replay.
+async fn replay(ws: &mut Ws, sid: &str) -> anyhow::Result<()> {
+    let attach = serde_json::json!({"session_id": sid, "after_seq": 0});
+    request(ws, 5, "attach", attach).await?;
+    read_until(ws, |v| v["event"] == "replay_complete").await
+}
+
 /// Sends a Close and waits (bounded) for the agent's.
 async fn close(mut ws: Ws) {
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
@@ -221,7 +331,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
     // holds one socket per connection too).
     let _ = crate::raise_fd_limit();
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let agent = AgentProc::start(&bin, dir.path(), args.credentials).await?;
+    let agent = AgentProc::start(&bin, dir.path(), args.credentials, args.replay).await?;
     let result = measure(&agent, &args).await;
     agent.stop().await;
     let (baseline, open, closed) = result?;
@@ -231,6 +341,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
         tether: bin.display().to_string(),
         connections: args.connections,
         credentials: args.credentials,
+        replay_events: args.replay,
         rss_per_connection_kib: (open.vm_rss_kib as f64 - baseline.vm_rss_kib as f64) / n,
         rss_anon_per_connection_kib: (open.rss_anon_kib as f64 - baseline.rss_anon_kib as f64) / n,
         rss_kept_after_close_kib: closed.vm_rss_kib as i64 - baseline.vm_rss_kib as i64,
@@ -249,8 +360,15 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "idle WebSocket connections to `tether agent` ({}), {} connections over {} credentials",
-            report.tether, report.connections, report.credentials
+            "idle WebSocket connections to `tether agent` ({}), {} connections over {} credentials{}",
+            report.tether,
+            report.connections,
+            report.credentials,
+            if args.replay > 0 {
+                format!(", each after replaying {} events", args.replay)
+            } else {
+                String::new()
+            }
         );
         println!(
             "{:>10} {:>12} {:>12} {:>12}",
@@ -278,13 +396,25 @@ async fn measure(
     agent: &AgentProc,
     args: &IdleArgs,
 ) -> anyhow::Result<(ProcStatus, ProcStatus, ProcStatus)> {
+    let url = format!("ws://{}/v1/ws", agent.addr);
+    // Recorded before the baseline: the session itself is not a connection's cost.
+    let session = match args.replay {
+        0 => None,
+        _ => Some(record_session(&url).await?),
+    };
+    let session = session.as_deref();
     tokio::time::sleep(args.settle).await;
     let baseline = agent.status()?;
-    let url = format!("ws://{}/v1/ws", agent.addr);
     let opened: Vec<anyhow::Result<Ws>> = futures_util::stream::iter(0..args.connections)
         .map(|i| {
             let url = url.clone();
-            async move { open(&url, &token(i % args.credentials)).await }
+            async move {
+                let mut ws = open(&url, &token(i % args.credentials)).await?;
+                if let Some(sid) = session {
+                    replay(&mut ws, sid).await?;
+                }
+                Ok(ws)
+            }
         })
         .buffer_unordered(args.concurrency.max(1))
         .collect()

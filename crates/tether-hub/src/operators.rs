@@ -9,6 +9,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -68,10 +69,10 @@ pub async fn operator_ws(
         Ok(p) => p,
         Err(e) => return refused(&e),
     };
-    configure(ws).on_upgrade(move |socket| async move {
+    configure(ws).on_upgrade(move |socket| {
         let (conn, rx) = OperatorConn::new(hub.clone(), identity);
-        serve_handler(socket, conn, rx, hub.closing()).await;
-        drop(permit);
+        // `map`: an async block awaiting it would hold the connection's state twice.
+        serve_handler(socket, conn, rx, hub.closing()).map(move |()| drop(permit))
     })
 }
 

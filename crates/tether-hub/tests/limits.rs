@@ -15,9 +15,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 async fn operator_ws(
     hub: &TestHub,
     token: &str,
@@ -54,6 +51,41 @@ async fn operator_close_is_answered_and_ids_come_back_exactly() {
         let reply = next_text(&mut ws).await;
         assert!(reply.starts_with(&format!(r#"{{"re":{id},"#)), "{reply}");
     }
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    })))
+    .await
+    .expect("close");
+    let got = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => return f.map(|f| f.code),
+                Some(Ok(_)) => {}
+                other => panic!("expected a Close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("no Close frame within a second");
+    assert_eq!(got, Some(CloseCode::Normal));
+    hub.stop().await;
+}
+
+/// The agent endpoint answers an agent's Close too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_close_is_answered() {
+    let hub = TestHub::start().await;
+    let token = hub.create_token("closer").await;
+    let agent_id = uuid::Uuid::now_v7().to_string();
+    let mut ws = dial_agent(&hub.agent_url(), &token, &agent_id, "2")
+        .await
+        .expect("dial");
+    ws.send(Message::text(frame("register", register_payload("closer"))))
+        .await
+        .expect("register");
+    let ack = next_text(&mut ws).await;
+    assert!(ack.contains("\"ack\""), "{ack}");
     ws.send(Message::Close(Some(CloseFrame {
         code: CloseCode::Normal,
         reason: "".into(),

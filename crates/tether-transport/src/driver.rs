@@ -159,7 +159,7 @@ pub async fn drive<S, W>(
                             biased;
                             r = &mut flush => r,
                             _ = outbound.evicted() => {
-                                match tokio::time::timeout(CLOSE_GRACE, &mut flush).await {
+                                match Box::pin(tokio::time::timeout(CLOSE_GRACE, &mut flush)).await {
                                     Ok(r) => r,
                                     Err(_) => return End::Writer(EVICTED, WriteEnd::Done),
                                 }
@@ -172,8 +172,8 @@ pub async fn drive<S, W>(
                     tokio::select! {
                         biased;
                         _ = closing.cancelled() => {
-                            flush_remaining(&mut rx, &mut writer).await;
-                            let _ = tokio::time::timeout(CLOSE_GRACE, writer.close(1001, "server shutting down")).await;
+                            Box::pin(flush_remaining(&mut rx, &mut writer)).await;
+                            let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, writer.close(1001, "server shutting down"))).await;
                             return End::Writer("server shutting down", WriteEnd::Done);
                         }
                         next = rx.next() => next,
@@ -196,7 +196,7 @@ pub async fn drive<S, W>(
                         // then the loop sends `evicted`. If even that times out, close
                         // without another byte.
                         _ = outbound.evicted() => {
-                            match tokio::time::timeout(CLOSE_GRACE, &mut write).await {
+                            match Box::pin(tokio::time::timeout(CLOSE_GRACE, &mut write)).await {
                                 Ok(r) => r,
                                 Err(_) => return End::Writer(EVICTED, WriteEnd::Done),
                             }
@@ -207,12 +207,16 @@ pub async fn drive<S, W>(
                     }
                 }
                 Next::Evicted(frame) => {
-                    let _ = tokio::time::timeout(CLOSE_GRACE, writer.write(frame)).await;
-                    let _ = tokio::time::timeout(CLOSE_GRACE, writer.close(1008, "evicted")).await;
+                    let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, writer.write(frame))).await;
+                    let _ = Box::pin(tokio::time::timeout(
+                        CLOSE_GRACE,
+                        writer.close(1008, "evicted"),
+                    ))
+                    .await;
                     return End::Writer(EVICTED, WriteEnd::Done);
                 }
                 Next::Closed => {
-                    let _ = tokio::time::timeout(CLOSE_GRACE, writer.flush()).await;
+                    let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, writer.flush())).await;
                     return End::Writer(PEER_CLOSED, WriteEnd::Done);
                 }
             }
@@ -257,11 +261,13 @@ pub async fn drive<S, W>(
     halves.push(Box::pin(write_loop));
     halves.push(Box::pin(read_loop));
     let mut end = halves.next().await.unwrap_or(End::PeerGone);
+    // The waits below happen once, at the end: boxed, they do not add to the size of this
+    // future, which every idle connection carries.
     if let End::Writer(_, WriteEnd::Failed) = end {
         // The socket failed under the writer. Most often the peer's Close frame got there
         // first (nothing may be sent after it): the reader is answering it and will reach the
         // end of the stream. Give it the grace to finish the closing handshake.
-        if let Ok(Some(reader)) = tokio::time::timeout(CLOSE_GRACE, halves.next()).await {
+        if let Ok(Some(reader)) = Box::pin(tokio::time::timeout(CLOSE_GRACE, halves.next())).await {
             end = reader;
         }
     }
@@ -271,7 +277,7 @@ pub async fn drive<S, W>(
         End::PeerGone => PEER_CLOSED,
         End::Refused(code, why) => {
             // Queued frames may still be in the writer; they go out before the close frame.
-            let _ = tokio::time::timeout(CLOSE_GRACE, writer.close(code, why)).await;
+            let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, writer.close(code, why))).await;
             why
         }
     };

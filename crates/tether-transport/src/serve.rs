@@ -3,7 +3,9 @@
 //!
 //! * Every connection must finish its TLS handshake, then each HTTP request head, within
 //!   [`ServeLimits::request_timeout`]; an idle keep-alive connection is closed after the same
-//!   time. A slowloris cannot hold a descriptor longer than that.
+//!   time. A slowloris cannot hold a descriptor longer than that. Nor can a client that
+//!   keeps a connection busy otherwise (requests trickled just in time, responses read ever
+//!   so slowly): a connection stays plain HTTP for [`ServeLimits::http_lifetime`] at most.
 //! * At most [`ServeLimits::max_pending`] connections may be at that stage at once (in the
 //!   handshake, in a request, or idle between requests). Past it a new connection is answered
 //!   `503 overloaded` and closed at once (under TLS: just closed). A WebSocket that completed
@@ -32,6 +34,9 @@ use tokio_util::task::TaskTracker;
 /// Longest a connection may take for its TLS handshake, for each request head, and longest it
 /// may sit idle between requests.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a connection may stay plain HTTP (it is shut down gracefully then). Every route
+/// answers at once; a WebSocket leaves HTTP with its upgrade.
+pub const HTTP_LIFETIME: Duration = Duration::from_secs(60);
 /// Connections that may be in their handshake or request (not yet a WebSocket) at once.
 pub const DEFAULT_MAX_PENDING: usize = 256;
 
@@ -39,6 +44,7 @@ pub const DEFAULT_MAX_PENDING: usize = 256;
 #[derive(Clone, Debug)]
 pub struct ServeLimits {
     pub request_timeout: Duration,
+    pub http_lifetime: Duration,
     pub max_pending: usize,
 }
 
@@ -46,6 +52,7 @@ impl Default for ServeLimits {
     fn default() -> Self {
         ServeLimits {
             request_timeout: REQUEST_TIMEOUT,
+            http_lifetime: HTTP_LIFETIME,
             max_pending: DEFAULT_MAX_PENDING,
         }
     }
@@ -130,9 +137,9 @@ pub async fn serve<H: Handshake>(
         let router = router.clone();
         let handshake = handshake.clone();
         let closing = closing.clone();
-        let timeout = limits.request_timeout;
+        let limits = limits.clone();
         tracker.spawn(async move {
-            serve_connection(&*handshake, tcp, peer, router, timeout, closing).await;
+            serve_connection(&*handshake, tcp, peer, router, &limits, closing).await;
             // Released when the connection ends or becomes a WebSocket (hyper hands the
             // socket over and this future completes).
             drop(permit);
@@ -140,8 +147,8 @@ pub async fn serve<H: Handshake>(
     }
     drop(listener);
     tracker.close();
-    // Connections were told to finish (see `serve_connection`); a stalled one is cut by its
-    // own request timeout, so this wait is bounded by it.
+    // Connections were told to finish (see `serve_connection`); one that does not is cut
+    // after a request timeout, so this wait is bounded by it.
     let _ = tokio::time::timeout(limits.request_timeout * 2, tracker.wait()).await;
     Ok(())
 }
@@ -160,9 +167,10 @@ async fn serve_connection<H: Handshake>(
     tcp: TcpStream,
     peer: SocketAddr,
     router: Router,
-    timeout: Duration,
+    limits: &ServeLimits,
     closing: CancellationToken,
 ) {
+    let timeout = limits.request_timeout;
     let io = match tokio::time::timeout(timeout, handshake.handshake(tcp)).await {
         Ok(Ok(io)) => io,
         Ok(Err(e)) => {
@@ -187,9 +195,19 @@ async fn serve_connection<H: Handshake>(
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = closing.cancelled() => {
+    let ended = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        _ = closing.cancelled() => None,
+        _ = tokio::time::sleep(limits.http_lifetime) => {
+            tracing::debug!(%peer, "connection open too long as plain HTTP; closing it");
+            None
+        }
+    };
+    let result = match ended {
+        Some(r) => r,
+        None => {
+            // Finishes the request in progress, if any; a peer that will not take the answer
+            // is cut after a request timeout.
             conn.as_mut().graceful_shutdown();
             match tokio::time::timeout(timeout, conn.as_mut()).await {
                 Ok(r) => r,

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 use std::time::Duration;
-use tether_transport::serve::REQUEST_TIMEOUT;
+use tether_transport::serve::{HTTP_LIFETIME, REQUEST_TIMEOUT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -85,6 +85,38 @@ async fn idle_keep_alive_connections_are_closed_after_the_deadline() {
     let got = String::from_utf8_lossy(&got).into_owned();
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     assert!(started.elapsed() >= REQUEST_TIMEOUT);
+    agent.stop().await;
+}
+
+/// A connection kept busy with requests trickled in just before each deadline is still let go
+/// once it has been plain HTTP for the lifetime cap.
+#[tokio::test(start_paused = true)]
+async fn a_connection_stays_plain_http_for_a_bounded_time() {
+    let agent = Agent::start(Options::default()).await;
+    let mut s = TcpStream::connect(agent.addr).await.expect("connect");
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .is_err()
+        {
+            break;
+        }
+        match tokio::time::timeout(HTTP_LIFETIME * 2, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => break,
+            Err(_) => panic!("no answer and no close"),
+        }
+        assert!(
+            started.elapsed() < HTTP_LIFETIME + REQUEST_TIMEOUT,
+            "still served after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(REQUEST_TIMEOUT - Duration::from_secs(1)).await;
+    }
+    let elapsed = started.elapsed();
+    assert!(elapsed >= HTTP_LIFETIME, "closed after {elapsed:?}");
     agent.stop().await;
 }
 
