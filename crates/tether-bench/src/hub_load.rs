@@ -51,7 +51,7 @@
 //!   `heaptrack -p`, `pmap`); `--json` has every run's figures, failures and hub-log counts.
 
 mod agent;
-mod hub_proc;
+pub(crate) mod hub_proc;
 
 use agent::{Counters, Phase, Plan, Report};
 use anyhow::{Context, bail};

@@ -50,6 +50,7 @@ mod client;
 mod cpu;
 mod credit;
 mod hub_load;
+mod idle;
 mod mux_side;
 mod overhead;
 
@@ -75,6 +76,8 @@ enum Command {
     Hub(hub_load::HubArgs),
     /// Harness overhead: a model SSE chunk arriving to its text_delta leaving the WebSocket.
     Overhead(overhead::OverheadArgs),
+    /// Resident memory per idle client connection of a real `tether agent`.
+    Idle(idle::IdleArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -186,28 +189,8 @@ fn summarize(runs: &[RunResult]) -> Option<Summary> {
 }
 
 /// Raises the soft limit on open files to the hard limit; returns the new soft limit.
-#[allow(unsafe_code)]
 fn raise_fd_limit() -> std::io::Result<libc::rlim_t> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `getrlimit` only writes the `rlimit` we own and pass by valid pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: `setrlimit` only reads the `rlimit` we pass by valid pointer.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        limit = raised;
-    }
-    Ok(limit.rlim_cur)
+    tether_transport::raise_open_files_limit().map(|(_, after)| after)
 }
 
 fn fmt_rate(v: f64) -> String {
@@ -371,5 +354,6 @@ fn main() -> anyhow::Result<()> {
         Command::Fanout(args) => runtime.block_on(fanout(args)),
         Command::Hub(args) => runtime.block_on(hub_load::run(args)),
         Command::Overhead(args) => runtime.block_on(overhead::run(args)),
+        Command::Idle(args) => runtime.block_on(idle::run(args)),
     }
 }

@@ -16,8 +16,8 @@ use tether_engine::model::{ModelChunk, ModelError, ModelProvider, ModelRequest, 
 use tether_engine::tools::ToolRegistry;
 use tether_mux::{Mux, MuxConfig};
 use tether_transport::auth::Authenticator;
-use tether_transport::ws::{DEFAULT_MAX_CONNECTIONS, WsState, router};
-use tokio::sync::Semaphore;
+use tether_transport::limits::{ConnectionLimits, DEFAULT_MAX_CONNECTIONS};
+use tether_transport::ws::{WsState, router};
 use tokio_util::sync::CancellationToken;
 
 /// A model that streams `Text` chunks as fast as the credit window allows, each carrying its
@@ -65,7 +65,7 @@ pub struct Core {
     mux: Mux,
     provider: Arc<BenchProvider>,
     url: String,
-    connections: Arc<Semaphore>,
+    limits: Arc<ConnectionLimits>,
     closing: CancellationToken,
     server: tokio::task::JoinHandle<()>,
 }
@@ -84,8 +84,13 @@ impl Core {
         let listener = tether_transport::bind_tcp(([127, 0, 0, 1], 0).into(), &auth).await?;
         let addr = listener.local_addr()?;
         let closing = CancellationToken::new();
-        let state = WsState::new(mux.clone(), auth, closing.clone());
-        let connections = state.connections.clone();
+        let mut state = WsState::new(mux.clone(), auth, closing.clone());
+        // Every bench client is the same loopback principal: no per-client cap.
+        state.limits = Arc::new(ConnectionLimits::new(
+            DEFAULT_MAX_CONNECTIONS,
+            DEFAULT_MAX_CONNECTIONS,
+        ));
+        let limits = state.limits.clone();
         let server = tokio::spawn({
             let closing = closing.clone();
             async move {
@@ -100,7 +105,7 @@ impl Core {
             mux,
             provider,
             url: format!("ws://{addr}/v1/ws"),
-            connections,
+            limits,
             closing,
             server,
         })
@@ -170,7 +175,7 @@ impl Core {
     /// Waits (bounded) until the server has let go of every connection of the last run.
     async fn wait_idle(&self) {
         for _ in 0..600 {
-            if self.connections.available_permits() == DEFAULT_MAX_CONNECTIONS {
+            if self.limits.open() == 0 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -21,10 +21,10 @@
 //! warn_ge = 70
 //! ```
 //!
-//! Common keys (plugin level and instance level): `interval` (default 30s), `timeout` (10s),
-//! `labels` (a table of strings), the thresholds `warn_ge`, `critical_ge`, `warn_gt`,
-//! `critical_gt`, `warn_le`, `critical_le`, `warn_lt`, `critical_lt`, `checks.<check>`
-//! (per-check thresholds), `for_duration` (0s), `repeat_interval` (none), `repeat_number`
+//! Common keys (plugin level and instance level): `interval` (default 30s, at least 1s),
+//! `timeout` (10s), `labels` (a table of strings), the thresholds `warn_ge`, `critical_ge`,
+//! `warn_gt`, `critical_gt`, `warn_le`, `critical_le`, `warn_lt`, `critical_lt`,
+//! `checks.<check>` (per-check thresholds), `for_duration` (0s), `repeat_interval` (none), `repeat_number`
 //! (unlimited), `recovery` (true), `diagnose` (false); instance level only: `name`.
 //! Durations are strings (`"30s"`, `"5m"`, `"1h 30m"`).
 //!
@@ -50,6 +50,9 @@ use std::time::{Duration, SystemTime};
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 /// Default run timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Shortest run interval accepted: below it a check would keep a core busy (and flood the
+/// alert pipeline) for no operational gain.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The threshold keys.
 pub const THRESHOLD_KEYS: [&str; 8] = [
@@ -605,10 +608,10 @@ fn parse_common(
             ),
         }
     }
-    c.interval = duration(table, prefix, "interval", true, errs);
-    c.timeout = duration(table, prefix, "timeout", true, errs);
-    c.for_duration = duration(table, prefix, "for_duration", false, errs);
-    c.repeat_interval = duration(table, prefix, "repeat_interval", false, errs);
+    c.interval = duration(table, prefix, "interval", Some(MIN_INTERVAL), errs);
+    c.timeout = duration(table, prefix, "timeout", Some(Duration::ZERO), errs);
+    c.for_duration = duration(table, prefix, "for_duration", None, errs);
+    c.repeat_interval = duration(table, prefix, "repeat_interval", None, errs);
     if let Some(v) = table.remove("repeat_number") {
         let key = join(prefix, "repeat_number");
         match v {
@@ -693,22 +696,35 @@ fn parse_common(
     c
 }
 
+/// A duration key; `min` (when set) refuses zero and anything below it.
 fn duration(
     table: &mut toml::Table,
     prefix: &str,
     name: &str,
-    positive: bool,
+    min: Option<Duration>,
     errs: &mut Errors,
 ) -> Option<Duration> {
     let v = table.remove(name)?;
     let key = join(prefix, name);
     match v {
         toml::Value::String(s) => match humantime::parse_duration(s.trim()) {
-            Ok(d) if positive && d.is_zero() => {
-                errs.key(&key, &format!("{s:?} must be longer than zero"));
-                None
-            }
-            Ok(d) => Some(d),
+            Ok(d) => match min {
+                Some(_) if d.is_zero() => {
+                    errs.key(&key, &format!("{s:?} must be longer than zero"));
+                    None
+                }
+                Some(m) if d < m => {
+                    errs.key(
+                        &key,
+                        &format!(
+                            "{s:?} is below the minimum of {}",
+                            humantime::format_duration(m)
+                        ),
+                    );
+                    None
+                }
+                _ => Some(d),
+            },
             Err(_) => {
                 errs.key(
                     &key,

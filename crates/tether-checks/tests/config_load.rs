@@ -179,6 +179,14 @@ fn errors_name_the_file_and_the_key() {
             "conf.d/probe.toml: interval: \"0s\" must be longer than zero",
         ),
         (
+            "interval = \"500ms\"\n",
+            "conf.d/probe.toml: interval: \"500ms\" is below the minimum of 1s",
+        ),
+        (
+            "[[instances]]\ninterval = \"1ms\"\n",
+            "conf.d/probe.toml: instances[0].interval: \"1ms\" is below the minimum of 1s",
+        ),
+        (
             "[[instances]]\ntimeout = true\n",
             "conf.d/probe.toml: instances[0].timeout:",
         ),

@@ -423,7 +423,12 @@ async fn serve_agent(
         };
         let text = match msg {
             Message::Text(t) => t,
-            Message::Close(_) => break "the agent closed the connection".to_owned(),
+            Message::Close(_) => {
+                // Reading on is what sends the answer (queued when the Close was read; a
+                // Close sent now would be refused); the stream ends right after.
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.next()).await;
+                break "the agent closed the connection".to_owned();
+            }
             _ => continue,
         };
         hub.metrics().frames_in.fetch_add(1, Ordering::Relaxed);

@@ -33,6 +33,8 @@ pub struct HubConfig {
     pub max_agents: usize,
     /// Events buffered per operator before it is evicted.
     pub operator_queue: usize,
+    /// `/v1/ws` connections one operator credential may hold at once.
+    pub max_connections_per_operator: usize,
 }
 
 impl HubConfig {
@@ -49,6 +51,7 @@ impl HubConfig {
             read_deadline: Duration::from_secs(90),
             max_agents: 20_000,
             operator_queue: tether_mux::outbound::DEFAULT_QUEUE_FRAMES,
+            max_connections_per_operator: tether_transport::limits::DEFAULT_MAX_PER_CLIENT,
         }
     }
 }

@@ -98,29 +98,22 @@ pub async fn start(config: HubConfig, allow_plaintext: bool) -> Result<RunningHu
     let stop = tokio_util::sync::CancellationToken::new();
     let router = server::router(hub.clone());
     let shutdown = hub.closing();
+    // A whole fleet reconnects at once after a hub restart, each agent through a TLS
+    // handshake: allow more of them in flight than an agent's listener does.
+    let limits = tether_transport::serve::ServeLimits {
+        max_pending: MAX_PENDING,
+        ..Default::default()
+    };
     let server = match tls.clone() {
         Some(tls) => {
-            use axum::serve::ListenerExt;
-            // `tap_io` gives the TLS listener axum's ConnectInfo<SocketAddr> support.
-            let listener = server::TlsListener::new(tcp, tls)
-                .map_err(|e| e.to_string())?
-                .tap_io(|_| {});
+            let tls = server::Tls(tokio_rustls::TlsAcceptor::from(tls));
             tokio::spawn(async move {
-                let _ = axum::serve(
-                    listener,
-                    router.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await;
+                let _ = tether_transport::serve::serve(tcp, router, tls, limits, shutdown).await;
             })
         }
         None => tokio::spawn(async move {
-            let _ = axum::serve(
-                tcp,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
+            let plain = tether_transport::serve::Plain;
+            let _ = tether_transport::serve::serve(tcp, router, plain, limits, shutdown).await;
         }),
     };
     server::spawn_retention(hub.clone(), stop.clone());
@@ -133,6 +126,9 @@ pub async fn start(config: HubConfig, allow_plaintext: bool) -> Result<RunningHu
         server,
     })
 }
+
+/// Connections that may be in their TLS handshake or HTTP request at once.
+const MAX_PENDING: usize = 1024;
 
 /// How many connections may wait to be accepted. A whole fleet dials back at once after a
 /// hub restart; with tokio's default of 128 the overflow is dropped and each dropped agent

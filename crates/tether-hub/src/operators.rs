@@ -6,16 +6,17 @@
 use crate::hub::{AlertSubFilter, Hub};
 use crate::store::{AlertFilter, parse_rfc3339_ms};
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tether_engine::sync::lock;
 use tether_mux::Identity;
 use tether_mux::outbound::Outbound;
@@ -24,7 +25,8 @@ use tether_proto::{
     ServerInfo,
 };
 use tether_transport::driver::Handler;
-use tether_transport::ws::{http_error, request_token, serve_handler};
+use tether_transport::limits::ConnectionLimits;
+use tether_transport::ws::{configure, http_error, refused, request_token, serve_handler};
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -61,6 +63,7 @@ pub struct TokenQuery {
 pub async fn operator_ws(
     State(hub): State<Hub>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(limits): Extension<Arc<ConnectionLimits>>,
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
     ws: WebSocketUpgrade,
@@ -77,12 +80,15 @@ pub async fn operator_ws(
             "the hub is shutting down",
         );
     }
-    ws.max_message_size(tether_transport::ws::HARD_MESSAGE_LIMIT)
-        .max_frame_size(tether_transport::ws::HARD_MESSAGE_LIMIT)
-        .on_upgrade(move |socket| async move {
-            let (conn, rx) = OperatorConn::new(hub.clone(), identity);
-            serve_handler(socket, conn, rx, hub.closing()).await;
-        })
+    let permit = match limits.acquire(&identity.principal) {
+        Ok(p) => p,
+        Err(e) => return refused(&e),
+    };
+    configure(ws).on_upgrade(move |socket| {
+        let (conn, rx) = OperatorConn::new(hub.clone(), identity);
+        // `map`: an async block awaiting it would hold the connection's state twice.
+        serve_handler(socket, conn, rx, hub.closing()).map(move |()| drop(permit))
+    })
 }
 
 fn bad(message: impl Into<String>) -> ErrorBody {

@@ -19,12 +19,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tether_proto::{ErrorBody, Reason};
+use tether_transport::limits::{ConnectionLimits, DEFAULT_MAX_CONNECTIONS};
 use tether_transport::metrics::PromText;
 use tether_transport::ws::{http_error, request_token};
 use tokio_util::sync::CancellationToken;
 
 /// Every route of the hub.
 pub fn router(hub: Hub) -> Router {
+    // Operator connections per credential, and in total (`operator_ws` takes its place here).
+    let limits = Arc::new(ConnectionLimits::new(
+        DEFAULT_MAX_CONNECTIONS,
+        hub.config().max_connections_per_operator,
+    ));
     let api = Router::new()
         .route("/api/v1/agent/ws", get(agent_ws))
         .route("/v1/ws", get(operator_ws))
@@ -34,7 +40,9 @@ pub fn router(hub: Hub) -> Router {
         .route("/api/v1/reports", get(rest_reports))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics));
-    crate::console::routes(api).with_state(hub)
+    crate::console::routes(api)
+        .with_state(hub)
+        .layer(axum::Extension(limits))
 }
 
 /// Operators only (any class), by bearer token or `?token=`.
@@ -314,75 +322,19 @@ pub fn spawn_retention(hub: Hub, stop: CancellationToken) {
     });
 }
 
-/// A TLS listener for `axum::serve`: handshakes run concurrently (a slow client cannot hold
-/// up the accept loop) and failed ones are dropped with a log line.
-pub struct TlsListener {
-    ready: tokio::sync::mpsc::Receiver<(
-        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-        SocketAddr,
-    )>,
-    local: SocketAddr,
-}
+/// TLS for the shared listener loop ([`tether_transport::serve`]): each handshake runs in its
+/// connection's own task under the request deadline, so a slow client holds up nobody.
+pub struct Tls(pub tokio_rustls::TlsAcceptor);
 
-impl TlsListener {
-    pub fn new(
-        tcp: tokio::net::TcpListener,
-        config: Arc<rustls::ServerConfig>,
-    ) -> std::io::Result<TlsListener> {
-        let local = tcp.local_addr()?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let (tx, ready) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                // When the server drops the listener (shutdown), stop accepting at once:
-                // the socket must not outlive the hub.
-                let accepted = tokio::select! {
-                    _ = tx.closed() => return,
-                    a = tcp.accept() => a,
-                };
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let acceptor = acceptor.clone();
-                let ready_tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls)) => {
-                            let _ = ready_tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(TlsListener { ready, local })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
+impl tether_transport::serve::Handshake for Tls {
     type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
 
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            if let Some(conn) = self.ready.recv().await {
-                return conn;
-            }
-            // The accept task ended (it never does on its own): wait rather than spin.
-            std::future::pending::<()>().await;
-        }
+    async fn handshake(&self, tcp: tokio::net::TcpStream) -> std::io::Result<Self::Io> {
+        self.0.accept(tcp).await
     }
 
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
+    fn plaintext(&self) -> bool {
+        false
     }
 }
 

@@ -308,6 +308,15 @@ impl Outbound {
     }
 }
 
+/// Capacity an empty deque keeps: small bursts reuse it, larger ones allocate again.
+const IDLE_CAPACITY: usize = 16;
+
+fn shrink_idle<T>(deque: &mut VecDeque<T>) {
+    if deque.capacity() > 4 * IDLE_CAPACITY {
+        deque.shrink_to(IDLE_CAPACITY);
+    }
+}
+
 /// What [`OutboundReceiver::refill`] found.
 enum Refill {
     Items,
@@ -408,6 +417,13 @@ impl OutboundReceiver {
         let mut q = self.shared.lock();
         std::mem::swap(&mut q.items, &mut self.batch);
         let closed = q.senders_gone;
+        if self.batch.is_empty() {
+            // Idle now. A deque keeps the size of its largest burst; every idle connection
+            // would carry that (a replay: tens of KiB) for the rest of its life.
+            shrink_idle(&mut q.items);
+            shrink_idle(&mut self.batch);
+            shrink_idle(&mut self.ready);
+        }
         drop(q);
         // The warning re-arms once the backlog (all of it is in `batch` now) has drained
         // below half.
@@ -560,6 +576,34 @@ mod tests {
         assert!(rx.try_next().is_none(), "one sender left");
         drop(clone);
         assert_eq!(text(rx.try_next().expect("closed")), "closed");
+    }
+
+    /// After a burst the idle queue gives its memory back (issue 9.4): it would otherwise
+    /// keep the burst's size for as long as the connection lives.
+    #[test]
+    fn an_idle_queue_shrinks_after_a_burst() {
+        // Large enough that the burst draws no `slow_consumer` warning.
+        let (tx, mut rx) = queue(4096);
+        for i in 0..1000 {
+            assert!(tx.push_frame(frame(i)));
+        }
+        for _ in 0..1000 {
+            rx.try_next().expect("ready");
+        }
+        assert!(
+            rx.batch.capacity() >= 1000,
+            "the burst was taken in one lock"
+        );
+        assert!(rx.try_next().is_none(), "empty");
+        assert!(
+            rx.batch.capacity() <= IDLE_CAPACITY,
+            "{}",
+            rx.batch.capacity()
+        );
+        assert!(tx.shared.lock().items.capacity() <= IDLE_CAPACITY);
+        // And still works.
+        assert!(tx.push_frame(frame(7)));
+        assert_eq!(text(rx.try_next().expect("ready")), "{\"n\":7}");
     }
 
     #[test]

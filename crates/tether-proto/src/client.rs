@@ -8,6 +8,7 @@
 use crate::ids::{CallId, ClientId, InputId, Seq, SessionId, TurnId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::fmt;
 
@@ -164,32 +165,162 @@ pub struct ClientInfo {
 // Requests
 // ---------------------------------------------------------------------------------------------
 
-/// A request id: a string or a number, echoed verbatim as `re`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum RequestId {
-    Number(serde_json::Number),
-    String(String),
+/// A request id: a JSON string or number, kept as the exact JSON text the client sent, so
+/// that it comes back byte for byte as `re` whatever its form (PROTOCOL.md §3) — a 23-digit
+/// integer, `1.5e300`, a string with escapes — rather than as what a 64-bit float makes of it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RequestId(Box<str>);
+
+impl RequestId {
+    /// The id from the raw JSON of an `id` field; `Err` names the kind of anything that is
+    /// neither a string nor a number.
+    pub fn from_json(raw: &RawValue) -> Result<RequestId, &'static str> {
+        let text = raw.get();
+        match text.as_bytes().first() {
+            Some(b'"' | b'-' | b'0'..=b'9') => Ok(RequestId(text.into())),
+            Some(b'n') => Err("null"),
+            Some(b't' | b'f') => Err("a boolean"),
+            Some(b'[') => Err("an array"),
+            _ => Err("an object"),
+        }
+    }
+
+    /// The id's JSON text, as received.
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
 }
 
 impl From<u64> for RequestId {
     fn from(n: u64) -> Self {
-        RequestId::Number(n.into())
+        RequestId(n.to_string().into())
     }
 }
 
 impl From<&str> for RequestId {
     fn from(s: &str) -> Self {
-        RequestId::String(s.to_owned())
+        RequestId(Value::from(s).to_string().into())
     }
 }
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RequestId::Number(n) => write!(f, "{n}"),
-            RequestId::String(s) => write!(f, "{s:?}"),
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for RequestId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // Written out raw by serde_json; the text is valid JSON by construction.
+        let raw: &RawValue = serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestId {
+    /// What a client reads back in `re`: a string or a number, in serde_json's spelling.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct IdVisitor;
+
+        impl serde::de::Visitor<'_> for IdVisitor {
+            type Value = RequestId;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a number")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RequestId, E> {
+                Ok(RequestId::from(v))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RequestId, E> {
+                Ok(RequestId::from(v))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RequestId, E> {
+                Ok(RequestId(v.to_string().into()))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<RequestId, E> {
+                serde_json::Number::from_f64(v)
+                    .map(|n| RequestId(n.to_string().into()))
+                    .ok_or_else(|| E::custom("a request id must be a finite number"))
+            }
         }
+
+        d.deserialize_any(IdVisitor)
+    }
+}
+
+/// The envelope of a request as read: the raw `id` and every other field. Not an object: no
+/// fields at all.
+enum Envelope {
+    Object {
+        id: Option<Box<RawValue>>,
+        fields: Map<String, Value>,
+    },
+    NotAnObject,
+}
+
+impl<'de> Deserialize<'de> for Envelope {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+        struct EnvelopeVisitor;
+
+        impl<'de> Visitor<'de> for EnvelopeVisitor {
+            type Value = Envelope;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
+                let mut id = None;
+                let mut fields = Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    // The id is kept as written; a repeated key wins, as in a JSON map.
+                    if key == "id" {
+                        id = Some(map.next_value::<Box<RawValue>>()?);
+                    } else {
+                        let value: Value = map.next_value()?;
+                        fields.insert(key, value);
+                    }
+                }
+                Ok(Envelope::Object { id, fields })
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Envelope, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Envelope::NotAnObject)
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<Envelope, E> {
+                Ok(Envelope::NotAnObject)
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<Envelope, E> {
+                Ok(Envelope::NotAnObject)
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<Envelope, E> {
+                Ok(Envelope::NotAnObject)
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<Envelope, E> {
+                Ok(Envelope::NotAnObject)
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<Envelope, E> {
+                Ok(Envelope::NotAnObject)
+            }
+
+            fn visit_unit<E>(self) -> Result<Envelope, E> {
+                Ok(Envelope::NotAnObject)
+            }
+        }
+
+        d.deserialize_any(EnvelopeVisitor)
     }
 }
 
@@ -250,31 +381,34 @@ impl RawRequest {
                 },
             });
         }
-        let value: Value = serde_json::from_str(text).map_err(|e| RequestError {
+        let envelope: Envelope = serde_json::from_str(text).map_err(|e| RequestError {
             id: None,
             error: DecodeError::Json(e.to_string()),
         })?;
-        let Value::Object(mut params) = value else {
+        let Envelope::Object {
+            id,
+            fields: mut params,
+        } = envelope
+        else {
             return Err(RequestError {
                 id: None,
                 error: DecodeError::NotAnObject,
             });
         };
-        let id = match params.remove("id") {
-            None | Some(Value::Null) => {
+        let id = match id.as_deref().map(RequestId::from_json) {
+            None | Some(Err("null")) => {
                 return Err(RequestError {
                     id: None,
                     error: DecodeError::MissingField("id"),
                 });
             }
-            Some(Value::String(s)) => RequestId::String(s),
-            Some(Value::Number(n)) => RequestId::Number(n),
-            Some(other) => {
+            Some(Ok(id)) => id,
+            Some(Err(kind)) => {
                 return Err(RequestError {
                     id: None,
                     error: DecodeError::Field {
                         field: "id".into(),
-                        message: format!("expected a string or a number, found {}", kind(&other)),
+                        message: format!("expected a string or a number, found {kind}"),
                     },
                 });
             }
@@ -1032,6 +1166,66 @@ impl ServerFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_come_back_exactly_as_written() {
+        use serde_json::json;
+        for id in [
+            "12345678901234567890123",
+            "-12345678901234567890123",
+            "1.5e300",
+            "1.50",
+            "1E2",
+            "-0",
+            "7",
+            r#""a\u00e9\"b""#,
+            r#""""#,
+        ] {
+            let raw = RawRequest::parse(&format!("{{ \"id\" :  {id} , \"op\": \"hello\"}}"))
+                .expect("parse");
+            assert_eq!(raw.id.as_json(), id);
+            let reply = ReplyFrame::ok(raw.id.clone(), json!({})).encode();
+            assert!(reply.starts_with(&format!(r#"{{"re":{id},"#)), "{reply}");
+            // A refusal echoes it too.
+            let err = RawRequest::parse(&format!(r#"{{"id": {id}}}"#)).expect_err("no op");
+            let reply = err.to_reply().encode();
+            assert!(reply.starts_with(&format!(r#"{{"re":{id},"#)), "{reply}");
+        }
+        for (id, kind) in [
+            ("true", "a boolean"),
+            ("[1]", "an array"),
+            ("{}", "an object"),
+        ] {
+            let err = RawRequest::parse(&format!(r#"{{"id": {id}, "op": "hello"}}"#))
+                .expect_err("bad id");
+            assert_eq!(err.id, None);
+            assert!(err.error.to_string().contains(kind), "{}", err.error);
+        }
+        let err = RawRequest::parse(r#"{"id": null, "op": "hello"}"#).expect_err("null id");
+        assert_eq!(err.error, DecodeError::MissingField("id"));
+        for text in ["[1, 2]", "3", "\"x\"", "null", "true"] {
+            let err = RawRequest::parse(text).expect_err("not an object");
+            assert_eq!(err.error, DecodeError::NotAnObject, "{text}");
+        }
+        // A client's own ids match the `re` it reads back.
+        let frame = ServerFrame::decode(r#"{"re":5,"ok":true,"result":{}}"#).expect("decode");
+        let ServerFrame::Reply(reply) = frame else {
+            panic!("not a reply");
+        };
+        assert_eq!(reply.re, Some(RequestId::from(5)));
+        let frame =
+            ServerFrame::decode(r#"{"re":"a\u00e9","ok":true,"result":{}}"#).expect("decode");
+        let ServerFrame::Reply(reply) = frame else {
+            panic!("not a reply");
+        };
+        assert_eq!(reply.re, Some(RequestId::from("aé")));
+        // The request a client encodes carries its id.
+        let text = encode_request(&RequestId::from("x"), "hello", json!({}));
+        assert_eq!(
+            RawRequest::parse(&text).expect("parse").id,
+            RequestId::from("x")
+        );
+    }
 
     #[test]
     fn client_id_principal_strips_connection_suffix() {

@@ -6,6 +6,11 @@
 //! the close grace, so a dead peer can never wedge the task (hard rule 7). A frame being
 //! written when the eviction comes is finished within that grace rather than cut off, so the
 //! peer never sees a torn frame before `evicted`.
+//!
+//! Closing: a peer's close (a WebSocket Close frame) ends the reader, which goes on reading
+//! just long enough for the transport to answer it — queued frames are not sent after it;
+//! a framing violation the connection cannot survive ([`Inbound::Fatal`]) is answered with
+//! a close carrying its code.
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -28,6 +33,15 @@ pub enum Inbound {
     TooLarge(usize),
     /// A frame that is not text (WebSocket binary).
     NotText,
+    /// A line that is not UTF-8 (JSON lines; the framing survives it).
+    NotUtf8,
+    /// The peer broke the framing in a way the connection cannot survive (a WebSocket message
+    /// over the hard limit, a text frame that is not UTF-8): the connection is closed with
+    /// this close code and reason.
+    Fatal {
+        code: u16,
+        reason: &'static str,
+    },
 }
 
 /// What a connection does with what it reads: the agent's multiplexer connection, or the
@@ -77,11 +91,29 @@ pub trait FrameWriter: Send {
 }
 
 /// Longest the writer waits to deliver the final frames of a connection being closed.
-const CLOSE_GRACE: Duration = Duration::from_secs(3);
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
 /// Why a connection ended, as shown in `client_detached`.
 const PEER_CLOSED: &str = "disconnected";
 const EVICTED: &str = "evicted: slow consumer";
+
+/// How one half of a connection ended.
+enum End {
+    /// The writer stopped: the reason shown, and whether it was the socket failing under it.
+    Writer(&'static str, WriteEnd),
+    /// The reader reached the end of the peer's stream (after its close, or without one).
+    PeerGone,
+    /// The reader found a violation the connection cannot survive: close with this.
+    Refused(u16, &'static str),
+}
+
+#[derive(PartialEq, Eq)]
+enum WriteEnd {
+    /// The writer said goodbye itself (eviction, shutdown) or the queue was closed.
+    Done,
+    /// A write to the socket failed.
+    Failed,
+}
 
 /// Frames the writer takes straight off a non-empty queue before it looks at the shutdown
 /// signal again. Arming that wait (and the eviction wait around a write) locks mutexes shared
@@ -127,22 +159,22 @@ pub async fn drive<S, W>(
                             biased;
                             r = &mut flush => r,
                             _ = outbound.evicted() => {
-                                match tokio::time::timeout(CLOSE_GRACE, &mut flush).await {
+                                match Box::pin(tokio::time::timeout(CLOSE_GRACE, &mut flush)).await {
                                     Ok(r) => r,
-                                    Err(_) => return EVICTED,
+                                    Err(_) => return End::Writer(EVICTED, WriteEnd::Done),
                                 }
                             }
                         };
                         if flushed.is_err() {
-                            return PEER_CLOSED;
+                            return End::Writer(PEER_CLOSED, WriteEnd::Failed);
                         }
                     }
                     tokio::select! {
                         biased;
                         _ = closing.cancelled() => {
-                            flush_remaining(&mut rx, &mut writer).await;
-                            let _ = tokio::time::timeout(CLOSE_GRACE, writer.close(1001, "server shutting down")).await;
-                            return "server shutting down";
+                            Box::pin(flush_remaining(&mut rx, &mut writer)).await;
+                            let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, writer.close(1001, "server shutting down"))).await;
+                            return End::Writer("server shutting down", WriteEnd::Done);
                         }
                         next = rx.next() => next,
                     }
@@ -164,24 +196,28 @@ pub async fn drive<S, W>(
                         // then the loop sends `evicted`. If even that times out, close
                         // without another byte.
                         _ = outbound.evicted() => {
-                            match tokio::time::timeout(CLOSE_GRACE, &mut write).await {
+                            match Box::pin(tokio::time::timeout(CLOSE_GRACE, &mut write)).await {
                                 Ok(r) => r,
-                                Err(_) => return EVICTED,
+                                Err(_) => return End::Writer(EVICTED, WriteEnd::Done),
                             }
                         }
                     };
                     if written.is_err() {
-                        return PEER_CLOSED;
+                        return End::Writer(PEER_CLOSED, WriteEnd::Failed);
                     }
                 }
                 Next::Evicted(frame) => {
-                    let _ = tokio::time::timeout(CLOSE_GRACE, writer.write(frame)).await;
-                    let _ = tokio::time::timeout(CLOSE_GRACE, writer.close(1008, "evicted")).await;
-                    return EVICTED;
+                    let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, writer.write(frame))).await;
+                    let _ = Box::pin(tokio::time::timeout(
+                        CLOSE_GRACE,
+                        writer.close(1008, "evicted"),
+                    ))
+                    .await;
+                    return End::Writer(EVICTED, WriteEnd::Done);
                 }
                 Next::Closed => {
-                    let _ = tokio::time::timeout(CLOSE_GRACE, writer.flush()).await;
-                    return PEER_CLOSED;
+                    let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, writer.flush())).await;
+                    return End::Writer(PEER_CLOSED, WriteEnd::Done);
                 }
             }
         }
@@ -204,20 +240,47 @@ pub async fn drive<S, W>(
                         "binary frames are not accepted; send one JSON object per text frame",
                     ),
                 ),
+                Ok(Inbound::NotUtf8) => conn.reply_error(
+                    None,
+                    ErrorBody::new(
+                        Reason::BadRequest,
+                        "invalid UTF-8: send one JSON object per line, encoded in UTF-8",
+                    ),
+                ),
+                Ok(Inbound::Fatal { code, reason }) => return End::Refused(code, reason),
                 Err(_) => break,
             }
         }
-        PEER_CLOSED
+        End::PeerGone
     };
     // Each half is polled only when its own wake-up fired. A `select!` would poll both
     // whenever either woke: every outbound frame would also poll the socket's read side, and
     // tungstenite re-zeroes its read buffer on every read attempt (measured: a tenth of the
     // fan-out CPU).
-    let mut halves: FuturesUnordered<BoxFuture<'_, &'static str>> = FuturesUnordered::new();
+    let mut halves: FuturesUnordered<BoxFuture<'_, End>> = FuturesUnordered::new();
     halves.push(Box::pin(write_loop));
     halves.push(Box::pin(read_loop));
-    let reason = halves.next().await.unwrap_or(PEER_CLOSED);
+    let mut end = halves.next().await.unwrap_or(End::PeerGone);
+    // The waits below happen once, at the end: boxed, they do not add to the size of this
+    // future, which every idle connection carries.
+    if let End::Writer(_, WriteEnd::Failed) = end {
+        // The socket failed under the writer. Most often the peer's Close frame got there
+        // first (nothing may be sent after it): the reader is answering it and will reach the
+        // end of the stream. Give it the grace to finish the closing handshake.
+        if let Ok(Some(reader)) = Box::pin(tokio::time::timeout(CLOSE_GRACE, halves.next())).await {
+            end = reader;
+        }
+    }
     drop(halves);
+    let reason = match end {
+        End::Writer(reason, _) => reason,
+        End::PeerGone => PEER_CLOSED,
+        End::Refused(code, why) => {
+            // Queued frames may still be in the writer; they go out before the close frame.
+            let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, writer.close(code, why))).await;
+            why
+        }
+    };
     conn.close(reason).await;
 }
 

@@ -6,13 +6,18 @@
 //! * [`unix`] — the Unix socket (JSON lines, mode 0600).
 //! * [`lines`] — JSON-lines framing (Unix socket, stdio).
 //! * [`driver`] — the per-connection read/write loop shared by all of them.
+//! * [`serve`] — the HTTP accept loop of the agent and the hub: request deadline, cap on
+//!   connections still in their request.
+//! * [`limits`] — connection caps, in total and per credential.
 //! * [`client`] — a client for the CLI, tests and benchmarks.
 
 pub mod auth;
 pub mod client;
 pub mod driver;
+pub mod limits;
 pub mod lines;
 pub mod metrics;
+pub mod serve;
 pub mod unix;
 pub mod ws;
 
@@ -44,24 +49,46 @@ pub async fn bind_tcp(
         .map_err(|source| ListenError::Bind { addr, source })
 }
 
-/// Serves `router` on `listener` until `closing` fires.
+/// Serves `router` on `listener` (plain HTTP, default [`serve::ServeLimits`]) until `closing`
+/// fires.
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     closing: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Writers batch frames and flush when their queue runs dry, so Nagle has nothing left to
-    // coalesce; with it on, a flush can wait for the peer's delayed ACK (40 ms on Linux).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(
+    serve::serve(
         listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
+        router,
+        serve::Plain,
+        serve::ServeLimits::default(),
+        closing,
     )
-    .with_graceful_shutdown(async move { closing.cancelled().await })
     .await
+}
+
+/// Raises this process's soft limit on open files to its hard limit (each connection is a
+/// descriptor; distributions often start services at 1024). Returns (before, after).
+#[allow(unsafe_code)]
+pub fn raise_open_files_limit() -> std::io::Result<(libc::rlim_t, libc::rlim_t)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` only writes the `rlimit` we own and pass by valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: `setrlimit` only reads the `rlimit` we pass by valid pointer.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        limit = raised;
+    }
+    Ok((before, limit.rlim_cur))
 }

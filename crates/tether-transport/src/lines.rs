@@ -55,7 +55,7 @@ pub async fn next_line<R: AsyncBufRead + Unpin>(
     }
     Ok(Some(match String::from_utf8(line) {
         Ok(s) => Inbound::Text(s),
-        Err(_) => Inbound::NotText,
+        Err(_) => Inbound::NotUtf8,
     }))
 }
 
@@ -105,6 +105,8 @@ mod tests {
                 Inbound::Text(t) => t,
                 Inbound::TooLarge(n) => format!("<too large {n}>"),
                 Inbound::NotText => "<not text>".into(),
+                Inbound::NotUtf8 => "<not utf-8>".into(),
+                Inbound::Fatal { code, .. } => format!("<fatal {code}>"),
             });
         }
         out
@@ -122,6 +124,6 @@ mod tests {
     #[tokio::test]
     async fn invalid_utf8_is_reported_not_fatal() {
         let got = lines(b"\xff\xfe\nok\n", 100).await;
-        assert_eq!(got, vec!["<not text>", "ok"]);
+        assert_eq!(got, vec!["<not utf-8>", "ok"]);
     }
 }

@@ -3,12 +3,14 @@
 
 use crate::auth::unix_identity;
 use crate::driver::drive;
+use crate::limits::ConnectionLimits;
 use crate::lines::{LineWriter, line_stream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
 use tether_mux::Mux;
-use tether_proto::MAX_MESSAGE_BYTES;
-use tokio::io::{BufReader, BufWriter};
+use tether_proto::{ErrorBody, MAX_MESSAGE_BYTES, Reason, ReplyFrame};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -70,8 +72,25 @@ pub fn bind(path: &Path) -> Result<UnixListener, UnixError> {
 }
 
 /// Accepts connections until `closing` fires, then waits (bounded by each connection's
-/// close grace) for the open ones to finish.
+/// close grace) for the open ones to finish. Default connection caps.
 pub async fn serve(listener: UnixListener, mux: Mux, closing: CancellationToken) {
+    serve_with_limits(
+        listener,
+        mux,
+        Arc::new(ConnectionLimits::default()),
+        closing,
+    )
+    .await
+}
+
+/// As [`serve`], with the caps of `limits` (per uid; the total shared with whatever else
+/// uses the same limits).
+pub async fn serve_with_limits(
+    listener: UnixListener,
+    mux: Mux,
+    limits: Arc<ConnectionLimits>,
+    closing: CancellationToken,
+) {
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -94,7 +113,29 @@ pub async fn serve(listener: UnixListener, mux: Mux, closing: CancellationToken)
                 continue;
             }
         };
-        let (conn, rx) = mux.connect(unix_identity(uid));
+        let identity = unix_identity(uid);
+        let permit = match limits.acquire(&identity.principal) {
+            Ok(p) => p,
+            Err(e) => {
+                // Said the way every error is said on this transport, then closed; the write
+                // is bounded so a peer that never reads cannot hold the accept loop.
+                let line = format!(
+                    "{}\n",
+                    ReplyFrame::err(None, ErrorBody::new(Reason::Overloaded, e.to_string()))
+                        .encode()
+                );
+                tracker.spawn(async move {
+                    let mut stream = stream;
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(1),
+                        stream.write_all(line.as_bytes()),
+                    )
+                    .await;
+                });
+                continue;
+            }
+        };
+        let (conn, rx) = mux.connect(identity);
         let closing = closing.clone();
         tracker.spawn(async move {
             let (read, write) = stream.into_split();
@@ -107,6 +148,7 @@ pub async fn serve(listener: UnixListener, mux: Mux, closing: CancellationToken)
                 closing,
             )
             .await;
+            drop(permit);
         });
     }
     tracker.close();

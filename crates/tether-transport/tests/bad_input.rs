@@ -178,7 +178,7 @@ async fn bad_lines_over_the_unix_socket_get_bad_request_and_the_connection_survi
             name: "not UTF-8",
             frame: vec![],
             re: Value::Null,
-            message_has: &[],
+            message_has: &["invalid UTF-8"],
         },
         &reply,
     );
@@ -224,4 +224,67 @@ async fn the_client_reports_bad_request_with_the_field_name() {
         c.request("hello", json!({})).await.expect("still usable");
     }
     agent.stop().await;
+}
+
+/// Request ids come back exactly as sent, whatever their JSON form (PROTOCOL.md §3): a
+/// integer too large for 64 bits, a float, an exponent — byte for byte, on both transports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_come_back_exactly_as_sent() {
+    let agent = Agent::start(Options::default()).await;
+    let ids = [
+        "12345678901234567890123",
+        "-12345678901234567890123",
+        "1.5e300",
+        "1.50",
+        "0.1",
+        "1E2",
+        "18446744073709551616",
+        "\"x\\u00e9\"",
+    ];
+    let mut ws = raw_ws(&agent, HUMAN_TOKEN).await;
+    let mut unix = RawUnix::connect(&agent.socket).await;
+    for id in ids {
+        let frame = format!(r#"{{"id": {id}, "op": "hello"}}"#);
+        let error = format!(r#"{{"id": {id}, "op": "nope"}}"#);
+        ws.send(Message::Text(frame.clone().into()))
+            .await
+            .expect("send");
+        let reply = raw_ws_next_text(&mut ws).await;
+        assert!(
+            reply.starts_with(&format!(r#"{{"re":{id},"#)),
+            "{id}: {reply}"
+        );
+        ws.send(Message::Text(error.clone().into()))
+            .await
+            .expect("send");
+        let reply = raw_ws_next_text(&mut ws).await;
+        assert!(
+            reply.starts_with(&format!(r#"{{"re":{id},"#)),
+            "{id}: {reply}"
+        );
+        for text in [&frame, &error] {
+            unix.send_line(text.as_bytes()).await;
+            let reply = unix.next_line().await.expect("reply");
+            assert!(
+                reply.starts_with(&format!(r#"{{"re":{id},"#)),
+                "{id}: {reply}"
+            );
+        }
+    }
+    agent.stop().await;
+}
+
+/// The next text frame of a raw WebSocket, as sent.
+async fn raw_ws_next_text(ws: &mut RawWsStream) -> String {
+    use futures_util::StreamExt;
+    loop {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(20), ws.next())
+            .await
+            .expect("timed out")
+            .expect("closed")
+            .expect("ws error");
+        if let Message::Text(t) = msg {
+            return t.as_str().to_owned();
+        }
+    }
 }

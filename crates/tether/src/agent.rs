@@ -16,6 +16,7 @@ use tether_engine::scripted::ScriptedProvider;
 use tether_engine::tools::{ToolRegistry, ToolsConfig};
 use tether_mux::{Mux, MuxConfig};
 use tether_transport::auth::{Authenticator, ClientCredential};
+use tether_transport::limits::{ConnectionLimits, DEFAULT_MAX_CONNECTIONS};
 use tether_transport::ws::{WsState, router};
 use tokio_util::sync::CancellationToken;
 
@@ -225,6 +226,16 @@ impl Core {
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
 
+        // One set of caps for both listeners: the total counts every client connection.
+        let limits = cfg.clients.iter().fold(
+            ConnectionLimits::new(DEFAULT_MAX_CONNECTIONS, cfg.max_connections_per_client),
+            |limits, c| match c.max_connections {
+                Some(n) => limits.with_cap(&c.name, n),
+                None => limits,
+            },
+        );
+        let limits = Arc::new(limits);
+
         let closing = CancellationToken::new();
         let mut tasks = Vec::new();
         let mut endpoints = Vec::new();
@@ -233,6 +244,7 @@ impl Core {
             let bound = listener.local_addr()?;
             endpoints.push(format!("ws://{bound}/v1/ws"));
             let mut state = WsState::new(mux.clone(), auth.clone(), closing.clone());
+            state.limits = limits.clone();
             if let Some(h) = &hub {
                 let watch = h.link.watch();
                 state.health = Some(Arc::new(
@@ -264,9 +276,10 @@ impl Core {
         }
         let unix_listener = tether_transport::unix::bind(&cfg.socket)?;
         endpoints.push(format!("unix:{}", cfg.socket.display()));
-        tasks.push(tokio::spawn(tether_transport::unix::serve(
+        tasks.push(tokio::spawn(tether_transport::unix::serve_with_limits(
             unix_listener,
             mux.clone(),
+            limits,
             closing.clone(),
         )));
         if auth.is_open() && cfg.listen.is_some() {

@@ -6,10 +6,13 @@
 //! socket = "/run/tether/agent.sock" # Unix socket; default: <state_dir>/agent.sock
 //! state_dir = "/var/lib/tether"     # default: ~/.local/share/tether
 //!
+//! max_connections_per_client = 64  # connections one credential (or Unix user) may hold
+//!
 //! [[clients]]                       # credentials; with none, only loopback peers are served
 //! name = "alice"
 //! class = "human"                   # human | agent | observer
 //! token = "…"                       # or token_env = "ALICE_TOKEN"
+//! max_connections = 8               # this client's own cap (default: the one above)
 //!
 //! [model]
 //! provider = "scripted"             # replays a JSON script of model responses
@@ -65,6 +68,8 @@ pub struct ClientEntry {
     pub token: Option<String>,
     #[serde(default)]
     pub token_env: Option<String>,
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 /// One OpenAI-compatible endpoint: the keys shared by `[model]` and `[[model.fallback]]`.
@@ -404,6 +409,8 @@ struct RawConfig {
     #[serde(default)]
     clients: Vec<ClientEntry>,
     #[serde(default)]
+    max_connections_per_client: Option<usize>,
+    #[serde(default)]
     model: Option<ModelSection>,
     #[serde(default)]
     tools: ToolsSection,
@@ -458,6 +465,8 @@ pub struct Credential {
     pub name: String,
     pub class: Class,
     pub token: String,
+    /// Its own connection cap, if it has one.
+    pub max_connections: Option<usize>,
 }
 
 /// The validated configuration, paths resolved.
@@ -469,6 +478,8 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     pub clients: Vec<Credential>,
+    /// Connections one credential (or Unix user) may hold at once.
+    pub max_connections_per_client: usize,
     pub model: ModelChoice,
     pub tools: ToolsSection,
     pub sessions: SessionsSection,
@@ -554,11 +565,24 @@ impl AgentConfig {
                     c.name
                 ),
             };
+            if c.max_connections == Some(0) {
+                bail!(
+                    "clients[{i}].max_connections (client `{}`) must be at least 1",
+                    c.name
+                );
+            }
             clients.push(Credential {
                 name: c.name,
                 class: c.class,
                 token,
+                max_connections: c.max_connections,
             });
+        }
+        let max_connections_per_client = raw
+            .max_connections_per_client
+            .unwrap_or(tether_transport::limits::DEFAULT_MAX_PER_CLIENT);
+        if max_connections_per_client == 0 {
+            bail!("max_connections_per_client must be at least 1");
         }
 
         let model = match raw.model {
@@ -668,6 +692,7 @@ impl AgentConfig {
             socket,
             state_dir,
             clients,
+            max_connections_per_client,
             model,
             tools,
             sessions: raw.sessions,
@@ -920,6 +945,24 @@ max_tokens = 1024
             err("[hub]\nurl = \"wss://h\"\ntoken = \"t\"\nremote_sessions = [\"shell\"]\n")
                 .contains("remote_sessions")
         );
+    }
+
+    #[test]
+    fn connection_caps_are_read_and_checked() {
+        let c = parse("").expect("config");
+        assert_eq!(c.max_connections_per_client, 64);
+        let c = parse(
+            "max_connections_per_client = 10\n[[clients]]\nname = \"bot\"\nclass = \"agent\"\ntoken = \"bot-token-0123456789\"\nmax_connections = 2\n",
+        )
+        .expect("config");
+        assert_eq!(c.max_connections_per_client, 10);
+        assert_eq!(c.clients[0].max_connections, Some(2));
+        assert!(err("max_connections_per_client = 0").contains("max_connections_per_client"));
+        assert!(
+            err("[[clients]]\nname = \"bot\"\nclass = \"agent\"\ntoken = \"bot-token-0123456789\"\nmax_connections = 0\n")
+                .contains("clients[0].max_connections")
+        );
+        assert!(err("max_connections_per_client = -1").contains("max_connections_per_client"));
     }
 
     #[test]

@@ -67,6 +67,8 @@ struct RawHub {
     retention: RawRetention,
     #[serde(default)]
     max_agents: Option<usize>,
+    #[serde(default)]
+    max_connections_per_operator: Option<usize>,
 }
 
 /// The default hub listener.
@@ -176,6 +178,12 @@ impl HubFile {
                 bail!("max_agents must be at least 1");
             }
             config.max_agents = n;
+        }
+        if let Some(n) = raw.max_connections_per_operator {
+            if n == 0 {
+                bail!("max_connections_per_operator must be at least 1");
+            }
+            config.max_connections_per_operator = n;
         }
         Ok((config, raw.allow_plaintext))
     }

@@ -347,11 +347,24 @@ fn init_tracing() {
         .init();
 }
 
+/// Servers hold a descriptor per connection: raise the soft open-files limit (often 1024)
+/// to the hard limit, so the connection caps bind before the descriptors run out.
+fn raise_open_files_limit() {
+    match tether_transport::raise_open_files_limit() {
+        Ok((before, after)) if before != after => {
+            tracing::info!(before, after, "raised the open-files limit")
+        }
+        Ok((_, limit)) => tracing::info!(limit, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
+}
+
 async fn run(cli: Cli) -> Result<std::process::ExitCode> {
     let ok = |r: Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
     match cli.command {
         Command::Agent { config } => {
             init_tracing();
+            raise_open_files_limit();
             let cfg = config::AgentConfig::load(config.as_deref())?;
             ok(agent::run(cfg).await)
         }
@@ -360,6 +373,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             match command {
                 None => {
                     init_tracing();
+                    raise_open_files_limit();
                     ok(hub_cmd::run(file).await)
                 }
                 Some(HubCommand::Token {
@@ -382,6 +396,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Command::Up { port } => {
             init_tracing();
+            raise_open_files_limit();
             ok(hub_cmd::up(port).await)
         }
         Command::Inspect {

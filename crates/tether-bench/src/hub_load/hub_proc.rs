@@ -234,7 +234,7 @@ impl HubProc {
 }
 
 #[allow(unsafe_code)]
-fn signal(pid: u32, sig: libc::c_int) -> anyhow::Result<()> {
+pub fn signal(pid: u32, sig: libc::c_int) -> anyhow::Result<()> {
     let pid = libc::pid_t::try_from(pid).context("pid out of range")?;
     // SAFETY: `kill` takes plain integers; `pid` is our own child, which we have not reaped.
     if unsafe { libc::kill(pid, sig) } != 0 {

@@ -84,8 +84,25 @@ impl Agent {
         Agent::start_in(dir, opts).await
     }
 
+    /// Starts with the listener's limits set to `limits`.
+    pub async fn start_with_limits(
+        opts: Options,
+        limits: tether_transport::serve::ServeLimits,
+    ) -> Agent {
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        Agent::start_full(dir, opts, limits).await
+    }
+
     /// Starts on an existing state directory (restart tests).
     pub async fn start_in(dir: Arc<tempfile::TempDir>, opts: Options) -> Agent {
+        Agent::start_full(dir, opts, tether_transport::serve::ServeLimits::default()).await
+    }
+
+    async fn start_full(
+        dir: Arc<tempfile::TempDir>,
+        opts: Options,
+        limits: tether_transport::serve::ServeLimits,
+    ) -> Agent {
         let log = EventLog::open(&dir.path().join("events.db")).expect("log");
         let provider = ScriptedProvider::from_json(&opts.script, "test script").expect("script");
         let tools = opts
@@ -103,7 +120,14 @@ impl Agent {
         let http = tokio::spawn({
             let closing = closing.clone();
             async move {
-                let _ = tether_transport::serve_http(listener, router(state), closing).await;
+                let _ = tether_transport::serve::serve(
+                    listener,
+                    router(state),
+                    tether_transport::serve::Plain,
+                    limits,
+                    closing,
+                )
+                .await;
             }
         });
         let socket = dir.path().join("agent.sock");
