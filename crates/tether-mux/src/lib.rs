@@ -135,7 +135,6 @@ struct Inner {
     sessions: Arc<SessionMap>,
     next_conn: AtomicU64,
     shutdown: CancellationToken,
-    remote_tools: Mutex<Option<ToolRegistry>>,
 }
 
 impl Mux {
@@ -153,22 +152,21 @@ impl Mux {
             metrics: Arc::new(MuxMetrics::default()),
             sessions: Arc::downgrade(&sessions),
             degraded: Mutex::new(HashMap::new()),
+            remote_tools: Mutex::new(None),
         });
         let inner = Arc::new(Inner {
             shared: shared.clone(),
             sessions,
             next_conn: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
-            remote_tools: Mutex::new(None),
             extensions: RwLock::new(Vec::new()),
         });
         let mux = Mux { inner };
         {
-            let read_only = || mux.remote_tools();
             let mut sessions = mux.sessions_write();
             for row in rows {
                 let id = row.session_id.clone();
-                let handle = session::spawn_restored(shared.clone(), row, &read_only);
+                let handle = session::spawn_restored(shared.clone(), row);
                 sessions.insert(id, handle);
             }
         }
@@ -192,16 +190,10 @@ impl Mux {
             .cloned()
     }
 
-    /// Sets the toolset used by restored remote sessions (the hub link's choice).
+    /// Sets the toolset of sessions started from the hub (the hub link's `remote_tools`);
+    /// every such session uses it from its next turn, restored ones included.
     pub fn set_remote_tools(&self, tools: ToolRegistry) {
-        if let Ok(mut t) = self.inner.remote_tools.lock() {
-            *t = Some(tools);
-        }
-    }
-
-    fn remote_tools(&self) -> ToolRegistry {
-        let configured = self.inner.remote_tools.lock().ok().and_then(|t| t.clone());
-        configured.unwrap_or_else(|| self.inner.shared.engine.tools.read_only_for_hub())
+        *tether_engine::sync::lock(&self.inner.shared.remote_tools) = Some(tools);
     }
 
     pub fn config(&self) -> &MuxConfig {

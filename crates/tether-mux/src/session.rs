@@ -221,9 +221,19 @@ pub(crate) struct Shared {
     pub sessions: Weak<SessionMap>,
     /// Sessions that cannot commit, with the log's error.
     pub degraded: Mutex<HashMap<SessionId, String>>,
+    /// The toolset of sessions started from the hub (the hub link's `remote_tools`), read
+    /// when such a session starts a turn: a session restored before the hub link set it
+    /// still gets it.
+    pub remote_tools: Mutex<Option<ToolRegistry>>,
 }
 
 impl Shared {
+    /// The tools a session started from the hub may use now.
+    pub fn remote_tools(&self) -> ToolRegistry {
+        let configured = tether_engine::sync::lock(&self.remote_tools).clone();
+        configured.unwrap_or_else(|| self.engine.tools.read_only_for_hub())
+    }
+
     /// The log's error while it is failing as a whole: some session cannot commit, and the
     /// last write failed too (one session's bad write does not stop the others).
     pub fn log_failure(&self) -> Option<String> {
@@ -391,11 +401,7 @@ pub(crate) fn spawn_new(
 
 /// Starts the actor of a session loaded from the log, ending a turn the previous run left
 /// behind.
-pub(crate) fn spawn_restored(
-    shared: Arc<Shared>,
-    row: SessionRow,
-    tools_for_remote: &dyn Fn() -> ToolRegistry,
-) -> SessionHandle {
+pub(crate) fn spawn_restored(shared: Arc<Shared>, row: SessionRow) -> SessionHandle {
     let durable: Durable = match serde_json::from_str(&row.data) {
         Ok(d) => d,
         Err(e) => {
@@ -404,7 +410,7 @@ pub(crate) fn spawn_restored(
         }
     };
     let tools = if durable.remote {
-        tools_for_remote()
+        shared.remote_tools()
     } else {
         shared.engine.tools.clone()
     };
@@ -1337,7 +1343,11 @@ impl Actor {
             tx: self.turn_tx.clone(),
         };
         let shared = self.shared.clone();
-        let tools = self.tools.clone();
+        let tools = if self.durable.remote {
+            self.shared.remote_tools()
+        } else {
+            self.tools.clone()
+        };
         let mut conversation = self.durable.conversation.clone();
         let params = self.durable.params.clone();
         let remote = self.durable.remote;
