@@ -193,8 +193,8 @@ fn usage_json(chunks: &[ModelChunk]) -> Vec<Value> {
 
 #[tokio::test]
 async fn an_assistant_tool_call_is_sent_with_empty_content_not_null() {
-    let server = Server::start_judged(llama_cpp_python(), vec![lcp_text_stream(&["40 % full."])])
-        .await;
+    let server =
+        Server::start_judged(llama_cpp_python(), vec![lcp_text_stream(&["40 % full."])]).await;
     let provider = provider(vec![server.endpoint()]);
     let (chunks, error) = collect_bounded(provider.stream(after_a_tool_call())).await;
     assert_eq!(error, None);
@@ -202,7 +202,11 @@ async fn an_assistant_tool_call_is_sent_with_empty_content_not_null() {
     assert_eq!(server.request_count(), 1);
     let sent = &server.requests()[0];
     assert_eq!(sent.body["messages"][2]["content"], "");
-    assert!(sent.raw.contains(r#""role":"assistant","content":"""#), "{}", sent.raw);
+    assert!(
+        sent.raw.contains(r#""role":"assistant","content":"""#),
+        "{}",
+        sent.raw
+    );
 }
 
 #[tokio::test]
@@ -398,7 +402,10 @@ async fn a_200_stream_with_no_data_is_retried() {
 async fn a_200_with_no_data_fails_over_and_then_says_what_happened() {
     let primary = Server::start(vec![
         Reply::sse([lcp_done()]),
-        Reply::sse([lcp_event(lcp_chunk(json!({"role": "assistant"}), Value::Null)), lcp_done()]),
+        Reply::sse([
+            lcp_event(lcp_chunk(json!({"role": "assistant"}), Value::Null)),
+            lcp_done(),
+        ]),
         // A JSON answer with an empty body.
         Reply {
             status: 200,
@@ -415,8 +422,12 @@ async fn a_200_with_no_data_fails_over_and_then_says_what_happened() {
     assert_eq!((primary.request_count(), fallback.request_count()), (3, 1));
 
     // Alone, the empty answers end in an error that says what the server did.
-    let server = Server::start(vec![Reply::sse([]), Reply::sse([lcp_done()]), Reply::sse([])])
-        .await;
+    let server = Server::start(vec![
+        Reply::sse([]),
+        Reply::sse([lcp_done()]),
+        Reply::sse([]),
+    ])
+    .await;
     let provider = sse_server::provider(vec![server.endpoint()]);
     let (chunks, error) = collect_bounded(provider.stream(ask("hi"))).await;
     assert!(chunks.is_empty());

@@ -29,7 +29,7 @@ mod config;
 mod sse;
 mod wire;
 
-pub use config::{ConfigError, OpenAiConfig, OpenAiEndpoint, RetryPolicy};
+pub use config::{ConfigError, OpenAiConfig, OpenAiEndpoint, RetryPolicy, ToolChoice};
 
 use crate::model::{Message, ModelChunk, ModelError, ModelProvider, ModelRequest, ModelStream};
 use futures_util::StreamExt;
