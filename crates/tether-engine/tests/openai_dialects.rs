@@ -22,18 +22,18 @@ use tokio_util::sync::CancellationToken;
 // llama-cpp-python's server, as far as these tests need it
 // ---------------------------------------------------------------------------------------------
 
-/// Its events go through sse-starlette: CRLF line ends.
+/// Its events go through sse-starlette (with `sep="\n"`).
 fn lcp_event(v: Value) -> Step {
-    Step::Raw(format!("data: {v}\r\n\r\n"))
+    Step::Raw(format!("data: {v}\n\n"))
 }
 
 /// sse-starlette's keep-alive comment (every 15 s by default).
 fn lcp_ping() -> Step {
-    Step::Raw(": ping - 2026-08-17 09:30:00.123456+00:00\r\n\r\n".into())
+    Step::Raw(": ping - 2026-08-17 09:30:00.123456+00:00\n\n".into())
 }
 
 fn lcp_done() -> Step {
-    Step::Raw("data: [DONE]\r\n\r\n".into())
+    Step::Raw("data: [DONE]\n\n".into())
 }
 
 fn lcp_chunk(delta: Value, finish_reason: Value) -> Value {
@@ -421,11 +421,16 @@ async fn a_200_with_no_data_fails_over_and_then_says_what_happened() {
     assert_eq!(text_of(&chunks), "from the fallback");
     assert_eq!((primary.request_count(), fallback.request_count()), (3, 1));
 
-    // Alone, the empty answers end in an error that says what the server did.
+    // Alone, the empty answers end in an error that says what the server did (the last one:
+    // the server failed after the headers and dropped the connection).
     let server = Server::start(vec![
         Reply::sse([]),
         Reply::sse([lcp_done()]),
-        Reply::sse([]),
+        Reply::sse([
+            lcp_ping(),
+            Step::Delay(std::time::Duration::from_millis(5)),
+            Step::Cut,
+        ]),
     ])
     .await;
     let provider = sse_server::provider(vec![server.endpoint()]);
@@ -434,8 +439,65 @@ async fn a_200_with_no_data_fails_over_and_then_says_what_happened() {
     let text = error.map(|e| e.to_string()).unwrap_or_default();
     assert!(text.contains("HTTP 200"), "{text}");
     assert!(text.contains("no answer"), "{text}");
+    assert!(text.contains("connection broke"), "{text}");
     assert!(text.contains("gave up after 3 tries"), "{text}");
     assert_eq!(server.request_count(), 3);
+}
+
+/// llama-cpp-python's `chatml-function-calling` handler with `tool_choice: "auto"`: when the
+/// model picks a tool in a streamed request it raises "Automatic streaming tool choice is not
+/// supported" after the 200 headers went out, so the stream carries nothing; a request with
+/// `stream: false` gets the call whole.
+fn chatml_function_calling_picks_a_tool() -> Judge {
+    Arc::new(|body: &Value| {
+        if body["tool_choice"] != "auto" {
+            return Some(Reply::error(400, "this test always offers tools with auto"));
+        }
+        if body["stream"] == true {
+            return Some(Reply::sse([lcp_ping()]));
+        }
+        Some(Reply::json(
+            200,
+            json!({
+                "id": "chatcmpl-9", "object": "chat.completion", "created": 1, "model": "m",
+                "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": null,
+                    "message": {"role": "assistant", "content": null,
+                        "function_call": {"name": "system_info", "arguments": "{}"},
+                        "tool_calls": [{"id": "call__0_system_info_cmpl-9", "type": "function",
+                            "function": {"name": "system_info", "arguments": "{}"}}]}}],
+                "usage": {"prompt_tokens": 210, "completion_tokens": 2, "total_tokens": 212}
+            }),
+        ))
+    })
+}
+
+#[tokio::test]
+async fn a_server_that_cannot_stream_tool_calls_works_with_stream_off() {
+    let server = Server::start_judged(chatml_function_calling_picks_a_tool(), vec![]).await;
+    let provider = provider(vec![server.endpoint()]);
+    let (chunks, error) = collect_bounded(provider.stream(with_tools(ask("look")))).await;
+    assert!(chunks.is_empty());
+    let text = error.map(|e| e.to_string()).unwrap_or_default();
+    assert!(text.contains("no answer"), "{text}");
+    assert!(text.contains("stream = false"), "{text}");
+
+    let mut endpoint = server.endpoint();
+    endpoint.stream = false;
+    let provider = sse_server::provider(vec![endpoint]);
+    let (chunks, error) = collect_bounded(provider.stream(with_tools(ask("look")))).await;
+    assert_eq!(error, None);
+    assert_eq!(
+        calls(&chunks),
+        vec![ToolCallRequest {
+            id: "call__0_system_info_cmpl-9".into(),
+            name: "system_info".into(),
+            arguments: "{}".into(),
+        }]
+    );
+    let sent = server.requests().pop().expect("a request");
+    assert_eq!(sent.body["stream"], false);
+    assert!(sent.body.get("stream_options").is_none(), "{}", sent.raw);
+    assert_eq!(sent.accept.as_deref(), Some("application/json"));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -103,6 +103,9 @@ pub struct EndpointSection {
     /// `auto` (default), `required`, `none`, or `omit` to send none.
     #[serde(default)]
     pub tool_choice: Option<String>,
+    /// `false`: ask for whole answers instead of streams.
+    #[serde(default)]
+    pub stream: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,6 +140,9 @@ pub struct ModelSection {
     /// `auto` (default), `required`, `none`, or `omit` to send none.
     #[serde(default)]
     pub tool_choice: Option<String>,
+    /// `false`: ask for whole answers instead of streams.
+    #[serde(default)]
+    pub stream: Option<bool>,
     /// Attempts per endpoint for 429/5xx/connection errors.
     #[serde(default)]
     pub retry_attempts: Option<u32>,
@@ -167,13 +173,14 @@ impl ModelSection {
             include_usage: self.include_usage,
             replay_reasoning: self.replay_reasoning,
             tool_choice: self.tool_choice.clone(),
+            stream: self.stream,
         }
     }
 
     /// Keys that only mean something for `provider = "openai"`.
     fn openai_keys_set(&self) -> Vec<&'static str> {
         let mut keys = Vec::new();
-        let checks: [(&'static str, bool); 15] = [
+        let checks: [(&'static str, bool); 16] = [
             ("base_url", self.base_url.is_some()),
             ("model", self.model.is_some()),
             ("api_key", self.api_key.is_some()),
@@ -189,6 +196,7 @@ impl ModelSection {
             ("include_usage", self.include_usage.is_some()),
             ("replay_reasoning", self.replay_reasoning.is_some()),
             ("tool_choice", self.tool_choice.is_some()),
+            ("stream", self.stream.is_some()),
             ("retry_attempts", self.retry_attempts.is_some()),
             ("idle_timeout", self.idle_timeout.is_some()),
             ("fallback", !self.fallback.is_empty()),
@@ -233,6 +241,9 @@ fn endpoint(section: EndpointSection, key: &str) -> Result<OpenAiEndpoint> {
     if let Some(t) = &section.tool_choice {
         e.tool_choice = ToolChoice::parse(&format!("{key}.tool_choice"), t)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    if let Some(s) = section.stream {
+        e.stream = s;
     }
     Ok(e)
 }
@@ -927,6 +938,7 @@ base_url = "http://10.0.0.2:8000/v1"
 model = "small"
 max_tokens = 1024
 tool_choice = "omit"
+stream = false
 "#,
         )
         .expect("config");
@@ -939,6 +951,7 @@ tool_choice = "omit"
         assert_eq!(m.endpoints[1].model, "small");
         assert_eq!(m.endpoints[0].tool_choice, ToolChoice::Auto);
         assert_eq!(m.endpoints[1].tool_choice, ToolChoice::Omit);
+        assert!(m.endpoints[0].stream && !m.endpoints[1].stream);
     }
 
     #[test]

@@ -33,7 +33,8 @@ pub(crate) const ENDED_EARLY: &str = "the model's stream ended before it finishe
 /// A 200 answer that carried nothing: no text, reasoning, tool call or finish reason.
 /// llama-cpp-python does this when generating fails after the response started (the stream
 /// just ends, or only `[DONE]` comes when the next request interrupts it).
-pub(crate) const NO_ANSWER: &str = "the server accepted the request (HTTP 200) but sent no answer";
+pub(crate) const NO_ANSWER: &str = "the server accepted the request (HTTP 200) but sent no answer \
+     (a server that cannot stream some answers may need stream = false)";
 
 pub(crate) fn start(shared: Arc<Shared>, request: ModelRequest) -> ModelStream {
     let call = Call {
@@ -173,11 +174,19 @@ impl Call {
         self.answer.prompt_estimate = self.prompt_estimate;
         self.tries += 1;
         tracing::debug!(url = %target.url, attempt = self.attempt, "model request");
+        let streamed = target.endpoint.stream;
         let mut request = shared
             .client
             .post(&target.url)
             .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, "text/event-stream")
+            .header(
+                ACCEPT,
+                if streamed {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                },
+            )
             .body(body);
         if let Some(key) = &target.key {
             request = request.bearer_auth(key);
@@ -219,11 +228,15 @@ impl Call {
                 retry_after,
             });
         }
-        let is_json = response
+        let content_type = response
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim_start().starts_with("application/json"));
+            .map(str::trim_start)
+            .unwrap_or("");
+        // What the server says it sent; without a word, what was asked for.
+        let is_json = content_type.starts_with("application/json")
+            || (!streamed && !content_type.starts_with("text/event-stream"));
         self.phase = Phase::Reading(Box::new(Reader {
             response,
             decoder: SseDecoder::new(MAX_EVENT_BYTES),
@@ -384,10 +397,16 @@ async fn read(
         }
         // The answer is complete; what is missing is the end marker or the usage.
         _ if answer.finished => answer.finish(pending).map(|()| Step::Finished),
-        Some(Err(e)) => Err(Failure::retryable(ModelError::Stream(format!(
-            "the connection broke: {}",
-            crate::text::error_chain(&e)
-        )))),
+        Some(Err(e)) => {
+            let broke = format!("the connection broke: {}", crate::text::error_chain(&e));
+            Err(Failure::retryable(ModelError::Stream(
+                if answer.is_empty() {
+                    format!("{NO_ANSWER}: {broke}")
+                } else {
+                    broke
+                },
+            )))
+        }
         None => Err(Failure::retryable(ModelError::Idle(whole_seconds(idle)))),
     }
 }

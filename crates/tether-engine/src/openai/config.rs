@@ -34,6 +34,10 @@ pub struct OpenAiEndpoint {
     pub replay_reasoning: bool,
     /// The `tool_choice` sent with requests that offer tools.
     pub tool_choice: ToolChoice,
+    /// Ask for a streamed answer (the default). Off, the answer comes whole at the end, for
+    /// servers that cannot stream some answers (llama-cpp-python's `chatml-function-calling`
+    /// cannot stream a tool call it chose itself); `idle_timeout` then bounds the whole answer.
+    pub stream: bool,
 }
 
 /// What a request that offers tools says in `tool_choice`. Never sent without tools (OpenAI
@@ -103,6 +107,7 @@ impl OpenAiEndpoint {
             include_usage: true,
             replay_reasoning: true,
             tool_choice: ToolChoice::Auto,
+            stream: true,
         }
     }
 
@@ -221,6 +226,7 @@ impl fmt::Debug for OpenAiEndpoint {
             .field("include_usage", &self.include_usage)
             .field("replay_reasoning", &self.replay_reasoning)
             .field("tool_choice", &self.tool_choice)
+            .field("stream", &self.stream)
             .finish()
     }
 }

@@ -47,7 +47,7 @@ impl Serialize for RequestBody<'_> {
         let ours = |key: &str| -> bool {
             match key {
                 "model" | "messages" | "stream" => true,
-                "stream_options" => ep.include_usage,
+                "stream_options" => ep.stream && ep.include_usage,
                 "tools" => !self.tools.is_empty(),
                 "tool_choice" => tool_choice.is_some(),
                 other => limit.is_some_and(|(k, _)| k == other),
@@ -68,8 +68,8 @@ impl Serialize for RequestBody<'_> {
                 replay_reasoning: ep.replay_reasoning,
             },
         )?;
-        map.serialize_entry("stream", &true)?;
-        if ep.include_usage {
+        map.serialize_entry("stream", &ep.stream)?;
+        if ep.stream && ep.include_usage {
             map.serialize_entry(
                 "stream_options",
                 &StreamOptions {
