@@ -9,8 +9,9 @@ use serde_json::{Value, json};
 use sse_server::*;
 use std::sync::{Arc, Mutex};
 use tether_engine::model::{
-    Message, ModelChunk, ModelProvider, ModelRequest, ToolCallRequest, ToolSpec,
+    Message, ModelChunk, ModelError, ModelProvider, ModelRequest, ToolCallRequest, ToolSpec,
 };
+use tether_engine::openai::{OpenAiConfig, OpenAiProvider};
 use tether_engine::tools::{ToolRegistry, ToolsConfig};
 use tether_engine::{
     AnswerRouter, Conversation, EventSink, PermissionAnswer, PermissionAsk, TurnRun, run_turn,
@@ -437,9 +438,8 @@ async fn a_200_with_no_data_fails_over_and_then_says_what_happened() {
     let (chunks, error) = collect_bounded(provider.stream(ask("hi"))).await;
     assert!(chunks.is_empty());
     let text = error.map(|e| e.to_string()).unwrap_or_default();
-    assert!(text.contains("HTTP 200"), "{text}");
-    assert!(text.contains("no answer"), "{text}");
-    assert!(text.contains("connection broke"), "{text}");
+    assert!(text.starts_with("model stream broke off: the server accepted the request (HTTP 200) but sent no answer: the connection broke"), "{text}");
+    assert!(text.contains("may need stream = false"), "{text}");
     assert!(text.contains("gave up after 3 tries"), "{text}");
     assert_eq!(server.request_count(), 3);
 }
@@ -498,6 +498,21 @@ async fn a_server_that_cannot_stream_tool_calls_works_with_stream_off() {
     assert_eq!(sent.body["stream"], false);
     assert!(sent.body.get("stream_options").is_none(), "{}", sent.raw);
     assert_eq!(sent.accept.as_deref(), Some("application/json"));
+
+    // Without streaming, an empty answer gets no advice to turn streaming off.
+    let server = Server::start(vec![Reply::json(200, json!({}))]).await;
+    let mut endpoint = server.endpoint();
+    endpoint.stream = false;
+    let mut provider_config = OpenAiConfig::new(endpoint);
+    provider_config.retry.attempts = 1;
+    let provider = OpenAiProvider::new(provider_config).expect("provider");
+    let (_, error) = collect_bounded(provider.stream(ask("hi"))).await;
+    assert_eq!(
+        error,
+        Some(ModelError::Stream(
+            "the server accepted the request (HTTP 200) but sent no answer".into()
+        ))
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

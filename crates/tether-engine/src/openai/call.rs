@@ -33,8 +33,9 @@ pub(crate) const ENDED_EARLY: &str = "the model's stream ended before it finishe
 /// A 200 answer that carried nothing: no text, reasoning, tool call or finish reason.
 /// llama-cpp-python does this when generating fails after the response started (the stream
 /// just ends, or only `[DONE]` comes when the next request interrupts it).
-pub(crate) const NO_ANSWER: &str = "the server accepted the request (HTTP 200) but sent no answer \
-     (a server that cannot stream some answers may need stream = false)";
+pub(crate) const NO_ANSWER: &str = "the server accepted the request (HTTP 200) but sent no answer";
+/// Added to [`NO_ANSWER`] for a streamed request.
+const NO_ANSWER_HINT: &str = " (a server that cannot stream some answers may need stream = false)";
 
 pub(crate) fn start(shared: Arc<Shared>, request: ModelRequest) -> ModelStream {
     let call = Call {
@@ -171,10 +172,11 @@ impl Call {
                 b
             }
         };
+        let streamed = target.endpoint.stream;
         self.answer.prompt_estimate = self.prompt_estimate;
+        self.answer.streamed = streamed;
         self.tries += 1;
         tracing::debug!(url = %target.url, attempt = self.attempt, "model request");
-        let streamed = target.endpoint.stream;
         let mut request = shared
             .client
             .post(&target.url)
@@ -335,7 +337,7 @@ async fn read(
     if reader.eof {
         if let Some(document) = reader.json.take() {
             if document.trim_ascii().is_empty() {
-                return Err(Failure::retryable(ModelError::Stream(NO_ANSWER.into())));
+                return Err(answer.no_answer(None));
             }
             let chunk: ChunkWire<'_> = serde_json::from_slice(&document).map_err(|e| {
                 Failure::fatal(ModelError::Stream(format!(
@@ -356,12 +358,10 @@ async fn read(
         if answer.finished {
             return answer.finish(pending).map(|()| Step::Finished);
         }
-        let error = if answer.is_empty() {
-            NO_ANSWER
-        } else {
-            ENDED_EARLY
-        };
-        return Err(Failure::retryable(ModelError::Stream(error.into())));
+        if answer.is_empty() {
+            return Err(answer.no_answer(None));
+        }
+        return Err(Failure::retryable(ModelError::Stream(ENDED_EARLY.into())));
     }
     let next = tokio::select! {
         biased;
@@ -399,13 +399,11 @@ async fn read(
         _ if answer.finished => answer.finish(pending).map(|()| Step::Finished),
         Some(Err(e)) => {
             let broke = format!("the connection broke: {}", crate::text::error_chain(&e));
-            Err(Failure::retryable(ModelError::Stream(
-                if answer.is_empty() {
-                    format!("{NO_ANSWER}: {broke}")
-                } else {
-                    broke
-                },
-            )))
+            Err(if answer.is_empty() {
+                answer.no_answer(Some(&broke))
+            } else {
+                Failure::retryable(ModelError::Stream(broke))
+            })
         }
         None => Err(Failure::retryable(ModelError::Idle(whole_seconds(idle)))),
     }
@@ -424,6 +422,8 @@ struct Answer {
     calls_emitted: bool,
     /// Text or reasoning was handed out.
     produced: bool,
+    /// The request asked for a stream.
+    streamed: bool,
     /// The last usage report (some servers send one per chunk; the last one counts).
     usage: Option<Usage>,
     /// For an estimate when the server reports no usage: the prompt's tokens, the bytes of
@@ -500,6 +500,19 @@ impl Answer {
             && !self.calls_emitted
     }
 
+    /// The retryable failure of a 200 answer that carried nothing; `cause` when known.
+    fn no_answer(&self, cause: Option<&str>) -> Failure {
+        let mut message = String::from(NO_ANSWER);
+        if let Some(cause) = cause {
+            message.push_str(": ");
+            message.push_str(cause);
+        }
+        if self.streamed {
+            message.push_str(NO_ANSWER_HINT);
+        }
+        Failure::retryable(ModelError::Stream(message))
+    }
+
     fn merge_call(&mut self, d: ToolCallDelta<'_>) {
         let slot = match d.index {
             Some(index) => self.calls.iter().position(|c| c.index == Some(index)),
@@ -568,7 +581,7 @@ impl Answer {
     /// server sent none). An answer that carried nothing is a failure worth another try.
     fn finish(&mut self, pending: &mut VecDeque<ModelChunk>) -> Result<(), Failure> {
         if self.is_empty() {
-            return Err(Failure::retryable(ModelError::Stream(NO_ANSWER.into())));
+            return Err(self.no_answer(None));
         }
         self.finished = true;
         self.emit_calls(pending);
