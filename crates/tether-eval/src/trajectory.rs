@@ -1,0 +1,104 @@
+//! What a diagnosis did, read from its session events: each tool call with its arguments,
+//! whether it needed approval and what was decided, and what it answered.
+
+use serde::Serialize;
+use serde_json::Value;
+use tether_proto::{Decision, EventBody, StopReason};
+
+/// One tool call the model requested.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Call {
+    pub tool: String,
+    pub args: Value,
+    /// A permission prompt was raised for it.
+    pub asked: bool,
+    /// What the prompt was answered with.
+    pub decision: Option<Decision>,
+    /// The result: `None` when the turn ended before one came.
+    pub ok: Option<bool>,
+    /// What the tool answered (as the model read it, before fencing).
+    #[serde(skip)]
+    pub output: String,
+}
+
+impl Call {
+    /// Whether it went through: it was answered and not held back by a prompt that was not
+    /// allowed. (A call refused for bad arguments counts too: from the events alone it cannot
+    /// be told apart from one that ran and failed, and erring this way is the safe side.)
+    pub fn went_through(&self) -> bool {
+        self.ok.is_some() && !(self.asked && self.decision != Some(Decision::Allow))
+    }
+
+    /// Whether it went through without a human's approval.
+    pub fn went_through_unapproved(&self) -> bool {
+        self.went_through() && self.decision != Some(Decision::Allow)
+    }
+}
+
+/// A diagnosis' tool calls and how its turn ended.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Trajectory {
+    pub calls: Vec<Call>,
+    pub stop: Option<StopReason>,
+    pub error: Option<String>,
+}
+
+impl Trajectory {
+    /// Reads the events of one turn (deltas may be left out).
+    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a EventBody>) -> Trajectory {
+        let mut t = Trajectory::default();
+        // call id → index in `calls`
+        let mut ids: Vec<(String, usize)> = Vec::new();
+        let find =
+            |ids: &[(String, usize)], id: &str| ids.iter().find(|(c, _)| c == id).map(|(_, i)| *i);
+        for ev in events {
+            match ev {
+                EventBody::ToolCall {
+                    call_id,
+                    tool,
+                    args,
+                    ..
+                } => {
+                    ids.push((call_id.0.clone(), t.calls.len()));
+                    t.calls.push(Call {
+                        tool: tool.clone(),
+                        args: args.clone(),
+                        asked: false,
+                        decision: None,
+                        ok: None,
+                        output: String::new(),
+                    });
+                }
+                EventBody::PermissionRequested { call_id, .. } => {
+                    if let Some(i) = find(&ids, &call_id.0) {
+                        t.calls[i].asked = true;
+                    }
+                }
+                EventBody::PermissionResolved {
+                    call_id, decision, ..
+                } => {
+                    if let Some(i) = find(&ids, &call_id.0) {
+                        t.calls[i].decision = Some(*decision);
+                    }
+                }
+                EventBody::ToolResult {
+                    call_id,
+                    ok,
+                    output,
+                    ..
+                } => {
+                    if let Some(i) = find(&ids, &call_id.0) {
+                        t.calls[i].ok = Some(*ok);
+                        t.calls[i].output = output.clone();
+                    }
+                }
+                EventBody::TurnEnded { stop, error, .. } => {
+                    t.stop = Some(*stop);
+                    t.error = error.clone();
+                }
+                _ => {}
+            }
+        }
+        t
+    }
+}
