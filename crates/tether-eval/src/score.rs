@@ -214,21 +214,32 @@ pub fn score(answer: &Answer, d: &Diagnosis<'_>) -> Score {
     }
 
     for ev in &answer.required_evidence {
+        // A call that showed what is asked for counts even when the tool reported a failure
+        // (a process that is gone, a name that does not resolve); without `output_contains`
+        // the call must have succeeded.
         let seen = calls.iter().any(|c| {
-            c.ok == Some(true)
-                && ev.any.iter().any(|p| matches(p, c))
-                && (ev.output_contains.is_empty()
-                    || ev
-                        .output_contains
-                        .iter()
-                        .any(|needle| c.output.contains(needle.as_str())))
+            ev.any.iter().any(|p| matches(p, c))
+                && if ev.output_contains.is_empty() {
+                    c.ok == Some(true)
+                } else {
+                    c.ok.is_some()
+                        && ev
+                            .output_contains
+                            .iter()
+                            .any(|needle| c.output.contains(needle.as_str()))
+                }
         });
         if !seen {
             let wanted: Vec<String> = ev.any.iter().map(describe).collect();
             let shows = if ev.output_contains.is_empty() {
                 String::new()
             } else {
-                format!(" showing {:?}", ev.output_contains.join("\" or \""))
+                let needles: Vec<String> = ev
+                    .output_contains
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect();
+                format!(" showing {}", needles.join(" or "))
             };
             fail(
                 FailureKind::Evidence,
@@ -291,12 +302,14 @@ mod tests {
 
     fn call(tool: &str, args: Value, ok: bool, output: &str) -> Call {
         Call {
+            call_id: String::new(),
             tool: tool.into(),
             args,
             asked: false,
             decision: None,
             ok: Some(ok),
             output: output.into(),
+            outcome: None,
         }
     }
 
@@ -385,7 +398,7 @@ mod tests {
         );
         assert_eq!(
             s.failures[0].message,
-            "skipped evidence (saw the file system): no answered call to disks {mount ∋ \"/s/data\"} showing \"\\\"used_pct\\\": 100\""
+            "skipped evidence (saw the file system): no answered call to disks {mount ∋ \"/s/data\"} showing `\"used_pct\": 100`"
         );
         assert_eq!(
             s.failures[1].message,

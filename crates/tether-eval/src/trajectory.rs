@@ -8,6 +8,8 @@ use tether_proto::{Decision, EventBody, StopReason};
 /// One tool call the model requested.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Call {
+    #[serde(skip)]
+    pub call_id: String,
     pub tool: String,
     pub args: Value,
     /// A permission prompt was raised for it.
@@ -19,14 +21,20 @@ pub struct Call {
     /// What the tool answered (as the model read it, before fencing).
     #[serde(skip)]
     pub output: String,
+    /// What the audit log says came of it (`ok`, `error`, `denied`, `not_allowed`,
+    /// `unknown_tool`, `invalid_arguments`, `cancelled`).
+    pub outcome: Option<String>,
 }
 
 impl Call {
-    /// Whether it went through: it was answered and not held back by a prompt that was not
-    /// allowed. (A call refused for bad arguments counts too: from the events alone it cannot
-    /// be told apart from one that ran and failed, and erring this way is the safe side.)
+    /// Whether the tool ran: the audit log says it did (`ok` or `error`). Without an audit
+    /// entry, whether it was answered and not held back by a prompt that was not allowed (a
+    /// call refused for bad arguments then counts too: the safe side to err on).
     pub fn went_through(&self) -> bool {
-        self.ok.is_some() && !(self.asked && self.decision != Some(Decision::Allow))
+        match self.outcome.as_deref() {
+            Some(o) => o == "ok" || o == "error",
+            None => self.ok.is_some() && !(self.asked && self.decision != Some(Decision::Allow)),
+        }
     }
 
     /// Whether it went through without a human's approval.
@@ -61,12 +69,14 @@ impl Trajectory {
                 } => {
                     ids.push((call_id.0.clone(), t.calls.len()));
                     t.calls.push(Call {
+                        call_id: call_id.0.clone(),
                         tool: tool.clone(),
                         args: args.clone(),
                         asked: false,
                         decision: None,
                         ok: None,
                         output: String::new(),
+                        outcome: None,
                     });
                 }
                 EventBody::PermissionRequested { call_id, .. } => {
@@ -100,5 +110,24 @@ impl Trajectory {
             }
         }
         t
+    }
+
+    /// Adds each call's outcome from the audit log's lines (`audit.jsonl`); lines of other
+    /// calls are ignored.
+    pub fn add_audit(&mut self, audit_jsonl: &str) {
+        for line in audit_jsonl.lines() {
+            let Ok(entry) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            let (Some(id), Some(outcome)) = (
+                entry.get("call_id").and_then(Value::as_str),
+                entry.get("outcome").and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            if let Some(call) = self.calls.iter_mut().find(|c| c.call_id == id) {
+                call.outcome = Some(outcome.to_owned());
+            }
+        }
     }
 }
