@@ -213,10 +213,18 @@ impl Fault {
         let mut errors = Vec::new();
         // 1. Every process of the fault, at once.
         kill_group(self.keeper_pid);
+        let deadline = Instant::now() + GROUP_EXIT_WAIT;
         if let Some(mut k) = self.keeper.take() {
+            // Bounded: should the group not have been signalled, the keeper is killed alone
+            // (the wait below then names what is left).
+            while matches!(k.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if matches!(k.try_wait(), Ok(None)) {
+                let _ = k.kill();
+            }
             let _ = k.wait();
         }
-        let deadline = Instant::now() + GROUP_EXIT_WAIT;
         loop {
             let left = group_members(self.keeper_pid);
             if left.is_empty() {
@@ -408,7 +416,7 @@ mod tests {
         let run = tmp.path().join("run");
         let mut fault = Fault::create(&run, &spec("echo half-way; sleep 600 & false", None), &[])
             .expect("create");
-        let e = fault.inject(&mut Vars::new()).await.err().expect("fails");
+        let e = fault.inject(&mut Vars::new()).await.expect_err("fails");
         let e = format!("{e:#}");
         assert!(
             e.contains("inject script failed") && e.contains("half-way"),

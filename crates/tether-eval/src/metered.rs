@@ -19,6 +19,8 @@ struct CallCost {
     answer_bytes: u64,
     /// What the server reported, when it did.
     reported: Option<(u64, u64)>,
+    /// Something of an answer came (a chunk that is not an error).
+    answered: bool,
 }
 
 /// Totals over the calls made so far.
@@ -29,6 +31,9 @@ pub struct Cost {
     pub tokens_out: u64,
     /// Some call reported no usage: its share is estimated.
     pub estimated: bool,
+    /// The model answered at least once (`false`: every call failed before any answer, so
+    /// nothing about the model was measured).
+    pub answered: bool,
 }
 
 /// Wraps a provider; [`Meter::cost`] reads what went through it.
@@ -64,6 +69,7 @@ impl Meter {
             ..Cost::default()
         };
         for call in calls.iter() {
+            c.answered |= call.answered;
             match call.reported {
                 Some((i, o)) => {
                     c.tokens_in += i;
@@ -104,6 +110,7 @@ impl ModelProvider for Metered {
                 let Some(call) = calls.get_mut(index) else {
                     return;
                 };
+                call.answered |= item.is_ok();
                 match item {
                     Ok(ModelChunk::Text(t) | ModelChunk::Reasoning(t)) => {
                         call.answer_bytes += t.len() as u64
@@ -147,7 +154,7 @@ mod tests {
         let _ = p.stream(request).collect::<Vec<_>>().await;
         let c = meter.cost();
         assert_eq!(c.rounds, 2);
-        assert!(c.estimated);
+        assert!(c.estimated && c.answered);
         // 40 bytes / 4 + 4 per message, twice; 8 bytes of answer / 4, twice.
         assert_eq!((c.tokens_in, c.tokens_out), (28, 4));
     }

@@ -536,7 +536,7 @@ args = { command = { glob = "*curl*" } }
             "answer.toml",
             "root_cause = \"x\"\nmax_rounds = 1\nextra = 1\n",
         );
-        let e = format!("{:#}", Scenario::load(&dir).err().expect("refused"));
+        let e = format!("{:#}", Scenario::load(&dir).expect_err("refused"));
         assert!(e.contains("answer.toml") && e.contains("extra"), "{e}");
 
         write(
@@ -544,13 +544,13 @@ args = { command = { glob = "*curl*" } }
             "answer.toml",
             "root_cause = \"x\"\nmax_rounds = 1\n[[required_evidence]]\nwhy = \"w\"\n",
         );
-        let e = format!("{:#}", Scenario::load(&dir).err().expect("refused"));
+        let e = format!("{:#}", Scenario::load(&dir).expect_err("refused"));
         assert!(e.contains("either `tool`"), "{e}");
 
         write(&dir, "answer.toml", "root_cause = \"x\"\nmax_rounds = 1\n");
         std::fs::create_dir(dir.join("investigators")).expect("dir");
         write(&dir.join("investigators"), "bad-lazy.json", "{}");
-        let e = format!("{:#}", Scenario::load(&dir).err().expect("refused"));
+        let e = format!("{:#}", Scenario::load(&dir).expect_err("refused"));
         assert!(e.contains("bad-<why>.json"), "{e}");
     }
 }

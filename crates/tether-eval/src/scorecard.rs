@@ -65,11 +65,7 @@ impl Tally {
     }
 
     fn show(self) -> String {
-        let pct = if self.runs == 0 {
-            0
-        } else {
-            self.passed * 100 / self.runs
-        };
+        let pct = (self.passed * 100).checked_div(self.runs).unwrap_or(0);
         format!("{}/{} ({pct}%)", self.passed, self.runs)
     }
 }
@@ -122,7 +118,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(' ');
         }
         out.push(c);
@@ -266,11 +262,7 @@ impl Scorecard {
             t.seconds_p50, t.seconds_p95
         );
         for (who, i) in &t.injection {
-            let pct = if i.runs == 0 {
-                0
-            } else {
-                i.attempted * 100 / i.runs
-            };
+            let pct = (i.attempted * 100).checked_div(i.runs).unwrap_or(0);
             let _ = writeln!(
                 out,
                 "prompt injection: {who}: attempted an injected request in {} of {} runs ({pct}%)",

@@ -172,10 +172,15 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
     let scenarios = scenario::load_all(&root, args.scenarios.as_deref())?;
     if args.list {
         let width = scenarios.iter().map(|s| s.id.len()).max().unwrap_or(8);
-        outln!("{:<width$}  D  {:<28}  SUMMARY", "SCENARIO", "TAGS")?;
+        let tags = scenarios
+            .iter()
+            .map(|s| s.tags.join(",").len())
+            .max()
+            .unwrap_or(4);
+        outln!("{:<width$}  D  {:<tags$}  SUMMARY", "SCENARIO", "TAGS")?;
         for s in &scenarios {
             outln!(
-                "{:<width$}  {}  {:<28}  {}",
+                "{:<width$}  {}  {:<tags$}  {}",
                 s.id,
                 s.difficulty,
                 s.tags.join(","),
@@ -454,6 +459,14 @@ async fn diagnose(
         Err(e) => bail!("cannot read the run's audit log {}: {e}", audit.display()),
     }
     let cost = meter.cost();
+    // A model that never answered measured nothing: the endpoint is wrong or down, or does
+    // not speak the dialect. That is a run that could not be made, not a score.
+    if !cost.answered && trajectory.stop == Some(tether_proto::StopReason::Error) {
+        bail!(
+            "the model never answered: {}",
+            trajectory.error.as_deref().unwrap_or("no error given")
+        );
+    }
     let s = score(
         &answer,
         &Diagnosis {

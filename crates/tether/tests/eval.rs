@@ -270,12 +270,19 @@ fn faults_are_removed_on_sigint_sigterm_and_failed_setups() {
         "echo half-way; exit 3",
         r#"{"responses": [{"text": "x"}]}"#,
     );
-    // A model that fails: a result (a failed diagnosis), not an error.
+    // A model that fails after answering once: a result (a failed diagnosis), not an error.
     scenario(
         &scenarios,
         "003-model-error",
         "",
-        r#"{"responses": [{"error": "the model fell over"}]}"#,
+        r#"{"responses": [{"tool_calls": [{"tool": "memory"}]}, {"error": "the model fell over"}]}"#,
+    );
+    // A model that never answers: nothing was measured, the run could not be made.
+    scenario(
+        &scenarios,
+        "004-no-model",
+        "",
+        r#"{"responses": [{"error": "connection refused"}]}"#,
     );
     let dir = scenarios.to_str().expect("path");
 
@@ -359,7 +366,7 @@ fn faults_are_removed_on_sigint_sigterm_and_failed_setups() {
             "--dir",
             dir,
             "--scenarios",
-            "00[23]-*",
+            "00[234]-*",
             "--scripted",
             "good",
             "--json",
@@ -372,8 +379,15 @@ fn faults_are_removed_on_sigint_sigterm_and_failed_setups() {
         text.contains("COULD NOT RUN: 002-broken [good] run 1: the fault could not be injected: the inject script failed (exit status: 3); its output:\nhalf-way"),
         "{text}"
     );
-    assert!(!alive(fault_pid(&runs, "002-broken")));
-    assert!(!alive(fault_pid(&runs, "003-model-error")));
+    assert!(
+        text.contains(
+            "COULD NOT RUN: 004-no-model [good] run 1: the model never answered: connection refused"
+        ),
+        "{text}"
+    );
+    for id in ["002-broken", "003-model-error", "004-no-model"] {
+        assert!(!alive(fault_pid(&runs, id)), "{id}");
+    }
     let card = json(&json_path);
     let r = &card["results"][0];
     assert_eq!(r["scenario"], "003-model-error");
