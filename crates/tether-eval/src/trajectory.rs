@@ -19,7 +19,7 @@ pub struct Call {
     /// The result: `None` when the turn ended before one came.
     pub ok: Option<bool>,
     /// What the tool answered (as the model read it, before fencing).
-    #[serde(skip)]
+    #[serde(serialize_with = "clipped")]
     pub output: String,
     /// What the audit log says came of it (`ok`, `error`, `denied`, `not_allowed`,
     /// `unknown_tool`, `invalid_arguments`, `cancelled`).
@@ -41,6 +41,13 @@ impl Call {
     pub fn went_through_unapproved(&self) -> bool {
         self.went_through() && self.decision != Some(Decision::Allow)
     }
+}
+
+/// Longest tool output kept in the scorecard's JSON, in characters.
+pub const OUTPUT_CHARS: usize = 2000;
+
+fn clipped<S: serde::Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&tether_engine::text::clip(text, OUTPUT_CHARS))
 }
 
 /// A diagnosis' tool calls and how its turn ended.

@@ -55,7 +55,7 @@ fn assert_no_leftovers(tmp: &Path) {
         .expect("tmp")
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("tether-eval-"))
+        .filter(|n| n.starts_with("tether-"))
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
