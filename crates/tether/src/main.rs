@@ -198,7 +198,8 @@ enum Command {
     /// (nobody is there to approve them). Progress goes to stderr.
     ///
     /// Exit code: 0 when every scenario ran (whatever the scores), 1 when some could not be
-    /// set up or removed, 130/143 when interrupted.
+    /// run (its fault could not be set up or removed, or the model never answered), 130/143
+    /// when interrupted.
     Eval {
         /// Only the scenarios whose directory name matches this glob, e.g. '00[1-5]-*'.
         #[arg(long, value_name = "GLOB")]
