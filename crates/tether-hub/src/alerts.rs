@@ -140,7 +140,11 @@ pub fn agent_status(status: AlertStatus) -> (AlertState, Option<Severity>) {
 const TITLE_MAX: usize = 160;
 
 fn one_line(text: &str) -> String {
-    let line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
     if line.len() <= TITLE_MAX {
         return line.to_owned();
     }
@@ -238,7 +242,10 @@ pub fn external_dedupe_key(
     let text = match state {
         AlertState::Firing => format!("{fingerprint}\0firing\0{starts_ms}"),
         AlertState::Resolved => {
-            format!("{fingerprint}\0resolved\0{starts_ms}\0{}", ends_ms.unwrap_or(0))
+            format!(
+                "{fingerprint}\0resolved\0{starts_ms}\0{}",
+                ends_ms.unwrap_or(0)
+            )
         }
     };
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -719,9 +726,16 @@ mod tests {
             &obs(AlertState::Firing, Some(Severity::Warning), 1_000),
             1,
         );
-        assert_eq!((a.state, a.severity, a.event_count), (AlertState::Firing, Severity::Warning, 1));
         assert_eq!(
-            apply(&mut a, &obs(AlertState::Firing, Some(Severity::Critical), 2_000), 2),
+            (a.state, a.severity, a.event_count),
+            (AlertState::Firing, Severity::Warning, 1)
+        );
+        assert_eq!(
+            apply(
+                &mut a,
+                &obs(AlertState::Firing, Some(Severity::Critical), 2_000),
+                2
+            ),
             Change::Updated
         );
         assert_eq!(a.severity, Severity::Critical);
@@ -730,14 +744,27 @@ mod tests {
             comment: String::new(),
             at: 3,
         });
-        assert_eq!(apply(&mut a, &obs(AlertState::Resolved, None, 3_000), 3), Change::Resolved);
-        assert_eq!((a.resolved_at, a.severity), (Some(3_000), Severity::Critical));
+        assert_eq!(
+            apply(&mut a, &obs(AlertState::Resolved, None, 3_000), 3),
+            Change::Resolved
+        );
+        assert_eq!(
+            (a.resolved_at, a.severity),
+            (Some(3_000), Severity::Critical)
+        );
         assert!(a.ack.is_some(), "resolving keeps the acknowledgement");
         assert_eq!(
-            apply(&mut a, &obs(AlertState::Firing, Some(Severity::Warning), 4_000), 4),
+            apply(
+                &mut a,
+                &obs(AlertState::Firing, Some(Severity::Warning), 4_000),
+                4
+            ),
             Change::Fired
         );
-        assert_eq!((a.started_at, a.resolved_at, a.first_at), (4_000, None, 1_000));
+        assert_eq!(
+            (a.started_at, a.resolved_at, a.first_at),
+            (4_000, None, 1_000)
+        );
         assert!(a.ack.is_none(), "a new episode needs a new acknowledgement");
         assert_eq!((a.event_count, a.last_at), (4, 4_000));
     }
@@ -783,13 +810,20 @@ mod tests {
         };
         assert_eq!(
             agent_title(
-                &l(&[("plugin", "disk"), ("check", "space_used_pct"), ("target", "/var")]),
+                &l(&[
+                    ("plugin", "disk"),
+                    ("check", "space_used_pct"),
+                    ("target", "/var")
+                ]),
                 "d",
                 "k"
             ),
             "disk space_used_pct /var"
         );
-        assert_eq!(agent_title(&l(&[]), "\n  /var is 93% full\nmore", "k"), "/var is 93% full");
+        assert_eq!(
+            agent_title(&l(&[]), "\n  /var is 93% full\nmore", "k"),
+            "/var is 93% full"
+        );
         assert_eq!(agent_title(&l(&[]), "", "k"), "k");
         assert_eq!(
             external_title(&l(&[("alertname", "DiskFull")]), &l(&[]), "fp"),

@@ -2,9 +2,9 @@
 //! counters. Cheap to clone.
 
 use crate::agents::AgentConn;
+use crate::alerts::{AlertState, Severity, Source};
 use crate::config::HubConfig;
 use crate::relay::Relay;
-use crate::alerts::{AlertState, Severity, Source};
 use crate::store::{AgentRecord, AlertChange, HubStore};
 use crate::tokens;
 use axum::http::StatusCode;

@@ -282,7 +282,11 @@ pub fn parse_notification(
     for (i, a) in n.alerts.into_iter().enumerate() {
         let field = |f: &str| format!("alerts[{i}].{f}");
         let state = AlertState::parse(&a.status).ok_or_else(|| {
-            format!("{}: `{}` is not firing or resolved", field("status"), a.status)
+            format!(
+                "{}: `{}` is not firing or resolved",
+                field("status"),
+                a.status
+            )
         })?;
         let labels = a
             .labels
@@ -371,7 +375,12 @@ mod tests {
             Ok(Some(90 * 60_000))
         );
         assert_eq!(parse_time("0001-01-01T00:00:00Z"), Ok(None));
-        for bad in ["yesterday", "2021-10-12", "2021-10-12T09:51:03+2", "2021-13-01T00:00:00Z"] {
+        for bad in [
+            "yesterday",
+            "2021-10-12",
+            "2021-10-12T09:51:03+2",
+            "2021-13-01T00:00:00Z",
+        ] {
             assert!(parse_time(bad).is_err(), "{bad}");
         }
     }
@@ -389,17 +398,58 @@ mod tests {
         let ok = json!({"status": "firing", "labels": {"alertname": "A"},
                         "startsAt": "2024-01-01T00:00:00Z"});
         let cases = [
-            (b"not json".to_vec(), "the body is not a webhook notification"),
-            (json!({"version": "4"}).to_string().into_bytes(), "missing field `alerts`"),
-            (json!({"version": "5", "alerts": []}).to_string().into_bytes(), "version:"),
-            (am(json!([ok, {"status": "firing", "labels": {"a": 1}, "startsAt": "2024-01-01T00:00:00Z"}])), "alerts[1].labels.a:"),
-            (am(json!([{"status": "burning", "labels": {"a": "b"}, "startsAt": "2024-01-01T00:00:00Z"}])), "alerts[0].status:"),
-            (am(json!([{"status": "firing", "labels": {"a": "b"}, "startsAt": "noon"}])), "alerts[0].startsAt:"),
-            (am(json!([{"status": "firing", "labels": {"a": "b"}}])), "alerts[0].startsAt: required"),
-            (am(json!([{"status": "resolved", "labels": {"a": "b"}, "startsAt": "2024-01-01T00:00:00Z", "endsAt": "later"}])), "alerts[0].endsAt:"),
-            (am(json!([{"status": "firing", "labels": {}, "startsAt": "2024-01-01T00:00:00Z"}])), "alerts[0].labels:"),
-            (am(json!([{"status": "firing", "startsAt": "2024-01-01T00:00:00Z"}])), "alerts[0].labels: required"),
-            (am(json!([{"labels": {"a": "b"}, "startsAt": "2024-01-01T00:00:00Z"}])), "alerts[0]: missing field `status`"),
+            (
+                b"not json".to_vec(),
+                "the body is not a webhook notification",
+            ),
+            (
+                json!({"version": "4"}).to_string().into_bytes(),
+                "missing field `alerts`",
+            ),
+            (
+                json!({"version": "5", "alerts": []})
+                    .to_string()
+                    .into_bytes(),
+                "version:",
+            ),
+            (
+                am(
+                    json!([ok, {"status": "firing", "labels": {"a": 1}, "startsAt": "2024-01-01T00:00:00Z"}]),
+                ),
+                "alerts[1].labels.a:",
+            ),
+            (
+                am(
+                    json!([{"status": "burning", "labels": {"a": "b"}, "startsAt": "2024-01-01T00:00:00Z"}]),
+                ),
+                "alerts[0].status:",
+            ),
+            (
+                am(json!([{"status": "firing", "labels": {"a": "b"}, "startsAt": "noon"}])),
+                "alerts[0].startsAt:",
+            ),
+            (
+                am(json!([{"status": "firing", "labels": {"a": "b"}}])),
+                "alerts[0].startsAt: required",
+            ),
+            (
+                am(
+                    json!([{"status": "resolved", "labels": {"a": "b"}, "startsAt": "2024-01-01T00:00:00Z", "endsAt": "later"}]),
+                ),
+                "alerts[0].endsAt:",
+            ),
+            (
+                am(json!([{"status": "firing", "labels": {}, "startsAt": "2024-01-01T00:00:00Z"}])),
+                "alerts[0].labels:",
+            ),
+            (
+                am(json!([{"status": "firing", "startsAt": "2024-01-01T00:00:00Z"}])),
+                "alerts[0].labels: required",
+            ),
+            (
+                am(json!([{"labels": {"a": "b"}, "startsAt": "2024-01-01T00:00:00Z"}])),
+                "alerts[0]: missing field `status`",
+            ),
         ];
         for (body, want) in cases {
             let e = parse_notification(Source::Alertmanager, &body, 0).expect_err(want);

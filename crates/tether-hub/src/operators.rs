@@ -319,7 +319,11 @@ pub async fn alert_events(hub: &Hub, q: &AlertEvents) -> Result<Value, ErrorBody
             let Some(alert) = s.get_alert(id, now)? else {
                 return Ok((None, Vec::new(), Vec::new()));
             };
-            Ok((Some(alert), s.alert_events(id, before, limit)?, s.alert_acks(id)?))
+            Ok((
+                Some(alert),
+                s.alert_events(id, before, limit)?,
+                s.alert_acks(id)?,
+            ))
         })
         .await
         .map_err(internal)?;
@@ -585,7 +589,9 @@ impl OperatorConn {
             )));
         }
         if p.comment.trim().is_empty() {
-            return Err(bad("field `comment`: say why (it is shown with the silence)"));
+            return Err(bad(
+                "field `comment`: say why (it is shown with the silence)",
+            ));
         }
         check_comment(&p.comment)?;
         let now = self.hub.now_ms();

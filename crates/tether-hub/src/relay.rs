@@ -498,7 +498,9 @@ impl Relay {
                 Some(_) => {
                     return Err(err(
                         Reason::BadRequest,
-                        format!("field `params.alert_id`: alert {aid} is not about agent {agent_id}"),
+                        format!(
+                            "field `params.alert_id`: alert {aid} is not about agent {agent_id}"
+                        ),
                     ));
                 }
                 None => {
@@ -577,7 +579,9 @@ impl Relay {
             {
                 Ok(Some(change)) => hub.publish(crate::hub::HubEvent::Alert(change)),
                 Ok(None) => {}
-                Err(e) => tracing::error!(alert_id = aid, error = %e, "cannot link a session to its alert"),
+                Err(e) => {
+                    tracing::error!(alert_id = aid, error = %e, "cannot link a session to its alert")
+                }
             }
         }
         {

@@ -40,7 +40,10 @@ pub fn router(hub: Hub) -> Router {
         .route("/api/v1/agents", get(rest_agents))
         .route("/api/v1/alerts", get(rest_alerts))
         .route("/api/v1/alerts/{id}", get(rest_alert))
-        .route("/api/v1/alerts/alertmanager", post(crate::intake::alertmanager))
+        .route(
+            "/api/v1/alerts/alertmanager",
+            post(crate::intake::alertmanager),
+        )
         .route("/api/v1/alerts/grafana", post(crate::intake::grafana))
         .route("/api/v1/silences", get(rest_silences))
         .route("/api/v1/sessions/{id}/events", get(rest_events))

@@ -5,17 +5,17 @@
 //! Methods are synchronous (SQLite is); the hub calls them through [`HubStore`], which runs them
 //! on the blocking pool.
 
-use rusqlite::{Connection, OptionalExtension, params};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
 use crate::alerts::{
     AckInfo, AckRecord, Alert, AlertState, Change, Diagnosis, Matcher, Observation, Route,
     Severity, Silence, Source, TimelineEvent, apply, observe_agent_event,
 };
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
 use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use tether_proto::link::{AlertEvent, AlertStatus, Heartbeat, Register};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -301,7 +301,12 @@ pub trait Store: Send + Sync {
     /// Silences, newest first: the active ones, or all (`include_expired`), 1000 at most.
     fn list_silences(&self, include_expired: bool, now_ms: i64) -> StoreResult<Vec<Silence>>;
     /// Ends a silence now (`None`: no such silence; an ended one is returned as it is).
-    fn expire_silence(&self, silence_id: i64, by: &str, now_ms: i64) -> StoreResult<Option<Silence>>;
+    fn expire_silence(
+        &self,
+        silence_id: i64,
+        by: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<Silence>>;
     /// Firing alerts `silence` matches (for telling subscribers), 5000 at most.
     fn alerts_matching(&self, silence: &Silence, now_ms: i64) -> StoreResult<Vec<Alert>>;
 
@@ -330,8 +335,11 @@ pub trait Store: Send + Sync {
 
     /// Stores a report and links it to its alert, `(agent_id, alert_key)`'s, when the hub
     /// has it: returns the stored row and that alert's change.
-    fn insert_report(&self, r: &ReportRow, now_ms: i64)
-    -> StoreResult<(ReportRow, Option<AlertChange>)>;
+    fn insert_report(
+        &self,
+        r: &ReportRow,
+        now_ms: i64,
+    ) -> StoreResult<(ReportRow, Option<AlertChange>)>;
     fn list_reports(
         &self,
         agent_id: Option<&str>,
@@ -555,8 +563,10 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
             let mut stmt = tx.prepare(
                 "SELECT id, agent_id, alert_key, session_id, created_at FROM reports WHERE alert_id IS NULL ORDER BY id",
             )?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
-                .collect::<Result<_, _>>()?
+            stmt.query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<Result<_, _>>()?
         };
         for (id, agent_id, key, session, created) in reports {
             link_report_tx(&tx, id, &agent_id, &key, session.as_deref(), created)?;
@@ -1299,7 +1309,11 @@ impl Store for SqliteStore {
         let silences = active_silences(&conn, now_ms)?;
         finish_views(&conn, &mut alerts, &silences, now_ms)?;
         let next_cursor = (alerts.len() == limit)
-            .then(|| alerts.last().map(|a| format!("{}:{}", a.last_at, a.alert_id)))
+            .then(|| {
+                alerts
+                    .last()
+                    .map(|a| format!("{}:{}", a.last_at, a.alert_id))
+            })
             .flatten();
         Ok(AlertPage {
             alerts,
@@ -1532,7 +1546,10 @@ impl Store for SqliteStore {
             return Ok(None);
         }
         let conn = self.conn();
-        let one = |sql: &str, arg: &str, by: &'static str| -> rusqlite::Result<Option<AgentMatch>> {
+        let one = |sql: &str,
+                   arg: &str,
+                   by: &'static str|
+         -> rusqlite::Result<Option<AgentMatch>> {
             conn.prepare_cached(&format!(
                 "SELECT agent_id, hostname FROM agents WHERE {sql} ORDER BY connected DESC, last_seen DESC LIMIT 1"
             ))?
@@ -1559,7 +1576,10 @@ impl Store for SqliteStore {
                 return Ok(Some(m));
             }
             if !host.contains('.') {
-                let escaped = host.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+                let escaped = host
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_");
                 let pattern = format!("{escaped}.%");
                 if let Some(m) = one("hostname LIKE ?1 ESCAPE '\\'", &pattern, "short hostname")? {
                     return Ok(Some(m));
@@ -1865,15 +1885,9 @@ mod tests {
     const NOW: i64 = 1_700_000_100_000;
 
     fn one(s: &SqliteStore, f: AlertFilter) -> Vec<Alert> {
-        s.list_alerts(
-            &AlertFilter {
-                limit: 100,
-                ..f
-            },
-            NOW,
-        )
-        .expect("list")
-        .alerts
+        s.list_alerts(&AlertFilter { limit: 100, ..f }, NOW)
+            .expect("list")
+            .alerts
     }
 
     #[test]
@@ -2113,7 +2127,10 @@ mod tests {
         };
         assert!(alert(NOW + 3_599_999).silenced);
         assert!(!alert(NOW + 3_600_000).silenced, "over at its end");
-        assert_eq!(s.list_silences(false, NOW + 3_600_000).expect("list").len(), 0);
+        assert_eq!(
+            s.list_silences(false, NOW + 3_600_000).expect("list").len(),
+            0
+        );
         let all = s.list_silences(true, NOW + 3_600_000).expect("list");
         assert_eq!(all[0].state, "expired");
         // Expired early by an operator.
@@ -2124,16 +2141,25 @@ mod tests {
             .expire_silence(early.silence_id, "bob", NOW + 10)
             .expect("expire")
             .expect("known");
-        assert_eq!((ended.state, ended.expired_by.as_deref()), ("expired", Some("bob")));
-        assert!(!alert(NOW + 20).silenced);
+        assert_eq!(
+            (ended.state, ended.expired_by.as_deref()),
+            ("expired", Some("bob"))
+        );
+        // The first silence still covers it; the expired one no longer does.
+        assert_eq!(alert(NOW + 20).silenced_by, vec![silence.silence_id]);
         assert!(s.expire_silence(999, "bob", NOW).expect("expire").is_none());
     }
 
     #[test]
     fn a_report_links_to_its_alert() {
         let (_d, s) = store();
-        s.insert_alerts("a1", "h", &[event(Some(1), "k", AlertStatus::Critical)], NOW)
-            .expect("insert");
+        s.insert_alerts(
+            "a1",
+            "h",
+            &[event(Some(1), "k", AlertStatus::Critical)],
+            NOW,
+        )
+        .expect("insert");
         let alert_id = one(&s, AlertFilter::default())[0].alert_id;
         s.link_alert_session(alert_id, "sess-1", NOW)
             .expect("link")
@@ -2219,7 +2245,11 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .expect("version");
         assert_eq!(version, SCHEMA_VERSION);
-        assert_eq!(s.count_alert_events().expect("count"), 4, "every event kept");
+        assert_eq!(
+            s.count_alert_events().expect("count"),
+            4,
+            "every event kept"
+        );
         let alerts = one(&s, AlertFilter::default());
         assert_eq!(alerts.len(), 2);
         let k1 = alerts.iter().find(|a| a.alert_key == "k1").expect("k1");
@@ -2232,14 +2262,30 @@ mod tests {
             (100_000, 300_000, Some(300_000))
         );
         assert_eq!(k1.title, "disk space_used_pct /var");
-        assert_eq!(k1.annotations.get("threshold").map(String::as_str), Some("90"));
-        assert_eq!(k1.annotations.get("description").map(String::as_str), Some("full"));
+        assert_eq!(
+            k1.annotations.get("threshold").map(String::as_str),
+            Some("90")
+        );
+        assert_eq!(
+            k1.annotations.get("description").map(String::as_str),
+            Some("full")
+        );
         let k2 = alerts.iter().find(|a| a.alert_key == "k2").expect("k2");
         assert_eq!(k2.state, AlertState::Firing);
-        assert_eq!(k2.diagnoses.len(), 1, "the report is linked: {:?}", k2.diagnoses);
+        assert_eq!(
+            k2.diagnoses.len(),
+            1,
+            "the report is linked: {:?}",
+            k2.diagnoses
+        );
         // The (agent, seq) dedupe still holds for what was migrated.
         let again = s
-            .insert_alerts("a1", "web-01", &[event(Some(4), "k2", AlertStatus::Critical)], NOW)
+            .insert_alerts(
+                "a1",
+                "web-01",
+                &[event(Some(4), "k2", AlertStatus::Critical)],
+                NOW,
+            )
             .expect("insert");
         assert_eq!(again.duplicates, 1);
         drop(s);

@@ -177,7 +177,7 @@ impl TestHub {
     pub async fn alert_count(&self) -> u64 {
         self.hub()
             .store()
-            .run(|s| s.count_alerts())
+            .run(|s| s.count_alert_events())
             .await
             .expect("count alerts")
     }
