@@ -294,6 +294,17 @@ pub struct Route {
     pub reason: String,
 }
 
+/// Why the hub did not diagnose an alert automatically (a cooldown, a budget, a silence),
+/// and when it decided so. Set by the automatic diagnosis
+/// ([`crate::store::Store::note_diagnosis_skipped`]); cleared when a diagnosis is linked or
+/// the alert fires again.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SkipInfo {
+    pub reason: String,
+    #[serde(serialize_with = "ser_ms")]
+    pub at: i64,
+}
+
 /// A diagnosis of an alert: a session started for it, its report, or both.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Diagnosis {
@@ -347,6 +358,8 @@ pub struct Alert {
     pub route: Option<Route>,
     /// Diagnosis sessions and reports, oldest first.
     pub diagnoses: Vec<Diagnosis>,
+    /// Why it was not diagnosed automatically, if it was not (see [`SkipInfo`]).
+    pub diagnosis_skipped: Option<SkipInfo>,
     /// When the hub last changed it (an event, an acknowledgement, a route).
     #[serde(serialize_with = "ser_ms")]
     pub updated_at: i64,
@@ -379,6 +392,7 @@ impl Alert {
             silenced_by: Vec::new(),
             route: None,
             diagnoses: Vec::new(),
+            diagnosis_skipped: None,
             updated_at: now_ms,
         }
     }
@@ -431,6 +445,8 @@ pub enum Change {
     Unsilenced,
     /// A diagnosis session or report was linked to it.
     Diagnosed,
+    /// The automatic diagnosis passed it over (`diagnosis_skipped` says why).
+    Skipped,
 }
 
 impl Change {
@@ -444,6 +460,7 @@ impl Change {
             Change::Silenced => "silenced",
             Change::Unsilenced => "unsilenced",
             Change::Diagnosed => "diagnosed",
+            Change::Skipped => "skipped",
         }
     }
 }
@@ -483,7 +500,9 @@ pub fn apply(alert: &mut Alert, obs: &Observation, now_ms: i64) -> Change {
         (AlertState::Resolved, AlertState::Firing) => {
             alert.started_at = obs.starts_ms.unwrap_or(obs.at_ms);
             alert.resolved_at = None;
+            // A new episode: a new acknowledgement, and a new decision about diagnosing it.
             alert.ack = None;
+            alert.diagnosis_skipped = None;
             Change::Fired
         }
         (AlertState::Firing, AlertState::Resolved) => {

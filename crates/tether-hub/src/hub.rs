@@ -106,7 +106,13 @@ pub(crate) struct Inner {
     shutdown: CancellationToken,
     /// Fires when connections should close (after shutdown's drain).
     closing: CancellationToken,
+    /// Every alert change, for the hub's own consumers (see [`Hub::alert_changes`]).
+    alert_changes: tokio::sync::broadcast::Sender<Arc<AlertChange>>,
 }
+
+/// How many alert changes an in-process consumer may fall behind before it misses some
+/// (it then gets `RecvError::Lagged` and should re-read the store).
+pub const ALERT_CHANGES_BACKLOG: usize = 4096;
 
 #[derive(Clone)]
 pub struct Hub {
@@ -141,6 +147,7 @@ impl Hub {
                 operators,
                 shutdown: CancellationToken::new(),
                 closing: CancellationToken::new(),
+                alert_changes: tokio::sync::broadcast::channel(ALERT_CHANGES_BACKLOG).0,
             }),
         })
     }
@@ -300,9 +307,24 @@ impl Hub {
         }
     }
 
+    /// Every alert change from now on, as [`Hub::publish`] announces them (created, fired,
+    /// resolved, updated, acked, silenced, unsilenced, diagnosed, skipped), in the order they
+    /// were stored: the hook for the hub's own consumers (automatic diagnosis, notifications).
+    /// A consumer that falls [`ALERT_CHANGES_BACKLOG`] behind gets `Lagged` and misses those.
+    pub fn alert_changes(&self) -> tokio::sync::broadcast::Receiver<Arc<AlertChange>> {
+        self.inner.alert_changes.subscribe()
+    }
+
     /// Pushes an `agent` or `alert` control frame to every matching subscriber; a subscriber
-    /// whose queue is full is evicted (its connection closes), never waited for.
+    /// whose queue is full is evicted (its connection closes), never waited for. Alert
+    /// changes also go to [`Hub::alert_changes`].
     pub fn publish(&self, event: HubEvent) {
+        if let HubEvent::Alert(c) = &event
+            && self.inner.alert_changes.receiver_count() > 0
+        {
+            // No receiver is not an error: nothing in-process listens yet.
+            let _ = self.inner.alert_changes.send(Arc::new(c.clone()));
+        }
         let wants = |s: &Sub| match (&s.kind, &event) {
             (SubKind::Agents, HubEvent::Agent(_)) => true,
             (SubKind::Alerts(f), HubEvent::Alert(a)) => f.matches(a),

@@ -123,6 +123,7 @@ pub async fn start(config: HubConfig, allow_plaintext: bool) -> Result<RunningHu
     };
     server::spawn_retention(hub.clone(), stop.clone());
     tokens::spawn_revocation_watch(hub.clone(), stop.clone());
+    operators::spawn_silence_watch(hub.clone(), stop.clone());
     Ok(RunningHub {
         hub,
         local_addr,

@@ -256,9 +256,36 @@ struct AlertAck {
 #[serde(deny_unknown_fields)]
 struct SilenceCreate {
     matchers: Vec<Matcher>,
-    /// e.g. `"2h"`, `"30m"`, `"1d"`.
-    duration: String,
+    duration: DurationArg,
     comment: String,
+}
+
+/// A duration as text (`"2h"`, `"30m"`, `"1d 12h"`) or whole seconds (`7200`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DurationArg {
+    Seconds(u64),
+    Text(String),
+}
+
+impl DurationArg {
+    fn parse(&self) -> Result<std::time::Duration, ErrorBody> {
+        match self {
+            DurationArg::Seconds(n) => Ok(std::time::Duration::from_secs(*n)),
+            DurationArg::Text(t) => humantime::parse_duration(t.trim()).map_err(|e| {
+                bad(format!(
+                    "field `duration`: `{t}` is not a duration ({e}); write e.g. \"2h\" or \"30m\", or a number of seconds"
+                ))
+            }),
+        }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            DurationArg::Seconds(n) => format!("{n}s"),
+            DurationArg::Text(t) => t.clone(),
+        }
+    }
 }
 
 /// `silence.list` / `GET /api/v1/silences`.
@@ -383,6 +410,47 @@ async fn publish_covered(hub: &Hub, silence: crate::alerts::Silence, change: Cha
     }
 }
 
+/// How often the hub looks for silences that ran out by themselves.
+pub const SILENCE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Announces the end of silences that ran out by themselves: every firing alert one covered
+/// goes to subscribers as `unsilenced` (an operator's `silence.expire` announces its own).
+/// Times are the hub's clock, so a test's manual clock ends them too.
+pub fn spawn_silence_watch(hub: Hub, stop: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        let mut seen = hub.now_ms();
+        let mut tick = tokio::time::interval(SILENCE_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = hub.now_ms();
+            if now <= seen {
+                continue;
+            }
+            let ended = hub
+                .store()
+                .run(move |s| s.silences_ended(seen, now))
+                .await;
+            match ended {
+                Ok(ended) => {
+                    // Up to the last one read (1000 at most per pass).
+                    seen = match ended.last() {
+                        Some(s) if ended.len() >= 1000 => s.ends_at,
+                        _ => now,
+                    };
+                    for silence in ended {
+                        publish_covered(&hub, silence, Change::Unsilenced).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot look for ended silences"),
+            }
+        }
+    });
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct SessionsList {
@@ -505,21 +573,31 @@ impl OperatorConn {
                 Ok(p) => alert_events(hub, &p).await,
                 Err(e) => Err(bad(e.error.to_string())),
             },
-            "alert.ack" => match raw.params::<AlertAck>() {
-                Ok(p) => self.ack(p).await,
-                Err(e) => Err(bad(e.error.to_string())),
+            // Observers are refused before their params are read: whatever they send.
+            "alert.ack" => match self.may_act("acknowledge them") {
+                Err(e) => Err(e),
+                Ok(()) => match raw.params::<AlertAck>() {
+                    Ok(p) => self.ack(p).await,
+                    Err(e) => Err(bad(e.error.to_string())),
+                },
             },
-            "silence.create" => match raw.params::<SilenceCreate>() {
-                Ok(p) => self.silence_create(p).await,
-                Err(e) => Err(bad(e.error.to_string())),
+            "silence.create" => match self.may_act("silence them") {
+                Err(e) => Err(e),
+                Ok(()) => match raw.params::<SilenceCreate>() {
+                    Ok(p) => self.silence_create(p).await,
+                    Err(e) => Err(bad(e.error.to_string())),
+                },
             },
             "silence.list" => match raw.params::<SilenceList>() {
                 Ok(p) => list_silences(hub, &p).await,
                 Err(e) => Err(bad(e.error.to_string())),
             },
-            "silence.expire" => match raw.params::<SilenceExpire>() {
-                Ok(p) => self.silence_expire(p).await,
-                Err(e) => Err(bad(e.error.to_string())),
+            "silence.expire" => match self.may_act("expire silences") {
+                Err(e) => Err(e),
+                Ok(()) => match raw.params::<SilenceExpire>() {
+                    Ok(p) => self.silence_expire(p).await,
+                    Err(e) => Err(bad(e.error.to_string())),
+                },
             },
             "reports.list" => match raw.params::<ReportsList>() {
                 Ok(p) => list_reports(hub, p.agent_id, p.alert_id, p.limit).await,
@@ -576,16 +654,11 @@ impl OperatorConn {
     async fn silence_create(&self, p: SilenceCreate) -> Result<Value, ErrorBody> {
         self.may_act("silence them")?;
         check_matchers(&p.matchers).map_err(bad)?;
-        let duration = humantime::parse_duration(p.duration.trim()).map_err(|e| {
-            bad(format!(
-                "field `duration`: `{}` is not a duration ({e}); write e.g. \"2h\" or \"30m\"",
-                p.duration
-            ))
-        })?;
-        if duration.is_zero() || duration > MAX_SILENCE {
+        let duration = p.duration.parse()?;
+        if duration < std::time::Duration::from_secs(1) || duration > MAX_SILENCE {
             return Err(bad(format!(
                 "field `duration`: `{}` is not between 1 s and 366 days",
-                p.duration
+                p.duration.text()
             )));
         }
         if p.comment.trim().is_empty() {
@@ -619,18 +692,8 @@ impl OperatorConn {
             .map_err(internal)?
             .ok_or_else(|| bad(format!("field `silence_id`: no silence {id}")))?;
         let reply = json!({ "silence": &silence });
-        // The alerts it covered, as they are now.
-        let covered = crate::alerts::Silence::new(
-            silence.silence_id,
-            silence.matchers.clone(),
-            String::new(),
-            String::new(),
-            0,
-            i64::MIN,
-            i64::MAX,
-            None,
-        );
-        publish_covered(&self.hub, covered, Change::Unsilenced).await;
+        // The alerts it covered, as they are now (another silence may still cover some).
+        publish_covered(&self.hub, silence, Change::Unsilenced).await;
         Ok(reply)
     }
 

@@ -7,7 +7,7 @@
 
 use crate::alerts::{
     AckInfo, AckRecord, Alert, AlertState, Change, Diagnosis, Matcher, Observation, Route,
-    Severity, Silence, Source, TimelineEvent, apply, observe_agent_event,
+    Severity, Silence, SkipInfo, Source, TimelineEvent, apply, observe_agent_event,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -281,6 +281,14 @@ pub trait Store: Send + Sync {
         session_id: &str,
         now_ms: i64,
     ) -> StoreResult<Option<AlertChange>>;
+    /// Records why the automatic diagnosis passed an alert over (`None`: no such alert).
+    /// Cleared when a diagnosis is linked to it or it fires again.
+    fn note_diagnosis_skipped(
+        &self,
+        alert_id: i64,
+        reason: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<AlertChange>>;
     /// Alert events held (the timelines' total).
     fn count_alert_events(&self) -> StoreResult<u64>;
     /// Alerts firing now.
@@ -309,6 +317,9 @@ pub trait Store: Send + Sync {
     ) -> StoreResult<Option<Silence>>;
     /// Firing alerts `silence` matches (for telling subscribers), 5000 at most.
     fn alerts_matching(&self, silence: &Silence, now_ms: i64) -> StoreResult<Vec<Alert>>;
+    /// Silences that ran out by themselves (not expired by an operator) in
+    /// `(after_ms, upto_ms]`.
+    fn silences_ended(&self, after_ms: i64, upto_ms: i64) -> StoreResult<Vec<Silence>>;
 
     /// The agent a host name or address belongs to (case-insensitive hostname, then IP,
     /// then the first label of a dotted name against a short hostname); a connected agent
@@ -443,6 +454,8 @@ CREATE TABLE IF NOT EXISTS alerts (
     ack_by      TEXT,
     ack_comment TEXT,
     ack_ms      INTEGER,
+    skip_reason TEXT,
+    skip_ms     INTEGER,
     updated_ms  INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alerts_by_last ON alerts(last_ms, alert_id);
@@ -657,7 +670,7 @@ fn token_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
     })
 }
 
-const ALERT_COLUMNS: &str = "alert_id, source, source_name, agent_id, hostname, alert_key, title, severity, state, labels, annotations, url, route, first_ms, started_ms, last_ms, resolved_ms, event_count, ack_by, ack_comment, ack_ms, updated_ms";
+const ALERT_COLUMNS: &str = "alert_id, source, source_name, agent_id, hostname, alert_key, title, severity, state, labels, annotations, url, route, first_ms, started_ms, last_ms, resolved_ms, event_count, ack_by, ack_comment, ack_ms, updated_ms, skip_reason, skip_ms";
 
 fn alert_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Alert> {
     let text = |i: usize| -> rusqlite::Result<String> { row.get(i) };
@@ -694,6 +707,13 @@ fn alert_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Alert> {
         silenced: false,
         silenced_by: Vec::new(),
         diagnoses: Vec::new(),
+        diagnosis_skipped: match row.get::<_, Option<String>>(22)? {
+            Some(reason) => Some(SkipInfo {
+                reason,
+                at: row.get::<_, Option<i64>>(23)?.unwrap_or(0),
+            }),
+            None => None,
+        },
         updated_at: row.get(21)?,
     })
 }
@@ -722,6 +742,10 @@ fn write_alert(tx: &Connection, identity: &str, a: &Alert) -> rusqlite::Result<i
         Some(k) => (Some(k.by.as_str()), Some(k.comment.as_str()), Some(k.at)),
         None => (None, None, None),
     };
+    let (skip_reason, skip_ms) = match &a.diagnosis_skipped {
+        Some(k) => (Some(k.reason.as_str()), Some(k.at)),
+        None => (None, None),
+    };
     let values = params![
         a.source.as_str(),
         a.source_name,
@@ -744,20 +768,22 @@ fn write_alert(tx: &Connection, identity: &str, a: &Alert) -> rusqlite::Result<i
         ack_comment,
         ack_ms,
         a.updated_at,
+        skip_reason,
+        skip_ms,
         identity,
         a.alert_id,
     ];
     if a.alert_id == 0 {
         tx.prepare_cached(
-            "INSERT INTO alerts (source, source_name, agent_id, hostname, alert_key, title, severity, state, labels, annotations, url, route, first_ms, started_ms, last_ms, resolved_ms, event_count, ack_by, ack_comment, ack_ms, updated_ms, identity)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+            "INSERT INTO alerts (source, source_name, agent_id, hostname, alert_key, title, severity, state, labels, annotations, url, route, first_ms, started_ms, last_ms, resolved_ms, event_count, ack_by, ack_comment, ack_ms, updated_ms, skip_reason, skip_ms, identity)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
         )?
-        .execute(&values[..22])?;
+        .execute(&values[..24])?;
         Ok(tx.last_insert_rowid())
     } else {
         tx.prepare_cached(
-            "UPDATE alerts SET source = ?1, source_name = ?2, agent_id = ?3, hostname = ?4, alert_key = ?5, title = ?6, severity = ?7, state = ?8, labels = ?9, annotations = ?10, url = ?11, route = ?12, first_ms = ?13, started_ms = ?14, last_ms = ?15, resolved_ms = ?16, event_count = ?17, ack_by = ?18, ack_comment = ?19, ack_ms = ?20, updated_ms = ?21
-             WHERE identity = ?22 AND alert_id = ?23",
+            "UPDATE alerts SET source = ?1, source_name = ?2, agent_id = ?3, hostname = ?4, alert_key = ?5, title = ?6, severity = ?7, state = ?8, labels = ?9, annotations = ?10, url = ?11, route = ?12, first_ms = ?13, started_ms = ?14, last_ms = ?15, resolved_ms = ?16, event_count = ?17, ack_by = ?18, ack_comment = ?19, ack_ms = ?20, updated_ms = ?21, skip_reason = ?22, skip_ms = ?23
+             WHERE identity = ?24 AND alert_id = ?25",
         )?
         .execute(values)?;
         Ok(a.alert_id)
@@ -1405,7 +1431,7 @@ impl Store for SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let n = tx.execute(
-            "UPDATE alerts SET updated_ms = ?2 WHERE alert_id = ?1",
+            "UPDATE alerts SET updated_ms = ?2, skip_reason = NULL, skip_ms = NULL WHERE alert_id = ?1",
             params![alert_id, now_ms],
         )?;
         if n == 0 {
@@ -1416,6 +1442,26 @@ impl Store for SqliteStore {
             params![alert_id, session_id, now_ms],
         )?;
         let change = changed(&tx, alert_id, Change::Diagnosed, now_ms)?;
+        tx.commit()?;
+        Ok(change)
+    }
+
+    fn note_diagnosis_skipped(
+        &self,
+        alert_id: i64,
+        reason: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<AlertChange>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE alerts SET skip_reason = ?2, skip_ms = ?3, updated_ms = ?3 WHERE alert_id = ?1",
+            params![alert_id, reason, now_ms],
+        )?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let change = changed(&tx, alert_id, Change::Skipped, now_ms)?;
         tx.commit()?;
         Ok(change)
     }
@@ -1540,6 +1586,18 @@ impl Store for SqliteStore {
         Ok(matched)
     }
 
+    fn silences_ended(&self, after_ms: i64, upto_ms: i64) -> StoreResult<Vec<Silence>> {
+        let conn = self.conn();
+        let rows = conn
+            .prepare_cached(&format!(
+                "SELECT {SILENCE_COLUMNS} FROM silences WHERE ends_ms > ?1 AND ends_ms <= ?2 AND expired_by IS NULL ORDER BY ends_ms LIMIT 1000"
+            ))?
+            .query_map(params![after_ms, upto_ms], silence_from_row)?
+            .map(|r| r.map(|s| s.with_state(upto_ms)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
     fn find_agent_by_host(&self, host: &str) -> StoreResult<Option<AgentMatch>> {
         let host = host.trim();
         if host.is_empty() {
@@ -1568,7 +1626,14 @@ impl Store for SqliteStore {
         if let Some(m) = one("ip = ?1 COLLATE NOCASE", host, "ip")? {
             return Ok(Some(m));
         }
-        if host.parse::<std::net::IpAddr>().is_err() {
+        // An address written another way (`0:0:0:0:0:0:0:1`, `::1`): its canonical form.
+        let ip = host.parse::<std::net::IpAddr>().ok();
+        if let Some(canonical) = ip.map(|ip| ip.to_string()).filter(|c| c != host)
+            && let Some(m) = one("ip = ?1 COLLATE NOCASE", &canonical, "ip")?
+        {
+            return Ok(Some(m));
+        }
+        if ip.is_none() {
             // `web-01.example.com` for an agent called `web-01`, and the other way round.
             if let Some((short, _)) = host.split_once('.')
                 && let Some(m) = one("hostname = ?1 COLLATE NOCASE", short, "short hostname")?
@@ -1748,7 +1813,7 @@ impl Store for SqliteStore {
         let change = match alert_id {
             Some(id) => {
                 tx.execute(
-                    "UPDATE alerts SET updated_ms = ?2 WHERE alert_id = ?1",
+                    "UPDATE alerts SET updated_ms = ?2, skip_reason = NULL, skip_ms = NULL WHERE alert_id = ?1",
                     params![id, now_ms],
                 )?;
                 changed(&tx, id, Change::Diagnosed, now_ms)?
