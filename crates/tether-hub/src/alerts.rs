@@ -466,24 +466,36 @@ impl Change {
 }
 
 /// Moves `alert` by one more event (not its first: see [`Alert::new`]); returns what
-/// changed. Agent events apply in the order they arrive (an agent sends them in order);
-/// external ones by their times, so a late delivery of an older episode counts as an event
-/// but moves nothing.
+/// changed.
+///
+/// * Agent events apply in the order they arrive (an agent sends them in order).
+/// * External ones carry their episode (`starts_ms`, the source's `startsAt`), and the
+///   newest episode heard of wins whatever order notifications arrive in: an event of an
+///   older episode than the alert's current one, or a firing of the current episode once it
+///   is resolved, is late — counted and kept in the timeline, nothing else moves. So the same
+///   set of notifications gives the same state in any order.
 pub fn apply(alert: &mut Alert, obs: &Observation, now_ms: i64) -> Change {
     alert.event_count += 1;
+    alert.first_at = alert
+        .first_at
+        .min(obs.at_ms)
+        .min(obs.starts_ms.unwrap_or(obs.at_ms));
     alert.last_at = alert.last_at.max(obs.at_ms);
     alert.updated_at = now_ms;
-    let late = match (obs.starts_ms, obs.state, alert.state) {
-        // A firing of an episode that has already been resolved.
-        (Some(s), AlertState::Firing, AlertState::Resolved) => {
-            alert.resolved_at.is_some_and(|r| s <= r)
+    let before = alert.state;
+    let mut new_episode = false;
+    if let Some(s) = obs.starts_ms {
+        let late = s < alert.started_at
+            || (s == alert.started_at
+                && before == AlertState::Resolved
+                && obs.state == AlertState::Firing);
+        if late {
+            return Change::Updated;
         }
-        // The resolution of an episode older than the one firing now.
-        (Some(s), AlertState::Resolved, AlertState::Firing) => s < alert.started_at,
-        _ => false,
-    };
-    if late {
-        return Change::Updated;
+        if s > alert.started_at {
+            alert.started_at = s;
+            new_episode = true;
+        }
     }
     alert.title = obs.title.clone();
     alert.labels = obs.labels.clone();
@@ -494,11 +506,12 @@ pub fn apply(alert: &mut Alert, obs: &Observation, now_ms: i64) -> Change {
     if let Some(s) = obs.severity {
         alert.severity = s;
     }
-    let before = alert.state;
     alert.state = obs.state;
     match (before, obs.state) {
         (AlertState::Resolved, AlertState::Firing) => {
-            alert.started_at = obs.starts_ms.unwrap_or(obs.at_ms);
+            if obs.starts_ms.is_none() {
+                alert.started_at = obs.at_ms;
+            }
             alert.resolved_at = None;
             // A new episode: a new acknowledgement, and a new decision about diagnosing it.
             alert.ack = None;
@@ -510,7 +523,10 @@ pub fn apply(alert: &mut Alert, obs: &Observation, now_ms: i64) -> Change {
             Change::Resolved
         }
         (AlertState::Resolved, AlertState::Resolved) => {
-            alert.resolved_at = Some(obs.at_ms);
+            // The episode's resolution stays the first heard of; a newer episode's replaces it.
+            if new_episode || alert.resolved_at.is_none() {
+                alert.resolved_at = Some(obs.at_ms);
+            }
             Change::Updated
         }
         (AlertState::Firing, AlertState::Firing) => Change::Updated,
@@ -807,6 +823,154 @@ mod tests {
         assert_eq!(apply(&mut a, &firing(9_000), 4), Change::Fired);
         assert_eq!(apply(&mut a, &resolved(1_000, 5_000), 5), Change::Updated);
         assert_eq!((a.state, a.started_at), (AlertState::Firing, 9_000));
+    }
+
+    #[test]
+    fn catpaw_statuses_map_to_state_and_severity() {
+        use tether_proto::link::AlertStatus;
+        let cases = [
+            (
+                AlertStatus::Critical,
+                AlertState::Firing,
+                Some(Severity::Critical),
+            ),
+            (
+                AlertStatus::Warning,
+                AlertState::Firing,
+                Some(Severity::Warning),
+            ),
+            (AlertStatus::Info, AlertState::Firing, Some(Severity::Info)),
+            (AlertStatus::Ok, AlertState::Resolved, None),
+        ];
+        for (status, state, severity) in cases {
+            assert_eq!(agent_status(status), (state, severity), "{status:?}");
+            let e = AlertEvent {
+                event_time: 1_700_000_000,
+                event_status: status,
+                alert_key: "k".into(),
+                labels: BTreeMap::new(),
+                attrs: BTreeMap::from([("threshold".to_owned(), "90".to_owned())]),
+                description: "/var is full".into(),
+                description_format: "text".into(),
+                seq: Some(3),
+            };
+            let o = observe_agent_event(&e);
+            assert_eq!((o.state, o.severity), (state, severity));
+            assert_eq!(
+                o.status,
+                status.as_str(),
+                "the timeline keeps catpaw's word"
+            );
+            assert_eq!(o.at_ms, 1_700_000_000_000);
+            assert_eq!(o.annotations["threshold"], "90");
+            assert_eq!(o.annotations["description"], "/var is full");
+            assert_eq!(o.annotations["description_format"], "text");
+        }
+        // Warning, then Ok: resolved, and it keeps the severity it had.
+        let warn = obs(AlertState::Firing, Some(Severity::Warning), 1);
+        let mut a = Alert::new(Source::Agent, "k", &warn, 1);
+        apply(&mut a, &obs(AlertState::Resolved, None, 2), 2);
+        assert_eq!(
+            (a.state, a.severity),
+            (AlertState::Resolved, Severity::Warning)
+        );
+    }
+
+    mod lifecycle_props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn status() -> impl Strategy<Value = Option<Severity>> {
+            prop_oneof![
+                Just(Some(Severity::Critical)),
+                Just(Some(Severity::Warning)),
+                Just(Some(Severity::Info)),
+                Just(None),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(500))]
+
+            /// Agent events (catpaw statuses; `None` is Ok) against a reference model: the
+            /// state is the last event's, the severity the last non-Ok one's (info when only
+            /// Ok was heard), `fired`/`resolved` exactly at the transitions, an
+            /// acknowledgement lasts until the next firing.
+            #[test]
+            fn agent_events_follow_the_reference_model(events in proptest::collection::vec(status(), 1..40)) {
+                let ob = |i: usize, sev: Option<Severity>| {
+                    let state = if sev.is_some() { AlertState::Firing } else { AlertState::Resolved };
+                    obs(state, sev, 1_000 * (i as i64 + 1))
+                };
+                let mut a = Alert::new(Source::Agent, "k", &ob(0, events[0]), 0);
+                let mut severity = events[0].unwrap_or(Severity::Info);
+                let mut resolved_at = events[0].is_none().then_some(1_000);
+                for (i, sev) in events.iter().enumerate().skip(1) {
+                    let before = a.state;
+                    a.ack = Some(AckInfo { by: "alice".into(), comment: String::new(), at: 0 });
+                    let change = apply(&mut a, &ob(i, *sev), i as i64);
+                    let at = 1_000 * (i as i64 + 1);
+                    if let Some(s) = sev {
+                        severity = *s;
+                    }
+                    let expected = match (before, sev.is_some()) {
+                        (AlertState::Resolved, true) => { resolved_at = None; Change::Fired }
+                        (AlertState::Firing, false) => { resolved_at = Some(at); Change::Resolved }
+                        _ => Change::Updated,
+                    };
+                    prop_assert_eq!(change, expected);
+                    prop_assert_eq!(a.ack.is_none(), change == Change::Fired);
+                    if change == Change::Fired {
+                        prop_assert_eq!(a.started_at, at);
+                    }
+                }
+                let last_state = if events[events.len() - 1].is_some() { AlertState::Firing } else { AlertState::Resolved };
+                prop_assert_eq!(a.state, last_state);
+                prop_assert_eq!(a.severity, severity);
+                prop_assert_eq!(a.resolved_at, resolved_at);
+                prop_assert_eq!(a.resolved_at.is_some(), a.state == AlertState::Resolved);
+                prop_assert_eq!(a.event_count, events.len() as u64);
+                prop_assert_eq!((a.first_at, a.last_at), (1_000, 1_000 * events.len() as i64));
+            }
+
+            /// External notifications about up to four episodes (episode k fires at
+            /// `starts_k` and resolves at `ends_k`, one after the other), delivered in any
+            /// order, any number of times: the alert ends up in the newest episode heard of,
+            /// resolved exactly when that episode's resolution was heard, whatever the order.
+            #[test]
+            fn external_events_give_the_same_state_in_any_order(
+                deliveries in proptest::collection::vec((0usize..4, any::<bool>()), 1..30)
+            ) {
+                let starts = |k: usize| 100_000 * (k as i64 + 1);
+                let ends = |k: usize| starts(k) + 50_000;
+                let ob = |(k, resolved): (usize, bool)| Observation {
+                    starts_ms: Some(starts(k)),
+                    ..if resolved {
+                        obs(AlertState::Resolved, Some(Severity::Warning), ends(k))
+                    } else {
+                        obs(AlertState::Firing, Some(Severity::Warning), starts(k))
+                    }
+                };
+                let run = |order: &[(usize, bool)]| {
+                    let mut a = Alert::new(Source::Alertmanager, "fp", &ob(order[0]), 0);
+                    for d in &order[1..] {
+                        apply(&mut a, &ob(*d), 0);
+                    }
+                    a
+                };
+                let newest = deliveries.iter().map(|d| d.0).max().unwrap_or(0);
+                let resolved = deliveries.contains(&(newest, true));
+                for order in [deliveries.clone(), deliveries.iter().rev().copied().collect()] {
+                    let a = run(&order);
+                    prop_assert_eq!(a.started_at, starts(newest));
+                    prop_assert_eq!(a.state == AlertState::Resolved, resolved);
+                    prop_assert_eq!(a.resolved_at, resolved.then(|| ends(newest)));
+                    prop_assert_eq!(a.event_count, deliveries.len() as u64);
+                    let first = deliveries.iter().map(|d| d.0).min().unwrap_or(0);
+                    prop_assert_eq!(a.first_at, starts(first));
+                }
+            }
+        }
     }
 
     #[test]

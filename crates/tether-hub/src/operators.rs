@@ -430,10 +430,7 @@ pub fn spawn_silence_watch(hub: Hub, stop: tokio_util::sync::CancellationToken) 
             if now <= seen {
                 continue;
             }
-            let ended = hub
-                .store()
-                .run(move |s| s.silences_ended(seen, now))
-                .await;
+            let ended = hub.store().run(move |s| s.silences_ended(seen, now)).await;
             match ended {
                 Ok(ended) => {
                     // Up to the last one read (1000 at most per pass).

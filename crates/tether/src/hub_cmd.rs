@@ -541,7 +541,10 @@ mod tests {
                 "[[alert_routes]]\nmatch = { job = \"x\" }\nagent = \" \"\n",
                 "alert_routes[0].agent",
             ),
-            ("[[alert_routes]]\nagent = \"db-01\"\n", "missing field `match`"),
+            (
+                "[[alert_routes]]\nagent = \"db-01\"\n",
+                "missing field `match`",
+            ),
         ];
         for (text, want) in cases {
             let e = format!("{:#}", load(text).expect_err(want));
