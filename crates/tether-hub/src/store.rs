@@ -827,8 +827,9 @@ fn external_identity(source: Source, fingerprint: &str) -> String {
     format!("{}/{fingerprint}", source.as_str())
 }
 
-/// Applies one observation to the alert of `identity` (created if new) and stores the event;
-/// `cache` holds the batch's alerts already read. Returns the change.
+/// Applies one observation to the alert of `identity` (created if new) and stores the event
+/// (an agent's event with the agent that sent it); `cache` holds the batch's alerts already
+/// read. Returns the change.
 fn observe_tx(
     tx: &Connection,
     cache: &mut HashMap<String, Alert>,
@@ -836,7 +837,6 @@ fn observe_tx(
     fresh: impl FnOnce() -> Alert,
     update: impl FnOnce(&mut Alert),
     obs: &Observation,
-    event_agent: Option<&str>,
     now_ms: i64,
 ) -> rusqlite::Result<AlertChange> {
     let known = match cache.remove(identity) {
@@ -853,6 +853,10 @@ fn observe_tx(
     };
     update(&mut alert);
     alert.alert_id = write_alert(tx, identity, &alert)?;
+    let event_agent = match alert.source {
+        Source::Agent => alert.agent_id.as_deref(),
+        Source::Alertmanager | Source::Grafana => None,
+    };
     insert_event(tx, alert.alert_id, event_agent, obs, now_ms)?;
     cache.insert(identity.to_owned(), alert.clone());
     Ok(AlertChange {
@@ -891,7 +895,6 @@ fn agent_event_tx(
             a.hostname = Some(hostname.to_owned());
         },
         &obs,
-        Some(agent_id),
         now_ms,
     )?;
     Ok(Some(change))
@@ -1273,7 +1276,6 @@ impl Store for SqliteStore {
                     a.route = Some(x.route.clone());
                 },
                 &x.obs,
-                None,
                 now_ms,
             )?;
             out.changes.push(change);
