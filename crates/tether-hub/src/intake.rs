@@ -34,8 +34,10 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use tether_transport::ws::http_error;
 
-/// The largest notification accepted (413 past it).
-pub const MAX_INTAKE_BODY: usize = 1 << 20;
+/// The largest notification accepted (413 past it). Alertmanager sends a whole group in one
+/// notification: 4 MiB holds a few thousand alerts with their annotations (a receiver's
+/// `max_alerts` caps a group below that).
+pub const MAX_INTAKE_BODY: usize = 4 << 20;
 /// The longest fingerprint accepted.
 const MAX_FINGERPRINT: usize = 256;
 

@@ -44,7 +44,11 @@ pub fn router(hub: Hub) -> Router {
             "/api/v1/alerts/alertmanager",
             post(crate::intake::alertmanager),
         )
-        .route("/api/v1/alerts/grafana", post(crate::intake::grafana))
+        // Grafana's webhook contact point may be set to PUT.
+        .route(
+            "/api/v1/alerts/grafana",
+            post(crate::intake::grafana).put(crate::intake::grafana),
+        )
         .route("/api/v1/silences", get(rest_silences))
         .route("/api/v1/sessions/{id}/events", get(rest_events))
         .route("/api/v1/reports", get(rest_reports))

@@ -324,7 +324,7 @@ async fn a_malformed_notification_is_refused_naming_the_field_and_nothing_is_sto
     }
     // Too large: 413, before the body is parsed.
     let mut huge = good.clone();
-    huge["annotations"]["description"] = json!("x".repeat(1 << 20));
+    huge["annotations"]["description"] = json!("x".repeat(tether_hub::intake::MAX_INTAKE_BODY));
     let (status, reply) = post_raw(
         &hub,
         "/api/v1/alerts/alertmanager",
@@ -1137,6 +1137,17 @@ async fn grafana_notifications_keep_their_fields() {
     )
     .await;
     assert_eq!(status, 200, "{r}");
+    // Grafana may be set to PUT: the same notification again, stored once.
+    let resp = http()
+        .put(format!("http://{}/api/v1/alerts/grafana", hub.addr))
+        .bearer_auth(GRAFANA_TOKEN)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(resp.status().as_u16(), 200);
+    let again: Value = resp.json().await.expect("JSON");
+    assert_eq!(again, json!({"stored": 0, "duplicates": 1}));
     let mut alice = hub.operator(ALICE).await;
     let a = list(&mut alice, json!({"source": "grafana"})).await;
     assert_eq!(a.len(), 1, "{a:#?}");
