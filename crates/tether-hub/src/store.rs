@@ -2218,6 +2218,59 @@ mod tests {
     }
 
     #[test]
+    fn retention_prunes_old_events_resolved_alerts_and_ended_silences() {
+        let (_d, s) = store();
+        let old = NOW - 40 * 86_400_000;
+        let cutoff = NOW - 30 * 86_400_000;
+        // Resolved long ago: goes, with its timeline and acknowledgements.
+        s.insert_alerts(
+            "a1",
+            "h",
+            &[
+                event(Some(1), "gone", AlertStatus::Critical),
+                event(Some(2), "gone", AlertStatus::Ok),
+            ],
+            old,
+        )
+        .expect("insert");
+        let gone = one(&s, AlertFilter::default())[0].alert_id;
+        s.ack_alert(gone, "alice", "", old).expect("ack");
+        // Firing since long ago: stays, though its old events go.
+        s.insert_alerts(
+            "a1",
+            "h",
+            &[event(Some(3), "still", AlertStatus::Warning)],
+            old,
+        )
+        .expect("insert");
+        // Recent: untouched.
+        s.insert_alerts("a1", "h", &[event(Some(4), "new", AlertStatus::Ok)], NOW)
+            .expect("insert");
+        let m = vec![Matcher {
+            name: "alertname".into(),
+            value: "x".into(),
+            is_regex: false,
+        }];
+        s.create_silence(&m, "ended", "alice", old, old + 1000)
+            .expect("silence");
+        s.create_silence(&m, "running", "alice", old, NOW + 1000)
+            .expect("silence");
+        let n = s.prune_alerts(cutoff).expect("prune");
+        assert_eq!(n, 3 + 1, "three old events and one resolved alert");
+        let keys: Vec<String> = one(&s, AlertFilter::default())
+            .into_iter()
+            .map(|a| a.alert_key)
+            .collect();
+        assert_eq!(keys, vec!["new".to_owned(), "still".to_owned()]);
+        assert!(s.alert_acks(gone).expect("acks").is_empty());
+        assert_eq!(s.count_alert_events().expect("count"), 1);
+        let silences = s.list_silences(true, NOW).expect("silences");
+        assert_eq!(silences.len(), 1);
+        assert_eq!(silences[0].comment, "running");
+        assert_eq!(s.count_firing_alerts().expect("firing"), 1);
+    }
+
+    #[test]
     fn a_report_links_to_its_alert() {
         let (_d, s) = store();
         s.insert_alerts(
