@@ -308,9 +308,12 @@ impl Hub {
     }
 
     /// Every alert change from now on, as [`Hub::publish`] announces them (created, fired,
-    /// resolved, updated, acked, silenced, unsilenced, diagnosed, skipped), in the order they
-    /// were stored: the hook for the hub's own consumers (automatic diagnosis, notifications).
-    /// A consumer that falls [`ALERT_CHANGES_BACKLOG`] behind gets `Lagged` and misses those.
+    /// resolved, updated, acked, silenced, unsilenced, diagnosed, skipped): the hook for the
+    /// hub's own consumers (automatic diagnosis, notifications). Each carries the alert as it
+    /// was just stored; changes of one sender (an agent's link, one notification) come in
+    /// the order they were stored, different senders' may interleave. A consumer that falls
+    /// [`ALERT_CHANGES_BACKLOG`] behind gets `Lagged`, misses those, and should re-read the
+    /// store.
     pub fn alert_changes(&self) -> tokio::sync::broadcast::Receiver<Arc<AlertChange>> {
         self.inner.alert_changes.subscribe()
     }

@@ -991,6 +991,9 @@ async fn alerts_subscribe_receives_state_changes() {
     }
     // (A refused subscribe leaves the previous one in place.)
 
+    // The in-process hook (automatic diagnosis, notifiers) hears the same changes.
+    let mut changes = hub.hub().alert_changes();
+
     // An agent's alert: Critical, then Ok.
     let token = hub.create_token("sub").await;
     let agent_id = uuid::Uuid::now_v7().to_string();
@@ -1017,6 +1020,12 @@ async fn alerts_subscribe_receives_state_changes() {
     assert_eq!(a["agent_id"], agent_id.as_str(), "{f}");
     let f = next_alert(&mut firing).await;
     assert_eq!(f["change"], "created", "{f}");
+    let c = within("an alert change in-process", changes.recv())
+        .await
+        .expect("a change");
+    assert_eq!(c.change, tether_hub::alerts::Change::Created);
+    assert_eq!(c.alert.alert_key, "disk_/var");
+    assert_eq!(c.alert.agent_id.as_deref(), Some(agent_id.as_str()));
     agent.alerts(vec![catpaw_alert(
         "disk_/var",
         "Ok",
