@@ -51,6 +51,7 @@ mod cpu;
 mod credit;
 mod hub_load;
 mod idle;
+mod intake;
 mod mux_side;
 mod overhead;
 
@@ -78,6 +79,8 @@ enum Command {
     Overhead(overhead::OverheadArgs),
     /// Resident memory per idle client connection of a real `tether agent`.
     Idle(idle::IdleArgs),
+    /// Alertmanager notifications into a real hub, and POST-to-operator latency.
+    Intake(intake::IntakeArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -355,5 +358,6 @@ fn main() -> anyhow::Result<()> {
         Command::Hub(args) => runtime.block_on(hub_load::run(args)),
         Command::Overhead(args) => runtime.block_on(overhead::run(args)),
         Command::Idle(args) => runtime.block_on(idle::run(args)),
+        Command::Intake(args) => runtime.block_on(intake::run(args)),
     }
 }

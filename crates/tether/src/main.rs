@@ -164,7 +164,8 @@ enum Command {
         #[command(subcommand)]
         command: ChecksCommand,
     },
-    /// Recent alert events from this agent's local history (works with the agent stopped).
+    /// This agent's alerts from its local history, firing or resolved (works with the agent
+    /// stopped); `--events` for the raw events.
     Alerts {
         /// Agent config file (default ~/.config/tether/agent.toml).
         #[arg(long, env = "TETHER_CONFIG")]
@@ -172,6 +173,9 @@ enum Command {
         /// How many, newest first.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// The events as recorded (Critical, Warning, Info, Ok) instead of the alerts.
+        #[arg(long)]
+        events: bool,
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -601,8 +605,14 @@ async fn run(cli: Cli, no_namespace: Option<String>) -> Result<std::process::Exi
         Command::Alerts {
             config,
             limit,
+            events,
             output,
-        } => ok(checks_cmd::alerts(config.as_deref(), limit, output.json())),
+        } => ok(checks_cmd::alerts(
+            config.as_deref(),
+            limit,
+            events,
+            output.json(),
+        )),
         Command::Models {
             command: ModelsCommand::Test { config, timeout },
         } => models::test(config.as_deref(), timeout).await,
