@@ -77,7 +77,7 @@ mod tests {
             .map(|s| s.trim().trim_matches('\''))
             .filter(|s| !s.is_empty())
             .collect();
-        assert_eq!(console, tether_engine::inspect::plugins());
+        assert_eq!(console, tether_host::inspect::plugins());
     }
 
     /// The console builds its DOM from text nodes: no file assigns HTML.

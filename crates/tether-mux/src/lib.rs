@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tether_engine::Engine;
 use tether_engine::log::{EventLog, LogError};
-use tether_engine::tools::ToolRegistry;
+use tether_host::tools::ToolRegistry;
 use tether_proto::{
     CLIENT_PROTOCOL_VERSION, Class, ClientId, ClientInfo, DEFAULT_LIST_LIMIT, ErrorBody,
     HelloResult, ListSessions, Mode, Op, Policy, RawRequest, Reason, ReplyFrame, Request,
@@ -193,7 +193,7 @@ impl Mux {
     /// Sets the toolset of sessions started from the hub (the hub link's `remote_tools`);
     /// every such session uses it from its next turn, restored ones included.
     pub fn set_remote_tools(&self, tools: ToolRegistry) {
-        *tether_engine::sync::lock(&self.inner.shared.remote_tools) = Some(tools);
+        *tether_host::sync::lock(&self.inner.shared.remote_tools) = Some(tools);
     }
 
     pub fn config(&self) -> &MuxConfig {
