@@ -348,9 +348,20 @@ impl OperatorConn {
         let result = match op {
             Op::Hello(hello) => {
                 // The client's own name joins its display name (sessions joined from now on
-                // show it).
+                // show it). A lower `class` is forwarded to the agent with every later op, so
+                // the agent's arbitration judges it as that class.
                 let client = {
+                    let attached = lock(&self.attached).len();
                     let mut c = lock(&self.client);
+                    if let Some(class) = hello.class {
+                        if let Err(e) =
+                            tether_mux::arbitration::check_class_change(c.class, class, attached)
+                        {
+                            drop(c);
+                            return self.reply(re, Err(e));
+                        }
+                        c.class = class;
+                    }
                     if hello.client_name.is_some() {
                         c.name = display_name(
                             &self.operator,
