@@ -392,12 +392,9 @@ impl OperatorConn {
                 .await
                 .map(|sessions| json!({ "sessions": sessions })),
             Op::Attach(a) => {
-                {
-                    let mut set = lock(&self.attached);
-                    set.insert(a.session_id.to_string());
-                }
+                let newly = lock(&self.attached).insert(a.session_id.to_string());
                 // Replies itself: the snapshot must precede the replay in the queue.
-                relay
+                let attached = relay
                     .attach(
                         hub,
                         client,
@@ -408,6 +405,10 @@ impl OperatorConn {
                         a.after_seq,
                     )
                     .await;
+                if !attached && newly {
+                    // A refused attach leaves nothing attached (a lower class may follow).
+                    lock(&self.attached).remove(a.session_id.as_str());
+                }
                 return;
             }
             Op::Detach(d) => {

@@ -685,11 +685,10 @@ impl Connection {
         let Some(ops) = self.mux.session_ops(&session_id) else {
             return self.reply(ReplyFrame::err(Some(re), unknown_session(&session_id)));
         };
-        let attaching = matches!(op, SessionOp::Attach { .. });
-        if attaching {
-            // Before the op: a disconnect while it is in flight must detach it too.
-            tether_engine::sync::lock(&self.attached).insert(session_id.clone());
-        }
+        // Before the op: a disconnect while it is in flight must detach it too. Only a new
+        // entry is undone when the attach fails (a failed re-attach leaves the first one).
+        let attaching = matches!(op, SessionOp::Attach { .. })
+            && tether_engine::sync::lock(&self.attached).insert(session_id.clone());
         let detaching = matches!(op, SessionOp::Detach);
         let (done_tx, done_rx) = oneshot::channel();
         let msg = OpMsg::Op {
@@ -723,9 +722,7 @@ impl Connection {
                 let error = match e {
                     tokio::sync::mpsc::error::TrySendError::Full(_) => ErrorBody::new(
                         Reason::Overloaded,
-                        format!(
-                            "session {session_id} has too many requests queued; retry shortly"
-                        ),
+                        format!("session {session_id} has too many requests queued; retry shortly"),
                     ),
                     // The session was removed (retention) after it was looked up.
                     tokio::sync::mpsc::error::TrySendError::Closed(_)

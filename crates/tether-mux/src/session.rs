@@ -1012,13 +1012,7 @@ impl Actor {
 
     // ---- ops ----------------------------------------------------------------------------
 
-    fn on_op(
-        &mut self,
-        conn: ConnRef,
-        re: RequestId,
-        op: SessionOp,
-        done: oneshot::Sender<bool>,
-    ) {
+    fn on_op(&mut self, conn: ConnRef, re: RequestId, op: SessionOp, done: oneshot::Sender<bool>) {
         let result = match op {
             SessionOp::Attach { after_seq } => match self.check_attach(after_seq) {
                 Ok(()) => {

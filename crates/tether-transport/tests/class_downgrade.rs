@@ -44,7 +44,10 @@ async fn a_human_lowered_to_agent_cannot_approve_its_own_turn() {
             (agent.ws(HUMAN_TOKEN).await, agent.ws(HUMAN_TOKEN).await)
         };
         let r = hello(&mut lowered, json!({"client_name": "ai", "class": "agent"})).await;
-        assert_eq!(r["class"], "agent", "the reply states the class in force: {r}");
+        assert_eq!(
+            r["class"], "agent",
+            "the reply states the class in force: {r}"
+        );
 
         // Policy `any` is a human's choice only.
         let err = expect_error(
@@ -143,11 +146,20 @@ async fn lowering_goes_down_in_steps_and_never_back() {
     let agent = Agent::start(opts()).await;
     let mut alice = agent.ws(HUMAN_TOKEN).await;
     let sid = create_session(&mut alice, "human").await;
-    assert_eq!(hello(&mut alice, json!({"class": "human"})).await["class"], "human");
-    assert_eq!(hello(&mut alice, json!({"class": "agent"})).await["class"], "agent");
+    assert_eq!(
+        hello(&mut alice, json!({"class": "human"})).await["class"],
+        "human"
+    );
+    assert_eq!(
+        hello(&mut alice, json!({"class": "agent"})).await["class"],
+        "agent"
+    );
     let err = expect_error(&mut alice, "hello", json!({"class": "human"})).await;
     assert_eq!(err.reason.as_str(), "forbidden", "{err:?}");
-    assert_eq!(hello(&mut alice, json!({"class": "observer"})).await["class"], "observer");
+    assert_eq!(
+        hello(&mut alice, json!({"class": "observer"})).await["class"],
+        "observer"
+    );
     let err = expect_error(
         &mut alice,
         "input",
@@ -198,7 +210,10 @@ async fn the_class_cannot_change_while_attached() {
         .request("detach", json!({"session_id": sid}))
         .await
         .expect("detach");
-    assert_eq!(hello(&mut alice, json!({"class": "agent"})).await["class"], "agent");
+    assert_eq!(
+        hello(&mut alice, json!({"class": "agent"})).await["class"],
+        "agent"
+    );
     // A refused attach leaves nothing attached.
     let err = expect_error(
         &mut alice,
@@ -207,12 +222,17 @@ async fn the_class_cannot_change_while_attached() {
     )
     .await;
     assert_eq!(err.reason.as_str(), "bad_request");
-    assert_eq!(hello(&mut alice, json!({"class": "observer"})).await["class"], "observer");
-    // Re-attached as an observer, the session shows it as one.
-    let snap = attach(&mut alice, &sid, None).await;
-    let _ = snap;
-    let frames = read_until(&mut alice, |v| is_event(v, "client_attached")).await;
+    assert_eq!(
+        hello(&mut alice, json!({"class": "observer"})).await["class"],
+        "observer"
+    );
+    // Re-attached as an observer, the session shows it as one (the event right after the
+    // snapshot; earlier frames of the first attachment are still unread).
+    let r = attach(&mut alice, &sid, None).await;
+    let next = r["snapshot"]["last_seq"].as_u64().expect("last_seq") + 1;
+    let frames = read_until(&mut alice, |v| v["seq"] == next).await;
     let attached = frames.last().expect("client_attached");
+    assert!(is_event(attached, "client_attached"), "{attached}");
     assert_eq!(attached["client"]["class"], "observer", "{attached}");
     agent.stop().await;
 }
