@@ -54,8 +54,8 @@ fn rank(class: Class) -> u8 {
 
 /// Whether a connection of class `current` may act as `requested` from now on (`hello`'s
 /// `class`, PROTOCOL.md §3): the same class or a lower one (`human` → `agent` → `observer`),
-/// never a higher one. A class is part of what the credential grants, so raising it is
-/// `forbidden`.
+/// never a higher one. A class is part of what the credential grants (lowered, it stays
+/// lowered for the connection's life), so raising it is `forbidden`.
 pub fn may_become(current: Class, requested: Class) -> Result<(), Reason> {
     if rank(requested) <= rank(current) {
         Ok(())
@@ -83,8 +83,8 @@ pub fn check_class_change(
         return Err(ErrorBody::new(
             Reason::Forbidden,
             format!(
-                "field `class`: a client may lower its class, never raise it; this connection's \
-                 credential is {current}-class, so it cannot act as {requested}"
+                "field `class`: a client may lower its class, never raise it; this connection \
+                 is {current}-class, so it cannot act as {requested}"
             ),
         )
         .with("field", "class")
