@@ -262,7 +262,13 @@ async fn an_operator_may_lower_its_class_never_raise_it() {
         .request("attach", json!({"session_id": sid}))
         .await
         .expect("attach");
-    // Attached, the class cannot change any more.
+    // Attached, the class cannot change any more; a refused re-attach changes nothing.
+    let r = alice.request("hello", json!({"class": "observer"})).await;
+    assert_eq!(reason(&r), "bad_request", "{r:?}");
+    let r = alice
+        .request("attach", json!({"session_id": sid, "after_seq": 1_000_000}))
+        .await;
+    assert_eq!(reason(&r), "bad_request", "{r:?}");
     let r = alice.request("hello", json!({"class": "observer"})).await;
     assert_eq!(reason(&r), "bad_request", "{r:?}");
     let r = alice

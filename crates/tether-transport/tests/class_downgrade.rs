@@ -206,6 +206,16 @@ async fn the_class_cannot_change_while_attached() {
     assert_eq!(err.reason.as_str(), "bad_request", "{err:?}");
     assert!(err.message.contains("field `class`"), "{err:?}");
     assert!(err.message.contains("detach first"), "{err:?}");
+    // A refused re-attach leaves the first attachment in place: still no class change.
+    let err = expect_error(
+        &mut alice,
+        "attach",
+        json!({"session_id": sid, "after_seq": 1_000_000}),
+    )
+    .await;
+    assert_eq!(err.reason.as_str(), "bad_request");
+    let err = expect_error(&mut alice, "hello", json!({"class": "agent"})).await;
+    assert_eq!(err.reason.as_str(), "bad_request", "{err:?}");
     alice
         .request("detach", json!({"session_id": sid}))
         .await
