@@ -44,17 +44,31 @@ fuzz_target!(|data: &[u8]| {
         }
         let seqs: Vec<u64> = prepared.events.iter().filter_map(|e| e.seq).collect();
         store
-            .insert_alerts("fuzz-agent", "fuzz-host", &prepared.events)
+            .insert_alerts("fuzz-agent", "fuzz-host", &prepared.events, NOW * 1000)
             .expect("a prepared batch is always storable");
         acks.settled(prepared.refused_seqs.into_iter().chain(seqs));
-        let rows = store
-            .list_alerts(&AlertFilter {
-                limit: 20,
-                ..Default::default()
-            })
+        let page = store
+            .list_alerts(
+                &AlertFilter {
+                    limit: 20,
+                    ..Default::default()
+                },
+                NOW * 1000,
+            )
             .expect("the store still answers");
-        for r in rows {
-            assert!(r.event_time.ends_with('Z'));
+        for a in page.alerts {
+            // Every stored time formats (the alert and its timeline).
+            let v = serde_json::to_value(&a).expect("an alert serializes");
+            for t in ["first_at", "started_at", "last_at", "updated_at"] {
+                assert!(v[t].as_str().is_some_and(|s| s.ends_with('Z')), "{t}: {v}");
+            }
+            for e in store
+                .alert_events(a.alert_id, None, 5)
+                .expect("the timeline answers")
+            {
+                let v = serde_json::to_value(&e).expect("an event serializes");
+                assert!(v["at"].as_str().is_some_and(|s| s.ends_with('Z')), "{v}");
+            }
         }
     }
 });

@@ -51,6 +51,7 @@ mod cpu;
 mod credit;
 mod hub_load;
 mod idle;
+mod intake;
 mod mux_side;
 mod overhead;
 
@@ -81,6 +82,8 @@ enum Command {
     McpOverhead(overhead::McpOverheadArgs),
     /// Resident memory per idle client connection of a real `tether agent`.
     Idle(idle::IdleArgs),
+    /// Alertmanager notifications into a real hub, and POST-to-operator latency.
+    Intake(intake::IntakeArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -359,5 +362,6 @@ fn main() -> anyhow::Result<()> {
         Command::Overhead(args) => runtime.block_on(overhead::run(args)),
         Command::McpOverhead(args) => runtime.block_on(overhead::run_mcp(args)),
         Command::Idle(args) => runtime.block_on(idle::run(args)),
+        Command::Intake(args) => runtime.block_on(intake::run(args)),
     }
 }

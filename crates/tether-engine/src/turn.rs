@@ -173,6 +173,8 @@ fn add_usage(total: &mut Option<Usage>, u: &Usage) {
     t.prompt_tokens += u.prompt_tokens;
     t.completion_tokens += u.completion_tokens;
     t.total_tokens += u.total_tokens;
+    // One estimated call makes the turn's total an estimate.
+    t.estimated |= u.estimated;
 }
 
 /// Runs one turn to its end, appending to `conversation` as it goes. The conversation is left

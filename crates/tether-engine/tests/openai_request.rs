@@ -8,7 +8,7 @@ use sse_server::*;
 use std::collections::HashSet;
 use tether_engine::context::{estimate_tokens, estimate_tool_tokens};
 use tether_engine::model::{Message, ModelProvider, ModelRequest, ToolCallRequest};
-use tether_engine::openai::OpenAiEndpoint;
+use tether_engine::openai::{OpenAiEndpoint, ToolChoice};
 use tether_engine::tools::{ToolRegistry, ToolsConfig};
 
 fn ask(text: &str) -> ModelRequest {
@@ -84,6 +84,51 @@ async fn tools_are_sent_in_the_function_schema_and_omitted_when_empty() {
 
     let body = sent_body(base(), ask("no tools")).await;
     assert!(body.get("tools").is_none(), "{body}");
+}
+
+#[tokio::test]
+async fn tool_choice_is_sent_as_configured_and_only_with_tools() {
+    let registry = ToolRegistry::builtin(&ToolsConfig::default());
+    let with_tools = || {
+        let mut request = ask("look around");
+        request.tools = registry.specs();
+        request
+    };
+    for (choice, sent) in [
+        (ToolChoice::Auto, Some("auto")),
+        (ToolChoice::Required, Some("required")),
+        (ToolChoice::None, Some("none")),
+        (ToolChoice::Omit, None),
+    ] {
+        let mut e = base();
+        e.tool_choice = choice;
+        let body = sent_body(e.clone(), with_tools()).await;
+        assert_eq!(
+            body.get("tool_choice").and_then(Value::as_str),
+            sent,
+            "{choice:?}"
+        );
+        // Without tools there is nothing to choose from: never sent.
+        let body = sent_body(e, ask("no tools")).await;
+        assert!(body.get("tool_choice").is_none(), "{choice:?}: {body}");
+    }
+
+    // tether's tool_choice wins over extra_body's; with `omit`, extra_body's is sent (e.g. an
+    // object naming the function to call).
+    let forced = json!({"type": "function", "function": {"name": "system_info"}});
+    let mut e = base();
+    e.extra_body.insert("tool_choice".into(), forced.clone());
+    let recorded = sent(e.clone(), with_tools()).await;
+    assert_eq!(
+        recorded.raw.matches("\"tool_choice\":").count(),
+        1,
+        "{}",
+        recorded.raw
+    );
+    assert_eq!(recorded.body["tool_choice"], "auto");
+    e.tool_choice = ToolChoice::Omit;
+    let body = sent_body(e, with_tools()).await;
+    assert_eq!(body["tool_choice"], forced);
 }
 
 #[tokio::test]
@@ -209,7 +254,7 @@ async fn messages_are_mapped_and_reasoning_is_replayed() {
         json!([
             {"role": "system", "content": "sys"},
             {"role": "user", "content": "how full is /?"},
-            {"role": "assistant", "content": null,
+            {"role": "assistant", "content": "",
              "reasoning_content": "I should look at the disks.",
              "tool_calls": [{"id": "call_1", "type": "function",
                              "function": {"name": "system_info", "arguments": "{}"}}]},

@@ -95,7 +95,8 @@ async fn a_turn_with_a_tool_call_runs_end_to_end() {
         Some(Usage {
             prompt_tokens: 520,
             completion_tokens: 23,
-            total_tokens: 543
+            total_tokens: 543,
+            estimated: false,
         })
     );
     assert!(router.0.lock().expect("lock").is_empty());

@@ -1,30 +1,47 @@
 // The alerts page (#/alerts): alerts.list, then live `alert` frames from alerts.subscribe.
 //
-// The subscription is unfiltered (there is no unsubscribe, so filters are applied here); the
-// list is asked for with the filters, and live alerts that match are put on top.
+// One row per alert (an agent's `(agent, alert_key)`, or an Alertmanager / Grafana
+// fingerprint), newest change first; an `alert` frame updates its row in place or adds it on
+// top. The subscription is unfiltered (there is no unsubscribe, so filters are applied here);
+// the list is asked for with the filters.
 
 import { h, append, replaceChildren, fmtTime, labelChips, labelFilter, debounce, errorText } from './dom.js';
 import { renderMarkdown } from './markdown.js';
 
-const STATUSES = ['Critical', 'Warning', 'Info', 'Ok'];
+// What the Status filter offers: a firing alert's severity, or resolved.
+const STATUSES = ['Critical', 'Warning', 'Info', 'Resolved'];
 const PAGE = 100;
+
+/** Firing: its severity (`Critical`); resolved: `Resolved`. */
+function statusOf(a) {
+  if (a.state === 'resolved') return 'Resolved';
+  const s = String(a.severity ?? '');
+  return s.charAt(0).toUpperCase() + s.slice(1);
+}
+
+/** The `alerts.list` filters of a Status choice. */
+function statusParams(status) {
+  if (!status) return {};
+  if (status === 'Resolved') return { state: 'resolved' };
+  return { state: 'firing', severity: status.toLowerCase() };
+}
 
 /**
  * An alert's description: Markdown (rendered safely, see markdown.js) unless the sender said
  * it is plain text (`description_format: "text"`, tether's own checks), which keeps its lines.
  */
 function description(a) {
-  const text = a.description ?? '';
-  const format = String(a.description_format ?? '').toLowerCase();
+  const ann = a.annotations ?? {};
+  const text = ann.description ?? ann.summary ?? '';
+  const format = String(ann.description_format ?? '').toLowerCase();
   if (format === 'text' || format === 'plain') return h('div', { class: 'plain' }, text);
   return h('div', { class: 'md' }, renderMarkdown(text));
 }
 
 export function alertsPage(ctx) {
   const { hub } = ctx;
-  let alerts = []; // newest first
-  const seen = new Set();
-  let nextBeforeId = null;
+  let alerts = []; // newest change first
+  let nextCursor = null;
   let loading = false;
   let listToken = 0;
   let subscribed = false;
@@ -46,24 +63,31 @@ export function alertsPage(ctx) {
 
   const matches = (a) => {
     const status = statusSelect.value;
-    if (status && a.event_status !== status) return false;
-    return labelFilter(labelInput.value)(a.labels, [a.alert_key ?? '', a.hostname ?? '']);
+    if (status && statusOf(a) !== status) return false;
+    return labelFilter(labelInput.value)(a.labels, [a.alert_key ?? '', a.hostname ?? '', a.title ?? '']);
   };
 
   function row(a, fresh) {
+    const status = statusOf(a);
+    const badges = [
+      h('span', { class: `badge status-${status.toLowerCase()}`, 'data-testid': 'alert-status' }, status),
+      a.ack ? h('span', { class: 'badge', title: `acknowledged by ${a.ack.by}${a.ack.comment ? `: ${a.ack.comment}` : ''}` }, 'acked') : null,
+      a.silenced ? h('span', { class: 'badge', 'data-testid': 'alert-silenced' }, 'silenced') : null,
+    ];
     return h(
       'tr',
       {
         'data-testid': 'alert-row',
-        'data-alert-id': String(a.id),
+        'data-alert-id': String(a.alert_id),
         'data-alert-key': a.alert_key ?? '',
-        'data-status': a.event_status,
+        'data-status': status,
+        'data-source': a.source ?? '',
         class: fresh ? 'fresh' : null,
       },
-      h('td', { title: `received ${fmtTime(a.received_at)}` }, fmtTime(a.event_time)),
-      h('td', {}, h('span', { class: `badge status-${String(a.event_status).toLowerCase()}`, 'data-testid': 'alert-status' }, a.event_status)),
-      h('td', { 'data-testid': 'alert-host' }, a.hostname || a.agent_id || '—'),
-      h('td', { class: 'mono', 'data-testid': 'alert-key' }, a.alert_key ?? ''),
+      h('td', { title: `first ${fmtTime(a.first_at)}, ${a.event_count} event(s)` }, fmtTime(a.last_at)),
+      h('td', {}, badges),
+      h('td', { 'data-testid': 'alert-host', title: a.agent_id ? '' : (a.route?.reason ?? '') }, a.hostname || a.agent_id || 'fleet'),
+      h('td', { 'data-testid': 'alert-key', title: a.alert_key ?? '' }, a.title || a.alert_key || ''),
       h('td', { 'data-testid': 'alert-labels' }, labelChips(a.labels)),
       h('td', { class: 'desc', 'data-testid': 'alert-description' }, description(a)),
       h('td', { class: 'actions' },
@@ -71,16 +95,20 @@ export function alertsPage(ctx) {
           type: 'button',
           class: 'small',
           'data-testid': 'alert-diagnose',
-          disabled: !a.agent_id,
+          disabled: !a.agent_id || a.state !== 'firing',
           onclick: () => ctx.openStartForm({
             agent: { agent_id: a.agent_id, hostname: a.hostname },
             mode: 'diagnose',
-            alert: [a.event_status, a.alert_key, a.description].filter(Boolean).join(': '),
-            plugin: a.labels?.plugin ?? a.attrs?.plugin ?? '',
-            target: a.labels?.mount ?? a.labels?.target ?? a.attrs?.target ?? '',
+            alert: [status, a.title, a.annotations?.description ?? a.annotations?.summary].filter(Boolean).join(': '),
+            plugin: a.labels?.plugin ?? a.annotations?.plugin ?? '',
+            target: a.labels?.mount ?? a.labels?.target ?? a.annotations?.target ?? '',
           }),
         }, 'Diagnose')),
     );
+  }
+
+  function showInfo() {
+    info.textContent = loading ? 'Loading alerts…' : `${alerts.length} alert(s) shown; changes move them to the top.`;
   }
 
   function renderAll() {
@@ -90,19 +118,18 @@ export function alertsPage(ctx) {
     } else {
       replaceChildren(tbody, alerts.map((a) => row(a, false)));
     }
-    more.hidden = !nextBeforeId;
+    more.hidden = !nextCursor;
     table.dataset.state = loading ? 'loading' : subscribed ? 'live' : 'loaded';
-    info.textContent = loading ? 'Loading alerts…' : `${alerts.length} alert event(s) shown; new ones appear on top.`;
+    showInfo();
   }
 
   async function load(older = false) {
     const token = ++listToken;
-    const params = { limit: PAGE };
-    if (statusSelect.value) params.status = statusSelect.value;
+    const params = { limit: PAGE, ...statusParams(statusSelect.value) };
     const label = labelInput.value.trim();
     // The hub filters by one exact `k=v`; anything else is filtered here.
     if (/^[^=\s,]+=[^\s,]*$/.test(label)) params.label = label;
-    if (older && nextBeforeId != null) params.before_id = nextBeforeId;
+    if (older && nextCursor != null) params.cursor = nextCursor;
     loading = !older;
     if (!older) renderAll();
     try {
@@ -110,15 +137,13 @@ export function alertsPage(ctx) {
       if (token !== listToken) return;
       const list = (result.alerts ?? []).filter(matches);
       if (!older) {
-        // Keep live alerts that arrived while the list was on its way.
-        const live = alerts.filter((a) => !list.some((b) => b.id === a.id));
+        // Keep live changes that arrived while the list was on its way.
+        const live = alerts.filter((a) => !list.some((b) => b.alert_id === a.alert_id));
         alerts = [...live, ...list];
-        seen.clear();
       } else {
-        alerts = [...alerts, ...list.filter((a) => !seen.has(a.id))];
+        alerts = [...alerts, ...list.filter((a) => !alerts.some((b) => b.alert_id === a.alert_id))];
       }
-      for (const a of alerts) seen.add(a.id);
-      nextBeforeId = result.next_before_id ?? null;
+      nextCursor = result.next_cursor ?? null;
     } catch (e) {
       if (token !== listToken) return;
       info.textContent = `Cannot load alerts: ${errorText(e)}`;
@@ -131,20 +156,25 @@ export function alertsPage(ctx) {
 
   function reload() {
     alerts = [];
-    seen.clear();
-    nextBeforeId = null;
+    nextCursor = null;
     if (hub.ready) load();
   }
 
   ctx.onFrame((frame) => {
     if (frame.event !== 'alert' || !frame.alert) return;
     const a = frame.alert;
-    if (seen.has(a.id) || !matches(a)) return;
-    seen.add(a.id);
+    const old = tbody.querySelector(`[data-testid="alert-row"][data-alert-id="${String(Number(a.alert_id))}"]`);
+    alerts = alerts.filter((b) => b.alert_id !== a.alert_id);
+    if (old) old.remove();
+    if (!matches(a)) {
+      if (alerts.length === 0) renderAll();
+      else showInfo();
+      return;
+    }
     alerts.unshift(a);
     if (tbody.querySelector('[data-testid="alerts-empty"]')) tbody.replaceChildren();
     tbody.prepend(row(a, true));
-    info.textContent = `${alerts.length} alert event(s) shown; new ones appear on top.`;
+    showInfo();
   });
   ctx.onReady(async () => {
     subscribed = false;
@@ -170,7 +200,7 @@ export function alertsPage(ctx) {
     h('div', { class: 'table-wrap' },
       append(table,
         [h('thead', {}, h('tr', {},
-          ['Time', 'Status', 'Host', 'Alert key', 'Labels', 'Description', ''].map((t) => h('th', { scope: 'col' }, t)))),
+          ['Last change', 'Status', 'Host', 'Alert', 'Labels', 'Description', ''].map((t) => h('th', { scope: 'col' }, t)))),
         tbody])),
     more,
     info,

@@ -665,17 +665,18 @@ async fn on_alerts(
     let id = conn.agent_id.clone();
     let host = conn.hostname.clone();
     let events = prepared.events;
+    let now = hub.now_ms();
     let stored = if events.is_empty() {
         Ok(Default::default())
     } else {
         hub.store()
-            .run(move |s| s.insert_alerts(&id, &host, &events))
+            .run(move |s| s.insert_alerts(&id, &host, &events, now))
             .await
     };
     match stored {
         Ok(result) => {
             m.alerts_stored
-                .fetch_add(result.rows.len() as u64, Ordering::Relaxed);
+                .fetch_add(result.stored as u64, Ordering::Relaxed);
             m.alerts_duplicate
                 .fetch_add(result.duplicates as u64, Ordering::Relaxed);
             settled.extend(seqs);
@@ -688,8 +689,8 @@ async fn on_alerts(
                     .send(LinkMessage::AlertAck(AlertAck { upto_seq }))
                     .await;
             }
-            for row in result.rows {
-                hub.publish(HubEvent::Alert(row));
+            for change in result.changes {
+                hub.publish(HubEvent::Alert(change));
             }
         }
         Err(e) => {
@@ -748,7 +749,11 @@ async fn on_frame(
         LinkMessage::SessionEvent(e) => hub.relay().on_event(conn, e).await,
         LinkMessage::SessionOutput(o) => hub.relay().on_output(conn, o).await,
         LinkMessage::SessionError(e) => hub.relay().on_error(conn, e).await,
-        LinkMessage::DiagnoseReport(r) => hub.relay().on_report(conn, r).await,
+        LinkMessage::DiagnoseReport(r) => {
+            if let Some(change) = hub.relay().on_report(conn, r, hub.now_ms()).await {
+                hub.publish(HubEvent::Alert(change));
+            }
+        }
         LinkMessage::Pong | LinkMessage::Register(_) => {}
         other => tracing::debug!(agent = %conn.agent_id, kind = other.kind(), "ignored"),
     }

@@ -2,9 +2,10 @@
 //! counters. Cheap to clone.
 
 use crate::agents::AgentConn;
+use crate::alerts::{AlertState, Severity, Source};
 use crate::config::HubConfig;
 use crate::relay::Relay;
-use crate::store::{AgentRecord, AlertRow, HubStore};
+use crate::store::{AgentRecord, AlertChange, HubStore};
 use crate::tokens;
 use axum::http::StatusCode;
 use bytes::Bytes;
@@ -35,29 +36,47 @@ pub struct Metrics {
     pub frames_refused: AtomicU64,
     pub sessions_created: AtomicU64,
     pub operator_evictions: AtomicU64,
+    /// External alerts (Alertmanager, Grafana) received in notifications that were valid.
+    pub external_received: AtomicU64,
+    pub external_stored: AtomicU64,
+    /// External alerts delivered again and stored once.
+    pub external_duplicate: AtomicU64,
+    /// Notifications refused (malformed, too large).
+    pub intake_rejected: AtomicU64,
+    /// Notifications without a valid alert source token.
+    pub intake_auth_failures: AtomicU64,
 }
 
 /// Something subscribers of `agents.subscribe` / `alerts.subscribe` want to hear.
 pub enum HubEvent {
     Agent(AgentRecord),
-    Alert(AlertRow),
+    /// An alert changed: `{"event": "alert", "change", "previous_state", "alert"}`.
+    Alert(AlertChange),
 }
 
 /// What an `alerts.subscribe` asked for.
 #[derive(Clone, Debug, Default)]
 pub struct AlertSubFilter {
+    /// Matches an alert in this state, or leaving it (a firing-only view hears of the
+    /// resolution that removes an alert from it).
+    pub state: Option<AlertState>,
+    pub severity: Option<Severity>,
     pub agent_id: Option<String>,
-    pub status: Option<String>,
+    pub source: Option<Source>,
     pub label: Option<(String, String)>,
 }
 
 impl AlertSubFilter {
-    fn matches(&self, a: &AlertRow) -> bool {
-        self.agent_id.as_ref().is_none_or(|id| *id == a.agent_id)
+    pub fn matches(&self, c: &AlertChange) -> bool {
+        let a = &c.alert;
+        self.state
+            .is_none_or(|s| a.state == s || c.previous_state == Some(s))
+            && self.severity.is_none_or(|s| a.severity == s)
+            && self.source.is_none_or(|s| a.source == s)
             && self
-                .status
+                .agent_id
                 .as_ref()
-                .is_none_or(|s| s.eq_ignore_ascii_case(&a.event_status))
+                .is_none_or(|id| a.agent_id.as_ref() == Some(id))
             && self
                 .label
                 .as_ref()
@@ -87,7 +106,13 @@ pub(crate) struct Inner {
     shutdown: CancellationToken,
     /// Fires when connections should close (after shutdown's drain).
     closing: CancellationToken,
+    /// Every alert change, for the hub's own consumers (see [`Hub::alert_changes`]).
+    alert_changes: tokio::sync::broadcast::Sender<Arc<AlertChange>>,
 }
+
+/// How many alert changes an in-process consumer may fall behind before it misses some
+/// (it then gets `RecvError::Lagged` and should re-read the store).
+pub const ALERT_CHANGES_BACKLOG: usize = 4096;
 
 #[derive(Clone)]
 pub struct Hub {
@@ -108,6 +133,7 @@ impl Hub {
                 .collect(),
         )
         .map_err(|e| e.replace("clients[", "operators["))?;
+        config.validate()?;
         let metrics = Arc::new(Metrics::default());
         let relay = Relay::new(store.clone(), metrics.clone(), config.operator_queue);
         Ok(Hub {
@@ -121,12 +147,18 @@ impl Hub {
                 operators,
                 shutdown: CancellationToken::new(),
                 closing: CancellationToken::new(),
+                alert_changes: tokio::sync::broadcast::channel(ALERT_CHANGES_BACKLOG).0,
             }),
         })
     }
 
     pub fn config(&self) -> &HubConfig {
         &self.inner.config
+    }
+
+    /// Unix ms by the hub's clock ([`crate::config::Clock`]).
+    pub fn now_ms(&self) -> i64 {
+        self.inner.config.clock.now_ms()
     }
 
     pub fn store(&self) -> &HubStore {
@@ -275,9 +307,27 @@ impl Hub {
         }
     }
 
+    /// Every alert change from now on, as [`Hub::publish`] announces them (created, fired,
+    /// resolved, updated, acked, silenced, unsilenced, diagnosed, skipped): the hook for the
+    /// hub's own consumers (automatic diagnosis, notifications). Each carries the alert as it
+    /// was just stored; changes of one sender (an agent's link, one notification) come in
+    /// the order they were stored, different senders' may interleave. A consumer that falls
+    /// [`ALERT_CHANGES_BACKLOG`] behind gets `Lagged`, misses those, and should re-read the
+    /// store.
+    pub fn alert_changes(&self) -> tokio::sync::broadcast::Receiver<Arc<AlertChange>> {
+        self.inner.alert_changes.subscribe()
+    }
+
     /// Pushes an `agent` or `alert` control frame to every matching subscriber; a subscriber
-    /// whose queue is full is evicted (its connection closes), never waited for.
+    /// whose queue is full is evicted (its connection closes), never waited for. Alert
+    /// changes also go to [`Hub::alert_changes`].
     pub fn publish(&self, event: HubEvent) {
+        if let HubEvent::Alert(c) = &event
+            && self.inner.alert_changes.receiver_count() > 0
+        {
+            // No receiver is not an error: nothing in-process listens yet.
+            let _ = self.inner.alert_changes.send(Arc::new(c.clone()));
+        }
         let wants = |s: &Sub| match (&s.kind, &event) {
             (SubKind::Agents, HubEvent::Agent(_)) => true,
             (SubKind::Alerts(f), HubEvent::Alert(a)) => f.matches(a),
@@ -291,7 +341,12 @@ impl Hub {
         }
         let frame = match &event {
             HubEvent::Agent(a) => json!({"event": "agent", "agent": a}),
-            HubEvent::Alert(a) => json!({"event": "alert", "alert": a}),
+            HubEvent::Alert(c) => json!({
+                "event": "alert",
+                "change": c.change,
+                "previous_state": c.previous_state,
+                "alert": c.alert,
+            }),
         };
         let bytes = Bytes::from(frame.to_string());
         subs.retain(|s| {

@@ -2,6 +2,8 @@
 //!
 //! * [`agents`] — the agent endpoint (hub side of the link protocol); [`alert_acks`] — what
 //!   it may acknowledge.
+//! * [`alerts`] — the alert model (lifecycle, silences); [`intake`] — Alertmanager and
+//!   Grafana webhooks; [`routing`] — which host an external alert is about.
 //! * [`relay`] — remote sessions: mirrors of agent sessions, fanned out to operators.
 //! * [`operators`] — the client protocol at the hub, plus the fleet ops.
 //! * [`server`] — routes, REST mirror, `/healthz`, `/metrics`, TLS, retention.
@@ -11,16 +13,19 @@
 
 pub mod agents;
 pub mod alert_acks;
+pub mod alerts;
 pub mod config;
 pub mod console;
 pub mod hub;
+pub mod intake;
 pub mod operators;
 pub mod relay;
+pub mod routing;
 pub mod server;
 pub mod store;
 pub mod tokens;
 
-pub use config::{HubConfig, Operator};
+pub use config::{AlertRoute, AlertSource, Clock, HubConfig, Operator};
 pub use hub::Hub;
 
 use std::net::SocketAddr;
@@ -118,6 +123,7 @@ pub async fn start(config: HubConfig, allow_plaintext: bool) -> Result<RunningHu
     };
     server::spawn_retention(hub.clone(), stop.clone());
     tokens::spawn_revocation_watch(hub.clone(), stop.clone());
+    operators::spawn_silence_watch(hub.clone(), stop.clone());
     Ok(RunningHub {
         hub,
         local_addr,

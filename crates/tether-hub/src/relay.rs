@@ -471,6 +471,46 @@ impl Relay {
         let id = uuid::Uuid::now_v7().to_string();
         let policy = create.policy.unwrap_or(Policy::Human);
         let mut params = create.params.clone().unwrap_or_default();
+        // `params.alert_id`: a diagnosis of a stored alert of this agent, linked to it (the
+        // alert's `diagnoses`). The hub's, not the agent's: it is not passed on.
+        let alert_id = match params.remove("alert_id") {
+            None => None,
+            Some(v) => match v.as_i64() {
+                Some(id) => Some(id),
+                None => {
+                    return Err(err(
+                        Reason::BadRequest,
+                        "field `params.alert_id`: not an alert id (an `alert_id` from alerts.list)",
+                    ));
+                }
+            },
+        };
+        if let Some(aid) = alert_id {
+            let now = hub.now_ms();
+            let alert = self
+                .inner
+                .store
+                .run(move |s| s.get_alert(aid, now))
+                .await
+                .map_err(|e| err(Reason::Internal, e.to_string()))?;
+            match alert {
+                Some(a) if a.agent_id.as_deref() == Some(agent_id.as_str()) => {}
+                Some(_) => {
+                    return Err(err(
+                        Reason::BadRequest,
+                        format!(
+                            "field `params.alert_id`: alert {aid} is not about agent {agent_id}"
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(err(
+                        Reason::BadRequest,
+                        format!("field `params.alert_id`: no alert {aid}"),
+                    ));
+                }
+            }
+        }
         if agent.proto < 2 && create.mode == Mode::Diagnose {
             // catpaw reads the alert text from `descriptions` only.
             v1_descriptions(&mut params);
@@ -528,6 +568,22 @@ impl Relay {
             .run(move |s| s.insert_session(&record))
             .await
             .map_err(|e| err(Reason::Internal, e.to_string()))?;
+        if let Some(aid) = alert_id {
+            let sid = id.clone();
+            let now = hub.now_ms();
+            match self
+                .inner
+                .store
+                .run(move |s| s.link_alert_session(aid, &sid, now))
+                .await
+            {
+                Ok(Some(change)) => hub.publish(crate::hub::HubEvent::Alert(change)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(alert_id = aid, error = %e, "cannot link a session to its alert")
+                }
+            }
+        }
         {
             let mut map = lock(&self.inner.sessions);
             map.insert(id.clone(), session.clone());
@@ -1553,16 +1609,33 @@ impl Relay {
     }
 
     /// A finished diagnosis report.
-    pub async fn on_report(&self, agent: &AgentConn, r: DiagnoseReport) {
+    /// Stores a diagnosis report, linked to its alert; returns that alert's change.
+    pub async fn on_report(
+        &self,
+        agent: &AgentConn,
+        r: DiagnoseReport,
+        now_ms: i64,
+    ) -> Option<crate::store::AlertChange> {
         let row = crate::store::ReportRow {
+            report_id: 0,
             agent_id: agent.agent_id.clone(),
             alert_key: r.alert_key,
+            alert_id: None,
             session_id: r.session_id,
             report: r.report,
             created_at: r.created_at,
         };
-        if let Err(e) = self.inner.store.run(move |s| s.insert_report(&row)).await {
-            tracing::error!(agent = %agent.agent_id, error = %e, "cannot store a diagnosis report");
+        match self
+            .inner
+            .store
+            .run(move |s| s.insert_report(&row, now_ms))
+            .await
+        {
+            Ok((_, change)) => change,
+            Err(e) => {
+                tracing::error!(agent = %agent.agent_id, error = %e, "cannot store a diagnosis report");
+                None
+            }
         }
     }
 }

@@ -4,13 +4,16 @@
 
 use crate::agents::agent_ws;
 use crate::hub::Hub;
-use crate::operators::{AlertsList, list_agents, list_alerts, operator_ws};
+use crate::operators::{
+    AlertEvents, AlertsList, SilenceList, alert_events, list_agents, list_alerts, list_silences,
+    operator_ws,
+};
 use crate::store::now_ms;
 use axum::Router;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -36,6 +39,17 @@ pub fn router(hub: Hub) -> Router {
         .route("/v1/ws", get(operator_ws))
         .route("/api/v1/agents", get(rest_agents))
         .route("/api/v1/alerts", get(rest_alerts))
+        .route("/api/v1/alerts/{id}", get(rest_alert))
+        .route(
+            "/api/v1/alerts/alertmanager",
+            post(crate::intake::alertmanager),
+        )
+        // Grafana's webhook contact point may be set to PUT.
+        .route(
+            "/api/v1/alerts/grafana",
+            post(crate::intake::grafana).put(crate::intake::grafana),
+        )
+        .route("/api/v1/silences", get(rest_silences))
         .route("/api/v1/sessions/{id}/events", get(rest_events))
         .route("/api/v1/reports", get(rest_reports))
         .route("/healthz", get(healthz))
@@ -94,39 +108,113 @@ async fn rest_agents(
     reply(list_agents(&hub, q.label.as_deref(), q.connected).await)
 }
 
+/// Query values arrive as strings: those of `numbers` become numbers and those of `bools`
+/// booleans before the params are read, as from a `/v1/ws` request.
+#[allow(clippy::result_large_err)] // the refusal is the response, sent as is
+fn typed_query<T: serde::de::DeserializeOwned>(
+    mut q: serde_json::Map<String, Value>,
+    numbers: &[&str],
+    bools: &[&str],
+) -> Result<T, Response> {
+    for key in numbers {
+        if let Some(Value::String(s)) = q.get(*key).cloned() {
+            match s.parse::<i64>() {
+                Ok(n) => {
+                    q.insert((*key).into(), json!(n));
+                }
+                Err(_) => {
+                    return Err(reply(Err(ErrorBody::new(
+                        Reason::BadRequest,
+                        format!("`{key}`: `{s}` is not a number"),
+                    ))));
+                }
+            }
+        }
+    }
+    for key in bools {
+        if let Some(Value::String(s)) = q.get(*key).cloned() {
+            match s.as_str() {
+                "true" | "false" => {
+                    q.insert((*key).into(), json!(s == "true"));
+                }
+                _ => {
+                    return Err(reply(Err(ErrorBody::new(
+                        Reason::BadRequest,
+                        format!("`{key}`: `{s}` is not true or false"),
+                    ))));
+                }
+            }
+        }
+    }
+    serde_json::from_value(Value::Object(q))
+        .map_err(|e| reply(Err(ErrorBody::new(Reason::BadRequest, e.to_string()))))
+}
+
+/// The operator check of a REST request whose query is read as a map (`token` taken out).
+#[allow(clippy::result_large_err)] // the refusal is the response, sent as is
+fn authorize_map(
+    hub: &Hub,
+    headers: &HeaderMap,
+    q: &mut serde_json::Map<String, Value>,
+    peer: SocketAddr,
+) -> Result<(), Response> {
+    let token = q
+        .remove("token")
+        .and_then(|v| v.as_str().map(str::to_owned));
+    authorize(hub, headers, token, peer)
+}
+
 async fn rest_alerts(
     State(hub): State<Hub>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(mut q): Query<serde_json::Map<String, Value>>,
 ) -> Response {
-    let token = q
-        .remove("token")
-        .and_then(|v| v.as_str().map(str::to_owned));
-    if let Err(r) = authorize(&hub, &headers, token, peer) {
+    if let Err(r) = authorize_map(&hub, &headers, &mut q, peer) {
         return r;
     }
-    // Query values arrive as strings; numbers are numbers to the filter.
-    for key in ["limit", "before_id"] {
-        if let Some(Value::String(s)) = q.get(key).cloned() {
-            match s.parse::<i64>() {
-                Ok(n) => {
-                    q.insert(key.into(), json!(n));
-                }
-                Err(_) => {
-                    return reply(Err(ErrorBody::new(
-                        Reason::BadRequest,
-                        format!("`{key}`: `{s}` is not a number"),
-                    )));
-                }
-            }
-        }
+    match typed_query::<AlertsList>(q, &["limit"], &["fleet"]) {
+        Ok(params) => reply(list_alerts(&hub, &params).await),
+        Err(r) => r,
     }
-    let params: AlertsList = match serde_json::from_value(Value::Object(q)) {
-        Ok(p) => p,
-        Err(e) => return reply(Err(ErrorBody::new(Reason::BadRequest, e.to_string()))),
+}
+
+async fn rest_alert(
+    State(hub): State<Hub>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(mut q): Query<serde_json::Map<String, Value>>,
+) -> Response {
+    if let Err(r) = authorize_map(&hub, &headers, &mut q, peer) {
+        return r;
+    }
+    let Ok(id) = id.parse::<i64>() else {
+        return reply(Err(ErrorBody::new(
+            Reason::BadRequest,
+            format!("`{id}` is not an alert id"),
+        )));
     };
-    reply(list_alerts(&hub, &params).await)
+    q.insert("alert_id".into(), json!(id));
+    match typed_query::<AlertEvents>(q, &["before_event_id", "limit"], &[]) {
+        Ok(params) => reply(alert_events(&hub, &params).await),
+        Err(r) => r,
+    }
+}
+
+async fn rest_silences(
+    State(hub): State<Hub>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(mut q): Query<serde_json::Map<String, Value>>,
+) -> Response {
+    if let Err(r) = authorize_map(&hub, &headers, &mut q, peer) {
+        return r;
+    }
+    match typed_query::<SilenceList>(q, &[], &[]) {
+        Ok(params) => reply(list_silences(&hub, &params).await),
+        Err(r) => r,
+    }
 }
 
 #[derive(Deserialize)]
@@ -179,6 +267,7 @@ async fn rest_events(
 struct ReportsQuery {
     token: Option<String>,
     agent_id: Option<String>,
+    alert_id: Option<i64>,
     limit: Option<usize>,
 }
 
@@ -191,7 +280,7 @@ async fn rest_reports(
     if let Err(r) = authorize(&hub, &headers, q.token.clone(), peer) {
         return r;
     }
-    reply(crate::operators::list_reports(&hub, q.agent_id, q.limit).await)
+    reply(crate::operators::list_reports(&hub, q.agent_id, q.alert_id, q.limit).await)
 }
 
 async fn healthz(State(hub): State<Hub>) -> Response {
@@ -205,7 +294,11 @@ async fn healthz(State(hub): State<Hub>) -> Response {
 
 async fn metrics(State(hub): State<Hub>) -> Response {
     let m = hub.metrics();
-    let stored = hub.store().run(|s| s.count_alerts()).await.unwrap_or(0);
+    let (stored, firing) = hub
+        .store()
+        .run(|s| Ok((s.count_alert_events()?, s.count_firing_alerts()?)))
+        .await
+        .unwrap_or((0, 0));
     let body = PromText::new()
         .gauge(
             "tether_hub_agents_connected",
@@ -259,8 +352,38 @@ async fn metrics(State(hub): State<Hub>) -> Response {
         )
         .gauge(
             "tether_hub_alerts_in_store",
-            "Alert events held in the store.",
+            "Alert events held in the store (every alert's timeline).",
             stored as f64,
+        )
+        .gauge(
+            "tether_hub_alerts_firing",
+            "Alerts firing now (agents' and external).",
+            firing as f64,
+        )
+        .counter(
+            "tether_hub_external_alerts_received_total",
+            "Alerts received in valid Alertmanager and Grafana notifications.",
+            m.external_received.load(Ordering::Relaxed),
+        )
+        .counter(
+            "tether_hub_external_alerts_stored_total",
+            "External alert events stored.",
+            m.external_stored.load(Ordering::Relaxed),
+        )
+        .counter(
+            "tether_hub_external_alerts_deduplicated_total",
+            "External alert events delivered again and stored once.",
+            m.external_duplicate.load(Ordering::Relaxed),
+        )
+        .counter(
+            "tether_hub_intake_rejected_total",
+            "Alert notifications refused as malformed or too large.",
+            m.intake_rejected.load(Ordering::Relaxed),
+        )
+        .counter(
+            "tether_hub_intake_auth_failures_total",
+            "Alert notifications refused for their token.",
+            m.intake_auth_failures.load(Ordering::Relaxed),
         )
         .counter(
             "tether_hub_sessions_created_total",
@@ -291,7 +414,7 @@ async fn metrics(State(hub): State<Hub>) -> Response {
     tether_transport::metrics::response(body)
 }
 
-/// Deletes old alerts and closed sessions every hour.
+/// Deletes old alert events, old resolved alerts and closed sessions every hour.
 pub fn spawn_retention(hub: Hub, stop: CancellationToken) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));

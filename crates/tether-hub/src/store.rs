@@ -5,13 +5,18 @@
 //! Methods are synchronous (SQLite is); the hub calls them through [`HubStore`], which runs them
 //! on the blocking pool.
 
+use crate::alerts::{
+    AckInfo, AckRecord, Alert, AlertState, Change, Diagnosis, Matcher, Observation, Route,
+    Severity, Silence, SkipInfo, Source, TimelineEvent, apply, observe_agent_event,
+};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use tether_proto::link::{AlertEvent, Heartbeat, Register};
+use tether_proto::link::{AlertEvent, AlertStatus, Heartbeat, Register};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("store: {0}")]
@@ -100,43 +105,70 @@ pub struct TokenRecord {
     pub agent_id: Option<String>,
 }
 
-/// A stored alert event.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AlertRow {
-    pub id: i64,
-    pub agent_id: String,
-    pub hostname: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seq: Option<u64>,
-    pub event_time: String,
-    pub event_status: String,
-    pub alert_key: String,
-    pub labels: BTreeMap<String, String>,
-    pub attrs: BTreeMap<String, String>,
-    pub description: String,
-    pub description_format: String,
-    pub received_at: String,
-}
-
-/// Filters of `alerts.list`.
+/// Filters of `alerts.list` (all optional; a page is newest `last_at` first).
 #[derive(Clone, Debug, Default)]
 pub struct AlertFilter {
+    pub state: Option<AlertState>,
+    pub severity: Option<Severity>,
     pub agent_id: Option<String>,
-    pub status: Option<String>,
+    /// `true`: only fleet alerts (no agent); `false`: only alerts of an agent.
+    pub fleet: Option<bool>,
+    pub source: Option<Source>,
     pub label: Option<(String, String)>,
-    /// Unix ms, inclusive.
-    pub since_ms: Option<i64>,
-    pub until_ms: Option<i64>,
-    pub before_id: Option<i64>,
+    /// Continue after this (`last_at` ms, `alert_id`): the page's `next_cursor`.
+    pub after: Option<(i64, i64)>,
     pub limit: usize,
 }
 
-/// What storing a batch of alert events did.
+/// A page of `alerts.list`.
+#[derive(Clone, Debug, Default)]
+pub struct AlertPage {
+    pub alerts: Vec<Alert>,
+    /// Where the next page starts (`"<last_ms>:<alert_id>"`), when this one was full.
+    pub next_cursor: Option<String>,
+}
+
+/// A change of one alert, for subscribers (`alert` frames) and, later, diagnosis and
+/// notifications.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlertChange {
+    /// The alert after the change.
+    pub alert: Alert,
+    pub change: Change,
+    /// Its state before (`None`: it is new).
+    pub previous_state: Option<AlertState>,
+}
+
+/// What storing a batch of events did.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AlertInsert {
-    pub rows: Vec<AlertRow>,
-    /// Events already stored (same agent and seq): delivered twice, kept once.
+    /// One per event stored, in order.
+    pub changes: Vec<AlertChange>,
+    /// Events stored.
+    pub stored: usize,
+    /// Events already stored (same agent and seq, or the same external notification):
+    /// delivered twice, kept once, nothing changed.
     pub duplicates: usize,
+}
+
+/// One alert of an external notification, checked and routed, ready for the store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExternalAlert {
+    /// The fingerprint (the alert's key).
+    pub fingerprint: String,
+    pub obs: Observation,
+    /// The agent it was routed to: (agent_id, hostname); `None`: a fleet alert.
+    pub agent: Option<(String, String)>,
+    pub route: Route,
+}
+
+/// An agent found for a host name or address.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentMatch {
+    pub agent_id: String,
+    pub hostname: String,
+    /// How: `agent id`, `hostname`, `ip`, `short hostname`.
+    pub by: &'static str,
 }
 
 /// A hub session (relayed to an agent).
@@ -158,8 +190,14 @@ pub struct SessionRecord {
 /// A diagnosis report.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReportRow {
+    /// Set by the store (0 before).
+    #[serde(default)]
+    pub report_id: i64,
     pub agent_id: String,
     pub alert_key: String,
+    /// The alert it diagnoses, `(agent_id, alert_key)`'s, when the hub has it.
+    #[serde(default)]
+    pub alert_id: Option<i64>,
     pub session_id: Option<String>,
     pub report: String,
     pub created_at: String,
@@ -196,18 +234,99 @@ pub trait Store: Send + Sync {
     fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>>;
     fn bind_token(&self, token_id: &str, agent_id: &str) -> StoreResult<()>;
 
-    /// Stores alert events; under version 2 an event whose (agent, seq) is stored already is
-    /// skipped (counted as a duplicate). Durable when it returns.
+    /// Stores an agent's alert events and moves their alerts, in one transaction (durable
+    /// when it returns). Under version 2 an event whose (agent, seq) is stored already is
+    /// skipped (counted as a duplicate, nothing changes).
     fn insert_alerts(
         &self,
         agent_id: &str,
         hostname: &str,
         events: &[AlertEvent],
+        now_ms: i64,
     ) -> StoreResult<AlertInsert>;
-    fn list_alerts(&self, filter: &AlertFilter) -> StoreResult<Vec<AlertRow>>;
-    fn count_alerts(&self) -> StoreResult<u64>;
-    /// Deletes alerts received before `before_ms`.
+    /// Stores the alerts of one external notification, in one transaction. An alert whose
+    /// event (same fingerprint, status and episode) is stored already is skipped: the same
+    /// notification twice changes nothing.
+    fn record_external(
+        &self,
+        source: Source,
+        source_name: &str,
+        alerts: &[ExternalAlert],
+        now_ms: i64,
+    ) -> StoreResult<AlertInsert>;
+    /// A page of alerts, with `silenced` as of `now_ms`.
+    fn list_alerts(&self, filter: &AlertFilter, now_ms: i64) -> StoreResult<AlertPage>;
+    fn get_alert(&self, alert_id: i64, now_ms: i64) -> StoreResult<Option<Alert>>;
+    /// An alert's timeline, newest first, before `before_event_id` if given.
+    fn alert_events(
+        &self,
+        alert_id: i64,
+        before_event_id: Option<i64>,
+        limit: usize,
+    ) -> StoreResult<Vec<TimelineEvent>>;
+    /// Every acknowledgement of an alert, oldest first.
+    fn alert_acks(&self, alert_id: i64) -> StoreResult<Vec<AckRecord>>;
+    /// Acknowledges an alert (`None`: no such alert).
+    fn ack_alert(
+        &self,
+        alert_id: i64,
+        by: &str,
+        comment: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<AlertChange>>;
+    /// Links a diagnosis session to an alert (`None`: no such alert).
+    fn link_alert_session(
+        &self,
+        alert_id: i64,
+        session_id: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<AlertChange>>;
+    /// Records why the automatic diagnosis passed an alert over (`None`: no such alert).
+    /// Cleared when a diagnosis is linked to it or it fires again.
+    fn note_diagnosis_skipped(
+        &self,
+        alert_id: i64,
+        reason: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<AlertChange>>;
+    /// Alert events held (the timelines' total).
+    fn count_alert_events(&self) -> StoreResult<u64>;
+    /// Alerts firing now.
+    fn count_firing_alerts(&self) -> StoreResult<u64>;
+    /// Deletes alert events received before `before_ms`, resolved alerts not changed since,
+    /// and silences that ended before it. Returns how many events and alerts went.
     fn prune_alerts(&self, before_ms: i64) -> StoreResult<usize>;
+
+    /// Stores a silence of `matchers` (checked by [`crate::alerts::check_matchers`]).
+    fn create_silence(
+        &self,
+        matchers: &[Matcher],
+        comment: &str,
+        created_by: &str,
+        starts_ms: i64,
+        ends_ms: i64,
+    ) -> StoreResult<Silence>;
+    /// Silences, newest first: the active ones, or all (`include_expired`), 1000 at most.
+    fn list_silences(&self, include_expired: bool, now_ms: i64) -> StoreResult<Vec<Silence>>;
+    /// Ends a silence now (`None`: no such silence; an ended one is returned as it is).
+    fn expire_silence(
+        &self,
+        silence_id: i64,
+        by: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<Silence>>;
+    /// Firing alerts `silence` matches (for telling subscribers), 5000 at most.
+    fn alerts_matching(&self, silence: &Silence, now_ms: i64) -> StoreResult<Vec<Alert>>;
+    /// Silences that ran out by themselves (not expired by an operator) in
+    /// `(after_ms, upto_ms]`.
+    fn silences_ended(&self, after_ms: i64, upto_ms: i64) -> StoreResult<Vec<Silence>>;
+
+    /// The agent a host name or address belongs to (case-insensitive hostname, then IP,
+    /// then the first label of a dotted name against a short hostname); a connected agent
+    /// first, then the one seen last.
+    fn find_agent_by_host(&self, host: &str) -> StoreResult<Option<AgentMatch>>;
+    /// The agent with this id, else with this hostname (case-insensitive).
+    fn find_agent(&self, id_or_hostname: &str) -> StoreResult<Option<AgentMatch>>;
 
     fn insert_session(&self, s: &SessionRecord) -> StoreResult<()>;
     fn update_session(&self, session_id: &str, state: &str, last_seq: u64) -> StoreResult<()>;
@@ -225,8 +344,19 @@ pub trait Store: Send + Sync {
     /// Deletes sessions (and their events) created before `before_ms`.
     fn prune_sessions(&self, before_ms: i64) -> StoreResult<usize>;
 
-    fn insert_report(&self, r: &ReportRow) -> StoreResult<()>;
-    fn list_reports(&self, agent_id: Option<&str>, limit: usize) -> StoreResult<Vec<ReportRow>>;
+    /// Stores a report and links it to its alert, `(agent_id, alert_key)`'s, when the hub
+    /// has it: returns the stored row and that alert's change.
+    fn insert_report(
+        &self,
+        r: &ReportRow,
+        now_ms: i64,
+    ) -> StoreResult<(ReportRow, Option<AlertChange>)>;
+    fn list_reports(
+        &self,
+        agent_id: Option<&str>,
+        alert_id: Option<i64>,
+        limit: usize,
+    ) -> StoreResult<Vec<ReportRow>>;
 }
 
 /// The SQLite store.
@@ -234,7 +364,13 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
-const SCHEMA: &str = "
+/// The schema this hub writes (`PRAGMA user_version`): 1 kept alert events only; 2 added the
+/// alert lifecycle (`alerts`), its timeline (`alert_events`), acknowledgements, silences and
+/// diagnosis links. A version-1 file is migrated when opened.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Tables every version has, unchanged.
+const BASE_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS agents (
     agent_id      TEXT PRIMARY KEY,
     hostname      TEXT NOT NULL,
@@ -251,6 +387,8 @@ CREATE TABLE IF NOT EXISTS agents (
     heartbeat     TEXT,
     token_id      TEXT
 );
+CREATE INDEX IF NOT EXISTS agents_by_hostname ON agents(hostname COLLATE NOCASE);
+CREATE INDEX IF NOT EXISTS agents_by_ip ON agents(ip);
 CREATE TABLE IF NOT EXISTS agent_tokens (
     id         TEXT PRIMARY KEY,
     name       TEXT NOT NULL,
@@ -260,23 +398,6 @@ CREATE TABLE IF NOT EXISTS agent_tokens (
     revoked_at INTEGER,
     agent_id   TEXT
 );
-CREATE TABLE IF NOT EXISTS alerts (
-    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
-    agent_id           TEXT NOT NULL,
-    hostname           TEXT NOT NULL,
-    seq                INTEGER,
-    event_time         INTEGER NOT NULL,
-    event_status       TEXT NOT NULL,
-    alert_key          TEXT NOT NULL,
-    labels             TEXT NOT NULL,
-    attrs              TEXT NOT NULL,
-    description        TEXT NOT NULL,
-    description_format TEXT NOT NULL,
-    received_at        INTEGER NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS alerts_agent_seq ON alerts(agent_id, seq) WHERE seq IS NOT NULL;
-CREATE INDEX IF NOT EXISTS alerts_received ON alerts(received_at);
-CREATE INDEX IF NOT EXISTS alerts_agent ON alerts(agent_id, id);
 CREATE TABLE IF NOT EXISTS sessions (
     session_id TEXT PRIMARY KEY,
     agent_id   TEXT NOT NULL,
@@ -304,8 +425,170 @@ CREATE TABLE IF NOT EXISTS reports (
     report     TEXT NOT NULL,
     created_at INTEGER NOT NULL
 );
-PRAGMA user_version = 1;
 ";
+
+/// The alert model (version 2). `alerts` is one row per alert, keyed by `identity`
+/// (`agent/<agent_id>/<alert_key>`, or `<source>/<fingerprint>` for an external alert);
+/// `alert_events` is every alert's timeline.
+const ALERT_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id    INTEGER PRIMARY KEY AUTOINCREMENT,
+    identity    TEXT NOT NULL UNIQUE,
+    source      TEXT NOT NULL,
+    source_name TEXT,
+    agent_id    TEXT,
+    hostname    TEXT,
+    alert_key   TEXT NOT NULL,
+    title       TEXT NOT NULL,
+    severity    TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    labels      TEXT NOT NULL,
+    annotations TEXT NOT NULL,
+    url         TEXT,
+    route       TEXT,
+    first_ms    INTEGER NOT NULL,
+    started_ms  INTEGER NOT NULL,
+    last_ms     INTEGER NOT NULL,
+    resolved_ms INTEGER,
+    event_count INTEGER NOT NULL,
+    ack_by      TEXT,
+    ack_comment TEXT,
+    ack_ms      INTEGER,
+    skip_reason TEXT,
+    skip_ms     INTEGER,
+    updated_ms  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_by_last ON alerts(last_ms, alert_id);
+CREATE INDEX IF NOT EXISTS alerts_by_agent ON alerts(agent_id, last_ms);
+CREATE INDEX IF NOT EXISTS alerts_by_state ON alerts(state, last_ms);
+CREATE TABLE IF NOT EXISTS alert_events (
+    event_id    INTEGER PRIMARY KEY AUTOINCREMENT,
+    alert_id    INTEGER NOT NULL,
+    agent_id    TEXT,
+    seq         INTEGER,
+    dedupe      TEXT,
+    status      TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    severity    TEXT,
+    event_ms    INTEGER NOT NULL,
+    labels      TEXT NOT NULL,
+    annotations TEXT NOT NULL,
+    received_ms INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS alert_events_agent_seq ON alert_events(agent_id, seq) WHERE seq IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS alert_events_dedupe ON alert_events(alert_id, dedupe) WHERE dedupe IS NOT NULL;
+CREATE INDEX IF NOT EXISTS alert_events_by_alert ON alert_events(alert_id, event_id);
+CREATE INDEX IF NOT EXISTS alert_events_received ON alert_events(received_ms);
+CREATE TABLE IF NOT EXISTS alert_acks (
+    ack_id   INTEGER PRIMARY KEY AUTOINCREMENT,
+    alert_id INTEGER NOT NULL,
+    by_name  TEXT NOT NULL,
+    comment  TEXT NOT NULL,
+    at_ms    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_acks_by_alert ON alert_acks(alert_id, ack_id);
+CREATE TABLE IF NOT EXISTS silences (
+    silence_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    matchers   TEXT NOT NULL,
+    comment    TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    starts_ms  INTEGER NOT NULL,
+    ends_ms    INTEGER NOT NULL,
+    expired_by TEXT
+);
+CREATE INDEX IF NOT EXISTS silences_by_end ON silences(ends_ms);
+CREATE TABLE IF NOT EXISTS alert_diagnoses (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    alert_id   INTEGER NOT NULL,
+    session_id TEXT,
+    report_id  INTEGER,
+    created_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_diagnoses_by_alert ON alert_diagnoses(alert_id, id);
+";
+
+/// Brings a file to [`SCHEMA_VERSION`], in one transaction: a version-1 file's alert events
+/// (`alerts`) are replayed, in the order they were received, through the same lifecycle as
+/// new ones into `alerts` + `alert_events`; reports are linked to their alerts.
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError(format!(
+            "hub.db has schema version {version}, written by a newer tether; this hub knows {SCHEMA_VERSION}"
+        )));
+    }
+    let tx = conn.transaction()?;
+    tx.execute_batch(BASE_SCHEMA)?;
+    let has_column = |table: &str, column: &str| -> rusqlite::Result<bool> {
+        let n: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+            params![table, column],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
+    };
+    // Version 1's `alerts` held events (it has `event_status`).
+    let v1_events = has_column("alerts", "event_status")?;
+    if v1_events {
+        tx.execute_batch(
+            "ALTER TABLE alerts RENAME TO alerts_v1;
+             DROP INDEX IF EXISTS alerts_agent_seq;
+             DROP INDEX IF EXISTS alerts_received;
+             DROP INDEX IF EXISTS alerts_agent;",
+        )?;
+    }
+    tx.execute_batch(ALERT_SCHEMA)?;
+    if !has_column("reports", "alert_id")? {
+        tx.execute_batch("ALTER TABLE reports ADD COLUMN alert_id INTEGER;")?;
+    }
+    if v1_events {
+        let mut rows: Vec<(String, String, AlertEvent, i64)> = Vec::new();
+        {
+            let mut stmt = tx.prepare(
+                "SELECT agent_id, hostname, seq, event_time, event_status, alert_key, labels, attrs, description, description_format, received_at FROM alerts_v1 ORDER BY id",
+            )?;
+            let mut q = stmt.query([])?;
+            while let Some(r) = q.next()? {
+                let status: String = r.get(4)?;
+                let labels: String = r.get(6)?;
+                let attrs: String = r.get(7)?;
+                let seq: Option<i64> = r.get(2)?;
+                let event = AlertEvent {
+                    event_time: r.get(3)?,
+                    event_status: AlertStatus::parse(&status).unwrap_or(AlertStatus::Warning),
+                    alert_key: r.get(5)?,
+                    labels: json_map(&labels),
+                    attrs: json_map(&attrs),
+                    description: r.get(8)?,
+                    description_format: r.get(9)?,
+                    seq: seq.map(|s| s as u64),
+                };
+                rows.push((r.get(0)?, r.get(1)?, event, r.get(10)?));
+            }
+        }
+        for (agent_id, hostname, event, received) in rows {
+            let mut cache = HashMap::new();
+            agent_event_tx(&tx, &mut cache, &agent_id, &hostname, &event, received)?;
+        }
+        tx.execute_batch("DROP TABLE alerts_v1;")?;
+        let reports: Vec<(i64, String, String, Option<String>, i64)> = {
+            let mut stmt = tx.prepare(
+                "SELECT id, agent_id, alert_key, session_id, created_at FROM reports WHERE alert_id IS NULL ORDER BY id",
+            )?;
+            stmt.query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<Result<_, _>>()?
+        };
+        for (id, agent_id, key, session, created) in reports {
+            link_report_tx(&tx, id, &agent_id, &key, session.as_deref(), created)?;
+        }
+    }
+    tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
+    tx.commit()?;
+    Ok(())
+}
 
 fn json_map(text: &str) -> BTreeMap<String, String> {
     serde_json::from_str(text).unwrap_or_default()
@@ -334,7 +617,8 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(SCHEMA)?;
+        let mut conn = conn;
+        migrate(&mut conn)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
@@ -386,27 +670,373 @@ fn token_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
     })
 }
 
-fn alert_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
-    let labels: String = row.get(7)?;
-    let attrs: String = row.get(8)?;
-    let seq: Option<i64> = row.get(3)?;
-    Ok(AlertRow {
-        id: row.get(0)?,
-        agent_id: row.get(1)?,
-        hostname: row.get(2)?,
-        seq: seq.map(|s| s as u64),
-        event_time: rfc3339_ms(row.get::<_, i64>(4)?.saturating_mul(1000)),
-        event_status: row.get(5)?,
-        alert_key: row.get(6)?,
-        labels: json_map(&labels),
-        attrs: json_map(&attrs),
-        description: row.get(9)?,
-        description_format: row.get(10)?,
-        received_at: rfc3339_ms(row.get(11)?),
+const ALERT_COLUMNS: &str = "alert_id, source, source_name, agent_id, hostname, alert_key, title, severity, state, labels, annotations, url, route, first_ms, started_ms, last_ms, resolved_ms, event_count, ack_by, ack_comment, ack_ms, updated_ms, skip_reason, skip_ms";
+
+fn alert_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Alert> {
+    let text = |i: usize| -> rusqlite::Result<String> { row.get(i) };
+    let route: Option<String> = row.get(12)?;
+    let ack_by: Option<String> = row.get(18)?;
+    let ack = match ack_by {
+        Some(by) => Some(AckInfo {
+            by,
+            comment: row.get::<_, Option<String>>(19)?.unwrap_or_default(),
+            at: row.get::<_, Option<i64>>(20)?.unwrap_or(0),
+        }),
+        None => None,
+    };
+    Ok(Alert {
+        alert_id: row.get(0)?,
+        source: Source::parse(&text(1)?).unwrap_or(Source::Agent),
+        source_name: row.get(2)?,
+        agent_id: row.get(3)?,
+        hostname: row.get(4)?,
+        alert_key: text(5)?,
+        title: text(6)?,
+        severity: Severity::parse(&text(7)?).unwrap_or(Severity::Warning),
+        state: AlertState::parse(&text(8)?).unwrap_or(AlertState::Firing),
+        labels: json_map(&text(9)?),
+        annotations: json_map(&text(10)?),
+        url: row.get(11)?,
+        route: route.and_then(|r| serde_json::from_str(&r).ok()),
+        first_at: row.get(13)?,
+        started_at: row.get(14)?,
+        last_at: row.get(15)?,
+        resolved_at: row.get(16)?,
+        event_count: row.get::<_, i64>(17)?.max(0) as u64,
+        ack,
+        silenced: false,
+        silenced_by: Vec::new(),
+        diagnoses: Vec::new(),
+        diagnosis_skipped: match row.get::<_, Option<String>>(22)? {
+            Some(reason) => Some(SkipInfo {
+                reason,
+                at: row.get::<_, Option<i64>>(23)?.unwrap_or(0),
+            }),
+            None => None,
+        },
+        updated_at: row.get(21)?,
     })
 }
 
-const ALERT_COLUMNS: &str = "id, agent_id, hostname, seq, event_time, event_status, alert_key, labels, attrs, description, description_format, received_at";
+/// The stored row of an alert's identity.
+fn load_alert(tx: &Connection, identity: &str) -> rusqlite::Result<Option<Alert>> {
+    tx.prepare_cached(&format!(
+        "SELECT {ALERT_COLUMNS} FROM alerts WHERE identity = ?1"
+    ))?
+    .query_row([identity], alert_from_row)
+    .optional()
+}
+
+fn load_alert_by_id(conn: &Connection, alert_id: i64) -> rusqlite::Result<Option<Alert>> {
+    conn.prepare_cached(&format!(
+        "SELECT {ALERT_COLUMNS} FROM alerts WHERE alert_id = ?1"
+    ))?
+    .query_row([alert_id], alert_from_row)
+    .optional()
+}
+
+/// Inserts (`alert_id` 0) or updates an alert; returns its id.
+fn write_alert(tx: &Connection, identity: &str, a: &Alert) -> rusqlite::Result<i64> {
+    let route = a.route.as_ref().map(to_json);
+    let (ack_by, ack_comment, ack_ms) = match &a.ack {
+        Some(k) => (Some(k.by.as_str()), Some(k.comment.as_str()), Some(k.at)),
+        None => (None, None, None),
+    };
+    let (skip_reason, skip_ms) = match &a.diagnosis_skipped {
+        Some(k) => (Some(k.reason.as_str()), Some(k.at)),
+        None => (None, None),
+    };
+    let values = params![
+        a.source.as_str(),
+        a.source_name,
+        a.agent_id,
+        a.hostname,
+        a.alert_key,
+        a.title,
+        a.severity.as_str(),
+        a.state.as_str(),
+        to_json(&a.labels),
+        to_json(&a.annotations),
+        a.url,
+        route,
+        a.first_at,
+        a.started_at,
+        a.last_at,
+        a.resolved_at,
+        a.event_count as i64,
+        ack_by,
+        ack_comment,
+        ack_ms,
+        a.updated_at,
+        skip_reason,
+        skip_ms,
+        identity,
+        a.alert_id,
+    ];
+    if a.alert_id == 0 {
+        tx.prepare_cached(
+            "INSERT INTO alerts (source, source_name, agent_id, hostname, alert_key, title, severity, state, labels, annotations, url, route, first_ms, started_ms, last_ms, resolved_ms, event_count, ack_by, ack_comment, ack_ms, updated_ms, skip_reason, skip_ms, identity)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
+        )?
+        .execute(&values[..24])?;
+        Ok(tx.last_insert_rowid())
+    } else {
+        tx.prepare_cached(
+            "UPDATE alerts SET source = ?1, source_name = ?2, agent_id = ?3, hostname = ?4, alert_key = ?5, title = ?6, severity = ?7, state = ?8, labels = ?9, annotations = ?10, url = ?11, route = ?12, first_ms = ?13, started_ms = ?14, last_ms = ?15, resolved_ms = ?16, event_count = ?17, ack_by = ?18, ack_comment = ?19, ack_ms = ?20, updated_ms = ?21, skip_reason = ?22, skip_ms = ?23
+             WHERE identity = ?24 AND alert_id = ?25",
+        )?
+        .execute(values)?;
+        Ok(a.alert_id)
+    }
+}
+
+fn insert_event(
+    tx: &Connection,
+    alert_id: i64,
+    agent_id: Option<&str>,
+    obs: &Observation,
+    received_ms: i64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO alert_events (alert_id, agent_id, seq, dedupe, status, state, severity, event_ms, labels, annotations, received_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(params![
+        alert_id,
+        agent_id,
+        obs.seq.map(|s| s as i64),
+        obs.dedupe,
+        obs.status,
+        obs.state.as_str(),
+        obs.severity.map(Severity::as_str),
+        obs.at_ms,
+        to_json(&obs.labels),
+        to_json(&obs.annotations),
+        received_ms
+    ])?;
+    Ok(())
+}
+
+/// The identity of an agent's alert.
+fn agent_identity(agent_id: &str, alert_key: &str) -> String {
+    format!("agent/{agent_id}/{alert_key}")
+}
+
+/// The identity of an external alert.
+fn external_identity(source: Source, fingerprint: &str) -> String {
+    format!("{}/{fingerprint}", source.as_str())
+}
+
+/// Applies one observation to the alert of `identity` (created if new) and stores the event
+/// (an agent's event with the agent that sent it); `cache` holds the batch's alerts already
+/// read. Returns the change.
+fn observe_tx(
+    tx: &Connection,
+    cache: &mut HashMap<String, Alert>,
+    identity: &str,
+    fresh: impl FnOnce() -> Alert,
+    update: impl FnOnce(&mut Alert),
+    obs: &Observation,
+    now_ms: i64,
+) -> rusqlite::Result<AlertChange> {
+    let known = match cache.remove(identity) {
+        Some(a) => Some(a),
+        None => load_alert(tx, identity)?,
+    };
+    let (mut alert, change, previous_state) = match known {
+        Some(mut a) => {
+            let before = a.state;
+            let change = apply(&mut a, obs, now_ms);
+            (a, change, Some(before))
+        }
+        None => (fresh(), Change::Created, None),
+    };
+    update(&mut alert);
+    alert.alert_id = write_alert(tx, identity, &alert)?;
+    let event_agent = match alert.source {
+        Source::Agent => alert.agent_id.as_deref(),
+        Source::Alertmanager | Source::Grafana => None,
+    };
+    insert_event(tx, alert.alert_id, event_agent, obs, now_ms)?;
+    cache.insert(identity.to_owned(), alert.clone());
+    Ok(AlertChange {
+        alert,
+        change,
+        previous_state,
+    })
+}
+
+/// Stores one agent event (`None`: a duplicate (agent, seq)).
+fn agent_event_tx(
+    tx: &Connection,
+    cache: &mut HashMap<String, Alert>,
+    agent_id: &str,
+    hostname: &str,
+    e: &AlertEvent,
+    now_ms: i64,
+) -> rusqlite::Result<Option<AlertChange>> {
+    if let Some(seq) = e.seq {
+        let dup = tx
+            .prepare_cached("SELECT 1 FROM alert_events WHERE agent_id = ?1 AND seq = ?2")?
+            .exists(params![agent_id, seq as i64])?;
+        if dup {
+            return Ok(None);
+        }
+    }
+    let obs = observe_agent_event(e);
+    let identity = agent_identity(agent_id, &e.alert_key);
+    let change = observe_tx(
+        tx,
+        cache,
+        &identity,
+        || Alert::new(Source::Agent, &e.alert_key, &obs, now_ms),
+        |a| {
+            a.agent_id = Some(agent_id.to_owned());
+            a.hostname = Some(hostname.to_owned());
+        },
+        &obs,
+        now_ms,
+    )?;
+    Ok(Some(change))
+}
+
+/// Links report `report_id` to its alert (and the alert to the report's session).
+fn link_report_tx(
+    tx: &Connection,
+    report_id: i64,
+    agent_id: &str,
+    alert_key: &str,
+    session_id: Option<&str>,
+    created_ms: i64,
+) -> rusqlite::Result<Option<i64>> {
+    let alert_id: Option<i64> = tx
+        .prepare_cached("SELECT alert_id FROM alerts WHERE identity = ?1")?
+        .query_row([agent_identity(agent_id, alert_key)], |r| r.get(0))
+        .optional()?;
+    let Some(alert_id) = alert_id else {
+        return Ok(None);
+    };
+    tx.execute(
+        "UPDATE reports SET alert_id = ?2 WHERE id = ?1",
+        params![report_id, alert_id],
+    )?;
+    // The session's diagnosis row, if it was linked when it started, gets the report.
+    let updated = match session_id {
+        Some(sid) => tx.execute(
+            "UPDATE alert_diagnoses SET report_id = ?3 WHERE alert_id = ?1 AND session_id = ?2 AND report_id IS NULL",
+            params![alert_id, sid, report_id],
+        )?,
+        None => 0,
+    };
+    if updated == 0 {
+        tx.execute(
+            "INSERT INTO alert_diagnoses (alert_id, session_id, report_id, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![alert_id, session_id, report_id, created_ms],
+        )?;
+    }
+    Ok(Some(alert_id))
+}
+
+/// Silences active at `now_ms`.
+fn active_silences(conn: &Connection, now_ms: i64) -> rusqlite::Result<Vec<Silence>> {
+    conn.prepare_cached(&format!(
+        "SELECT {SILENCE_COLUMNS} FROM silences WHERE starts_ms <= ?1 AND ends_ms > ?1"
+    ))?
+    .query_map([now_ms], silence_from_row)?
+    .collect()
+}
+
+const SILENCE_COLUMNS: &str =
+    "silence_id, matchers, comment, created_by, created_ms, starts_ms, ends_ms, expired_by";
+
+fn silence_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Silence> {
+    let matchers: String = row.get(1)?;
+    Ok(Silence::new(
+        row.get(0)?,
+        serde_json::from_str(&matchers).unwrap_or_default(),
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+    ))
+}
+
+fn diagnoses_of(conn: &Connection, alert_id: i64) -> rusqlite::Result<Vec<Diagnosis>> {
+    conn.prepare_cached(
+        "SELECT session_id, report_id, created_ms FROM alert_diagnoses WHERE alert_id = ?1 ORDER BY id",
+    )?
+    .query_map([alert_id], |r| {
+        Ok(Diagnosis {
+            session_id: r.get(0)?,
+            report_id: r.get(1)?,
+            created_at: r.get(2)?,
+        })
+    })?
+    .collect()
+}
+
+/// Completes alerts read from their rows: silences as of `now_ms`, diagnoses.
+fn finish_views(
+    conn: &Connection,
+    alerts: &mut [Alert],
+    silences: &[Silence],
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    let mut diagnosed: HashMap<i64, Vec<Diagnosis>> = HashMap::new();
+    for a in alerts.iter_mut() {
+        a.set_silences(silences, now_ms);
+        let d = match diagnosed.get(&a.alert_id) {
+            Some(d) => d.clone(),
+            None => {
+                let d = diagnoses_of(conn, a.alert_id)?;
+                diagnosed.insert(a.alert_id, d.clone());
+                d
+            }
+        };
+        a.diagnoses = d;
+    }
+    Ok(())
+}
+
+fn finish_changes(
+    conn: &Connection,
+    changes: &mut [AlertChange],
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let silences = active_silences(conn, now_ms)?;
+    let mut alerts: Vec<Alert> = changes.iter().map(|c| c.alert.clone()).collect();
+    finish_views(conn, &mut alerts, &silences, now_ms)?;
+    for (c, a) in changes.iter_mut().zip(alerts) {
+        c.alert = a;
+    }
+    Ok(())
+}
+
+fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TimelineEvent> {
+    let state: String = row.get(4)?;
+    let severity: Option<String> = row.get(5)?;
+    let seq: Option<i64> = row.get(9)?;
+    let labels: String = row.get(7)?;
+    let annotations: String = row.get(8)?;
+    Ok(TimelineEvent {
+        event_id: row.get(0)?,
+        alert_id: row.get(1)?,
+        agent_id: row.get(2)?,
+        status: row.get(3)?,
+        state: AlertState::parse(&state).unwrap_or(AlertState::Firing),
+        severity: severity.as_deref().and_then(Severity::parse),
+        at: row.get(6)?,
+        labels: json_map(&labels),
+        annotations: json_map(&annotations),
+        seq: seq.map(|s| s as u64),
+        received_at: row.get(10)?,
+    })
+}
 
 fn session_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
     let params: String = row.get(9)?;
@@ -592,121 +1222,467 @@ impl Store for SqliteStore {
         agent_id: &str,
         hostname: &str,
         events: &[AlertEvent],
+        now_ms: i64,
     ) -> StoreResult<AlertInsert> {
-        let now = now_ms();
-        // Under the lock: only the statements. The rows returned are built after the
-        // commit, outside it.
-        let mut inserted: Vec<(usize, i64)> = Vec::with_capacity(events.len());
-        {
-            let mut conn = self.conn();
-            let tx = conn.transaction()?;
-            {
-                let mut insert = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO alerts (agent_id, hostname, seq, event_time, event_status, alert_key, labels, attrs, description, description_format, received_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                )?;
-                for (i, e) in events.iter().enumerate() {
-                    let n = insert.execute(params![
-                        agent_id,
-                        hostname,
-                        e.seq.map(|s| s as i64),
-                        e.event_time,
-                        e.event_status.as_str(),
-                        e.alert_key,
-                        to_json(&e.labels),
-                        to_json(&e.attrs),
-                        e.description,
-                        e.description_format,
-                        now
-                    ])?;
-                    if n > 0 {
-                        inserted.push((i, tx.last_insert_rowid()));
-                    }
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut out = AlertInsert::default();
+        let mut cache = HashMap::new();
+        for e in events {
+            match agent_event_tx(&tx, &mut cache, agent_id, hostname, e, now_ms)? {
+                Some(c) => out.changes.push(c),
+                None => out.duplicates += 1,
+            }
+        }
+        finish_changes(&tx, &mut out.changes, now_ms)?;
+        tx.commit()?;
+        out.stored = out.changes.len();
+        Ok(out)
+    }
+
+    fn record_external(
+        &self,
+        source: Source,
+        source_name: &str,
+        alerts: &[ExternalAlert],
+        now_ms: i64,
+    ) -> StoreResult<AlertInsert> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut out = AlertInsert::default();
+        let mut cache = HashMap::new();
+        for x in alerts {
+            let identity = external_identity(source, &x.fingerprint);
+            if let Some(key) = &x.obs.dedupe {
+                let dup = tx
+                    .prepare_cached(
+                        "SELECT 1 FROM alert_events WHERE dedupe = ?2 AND alert_id = (SELECT alert_id FROM alerts WHERE identity = ?1)",
+                    )?
+                    .exists(params![identity, key])?;
+                if dup {
+                    out.duplicates += 1;
+                    continue;
                 }
             }
-            tx.commit()?;
+            let change = observe_tx(
+                &tx,
+                &mut cache,
+                &identity,
+                || Alert::new(source, &x.fingerprint, &x.obs, now_ms),
+                |a| {
+                    a.source_name = Some(source_name.to_owned());
+                    a.agent_id = x.agent.as_ref().map(|(id, _)| id.clone());
+                    a.hostname = x.agent.as_ref().map(|(_, h)| h.clone());
+                    a.route = Some(x.route.clone());
+                },
+                &x.obs,
+                now_ms,
+            )?;
+            out.changes.push(change);
         }
-        let rows: Vec<AlertRow> = inserted
-            .into_iter()
-            .map(|(i, id)| {
-                let e = &events[i];
-                AlertRow {
-                    id,
-                    agent_id: agent_id.to_owned(),
-                    hostname: hostname.to_owned(),
-                    seq: e.seq,
-                    event_time: rfc3339_ms(e.event_time.saturating_mul(1000)),
-                    event_status: e.event_status.as_str().to_owned(),
-                    alert_key: e.alert_key.clone(),
-                    labels: e.labels.clone(),
-                    attrs: e.attrs.clone(),
-                    description: e.description.clone(),
-                    description_format: e.description_format.clone(),
-                    received_at: rfc3339_ms(now),
-                }
+        finish_changes(&tx, &mut out.changes, now_ms)?;
+        tx.commit()?;
+        out.stored = out.changes.len();
+        Ok(out)
+    }
+
+    fn list_alerts(&self, f: &AlertFilter, now_ms: i64) -> StoreResult<AlertPage> {
+        let mut sql = format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE 1 = 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
+            args.push(v);
+            sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+        };
+        if let Some(s) = f.state {
+            arg(&mut sql, " AND state = ?", s.as_str().to_owned().into());
+        }
+        if let Some(s) = f.severity {
+            arg(&mut sql, " AND severity = ?", s.as_str().to_owned().into());
+        }
+        if let Some(s) = f.source {
+            arg(&mut sql, " AND source = ?", s.as_str().to_owned().into());
+        }
+        if let Some(a) = &f.agent_id {
+            arg(&mut sql, " AND agent_id = ?", a.clone().into());
+        }
+        match f.fleet {
+            Some(true) => sql.push_str(" AND agent_id IS NULL"),
+            Some(false) => sql.push_str(" AND agent_id IS NOT NULL"),
+            None => {}
+        }
+        if let Some((k, v)) = &f.label {
+            arg(
+                &mut sql,
+                " AND json_extract(labels, ?)",
+                format!("$.\"{}\"", k.replace('"', "")).into(),
+            );
+            arg(&mut sql, " = ?", v.clone().into());
+        }
+        if let Some((last, id)) = f.after {
+            arg(&mut sql, " AND (last_ms < ?", last.into());
+            arg(&mut sql, " OR (last_ms = ?", last.into());
+            arg(&mut sql, " AND alert_id < ?))", id.into());
+        }
+        let limit = f.limit.clamp(1, 1000);
+        arg(
+            &mut sql,
+            " ORDER BY last_ms DESC, alert_id DESC LIMIT ?",
+            (limit as i64).into(),
+        );
+        let conn = self.conn();
+        let mut alerts = conn
+            .prepare_cached(&sql)?
+            .query_map(rusqlite::params_from_iter(args), alert_from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        let silences = active_silences(&conn, now_ms)?;
+        finish_views(&conn, &mut alerts, &silences, now_ms)?;
+        let next_cursor = (alerts.len() == limit)
+            .then(|| {
+                alerts
+                    .last()
+                    .map(|a| format!("{}:{}", a.last_at, a.alert_id))
             })
-            .collect();
-        Ok(AlertInsert {
-            duplicates: events.len() - rows.len(),
-            rows,
+            .flatten();
+        Ok(AlertPage {
+            alerts,
+            next_cursor,
         })
     }
 
-    fn list_alerts(&self, f: &AlertFilter) -> StoreResult<Vec<AlertRow>> {
-        let mut sql = format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE 1 = 1");
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        if let Some(a) = &f.agent_id {
-            args.push(a.clone().into());
-            sql.push_str(&format!(" AND agent_id = ?{}", args.len()));
-        }
-        if let Some(s) = &f.status {
-            args.push(s.clone().into());
-            sql.push_str(&format!(
-                " AND event_status = ?{} COLLATE NOCASE",
-                args.len()
-            ));
-        }
-        if let Some((k, v)) = &f.label {
-            args.push(format!("$.\"{}\"", k.replace('"', "")).into());
-            args.push(v.clone().into());
-            sql.push_str(&format!(
-                " AND json_extract(labels, ?{}) = ?{}",
-                args.len() - 1,
-                args.len()
-            ));
-        }
-        if let Some(since) = f.since_ms {
-            args.push((since / 1000).into());
-            sql.push_str(&format!(" AND event_time >= ?{}", args.len()));
-        }
-        if let Some(until) = f.until_ms {
-            args.push((until / 1000).into());
-            sql.push_str(&format!(" AND event_time <= ?{}", args.len()));
-        }
-        if let Some(before) = f.before_id {
-            args.push(before.into());
-            sql.push_str(&format!(" AND id < ?{}", args.len()));
-        }
-        args.push((f.limit.clamp(1, 1000) as i64).into());
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
+    fn get_alert(&self, alert_id: i64, now_ms: i64) -> StoreResult<Option<Alert>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(args), alert_from_row)?;
-        rows.collect::<Result<Vec<_>, _>>()
-            .map_err(StoreError::from)
+        let Some(a) = load_alert_by_id(&conn, alert_id)? else {
+            return Ok(None);
+        };
+        let mut one = [a];
+        let silences = active_silences(&conn, now_ms)?;
+        finish_views(&conn, &mut one, &silences, now_ms)?;
+        let [a] = one;
+        Ok(Some(a))
     }
 
-    fn count_alerts(&self) -> StoreResult<u64> {
+    fn alert_events(
+        &self,
+        alert_id: i64,
+        before_event_id: Option<i64>,
+        limit: usize,
+    ) -> StoreResult<Vec<TimelineEvent>> {
+        let conn = self.conn();
+        let rows = conn
+            .prepare_cached(
+                "SELECT event_id, alert_id, agent_id, status, state, severity, event_ms, labels, annotations, seq, received_ms
+                 FROM alert_events WHERE alert_id = ?1 AND (?2 IS NULL OR event_id < ?2)
+                 ORDER BY event_id DESC LIMIT ?3",
+            )?
+            .query_map(
+                params![alert_id, before_event_id, limit.clamp(1, 1000) as i64],
+                event_from_row,
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    fn alert_acks(&self, alert_id: i64) -> StoreResult<Vec<AckRecord>> {
+        let conn = self.conn();
+        let rows = conn
+            .prepare_cached(
+                "SELECT by_name, comment, at_ms FROM alert_acks WHERE alert_id = ?1 ORDER BY ack_id",
+            )?
+            .query_map([alert_id], |r| {
+                Ok(AckRecord {
+                    by: r.get(0)?,
+                    comment: r.get(1)?,
+                    at: r.get(2)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    fn ack_alert(
+        &self,
+        alert_id: i64,
+        by: &str,
+        comment: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<AlertChange>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE alerts SET ack_by = ?2, ack_comment = ?3, ack_ms = ?4, updated_ms = ?4 WHERE alert_id = ?1",
+            params![alert_id, by, comment, now_ms],
+        )?;
+        if n == 0 {
+            return Ok(None);
+        }
+        tx.execute(
+            "INSERT INTO alert_acks (alert_id, by_name, comment, at_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![alert_id, by, comment, now_ms],
+        )?;
+        let change = changed(&tx, alert_id, Change::Acked, now_ms)?;
+        tx.commit()?;
+        Ok(change)
+    }
+
+    fn link_alert_session(
+        &self,
+        alert_id: i64,
+        session_id: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<AlertChange>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE alerts SET updated_ms = ?2, skip_reason = NULL, skip_ms = NULL WHERE alert_id = ?1",
+            params![alert_id, now_ms],
+        )?;
+        if n == 0 {
+            return Ok(None);
+        }
+        tx.execute(
+            "INSERT INTO alert_diagnoses (alert_id, session_id, created_ms) VALUES (?1, ?2, ?3)",
+            params![alert_id, session_id, now_ms],
+        )?;
+        let change = changed(&tx, alert_id, Change::Diagnosed, now_ms)?;
+        tx.commit()?;
+        Ok(change)
+    }
+
+    fn note_diagnosis_skipped(
+        &self,
+        alert_id: i64,
+        reason: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<AlertChange>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE alerts SET skip_reason = ?2, skip_ms = ?3, updated_ms = ?3 WHERE alert_id = ?1",
+            params![alert_id, reason, now_ms],
+        )?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let change = changed(&tx, alert_id, Change::Skipped, now_ms)?;
+        tx.commit()?;
+        Ok(change)
+    }
+
+    fn count_alert_events(&self) -> StoreResult<u64> {
         let n: i64 = self
             .conn()
-            .query_row("SELECT COUNT(*) FROM alerts", [], |r| r.get(0))?;
+            .query_row("SELECT COUNT(*) FROM alert_events", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    fn count_firing_alerts(&self) -> StoreResult<u64> {
+        let n: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM alerts WHERE state = 'firing'",
+            [],
+            |r| r.get(0),
+        )?;
         Ok(n as u64)
     }
 
     fn prune_alerts(&self, before_ms: i64) -> StoreResult<usize> {
-        Ok(self
-            .conn()
-            .execute("DELETE FROM alerts WHERE received_at < ?1", [before_ms])?)
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let events = tx.execute(
+            "DELETE FROM alert_events WHERE received_ms < ?1",
+            [before_ms],
+        )?;
+        const OLD: &str =
+            "SELECT alert_id FROM alerts WHERE state = 'resolved' AND updated_ms < ?1";
+        for table in ["alert_events", "alert_acks", "alert_diagnoses"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE alert_id IN ({OLD})"),
+                [before_ms],
+            )?;
+        }
+        let alerts = tx.execute(
+            "DELETE FROM alerts WHERE state = 'resolved' AND updated_ms < ?1",
+            [before_ms],
+        )?;
+        tx.execute("DELETE FROM silences WHERE ends_ms < ?1", [before_ms])?;
+        tx.commit()?;
+        Ok(events + alerts)
+    }
+
+    fn create_silence(
+        &self,
+        matchers: &[Matcher],
+        comment: &str,
+        created_by: &str,
+        starts_ms: i64,
+        ends_ms: i64,
+    ) -> StoreResult<Silence> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO silences (matchers, comment, created_by, created_ms, starts_ms, ends_ms) VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
+            params![to_json(&matchers), comment, created_by, starts_ms, ends_ms],
+        )?;
+        let id = conn.last_insert_rowid();
+        Ok(Silence::new(
+            id,
+            matchers.to_vec(),
+            comment.to_owned(),
+            created_by.to_owned(),
+            starts_ms,
+            starts_ms,
+            ends_ms,
+            None,
+        )
+        .with_state(starts_ms))
+    }
+
+    fn list_silences(&self, include_expired: bool, now_ms: i64) -> StoreResult<Vec<Silence>> {
+        let conn = self.conn();
+        let rows = conn
+            .prepare_cached(&format!(
+                "SELECT {SILENCE_COLUMNS} FROM silences WHERE ?1 OR (starts_ms <= ?2 AND ends_ms > ?2) ORDER BY silence_id DESC LIMIT 1000"
+            ))?
+            .query_map(params![include_expired, now_ms], silence_from_row)?
+            .map(|r| r.map(|s| s.with_state(now_ms)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    fn expire_silence(
+        &self,
+        silence_id: i64,
+        by: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<Silence>> {
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE silences SET ends_ms = ?2, expired_by = ?3 WHERE silence_id = ?1 AND ends_ms > ?2",
+            params![silence_id, now_ms, by],
+        )?;
+        Ok(conn
+            .prepare_cached(&format!(
+                "SELECT {SILENCE_COLUMNS} FROM silences WHERE silence_id = ?1"
+            ))?
+            .query_row([silence_id], silence_from_row)
+            .optional()?
+            .map(|s| s.with_state(now_ms)))
+    }
+
+    fn alerts_matching(&self, silence: &Silence, now_ms: i64) -> StoreResult<Vec<Alert>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE state = 'firing' ORDER BY last_ms DESC"
+        ))?;
+        let mut matched = Vec::new();
+        for a in stmt.query_map([], alert_from_row)? {
+            let a = a?;
+            if silence.matches(&a.match_labels()) {
+                matched.push(a);
+                if matched.len() >= 5000 {
+                    break;
+                }
+            }
+        }
+        drop(stmt);
+        let silences = active_silences(&conn, now_ms)?;
+        finish_views(&conn, &mut matched, &silences, now_ms)?;
+        Ok(matched)
+    }
+
+    fn silences_ended(&self, after_ms: i64, upto_ms: i64) -> StoreResult<Vec<Silence>> {
+        let conn = self.conn();
+        let rows = conn
+            .prepare_cached(&format!(
+                "SELECT {SILENCE_COLUMNS} FROM silences WHERE ends_ms > ?1 AND ends_ms <= ?2 AND expired_by IS NULL ORDER BY ends_ms LIMIT 1000"
+            ))?
+            .query_map(params![after_ms, upto_ms], silence_from_row)?
+            .map(|r| r.map(|s| s.with_state(upto_ms)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    fn find_agent_by_host(&self, host: &str) -> StoreResult<Option<AgentMatch>> {
+        let host = host.trim();
+        if host.is_empty() {
+            return Ok(None);
+        }
+        let conn = self.conn();
+        let one = |sql: &str,
+                   arg: &str,
+                   by: &'static str|
+         -> rusqlite::Result<Option<AgentMatch>> {
+            conn.prepare_cached(&format!(
+                "SELECT agent_id, hostname FROM agents WHERE {sql} ORDER BY connected DESC, last_seen DESC LIMIT 1"
+            ))?
+            .query_row([arg], |r| {
+                Ok(AgentMatch {
+                    agent_id: r.get(0)?,
+                    hostname: r.get(1)?,
+                    by,
+                })
+            })
+            .optional()
+        };
+        if let Some(m) = one("hostname = ?1 COLLATE NOCASE", host, "hostname")? {
+            return Ok(Some(m));
+        }
+        if let Some(m) = one("ip = ?1 COLLATE NOCASE", host, "ip")? {
+            return Ok(Some(m));
+        }
+        // An address written another way (`0:0:0:0:0:0:0:1`, `::1`): its canonical form.
+        let ip = host.parse::<std::net::IpAddr>().ok();
+        if let Some(canonical) = ip.map(|ip| ip.to_string()).filter(|c| c != host)
+            && let Some(m) = one("ip = ?1 COLLATE NOCASE", &canonical, "ip")?
+        {
+            return Ok(Some(m));
+        }
+        if ip.is_none() {
+            // `web-01.example.com` for an agent called `web-01`, and the other way round.
+            if let Some((short, _)) = host.split_once('.')
+                && let Some(m) = one("hostname = ?1 COLLATE NOCASE", short, "short hostname")?
+            {
+                return Ok(Some(m));
+            }
+            if !host.contains('.') {
+                let escaped = host
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_");
+                let pattern = format!("{escaped}.%");
+                if let Some(m) = one("hostname LIKE ?1 ESCAPE '\\'", &pattern, "short hostname")? {
+                    return Ok(Some(m));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn find_agent(&self, id_or_hostname: &str) -> StoreResult<Option<AgentMatch>> {
+        let conn = self.conn();
+        let by_id = conn
+            .prepare_cached("SELECT agent_id, hostname FROM agents WHERE agent_id = ?1")?
+            .query_row([id_or_hostname], |r| {
+                Ok(AgentMatch {
+                    agent_id: r.get(0)?,
+                    hostname: r.get(1)?,
+                    by: "agent id",
+                })
+            })
+            .optional()?;
+        if by_id.is_some() {
+            return Ok(by_id);
+        }
+        Ok(conn
+            .prepare_cached(
+                "SELECT agent_id, hostname FROM agents WHERE hostname = ?1 COLLATE NOCASE ORDER BY connected DESC, last_seen DESC LIMIT 1",
+            )?
+            .query_row([id_or_hostname], |r| {
+                Ok(AgentMatch {
+                    agent_id: r.get(0)?,
+                    hostname: r.get(1)?,
+                    by: "hostname",
+                })
+            })
+            .optional()?)
     }
 
     fn insert_session(&self, s: &SessionRecord) -> StoreResult<()> {
@@ -815,37 +1791,92 @@ impl Store for SqliteStore {
         Ok(n)
     }
 
-    fn insert_report(&self, r: &ReportRow) -> StoreResult<()> {
-        self.conn().execute(
+    fn insert_report(
+        &self,
+        r: &ReportRow,
+        now_ms: i64,
+    ) -> StoreResult<(ReportRow, Option<AlertChange>)> {
+        let created = parse_rfc3339_ms(&r.created_at).unwrap_or(now_ms);
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
             "INSERT INTO reports (agent_id, alert_key, session_id, report, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                r.agent_id,
-                r.alert_key,
-                r.session_id,
-                r.report,
-                parse_rfc3339_ms(&r.created_at).unwrap_or_else(now_ms)
-            ],
+            params![r.agent_id, r.alert_key, r.session_id, r.report, created],
         )?;
-        Ok(())
+        let report_id = tx.last_insert_rowid();
+        let alert_id = link_report_tx(
+            &tx,
+            report_id,
+            &r.agent_id,
+            &r.alert_key,
+            r.session_id.as_deref(),
+            created,
+        )?;
+        let change = match alert_id {
+            Some(id) => {
+                tx.execute(
+                    "UPDATE alerts SET updated_ms = ?2, skip_reason = NULL, skip_ms = NULL WHERE alert_id = ?1",
+                    params![id, now_ms],
+                )?;
+                changed(&tx, id, Change::Diagnosed, now_ms)?
+            }
+            None => None,
+        };
+        tx.commit()?;
+        let row = ReportRow {
+            report_id,
+            alert_id,
+            created_at: rfc3339_ms(created),
+            ..r.clone()
+        };
+        Ok((row, change))
     }
 
-    fn list_reports(&self, agent_id: Option<&str>, limit: usize) -> StoreResult<Vec<ReportRow>> {
+    fn list_reports(
+        &self,
+        agent_id: Option<&str>,
+        alert_id: Option<i64>,
+        limit: usize,
+    ) -> StoreResult<Vec<ReportRow>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT agent_id, alert_key, session_id, report, created_at FROM reports WHERE ?1 IS NULL OR agent_id = ?1 ORDER BY id DESC LIMIT ?2",
+            "SELECT id, agent_id, alert_key, alert_id, session_id, report, created_at FROM reports
+             WHERE (?1 IS NULL OR agent_id = ?1) AND (?2 IS NULL OR alert_id = ?2) ORDER BY id DESC LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![agent_id, limit as i64], |r| {
+        let rows = stmt.query_map(params![agent_id, alert_id, limit as i64], |r| {
             Ok(ReportRow {
-                agent_id: r.get(0)?,
-                alert_key: r.get(1)?,
-                session_id: r.get(2)?,
-                report: r.get(3)?,
-                created_at: rfc3339_ms(r.get(4)?),
+                report_id: r.get(0)?,
+                agent_id: r.get(1)?,
+                alert_key: r.get(2)?,
+                alert_id: r.get(3)?,
+                session_id: r.get(4)?,
+                report: r.get(5)?,
+                created_at: rfc3339_ms(r.get(6)?),
             })
         })?;
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(StoreError::from)
     }
+}
+
+/// The alert `alert_id` after a change that is not an event, as a change.
+fn changed(
+    tx: &Connection,
+    alert_id: i64,
+    change: Change,
+    now_ms: i64,
+) -> rusqlite::Result<Option<AlertChange>> {
+    let Some(alert) = load_alert_by_id(tx, alert_id)? else {
+        return Ok(None);
+    };
+    let mut changes = [AlertChange {
+        previous_state: Some(alert.state),
+        alert,
+        change,
+    }];
+    finish_changes(tx, &mut changes, now_ms)?;
+    let [c] = changes;
+    Ok(Some(c))
 }
 
 /// How many store calls may be on the blocking pool at once. The SQLite store has one
@@ -898,7 +1929,6 @@ impl HubStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tether_proto::link::AlertStatus;
 
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -919,6 +1949,14 @@ mod tests {
         }
     }
 
+    const NOW: i64 = 1_700_000_100_000;
+
+    fn one(s: &SqliteStore, f: AlertFilter) -> Vec<Alert> {
+        s.list_alerts(&AlertFilter { limit: 100, ..f }, NOW)
+            .expect("list")
+            .alerts
+    }
+
     #[test]
     fn alerts_with_a_seq_are_stored_once() {
         let (_d, s) = store();
@@ -930,9 +1968,12 @@ mod tests {
                     event(Some(1), "k", AlertStatus::Warning),
                     event(Some(2), "k", AlertStatus::Ok),
                 ],
+                NOW,
             )
             .expect("insert");
-        assert_eq!((first.rows.len(), first.duplicates), (2, 0));
+        assert_eq!((first.stored, first.duplicates), (2, 0));
+        let changes: Vec<Change> = first.changes.iter().map(|c| c.change).collect();
+        assert_eq!(changes, vec![Change::Created, Change::Resolved]);
         let again = s
             .insert_alerts(
                 "a1",
@@ -941,11 +1982,13 @@ mod tests {
                     event(Some(2), "k", AlertStatus::Ok),
                     event(Some(3), "k", AlertStatus::Critical),
                 ],
+                NOW,
             )
             .expect("insert");
-        assert_eq!((again.rows.len(), again.duplicates), (1, 1));
+        assert_eq!((again.stored, again.duplicates), (1, 1));
+        assert_eq!(again.changes[0].change, Change::Fired);
         // Another agent may use the same seq; version-1 events (no seq) are all kept.
-        s.insert_alerts("a2", "h", &[event(Some(1), "k", AlertStatus::Info)])
+        s.insert_alerts("a2", "h", &[event(Some(1), "k", AlertStatus::Info)], NOW)
             .expect("insert");
         s.insert_alerts(
             "a3",
@@ -954,9 +1997,28 @@ mod tests {
                 event(None, "k", AlertStatus::Info),
                 event(None, "k", AlertStatus::Info),
             ],
+            NOW,
         )
         .expect("insert");
-        assert_eq!(s.count_alerts().expect("count"), 6);
+        assert_eq!(s.count_alert_events().expect("count"), 6);
+        let a1 = one(
+            &s,
+            AlertFilter {
+                agent_id: Some("a1".into()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(a1.len(), 1, "one alert per (agent, key)");
+        let a = &a1[0];
+        assert_eq!(
+            (a.state, a.severity, a.event_count, a.source),
+            (AlertState::Firing, Severity::Critical, 3, Source::Agent)
+        );
+        assert_eq!(a.hostname.as_deref(), Some("h"));
+        let timeline = s.alert_events(a.alert_id, None, 100).expect("events");
+        let seqs: Vec<Option<u64>> = timeline.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![Some(3), Some(2), Some(1)], "newest first");
+        assert_eq!(timeline[1].severity, None, "an Ok says no severity");
     }
 
     #[test]
@@ -968,48 +2030,389 @@ mod tests {
             } else {
                 AlertStatus::Ok
             };
-            s.insert_alerts("a1", "h", &[event(Some(i + 1), &format!("k{i}"), status)])
-                .expect("insert");
+            let mut e = event(Some(i + 1), &format!("k{i}"), status);
+            e.event_time += i as i64;
+            s.insert_alerts("a1", "h", &[e], NOW).expect("insert");
         }
-        let crit = s
-            .list_alerts(&AlertFilter {
-                status: Some("critical".into()),
-                limit: 100,
+        let firing = one(
+            &s,
+            AlertFilter {
+                state: Some(AlertState::Firing),
                 ..Default::default()
-            })
-            .expect("list");
-        assert_eq!(crit.len(), 5);
-        let page1 = s
-            .list_alerts(&AlertFilter {
-                limit: 4,
+            },
+        );
+        assert_eq!(firing.len(), 5);
+        assert!(firing.iter().all(|a| a.severity == Severity::Critical));
+        let info = one(
+            &s,
+            AlertFilter {
+                severity: Some(Severity::Info),
                 ..Default::default()
-            })
-            .expect("list");
-        let page2 = s
-            .list_alerts(&AlertFilter {
-                limit: 4,
-                before_id: page1.last().map(|r| r.id),
-                ..Default::default()
-            })
-            .expect("list");
-        assert_eq!(page1.len(), 4);
-        assert!(page2.iter().all(|r| r.id < page1[3].id));
-        let by_label = s
-            .list_alerts(&AlertFilter {
+            },
+        );
+        assert_eq!(info.len(), 5, "an alert first heard of as Ok is info");
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = s
+                .list_alerts(
+                    &AlertFilter {
+                        limit: 4,
+                        after,
+                        ..Default::default()
+                    },
+                    NOW,
+                )
+                .expect("list");
+            seen.extend(page.alerts.iter().map(|a| a.alert_key.clone()));
+            match page.next_cursor {
+                Some(c) => {
+                    let (l, i) = c.split_once(':').expect("cursor");
+                    after = Some((l.parse().expect("ms"), i.parse().expect("id")));
+                }
+                None => break,
+            }
+        }
+        let expected: Vec<String> = (0..10).rev().map(|i| format!("k{i}")).collect();
+        assert_eq!(seen, expected, "newest first, each once");
+        let by_label = one(
+            &s,
+            AlertFilter {
                 label: Some(("mount".into(), "/var".into())),
-                limit: 100,
                 ..Default::default()
-            })
-            .expect("list");
+            },
+        );
         assert_eq!(by_label.len(), 10);
-        let none = s
-            .list_alerts(&AlertFilter {
+        let none = one(
+            &s,
+            AlertFilter {
                 label: Some(("mount".into(), "/x".into())),
-                limit: 100,
                 ..Default::default()
-            })
-            .expect("list");
+            },
+        );
         assert!(none.is_empty());
+        let fleet = one(
+            &s,
+            AlertFilter {
+                fleet: Some(true),
+                ..Default::default()
+            },
+        );
+        assert!(fleet.is_empty());
+    }
+
+    fn external(fp: &str, state: AlertState, starts: i64, ends: Option<i64>) -> ExternalAlert {
+        let labels = BTreeMap::from([("alertname".to_owned(), "DiskFull".to_owned())]);
+        ExternalAlert {
+            fingerprint: fp.into(),
+            obs: Observation {
+                state,
+                severity: Some(Severity::Critical),
+                status: state.as_str().into(),
+                at_ms: ends.unwrap_or(starts),
+                starts_ms: Some(starts),
+                title: "DiskFull".into(),
+                labels,
+                annotations: BTreeMap::new(),
+                url: None,
+                seq: None,
+                dedupe: Some(crate::alerts::external_dedupe_key(fp, state, starts, ends)),
+            },
+            agent: None,
+            route: Route {
+                reason: "no host label".into(),
+                ..Route::default()
+            },
+        }
+    }
+
+    #[test]
+    fn an_external_notification_is_stored_once() {
+        let (_d, s) = store();
+        let batch = [
+            external("fp1", AlertState::Firing, 1_000, None),
+            external("fp2", AlertState::Firing, 1_000, None),
+        ];
+        let first = s
+            .record_external(Source::Alertmanager, "prom", &batch, NOW)
+            .expect("record");
+        assert_eq!((first.stored, first.duplicates), (2, 0));
+        let again = s
+            .record_external(Source::Alertmanager, "prom", &batch, NOW + 1)
+            .expect("record");
+        assert_eq!((again.stored, again.duplicates), (0, 2));
+        let resolved = [external("fp1", AlertState::Resolved, 1_000, Some(5_000))];
+        let r = s
+            .record_external(Source::Alertmanager, "prom", &resolved, NOW)
+            .expect("record");
+        assert_eq!(r.changes[0].change, Change::Resolved);
+        let alerts = one(&s, AlertFilter::default());
+        assert_eq!(alerts.len(), 2);
+        let fp1 = alerts.iter().find(|a| a.alert_key == "fp1").expect("fp1");
+        assert_eq!(
+            (fp1.state, fp1.event_count, fp1.resolved_at),
+            (AlertState::Resolved, 2, Some(5_000))
+        );
+        assert_eq!(fp1.agent_id, None, "a fleet alert");
+        assert_eq!(fp1.source_name.as_deref(), Some("prom"));
+        assert_eq!(s.count_alert_events().expect("count"), 3);
+    }
+
+    #[test]
+    fn silences_start_and_end_by_the_clock() {
+        let (_d, s) = store();
+        s.record_external(
+            Source::Alertmanager,
+            "prom",
+            &[external("fp1", AlertState::Firing, 1_000, None)],
+            NOW,
+        )
+        .expect("record");
+        let m = vec![Matcher {
+            name: "alertname".into(),
+            value: "Disk.*".into(),
+            is_regex: true,
+        }];
+        let silence = s
+            .create_silence(&m, "maintenance", "alice", NOW, NOW + 3_600_000)
+            .expect("silence");
+        assert_eq!(silence.state, "active");
+        let covered = s.alerts_matching(&silence, NOW).expect("matching");
+        assert_eq!(covered.len(), 1);
+        assert_eq!(covered[0].silenced_by, vec![silence.silence_id]);
+        let alert = |at| {
+            s.list_alerts(
+                &AlertFilter {
+                    limit: 10,
+                    ..Default::default()
+                },
+                at,
+            )
+            .expect("list")
+            .alerts
+            .remove(0)
+        };
+        assert!(alert(NOW + 3_599_999).silenced);
+        assert!(!alert(NOW + 3_600_000).silenced, "over at its end");
+        assert_eq!(
+            s.list_silences(false, NOW + 3_600_000).expect("list").len(),
+            0
+        );
+        let all = s.list_silences(true, NOW + 3_600_000).expect("list");
+        assert_eq!(all[0].state, "expired");
+        // Expired early by an operator.
+        let early = s
+            .create_silence(&m, "again", "alice", NOW, NOW + 3_600_000)
+            .expect("silence");
+        let ended = s
+            .expire_silence(early.silence_id, "bob", NOW + 10)
+            .expect("expire")
+            .expect("known");
+        assert_eq!(
+            (ended.state, ended.expired_by.as_deref()),
+            ("expired", Some("bob"))
+        );
+        // The first silence still covers it; the expired one no longer does.
+        assert_eq!(alert(NOW + 20).silenced_by, vec![silence.silence_id]);
+        assert!(s.expire_silence(999, "bob", NOW).expect("expire").is_none());
+    }
+
+    #[test]
+    fn retention_prunes_old_events_resolved_alerts_and_ended_silences() {
+        let (_d, s) = store();
+        let old = NOW - 40 * 86_400_000;
+        let cutoff = NOW - 30 * 86_400_000;
+        // Resolved long ago: goes, with its timeline and acknowledgements.
+        s.insert_alerts(
+            "a1",
+            "h",
+            &[
+                event(Some(1), "gone", AlertStatus::Critical),
+                event(Some(2), "gone", AlertStatus::Ok),
+            ],
+            old,
+        )
+        .expect("insert");
+        let gone = one(&s, AlertFilter::default())[0].alert_id;
+        s.ack_alert(gone, "alice", "", old).expect("ack");
+        // Firing since long ago: stays, though its old events go.
+        s.insert_alerts(
+            "a1",
+            "h",
+            &[event(Some(3), "still", AlertStatus::Warning)],
+            old,
+        )
+        .expect("insert");
+        // Recent: untouched.
+        s.insert_alerts("a1", "h", &[event(Some(4), "new", AlertStatus::Ok)], NOW)
+            .expect("insert");
+        let m = vec![Matcher {
+            name: "alertname".into(),
+            value: "x".into(),
+            is_regex: false,
+        }];
+        s.create_silence(&m, "ended", "alice", old, old + 1000)
+            .expect("silence");
+        s.create_silence(&m, "running", "alice", old, NOW + 1000)
+            .expect("silence");
+        let n = s.prune_alerts(cutoff).expect("prune");
+        assert_eq!(n, 3 + 1, "three old events and one resolved alert");
+        let keys: Vec<String> = one(&s, AlertFilter::default())
+            .into_iter()
+            .map(|a| a.alert_key)
+            .collect();
+        assert_eq!(keys, vec!["new".to_owned(), "still".to_owned()]);
+        assert!(s.alert_acks(gone).expect("acks").is_empty());
+        assert_eq!(s.count_alert_events().expect("count"), 1);
+        let silences = s.list_silences(true, NOW).expect("silences");
+        assert_eq!(silences.len(), 1);
+        assert_eq!(silences[0].comment, "running");
+        assert_eq!(s.count_firing_alerts().expect("firing"), 1);
+    }
+
+    #[test]
+    fn a_report_links_to_its_alert() {
+        let (_d, s) = store();
+        s.insert_alerts(
+            "a1",
+            "h",
+            &[event(Some(1), "k", AlertStatus::Critical)],
+            NOW,
+        )
+        .expect("insert");
+        let alert_id = one(&s, AlertFilter::default())[0].alert_id;
+        s.link_alert_session(alert_id, "sess-1", NOW)
+            .expect("link")
+            .expect("known alert");
+        let report = ReportRow {
+            report_id: 0,
+            agent_id: "a1".into(),
+            alert_key: "k".into(),
+            alert_id: None,
+            session_id: Some("sess-1".into()),
+            report: "## Root cause".into(),
+            created_at: rfc3339_ms(NOW),
+        };
+        let (row, change) = s.insert_report(&report, NOW).expect("report");
+        assert_eq!(row.alert_id, Some(alert_id));
+        let change = change.expect("the alert changed");
+        assert_eq!(change.change, Change::Diagnosed);
+        assert_eq!(
+            change.alert.diagnoses,
+            vec![Diagnosis {
+                session_id: Some("sess-1".into()),
+                report_id: Some(row.report_id),
+                created_at: NOW,
+            }],
+            "the session's diagnosis got its report"
+        );
+        let listed = s.list_reports(None, Some(alert_id), 10).expect("reports");
+        assert_eq!(listed.len(), 1);
+        // A report of an alert the hub never had is kept, unlinked.
+        let (row, change) = s
+            .insert_report(
+                &ReportRow {
+                    alert_key: "unknown".into(),
+                    ..report
+                },
+                NOW,
+            )
+            .expect("report");
+        assert_eq!((row.alert_id, change), (None, None));
+    }
+
+    /// hub.db as version 1 wrote it (alert events in `alerts`).
+    const V1_SCHEMA: &str = "
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, agent_id TEXT NOT NULL, hostname TEXT NOT NULL,
+        seq INTEGER, event_time INTEGER NOT NULL, event_status TEXT NOT NULL,
+        alert_key TEXT NOT NULL, labels TEXT NOT NULL, attrs TEXT NOT NULL,
+        description TEXT NOT NULL, description_format TEXT NOT NULL, received_at INTEGER NOT NULL);
+    CREATE UNIQUE INDEX alerts_agent_seq ON alerts(agent_id, seq) WHERE seq IS NOT NULL;
+    CREATE INDEX alerts_received ON alerts(received_at);
+    CREATE INDEX alerts_agent ON alerts(agent_id, id);
+    CREATE TABLE reports (id INTEGER PRIMARY KEY AUTOINCREMENT, agent_id TEXT NOT NULL,
+        alert_key TEXT NOT NULL, session_id TEXT, report TEXT NOT NULL, created_at INTEGER NOT NULL);
+    PRAGMA user_version = 1;
+    ";
+
+    #[test]
+    fn a_version_1_file_is_migrated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("hub.db");
+        {
+            let c = Connection::open(&path).expect("open");
+            c.execute_batch(V1_SCHEMA).expect("v1 schema");
+            let ins = "INSERT INTO alerts (agent_id, hostname, seq, event_time, event_status, alert_key, labels, attrs, description, description_format, received_at) VALUES (?1, 'web-01', ?2, ?3, ?4, ?5, '{\"check\":\"space_used_pct\",\"plugin\":\"disk\",\"target\":\"/var\"}', '{\"threshold\":\"90\"}', 'full', 'text', ?6)";
+            for (seq, t, status, key) in [
+                (1, 100, "Warning", "k1"),
+                (2, 200, "Critical", "k1"),
+                (3, 300, "Ok", "k1"),
+                (4, 400, "Critical", "k2"),
+            ] {
+                c.execute(ins, params!["a1", seq, t, status, key, NOW + seq])
+                    .expect("v1 row");
+            }
+            c.execute(
+                "INSERT INTO reports (agent_id, alert_key, session_id, report, created_at) VALUES ('a1', 'k2', 's1', 'r', 5)",
+                [],
+            )
+            .expect("v1 report");
+        }
+        let s = SqliteStore::open(&path).expect("migrated");
+        let version: i64 = s
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(
+            s.count_alert_events().expect("count"),
+            4,
+            "every event kept"
+        );
+        let alerts = one(&s, AlertFilter::default());
+        assert_eq!(alerts.len(), 2);
+        let k1 = alerts.iter().find(|a| a.alert_key == "k1").expect("k1");
+        assert_eq!(
+            (k1.state, k1.severity, k1.event_count),
+            (AlertState::Resolved, Severity::Critical, 3)
+        );
+        assert_eq!(
+            (k1.first_at, k1.last_at, k1.resolved_at),
+            (100_000, 300_000, Some(300_000))
+        );
+        assert_eq!(k1.title, "disk space_used_pct /var");
+        assert_eq!(
+            k1.annotations.get("threshold").map(String::as_str),
+            Some("90")
+        );
+        assert_eq!(
+            k1.annotations.get("description").map(String::as_str),
+            Some("full")
+        );
+        let k2 = alerts.iter().find(|a| a.alert_key == "k2").expect("k2");
+        assert_eq!(k2.state, AlertState::Firing);
+        assert_eq!(
+            k2.diagnoses.len(),
+            1,
+            "the report is linked: {:?}",
+            k2.diagnoses
+        );
+        // The (agent, seq) dedupe still holds for what was migrated.
+        let again = s
+            .insert_alerts(
+                "a1",
+                "web-01",
+                &[event(Some(4), "k2", AlertStatus::Critical)],
+                NOW,
+            )
+            .expect("insert");
+        assert_eq!(again.duplicates, 1);
+        drop(s);
+        // Opening again changes nothing.
+        let s = SqliteStore::open(&path).expect("reopen");
+        assert_eq!(s.count_alert_events().expect("count"), 4);
+        assert_eq!(one(&s, AlertFilter::default()).len(), 2);
     }
 
     #[test]

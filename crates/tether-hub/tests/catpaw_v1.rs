@@ -129,24 +129,42 @@ async fn catpaw_agent_heartbeats_alerts_and_sessions() {
     assert_eq!(alerts.len(), 3, "{alerts:#?}");
     // Newest first.
     assert_eq!(alerts[0]["alert_key"], "mem");
+    assert_eq!(
+        alerts[0]["state"], "resolved",
+        "Ok is resolved: {}",
+        alerts[0]
+    );
     let disk = &alerts[2];
     assert_eq!(disk["alert_key"], "disk_/var");
-    assert_eq!(disk["event_status"], "Critical");
+    assert_eq!(disk["state"], "firing");
+    assert_eq!(disk["severity"], "critical");
+    assert_eq!(disk["source"], "agent");
     assert_eq!(disk["agent_id"], agent_id.as_str());
     assert_eq!(disk["hostname"], "db-01");
     assert_eq!(disk["labels"], json!({"mount": "/var"}));
-    assert_eq!(disk["attrs"], json!({"threshold": "90"}));
-    assert_eq!(disk["description"], "disk_/var is Critical");
-    assert_eq!(disk["description_format"], "text");
-    assert!(
-        disk.get("seq").is_none(),
-        "version 1 alerts carry no seq: {disk}"
+    assert_eq!(
+        disk["annotations"],
+        json!({"threshold": "90", "description": "disk_/var is Critical",
+               "description_format": "text"})
     );
+    assert_eq!(disk["title"], "disk_/var is Critical");
+    assert_eq!(disk["event_count"], 1);
     assert!(
-        disk["event_time"]
+        disk["first_at"]
             .as_str()
             .is_some_and(|t| t.starts_with("2023-11-14T22:13:20")),
         "{disk}"
+    );
+    let timeline = alice
+        .request("alert.events", json!({"alert_id": disk["alert_id"]}))
+        .await
+        .expect("alert.events");
+    let events = timeline["events"].as_array().cloned().unwrap_or_default();
+    assert_eq!(events.len(), 1, "{timeline}");
+    assert_eq!(events[0]["status"], "Critical");
+    assert!(
+        events[0].get("seq").is_none(),
+        "version 1 alerts carry no seq: {timeline}"
     );
 
     // An inspect session.
@@ -415,27 +433,47 @@ async fn rest_mirror() {
     assert_eq!(status, 200);
 
     // Alerts: filters.
-    let (status, body) = http_get(hub.addr, "/api/v1/alerts?status=Critical", Some(ALICE)).await;
+    let (status, body) = http_get(
+        hub.addr,
+        "/api/v1/alerts?state=firing&severity=critical",
+        Some(ALICE),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let crit = body["alerts"].as_array().cloned().unwrap_or_default();
     assert_eq!(crit.len(), 4, "{body}");
-    assert!(crit.iter().all(|a| a["event_status"] == "Critical"));
+    assert!(crit.iter().all(|a| a["severity"] == "critical"));
     let (_, body) = http_get(hub.addr, "/api/v1/alerts?label=role%3Ddb", Some(ALICE)).await;
     let db = body["alerts"].as_array().cloned().unwrap_or_default();
     assert_eq!(db.len(), 3, "{body}");
     assert!(db.iter().all(|a| a["labels"]["role"] == "db"));
     let (_, body) = http_get(
         hub.addr,
-        &format!("/api/v1/alerts?agent_id={agent_id}&status=warning&label=role%3Dweb"),
+        &format!(
+            "/api/v1/alerts?agent_id={agent_id}&severity=warning&label=role%3Dweb&source=agent"
+        ),
         Some(ALICE),
     )
     .await;
     assert_eq!(body["alerts"].as_array().map(Vec::len), Some(2), "{body}");
-    let (status, body) = http_get(hub.addr, "/api/v1/alerts?status=Exploded", Some(ALICE)).await;
-    assert_eq!(status, 400, "{body}");
-    assert_eq!(body["reason"], "bad_request");
+    for bad in [
+        "state=Exploded",
+        "severity=loud",
+        "source=nagios",
+        "cursor=x",
+    ] {
+        let (status, body) =
+            http_get(hub.addr, &format!("/api/v1/alerts?{bad}"), Some(ALICE)).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["reason"], "bad_request");
+        let field = bad.split('=').next().unwrap_or_default();
+        assert!(
+            body["message"].as_str().is_some_and(|m| m.contains(field)),
+            "the message names `{field}`: {body}"
+        );
+    }
 
-    // Alerts: paging with before_id, newest first, no overlap, nothing missed.
+    // Alerts: paging with the cursor, newest first, no overlap, nothing missed.
     let mut seen: Vec<i64> = Vec::new();
     let mut path = "/api/v1/alerts?limit=3".to_owned();
     let mut pages = 0;
@@ -445,15 +483,12 @@ async fn rest_mirror() {
         pages += 1;
         let ids: Vec<i64> = body["alerts"]
             .as_array()
-            .map(|a| a.iter().filter_map(|r| r["id"].as_i64()).collect())
+            .map(|a| a.iter().filter_map(|r| r["alert_id"].as_i64()).collect())
             .unwrap_or_default();
         assert!(ids.len() <= 3);
         seen.extend(&ids);
-        match body["next_before_id"].as_i64() {
-            Some(next) => {
-                assert_eq!(Some(&next), ids.last(), "{body}");
-                path = format!("/api/v1/alerts?limit=3&before_id={next}");
-            }
+        match body["next_cursor"].as_str() {
+            Some(next) => path = format!("/api/v1/alerts?limit=3&cursor={next}"),
             None => break,
         }
         assert!(pages < 10, "paging does not end");
@@ -461,7 +496,7 @@ async fn rest_mirror() {
     assert_eq!(seen.len(), 7, "{seen:?}");
     assert!(
         seen.windows(2).all(|w| w[0] > w[1]),
-        "newest first, no repeats: {seen:?}"
+        "newest first (same time: newest id first), no repeats: {seen:?}"
     );
 
     // Session events, exactly as operators received them.
@@ -537,7 +572,7 @@ async fn subscriptions_push_agents_and_alerts_live() {
     critical
         .request(
             "alerts.subscribe",
-            json!({"status": "Critical", "agent_id": agent_id}),
+            json!({"state": "firing", "severity": "critical", "agent_id": agent_id}),
         )
         .await
         .expect("alerts.subscribe filtered");
@@ -570,13 +605,16 @@ async fn subscriptions_push_agents_and_alerts_live() {
     assert_eq!(w["alert"]["alert_key"], "w1", "{w}");
     assert_eq!(w["alert"]["agent_id"], agent_id.as_str());
     assert_eq!(w["alert"]["hostname"], "sub-01");
-    assert!(w["alert"]["id"].is_i64(), "{w}");
+    assert!(w["alert"]["alert_id"].is_i64(), "{w}");
+    assert_eq!(w["change"], "created", "{w}");
+    assert_eq!(w["previous_state"], Value::Null, "{w}");
     let c = next_control(&mut all_alerts, "alert", |_| true).await;
     assert_eq!(c["alert"]["alert_key"], "c1", "{c}");
     // The filtered subscriber gets the critical one only (the warning came first).
     let c = next_control(&mut critical, "alert", |_| true).await;
     assert_eq!(c["alert"]["alert_key"], "c1", "{c}");
-    assert_eq!(c["alert"]["event_status"], "Critical");
+    assert_eq!(c["alert"]["severity"], "critical");
+    assert_eq!(c["alert"]["state"], "firing");
     agent.alerts(vec![catpaw_alert("c2", "Critical", json!({}))]);
     let c = next_control(&mut critical, "alert", |_| true).await;
     assert_eq!(c["alert"]["alert_key"], "c2", "{c}");

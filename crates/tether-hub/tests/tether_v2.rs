@@ -76,25 +76,34 @@ async fn alerts_survive_link_restarts_exactly_once() {
             .await
             .expect("alerts.list");
         rows.extend(page["alerts"].as_array().cloned().unwrap_or_default());
-        match page["next_before_id"].as_i64() {
-            Some(next) => params["before_id"] = json!(next),
+        match page["next_cursor"].as_str() {
+            Some(next) => params["cursor"] = json!(next),
             None => break,
         }
         assert!(rows.len() <= 2 * N, "paging does not end");
     }
     assert_eq!(rows.len(), N, "every alert listed once");
-    let seqs: BTreeSet<u64> = rows.iter().filter_map(|r| r["seq"].as_u64()).collect();
+    // Each alert's timeline holds its one event, with the seq the spool gave it.
+    let mut seqs: BTreeSet<u64> = BTreeSet::new();
+    for r in &rows {
+        assert_eq!(r["agent_id"], agent.agent_id.as_str());
+        assert_eq!(r["event_count"], 1, "{r}");
+        let t = op
+            .request("alert.events", json!({"alert_id": r["alert_id"]}))
+            .await
+            .expect("alert.events");
+        let events = t["events"].as_array().cloned().unwrap_or_default();
+        assert_eq!(events.len(), 1, "{t}");
+        let seq = events[0]["seq"].as_u64().expect("seq");
+        // The spool numbered them in the order they were sent.
+        assert_eq!(r["alert_key"], format!("alert-{:05}", seq - 1), "{r}");
+        seqs.insert(seq);
+    }
     assert_eq!(seqs.len(), N, "distinct (agent, seq)");
     assert_eq!(
         seqs.iter().copied().collect::<Vec<_>>(),
         (1..=N as u64).collect::<Vec<_>>()
     );
-    for r in &rows {
-        // The spool numbered them in the order they were sent.
-        let seq = r["seq"].as_u64().expect("seq") as usize;
-        assert_eq!(r["alert_key"], format!("alert-{:05}", seq - 1), "{r}");
-        assert_eq!(r["agent_id"], agent.agent_id.as_str());
-    }
     let m = hub.hub().metrics();
     assert_eq!(m.alerts_stored.load(Ordering::Relaxed), N as u64);
     eprintln!(

@@ -975,6 +975,10 @@ pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// Some of the counts are tether's estimate (about 4 bytes a token), not the model
+    /// server's: a server that reports no usage. Sent only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
 }
 
 /// The kind-specific part of an event.

@@ -448,6 +448,43 @@ pub fn alert_key(labels: &BTreeMap<String, String>) -> String {
     format!("{h:016x}")
 }
 
+/// A readable one-line title for an agent's alert (the key stays its identity): its check
+/// and target from the labels tether's checks set (`name` or `plugin`, then `check`,
+/// `target`: `disk space_used_pct /var`), else the first line of its description, else the
+/// key. At most 160 bytes.
+pub fn alert_title(labels: &BTreeMap<String, String>, description: &str, key: &str) -> String {
+    const MAX: usize = 160;
+    let cut = |line: &str| {
+        if line.len() <= MAX {
+            return line.to_owned();
+        }
+        let mut end = MAX;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &line[..end])
+    };
+    if labels.contains_key("check") {
+        let parts: Vec<&str> = [
+            labels.get("name").or_else(|| labels.get("plugin")),
+            labels.get("check"),
+            labels.get("target"),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect();
+        if !parts.is_empty() {
+            return cut(&parts.join(" "));
+        }
+    }
+    match description.lines().map(str::trim).find(|l| !l.is_empty()) {
+        Some(line) => cut(line),
+        None => key.to_owned(),
+    }
+}
+
 // ---- hub → agent ------------------------------------------------------------------------
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -911,6 +911,22 @@ fn event_turn_ended() {
                 prompt_tokens: 1200,
                 completion_tokens: 80,
                 total_tokens: 1280,
+                estimated: false,
+            }),
+        },
+    );
+    // A server that reported no usage: tether's estimate, marked.
+    event_variant(
+        "estimated_usage",
+        EventBody::TurnEnded {
+            turn_id: tid(),
+            stop: StopReason::Completed,
+            error: None,
+            usage: Some(Usage {
+                prompt_tokens: 1750,
+                completion_tokens: 96,
+                total_tokens: 1846,
+                estimated: true,
             }),
         },
     );

@@ -129,8 +129,17 @@ impl Core {
     /// Opens the state, the engine and the listeners the config names. Tool calls are
     /// audited to `audit_path` (normally `state_dir/audit.jsonl`).
     pub async fn start(cfg: &AgentConfig, audit_path: &std::path::Path) -> Result<Core> {
+        Self::start_with(cfg, audit_path, build_engine(cfg)?).await
+    }
+
+    /// [`Core::start`] with an engine built by the caller from `cfg` (`tether eval` meters
+    /// its model).
+    pub async fn start_with(
+        cfg: &AgentConfig,
+        audit_path: &std::path::Path,
+        mut engine: Engine,
+    ) -> Result<Core> {
         ensure_state_dir(cfg)?;
-        let mut engine = build_engine(cfg)?;
         engine.audit = Some(Arc::new(AuditLog::open(audit_path).with_context(|| {
             format!("cannot open the audit log {}", audit_path.display())
         })?));

@@ -267,9 +267,11 @@ pub async fn run(config: Option<&Path>, plugin_name: &str, as_json: bool) -> Res
     Ok(worst.exit_code())
 }
 
-/// `tether alerts`: recent events from the agent's local history (works with the agent
-/// stopped).
-pub fn alerts(config: Option<&Path>, limit: usize, as_json: bool) -> Result<()> {
+/// `tether alerts`: the agent's alerts from its local history (works with the agent
+/// stopped), through the hub's lifecycle (`tether_hub::alerts`): one per alert key, firing
+/// or resolved, with its severity and readable title, newest change first. `events`: the raw
+/// events instead, newest first.
+pub fn alerts(config: Option<&Path>, limit: usize, events: bool, as_json: bool) -> Result<()> {
     let cfg = AgentConfig::load(config)?;
     let path = cfg.state_dir.join("alerts.db");
     if !path.exists() {
@@ -285,6 +287,14 @@ pub fn alerts(config: Option<&Path>, limit: usize, as_json: bool) -> Result<()> 
         tether_checks::history::DEFAULT_HISTORY_MAX,
     )
     .context("alert history")?;
+    if !events {
+        let all = history
+            .recent(tether_checks::history::DEFAULT_HISTORY_MAX as usize)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut alerts = local_alerts(all);
+        alerts.truncate(limit);
+        return print_local_alerts(&alerts, as_json);
+    }
     let events = history.recent(limit).map_err(|e| anyhow::anyhow!("{e}"))?;
     if as_json {
         outln!("{}", serde_json::to_string_pretty(&events)?)?;
@@ -308,4 +318,146 @@ pub fn alerts(config: Option<&Path>, limit: usize, as_json: bool) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// One alert of `tether alerts`, as `--json` prints it.
+#[derive(Debug, Serialize)]
+struct LocalAlert {
+    alert_key: String,
+    title: String,
+    state: tether_hub::alerts::AlertState,
+    severity: tether_hub::alerts::Severity,
+    labels: std::collections::BTreeMap<String, String>,
+    description: String,
+    first_at: String,
+    last_at: String,
+    resolved_at: Option<String>,
+    event_count: u64,
+}
+
+/// Events (newest first, as the history gives them) folded into alerts, newest change first.
+fn local_alerts(newest_first: Vec<tether_proto::link::AlertEvent>) -> Vec<LocalAlert> {
+    use tether_hub::alerts::{Alert, Source, apply, observe_agent_event};
+    let mut by_key: std::collections::HashMap<String, Alert> = std::collections::HashMap::new();
+    for e in newest_first.iter().rev() {
+        let obs = observe_agent_event(e);
+        match by_key.get_mut(&e.alert_key) {
+            Some(a) => {
+                apply(a, &obs, 0);
+            }
+            None => {
+                by_key.insert(
+                    e.alert_key.clone(),
+                    Alert::new(Source::Agent, &e.alert_key, &obs, 0),
+                );
+            }
+        }
+    }
+    let mut alerts: Vec<Alert> = by_key.into_values().collect();
+    alerts.sort_by(|a, b| {
+        b.last_at
+            .cmp(&a.last_at)
+            .then(a.alert_key.cmp(&b.alert_key))
+    });
+    let time = tether_hub::store::rfc3339_ms;
+    alerts
+        .into_iter()
+        .map(|a| LocalAlert {
+            description: a
+                .annotations
+                .get("description")
+                .cloned()
+                .unwrap_or_default(),
+            alert_key: a.alert_key,
+            title: a.title,
+            state: a.state,
+            severity: a.severity,
+            labels: a.labels,
+            first_at: time(a.first_at),
+            last_at: time(a.last_at),
+            resolved_at: a.resolved_at.map(time),
+            event_count: a.event_count,
+        })
+        .collect()
+}
+
+fn print_local_alerts(alerts: &[LocalAlert], as_json: bool) -> Result<()> {
+    if as_json {
+        outln!("{}", serde_json::to_string_pretty(alerts)?)?;
+        return Ok(());
+    }
+    if alerts.is_empty() {
+        outln!("no alerts yet")?;
+    }
+    for a in alerts {
+        let status = match a.state {
+            tether_hub::alerts::AlertState::Firing => a.severity.as_str(),
+            tether_hub::alerts::AlertState::Resolved => "resolved",
+        };
+        outln!(
+            "{}  {:<8}  {}  ({} event{}, key {})",
+            a.last_at,
+            status,
+            a.title,
+            a.event_count,
+            if a.event_count == 1 { "" } else { "s" },
+            a.alert_key
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_hub::alerts::{AlertState, Severity};
+    use tether_proto::link::{AlertEvent, AlertStatus};
+
+    fn event(t: i64, key: &str, status: AlertStatus) -> AlertEvent {
+        AlertEvent {
+            event_time: t,
+            event_status: status,
+            alert_key: key.into(),
+            labels: [
+                ("plugin".to_owned(), "disk".to_owned()),
+                ("check".to_owned(), "space_used_pct".to_owned()),
+                ("target".to_owned(), key.to_owned()),
+            ]
+            .into(),
+            attrs: Default::default(),
+            description: format!("{key} is {status:?}"),
+            description_format: "text".into(),
+            seq: None,
+        }
+    }
+
+    #[test]
+    fn the_history_folds_into_alerts() {
+        // Newest first, as the history gives them.
+        let history = vec![
+            event(40, "/home", AlertStatus::Warning),
+            event(30, "/var", AlertStatus::Ok),
+            event(20, "/var", AlertStatus::Critical),
+            event(10, "/var", AlertStatus::Warning),
+        ];
+        let alerts = local_alerts(history);
+        let summary: Vec<(&str, AlertState, Severity, u64)> = alerts
+            .iter()
+            .map(|a| (a.alert_key.as_str(), a.state, a.severity, a.event_count))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("/home", AlertState::Firing, Severity::Warning, 1),
+                ("/var", AlertState::Resolved, Severity::Critical, 3),
+            ]
+        );
+        assert_eq!(alerts[1].title, "disk space_used_pct /var");
+        assert_eq!(alerts[1].first_at, "1970-01-01T00:00:10.000Z");
+        assert_eq!(
+            alerts[1].resolved_at.as_deref(),
+            Some("1970-01-01T00:00:30.000Z")
+        );
+        assert_eq!(alerts[1].description, "/var is Ok");
+    }
 }

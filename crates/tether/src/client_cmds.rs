@@ -217,6 +217,9 @@ pub enum Answers {
     NoTerminal,
     /// Input ended (Ctrl-D) at a prompt: deny it and the ones after it.
     InputClosed,
+    /// `tether eval`: nobody is there to approve anything; every prompt is denied (and the
+    /// scorecard records the request).
+    Eval,
 }
 
 impl Answers {
@@ -246,6 +249,11 @@ impl Answers {
                  (pass --yes to approve prompts, or --no to deny them)",
             )),
             Answers::InputClosed => Some(("deny", "input-closed", "denied: input ended")),
+            Answers::Eval => Some((
+                "deny",
+                "eval",
+                "denied: `tether eval` runs with nobody to approve it",
+            )),
         }
     }
 }
@@ -257,8 +265,13 @@ pub enum RunMode {
     Chat,
     /// `inspect` / `diagnose`: the session's first turn (started by the session itself) is the
     /// whole run; progress and prompts go to stderr, the answer is kept (and streamed to
-    /// stdout when `stream`); stdin is read only to answer a prompt, per `answers`.
-    Report { answers: Answers, stream: bool },
+    /// stdout when `stream`); stdin is read only to answer a prompt, per `answers`. Without
+    /// `progress`, nothing but the answer is written (`tether eval` prints its own).
+    Report {
+        answers: Answers,
+        stream: bool,
+        progress: bool,
+    },
 }
 
 /// What a run produced.
@@ -271,6 +284,8 @@ pub struct RunOutput {
     pub streamed: bool,
     /// stdout's reader went away (the loop stopped early).
     pub stdout_closed: bool,
+    /// Report mode: the session's events in order, text and reasoning deltas left out.
+    pub events: Vec<EventBody>,
 }
 
 /// The slash commands, answered by the client itself (never sent to the model).
@@ -297,9 +312,16 @@ pub async fn chat_with(
         RunMode::Report { answers, .. } => (true, answers),
     };
     let mut r = Renderer::new(color);
-    if let RunMode::Report { stream, .. } = mode {
+    if let RunMode::Report {
+        stream, progress, ..
+    } = mode
+    {
         r.report_mode(stream);
+        if !progress {
+            r.quiet();
+        }
     }
+    let mut events: Vec<EventBody> = Vec::new();
     r.set_me(hello.client_id.clone());
     let mut end = RunEnd::Interrupted;
 
@@ -468,6 +490,14 @@ pub async fn chat_with(
                         }
                         r.event(&ev);
                         if one_shot
+                            && !matches!(
+                                ev.body,
+                                EventBody::TextDelta { .. } | EventBody::ReasoningDelta { .. }
+                            )
+                        {
+                            events.push(ev.body.clone());
+                        }
+                        if one_shot
                             && let EventBody::TurnEnded { stop, error, .. } = &ev.body {
                                 end = match stop {
                                     tether_proto::StopReason::Completed => RunEnd::Completed,
@@ -526,6 +556,7 @@ pub async fn chat_with(
         answer: r.answer().unwrap_or_default().to_owned(),
         streamed: r.streamed(),
         stdout_closed: stdout_closed || r.stdout_closed(),
+        events,
     })
 }
 

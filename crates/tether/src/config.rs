@@ -42,7 +42,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tether_engine::mcp::McpServerConfig;
-use tether_engine::openai::{OpenAiConfig, OpenAiEndpoint};
+use tether_engine::openai::{OpenAiConfig, OpenAiEndpoint, ToolChoice};
 use tether_proto::{Class, Mode};
 
 /// A duration written as `30s`, `5m`, `1h 30m`.
@@ -100,6 +100,12 @@ pub struct EndpointSection {
     pub include_usage: Option<bool>,
     #[serde(default)]
     pub replay_reasoning: Option<bool>,
+    /// `auto` (default), `required`, `none`, or `omit` to send none.
+    #[serde(default)]
+    pub tool_choice: Option<String>,
+    /// `false`: ask for whole answers instead of streams.
+    #[serde(default)]
+    pub stream: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,6 +137,12 @@ pub struct ModelSection {
     pub include_usage: Option<bool>,
     #[serde(default)]
     pub replay_reasoning: Option<bool>,
+    /// `auto` (default), `required`, `none`, or `omit` to send none.
+    #[serde(default)]
+    pub tool_choice: Option<String>,
+    /// `false`: ask for whole answers instead of streams.
+    #[serde(default)]
+    pub stream: Option<bool>,
     /// Attempts per endpoint for 429/5xx/connection errors.
     #[serde(default)]
     pub retry_attempts: Option<u32>,
@@ -160,13 +172,15 @@ impl ModelSection {
             compact_at: self.compact_at,
             include_usage: self.include_usage,
             replay_reasoning: self.replay_reasoning,
+            tool_choice: self.tool_choice.clone(),
+            stream: self.stream,
         }
     }
 
     /// Keys that only mean something for `provider = "openai"`.
     fn openai_keys_set(&self) -> Vec<&'static str> {
         let mut keys = Vec::new();
-        let checks: [(&'static str, bool); 14] = [
+        let checks: [(&'static str, bool); 16] = [
             ("base_url", self.base_url.is_some()),
             ("model", self.model.is_some()),
             ("api_key", self.api_key.is_some()),
@@ -181,6 +195,8 @@ impl ModelSection {
             ("compact_at", self.compact_at.is_some()),
             ("include_usage", self.include_usage.is_some()),
             ("replay_reasoning", self.replay_reasoning.is_some()),
+            ("tool_choice", self.tool_choice.is_some()),
+            ("stream", self.stream.is_some()),
             ("retry_attempts", self.retry_attempts.is_some()),
             ("idle_timeout", self.idle_timeout.is_some()),
             ("fallback", !self.fallback.is_empty()),
@@ -221,6 +237,13 @@ fn endpoint(section: EndpointSection, key: &str) -> Result<OpenAiEndpoint> {
     }
     if let Some(r) = section.replay_reasoning {
         e.replay_reasoning = r;
+    }
+    if let Some(t) = &section.tool_choice {
+        e.tool_choice = ToolChoice::parse(&format!("{key}.tool_choice"), t)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    if let Some(s) = section.stream {
+        e.stream = s;
     }
     Ok(e)
 }
@@ -879,6 +902,22 @@ mod tests {
             err("[model]\nprovider = \"scripted\"\nbase_url = \"x\"").contains("model.base_url")
         );
         assert!(err("[tools]\nshell = \"yes\"").contains("shell"));
+        let openai = "[model]\nprovider = \"openai\"\nbase_url = \"http://x/v1\"\nmodel = \"m\"\n";
+        assert_eq!(
+            err(&format!("{openai}tool_choice = \"always\"")),
+            "in /etc/tether/agent.toml: model.tool_choice: `always` is not a tool choice; use \"auto\" (the default), \"required\", \"none\" or \"omit\" (to send no tool_choice)"
+        );
+        assert!(
+            err(&format!(
+                "{openai}[[model.fallback]]\nbase_url = \"http://y/v1\"\nmodel = \"n\"\ntool_choice = \"\""
+            ))
+            .contains("model.fallback[0].tool_choice: `` is not a tool choice")
+        );
+        assert!(err(&format!("{openai}tool_choice = true")).contains("tool_choice"));
+        assert!(
+            err("[model]\nprovider = \"scripted\"\ntool_choice = \"auto\"")
+                .contains("model.tool_choice is only used with provider = \"openai\"")
+        );
     }
 
     #[test]
@@ -898,6 +937,8 @@ provider = "openai"
 base_url = "http://10.0.0.2:8000/v1"
 model = "small"
 max_tokens = 1024
+tool_choice = "omit"
+stream = false
 "#,
         )
         .expect("config");
@@ -908,6 +949,9 @@ max_tokens = 1024
         assert_eq!(m.endpoints[0].max_completion_tokens, Some(4096));
         assert_eq!(m.endpoints[0].extra_body["temperature"], 0.2);
         assert_eq!(m.endpoints[1].model, "small");
+        assert_eq!(m.endpoints[0].tool_choice, ToolChoice::Auto);
+        assert_eq!(m.endpoints[1].tool_choice, ToolChoice::Omit);
+        assert!(m.endpoints[0].stream && !m.endpoints[1].stream);
     }
 
     #[test]

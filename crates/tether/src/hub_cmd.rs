@@ -34,6 +34,26 @@ struct RawOperator {
     token_env: Option<String>,
 }
 
+/// `[[alert_sources]]`: an Alertmanager or Grafana allowed to post alerts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlertSource {
+    name: String,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    token_env: Option<String>,
+}
+
+/// `[[alert_routes]]`: `match = { label = "value" }`, `agent = "<hostname or agent id>"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlertRoute {
+    #[serde(rename = "match")]
+    matchers: BTreeMap<String, String>,
+    agent: String,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRetention {
@@ -63,6 +83,10 @@ struct RawHub {
     enrollment_token_env: Option<String>,
     #[serde(default)]
     operators: Vec<RawOperator>,
+    #[serde(default)]
+    alert_sources: Vec<RawAlertSource>,
+    #[serde(default)]
+    alert_routes: Vec<RawAlertRoute>,
     #[serde(default)]
     retention: RawRetention,
     #[serde(default)]
@@ -167,6 +191,34 @@ impl HubFile {
                 token,
             });
         }
+        for (i, a) in raw.alert_sources.into_iter().enumerate() {
+            let token = match (a.token, a.token_env) {
+                (Some(t), None) => t,
+                (None, Some(v)) => env_secret(&format!("alert_sources[{i}].token_env"), &v)?,
+                (Some(_), Some(_)) => {
+                    bail!("alert_sources[{i}]: set either `token` or `token_env`, not both")
+                }
+                (None, None) => bail!(
+                    "alert_sources[{i}] (`{}`): `token` or `token_env` is required",
+                    a.name
+                ),
+            };
+            config.alert_sources.push(tether_hub::AlertSource {
+                name: a.name,
+                token,
+            });
+        }
+        config.alert_routes = raw
+            .alert_routes
+            .into_iter()
+            .map(|r| tether_hub::AlertRoute {
+                matchers: r.matchers,
+                agent: r.agent,
+            })
+            .collect();
+        // Names, token lengths, clashes with operators, empty routes: said here, at load,
+        // with the entry's index.
+        config.validate().map_err(|e| anyhow::anyhow!(e))?;
         if let Some(d) = raw.retention.alerts {
             config.alert_retention = d;
         }
@@ -409,4 +461,94 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     f.write_all(text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<HubConfig> {
+        let raw: RawHub = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        HubFile::from_raw(raw, None).map(|(c, _)| c)
+    }
+
+    #[test]
+    fn alert_sources_and_routes_are_read() {
+        // `cargo test` sets CARGO_MANIFEST_DIR for the test process (an absolute path: long
+        // enough for a token); setting a variable here would need `unsafe`.
+        let from_env = std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo test");
+        let c = load(
+            r#"
+            [[alert_sources]]
+            name = "prometheus"
+            token = "am-token-0123456789abcdef"
+
+            [[alert_sources]]
+            name = "grafana"
+            token_env = "CARGO_MANIFEST_DIR"
+
+            [[alert_routes]]
+            match = { job = "mysql", cluster = "eu" }
+            agent = "db-01"
+            "#,
+        )
+        .expect("valid");
+        let sources: Vec<(&str, &str)> = c
+            .alert_sources
+            .iter()
+            .map(|s| (s.name.as_str(), s.token.as_str()))
+            .collect();
+        assert_eq!(
+            sources,
+            vec![
+                ("prometheus", "am-token-0123456789abcdef"),
+                ("grafana", from_env.as_str())
+            ]
+        );
+        assert_eq!(c.alert_routes.len(), 1);
+        assert_eq!(c.alert_routes[0].agent, "db-01");
+        assert_eq!(c.alert_routes[0].matchers["job"], "mysql");
+    }
+
+    #[test]
+    fn bad_alert_sources_and_routes_are_named() {
+        let cases = [
+            (
+                "[[alert_sources]]\nname = \"am\"\n",
+                "alert_sources[0] (`am`): `token` or `token_env` is required",
+            ),
+            (
+                "[[alert_sources]]\nname = \"am\"\ntoken = \"short\"\n",
+                "alert_sources[0] (`am`).token: 5 characters",
+            ),
+            (
+                "[[alert_sources]]\nname = \"am\"\ntoken = \"am-token-0123456789abcdef\"\ntoken_env = \"X\"\n",
+                "not both",
+            ),
+            (
+                "[[alert_sources]]\nname = \"am\"\ntoken_env = \"TETHER_TEST_NO_SUCH_VARIABLE\"\n",
+                "alert_sources[0].token_env: environment variable TETHER_TEST_NO_SUCH_VARIABLE is not set",
+            ),
+            (
+                "[[operators]]\nname = \"alice\"\nclass = \"human\"\ntoken = \"am-token-0123456789abcdef\"\n[[alert_sources]]\nname = \"am\"\ntoken = \"am-token-0123456789abcdef\"\n",
+                "the same as operator `alice`'s",
+            ),
+            (
+                "[[alert_routes]]\nmatch = {}\nagent = \"db-01\"\n",
+                "alert_routes[0].match: must name at least one label",
+            ),
+            (
+                "[[alert_routes]]\nmatch = { job = \"x\" }\nagent = \" \"\n",
+                "alert_routes[0].agent",
+            ),
+            (
+                "[[alert_routes]]\nagent = \"db-01\"\n",
+                "missing field `match`",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = format!("{:#}", load(text).expect_err(want));
+            assert!(e.contains(want), "{want:?} not in {e:?}");
+        }
+    }
 }

@@ -8,6 +8,7 @@ mod autodiag;
 mod checks_cmd;
 mod client_cmds;
 mod config;
+mod eval;
 mod hub_cmd;
 mod hub_link;
 mod mcp_server;
@@ -164,7 +165,8 @@ enum Command {
         #[command(subcommand)]
         command: ChecksCommand,
     },
-    /// Recent alert events from this agent's local history (works with the agent stopped).
+    /// This agent's alerts from its local history, firing or resolved (works with the agent
+    /// stopped); `--events` for the raw events.
     Alerts {
         /// Agent config file (default ~/.config/tether/agent.toml).
         #[arg(long, env = "TETHER_CONFIG")]
@@ -172,6 +174,9 @@ enum Command {
         /// How many, newest first.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// The events as recorded (Critical, Warning, Info, Ok) instead of the alerts.
+        #[arg(long)]
+        events: bool,
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -197,6 +202,102 @@ enum Command {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Measure diagnosis on real faults: for each scenario (evals/host/NNN-name), inject its
+    /// fault on this host, run `diagnose` with the configured model and tools, remove the
+    /// fault, and score the report and the tool calls (no model judges another). Prints a
+    /// scorecard.
+    ///
+    /// Faults are contained: a scratch directory, a process group of their own, and a private
+    /// mount namespace (unshare, no root needed) for the ones that mount a tmpfs; they are
+    /// removed after each run, on errors and on Ctrl-C/SIGTERM. Permission prompts are denied
+    /// (nobody is there to approve them). Progress goes to stderr.
+    ///
+    /// Exit code: 0 when every scenario ran (whatever the scores), 1 when some could not be
+    /// run (its fault could not be set up or removed, or the model never answered), 130/143
+    /// when interrupted.
+    Eval {
+        /// Only the scenarios whose directory name matches this glob, e.g. '00[1-5]-*'.
+        #[arg(long, value_name = "GLOB")]
+        scenarios: Option<String>,
+        /// The scenarios' directory (default: evals/host here, else in the source tree).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Agent config: its [model], [tools] and [[mcp.servers]] are what is evaluated.
+        #[arg(long, env = "TETHER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Diagnose each scenario this many times.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        runs: u32,
+        /// Also write the scorecard as JSON, with every run's failures and tool calls (`-`:
+        /// JSON on stdout, the text scorecard on stderr).
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// List the scenarios and exit.
+        #[arg(long)]
+        list: bool,
+        /// Replay each scenario's own scripted investigator instead of the model (`good`, or
+        /// `bad` for every bad-*.json): the suite's self-test.
+        #[arg(long, value_name = "NAME")]
+        scripted: Option<String>,
+        /// Show each diagnosis' tool calls as they happen.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Processes that scenarios of `tether eval` run as their faults.
+    #[command(hide = true)]
+    EvalHelper {
+        #[command(subcommand)]
+        helper: EvalHelper,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum EvalHelper {
+    /// A static MCP server on stdio, its tools from a TOML file.
+    Mcp { tools: PathBuf },
+    /// Grow to MIB MiB of resident memory, then hold it.
+    Leak {
+        #[arg(long)]
+        mib: u64,
+        #[arg(long, default_value_t = 8)]
+        step_mib: u64,
+        #[arg(long, default_value_t = 200)]
+        interval_ms: u64,
+    },
+    /// Open FILE COUNT times and hold the descriptors.
+    Fds {
+        #[arg(long)]
+        count: u64,
+        #[arg(long)]
+        path: PathBuf,
+    },
+    /// Listen on ADDR and close every connection.
+    Listen {
+        #[arg(long)]
+        addr: String,
+    },
+}
+
+/// Runs a fault helper (never returns while it works).
+fn eval_helper(helper: EvalHelper) -> std::process::ExitCode {
+    use tether_eval::helper;
+    let r = match helper {
+        EvalHelper::Mcp { tools } => helper::mcp(&tools),
+        EvalHelper::Leak {
+            mib,
+            step_mib,
+            interval_ms,
+        } => helper::leak(mib, step_mib, std::time::Duration::from_millis(interval_ms)),
+        EvalHelper::Fds { count, path } => helper::fds(&path, count),
+        EvalHelper::Listen { addr } => helper::listen(&addr),
+    };
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -375,7 +476,7 @@ fn raise_open_files_limit() {
     }
 }
 
-async fn run(cli: Cli) -> Result<std::process::ExitCode> {
+async fn run(cli: Cli, no_namespace: Option<String>) -> Result<std::process::ExitCode> {
     let ok = |r: Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
     match cli.command {
         Command::Agent { config } => {
@@ -520,8 +621,14 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Alerts {
             config,
             limit,
+            events,
             output,
-        } => ok(checks_cmd::alerts(config.as_deref(), limit, output.json())),
+        } => ok(checks_cmd::alerts(
+            config.as_deref(),
+            limit,
+            events,
+            output.json(),
+        )),
         Command::Models {
             command: ModelsCommand::Test { config, timeout },
         } => models::test(config.as_deref(), timeout).await,
@@ -534,6 +641,30 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Sessions { connect, output } => {
             ok(client_cmds::sessions(&connect, output.json()).await)
         }
+        Command::Eval {
+            scenarios,
+            dir,
+            config,
+            runs,
+            json,
+            list,
+            scripted,
+            verbose,
+        } => {
+            eval::eval(eval::EvalArgs {
+                scenarios,
+                dir,
+                config,
+                runs,
+                json,
+                list,
+                scripted,
+                verbose,
+                no_namespace,
+            })
+            .await
+        }
+        Command::EvalHelper { .. } => Ok(std::process::ExitCode::FAILURE),
     }
 }
 
@@ -584,6 +715,18 @@ fn main() -> std::process::ExitCode {
             };
         }
     };
+    let cli = match cli.command {
+        Command::EvalHelper { helper } => return eval_helper(helper),
+        command => Cli { command },
+    };
+    // `tether eval` runs in a private mount namespace (re-executed, same pid, before any
+    // thread exists); this returns only when that is not possible, saying why.
+    let no_namespace = match &cli.command {
+        Command::Eval { list: false, .. } if !tether_eval::namespace::active() => {
+            Some(tether_eval::namespace::reexec(&args))
+        }
+        _ => None,
+    };
     // Everything tether writes (state, configs, logs) is its user's only.
     tether_engine::perms::restrict_umask();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -596,7 +739,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(cli));
+    let result = runtime.block_on(run(cli, no_namespace));
     // The stdin reader thread may be blocked in read(2); don't wait for it.
     runtime.shutdown_background();
     match result {

@@ -60,6 +60,7 @@ impl ReportOpts {
         RunMode::Report {
             answers: self.answers,
             stream: !self.json && std::io::stdout().is_terminal(),
+            progress: true,
         }
     }
 }
@@ -67,6 +68,18 @@ impl ReportOpts {
 /// Runs one session of `mode` on an in-process core built from `cfg`.
 async fn run_local(
     cfg: &AgentConfig,
+    mode: &'static str,
+    params: Value,
+    run: RunMode,
+) -> Result<RunOutput> {
+    run_local_with(cfg, crate::agent::build_engine(cfg)?, mode, params, run).await
+}
+
+/// [`run_local`] with an engine built by the caller from `cfg` (`tether eval` wraps its model
+/// to count rounds and tokens).
+pub async fn run_local_with(
+    cfg: &AgentConfig,
+    engine: tether_engine::Engine,
     mode: &'static str,
     params: Value,
     run: RunMode,
@@ -85,7 +98,7 @@ async fn run_local(
     local.hub = None;
     local.checks_dir = temp.0.join("conf.d");
     local.notifiers.clear();
-    let core = Core::start(&local, &audit).await?;
+    let core = Core::start_with(&local, &audit, engine).await?;
     let result = async {
         let mut client = Client::connect_unix(&core.socket).await?;
         let hello = hello(&mut client).await?;

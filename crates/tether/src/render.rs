@@ -38,6 +38,8 @@ struct ReportMode {
     stream_text: bool,
     /// stderr is a terminal: show a spinner with the running tool.
     spinner: bool,
+    /// Write no progress at all (only keep the answer).
+    quiet: bool,
     /// The final answer: the text after the last tool call.
     answer: String,
 }
@@ -123,8 +125,17 @@ impl Renderer {
         self.report = Some(ReportMode {
             stream_text,
             spinner: std::io::stderr().is_terminal(),
+            quiet: false,
             answer: String::new(),
         });
+    }
+
+    /// Report mode without any progress output: only the answer is kept.
+    pub fn quiet(&mut self) {
+        if let Some(r) = &mut self.report {
+            r.quiet = true;
+            r.spinner = false;
+        }
     }
 
     /// A write to stdout found its reader gone.
@@ -135,7 +146,10 @@ impl Renderer {
     /// Writes to stdout (or, in report mode with `progress`, to stderr), remembering a closed
     /// stdout instead of failing.
     fn write(&mut self, progress: bool, text: &str) {
-        if progress && self.report.is_some() {
+        if progress && let Some(report) = &self.report {
+            if report.quiet {
+                return;
+            }
             let mut err = std::io::stderr().lock();
             let _ = err.write_all(text.as_bytes());
             let _ = err.flush();

@@ -168,14 +168,20 @@ fn a_firing_check_reaches_the_hub_once_and_its_diagnosis_follows() {
             v["alerts"]
                 .as_array()?
                 .iter()
-                .find(|a| a["labels"]["plugin"] == "filecheck" && a["event_status"] == "Critical")
+                .find(|a| {
+                    a["labels"]["plugin"] == "filecheck"
+                        && a["state"] == "firing"
+                        && a["severity"] == "critical"
+                })
                 .cloned()
         },
     );
     let key = alert["alert_key"].as_str().expect("key").to_owned();
+    let alert_id = alert["alert_id"].as_i64().expect("alert_id");
+    let timeline = get_json(port, &format!("/api/v1/alerts/{alert_id}")).expect("timeline");
     assert!(
-        alert["seq"].as_u64().is_some(),
-        "a v2 alert carries its seq: {alert}"
+        timeline["events"][0]["seq"].as_u64().is_some(),
+        "a v2 alert event carries its seq: {timeline}"
     );
 
     // The automatic diagnosis runs and its report reaches the hub.
@@ -208,10 +214,14 @@ fn a_firing_check_reaches_the_hub_once_and_its_diagnosis_follows() {
         .iter()
         .filter(|a| a["alert_key"] == key.as_str())
         .collect();
+    assert_eq!(same.len(), 1, "one alert per key: {same:?}");
     assert_eq!(
-        same.len(),
-        1,
+        same[0]["event_count"], 1,
         "the alert was stored more than once: {same:?}"
+    );
+    assert_eq!(
+        same[0]["diagnoses"][0]["session_id"], report["session_id"],
+        "the report is linked to its alert: {same:?}"
     );
 
     // The agent's own history has it too.

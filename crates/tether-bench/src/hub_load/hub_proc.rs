@@ -53,11 +53,22 @@ impl HubProc {
     /// shared enrollment token, `max_agents`) and starts `tether hub` on it; returns once
     /// `/healthz` answers. The hub inherits this process's open-files limit.
     pub async fn start(bin: &Path, dir: &Path, max_agents: usize) -> anyhow::Result<HubProc> {
+        Self::start_with(bin, dir, max_agents, "").await
+    }
+
+    /// As [`HubProc::start`], with `extra` appended to `hub.toml` (`[[operators]]`,
+    /// `[[alert_sources]]`, ...).
+    pub async fn start_with(
+        bin: &Path,
+        dir: &Path,
+        max_agents: usize,
+        extra: &str,
+    ) -> anyhow::Result<HubProc> {
         let mut last_error = None;
         // The port is free when chosen but another process could take it before the hub
         // binds it: try a few.
         for _ in 0..3 {
-            match Self::start_once(bin, dir, max_agents).await {
+            match Self::start_once(bin, dir, max_agents, extra).await {
                 Ok(h) => return Ok(h),
                 Err(e) => last_error = Some(e),
             }
@@ -65,7 +76,12 @@ impl HubProc {
         Err(last_error.unwrap_or_else(|| anyhow::anyhow!("the hub did not start")))
     }
 
-    async fn start_once(bin: &Path, dir: &Path, max_agents: usize) -> anyhow::Result<HubProc> {
+    async fn start_once(
+        bin: &Path,
+        dir: &Path,
+        max_agents: usize,
+        extra: &str,
+    ) -> anyhow::Result<HubProc> {
         let port = free_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let token = format!("bench-enroll-{}", uuid::Uuid::now_v7().simple());
@@ -73,7 +89,7 @@ impl HubProc {
         std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
         let config = dir.join("hub.toml");
         let toml = format!(
-            "listen = \"{addr}\"\nstate_dir = \"{}\"\nenrollment_token = \"{token}\"\nmax_agents = {max_agents}\n",
+            "listen = \"{addr}\"\nstate_dir = \"{}\"\nenrollment_token = \"{token}\"\nmax_agents = {max_agents}\n{extra}",
             state.display()
         );
         std::fs::write(&config, toml).with_context(|| format!("writing {}", config.display()))?;

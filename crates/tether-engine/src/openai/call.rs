@@ -30,6 +30,12 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 const MAX_ERROR_MESSAGE: usize = 600;
 
 pub(crate) const ENDED_EARLY: &str = "the model's stream ended before it finished";
+/// A 200 answer that carried nothing: no text, reasoning, tool call or finish reason.
+/// llama-cpp-python does this when generating fails after the response started (the stream
+/// just ends, or only `[DONE]` comes when the next request interrupts it).
+pub(crate) const NO_ANSWER: &str = "the server accepted the request (HTTP 200) but sent no answer";
+/// Added to [`NO_ANSWER`] for a streamed request.
+const NO_ANSWER_HINT: &str = " (a server that cannot stream some answers may need stream = false)";
 
 pub(crate) fn start(shared: Arc<Shared>, request: ModelRequest) -> ModelStream {
     let call = Call {
@@ -39,6 +45,7 @@ pub(crate) fn start(shared: Arc<Shared>, request: ModelRequest) -> ModelStream {
         attempt: 1,
         tries: 0,
         body: None,
+        prompt_estimate: 0,
         phase: Phase::Start,
         answer: Answer::default(),
         pending: VecDeque::new(),
@@ -62,6 +69,8 @@ struct Call {
     tries: u32,
     /// The encoded request for the current endpoint (kept for retries).
     body: Option<Bytes>,
+    /// The estimated prompt tokens of `body`, for servers that report no usage.
+    prompt_estimate: u64,
     phase: Phase,
     answer: Answer,
     /// Chunks decoded but not yet handed out.
@@ -156,18 +165,30 @@ impl Call {
         let body = match &self.body {
             Some(b) => b.clone(),
             None => {
-                let b = encode_request(target, &self.request).map_err(Failure::fatal)?;
+                let (b, estimate) =
+                    encode_request(target, &self.request).map_err(Failure::fatal)?;
                 self.body = Some(b.clone());
+                self.prompt_estimate = estimate;
                 b
             }
         };
+        let streamed = target.endpoint.stream;
+        self.answer.prompt_estimate = self.prompt_estimate;
+        self.answer.streamed = streamed;
         self.tries += 1;
         tracing::debug!(url = %target.url, attempt = self.attempt, "model request");
         let mut request = shared
             .client
             .post(&target.url)
             .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, "text/event-stream")
+            .header(
+                ACCEPT,
+                if streamed {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                },
+            )
             .body(body);
         if let Some(key) = &target.key {
             request = request.bearer_auth(key);
@@ -209,11 +230,15 @@ impl Call {
                 retry_after,
             });
         }
-        let is_json = response
+        let content_type = response
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim_start().starts_with("application/json"));
+            .map(str::trim_start)
+            .unwrap_or("");
+        // What the server says it sent; without a word, what was asked for.
+        let is_json = content_type.starts_with("application/json")
+            || (!streamed && !content_type.starts_with("text/event-stream"));
         self.phase = Phase::Reading(Box::new(Reader {
             response,
             decoder: SseDecoder::new(MAX_EVENT_BYTES),
@@ -286,8 +311,7 @@ async fn read(
                 Ok(true) => {
                     let data = reader.decoder.data();
                     if data.trim_ascii() == b"[DONE]" {
-                        answer.finish(pending);
-                        return Ok(Step::Finished);
+                        return answer.finish(pending).map(|()| Step::Finished);
                     }
                     let chunk: ChunkWire<'_> = serde_json::from_slice(data).map_err(|e| {
                         Failure::fatal(ModelError::Stream(format!(
@@ -312,6 +336,9 @@ async fn read(
     }
     if reader.eof {
         if let Some(document) = reader.json.take() {
+            if document.trim_ascii().is_empty() {
+                return Err(answer.no_answer(None));
+            }
             let chunk: ChunkWire<'_> = serde_json::from_slice(&document).map_err(|e| {
                 Failure::fatal(ModelError::Stream(format!(
                     "cannot decode the model's answer: {e}"
@@ -326,12 +353,13 @@ async fn read(
                 ))));
             }
             answer.apply(chunk, pending);
-            answer.finish(pending);
-            return Ok(Step::Finished);
+            return answer.finish(pending).map(|()| Step::Finished);
         }
         if answer.finished {
-            answer.finish(pending);
-            return Ok(Step::Finished);
+            return answer.finish(pending).map(|()| Step::Finished);
+        }
+        if answer.is_empty() {
+            return Err(answer.no_answer(None));
         }
         return Err(Failure::retryable(ModelError::Stream(ENDED_EARLY.into())));
     }
@@ -368,14 +396,15 @@ async fn read(
             Ok(Step::Continue)
         }
         // The answer is complete; what is missing is the end marker or the usage.
-        _ if answer.finished => {
-            answer.finish(pending);
-            Ok(Step::Finished)
+        _ if answer.finished => answer.finish(pending).map(|()| Step::Finished),
+        Some(Err(e)) => {
+            let broke = format!("the connection broke: {}", crate::text::error_chain(&e));
+            Err(if answer.is_empty() {
+                answer.no_answer(Some(&broke))
+            } else {
+                Failure::retryable(ModelError::Stream(broke))
+            })
         }
-        Some(Err(e)) => Err(Failure::retryable(ModelError::Stream(format!(
-            "the connection broke: {}",
-            crate::text::error_chain(&e)
-        )))),
         None => Err(Failure::retryable(ModelError::Idle(whole_seconds(idle)))),
     }
 }
@@ -384,11 +413,24 @@ async fn read(
 #[derive(Default)]
 struct Answer {
     calls: Vec<PartialCall>,
+    /// Any `tool_calls` fragment came: a legacy `function_call` beside them is the same call.
+    saw_tool_calls: bool,
+    /// The legacy `function_call`, assembled like a tool call.
+    function_call: Option<PartialCall>,
     /// A `finish_reason` was seen: the answer is complete even if the stream breaks now.
     finished: bool,
     calls_emitted: bool,
+    /// Text or reasoning was handed out.
+    produced: bool,
+    /// The request asked for a stream.
+    streamed: bool,
     /// The last usage report (some servers send one per chunk; the last one counts).
     usage: Option<Usage>,
+    /// For an estimate when the server reports no usage: the prompt's tokens, the bytes of
+    /// text and reasoning, and the tokens of the tool calls.
+    prompt_estimate: u64,
+    text_bytes: usize,
+    call_tokens: usize,
 }
 
 #[derive(Default)]
@@ -422,14 +464,53 @@ impl Answer {
             (_, r) => r,
         };
         if let Some(r) = reasoning.filter(|r| !r.0.is_empty()) {
+            self.produced = true;
+            self.text_bytes += r.0.len();
             pending.push_back(ModelChunk::Reasoning(r.into_string()));
         }
         if let Some(t) = delta.content.filter(|t| !t.0.is_empty()) {
+            self.produced = true;
+            self.text_bytes += t.0.len();
             pending.push_back(ModelChunk::Text(t.into_string()));
         }
         for d in delta.tool_calls.into_iter() {
+            self.saw_tool_calls = true;
             self.merge_call(d);
         }
+        if let Some(f) = delta.function_call {
+            let call = self.function_call.get_or_insert_with(PartialCall::default);
+            // Some servers repeat the name in every fragment, like tool calls.
+            if let Some(name) = f.name.filter(|n| !n.0.is_empty())
+                && call.name.is_empty()
+            {
+                call.name = name.into_string();
+            }
+            if let Some(a) = f.arguments {
+                call.arguments.push_str(&a.0);
+            }
+        }
+    }
+
+    /// Nothing came: no text, reasoning, tool call or finish reason.
+    fn is_empty(&self) -> bool {
+        !self.finished
+            && !self.produced
+            && self.calls.is_empty()
+            && self.function_call.is_none()
+            && !self.calls_emitted
+    }
+
+    /// The retryable failure of a 200 answer that carried nothing; `cause` when known.
+    fn no_answer(&self, cause: Option<&str>) -> Failure {
+        let mut message = String::from(NO_ANSWER);
+        if let Some(cause) = cause {
+            message.push_str(": ");
+            message.push_str(cause);
+        }
+        if self.streamed {
+            message.push_str(NO_ANSWER_HINT);
+        }
+        Failure::retryable(ModelError::Stream(message))
     }
 
     fn merge_call(&mut self, d: ToolCallDelta<'_>) {
@@ -478,7 +559,11 @@ impl Answer {
         }
         self.calls_emitted = true;
         self.calls.sort_by_key(|c| c.index.unwrap_or(u32::MAX));
-        for call in self.calls.drain(..) {
+        let legacy = self.function_call.take().filter(|_| !self.saw_tool_calls);
+        for call in self.calls.drain(..).chain(legacy) {
+            self.call_tokens += context::TOOL_CALL_OVERHEAD_TOKENS
+                + tokens_of(call.name.len())
+                + tokens_of(call.arguments.len());
             let id = if call.id.is_empty() {
                 format!("call_{}", uuid::Uuid::now_v7().simple())
             } else {
@@ -492,24 +577,48 @@ impl Answer {
         }
     }
 
-    /// The stream ended properly: hand out the tool calls and the usage.
-    fn finish(&mut self, pending: &mut VecDeque<ModelChunk>) {
+    /// The stream ended properly: hand out the tool calls and the usage (estimated when the
+    /// server sent none). An answer that carried nothing is a failure worth another try.
+    fn finish(&mut self, pending: &mut VecDeque<ModelChunk>) -> Result<(), Failure> {
+        if self.is_empty() {
+            return Err(self.no_answer(None));
+        }
         self.finished = true;
         self.emit_calls(pending);
-        if let Some(u) = self.usage.take() {
-            pending.push_back(ModelChunk::Usage(u));
-        }
+        let usage = match self.usage.take() {
+            Some(u) => u,
+            None => {
+                let completion = (tokens_of(self.text_bytes) + self.call_tokens) as u64;
+                Usage {
+                    prompt_tokens: self.prompt_estimate,
+                    completion_tokens: completion,
+                    total_tokens: self.prompt_estimate + completion,
+                    estimated: true,
+                }
+            }
+        };
+        pending.push_back(ModelChunk::Usage(usage));
+        Ok(())
     }
 }
 
-/// The request body for `target`, compacted to its context window when needed.
-pub(crate) fn encode_request(target: &Target, request: &ModelRequest) -> Result<Bytes, ModelError> {
+/// Estimated tokens of `bytes` bytes of text (see [`context`]).
+fn tokens_of(bytes: usize) -> usize {
+    bytes.div_ceil(context::BYTES_PER_TOKEN)
+}
+
+/// The request body for `target`, compacted to its context window when needed, and the
+/// estimated tokens of the prompt it carries.
+pub(crate) fn encode_request(
+    target: &Target,
+    request: &ModelRequest,
+) -> Result<(Bytes, u64), ModelError> {
     let ep = &target.endpoint;
     let mut messages: Cow<'_, [Message]> = Cow::Borrowed(&request.messages);
+    let tools = context::estimate_tool_tokens(&request.tools);
+    let mut estimate = context::estimate_tokens(&request.messages) + tools;
     if let Some(window) = ep.context_window {
         let limit = (f64::from(window) * ep.compact_at) as usize;
-        let tools = context::estimate_tool_tokens(&request.tools);
-        let estimate = context::estimate_tokens(&request.messages) + tools;
         if estimate > limit {
             let compacted = context::compact(&request.messages, limit.saturating_sub(tools));
             tracing::debug!(
@@ -520,6 +629,7 @@ pub(crate) fn encode_request(target: &Target, request: &ModelRequest) -> Result<
                 after = compacted.len(),
                 "history compacted for the context window"
             );
+            estimate = context::estimate_tokens(&compacted) + tools;
             messages = Cow::Owned(compacted);
         }
     }
@@ -529,7 +639,7 @@ pub(crate) fn encode_request(target: &Target, request: &ModelRequest) -> Result<
         tools: &request.tools,
     };
     serde_json::to_vec(&body)
-        .map(Bytes::from)
+        .map(|b| (Bytes::from(b), estimate as u64))
         .map_err(|e| ModelError::Other(format!("cannot encode the model request: {e}")))
 }
 
@@ -783,7 +893,7 @@ mod tests {
         ] {
             a.apply(chunk(raw), &mut out);
         }
-        a.finish(&mut out);
+        assert!(a.finish(&mut out).is_ok());
         let calls: Vec<(String, String, String)> = out
             .drain(..)
             .filter_map(|c| match c {
@@ -819,7 +929,7 @@ mod tests {
             chunk(r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#),
             &mut out,
         );
-        a.finish(&mut out);
+        assert!(a.finish(&mut out).is_ok());
         let all: Vec<ModelChunk> = out.drain(..).collect();
         assert_eq!(
             all,
@@ -828,7 +938,8 @@ mod tests {
                 ModelChunk::Usage(Usage {
                     prompt_tokens: 1,
                     completion_tokens: 2,
-                    total_tokens: 3
+                    total_tokens: 3,
+                    estimated: false,
                 })
             ]
         );

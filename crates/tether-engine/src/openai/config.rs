@@ -32,6 +32,61 @@ pub struct OpenAiEndpoint {
     /// Send the model's earlier reasoning back as `reasoning_content` on assistant messages.
     /// Some APIs need it (reasoning with tool calls), a few refuse it.
     pub replay_reasoning: bool,
+    /// The `tool_choice` sent with requests that offer tools.
+    pub tool_choice: ToolChoice,
+    /// Ask for a streamed answer (the default). Off, the answer comes whole at the end, for
+    /// servers that cannot stream some answers (llama-cpp-python's `chatml-function-calling`
+    /// cannot stream a tool call it chose itself); `idle_timeout` then bounds the whole answer.
+    pub stream: bool,
+}
+
+/// What a request that offers tools says in `tool_choice`. Never sent without tools (OpenAI
+/// refuses that).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// `"auto"`: the model decides. Sent explicitly because some servers (llama-cpp-python's
+    /// function-calling handlers) ignore the tools when `tool_choice` is absent.
+    #[default]
+    Auto,
+    /// `"required"`: the model must call a tool in every answer, so a turn only ends at
+    /// `max_rounds`; for servers or tests that need forcing.
+    Required,
+    /// `"none"`: the tools are described but must not be called.
+    None,
+    /// The field is left out, for servers that refuse it; `extra_body` may then set one (e.g.
+    /// an object naming a function).
+    Omit,
+}
+
+impl ToolChoice {
+    /// The values [`parse`](Self::parse) accepts, in their config spelling.
+    pub const NAMES: [&'static str; 4] = ["auto", "required", "none", "omit"];
+
+    /// Reads the config spelling; `key` names the setting in the error.
+    pub fn parse(key: &str, text: &str) -> Result<Self, ConfigError> {
+        match text.trim() {
+            "auto" => Ok(ToolChoice::Auto),
+            "required" => Ok(ToolChoice::Required),
+            "none" => Ok(ToolChoice::None),
+            "omit" => Ok(ToolChoice::Omit),
+            other => Err(ConfigError::new(
+                key,
+                format!(
+                    "{key}: `{other}` is not a tool choice; use \"auto\" (the default), \"required\", \"none\" or \"omit\" (to send no tool_choice)"
+                ),
+            )),
+        }
+    }
+
+    /// The value sent, or `None` to leave the field out.
+    pub fn wire(self) -> Option<&'static str> {
+        match self {
+            ToolChoice::Auto => Some("auto"),
+            ToolChoice::Required => Some("required"),
+            ToolChoice::None => Some("none"),
+            ToolChoice::Omit => Option::None,
+        }
+    }
 }
 
 impl OpenAiEndpoint {
@@ -51,6 +106,8 @@ impl OpenAiEndpoint {
             compact_at: Self::DEFAULT_COMPACT_AT,
             include_usage: true,
             replay_reasoning: true,
+            tool_choice: ToolChoice::Auto,
+            stream: true,
         }
     }
 
@@ -168,6 +225,8 @@ impl fmt::Debug for OpenAiEndpoint {
             .field("compact_at", &self.compact_at)
             .field("include_usage", &self.include_usage)
             .field("replay_reasoning", &self.replay_reasoning)
+            .field("tool_choice", &self.tool_choice)
+            .field("stream", &self.stream)
             .finish()
     }
 }
@@ -366,6 +425,30 @@ mod tests {
             assert_eq!(e.as_ref().map(|e| e.key.as_str()), Some(key), "{e:?}");
             assert!(e.is_some_and(|e| e.message.contains(key)));
         }
+    }
+
+    #[test]
+    fn tool_choices_parse_and_bad_ones_are_named() {
+        for name in ToolChoice::NAMES {
+            let choice = ToolChoice::parse("model.tool_choice", name);
+            assert_eq!(
+                choice.map(|c| c.wire().unwrap_or("omit")),
+                Ok(name),
+                "{name}"
+            );
+        }
+        assert_eq!(ToolChoice::default(), ToolChoice::Auto);
+        let e = ToolChoice::parse("model.fallback[0].tool_choice", "always").err();
+        assert_eq!(
+            e.as_ref().map(|e| e.key.as_str()),
+            Some("model.fallback[0].tool_choice")
+        );
+        assert_eq!(
+            e.map(|e| e.message),
+            Some(
+                "model.fallback[0].tool_choice: `always` is not a tool choice; use \"auto\" (the default), \"required\", \"none\" or \"omit\" (to send no tool_choice)".into()
+            )
+        );
     }
 
     #[test]

@@ -6,8 +6,19 @@
 //! * One call posts `{base_url}/chat/completions` with `stream: true` and reads the
 //!   server-sent events: text deltas become [`ModelChunk::Text`], `reasoning_content` (or
 //!   `reasoning`) deltas [`ModelChunk::Reasoning`]; tool-call fragments are assembled by their
-//!   `index` and handed out whole when the answer finishes; the usage report comes last.
-//! * Retries: HTTP 429/500/502/503/504, connection failures, and a stream that fails before
+//!   `index` and handed out whole when the answer finishes; the usage report comes last. With
+//!   `stream = false` the answer is read as one JSON document.
+//! * Usage: the server's report, or, from a server that sends none, an estimate of the prompt
+//!   sent and the answer read (about 4 bytes a token, see [`crate::context`]) marked
+//!   `estimated`.
+//! * Dialects of real servers: an assistant message with tool calls carries `content: ""`
+//!   (OpenAI's clients send null, which llama-cpp-python refuses with HTTP 500); requests with
+//!   tools carry `tool_choice` ([`ToolChoice`], `"auto"` unless configured: llama-cpp-python's
+//!   function-calling handlers ignore tools without it); fragments that repeat a call's `id`,
+//!   `type` and name are one call; the legacy `function_call` counts only when no `tool_calls`
+//!   came (llama-cpp-python sends the same call in both); SSE comments (`: ping`) are skipped.
+//! * Retries: HTTP 429/500/502/503/504, connection failures, a 200 answer that carried nothing
+//!   (no text, reasoning, tool call or finish reason), and a stream that fails before
 //!   anything was handed out are retried with jittered exponential backoff (a server's
 //!   `Retry-After` is honoured, capped at `max_delay`). Other HTTP errors are request problems:
 //!   reported at once, with the server's message, and never retried or failed over.
@@ -29,7 +40,7 @@ mod config;
 mod sse;
 mod wire;
 
-pub use config::{ConfigError, OpenAiConfig, OpenAiEndpoint, RetryPolicy};
+pub use config::{ConfigError, OpenAiConfig, OpenAiEndpoint, RetryPolicy, ToolChoice};
 
 use crate::model::{Message, ModelChunk, ModelError, ModelProvider, ModelRequest, ModelStream};
 use futures_util::StreamExt;

@@ -43,11 +43,13 @@ impl Serialize for RequestBody<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let ep = self.endpoint;
         let limit = self.token_limit();
+        let tool_choice = ep.tool_choice.wire().filter(|_| !self.tools.is_empty());
         let ours = |key: &str| -> bool {
             match key {
                 "model" | "messages" | "stream" => true,
-                "stream_options" => ep.include_usage,
+                "stream_options" => ep.stream && ep.include_usage,
                 "tools" => !self.tools.is_empty(),
+                "tool_choice" => tool_choice.is_some(),
                 other => limit.is_some_and(|(k, _)| k == other),
             }
         };
@@ -66,8 +68,8 @@ impl Serialize for RequestBody<'_> {
                 replay_reasoning: ep.replay_reasoning,
             },
         )?;
-        map.serialize_entry("stream", &true)?;
-        if ep.include_usage {
+        map.serialize_entry("stream", &ep.stream)?;
+        if ep.stream && ep.include_usage {
             map.serialize_entry(
                 "stream_options",
                 &StreamOptions {
@@ -77,6 +79,9 @@ impl Serialize for RequestBody<'_> {
         }
         if !self.tools.is_empty() {
             map.serialize_entry("tools", &Tools(self.tools))?;
+        }
+        if let Some(choice) = tool_choice {
+            map.serialize_entry("tool_choice", choice)?;
         }
         if let Some((key, n)) = limit {
             map.serialize_entry(key, &n)?;
@@ -144,12 +149,9 @@ impl Serialize for WireMessage<'_> {
                 tool_calls,
             } => {
                 map.serialize_entry("role", "assistant")?;
-                if content.is_empty() && !tool_calls.is_empty() {
-                    // What OpenAI's own clients send; some servers refuse an empty string.
-                    map.serialize_entry("content", &Value::Null)?;
-                } else {
-                    map.serialize_entry("content", content)?;
-                }
+                // Always a string, `""` beside tool calls too: OpenAI's clients send null there,
+                // but llama-cpp-python's chat templates fail on it (HTTP 500).
+                map.serialize_entry("content", content)?;
                 if self.replay_reasoning
                     && let Some(r) = reasoning.as_deref().filter(|r| !r.is_empty())
                 {
@@ -370,6 +372,10 @@ pub(crate) struct DeltaWire<'a> {
     pub reasoning: Option<Text<'a>>,
     #[serde(default, borrow)]
     pub tool_calls: ToolDeltas<'a>,
+    /// The call of the legacy `functions` API. Servers that speak both (llama-cpp-python) send
+    /// the same call here and in `tool_calls`; it only counts when `tool_calls` never came.
+    #[serde(default, borrow)]
+    pub function_call: Option<FunctionDelta<'a>>,
 }
 
 /// The tool-call fragments of one delta: nearly always one, kept inline.
@@ -447,6 +453,7 @@ impl UsageWire {
             prompt_tokens: prompt,
             completion_tokens: completion,
             total_tokens: self.total_tokens.unwrap_or(prompt + completion),
+            estimated: false,
         }
     }
 }
@@ -579,7 +586,7 @@ mod tests {
                 "model": "m",
                 "messages": [
                     {"role": "system", "content": "s"},
-                    {"role": "assistant", "content": null, "reasoning_content": "thought",
+                    {"role": "assistant", "content": "", "reasoning_content": "thought",
                      "tool_calls": [{"id": "c1", "type": "function",
                                      "function": {"name": "f", "arguments": "{}"}}]},
                     {"role": "tool", "tool_call_id": "c1", "content": "out"},

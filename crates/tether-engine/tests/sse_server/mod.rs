@@ -163,7 +163,13 @@ pub struct Recorded {
     pub accept: Option<String>,
 }
 
+/// Looks at a request body before the script does: `Some(reply)` answers the request with
+/// that reply and leaves the script as it was (a server's rules about requests, e.g. what a
+/// real server rejects).
+pub type Judge = Arc<dyn Fn(&Value) -> Option<Reply> + Send + Sync>;
+
 struct Inner {
+    judge: Option<Judge>,
     replies: Mutex<VecDeque<Reply>>,
     requests: Mutex<Vec<Recorded>>,
     /// Response bodies dropped by the server (finished, failed, or the client went away).
@@ -186,7 +192,17 @@ impl Drop for Server {
 
 impl Server {
     pub async fn start(replies: Vec<Reply>) -> Server {
+        Self::start_inner(None, replies).await
+    }
+
+    /// A server that lets `judge` answer a request before the script does.
+    pub async fn start_judged(judge: Judge, replies: Vec<Reply>) -> Server {
+        Self::start_inner(Some(judge), replies).await
+    }
+
+    async fn start_inner(judge: Option<Judge>, replies: Vec<Reply>) -> Server {
         let inner = Arc::new(Inner {
+            judge,
             replies: Mutex::new(replies.into()),
             requests: Mutex::new(Vec::new()),
             bodies_dropped: AtomicUsize::new(0),
@@ -263,13 +279,15 @@ async fn handle(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let judged = inner.judge.as_ref().and_then(|judge| judge(&parsed));
     inner.requests.lock().expect("lock").push(Recorded {
-        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        body: parsed,
         raw: String::from_utf8_lossy(&body).into_owned(),
         authorization: header("authorization"),
         accept: header("accept"),
     });
-    let reply = inner.replies.lock().expect("lock").pop_front();
+    let reply = judged.or_else(|| inner.replies.lock().expect("lock").pop_front());
     let Some(reply) = reply else {
         return Response::builder()
             .status(StatusCode::IM_A_TEAPOT)

@@ -177,7 +177,7 @@ impl TestHub {
     pub async fn alert_count(&self) -> u64 {
         self.hub()
             .store()
-            .run(|s| s.count_alerts())
+            .run(|s| s.count_alert_events())
             .await
             .expect("count alerts")
     }
@@ -466,6 +466,17 @@ impl V1Agent {
         hostname: &str,
         proto: &str,
     ) -> (V1Agent, Value) {
+        V1Agent::connect_registering(url, token, agent_id, proto, register_payload(hostname)).await
+    }
+
+    /// As [`V1Agent::connect_with`], registering with `payload` (another `ip`, say).
+    pub async fn connect_registering(
+        url: &str,
+        token: &str,
+        agent_id: &str,
+        proto: &str,
+        payload: Value,
+    ) -> (V1Agent, Value) {
         let ws = dial_agent(url, token, agent_id, proto)
             .await
             .expect("agent upgrade");
@@ -473,7 +484,7 @@ impl V1Agent {
         let register = json!({
             "type": "register",
             "id": uuid::Uuid::now_v7().to_string(),
-            "payload": register_payload(hostname),
+            "payload": payload,
         });
         let register_id = register["id"].clone();
         sink.send(Message::Text(register.to_string().into()))
