@@ -7,7 +7,7 @@
 import { h, replaceChildren, timeEl, fmtDateTime, hostLink, errorText, extLink, actRefusal, labelPairs } from './dom.js';
 import { statusBadges, description, descriptionText, diagnoseButton, titleText } from './alertview.js';
 import { openSilenceForm } from './silences.js';
-import { renderMarkdown } from './markdown.js';
+import { renderMarkdown, markdownLineText } from './markdown.js';
 
 const EVENTS_PAGE = 100;
 
@@ -225,10 +225,10 @@ export function alertPage(ctx, alertIdText) {
     olderBtn.hidden = nextBefore == null;
   }
 
-  /** What an event says besides its status: its summary, or its description's first line. */
+  /** What an event says besides its status: its summary, or its description's first line (as text). */
   function eventNote(e) {
     const ann = e.annotations ?? {};
-    const text = String(ann.summary ?? ann.description ?? '').split('\n')[0];
+    const text = markdownLineText(String(ann.summary ?? ann.description ?? '').split('\n')[0]);
     return text.length > 160 ? `${text.slice(0, 160)}…` : text;
   }
 

@@ -8,7 +8,7 @@ import { matcherText, silenceMatchers, titleText, alertHref, statusOf } from './
 
 const DURATIONS = ['30m', '1h', '2h', '4h', '12h', '1d', '7d'];
 
-/** A silence's state as shown: `active`, `expired`, or `expired by <who>`. */
+/** A silence's state (`active`, `expired`) as a badge. */
 function stateBadge(s) {
   return h('span', { class: `badge silence-${s.state}`, 'data-testid': 'silence-state' }, s.state);
 }
@@ -50,7 +50,7 @@ export function silencesPage(ctx) {
         loaded ? `No ${stateSelect.value === 'all' ? '' : `${stateSelect.value} `}silences.` : 'Loading…')));
     } else {
       replaceChildren(tbody, silences.map((s) => {
-        const expire = s.state === 'active'
+        const expireBtn = s.state === 'active'
           ? h('button', {
             type: 'button',
             class: 'small danger',
@@ -72,7 +72,7 @@ export function silencesPage(ctx) {
             s.state === 'active'
               ? h('div', { class: 'muted small' }, fmtIn(s.ends_at))
               : s.expired_by ? h('div', { class: 'muted small', 'data-testid': 'silence-expired-by' }, `expired by ${s.expired_by}`) : null),
-          h('td', { class: 'actions' }, expire, h('span', { class: 'error small', 'data-testid': 'silence-error' })));
+          h('td', { class: 'actions' }, expireBtn, h('span', { class: 'error small', 'data-testid': 'silence-error' })));
       }));
     }
     table.dataset.state = loaded ? 'live' : 'loading';
@@ -171,7 +171,7 @@ export function openSilenceForm(ctx, { alert = null, onCreated = null } = {}) {
 
   function matcherRow(m = { name: '', value: '', is_regex: false }) {
     const k = n++;
-    const name = h('input', { type: 'text', id: `silence-m${k}-name`, 'aria-label': 'Label name', 'data-testid': 'silence-matcher-name', '.value': m.name, required: true, spellcheck: 'false', autocomplete: 'off' });
+    const name = h('input', { type: 'text', id: `silence-m${k}-name`, 'aria-label': 'Label name', 'data-testid': 'silence-matcher-name', '.value': m.name, spellcheck: 'false', autocomplete: 'off' });
     const op = h('select', { id: `silence-m${k}-op`, 'aria-label': 'Match', 'data-testid': 'silence-matcher-op' },
       h('option', { value: 'eq' }, '='),
       h('option', { value: 're' }, '=~ (regex)'));
@@ -186,9 +186,9 @@ export function openSilenceForm(ctx, { alert = null, onCreated = null } = {}) {
 
   for (const m of alert ? silenceMatchers(alert) : [undefined]) rowsEl.append(matcherRow(m));
 
-  const duration = h('input', { type: 'text', id: 'silence-duration', list: 'silence-durations', 'data-testid': 'silence-duration', '.value': '2h', required: true, spellcheck: 'false', autocomplete: 'off' });
+  const duration = h('input', { type: 'text', id: 'silence-duration', list: 'silence-durations', 'data-testid': 'silence-duration', '.value': '2h', spellcheck: 'false', autocomplete: 'off' });
   const durations = h('datalist', { id: 'silence-durations' }, DURATIONS.map((d) => h('option', { value: d })));
-  const comment = h('textarea', { id: 'silence-comment', rows: 3, maxlength: 4096, required: true, 'data-testid': 'silence-comment-input', placeholder: 'Why (shown with the silence)' });
+  const comment = h('textarea', { id: 'silence-comment', rows: 3, maxlength: 4096, 'data-testid': 'silence-comment-input', placeholder: 'Why (shown with the silence)' });
   const error = h('p', { class: 'error', role: 'alert', 'data-testid': 'silence-form-error' });
   const submit = h('button', { type: 'submit', class: 'primary', id: 'silence-submit', 'data-testid': 'silence-submit' }, 'Create silence');
   const why = actRefusal(ctx.hub);
@@ -202,9 +202,11 @@ export function openSilenceForm(ctx, { alert = null, onCreated = null } = {}) {
     dialog.close();
     dialog.remove();
   };
+  // The checks are the form's own (with messages), not the browser's `required` bubbles.
   const form = h('form', {
     id: 'silence-form',
     method: 'dialog',
+    novalidate: true,
     onsubmit: async (ev) => {
       ev.preventDefault();
       error.textContent = '';
@@ -223,6 +225,10 @@ export function openSilenceForm(ctx, { alert = null, onCreated = null } = {}) {
         return;
       }
       const d = duration.value.trim();
+      if (!d) {
+        error.textContent = 'Give a duration, e.g. 2h.';
+        return;
+      }
       const params = { matchers, duration: /^\d+$/.test(d) ? Number(d) : d, comment: comment.value.trim() };
       submit.disabled = true;
       submit.textContent = 'Creating…';
