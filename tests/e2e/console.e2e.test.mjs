@@ -597,7 +597,7 @@ test('the hub console end to end', { timeout: 300_000, skip: !URL_ || !TOKEN ? '
       await waitText(page.locator('#host-title'), new RegExp(`^${host}$`));
     });
 
-    await t.test('an observer sees Ack, Silence and Expire disabled, with the reason', { skip: OBSERVER_TOKEN && SOURCE_TOKEN ? false : 'TETHER_OBSERVER_TOKEN / TETHER_ALERT_SOURCE_TOKEN are not set' }, async () => {
+    await t.test('an observer sees Ack, Silence, Expire and Diagnose disabled, with the reason', { skip: OBSERVER_TOKEN && SOURCE_TOKEN ? false : 'TETHER_OBSERVER_TOKEN / TETHER_ALERT_SOURCE_TOKEN are not set' }, async () => {
       const observer = await launch();
       try {
         const opage = await observer.context.newPage();
@@ -632,6 +632,9 @@ test('the hub console end to end', { timeout: 300_000, skip: !URL_ || !TOKEN ? '
           assert.match(await opage.locator(sel).getAttribute('title'), /Observers may read/);
         }
         await waitText(opage.locator('#alert-refusal'), /Observers may read alerts and silences, not acknowledge, silence or expire/);
+        // Nor may they start sessions: Diagnose is shown (the alert fires) but disabled.
+        assert.equal(await opage.locator('#alert-diagnose').isDisabled(), true, 'Diagnose is disabled');
+        assert.match(await opage.locator('#alert-diagnose').getAttribute('title'), /Observers cannot start sessions/);
         // Reading works: the acknowledgement and the timeline are there.
         await waitText(opage.locator('[data-testid="alert-ack-by"]'), /^admin$/);
         assert.ok((await opage.locator('[data-testid="alert-event"]').count()) >= 1);

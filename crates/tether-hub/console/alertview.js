@@ -2,7 +2,7 @@
 // description (Markdown, rendered safely), its group (host or alert name), its row in a table,
 // the Diagnose button (firing alerts only) and a set of alerts kept current by `alert` frames.
 
-import { h, timeEl, hostLink, labelChips } from './dom.js';
+import { h, timeEl, hostLink, labelChips, startRefusal } from './dom.js';
 import { renderMarkdown, markdownLineText } from './markdown.js';
 
 const SEVERITY_RANK = { critical: 0, warning: 1, info: 2 };
@@ -87,16 +87,18 @@ export function alertHref(a) {
 
 /**
  * The Diagnose button, offered only on a firing alert of a host (a fleet alert has no agent
- * to ask; a resolved one has nothing left to diagnose): null otherwise. The session it starts
- * is linked to the alert (`params.alert_id`).
+ * to ask; a resolved one has nothing left to diagnose): null otherwise; disabled, with the
+ * reason, for observers. The session it starts is linked to the alert (`params.alert_id`).
  */
 export function diagnoseButton(ctx, a, attrs = {}) {
   if (a.state !== 'firing' || !a.agent_id) return null;
+  const why = startRefusal(ctx.hub);
   return h('button', {
     type: 'button',
     class: 'small',
     'data-testid': 'alert-diagnose',
-    title: 'Start a diagnose session on the host about this alert',
+    disabled: Boolean(why),
+    title: why || 'Start a diagnose session on the host about this alert',
     onclick: () => ctx.openStartForm({
       agent: { agent_id: a.agent_id, hostname: a.hostname },
       mode: 'diagnose',

@@ -208,6 +208,11 @@ export function actRefusal(hub) {
   return '';
 }
 
+/** Why the signed-in credential may not start sessions ('' when it may): observers may not. */
+export function startRefusal(hub) {
+  return hub.identity?.class === 'observer' ? 'Observers cannot start sessions.' : '';
+}
+
 /** A safe external link (http, https): an `<a>` opening in a new tab; plain text otherwise. */
 export function extLink(url, text = url, attrs = {}) {
   let ok = false;

@@ -1,6 +1,6 @@
 // The fleet page (#/agents) and the start-a-session form.
 
-import { h, append, replaceChildren, fmtTime, fmtAgo, fmtPct, labelChips, labelFilter, errorText, hostLink } from './dom.js';
+import { h, append, replaceChildren, fmtTime, fmtAgo, fmtPct, labelChips, labelFilter, errorText, hostLink, startRefusal } from './dom.js';
 import { pluginPicker } from './inspect.js';
 
 export function fleetPage(ctx) {
@@ -88,9 +88,10 @@ export function fleetPage(ctx) {
     replaceChildren(cells.labels, labelChips(a.labels));
     cells.version.textContent = a.agent_version || '—';
     cells.proto.textContent = a.proto ?? '—';
+    const why = startRefusal(hub) || (a.connected ? '' : 'the agent is not connected');
     for (const b of row.buttons) {
-      b.disabled = !a.connected;
-      b.title = a.connected ? '' : 'the agent is not connected';
+      b.disabled = Boolean(why);
+      b.title = why;
     }
   }
 

@@ -2,7 +2,7 @@
 // alerts (firing first, live from alerts.subscribe) and its sessions. Reached by clicking a
 // host anywhere (the fleet, alerts, sessions and session pages).
 
-import { h, replaceChildren, timeEl, fmtAgo, fmtPct, labelChips, errorText, stateText, who } from './dom.js';
+import { h, replaceChildren, timeEl, fmtAgo, fmtPct, labelChips, errorText, stateText, who, startRefusal } from './dom.js';
 import { alertRow, alertHeader, compareAlerts } from './alertview.js';
 
 const RESOLVED_SHOWN = 50;
@@ -45,9 +45,10 @@ export function hostPage(ctx, agentId) {
     replaceChildren(stateEl,
       h('span', { class: `badge ${a.connected ? 'ok' : 'off'}`, 'data-testid': 'host-connected' }, a.connected ? 'connected' : 'disconnected'),
       a.connected ? null : h('span', { class: 'muted small' }, ` last seen ${fmtAgo(a.last_seen)}`));
+    const why = startRefusal(hub) || (a.connected ? '' : 'The agent is not connected.');
     for (const b of buttons) {
-      b.disabled = !a.connected;
-      b.title = a.connected ? '' : 'the agent is not connected';
+      b.disabled = Boolean(why);
+      b.title = why;
     }
     const cred = a.credential ?? a.token_name;
     replaceChildren(detailsEl, [
