@@ -7,6 +7,10 @@
 # hub and agent. `tether up` is always stopped afterwards. Screenshots: tests/e2e/output/*.png; on failure
 # tether up's output is kept in tests/e2e/output/tether-up.log.
 #
+# `tether up` runs twice: its first run writes hub.toml and prints the operator token; the
+# script then adds an `[[alert_sources]]` entry and an observer operator to that hub.toml (the
+# test posts Alertmanager notifications and signs in as an observer) and starts it again.
+#
 # Environment: CHROMIUM=/path overrides /usr/bin/chromium;
 # TETHER_UP_ARGS replaces the arguments of `tether up` (default: --port <a free port>).
 set -euo pipefail
@@ -84,16 +88,15 @@ free_port() {
   node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close();});'
 }
 
-# Starts `tether up` in a fresh XDG home (so it is a first run and prints the tokens) and waits
-# for its `console:` and `operator token:` lines. Returns 0 when ready, 2 when it exited because
-# an address was in use (worth another try), 1 otherwise.
-start_up() {
-  local home="$WORK/home$1" args="${TETHER_UP_ARGS-}"
-  export XDG_DATA_HOME="$home/data" XDG_CONFIG_HOME="$home/config" XDG_STATE_HOME="$home/state" XDG_CACHE_HOME="$home/cache"
-  mkdir -p "$XDG_DATA_HOME" "$XDG_CONFIG_HOME" "$XDG_STATE_HOME" "$XDG_CACHE_HOME"
-  # A free port for the hub, so a hub already on the default port does not get in the way.
-  if [ -z "${TETHER_UP_ARGS+set}" ]; then args="--port $(free_port)"; fi
-  step "tether up $args (XDG home: $home)"
+random_token() {
+  node -e 'console.log(require("crypto").randomBytes(24).toString("hex"))'
+}
+
+# Runs `tether up $1` in the background and waits for its `console:` line (and, with $2 =
+# first, its `operator token:` line: a first run prints the tokens). Returns 0 when ready, 2
+# when it exited because an address was in use (worth another try), 1 otherwise.
+launch_up() {
+  local args="$1" first="${2:-}"
   # shellcheck disable=SC2086
   setsid "$TETHER_BIN" up $args >"$UP_LOG" 2>&1 &
   UP_PID=$!
@@ -110,15 +113,55 @@ start_up() {
     fi
     CONSOLE_URL="$(sed -n 's/^[[:space:]]*console:[[:space:]]*\(http[^[:space:]]*\).*$/\1/p' "$UP_LOG" | head -n 1)"
     OPERATOR_TOKEN="$(sed -n 's/^[[:space:]]*operator token:[[:space:]]*\([^[:space:]]*\).*$/\1/p' "$UP_LOG" | head -n 1)"
-    if [ -n "$CONSOLE_URL" ] && [ -n "$OPERATOR_TOKEN" ]; then break; fi
+    if [ -n "$CONSOLE_URL" ] && { [ -z "$first" ] || [ -n "$OPERATOR_TOKEN" ]; }; then break; fi
     sleep 0.1
   done
-  if [ -z "$CONSOLE_URL" ] || [ -z "$OPERATOR_TOKEN" ] || [ "$OPERATOR_TOKEN" = "see" ]; then
+  if [ -z "$CONSOLE_URL" ]; then
     cat "$UP_LOG" >&2
-    echo "e2e: tether up printed no 'console: URL' and 'operator token: TOKEN' lines within 60 s" >&2
+    echo "e2e: tether up printed no 'console: URL' line within 60 s" >&2
+    return 1
+  fi
+  if [ -n "$first" ] && { [ -z "$OPERATOR_TOKEN" ] || [ "$OPERATOR_TOKEN" = "see" ]; }; then
+    cat "$UP_LOG" >&2
+    echo "e2e: tether up's first run printed no 'operator token: TOKEN' line within 60 s" >&2
     return 1
   fi
   return 0
+}
+
+# Starts `tether up` in a fresh XDG home (so it is a first run, writes hub.toml and prints the
+# operator token), stops it, adds to its hub.toml what `tether up` does not write — an alert
+# source (the test posts Alertmanager notifications with its token) and an observer operator —
+# and starts it again on the same files. Returns as launch_up.
+start_up() {
+  local home="$WORK/home$1" args="${TETHER_UP_ARGS-}" rc=0 first_token
+  export XDG_DATA_HOME="$home/data" XDG_CONFIG_HOME="$home/config" XDG_STATE_HOME="$home/state" XDG_CACHE_HOME="$home/cache"
+  mkdir -p "$XDG_DATA_HOME" "$XDG_CONFIG_HOME" "$XDG_STATE_HOME" "$XDG_CACHE_HOME"
+  # A free port for the hub, so a hub already on the default port does not get in the way.
+  if [ -z "${TETHER_UP_ARGS+set}" ]; then args="--port $(free_port)"; fi
+  step "tether up $args (first run, XDG home: $home)"
+  launch_up "$args" first || return $?
+  first_token="$OPERATOR_TOKEN"
+  stop_up
+  TETHER_ALERT_SOURCE_TOKEN="$(random_token)"
+  TETHER_OBSERVER_TOKEN="$(random_token)"
+  export TETHER_ALERT_SOURCE_TOKEN TETHER_OBSERVER_TOKEN
+  cat >>"$XDG_CONFIG_HOME/tether/hub.toml" <<TOML
+
+# Added by scripts/e2e.sh: the test posts Alertmanager notifications and signs in as an observer.
+[[alert_sources]]
+name = "e2e-alertmanager"
+token = "$TETHER_ALERT_SOURCE_TOKEN"
+
+[[operators]]
+name = "e2e-observer"
+class = "observer"
+token = "$TETHER_OBSERVER_TOKEN"
+TOML
+  step "tether up $args (again, with an alert source and an observer in hub.toml)"
+  launch_up "$args" || rc=$?
+  OPERATOR_TOKEN="$first_token"
+  return "$rc"
 }
 
 # tether up's local agent listens on a fixed address (127.0.0.1:7700 by default); when another
@@ -152,7 +195,7 @@ node -e '
 ' "$CONSOLE_URL"
 
 step "console against tether up"
-export TETHER_CONSOLE_URL="$CONSOLE_URL" TETHER_OPERATOR_TOKEN="$OPERATOR_TOKEN"
+export TETHER_CONSOLE_URL="$CONSOLE_URL" TETHER_OPERATOR_TOKEN="$OPERATOR_TOKEN" TETHER_ALERT_SOURCE_TOKEN TETHER_OBSERVER_TOKEN
 (cd "$E2E" && timeout 600 node --test --test-reporter=spec --test-concurrency=1 console.e2e.test.mjs) || status=1
 
 stop_up

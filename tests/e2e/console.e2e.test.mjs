@@ -3,6 +3,9 @@
 //   TETHER_CONSOLE_URL      the console's URL (`console: …` in tether up's output)
 //   TETHER_OPERATOR_TOKEN   the operator token (`operator token: …`)
 //   TETHER_BIN              the tether binary (for `tether alert send`)
+//   TETHER_ALERT_SOURCE_TOKEN   the token of the `[[alert_sources]]` entry e2e.sh adds to
+//                           hub.toml (the test posts Alertmanager notifications with it)
+//   TETHER_OBSERVER_TOKEN   an observer operator's token (also added by e2e.sh)
 //   XDG_DATA_HOME / XDG_CONFIG_HOME   the throwaway home tether up runs in
 // Screenshots of every page go to tests/e2e/output/e2e-*.png (e2e-phone-*.png at 390 px wide).
 
@@ -15,6 +18,63 @@ import { launch, watchPage, waitText, until, screenshot, checkPhoneLayout } from
 const URL_ = process.env.TETHER_CONSOLE_URL;
 const TOKEN = process.env.TETHER_OPERATOR_TOKEN;
 const BIN = process.env.TETHER_BIN || 'tether';
+const SOURCE_TOKEN = process.env.TETHER_ALERT_SOURCE_TOKEN;
+const OBSERVER_TOKEN = process.env.TETHER_OBSERVER_TOKEN;
+const SEVERITY_RANK = { Critical: 0, Warning: 1, Info: 2, Resolved: 3 };
+
+/** POSTs an Alertmanager webhook notification (payload version 4) to the hub's intake. */
+async function postAlertmanager(base, alerts) {
+  const body = {
+    version: '4',
+    status: alerts.some((a) => a.status === 'firing') ? 'firing' : 'resolved',
+    receiver: 'tether',
+    groupKey: '{}:{job="e2e"}',
+    groupLabels: { job: 'e2e' },
+    commonLabels: {},
+    commonAnnotations: {},
+    externalURL: 'http://alertmanager.e2e.invalid:9093',
+    truncatedAlerts: 0,
+    alerts,
+  };
+  const r = await fetch(new URL('api/v1/alerts/alertmanager', base), {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${SOURCE_TOKEN}` },
+    body: JSON.stringify(body),
+  });
+  const text = await r.text();
+  assert.equal(r.status, 200, `the intake answered ${r.status}: ${text}`);
+  return JSON.parse(text);
+}
+
+/**
+ * The alerts page's groups as shown: [{group, rows: [{id, key, status, state}]}], in order.
+ */
+async function shownGroups(page) {
+  return page.locator('[data-testid="alert-group"]').evaluateAll((gs) => gs.map((g) => ({
+    group: g.dataset.group,
+    name: g.querySelector('[data-testid="alert-group-name"]')?.textContent ?? '',
+    rows: [...g.querySelectorAll('[data-testid="alert-row"]')].map((r) => ({
+      id: r.dataset.alertId,
+      key: r.dataset.alertKey,
+      status: r.dataset.status,
+      state: r.dataset.state,
+      title: r.querySelector('[data-testid="alert-title"]')?.textContent ?? '',
+    })),
+  })));
+}
+
+/** Firing first, then by severity: within every group, and group by group (its first row). */
+function assertFiringFirst(groups) {
+  const rank = (r) => SEVERITY_RANK[r.status] ?? 9;
+  for (const g of groups) {
+    for (let i = 1; i < g.rows.length; i++) {
+      assert.ok(rank(g.rows[i - 1]) <= rank(g.rows[i]), `group ${g.name}: ${g.rows[i - 1].title} (${g.rows[i - 1].status}) before ${g.rows[i].title} (${g.rows[i].status})`);
+    }
+  }
+  for (let i = 1; i < groups.length; i++) {
+    assert.ok(rank(groups[i - 1].rows[0]) <= rank(groups[i].rows[0]), `group ${groups[i - 1].name} before ${groups[i].name}`);
+  }
+}
 
 function tether(args, timeout = 30_000) {
   return new Promise((resolve, reject) => {
@@ -35,6 +95,9 @@ test('the hub console end to end', { timeout: 300_000, skip: !URL_ || !TOKEN ? '
   let agentId;
   let inspectSession; // the inspect session's URL
   let chatSession; // the chat session's URL
+  let diagnoseSession; // the diagnose session's URL
+  let loadAlertId; // the Alertmanager alert routed to this host (E2EHighLoad, firing)
+  let silenceId;
 
   try {
     await t.test('a wrong token is refused with a clear message', async () => {
@@ -82,7 +145,7 @@ test('the hub console end to end', { timeout: 300_000, skip: !URL_ || !TOKEN ? '
     await t.test('an alert sent on the host appears live on the alerts page', async () => {
       await page.click('[data-testid="nav-alerts"]');
       await page.waitForURL(/#\/alerts$/);
-      await until('the alerts page to be live', async () => (await page.getAttribute('#alerts-table', 'data-state')) === 'live', { timeout: 20_000 });
+      await until('the alerts page to be live', async () => (await page.getAttribute('#alert-groups', 'data-state')) === 'live', { timeout: 20_000 });
       const e2eRows = page.locator('[data-testid="alert-row"][data-alert-key="e2e-disk"]');
       assert.equal(await e2eRows.count(), 0, 'no e2e alert before sending one');
       await page.evaluate(() => { window.__e2eNoReload = true; });
@@ -96,9 +159,217 @@ test('the hub console end to end', { timeout: 300_000, skip: !URL_ || !TOKEN ? '
       await waitText(row.locator('[data-testid="alert-description"] code'), /^93%$/);
       await waitText(row.locator('[data-testid="alert-labels"]'), /mount=\/e2e/);
       assert.equal(await page.evaluate(() => window.__e2eNoReload), true, 'the page was not reloaded');
-      const firstKey = await page.locator('[data-testid="alert-row"]').first().getAttribute('data-alert-key');
-      assert.equal(firstKey, 'e2e-disk', 'the new alert is on top');
+      // Grouped by host (the default): in this host's group, with its date and time.
+      const group = page.locator(`[data-testid="alert-group"][data-group="${agentId}"]`);
+      assert.equal(await group.locator('[data-testid="alert-row"][data-alert-key="e2e-disk"]').count(), 1, 'the alert is in its host\'s group');
+      await waitText(row.locator('[data-testid="alert-when"] time').first(), /^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$/);
+      // The title is readable: the description's first line without its Markdown marks.
+      await waitText(row.locator('[data-testid="alert-title"]'), /^e2e alert: \/e2e is 93% full$/);
+    });
+
+    await t.test('Alertmanager alerts: grouped by host or alert name, firing first, Markdown rendered safely', { skip: SOURCE_TOKEN ? false : 'TETHER_ALERT_SOURCE_TOKEN is not set (scripts/e2e.sh adds an alert source)' }, async () => {
+      const host = os.hostname();
+      const now = Date.now();
+      const iso = (ms) => new Date(ms).toISOString();
+      const result = await postAlertmanager(base, [
+        {
+          status: 'firing',
+          labels: { alertname: 'E2EHighLoad', instance: `${host}:9100`, job: 'node', severity: 'warning' },
+          annotations: {
+            summary: `Load is high on ${host}`,
+            description: [
+              '## E2E load',
+              '',
+              'The 5-minute load is **4.2** on `this host`.',
+              '',
+              '- check `top`',
+              '- see [the runbook](https://runbooks.e2e.invalid/load)',
+              '',
+              '<img src=x onerror="window.__e2eXss=1"> <script>window.__e2eXss=2</script> [bad](javascript:window.__e2eXss=3)',
+            ].join('\n'),
+            runbook_url: 'https://runbooks.e2e.invalid/load',
+          },
+          startsAt: iso(now - 60_000),
+          endsAt: '0001-01-01T00:00:00Z',
+          generatorURL: 'http://prometheus.e2e.invalid:9090/graph?g0.expr=load',
+          fingerprint: 'e2e0000000000001',
+        },
+        {
+          // Resolved, and the newest change of all: it still comes after the firing ones.
+          status: 'resolved',
+          labels: { alertname: 'E2EHighLoad', instance: `${host}:9100`, job: 'node-exporter-2', severity: 'warning' },
+          annotations: { summary: 'Load was high', description: 'It *was* high.' },
+          startsAt: iso(now - 600_000),
+          endsAt: iso(now),
+          fingerprint: 'e2e0000000000002',
+        },
+        {
+          // No agent is called this: a fleet alert.
+          status: 'firing',
+          labels: { alertname: 'E2EDiskFull', instance: 'e2e-ghost-host:9100', job: 'node', severity: 'critical' },
+          annotations: { summary: 'Disk full', description: '*/data* is 99% full on a host tether does not know.' },
+          startsAt: iso(now - 30_000),
+          endsAt: '0001-01-01T00:00:00Z',
+          fingerprint: 'e2e0000000000003',
+        },
+      ]);
+      assert.deepEqual(result, { stored: 3, duplicates: 0 });
+
+      // They arrive live (the page was not reloaded).
+      const rows = page.locator('[data-testid="alert-row"][data-source="alertmanager"]');
+      await until('three Alertmanager rows', async () => (await rows.count()) === 3, { timeout: 20_000 });
+      assert.equal(await page.evaluate(() => window.__e2eNoReload), true, 'the page was not reloaded');
+
+      // Grouped by host: this host's group holds the agent's alert and both E2EHighLoad ones,
+      // the resolved one last; the unroutable one is in the fleet group.
+      const mine = page.locator(`[data-testid="alert-group"][data-group="${agentId}"]`);
+      await until('the host group to hold its three alerts', async () => (await mine.locator('[data-testid="alert-row"]').count()) >= 3);
+      await waitText(mine.locator('[data-testid="alert-group-name"] a[data-testid="host-link"]'), new RegExp(`^${host}$`));
+      const fleet = page.locator('[data-testid="alert-group"][data-group=""]');
+      await waitText(fleet.locator('[data-testid="alert-group-name"]'), /^Fleet/);
+      await waitText(fleet.locator('[data-testid="alert-title"]'), /^E2EDiskFull$/);
+      let groups = await shownGroups(page);
+      assertFiringFirst(groups);
+      const mineRows = groups.find((g) => g.group === agentId).rows;
+      assert.equal(mineRows.at(-1).state, 'resolved', `the resolved alert comes last: ${JSON.stringify(mineRows)}`);
+      assert.equal(mineRows.at(-1).title, 'E2EHighLoad');
+      const firingLoad = mineRows.find((r) => r.title === 'E2EHighLoad' && r.state === 'firing');
+      assert.ok(firingLoad, 'the firing E2EHighLoad is in the host group');
+      loadAlertId = firingLoad.id;
+
+      // Diagnose is offered on firing alerts of a host only.
+      const loadRow = page.locator(`[data-testid="alert-row"][data-alert-id="${loadAlertId}"]`);
+      assert.equal(await loadRow.locator('[data-testid="alert-diagnose"]').count(), 1, 'Diagnose on a firing alert');
+      assert.equal(await mine.locator('[data-testid="alert-row"][data-state="resolved"] [data-testid="alert-diagnose"]').count(), 0, 'no Diagnose on a resolved alert');
+      assert.equal(await fleet.locator('[data-testid="alert-diagnose"]').count(), 0, 'no Diagnose on a fleet alert (no host to ask)');
+
+      // The description is Markdown, rendered as elements; its HTML stays text.
+      const desc = loadRow.locator('[data-testid="alert-description"]');
+      await waitText(desc.locator('h2'), /^E2E load$/);
+      await waitText(desc.locator('strong'), /^4\.2$/);
+      assert.equal(await desc.locator('li').count(), 2);
+      const link = desc.locator('a[href="https://runbooks.e2e.invalid/load"]');
+      assert.equal(await link.getAttribute('target'), '_blank');
+      assert.match(await link.getAttribute('rel'), /noopener/);
+      assert.equal(await desc.locator('img, script, [onerror]').count(), 0, 'no HTML from the description');
+      assert.equal(await desc.locator('a[href^="javascript"]').count(), 0, 'no javascript: link');
+      await waitText(desc, /<img src=x onerror="window\.__e2eXss=1">/);
+      assert.equal(await page.evaluate(() => window.__e2eXss), undefined, 'nothing in the description ran');
+      await waitText(loadRow.locator('[data-testid="alert-when"] time').first(), /^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$/);
       await screenshot(page, 'e2e-alerts');
+
+      // Grouped by alert name: both E2EHighLoad alerts together, a Host column, firing first.
+      await page.click('#alerts-group-alertname');
+      await until('the E2EHighLoad group', async () => (await page.locator('[data-testid="alert-group"][data-group="E2EHighLoad"] [data-testid="alert-row"]').count()) === 2);
+      groups = await shownGroups(page);
+      assertFiringFirst(groups);
+      const load = groups.find((g) => g.group === 'E2EHighLoad');
+      assert.deepEqual(load.rows.map((r) => r.state), ['firing', 'resolved']);
+      assert.ok(groups.some((g) => g.group === 'E2EDiskFull' && g.rows.length === 1), 'the fleet alert has its own group');
+      await waitText(page.locator('[data-testid="alert-group"][data-group="E2EDiskFull"] [data-testid="alert-host"]'), /^fleet$/);
+      await waitText(page.locator(`[data-testid="alert-group"][data-group="E2EHighLoad"] [data-testid="alert-row"][data-alert-id="${loadAlertId}"] [data-testid="host-link"]`), new RegExp(`^${host}$`));
+      assert.equal(await page.getAttribute('#alerts-group-alertname', 'aria-pressed'), 'true');
+      await screenshot(page, 'e2e-alerts-by-name');
+      // The choice is remembered; back to hosts.
+      await page.click('#alerts-group-host');
+      await page.locator(`[data-testid="alert-group"][data-group="${agentId}"]`).waitFor();
+    });
+
+    await t.test('the alert page: timeline, labels, annotations; Ack with a comment', { skip: SOURCE_TOKEN ? false : 'no alert source' }, async () => {
+      await page.locator(`[data-testid="alert-row"][data-alert-id="${loadAlertId}"] [data-testid="alert-title"]`).click();
+      await page.waitForURL(new RegExp(`#/alert/${loadAlertId}$`));
+      await waitText(page.locator('#alert-title'), /^E2EHighLoad$/);
+      await waitText(page.locator('#alert-live'), /^live$/);
+      await waitText(page.locator('#alert-badges [data-testid="alert-status"]'), /^Warning$/);
+      await waitText(page.locator('#alert-meta [data-testid="host-link"]'), new RegExp(`^${os.hostname()}$`));
+      await waitText(page.locator('[data-testid="alert-page-description"] h2'), /^E2E load$/);
+      assert.equal(await page.locator('[data-testid="alert-page-description"] img').count(), 0);
+      const labels = await page.locator('[data-testid="alert-label"]').evaluateAll((rs) => rs.map((r) => [r.dataset.name, r.querySelector('td').textContent]));
+      assert.deepEqual(labels, [['alertname', 'E2EHighLoad'], ['instance', `${os.hostname()}:9100`], ['job', 'node'], ['severity', 'warning']]);
+      await waitText(page.locator('[data-testid="alert-annotation"][data-name="runbook_url"] a[href="https://runbooks.e2e.invalid/load"]'), /runbooks/);
+      await waitText(page.locator('[data-testid="alert-annotation"][data-name="summary"]'), /Load is high/);
+      await waitText(page.locator('[data-testid="alert-route"]'), /matched agent/);
+      assert.equal(await page.locator('[data-testid="alert-event"]').count(), 1, 'one event in the timeline');
+      await waitText(page.locator('[data-testid="alert-event"]').first(), /firing/);
+      await waitText(page.locator('[data-testid="alert-ack-current"]'), /Not acknowledged/);
+      assert.equal(await page.locator('#alert-diagnose').count(), 1, 'Diagnose is offered (the alert fires)');
+
+      await page.click('#alert-ack-open');
+      await page.fill('#ack-comment', 'e2e: looking into it');
+      await page.click('#ack-submit');
+      const ack = page.locator('[data-testid="alert-ack-current"]');
+      await waitText(ack, /acknowledged by admin at \d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}: e2e: looking into it$/);
+      await waitText(page.locator('[data-testid="alert-ack-comment"]'), /^e2e: looking into it$/);
+      await waitText(page.locator('[data-testid="alert-ack-by"]'), /^admin$/);
+      await waitText(page.locator('#alert-badges [data-testid="alert-acked"]'), /^acked$/);
+      assert.equal(await page.locator('#ack-form').isVisible(), false, 'the form closes');
+      await screenshot(page, 'e2e-alert-acked');
+    });
+
+    await t.test('Silence from the alert page: prefilled with its labels; listed on the silences page; expired', { skip: SOURCE_TOKEN ? false : 'no alert source' }, async () => {
+      await page.click('#alert-silence-open');
+      const dialog = page.locator('#silence-dialog');
+      await dialog.waitFor({ state: 'visible' });
+      const matchers = await dialog.locator('[data-testid="silence-matcher"]').evaluateAll((rs) => rs.map((r) => [
+        r.querySelector('[data-testid="silence-matcher-name"]').value,
+        r.querySelector('[data-testid="silence-matcher-op"]').value,
+        r.querySelector('[data-testid="silence-matcher-value"]').value,
+      ]));
+      assert.deepEqual(matchers, [
+        ['alertname', 'eq', 'E2EHighLoad'],
+        ['instance', 'eq', `${os.hostname()}:9100`],
+        ['job', 'eq', 'node'],
+        ['severity', 'eq', 'warning'],
+      ], 'the alert\'s labels, as equality matchers');
+      assert.equal(await page.inputValue('#silence-duration'), '2h');
+      // A comment is required: the form says so before the hub would.
+      await page.click('#silence-submit');
+      await waitText(dialog.locator('[data-testid="silence-form-error"]'), /Say why/);
+      await page.fill('#silence-duration', '1h');
+      await page.fill('#silence-comment', 'e2e maintenance window');
+      await screenshot(page, 'e2e-silence-form');
+      await page.click('#silence-submit');
+      await dialog.waitFor({ state: 'detached', timeout: 20_000 });
+      // The alert shows silenced, live (the hub's `silenced` frame).
+      const silenced = page.locator('[data-testid="alert-silence-text"]');
+      await waitText(silenced, /silenced by silence \d+/);
+      silenceId = await page.locator('[data-testid="alert-silence-link"]').first().getAttribute('data-silence-id');
+      await waitText(page.locator('#alert-badges [data-testid="alert-silenced"]'), /^silenced$/);
+      await screenshot(page, 'e2e-alert-silenced');
+
+      // The alerts page shows it acked and silenced.
+      await page.click('[data-testid="nav-alerts"]');
+      const row = page.locator(`[data-testid="alert-row"][data-alert-id="${loadAlertId}"]`);
+      await until('the row acked and silenced', async () => (await row.getAttribute('data-silenced')) === 'true' && (await row.getAttribute('data-acked')) === 'true', { timeout: 20_000 });
+      assert.match(await row.locator('[data-testid="alert-acked"]').getAttribute('title'), /acknowledged by admin: e2e: looking into it/);
+
+      // The silences page lists it, with what it covers.
+      await page.click('[data-testid="nav-silences"]');
+      await page.waitForURL(/#\/silences$/);
+      const srow = page.locator(`[data-testid="silence-row"][data-silence-id="${silenceId}"]`);
+      await srow.waitFor({ timeout: 20_000 });
+      await waitText(srow.locator('[data-testid="silence-state"]'), /^active$/);
+      const chips = await srow.locator('[data-testid="silence-matcher-chip"]').allTextContents();
+      assert.deepEqual(chips, ['alertname="E2EHighLoad"', `instance="${os.hostname()}:9100"`, 'job="node"', 'severity="warning"']);
+      await waitText(srow.locator('[data-testid="silence-comment"]'), /^e2e maintenance window$/);
+      await waitText(srow.locator('[data-testid="silence-created-by"]'), /^admin$/);
+      await waitText(srow.locator('[data-testid="silence-ends"]'), /in (59 min|1 h)/);
+      await waitText(srow.locator(`[data-testid="silence-covered-alert"][data-alert-id="${loadAlertId}"]`), /^E2EHighLoad$/);
+      await screenshot(page, 'e2e-silences');
+
+      // Expire it: it leaves the active list, shows as expired, and the alert is no longer silenced.
+      await srow.locator('[data-testid="silence-expire"]').click();
+      await until('the silence to leave the active list', async () => (await srow.count()) === 0, { timeout: 20_000 });
+      await page.selectOption('#silences-state', 'all');
+      await waitText(srow.locator('[data-testid="silence-state"]'), /^expired$/, { timeout: 20_000 });
+      await waitText(srow.locator('[data-testid="silence-expired-by"]'), /expired by admin/);
+      assert.equal(await srow.locator('[data-testid="silence-expire"]').count(), 0, 'no Expire on an expired silence');
+      await screenshot(page, 'e2e-silences-expired');
+      await page.goto(`${base}#/alert/${loadAlertId}`);
+      await waitText(page.locator('[data-testid="alert-silence-text"]'), /No silence covers it/, { timeout: 20_000 });
+      assert.equal(await page.locator('#alert-badges [data-testid="alert-silenced"]').count(), 0);
+      // The acknowledgement stays.
+      await waitText(page.locator('[data-testid="alert-ack-by"]'), /^admin$/);
     });
 
     await t.test('an inspect session shows the report', async () => {
@@ -244,6 +515,7 @@ test('the hub console end to end', { timeout: 300_000, skip: !URL_ || !TOKEN ? '
       await page.waitForURL(/#\/alerts$/);
       const row = page.locator('[data-testid="alert-row"][data-alert-key="e2e-disk"]').first();
       await row.waitFor({ state: 'visible', timeout: 20_000 });
+      const diskAlertId = await row.getAttribute('data-alert-id');
       await row.locator('[data-testid="alert-diagnose"]').click();
       await page.locator('#start-dialog').waitFor({ state: 'visible' });
       assert.equal(await page.inputValue('#start-mode'), 'diagnose');
@@ -265,6 +537,121 @@ test('the hub console end to end', { timeout: 300_000, skip: !URL_ || !TOKEN ? '
       await waitText(page.locator('#session-state'), /^Closed$/, { timeout: 20_000 });
       assert.equal(await page.locator('#input-text').isDisabled(), true);
       await screenshot(page, 'e2e-session-diagnose');
+      diagnoseSession = page.url();
+      const sessionId = decodeURIComponent(diagnoseSession.split('#/session/')[1]);
+
+      // The session was started for the alert: the alert page links to it.
+      await page.goto(`${base}#/alert/${diskAlertId}`);
+      const diag = page.locator('[data-testid="alert-diagnosis-session"]');
+      await waitText(diag, new RegExp(`session ${sessionId}`), { timeout: 20_000 });
+      assert.equal(await diag.getAttribute('href'), `#/session/${encodeURIComponent(sessionId)}`);
+      await screenshot(page, 'e2e-alert-diagnosed');
+      await diag.click();
+      await page.waitForURL(new RegExp(`#/session/${encodeURIComponent(sessionId)}$`));
+    });
+
+    await t.test('the host page (from the session, sessions, fleet and alerts pages): labels, heartbeat, alerts, sessions', async () => {
+      const host = os.hostname();
+      // From the session page.
+      const sessionHost = page.locator('#session-host [data-testid="host-link"]');
+      await waitText(sessionHost, new RegExp(`^${host}$`), { timeout: 20_000 });
+      await sessionHost.click();
+      await page.waitForURL(new RegExp(`#/host/${agentId}$`));
+      await until('the host page to load', async () => (await page.getAttribute('.host-page', 'data-state')) === 'live', { timeout: 20_000 });
+      await waitText(page.locator('#host-title'), new RegExp(`^${host}$`));
+      await waitText(page.locator('[data-testid="host-connected"]'), /^connected$/);
+      await waitText(page.locator('[data-testid="host-heartbeat-at"] time'), /^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$/, { timeout: 30_000 });
+      const labels = await page.locator('#host-labels').textContent();
+      assert.ok(labels.length > 0, 'labels (or a dash) are shown');
+      await waitText(page.locator('#host-details'), new RegExp(agentId));
+      // Its alerts: the agent's own and the Alertmanager ones routed here, not the fleet's.
+      const alerts = page.locator('#host-alerts [data-testid="alert-row"]');
+      await until('the host\'s alerts', async () => (await alerts.count()) >= (SOURCE_TOKEN ? 3 : 1), { timeout: 20_000 });
+      const keys = await alerts.evaluateAll((rs) => rs.map((r) => r.querySelector('[data-testid="alert-title"]').textContent));
+      assert.ok(keys.some((k) => /e2e alert/.test(k)), `the agent's alert: ${keys}`);
+      if (SOURCE_TOKEN) {
+        assert.equal(keys.filter((k) => k === 'E2EHighLoad').length, 2, `both E2EHighLoad alerts: ${keys}`);
+        assert.ok(!keys.includes('E2EDiskFull'), 'not the fleet alert');
+      }
+      const states = await alerts.evaluateAll((rs) => rs.map((r) => r.dataset.state));
+      assert.deepEqual(states, [...states].sort((a, b) => (a === 'firing' ? 0 : 1) - (b === 'firing' ? 0 : 1)), 'firing first');
+      // Its sessions: the inspect, chat and diagnose sessions of this test.
+      const sessions = page.locator('#host-sessions [data-testid="host-session-row"]');
+      await until('the host\'s sessions', async () => (await sessions.count()) >= 3, { timeout: 20_000 });
+      for (const url of [inspectSession, chatSession, diagnoseSession]) {
+        const id = decodeURIComponent(url.split('#/session/')[1]);
+        assert.equal(await page.locator(`#host-sessions [data-session-id="${id}"]`).count(), 1, `session ${id} is listed`);
+      }
+      await screenshot(page, 'e2e-host');
+
+      // From the sessions page, the fleet page and the alerts page, too.
+      await page.click('[data-testid="nav-sessions"]');
+      await page.locator('[data-testid="session-row-host"] [data-testid="host-link"]').first().click();
+      await page.waitForURL(new RegExp(`#/host/${agentId}$`));
+      await page.click('[data-testid="nav-agents"]');
+      await page.locator(`[data-testid="agent-row"][data-agent-id="${agentId}"] [data-testid="host-link"]`).click();
+      await page.waitForURL(new RegExp(`#/host/${agentId}$`));
+      await page.click('[data-testid="nav-alerts"]');
+      await page.locator(`[data-testid="alert-group"][data-group="${agentId}"] [data-testid="alert-group-name"] [data-testid="host-link"]`).click();
+      await page.waitForURL(new RegExp(`#/host/${agentId}$`));
+      await waitText(page.locator('#host-title'), new RegExp(`^${host}$`));
+    });
+
+    await t.test('an observer sees Ack, Silence, Expire and Diagnose disabled, with the reason', { skip: OBSERVER_TOKEN && SOURCE_TOKEN ? false : 'TETHER_OBSERVER_TOKEN / TETHER_ALERT_SOURCE_TOKEN are not set' }, async () => {
+      const observer = await launch();
+      try {
+        const opage = await observer.context.newPage();
+        const owatch = watchPage(opage);
+        await opage.goto(`${base}#/signin`);
+        await opage.fill('#token', OBSERVER_TOKEN);
+        await opage.click('#signin-submit');
+        await opage.waitForURL(/#\/agents$/, { timeout: 20_000 });
+        await waitText(opage.locator('[data-testid="whoami-class"]'), /^observer$/);
+
+        // A human makes a silence from scratch on the silences page (for the observer to see).
+        await page.click('[data-testid="nav-silences"]');
+        await page.waitForURL(/#\/silences$/);
+        await page.click('#silence-new');
+        const dialog = page.locator('#silence-dialog');
+        await dialog.waitFor({ state: 'visible' });
+        assert.equal(await dialog.locator('[data-testid="silence-matcher"]').count(), 1, 'one empty matcher to start with');
+        await dialog.locator('[data-testid="silence-matcher-name"]').fill('alertname');
+        await dialog.locator('[data-testid="silence-matcher-op"]').selectOption('re');
+        await dialog.locator('[data-testid="silence-matcher-value"]').fill('E2EDisk.*');
+        await page.fill('#silence-duration', '30m');
+        await page.fill('#silence-comment', 'e2e: the fleet disk alert');
+        await page.click('#silence-submit');
+        await dialog.waitFor({ state: 'detached', timeout: 20_000 });
+        const regexRow = page.locator('[data-testid="silence-row"]', { has: page.locator('[data-testid="silence-matcher-chip"]', { hasText: 'alertname=~"E2EDisk.*"' }) });
+        await regexRow.waitFor({ timeout: 20_000 });
+        await waitText(regexRow.locator('[data-testid="silence-covered-alert"]'), /^E2EDiskFull$/, { timeout: 20_000 });
+        await opage.goto(`${base}#/alert/${loadAlertId}`);
+        await waitText(opage.locator('#alert-title'), /^E2EHighLoad$/, { timeout: 20_000 });
+        for (const sel of ['#alert-ack-open', '#alert-silence-open']) {
+          assert.equal(await opage.locator(sel).isDisabled(), true, `${sel} is disabled`);
+          assert.match(await opage.locator(sel).getAttribute('title'), /Observers may read/);
+        }
+        await waitText(opage.locator('#alert-refusal'), /Observers may read alerts and silences, not acknowledge, silence or expire/);
+        // Nor may they start sessions: Diagnose is shown (the alert fires) but disabled.
+        assert.equal(await opage.locator('#alert-diagnose').isDisabled(), true, 'Diagnose is disabled');
+        assert.match(await opage.locator('#alert-diagnose').getAttribute('title'), /Observers cannot start sessions/);
+        // Reading works: the acknowledgement and the timeline are there.
+        await waitText(opage.locator('[data-testid="alert-ack-by"]'), /^admin$/);
+        assert.ok((await opage.locator('[data-testid="alert-event"]').count()) >= 1);
+        await screenshot(opage, 'e2e-alert-observer');
+        await opage.goto(`${base}#/silences`);
+        await until('the silences page to load', async () => (await opage.getAttribute('#silences-table', 'data-state')) === 'live', { timeout: 20_000 });
+        assert.equal(await opage.locator('#silence-new').isDisabled(), true, 'New silence is disabled');
+        const expire = opage.locator('[data-testid="silence-row"][data-state="active"] [data-testid="silence-expire"]').first();
+        await expire.waitFor({ timeout: 20_000 });
+        assert.equal(await expire.isDisabled(), true, 'Expire is disabled');
+        assert.match(await expire.getAttribute('title'), /Observers may read/);
+        await screenshot(opage, 'e2e-silences-observer');
+        await waitText(opage.locator('[data-testid="silences-refusal"]'), /Observers may read/);
+        owatch.check();
+      } finally {
+        await observer.close();
+      }
     });
 
     await t.test('an unknown session shows the error, not the session controls', async () => {
@@ -278,7 +665,7 @@ test('the hub console end to end', { timeout: 300_000, skip: !URL_ || !TOKEN ? '
       await screenshot(page, 'e2e-session-unknown');
     });
 
-    await t.test('at phone width (390 px) the header wraps, tables scroll in their box, the inputs stay usable', async () => {
+    await t.test('at phone width (390 px) the header wraps, tables scroll in their box, alerts become cards, the inputs stay usable', async () => {
       const phone = await context.newPage(); // same browser context: already signed in
       const phoneWatch = watchPage(phone);
       try {
@@ -291,11 +678,53 @@ test('the hub console end to end', { timeout: 300_000, skip: !URL_ || !TOKEN ? '
         await screenshot(phone, 'e2e-phone-fleet', { fullPage: false });
 
         await phone.click('[data-testid="nav-alerts"]');
-        await until('the alerts page to be live', async () => (await phone.getAttribute('#alerts-table', 'data-state')) === 'live', { timeout: 20_000 });
+        await until('the alerts page to be live', async () => (await phone.getAttribute('#alert-groups', 'data-state')) === 'live', { timeout: 20_000 });
         await phone.locator('[data-testid="alert-row"]').first().waitFor({ state: 'attached' });
         const alerts = await checkPhoneLayout(phone);
-        assert.ok(alerts.tables.some((tb) => tb.scrolls), `the alerts table scrolls inside its box: ${JSON.stringify(alerts.tables)}`);
+        // Alert rows become cards on a phone: nothing to scroll sideways, the title on top.
+        assert.ok(alerts.tables.every((tb) => !tb.scrolls), `the alert cards fit the screen: ${JSON.stringify(alerts.tables)}`);
+        const card = phone.locator('[data-testid="alert-row"]').first();
+        const cardBox = await card.boundingBox();
+        const titleBox = await card.locator('[data-testid="alert-title"]').boundingBox();
+        assert.ok(cardBox && cardBox.x >= 0 && cardBox.x + cardBox.width <= 390, `an alert card fits: ${JSON.stringify(cardBox)}`);
+        assert.ok(titleBox && titleBox.y - cardBox.y < 20, `the title heads the card: ${JSON.stringify({ cardBox, titleBox })}`);
+        for (const sel of ['#alerts-group-host', '#alerts-group-alertname', '#alerts-status', '#alerts-label']) {
+          const b = await phone.locator(sel).boundingBox();
+          assert.ok(b && b.x >= 0 && b.x + b.width <= 390, `${sel} fits: ${JSON.stringify(b)}`);
+        }
         await screenshot(phone, 'e2e-phone-alerts', { fullPage: false });
+
+        // The alert page: one column; the buttons fit.
+        if (loadAlertId) {
+          await phone.goto(`${base}#/alert/${loadAlertId}`);
+          await waitText(phone.locator('#alert-live'), /^live$/, { timeout: 20_000 });
+          await checkPhoneLayout(phone);
+          for (const sel of ['#alert-diagnose', '#alert-ack-open', '#alert-silence-open']) {
+            const b = await phone.locator(sel).boundingBox();
+            assert.ok(b && b.x >= 0 && b.x + b.width <= 390, `${sel} fits: ${JSON.stringify(b)}`);
+          }
+          await screenshot(phone, 'e2e-phone-alert');
+          await phone.click('#alert-silence-open');
+          await phone.locator('#silence-dialog').waitFor({ state: 'visible' });
+          for (const sel of ['#silence-duration', '#silence-comment', '#silence-submit']) {
+            const b = await phone.locator(sel).boundingBox();
+            assert.ok(b && b.x >= 0 && b.x + b.width <= 390, `${sel} fits: ${JSON.stringify(b)}`);
+          }
+          await screenshot(phone, 'e2e-phone-silence-form', { fullPage: false });
+          await phone.click('#silence-cancel');
+          await phone.goto(`${base}#/silences`);
+          await until('the silences page to load', async () => (await phone.getAttribute('#silences-table', 'data-state')) === 'live', { timeout: 20_000 });
+          await phone.selectOption('#silences-state', 'all');
+          await phone.locator('[data-testid="silence-row"]').first().waitFor({ timeout: 20_000 });
+          await checkPhoneLayout(phone);
+          await screenshot(phone, 'e2e-phone-silences', { fullPage: false });
+        }
+
+        // The host page.
+        await phone.goto(`${base}#/host/${agentId}`);
+        await until('the host page to load', async () => (await phone.getAttribute('.host-page', 'data-state')) === 'live', { timeout: 20_000 });
+        await checkPhoneLayout(phone);
+        await screenshot(phone, 'e2e-phone-host');
 
         // The chat session: the message box and Send fit the screen and take text.
         await phone.goto(chatSession);

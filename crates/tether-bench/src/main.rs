@@ -77,6 +77,9 @@ enum Command {
     Hub(hub_load::HubArgs),
     /// Harness overhead: a model SSE chunk arriving to its text_delta leaving the WebSocket.
     Overhead(overhead::OverheadArgs),
+    /// `tether mcp` and `POST /mcp`: a model chunk's trip to an MCP client against a WebSocket
+    /// client of the same turn.
+    McpOverhead(overhead::McpOverheadArgs),
     /// Resident memory per idle client connection of a real `tether agent`.
     Idle(idle::IdleArgs),
     /// Alertmanager notifications into a real hub, and POST-to-operator latency.
@@ -357,6 +360,7 @@ fn main() -> anyhow::Result<()> {
         Command::Fanout(args) => runtime.block_on(fanout(args)),
         Command::Hub(args) => runtime.block_on(hub_load::run(args)),
         Command::Overhead(args) => runtime.block_on(overhead::run(args)),
+        Command::McpOverhead(args) => runtime.block_on(overhead::run_mcp(args)),
         Command::Idle(args) => runtime.block_on(idle::run(args)),
         Command::Intake(args) => runtime.block_on(intake::run(args)),
     }

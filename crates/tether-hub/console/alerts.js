@@ -1,50 +1,47 @@
-// The alerts page (#/alerts): alerts.list, then live `alert` frames from alerts.subscribe.
+// The alerts page (#/alerts): alerts (not events), grouped by host or by alert name, firing
+// first; live `alert` frames from alerts.subscribe update them in place.
 //
-// One row per alert (an agent's `(agent, alert_key)`, or an Alertmanager / Grafana
-// fingerprint), newest change first; an `alert` frame updates its row in place or adds it on
-// top. The subscription is unfiltered (there is no unsubscribe, so filters are applied here);
-// the list is asked for with the filters.
+// Firing alerts are all loaded (alerts.list state=firing, page after page), so "firing first"
+// holds however many resolved alerts changed since; resolved ones come a page at a time (newest
+// change first, "Older resolved alerts" for more). The subscription is unfiltered (there is no
+// unsubscribe, so the page filters frames itself); the lists are asked for with the filters.
 
-import { h, append, replaceChildren, fmtTime, labelChips, labelFilter, debounce, errorText } from './dom.js';
-import { renderMarkdown } from './markdown.js';
+import { h, replaceChildren, labelFilter, debounce, errorText, hostLink } from './dom.js';
+import { alertRow, alertHeader, groupAlerts, statusOf } from './alertview.js';
 
-// What the Status filter offers: a firing alert's severity, or resolved.
-const STATUSES = ['Critical', 'Warning', 'Info', 'Resolved'];
+// What the Status filter offers.
+const STATUSES = ['Firing', 'Critical', 'Warning', 'Info', 'Resolved'];
 const PAGE = 100;
+// Firing alerts are loaded in full, up to this many (a guard, not a limit anyone should meet).
+const MAX_FIRING = 5000;
+const GROUP_KEY = 'tether.alerts.group_by';
 
-/** Firing: its severity (`Critical`); resolved: `Resolved`. */
-function statusOf(a) {
-  if (a.state === 'resolved') return 'Resolved';
-  const s = String(a.severity ?? '');
-  return s.charAt(0).toUpperCase() + s.slice(1);
-}
-
-/** The `alerts.list` filters of a Status choice. */
+/** The `alerts.list` filters of a Status choice: [firing params | null, resolved params | null]. */
 function statusParams(status) {
-  if (!status) return {};
-  if (status === 'Resolved') return { state: 'resolved' };
-  return { state: 'firing', severity: status.toLowerCase() };
+  if (status === 'Resolved') return [null, { state: 'resolved' }];
+  if (status === 'Firing') return [{ state: 'firing' }, null];
+  if (status) return [{ state: 'firing', severity: status.toLowerCase() }, null];
+  return [{ state: 'firing' }, { state: 'resolved' }];
 }
 
-/**
- * An alert's description: Markdown (rendered safely, see markdown.js) unless the sender said
- * it is plain text (`description_format: "text"`, tether's own checks), which keeps its lines.
- */
-function description(a) {
-  const ann = a.annotations ?? {};
-  const text = ann.description ?? ann.summary ?? '';
-  const format = String(ann.description_format ?? '').toLowerCase();
-  if (format === 'text' || format === 'plain') return h('div', { class: 'plain' }, text);
-  return h('div', { class: 'md' }, renderMarkdown(text));
+function storedGroupBy() {
+  try {
+    return localStorage.getItem(GROUP_KEY) === 'alertname' ? 'alertname' : 'host';
+  } catch {
+    return 'host';
+  }
 }
 
 export function alertsPage(ctx) {
   const { hub } = ctx;
-  let alerts = []; // newest change first
-  let nextCursor = null;
-  let loading = false;
+  const alerts = new Map(); // alert_id → alert
+  const fresh = new Set(); // alert ids changed live since the last render
+  let resolvedCursor = null;
+  let loading = true;
   let listToken = 0;
   let subscribed = false;
+  let groupBy = storedGroupBy();
+  let renderQueued = false;
 
   const statusSelect = h('select', { id: 'alerts-status', 'data-testid': 'alerts-status', onchange: () => reload() },
     h('option', { value: '' }, 'All statuses'),
@@ -56,94 +53,143 @@ export function alertsPage(ctx) {
     'data-testid': 'alerts-label',
     oninput: debounce(() => reload(), 300),
   });
-  const tbody = h('tbody');
-  const table = h('table', { id: 'alerts-table', class: 'grid', 'data-testid': 'alerts-table', 'data-state': 'loading' });
+  const groupButtons = ['host', 'alertname'].map((by) => h('button', {
+    type: 'button',
+    class: 'small',
+    id: `alerts-group-${by}`,
+    'data-testid': `alerts-group-${by}`,
+    'aria-pressed': String(groupBy === by),
+    onclick: () => setGroupBy(by),
+  }, by === 'host' ? 'Host' : 'Alert name'));
+  const groupsEl = h('div', { id: 'alert-groups', class: 'alert-groups', 'data-testid': 'alert-groups', 'data-state': 'loading', 'data-group-by': groupBy });
+  const summary = h('p', { id: 'alerts-summary', class: 'summary', 'data-testid': 'alerts-summary' });
   const info = h('p', { id: 'alerts-info', class: 'muted', 'aria-live': 'polite' }, 'Loading alerts…');
-  const more = h('button', { id: 'alerts-more', type: 'button', hidden: true, onclick: () => load(true) }, 'Older alerts');
+  const more = h('button', { id: 'alerts-more', type: 'button', hidden: true, onclick: () => loadResolved(true) }, 'Older resolved alerts');
 
   const matches = (a) => {
     const status = statusSelect.value;
-    if (status && statusOf(a) !== status) return false;
+    if (status === 'Firing' && a.state !== 'firing') return false;
+    if (status && status !== 'Firing' && statusOf(a) !== status) return false;
     return labelFilter(labelInput.value)(a.labels, [a.alert_key ?? '', a.hostname ?? '', a.title ?? '']);
   };
 
-  function row(a, fresh) {
-    const status = statusOf(a);
-    const badges = [
-      h('span', { class: `badge status-${status.toLowerCase()}`, 'data-testid': 'alert-status' }, status),
-      a.ack ? h('span', { class: 'badge', title: `acknowledged by ${a.ack.by}${a.ack.comment ? `: ${a.ack.comment}` : ''}` }, 'acked') : null,
-      a.silenced ? h('span', { class: 'badge', 'data-testid': 'alert-silenced' }, 'silenced') : null,
-    ];
-    return h(
-      'tr',
-      {
-        'data-testid': 'alert-row',
-        'data-alert-id': String(a.alert_id),
-        'data-alert-key': a.alert_key ?? '',
-        'data-status': status,
-        'data-source': a.source ?? '',
-        class: fresh ? 'fresh' : null,
-      },
-      h('td', { title: `first ${fmtTime(a.first_at)}, ${a.event_count} event(s)` }, fmtTime(a.last_at)),
-      h('td', {}, badges),
-      h('td', { 'data-testid': 'alert-host', title: a.agent_id ? '' : (a.route?.reason ?? '') }, a.hostname || a.agent_id || 'fleet'),
-      h('td', { 'data-testid': 'alert-key', title: a.alert_key ?? '' }, a.title || a.alert_key || ''),
-      h('td', { 'data-testid': 'alert-labels' }, labelChips(a.labels)),
-      h('td', { class: 'desc', 'data-testid': 'alert-description' }, description(a)),
-      h('td', { class: 'actions' },
-        h('button', {
-          type: 'button',
-          class: 'small',
-          'data-testid': 'alert-diagnose',
-          disabled: !a.agent_id || a.state !== 'firing',
-          onclick: () => ctx.openStartForm({
-            agent: { agent_id: a.agent_id, hostname: a.hostname },
-            mode: 'diagnose',
-            alert: [status, a.title, a.annotations?.description ?? a.annotations?.summary].filter(Boolean).join(': '),
-            plugin: a.labels?.plugin ?? a.annotations?.plugin ?? '',
-            target: a.labels?.mount ?? a.labels?.target ?? a.annotations?.target ?? '',
-          }),
-        }, 'Diagnose')),
-    );
-  }
-
-  function showInfo() {
-    info.textContent = loading ? 'Loading alerts…' : `${alerts.length} alert(s) shown; changes move them to the top.`;
-  }
-
-  function renderAll() {
-    if (alerts.length === 0) {
-      replaceChildren(tbody, h('tr', {}, h('td', { colspan: 7, class: 'empty', 'data-testid': 'alerts-empty' },
-        loading ? 'Loading…' : 'No alerts match.')));
-    } else {
-      replaceChildren(tbody, alerts.map((a) => row(a, false)));
+  function setGroupBy(by) {
+    groupBy = by;
+    try {
+      localStorage.setItem(GROUP_KEY, by);
+    } catch {
+      // storage disabled: the choice lasts as long as the page
     }
-    more.hidden = !nextCursor;
-    table.dataset.state = loading ? 'loading' : subscribed ? 'live' : 'loaded';
-    showInfo();
+    for (const b of groupButtons) b.setAttribute('aria-pressed', String(b.id === `alerts-group-${by}`));
+    groupsEl.dataset.groupBy = by;
+    render();
   }
 
-  async function load(older = false) {
-    const token = ++listToken;
-    const params = { limit: PAGE, ...statusParams(statusSelect.value) };
+  function groupHead(g) {
+    const resolved = g.alerts.length - g.firing;
+    const title = groupBy === 'host'
+      ? (g.agent_id
+        ? hostLink(g.agent_id, g.hostname)
+        : h('span', { title: 'alerts no agent matched (see each alert for why)' }, 'Fleet (no host matched)'))
+      : h('span', {}, g.key);
+    return h('h2', { class: 'group-head' },
+      h('span', { class: 'group-name', 'data-testid': 'alert-group-name' }, title),
+      h('span', { class: 'group-counts muted small', 'data-testid': 'alert-group-counts' },
+        g.firing ? h('span', { class: 'firing-count' }, `${g.firing} firing`) : null,
+        g.firing && resolved ? ' · ' : null,
+        resolved ? `${resolved} resolved` : null));
+  }
+
+  function render() {
+    renderQueued = false;
+    const list = [...alerts.values()].filter(matches);
+    if (list.length === 0) {
+      replaceChildren(groupsEl, h('p', { class: 'empty card', 'data-testid': 'alerts-empty' },
+        loading ? 'Loading…' : 'No alerts match.'));
+    } else {
+      const showHost = groupBy !== 'host';
+      replaceChildren(groupsEl, groupAlerts(list, groupBy).map((g) =>
+        h('section', {
+          class: 'alert-group',
+          'data-testid': 'alert-group',
+          'data-group': g.key,
+          'data-firing': String(g.firing),
+        },
+        groupHead(g),
+        h('div', { class: 'table-wrap' },
+          h('table', { class: 'grid alerts-table' },
+            alertHeader({ host: showHost }),
+            h('tbody', {}, g.alerts.map((a) => alertRow(ctx, a, { host: showHost, fresh: fresh.has(a.alert_id) }))))))));
+    }
+    fresh.clear();
+    const firing = list.filter((a) => a.state === 'firing').length;
+    summary.textContent = loading ? '' : `${firing} firing · ${list.length - firing} resolved`;
+    more.hidden = !resolvedCursor;
+    groupsEl.dataset.state = loading ? 'loading' : subscribed ? 'live' : 'loaded';
+    info.textContent = loading ? 'Loading alerts…' : 'Alerts update live; the firing ones come first.';
+  }
+
+  function scheduleRender() {
+    if (renderQueued) return;
+    renderQueued = true;
+    requestAnimationFrame(render);
+  }
+
+  function baseParams() {
+    const params = {};
     const label = labelInput.value.trim();
     // The hub filters by one exact `k=v`; anything else is filtered here.
     if (/^[^=\s,]+=[^\s,]*$/.test(label)) params.label = label;
-    if (older && nextCursor != null) params.cursor = nextCursor;
-    loading = !older;
-    if (!older) renderAll();
+    return params;
+  }
+
+  async function loadResolved(older) {
+    const token = listToken;
+    const [, resolvedParams] = statusParams(statusSelect.value);
+    if (!resolvedParams) return;
+    const params = { ...baseParams(), ...resolvedParams, limit: PAGE };
+    if (older && resolvedCursor) params.cursor = resolvedCursor;
     try {
       const result = await hub.request('alerts.list', params);
       if (token !== listToken) return;
-      const list = (result.alerts ?? []).filter(matches);
-      if (!older) {
-        // Keep live changes that arrived while the list was on its way.
-        const live = alerts.filter((a) => !list.some((b) => b.alert_id === a.alert_id));
-        alerts = [...live, ...list];
-      } else {
-        alerts = [...alerts, ...list.filter((a) => !alerts.some((b) => b.alert_id === a.alert_id))];
+      for (const a of result.alerts ?? []) if (!alerts.has(a.alert_id)) alerts.set(a.alert_id, a);
+      resolvedCursor = result.next_cursor ?? null;
+      render();
+    } catch (e) {
+      if (token === listToken) info.textContent = `Cannot load alerts: ${errorText(e)}`;
+    }
+  }
+
+  async function load() {
+    const token = ++listToken;
+    loading = true;
+    resolvedCursor = null;
+    render();
+    const [firingParams, resolvedParams] = statusParams(statusSelect.value);
+    try {
+      const got = [];
+      if (firingParams) {
+        let cursor = null;
+        do {
+          const params = { ...baseParams(), ...firingParams, limit: 1000 };
+          if (cursor) params.cursor = cursor;
+          const result = await hub.request('alerts.list', params);
+          if (token !== listToken) return;
+          got.push(...(result.alerts ?? []));
+          cursor = result.next_cursor ?? null;
+        } while (cursor && got.length < MAX_FIRING);
       }
-      nextCursor = result.next_cursor ?? null;
+      if (resolvedParams) {
+        const result = await hub.request('alerts.list', { ...baseParams(), ...resolvedParams, limit: PAGE });
+        if (token !== listToken) return;
+        got.push(...(result.alerts ?? []));
+        resolvedCursor = result.next_cursor ?? null;
+      }
+      // Live changes that arrived while the lists were on their way are newer: keep them.
+      const live = new Map([...alerts].filter(([, a]) => a.__live));
+      alerts.clear();
+      for (const a of got) alerts.set(a.alert_id, a);
+      for (const [id, a] of live) alerts.set(id, a);
     } catch (e) {
       if (token !== listToken) return;
       info.textContent = `Cannot load alerts: ${errorText(e)}`;
@@ -151,30 +197,21 @@ export function alertsPage(ctx) {
       return;
     }
     loading = false;
-    renderAll();
+    render();
   }
 
   function reload() {
-    alerts = [];
-    nextCursor = null;
+    alerts.clear();
     if (hub.ready) load();
+    else render();
   }
 
   ctx.onFrame((frame) => {
     if (frame.event !== 'alert' || !frame.alert) return;
-    const a = frame.alert;
-    const old = tbody.querySelector(`[data-testid="alert-row"][data-alert-id="${String(Number(a.alert_id))}"]`);
-    alerts = alerts.filter((b) => b.alert_id !== a.alert_id);
-    if (old) old.remove();
-    if (!matches(a)) {
-      if (alerts.length === 0) renderAll();
-      else showInfo();
-      return;
-    }
-    alerts.unshift(a);
-    if (tbody.querySelector('[data-testid="alerts-empty"]')) tbody.replaceChildren();
-    tbody.prepend(row(a, true));
-    showInfo();
+    const a = { ...frame.alert, __live: true };
+    alerts.set(a.alert_id, a);
+    fresh.add(a.alert_id);
+    scheduleRender();
   });
   ctx.onReady(async () => {
     subscribed = false;
@@ -184,24 +221,26 @@ export function alertsPage(ctx) {
     } catch (e) {
       info.textContent = `Cannot subscribe to alerts: ${errorText(e)}`;
     }
+    alerts.clear();
     await load();
   });
-  renderAll();
+  render();
 
   const el = h(
     'section',
-    { class: 'page' },
-    h('div', { class: 'page-head' }, h('h1', {}, 'Alerts')),
+    { class: 'page alerts-page' },
+    h('div', { class: 'page-head' },
+      h('h1', {}, 'Alerts'),
+      h('a', { href: '#/silences', class: 'button-link', 'data-testid': 'alerts-silences-link' }, 'Silences')),
     h('div', { class: 'toolbar' },
+      h('span', { class: 'segmented', role: 'group', 'aria-label': 'Group by' },
+        h('span', { class: 'seg-label' }, 'Group by'), groupButtons),
       h('label', { for: 'alerts-status' }, 'Status'),
       statusSelect,
       h('label', { for: 'alerts-label' }, 'Label (k=v)'),
       labelInput),
-    h('div', { class: 'table-wrap' },
-      append(table,
-        [h('thead', {}, h('tr', {},
-          ['Last change', 'Status', 'Host', 'Alert', 'Labels', 'Description', ''].map((t) => h('th', { scope: 'col' }, t)))),
-        tbody])),
+    summary,
+    groupsEl,
     more,
     info,
   );

@@ -1,13 +1,17 @@
 // tether hub console: routing, sign-in, the header, the sessions list.
 //
-// Routes (hash based): #/signin, #/agents, #/alerts, #/sessions, #/session/<id>.
+// Routes (hash based): #/signin, #/agents, #/host/<agent_id>, #/alerts, #/alert/<id>,
+// #/silences, #/sessions, #/session/<id>.
 // Every page is a function (ctx, ...params) → {el, destroy?}; ctx gives it the hub connection
 // and helpers whose listeners and timers are removed when the page goes away.
 
 import { Hub } from './hub.js';
-import { h, replaceChildren, fmtTime, errorText, who, stateText } from './dom.js';
+import { h, replaceChildren, fmtTime, errorText, who, stateText, hostLink } from './dom.js';
 import { fleetPage, openStartForm } from './fleet.js';
 import { alertsPage } from './alerts.js';
+import { alertPage } from './alert.js';
+import { silencesPage } from './silences.js';
+import { hostPage } from './host.js';
 import { sessionPage } from './session.js';
 
 const TOKEN_KEY = 'tether.operator_token';
@@ -257,7 +261,7 @@ function sessionsPage(ctx) {
           'tr',
           { 'data-testid': 'session-row', 'data-session-id': s.session_id },
           h('td', {}, h('a', { href: `#/session/${encodeURIComponent(s.session_id)}`, 'data-testid': 'session-link', class: 'mono' }, s.session_id)),
-          h('td', {}, s.hostname ?? s.agent_id ?? '—'),
+          h('td', { 'data-testid': 'session-row-host' }, s.agent_id ? hostLink(s.agent_id, s.hostname) : '—'),
           h('td', {}, h('span', { class: 'badge' }, s.mode)),
           h('td', {}, h('span', { class: `badge state-${s.state}`, 'data-testid': 'session-row-state', 'data-state': s.state ?? '', title: s.state ?? '' }, stateText(s.state))),
           h('td', {}, s.title ?? h('span', { class: 'muted' }, '—')),
@@ -293,7 +297,10 @@ function notFoundPage() {
 
 const ROUTES = [
   [/^#\/agents$/, fleetPage, 'agents'],
+  [/^#\/host\/([^/]+)$/, hostPage, 'agents'],
   [/^#\/alerts$/, alertsPage, 'alerts'],
+  [/^#\/alert\/([^/]+)$/, alertPage, 'alerts'],
+  [/^#\/silences$/, silencesPage, 'silences'],
   [/^#\/sessions$/, sessionsPage, 'sessions'],
   [/^#\/session\/([^/]+)$/, sessionPage, 'sessions'],
 ];

@@ -52,6 +52,19 @@ export function fmtTime(iso) {
   return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${time}`;
 }
 
+/** `2025-01-02 14:03:07` (local time), always with the date; `—` when absent or invalid. */
+export function fmtDateTime(iso) {
+  if (!iso) return '—';
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return String(iso);
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+
+/** A `<time>` showing the date and time, with the exact UTC instant as its tooltip. */
+export function timeEl(iso, attrs = {}) {
+  return h('time', { datetime: iso ?? '', title: iso ?? '', ...attrs }, fmtDateTime(iso));
+}
+
 /** `5 s ago`, `3 min ago`, `2 h ago`, `4 d ago`. */
 export function fmtAgo(iso, now = Date.now()) {
   if (!iso) return '';
@@ -151,4 +164,64 @@ const STATE_TEXT = {
 export function stateText(state) {
   if (!state) return '…';
   return STATE_TEXT[state] ?? String(state).replace(/_/g, ' ');
+}
+
+/** `in 5 s`, `in 3 min`, `in 1 h 59 min`, `in 4 d 2 h` (a time to come); '' when absent or past. */
+export function fmtIn(iso, now = Date.now()) {
+  if (!iso) return '';
+  const t = new Date(iso).getTime();
+  if (Number.isNaN(t) || t <= now) return '';
+  const s = Math.round((t - now) / 1000);
+  if (s < 60) return `in ${s} s`;
+  if (s < 3600) return `in ${Math.floor(s / 60)} min`;
+  const m = Math.floor((s % 3600) / 60);
+  if (s < 86400) return `in ${Math.floor(s / 3600)} h${m ? ` ${m} min` : ''}`;
+  const hours = Math.floor((s % 86400) / 3600);
+  return `in ${Math.floor(s / 86400)} d${hours ? ` ${hours} h` : ''}`;
+}
+
+/**
+ * A link to a host's page (`#/host/<agent_id>`) showing its hostname; a fleet alert (no
+ * agent) gets the word `fleet` instead, with `why` (its routing reason) as the tooltip.
+ */
+export function hostLink(agentId, hostname, { why = '' } = {}) {
+  if (!agentId) {
+    return h('span', { class: 'muted', 'data-testid': 'host-fleet', title: why || 'no agent matched this alert' }, 'fleet');
+  }
+  return h('a', {
+    href: `#/host/${encodeURIComponent(agentId)}`,
+    class: 'host-link',
+    'data-testid': 'host-link',
+    'data-agent-id': agentId,
+    title: `host page of ${hostname || agentId}`,
+  }, hostname || agentId);
+}
+
+/**
+ * Whether the signed-in credential may act on alerts and silences (observers may only read;
+ * the hub refuses them with `forbidden` anyway). Returns '' when it may, else the reason.
+ */
+export function actRefusal(hub) {
+  const cls = hub.identity?.class;
+  if (cls === 'observer') return 'Observers may read alerts and silences, not acknowledge, silence or expire.';
+  if (!hub.ready) return 'Not connected to the hub.';
+  return '';
+}
+
+/** Why the signed-in credential may not start sessions ('' when it may): observers may not. */
+export function startRefusal(hub) {
+  return hub.identity?.class === 'observer' ? 'Observers cannot start sessions.' : '';
+}
+
+/** A safe external link (http, https): an `<a>` opening in a new tab; plain text otherwise. */
+export function extLink(url, text = url, attrs = {}) {
+  let ok = false;
+  try {
+    const u = new URL(String(url));
+    ok = u.protocol === 'http:' || u.protocol === 'https:';
+  } catch {
+    ok = false;
+  }
+  if (!ok) return h('span', { class: 'mono', ...attrs }, text);
+  return h('a', { href: String(url), target: '_blank', rel: 'noopener noreferrer', ...attrs }, text);
 }

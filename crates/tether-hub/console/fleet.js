@@ -1,6 +1,6 @@
 // The fleet page (#/agents) and the start-a-session form.
 
-import { h, append, replaceChildren, fmtTime, fmtAgo, fmtPct, labelChips, labelFilter, errorText } from './dom.js';
+import { h, append, replaceChildren, fmtTime, fmtAgo, fmtPct, labelChips, labelFilter, errorText, hostLink, startRefusal } from './dom.js';
 import { pluginPicker } from './inspect.js';
 
 export function fleetPage(ctx) {
@@ -58,7 +58,7 @@ export function fleetPage(ctx) {
     row.tr.dataset.connected = a.connected ? 'true' : 'false';
     replaceChildren(
       cells.host,
-      h('div', { class: 'strong' }, a.hostname || '—'),
+      h('div', { class: 'strong' }, hostLink(a.agent_id, a.hostname || a.agent_id)),
       h('div', { class: 'muted small' }, [a.ip, a.os, a.arch].filter(Boolean).join(' · ')),
     );
     // The credential the agent signed in with, when the hub says (newer hubs do).
@@ -88,9 +88,10 @@ export function fleetPage(ctx) {
     replaceChildren(cells.labels, labelChips(a.labels));
     cells.version.textContent = a.agent_version || '—';
     cells.proto.textContent = a.proto ?? '—';
+    const why = startRefusal(hub) || (a.connected ? '' : 'the agent is not connected');
     for (const b of row.buttons) {
-      b.disabled = !a.connected;
-      b.title = a.connected ? '' : 'the agent is not connected';
+      b.disabled = Boolean(why);
+      b.title = why;
     }
   }
 
@@ -165,9 +166,11 @@ export function fleetPage(ctx) {
 
 /**
  * The start form, as a modal dialog. `agent` needs agent_id (hostname for display); `mode` is
- * inspect, diagnose or chat; `alert`, `plugin` and `target` prefill the diagnose fields.
+ * inspect, diagnose or chat; `alert`, `plugin` and `target` prefill the diagnose fields;
+ * `alertId` (a stored alert of that agent) links a diagnosis to it (`params.alert_id`: the
+ * session shows among the alert's diagnoses).
  */
-export function openStartForm(ctx, { agent, mode = 'inspect', alert = '', plugin = '', target = '' }) {
+export function openStartForm(ctx, { agent, mode = 'inspect', alert = '', plugin = '', target = '', alertId = null }) {
   document.getElementById('start-dialog')?.remove();
   const modeSelect = h('select', { id: 'start-mode', name: 'mode', 'data-testid': 'start-mode' },
     h('option', { value: 'inspect' }, 'Inspect — a report without a model'),
@@ -235,6 +238,7 @@ export function openStartForm(ctx, { agent, mode = 'inspect', alert = '', plugin
             return;
           }
           params.descriptions = alertInput.value.trim();
+          if (alertId != null) params.alert_id = alertId;
         }
         if (m === 'chat' && messageInput.value.trim()) params.message = messageInput.value.trim();
         const req = { agent_id: agent.agent_id, mode: m, params };

@@ -16,6 +16,16 @@ const QUOTE = /^ {0,3}> ?(.*)$/;
 const LIST_ITEM = /^( *)([-*+]|\d{1,9}[.)])[ \t]+(.*)$/;
 const TABLE_SEP = /^ *\|? *:?-+:? *(?:\| *:?-+:? *)*\|? *$/;
 
+/**
+ * The text a line of Markdown reads as, without its inline marks (`**x**` → `x`): for titles
+ * made from a description's first line. Block syntax (`# `, `- `) is left as written.
+ */
+export function markdownLineText(src) {
+  const span = document.createElement('span');
+  inline(String(src ?? '').replace(/\s+/g, ' ').trim(), span);
+  return span.textContent;
+}
+
 export function renderMarkdown(src) {
   const frag = document.createDocumentFragment();
   const lines = String(src ?? '').replace(/\r\n?/g, '\n').split('\n');

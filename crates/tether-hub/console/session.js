@@ -7,7 +7,7 @@
 // events (seq <= that) are rendered in the transcript but do not change the session's state,
 // the running turn or the client list; only later (live) events do.
 
-import { h, replaceChildren, fmtTime, fmtDuration, errorText, who, stateText } from './dom.js';
+import { h, replaceChildren, fmtTime, fmtDuration, errorText, who, stateText, hostLink } from './dom.js';
 import { renderMarkdown } from './markdown.js';
 import { pluginPicker, inspectionText } from './inspect.js';
 
@@ -695,7 +695,7 @@ export function sessionPage(ctx, sessionId) {
       const { sessions } = await hub.request('session.list');
       const s = (sessions ?? []).find((x) => x.session_id === sessionId);
       if (s) {
-        hostEl.textContent = s.hostname ? `on ${s.hostname}` : s.agent_id ? `on ${s.agent_id}` : '';
+        replaceChildren(hostEl, s.agent_id ? ['on ', hostLink(s.agent_id, s.hostname)] : '');
         if (s.title) titleEl.textContent = s.title;
       }
     } catch {

@@ -80,6 +80,28 @@ mod tests {
         assert_eq!(console, tether_host::inspect::plugins());
     }
 
+    /// Every module a console file imports (`from './x.js'`) is embedded: the console has no
+    /// build step, so a missing file would only show as a broken page in the browser.
+    #[test]
+    fn every_console_import_is_embedded() {
+        let mut imports = 0;
+        for (name, bytes) in ASSETS {
+            if !name.ends_with(".js") {
+                continue;
+            }
+            let text = String::from_utf8_lossy(bytes);
+            for part in text.split("from './").skip(1) {
+                let target = part.split('\'').next().unwrap_or_default();
+                assert!(
+                    ASSETS.iter().any(|(n, _)| *n == target),
+                    "{name} imports ./{target}, which is not embedded"
+                );
+                imports += 1;
+            }
+        }
+        assert!(imports > 0, "no imports found: the pattern is stale");
+    }
+
     /// The console builds its DOM from text nodes: no file assigns HTML.
     #[test]
     fn no_console_file_assigns_html() {

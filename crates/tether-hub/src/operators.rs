@@ -701,9 +701,20 @@ impl OperatorConn {
         let result = match op {
             Op::Hello(hello) => {
                 // The client's own name joins its display name (sessions joined from now on
-                // show it).
+                // show it). A lower `class` is forwarded to the agent with every later op, so
+                // the agent's arbitration judges it as that class.
                 let client = {
+                    let attached = lock(&self.attached).len();
                     let mut c = lock(&self.client);
+                    if let Some(class) = hello.class {
+                        if let Err(e) =
+                            tether_mux::arbitration::check_class_change(c.class, class, attached)
+                        {
+                            drop(c);
+                            return self.reply(re, Err(e));
+                        }
+                        c.class = class;
+                    }
                     if hello.client_name.is_some() {
                         c.name = display_name(
                             &self.operator,
@@ -734,12 +745,9 @@ impl OperatorConn {
                 .await
                 .map(|sessions| json!({ "sessions": sessions })),
             Op::Attach(a) => {
-                {
-                    let mut set = lock(&self.attached);
-                    set.insert(a.session_id.to_string());
-                }
+                let newly = lock(&self.attached).insert(a.session_id.to_string());
                 // Replies itself: the snapshot must precede the replay in the queue.
-                relay
+                let attached = relay
                     .attach(
                         hub,
                         client,
@@ -750,6 +758,10 @@ impl OperatorConn {
                         a.after_seq,
                     )
                     .await;
+                if !attached && newly {
+                    // A refused attach leaves nothing attached (a lower class may follow).
+                    lock(&self.attached).remove(a.session_id.as_str());
+                }
                 return;
             }
             Op::Detach(d) => {

@@ -680,7 +680,8 @@ impl Relay {
         turn_id
     }
 
-    /// `attach`: replies with the snapshot, queues the replay, then live events.
+    /// `attach`: replies with the snapshot, queues the replay, then live events. Whether the
+    /// attach succeeded (the reply was the snapshot).
     #[allow(clippy::too_many_arguments)]
     pub async fn attach(
         &self,
@@ -691,7 +692,7 @@ impl Relay {
         re: RequestId,
         session_id: &str,
         after_seq: Option<Seq>,
-    ) {
+    ) -> bool {
         let Some(session) = self.find(session_id).await else {
             out.push_frame(
                 ReplyFrame::err(
@@ -700,7 +701,7 @@ impl Relay {
                 )
                 .encode(),
             );
-            return;
+            return false;
         };
         {
             let mut shadow = session.shadow.lock().await;
@@ -720,7 +721,7 @@ impl Relay {
                     )
                     .encode(),
                 );
-                return;
+                return false;
             }
             let snapshot = Snapshot {
                 session_id: SessionId(session.id.clone()),
@@ -763,7 +764,7 @@ impl Relay {
             if shadow.state == SessionState::Closed
                 || shadow.attached.iter().any(|(id, _, _)| *id == conn_id)
             {
-                return;
+                return true;
             }
             shadow.attached.push((conn_id, client.clone(), out.clone()));
             if session.proto < 2 {
@@ -776,7 +777,7 @@ impl Relay {
                     },
                 )
                 .await;
-                return;
+                return true;
             }
         }
         // Version 2: the agent learns the operator is present (and may answer prompts).
@@ -786,6 +787,7 @@ impl Relay {
                 let _ = agent.request(msg, AGENT_TIMEOUT).await;
             });
         }
+        true
     }
 
     /// Removes an operator from a session (explicitly, or because its connection went).

@@ -218,6 +218,118 @@ async fn only_a_human_operator_may_choose_policy_any() {
         .expect("a human may choose `any`");
 }
 
+/// Issue 11, item 1: an operator may lower its class with `hello` (never raise it), the hub
+/// says which class is in force, and every later op is judged by it — at the hub (policy
+/// `any`, input) and at the agent (answers): a human lowered to `agent` cannot approve the
+/// prompt of a turn it started; lowered to `observer` it cannot send input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_may_lower_its_class_never_raise_it() {
+    let hub = TestHub::start().await;
+    let token = hub.create_token("tether-lowered").await;
+    let mut agent = V2Agent::new(&hub.agent_url(), &token, &shell_script(), None);
+    agent.start_link();
+    agent.wait_registered().await;
+    hub.wait_connected(&agent.agent_id, true).await;
+
+    // Raising is refused, naming the field; the connection keeps its class.
+    let mut robot = hub.operator(ROBOT).await;
+    let r = robot.request("hello", json!({"class": "human"})).await;
+    assert_eq!(reason(&r), "forbidden", "{r:?}");
+    let r = robot.request("hello", json!({})).await.expect("hello");
+    assert_eq!(r["class"], "agent", "{r}");
+
+    let mut bob = hub.operator(BOB).await;
+    let created = bob
+        .request(
+            "session.create",
+            json!({"mode": "chat", "agent_id": agent.agent_id, "policy": "any"}),
+        )
+        .await
+        .expect("session.create");
+    let sid = created["session_id"].as_str().expect("sid").to_owned();
+
+    // Alice (human) lowers herself to `agent`: the reply says so.
+    let mut alice = Watch {
+        client: hub.operator(ALICE).await,
+        session: sid.clone(),
+        seen: Vec::new(),
+    };
+    let r = alice
+        .request("hello", json!({"client_name": "mcp", "class": "agent"}))
+        .await
+        .expect("hello");
+    assert_eq!(r["class"], "agent", "{r}");
+    // Policy `any` is a human's choice: no longer hers.
+    let r = alice
+        .request(
+            "session.create",
+            json!({"mode": "chat", "agent_id": agent.agent_id, "policy": "any"}),
+        )
+        .await;
+    assert_eq!(reason(&r), "forbidden", "{r:?}");
+    alice
+        .request("attach", json!({"session_id": sid}))
+        .await
+        .expect("attach");
+    // Attached, the class cannot change any more; a refused re-attach changes nothing.
+    let r = alice.request("hello", json!({"class": "observer"})).await;
+    assert_eq!(reason(&r), "bad_request", "{r:?}");
+    let r = alice
+        .request("attach", json!({"session_id": sid, "after_seq": 1_000_000}))
+        .await;
+    assert_eq!(reason(&r), "bad_request", "{r:?}");
+    let r = alice.request("hello", json!({"class": "observer"})).await;
+    assert_eq!(reason(&r), "bad_request", "{r:?}");
+    let r = alice
+        .request(
+            "input",
+            json!({"session_id": sid, "text": "check the disk"}),
+        )
+        .await
+        .expect("input");
+    let turn = r["turn_id"].clone();
+    let asked = alice
+        .until("permission_requested", |v| {
+            v["event"] == "permission_requested" && v["turn_id"] == turn
+        })
+        .await;
+    assert_eq!(asked["originator"]["class"], "agent", "{asked}");
+    let r = alice.answer(&asked["call_id"], "allow").await;
+    assert_eq!(reason(&r), "agent_cannot_self_approve", "{r:?}");
+    // Bob, a human, approves; the turn completes.
+    bob.request(
+        "answer",
+        json!({"session_id": sid, "call_id": asked["call_id"], "decision": "allow"}),
+    )
+    .await
+    .expect("bob allows");
+    let ended = alice
+        .until("turn_ended", |v| {
+            v["event"] == "turn_ended" && v["turn_id"] == turn
+        })
+        .await;
+    assert_eq!(ended["stop"], "completed", "{ended}");
+
+    // Detached, she goes down to `observer`, and may no longer send input.
+    alice
+        .request("detach", json!({"session_id": sid}))
+        .await
+        .expect("detach");
+    let r = alice
+        .request("hello", json!({"class": "observer"}))
+        .await
+        .expect("hello");
+    assert_eq!(r["class"], "observer", "{r}");
+    let r = alice
+        .request("input", json!({"session_id": sid, "text": "again"}))
+        .await;
+    assert_eq!(reason(&r), "forbidden", "{r:?}");
+    let r = alice.request("hello", json!({"class": "human"})).await;
+    assert_eq!(reason(&r), "forbidden", "{r:?}");
+    agent.stop().await;
+    hub.stop().await;
+}
+
 /// Requirement 4: two operators attached to one remote session see the same events (same
 /// seqs, same order, same frames), and the permission rules hold across the relay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

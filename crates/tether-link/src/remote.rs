@@ -450,7 +450,7 @@ impl RemoteSessions {
             .inner
             .mux
             .create_session(
-                Some(user.conn.client().clone()),
+                Some(user.conn.client()),
                 mode,
                 // The hub's title, so both show the same (a version-1 hub sends none).
                 Some(
@@ -1157,7 +1157,7 @@ async fn translate_v1(
                 .get(call_id.as_str())
                 .cloned()
                 .unwrap_or_else(|| "tool".into());
-            let why = denial(relay.client(), by.as_ref(), *cause);
+            let why = denial(&relay.client(), by.as_ref(), *cause);
             session
                 .v1_send(V1::output(
                     session,

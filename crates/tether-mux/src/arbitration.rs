@@ -1,7 +1,7 @@
 //! Who may do what in a session. Pure functions: the actor asks, these answer, and the
 //! property tests check them against the rules of PROTOCOL.md §1 (Arbitration).
 
-use tether_proto::{Class, ClientInfo, Policy, Reason};
+use tether_proto::{Class, ClientInfo, ErrorBody, Policy, Reason};
 
 /// Whether `answerer` may answer a permission request raised in a turn started by
 /// `originator`, under `policy`.
@@ -42,6 +42,68 @@ pub fn may_choose_policy(class: Class, policy: Policy) -> Result<(), Reason> {
     }
 }
 
+/// How much a class may do: an observer watches, an agent also acts, a human also answers
+/// every prompt.
+fn rank(class: Class) -> u8 {
+    match class {
+        Class::Observer => 0,
+        Class::Agent => 1,
+        Class::Human => 2,
+    }
+}
+
+/// Whether a connection of class `current` may act as `requested` from now on (`hello`'s
+/// `class`, PROTOCOL.md §3): the same class or a lower one (`human` → `agent` → `observer`),
+/// never a higher one. A class is part of what the credential grants (lowered, it stays
+/// lowered for the connection's life), so raising it is `forbidden`.
+pub fn may_become(current: Class, requested: Class) -> Result<(), Reason> {
+    if rank(requested) <= rank(current) {
+        Ok(())
+    } else {
+        Err(Reason::Forbidden)
+    }
+}
+
+/// `hello`'s `class` on a connection of class `current` that is attached to `attached`
+/// sessions: the refusal, if any, as both the agent and the hub give it.
+///
+/// Raising is `forbidden`. Changing the class while attached is `bad_request`: each session
+/// keeps the class a client attached with (its client list, and whether anyone who may answer
+/// a prompt is still attached), so a client lowers itself before it attaches, or detaches
+/// first.
+pub fn check_class_change(
+    current: Class,
+    requested: Class,
+    attached: usize,
+) -> Result<(), ErrorBody> {
+    if requested == current {
+        return Ok(());
+    }
+    if may_become(current, requested).is_err() {
+        return Err(ErrorBody::new(
+            Reason::Forbidden,
+            format!(
+                "field `class`: a client may lower its class, never raise it; this connection \
+                 is {current}-class, so it cannot act as {requested}"
+            ),
+        )
+        .with("field", "class")
+        .with("class", current));
+    }
+    if attached > 0 {
+        return Err(ErrorBody::new(
+            Reason::BadRequest,
+            format!(
+                "field `class`: this connection is attached to {attached} session(s), which \
+                 know it as {current}-class; detach first, or lower the class before attaching"
+            ),
+        )
+        .with("field", "class")
+        .with("class", current));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,7 +135,66 @@ mod tests {
         ]
     }
 
+    #[test]
+    fn a_class_may_be_lowered_never_raised() {
+        use Class::*;
+        let allowed = [
+            (Human, Human),
+            (Human, Agent),
+            (Human, Observer),
+            (Agent, Agent),
+            (Agent, Observer),
+            (Observer, Observer),
+        ];
+        for current in Class::ALL.iter().copied() {
+            for requested in Class::ALL.iter().copied() {
+                let ok = allowed.contains(&(current, requested));
+                assert_eq!(
+                    may_become(current, requested).is_ok(),
+                    ok,
+                    "{current} -> {requested}"
+                );
+                let change = check_class_change(current, requested, 0);
+                assert_eq!(change.is_ok(), ok, "{current} -> {requested}: {change:?}");
+                if let Err(e) = change {
+                    assert_eq!(e.reason, Reason::Forbidden);
+                    assert!(e.message.starts_with("field `class`"), "{}", e.message);
+                }
+            }
+        }
+        // Attached: only "no change" passes.
+        let e = check_class_change(Human, Agent, 1).expect_err("attached");
+        assert_eq!(e.reason, Reason::BadRequest);
+        assert!(e.message.contains("detach first"), "{}", e.message);
+        assert_eq!(check_class_change(Agent, Agent, 3), Ok(()));
+    }
+
     proptest! {
+        /// Lowering a class never lets a client do more than its credential allows: whatever
+        /// a lowered client may do, the same client at its credential's class may do too.
+        #[test]
+        fn lowering_never_grants_anything(
+            policy in prop_oneof![Just(Policy::Human), Just(Policy::Any)],
+            from in class(), to in class(), o_class in class(),
+            a_principal in 0u8..3, o_principal in 0u8..3,
+        ) {
+            prop_assume!(may_become(from, to).is_ok());
+            let original = client(&format!("p{a_principal}"), 1, from);
+            let lowered = client(&format!("p{a_principal}"), 1, to);
+            let originator = client(&format!("p{o_principal}"), 2, o_class);
+            if may_answer(policy, &lowered, &originator).is_ok() {
+                prop_assert!(may_answer(policy, &original, &originator).is_ok());
+            }
+            if may_act(to).is_ok() {
+                prop_assert!(may_act(from).is_ok());
+            }
+            if may_choose_policy(to, policy).is_ok() {
+                prop_assert!(may_choose_policy(from, policy).is_ok());
+            }
+            // Lowering is transitive: a lowered client can go on lowering, never back up.
+            prop_assert!(may_become(to, from).is_err() || to == from);
+        }
+
         #[test]
         fn rules_hold_for_every_combination(
             policy in prop_oneof![Just(Policy::Human), Just(Policy::Any)],

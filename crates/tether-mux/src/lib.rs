@@ -257,11 +257,9 @@ impl Mux {
         (
             Connection {
                 mux: self.clone(),
-                conn: ConnRef {
-                    conn_id,
-                    client,
-                    outbound,
-                },
+                conn_id,
+                client: Mutex::new(client),
+                outbound,
                 attached: Mutex::new(HashSet::new()),
             },
             receiver,
@@ -509,17 +507,24 @@ impl Mux {
 /// in request order.
 pub struct Connection {
     mux: Mux,
-    conn: ConnRef,
+    conn_id: u64,
+    /// Who this connection is. Only its class changes, lowered by `hello` while the
+    /// connection is attached to nothing (see [`arbitration::check_class_change`]); every op
+    /// is judged by the class in force when it arrives.
+    client: Mutex<ClientInfo>,
+    outbound: Outbound,
+    /// Sessions attached to (a successful `attach`, until `detach`).
     attached: Mutex<HashSet<SessionId>>,
 }
 
 impl Connection {
-    pub fn client(&self) -> &ClientInfo {
-        &self.conn.client
+    /// Who this connection is now (its class may have been lowered by `hello`).
+    pub fn client(&self) -> ClientInfo {
+        tether_engine::sync::lock(&self.client).clone()
     }
 
     pub fn outbound(&self) -> &Outbound {
-        &self.conn.outbound
+        &self.outbound
     }
 
     pub fn mux(&self) -> &Mux {
@@ -527,7 +532,28 @@ impl Connection {
     }
 
     fn reply(&self, frame: ReplyFrame) {
-        self.conn.outbound.push_frame(frame.encode());
+        self.outbound.push_frame(frame.encode());
+    }
+
+    /// The connection as a session sees it, for one op.
+    fn conn_ref(&self) -> ConnRef {
+        ConnRef {
+            conn_id: self.conn_id,
+            client: self.client(),
+            outbound: self.outbound.clone(),
+        }
+    }
+
+    /// `hello`'s `class`: lowers the class every later op is judged by.
+    fn change_class(&self, requested: Class) -> Result<(), ErrorBody> {
+        let attached = tether_engine::sync::lock(&self.attached).len();
+        let mut client = tether_engine::sync::lock(&self.client);
+        arbitration::check_class_change(client.class, requested, attached)?;
+        if client.class != requested {
+            tracing::debug!(client = %client.client_id, from = %client.class, to = %requested, "class lowered");
+            client.class = requested;
+        }
+        Ok(())
     }
 
     /// Replies with an error (e.g. a frame the transport could not decode).
@@ -544,7 +570,8 @@ impl Connection {
         if !Op::NAMES.contains(&raw.op.as_str())
             && let Some(ext) = self.mux.extension_for(&raw.op)
         {
-            let reply = match ext.call(&self.conn.client, &raw).await {
+            let client = self.client();
+            let reply = match ext.call(&client, &raw).await {
                 Ok(result) => ReplyFrame::ok(raw.id.clone(), result),
                 Err(e) => ReplyFrame::err(Some(raw.id.clone()), e),
             };
@@ -559,12 +586,18 @@ impl Connection {
     /// Handles one decoded request.
     pub async fn handle(&self, request: Request) {
         let re = request.id;
-        let client = &self.conn.client;
+        let client = &self.client();
         match request.op {
             Op::Hello(hello) => {
                 if let Some(name) = hello.client_name {
                     tracing::debug!(client = %client.client_id, client_name = %name, "hello");
                 }
+                if let Some(class) = hello.class
+                    && let Err(e) = self.change_class(class)
+                {
+                    return self.reply(ReplyFrame::err(Some(re), e));
+                }
+                let client = &self.client();
                 let server = self.mux.config().server.clone();
                 self.reply(ReplyFrame::ok(
                     re,
@@ -652,21 +685,26 @@ impl Connection {
         let Some(ops) = self.mux.session_ops(&session_id) else {
             return self.reply(ReplyFrame::err(Some(re), unknown_session(&session_id)));
         };
-        if matches!(op, SessionOp::Attach { .. })
-            && let Ok(mut a) = self.attached.lock()
-        {
-            a.insert(session_id.clone());
-        }
+        // Before the op: a disconnect while it is in flight must detach it too. Only a new
+        // entry is undone when the attach fails (a failed re-attach leaves the first one).
+        let attaching = matches!(op, SessionOp::Attach { .. })
+            && tether_engine::sync::lock(&self.attached).insert(session_id.clone());
+        let detaching = matches!(op, SessionOp::Detach);
         let (done_tx, done_rx) = oneshot::channel();
         let msg = OpMsg::Op {
-            conn: self.conn.clone(),
+            conn: self.conn_ref(),
             re: re.clone(),
             op,
             done: done_tx,
         };
         match ops.try_send(msg) {
-            Ok(()) => {
-                if done_rx.await.is_err() {
+            Ok(()) => match done_rx.await {
+                Ok(ok) => {
+                    if detaching || (attaching && !ok) {
+                        tether_engine::sync::lock(&self.attached).remove(&session_id);
+                    }
+                }
+                Err(_) => {
                     // The actor stopped before handling the op: it sent no reply.
                     self.reply(ReplyFrame::err(
                         Some(re),
@@ -676,27 +714,29 @@ impl Connection {
                         ),
                     ));
                 }
+            },
+            Err(e) => {
+                if attaching {
+                    tether_engine::sync::lock(&self.attached).remove(&session_id);
+                }
+                let error = match e {
+                    tokio::sync::mpsc::error::TrySendError::Full(_) => ErrorBody::new(
+                        Reason::Overloaded,
+                        format!("session {session_id} has too many requests queued; retry shortly"),
+                    ),
+                    // The session was removed (retention) after it was looked up.
+                    tokio::sync::mpsc::error::TrySendError::Closed(_)
+                        if !self.mux.inner.shutdown.is_cancelled() =>
+                    {
+                        unknown_session(&session_id)
+                    }
+                    tokio::sync::mpsc::error::TrySendError::Closed(_) => ErrorBody::new(
+                        Reason::Internal,
+                        "the session stopped (agent shutting down)",
+                    ),
+                };
+                self.reply(ReplyFrame::err(Some(re), error))
             }
-            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => self.reply(ReplyFrame::err(
-                Some(re),
-                ErrorBody::new(
-                    Reason::Overloaded,
-                    format!("session {session_id} has too many requests queued; retry shortly"),
-                ),
-            )),
-            // The session was removed (retention) after it was looked up.
-            Err(tokio::sync::mpsc::error::TrySendError::Closed(_))
-                if !self.mux.inner.shutdown.is_cancelled() =>
-            {
-                self.reply(ReplyFrame::err(Some(re), unknown_session(&session_id)))
-            }
-            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => self.reply(ReplyFrame::err(
-                Some(re),
-                ErrorBody::new(
-                    Reason::Internal,
-                    "the session stopped (agent shutting down)",
-                ),
-            )),
         }
     }
 
@@ -716,7 +756,7 @@ impl Connection {
         for id in sessions {
             if let Some(ops) = self.mux.session_ops(&id) {
                 let msg = OpMsg::Disconnected {
-                    conn_id: self.conn.conn_id,
+                    conn_id: self.conn_id,
                     reason: reason.to_owned(),
                 };
                 // Bounded: the actor drains its inbox; give up rather than hang on a stuck one.

@@ -100,12 +100,13 @@ pub(crate) enum SessionOp {
 }
 
 pub(crate) enum OpMsg {
-    /// A client op. The actor pushes exactly one reply to `conn`, then signals `done`.
+    /// A client op. The actor pushes exactly one reply to `conn`, then signals `done` with
+    /// whether the op succeeded.
     Op {
         conn: ConnRef,
         re: RequestId,
         op: SessionOp,
-        done: oneshot::Sender<()>,
+        done: oneshot::Sender<bool>,
     },
     /// A connection went away (closed or evicted).
     Disconnected { conn_id: u64, reason: String },
@@ -292,7 +293,7 @@ struct Actor {
     /// The row must be rewritten at the next flush.
     dirty: bool,
     closing: Option<String>,
-    close_waiters: Vec<(ConnRef, RequestId, oneshot::Sender<()>)>,
+    close_waiters: Vec<(ConnRef, RequestId, oneshot::Sender<bool>)>,
     /// Closes requested by the agent itself, waiting for the running turn to end.
     close_done: Vec<oneshot::Sender<()>>,
     shutting_down: bool,
@@ -696,7 +697,7 @@ impl Actor {
                     match msg {
                         OpMsg::Op { conn, re, done, .. } => {
                             conn.reply_err(&re, crate::unknown_session(&self.id));
-                            let _ = done.send(());
+                            let _ = done.send(false);
                         }
                         OpMsg::Shutdown { done } | OpMsg::CloseWithReason { done, .. } => {
                             let _ = done.send(());
@@ -1011,7 +1012,7 @@ impl Actor {
 
     // ---- ops ----------------------------------------------------------------------------
 
-    fn on_op(&mut self, conn: ConnRef, re: RequestId, op: SessionOp, done: oneshot::Sender<()>) {
+    fn on_op(&mut self, conn: ConnRef, re: RequestId, op: SessionOp, done: oneshot::Sender<bool>) {
         let result = match op {
             SessionOp::Attach { after_seq } => match self.check_attach(after_seq) {
                 Ok(()) => {
@@ -1035,7 +1036,7 @@ impl Actor {
                             .encode(),
                         );
                     }
-                    let _ = done.send(());
+                    let _ = done.send(true);
                     return;
                 }
                 Err(e) => Err(e),
@@ -1068,12 +1069,13 @@ impl Actor {
                 }
             }
         };
+        let ok = result.is_ok();
         match result {
             Ok(Some(value)) => conn.reply_ok(&re, value),
             Ok(None) => conn.reply_ok(&re, Empty {}),
             Err(e) => conn.reply_err(&re, e),
         }
-        let _ = done.send(());
+        let _ = done.send(ok);
     }
 
     /// The last event clients may see: the last committed one.
@@ -1638,7 +1640,7 @@ impl Actor {
         self.publish(EventBody::SessionClosed { reason });
         for (conn, re, done) in self.close_waiters.drain(..) {
             conn.reply_ok(&re, Empty {});
-            let _ = done.send(());
+            let _ = done.send(true);
         }
         for done in self.close_done.drain(..) {
             let _ = done.send(());

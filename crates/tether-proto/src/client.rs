@@ -479,6 +479,10 @@ pub fn decode_params<T: DeserializeOwned>(params: &Map<String, Value>) -> Result
 pub struct Hello {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_name: Option<String>,
+    /// The class this connection acts as from now on: its credential's class or a lower one
+    /// (`human` → `agent` → `observer`), never a higher one (PROTOCOL.md §3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<Class>,
 }
 
 /// `session.create`

@@ -178,6 +178,17 @@ fn request_hello() {
             id: 1.into(),
             op: Op::Hello(Hello {
                 client_name: Some("tether-cli".into()),
+                class: None,
+            }),
+        },
+    );
+    request(
+        "request_hello_lowered",
+        Request {
+            id: 2.into(),
+            op: Op::Hello(Hello {
+                client_name: Some("tether-mcp".into()),
+                class: Some(Class::Agent),
             }),
         },
     );

@@ -13,9 +13,8 @@ use serde_json::Value;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use tether_proto::{ErrorBody, RequestId, ServerFrame, encode_request};
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -53,9 +52,12 @@ pub enum ClientError {
 
 type WsSink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
 
+/// The write half of a JSON-lines connection (a Unix socket, or an in-process pipe).
+type LinesSink = BufWriter<Box<dyn AsyncWrite + Send + Unpin>>;
+
 enum Writer {
     Ws(Box<WsSink>),
-    Lines(BufWriter<OwnedWriteHalf>),
+    Lines(LinesSink),
 }
 
 pub struct Client {
@@ -92,6 +94,15 @@ impl Client {
                     message: e.to_string(),
                 })?;
         let (read, write) = stream.into_split();
+        Ok(Client::over_lines(read, write))
+    }
+
+    /// A client speaking JSON lines over any byte stream (the Unix socket, or the in-process
+    /// pipe of [`crate::local`]).
+    pub fn over_lines(
+        read: impl AsyncRead + Send + Unpin + 'static,
+        write: impl AsyncWrite + Send + Unpin + 'static,
+    ) -> Client {
         let (tx, rx) = mpsc::channel(INCOMING_FRAMES);
         let reader = tokio::spawn(async move {
             let mut read = BufReader::new(read);
@@ -102,13 +113,14 @@ impl Client {
                 }
             }
         });
-        Ok(Client {
+        let write: Box<dyn AsyncWrite + Send + Unpin> = Box::new(write);
+        Client {
             writer: Writer::Lines(BufWriter::new(write)),
             incoming: rx,
             backlog: VecDeque::new(),
             next_id: 1,
             reader,
-        })
+        }
     }
 
     pub async fn connect_ws(url: &str, token: Option<&str>) -> Result<Client, ClientError> {

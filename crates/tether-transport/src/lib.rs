@@ -10,12 +10,14 @@
 //!   connections still in their request.
 //! * [`limits`] — connection caps, in total and per credential.
 //! * [`client`] — a client for the CLI, tests and benchmarks.
+//! * [`local`] — a client connection inside the serving process (the agent's `POST /mcp`).
 
 pub mod auth;
 pub mod client;
 pub mod driver;
 pub mod limits;
 pub mod lines;
+pub mod local;
 pub mod metrics;
 pub mod serve;
 pub mod unix;

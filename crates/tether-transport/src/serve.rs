@@ -13,6 +13,11 @@
 //!   [`crate::limits`] apply.
 //! * `closing` stops the accept loop and shuts every HTTP connection down gracefully;
 //!   upgraded connections watch `closing` themselves.
+//! * A handler that has authenticated its peer may lift the lifetime and leave the pending
+//!   count with [`LongLived::grant`] (every request carries one): an authenticated response
+//!   that streams for as long as it must (the MCP endpoint's answer to a tool call that waits
+//!   for a turn) is then treated like an upgraded WebSocket. The idle timeout between
+//!   requests still applies.
 //!
 //! Handlers keep `ConnectInfo<SocketAddr>` (the peer's address), as with `axum::serve`.
 
@@ -82,6 +87,24 @@ impl Handshake for Plain {
     }
 }
 
+/// Lets a request handler take its connection out of the plain-HTTP limits once it has
+/// authenticated the peer (see the module docs). A request extension.
+#[derive(Clone, Debug, Default)]
+pub struct LongLived(CancellationToken);
+
+impl LongLived {
+    /// From now on the connection is not cut at [`ServeLimits::http_lifetime`] and no longer
+    /// counts against [`ServeLimits::max_pending`]. Only for authenticated peers.
+    pub fn grant(&self) {
+        self.0.cancel();
+    }
+
+    /// Whether [`grant`](Self::grant) was called.
+    pub fn granted(&self) -> bool {
+        self.0.is_cancelled()
+    }
+}
+
 /// What a connection past the pending cap gets, written without waiting.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
 connection: close\r\ncontent-length: 91\r\n\r\n\
@@ -138,11 +161,10 @@ pub async fn serve<H: Handshake>(
         let handshake = handshake.clone();
         let closing = closing.clone();
         let limits = limits.clone();
+        // Released when the connection ends, becomes a WebSocket (hyper hands the socket
+        // over and the future completes), or is granted a long life.
         tracker.spawn(async move {
-            serve_connection(&*handshake, tcp, peer, router, &limits, closing).await;
-            // Released when the connection ends or becomes a WebSocket (hyper hands the
-            // socket over and this future completes).
-            drop(permit);
+            serve_connection(&*handshake, tcp, peer, router, &limits, closing, permit).await;
         });
     }
     drop(listener);
@@ -169,7 +191,9 @@ async fn serve_connection<H: Handshake>(
     router: Router,
     limits: &ServeLimits,
     closing: CancellationToken,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) {
+    let mut permit = Some(permit);
     let timeout = limits.request_timeout;
     let io = match tokio::time::timeout(timeout, handshake.handshake(tcp)).await {
         Ok(Ok(io)) => io,
@@ -182,9 +206,11 @@ async fn serve_connection<H: Handshake>(
             return;
         }
     };
+    let long_lived = LongLived::default();
     let service = WithPeer {
         inner: TowerToHyperService::new(router),
         peer,
+        long_lived: long_lived.clone(),
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
     // The timer also bounds the wait for the next request on a kept-alive connection.
@@ -195,12 +221,20 @@ async fn serve_connection<H: Handshake>(
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
-    let ended = tokio::select! {
-        r = conn.as_mut() => Some(r),
-        _ = closing.cancelled() => None,
-        _ = tokio::time::sleep(limits.http_lifetime) => {
-            tracing::debug!(%peer, "connection open too long as plain HTTP; closing it");
-            None
+    let lifetime = tokio::time::sleep(limits.http_lifetime);
+    tokio::pin!(lifetime);
+    let ended = loop {
+        tokio::select! {
+            r = conn.as_mut() => break Some(r),
+            _ = closing.cancelled() => break None,
+            _ = long_lived.0.cancelled(), if permit.is_some() => {
+                tracing::debug!(%peer, "authenticated long-lived HTTP connection");
+                permit = None;
+            }
+            _ = &mut lifetime, if !long_lived.granted() => {
+                tracing::debug!(%peer, "connection open too long as plain HTTP; closing it");
+                break None;
+            }
         }
     };
     let result = match ended {
@@ -225,6 +259,7 @@ async fn serve_connection<H: Handshake>(
 struct WithPeer {
     inner: TowerToHyperService<Router>,
     peer: SocketAddr,
+    long_lived: LongLived,
 }
 
 impl hyper::service::Service<hyper::Request<Incoming>> for WithPeer {
@@ -238,6 +273,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for WithPeer {
 
     fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(ConnectInfo(self.peer));
+        req.extensions_mut().insert(self.long_lived.clone());
         self.inner.call(req)
     }
 }

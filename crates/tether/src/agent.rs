@@ -275,10 +275,17 @@ impl Core {
                     );
                 }));
             }
+            endpoints.push(format!("http://{bound}/mcp"));
+            let mcp = crate::mcp_server::http_router(
+                mux.clone(),
+                state.auth.clone(),
+                state.limits.clone(),
+                closing.clone(),
+            );
+            let routes = router(state).merge(mcp);
             let closing = closing.clone();
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = tether_transport::serve_http(listener, router(state), closing).await
-                {
+                if let Err(e) = tether_transport::serve_http(listener, routes, closing).await {
                     tracing::error!(error = %e, "HTTP listener failed");
                 }
             }));

@@ -11,6 +11,7 @@ mod config;
 mod eval;
 mod hub_cmd;
 mod hub_link;
+mod mcp_server;
 mod models;
 mod oneshot;
 mod paths;
@@ -183,6 +184,16 @@ enum Command {
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
+    },
+    /// Serve MCP on stdin/stdout: AI programs (any MCP client) join this agent's sessions.
+    ///
+    /// Register it in the MCP client's config as a stdio server (`tether mcp`, or
+    /// `tether mcp --url ws://HOST:7700/v1/ws --token …`). The program acts as an agent-class
+    /// client: it creates sessions, sends messages and reads events, but a human answers the
+    /// permission prompts of its turns. The agent also serves MCP over HTTP at `POST /mcp`.
+    Mcp {
+        #[command(flatten)]
+        connect: ConnectArgs,
     },
     /// List the agent's sessions.
     Sessions {
@@ -438,9 +449,14 @@ enum ModelsCommand {
 }
 
 fn init_tracing() {
+    init_tracing_at("info");
+}
+
+/// Logs to stderr at `default` unless TETHER_LOG (or RUST_LOG) says otherwise.
+fn init_tracing_at(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -616,6 +632,12 @@ async fn run(cli: Cli, no_namespace: Option<String>) -> Result<std::process::Exi
         Command::Models {
             command: ModelsCommand::Test { config, timeout },
         } => models::test(config.as_deref(), timeout).await,
+        Command::Mcp { connect } => {
+            // stdout speaks MCP: logs go to stderr, quiet unless asked for.
+            // (rmcp warns about every error reply, bad arguments included: not ours to log.)
+            init_tracing_at("warn,rmcp=error");
+            ok(mcp_server::run_stdio(&connect).await)
+        }
         Command::Sessions { connect, output } => {
             ok(client_cmds::sessions(&connect, output.json()).await)
         }

@@ -41,9 +41,12 @@
 
 mod agent;
 mod hops;
+mod mcp;
 mod model_server;
 mod timeline;
 mod ws_client;
+
+pub use mcp::{McpOverheadArgs, run as run_mcp};
 
 use crate::client::note;
 use anyhow::{Context, bail};
