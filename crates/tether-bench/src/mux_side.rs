@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tether_engine::Engine;
 use tether_engine::log::EventLog;
 use tether_engine::model::{ModelChunk, ModelError, ModelProvider, ModelRequest, ModelStream};
-use tether_engine::tools::ToolRegistry;
+use tether_host::tools::ToolRegistry;
 use tether_mux::{Mux, MuxConfig};
 use tether_transport::auth::Authenticator;
 use tether_transport::limits::{ConnectionLimits, DEFAULT_MAX_CONNECTIONS};

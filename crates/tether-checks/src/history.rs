@@ -27,10 +27,10 @@ impl From<rusqlite::Error> for HistoryError {
 impl AlertHistory {
     pub fn open(path: &Path, max_events: u64) -> Result<AlertHistory, HistoryError> {
         if let Some(dir) = path.parent() {
-            tether_engine::perms::private_dir(dir)
+            tether_host::perms::private_dir(dir)
                 .map_err(|e| HistoryError(format!("cannot create {}: {e}", dir.display())))?;
         }
-        match tether_engine::perms::create_private(path) {
+        match tether_host::perms::create_private(path) {
             Ok(Some(w)) => tracing::warn!("{w}"),
             Ok(None) => {}
             Err(e) => {

@@ -39,7 +39,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
-use tether_engine::process::{kill_group, minimal_env};
+use tether_host::process::{kill_group, minimal_env};
 use tether_proto::link::{AlertEvent, DiagnoseReport};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;

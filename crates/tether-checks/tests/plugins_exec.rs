@@ -178,7 +178,7 @@ async fn exec_checks_get_a_minimal_environment_plus_their_env() {
 fn gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => tether_engine::host::parse_proc_stat(&stat).is_some_and(|s| s.state == 'Z'),
+        Ok(stat) => tether_host::host::parse_proc_stat(&stat).is_some_and(|s| s.state == 'Z'),
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tether_checks::plugin::{CheckContext, Measurement, Status, Thresholds, Value};
 use tether_checks::plugins;
 use tether_checks::rules::{evaluate, overlay};
-use tether_engine::host;
+use tether_host::host;
 use tokio_util::sync::CancellationToken;
 
 mod common;
@@ -254,7 +254,7 @@ async fn uptime_matches_proc_uptime() {
 /// The visible mount holding `path`.
 fn mount_of(path: &Path) -> host::Mount {
     let p = path.canonicalize().expect("canonical path");
-    tether_engine::tools::diag::disks::select_mounts(
+    tether_host::tools::diag::disks::select_mounts(
         host::mounts(),
         Some(p.to_str().expect("utf-8 path")),
         true,
@@ -348,8 +348,8 @@ async fn disk_thresholds_make_it_fire() {
 #[tokio::test]
 async fn disk_defaults_cover_real_file_systems_only() {
     let ms = run(build("disk", json!({})).as_ref()).await;
-    let visible = tether_engine::tools::diag::disks::select_mounts(host::mounts(), None, true)
-        .expect("mounts");
+    let visible =
+        tether_host::tools::diag::disks::select_mounts(host::mounts(), None, true).expect("mounts");
     for m in &ms {
         let mount = visible
             .iter()

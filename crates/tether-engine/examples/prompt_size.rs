@@ -10,10 +10,10 @@ use std::sync::Arc;
 use tether_engine::context::{estimate_tokens, estimate_tool_tokens};
 use tether_engine::model::Message;
 use tether_engine::scripted::ScriptedProvider;
-use tether_engine::tools::{ToolRegistry, ToolsConfig};
 use tether_engine::{
     AnswerRouter, Engine, EventSink, PermissionAnswer, PermissionAsk, TurnRun, run_turn,
 };
+use tether_host::tools::{ToolRegistry, ToolsConfig};
 use tether_proto::{EventBody, Mode, SessionId, TurnId};
 use tokio_util::sync::CancellationToken;
 

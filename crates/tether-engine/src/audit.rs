@@ -89,9 +89,9 @@ pub struct AuditLog {
 impl AuditLog {
     pub fn open(path: &Path) -> std::io::Result<AuditLog> {
         if let Some(dir) = path.parent() {
-            crate::perms::private_dir(dir)?;
+            tether_host::perms::private_dir(dir)?;
         }
-        if let Some(w) = crate::perms::create_private(path)? {
+        if let Some(w) = tether_host::perms::create_private(path)? {
             tracing::warn!("{w}");
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;

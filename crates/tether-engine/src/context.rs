@@ -25,7 +25,8 @@
 //! window]", marks where messages were left out. The newest unit is always kept; if it alone
 //! does not fit, the longest tool results in it are cut in the middle.
 
-use crate::model::{Message, ToolSpec};
+use crate::model::Message;
+use tether_host::tools::ToolSpec;
 
 /// Bytes of UTF-8 text counted as one token.
 pub const BYTES_PER_TOKEN: usize = 4;

@@ -1,7 +1,8 @@
 //! tether-engine: the work of a session.
 //!
 //! * [`model`] — the provider trait; [`scripted`] — the scripted provider.
-//! * [`tools`] — the tool trait, registry and built-in tools; [`host`] — `/proc` readings.
+//! * The tools, their registry and the host readings are `tether-host`'s; the turn loop
+//!   runs them, asking for permission where a tool says a call needs it.
 //! * [`turn`] — the turn loop and the two seams the multiplexer implements
 //!   ([`EventSink`], [`AnswerRouter`]).
 //! * [`log`] — the SQLite event log.
@@ -11,19 +12,12 @@
 pub mod audit;
 pub mod context;
 pub mod fence;
-pub mod host;
-pub mod inspect;
 pub mod log;
 pub mod mcp;
 pub mod model;
 pub mod openai;
-pub mod perms;
-pub mod process;
 pub mod prompts;
 pub mod scripted;
-pub mod sync;
-pub mod text;
-pub mod tools;
 pub mod turn;
 
 pub use model::{ModelProvider, ModelRequest};
@@ -35,9 +29,9 @@ pub use turn::{
 use audit::AuditLog;
 use serde_json::{Map, Value};
 use std::sync::Arc;
+use tether_host::tools::ToolRegistry;
 use tether_proto::{ClientInfo, EventBody, Mode, NoticeLevel, SessionId, StopReason, TurnId};
 use tokio_util::sync::CancellationToken;
-use tools::ToolRegistry;
 
 /// Default for `max_rounds`: model calls per turn before it stops with `max_rounds`.
 pub const DEFAULT_MAX_ROUNDS: u32 = 20;

@@ -174,7 +174,7 @@ PRAGMA user_version = 2;
 
 fn open_connection(path: &Path) -> Result<Connection, LogError> {
     // Transcripts and tool output: the owner's only (the -wal/-shm files take this mode).
-    match crate::perms::create_private(path) {
+    match tether_host::perms::create_private(path) {
         Ok(Some(w)) => tracing::warn!("{w}"),
         Ok(None) => {}
         Err(e) => return Err(LogError(format!("cannot create {}: {e}", path.display()))),

@@ -14,7 +14,7 @@
 //! their argument schemas) are flattened to one line, bounded, and fenced as third-party
 //! data ([`crate::fence`]); results are fenced by the turn loop like every tool result.
 //!
-//! A server starts with a minimal environment ([`crate::process::minimal_env`]) plus the
+//! A server starts with a minimal environment ([`tether_host::process::minimal_env`]) plus the
 //! `env` of its config, never the agent's whole environment (API keys, tokens).
 //!
 //! Every wait is bounded: starting, initializing and listing a server share one deadline
@@ -23,9 +23,6 @@
 //! nothing it started outlives the agent.
 
 use crate::fence::{self, Fence, Kind};
-use crate::model::ToolSpec;
-use crate::process::{kill_group, minimal_env};
-use crate::tools::{Tool, ToolContext, ToolOutput};
 use futures_util::future::{BoxFuture, join_all};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use rmcp::ServiceExt;
@@ -44,6 +41,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tether_host::process::{kill_group, minimal_env};
+use tether_host::tools::{Tool, ToolContext, ToolOutput, ToolSpec};
 use tokio::io::AsyncReadExt;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
@@ -89,7 +88,7 @@ pub struct McpServerConfig {
     #[serde(default)]
     pub args: Vec<String>,
     /// The server's environment beyond the minimal one it starts with (`PATH`, `HOME`, `LANG`,
-    /// … taken from the agent's; see [`crate::process::minimal_env`]).
+    /// … taken from the agent's; see [`tether_host::process::minimal_env`]).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Glob patterns over the server's own tool names; only matching tools are offered.

@@ -6,7 +6,7 @@
 
 use futures_util::stream::BoxStream;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use tether_host::tools::ToolSpec;
 use tether_proto::Usage;
 
 /// One message of the conversation sent to the model.
@@ -42,15 +42,6 @@ pub struct ToolCallRequest {
     pub name: String,
     /// The arguments as the model wrote them: JSON text, not yet validated.
     pub arguments: String,
-}
-
-/// A tool offered to the model.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ToolSpec {
-    pub name: String,
-    pub description: String,
-    /// JSON schema of the arguments object.
-    pub parameters: Value,
 }
 
 /// What the model is asked.

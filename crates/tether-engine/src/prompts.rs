@@ -5,9 +5,9 @@
 //! hub and clients, so a diagnosis gets them in its first user message, fenced as data.
 
 use crate::fence::{self, Fence, Kind};
-use crate::host;
-use crate::tools::ToolRegistry;
 use serde_json::{Map, Value};
+use tether_host::host;
+use tether_host::tools::ToolRegistry;
 use tether_proto::Mode;
 
 fn param<'a>(params: &'a Map<String, Value>, key: &str) -> Option<&'a str> {

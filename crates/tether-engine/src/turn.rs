@@ -9,7 +9,6 @@
 use crate::audit::{AuditDecision, AuditEntry, AuditLog, AuditOutcome};
 use crate::fence::{Fence, Kind};
 use crate::model::{Message, ModelChunk, ModelProvider, ModelRequest, ToolCallRequest};
-use crate::tools::{ToolContext, ToolOutput, ToolRegistry, cap_output};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -17,6 +16,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tether_host::tools::{ToolContext, ToolOutput, ToolRegistry, cap_output};
 // Tokio's clock, so that paused-time tests measure waits and runs exactly.
 use tether_proto::{
     CallId, ClientInfo, Decision, EventBody, ResolveCause, Scope, SessionId, StopReason, TurnId,
@@ -376,7 +376,7 @@ pub(crate) async fn run_tool(
                     )
                 }
             },
-            Some(tool) => match crate::tools::validate_args(tool.as_ref(), &args) {
+            Some(tool) => match tether_host::tools::validate_args(tool.as_ref(), &args) {
                 Err(e) => (
                     ToolOutput::error(format!("invalid arguments for `{tool_name}`: {e}")),
                     AuditOutcome::InvalidArguments,
@@ -538,7 +538,7 @@ pub(crate) async fn run_inspect(
     conversation.messages.push(Message::User {
         content: run.text.clone(),
     });
-    let plan = match crate::inspect::plan(plugin, target) {
+    let plan = match tether_host::inspect::plan(plugin, target) {
         Ok(plan) => plan,
         Err(e) => {
             return TurnOutcome {
@@ -570,7 +570,7 @@ pub(crate) async fn run_inspect(
         .await;
         results.push((call, out));
     }
-    let report = crate::inspect::report(plugin, target, &results);
+    let report = tether_host::inspect::report(plugin, target, &results);
     let mut text = String::new();
     if let Some(note) = note {
         text.push_str(&format!("> {note}\n\n"));

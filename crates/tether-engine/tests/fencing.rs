@@ -3,10 +3,10 @@
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use std::sync::Arc;
-use tether_engine::model::{Message, ToolSpec};
+use tether_engine::model::Message;
 use tether_engine::scripted::ScriptedProvider;
-use tether_engine::tools::{Tool, ToolContext, ToolOutput, ToolRegistry};
 use tether_engine::{AnswerRouter, Conversation, EventSink, PermissionAnswer, PermissionAsk};
+use tether_host::tools::{Tool, ToolContext, ToolOutput, ToolRegistry, ToolSpec};
 use tether_proto::{EventBody, SessionId, StopReason, TurnId};
 use tokio_util::sync::CancellationToken;
 

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 use tether_engine::mcp::{McpServerConfig, McpServers, McpTimeouts};
 use tether_engine::scripted::ScriptedProvider;
-use tether_engine::tools::{Tool, ToolContext, ToolOutput, ToolRegistry};
 use tether_engine::{AnswerRouter, Conversation, EventSink, PermissionAnswer, PermissionAsk};
+use tether_host::tools::{Tool, ToolContext, ToolOutput, ToolRegistry};
 use tether_proto::{
     Class, ClientId, ClientInfo, Decision, EventBody, ResolveCause, Scope, SessionId, StopReason,
     TurnId,

@@ -9,13 +9,13 @@ use serde_json::{Value, json};
 use sse_server::*;
 use std::sync::{Arc, Mutex};
 use tether_engine::model::{
-    Message, ModelChunk, ModelError, ModelProvider, ModelRequest, ToolCallRequest, ToolSpec,
+    Message, ModelChunk, ModelError, ModelProvider, ModelRequest, ToolCallRequest,
 };
 use tether_engine::openai::{OpenAiConfig, OpenAiProvider};
-use tether_engine::tools::{ToolRegistry, ToolsConfig};
 use tether_engine::{
     AnswerRouter, Conversation, EventSink, PermissionAnswer, PermissionAsk, TurnRun, run_turn,
 };
+use tether_host::tools::{ToolRegistry, ToolSpec, ToolsConfig};
 use tether_proto::{EventBody, SessionId, StopReason, TurnId};
 use tokio_util::sync::CancellationToken;
 

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use tether_engine::context::{estimate_tokens, estimate_tool_tokens};
 use tether_engine::model::{Message, ModelProvider, ModelRequest, ToolCallRequest};
 use tether_engine::openai::{OpenAiEndpoint, ToolChoice};
-use tether_engine::tools::{ToolRegistry, ToolsConfig};
+use tether_host::tools::{ToolRegistry, ToolsConfig};
 
 fn ask(text: &str) -> ModelRequest {
     ModelRequest {

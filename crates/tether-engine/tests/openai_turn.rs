@@ -9,10 +9,10 @@ use serde_json::json;
 use sse_server::*;
 use std::sync::{Arc, Mutex};
 use tether_engine::model::ModelProvider;
-use tether_engine::tools::{ToolRegistry, ToolsConfig};
 use tether_engine::{
     AnswerRouter, Conversation, EventSink, PermissionAnswer, PermissionAsk, TurnRun, run_turn,
 };
+use tether_host::tools::{ToolRegistry, ToolsConfig};
 use tether_proto::{EventBody, SessionId, StopReason, TurnId, Usage};
 use tokio_util::sync::CancellationToken;
 

@@ -10,12 +10,11 @@ use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tether_engine::audit::AuditLog;
-use tether_engine::model::ToolSpec;
 use tether_engine::scripted::ScriptedProvider;
-use tether_engine::tools::{Tool, ToolContext, ToolOutput, ToolRegistry};
 use tether_engine::{
     AnswerRouter, Conversation, EventSink, PermissionAnswer, PermissionAsk, TurnExtras, TurnRun,
 };
+use tether_host::tools::{Tool, ToolContext, ToolOutput, ToolRegistry, ToolSpec};
 use tether_proto::{
     Class, ClientId, ClientInfo, Decision, EventBody, ResolveCause, Scope, SessionId, StopReason,
     TurnId,

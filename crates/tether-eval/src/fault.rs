@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-use tether_engine::process::{kill_group, minimal_vars};
+use tether_host::process::{kill_group, minimal_vars};
 
 /// Longest the `remove` script may run.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -247,7 +247,7 @@ impl Fault {
         }
         // 3. Anything still mounted below the run (innermost first).
         let prefix = format!("{}/", self.run_dir.display());
-        let mut mounted: Vec<String> = tether_engine::host::mounts()
+        let mut mounted: Vec<String> = tether_host::host::mounts()
             .into_iter()
             .map(|m| m.mount_point)
             .filter(|p| p.starts_with(&prefix))

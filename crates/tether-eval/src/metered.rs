@@ -8,7 +8,7 @@ use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use tether_engine::context::{BYTES_PER_TOKEN, estimate_tokens, estimate_tool_tokens};
 use tether_engine::model::{ModelChunk, ModelProvider, ModelRequest, ModelStream};
-use tether_engine::sync::lock;
+use tether_host::sync::lock;
 
 /// What one model call cost.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

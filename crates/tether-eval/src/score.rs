@@ -121,7 +121,7 @@ pub fn describe(pattern: &CallPattern) -> String {
 /// A call as the scorecard shows it: `tool {args}`, shortened.
 pub fn show_call(call: &Call) -> String {
     let args = call.args.to_string();
-    let args = tether_engine::text::clip(&args, 120);
+    let args = tether_host::text::clip(&args, 120);
     format!("{} {args}", call.tool)
 }
 
@@ -201,7 +201,7 @@ pub fn score(answer: &Answer, d: &Diagnosis<'_>) -> Score {
                 d.trajectory
                     .error
                     .as_ref()
-                    .map(|e| format!(": {}", tether_engine::text::clip(e, 200)))
+                    .map(|e| format!(": {}", tether_host::text::clip(e, 200)))
                     .unwrap_or_default()
             ),
         ),

@@ -47,7 +47,7 @@ impl Call {
 pub const OUTPUT_CHARS: usize = 2000;
 
 fn clipped<S: serde::Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&tether_engine::text::clip(text, OUTPUT_CHARS))
+    s.serialize_str(&tether_host::text::clip(text, OUTPUT_CHARS))
 }
 
 /// A diagnosis' tool calls and how its turn ended.

@@ -1,7 +1,7 @@
 // The inspection plugins and the plugin picker shared by the start form and the inspect
 // session's "run another inspection" form.
 //
-// PLUGINS is tether-engine's list (`inspect::plugins()`); a test in the hub's console.rs fails
+// PLUGINS is tether-host's list (`inspect::plugins()`); a test in the hub's console.rs fails
 // when the two differ.
 
 import { h } from './dom.js';

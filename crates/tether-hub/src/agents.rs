@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tether_engine::sync::lock;
+use tether_host::sync::lock;
 use tether_proto::link::{
     Ack, AlertAck, AlertEvent, AlertEvents, Disconnect, HEADER_AGENT_ID, HEADER_AGENT_TOKEN,
     HEADER_PROTO_VERSION, LinkFrame, LinkMessage, MAX_LINK_FRAME_BYTES,

@@ -77,7 +77,7 @@ mod tests {
             .map(|s| s.trim().trim_matches('\''))
             .filter(|s| !s.is_empty())
             .collect();
-        assert_eq!(console, tether_engine::inspect::plugins());
+        assert_eq!(console, tether_host::inspect::plugins());
     }
 
     /// Every module a console file imports (`from './x.js'`) is embedded: the console has no

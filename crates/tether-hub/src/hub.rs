@@ -13,7 +13,7 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tether_engine::sync::lock;
+use tether_host::sync::lock;
 use tether_mux::outbound::Outbound;
 use tether_transport::auth::{Authenticator, ClientCredential};
 use tokio_util::sync::CancellationToken;

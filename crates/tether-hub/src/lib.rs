@@ -78,12 +78,12 @@ pub async fn start(config: HubConfig, allow_plaintext: bool) -> Result<RunningHu
     };
     // The store holds credentials' hashes, alerts and transcripts: the owner's only.
     let dir = &config.state_dir;
-    match tether_engine::perms::private_dir(dir) {
+    match tether_host::perms::private_dir(dir) {
         Ok(Some(w)) => tracing::warn!("state_dir: {w}"),
         Ok(None) => {}
         Err(e) => return Err(format!("state_dir: cannot create {}: {e}", dir.display())),
     }
-    let loose = tether_engine::perms::tighten_files_in(dir).map_err(|e| {
+    let loose = tether_host::perms::tighten_files_in(dir).map_err(|e| {
         format!(
             "state_dir: cannot restrict the files in {}: {e}",
             dir.display()

@@ -21,7 +21,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tether_engine::sync::lock;
+use tether_host::sync::lock;
 use tether_mux::Identity;
 use tether_mux::outbound::Outbound;
 use tether_proto::{

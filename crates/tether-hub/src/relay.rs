@@ -20,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tether_engine::sync::lock;
+use tether_host::sync::lock;
 use tether_mux::outbound::{OutItem, Outbound, ReplaySource, StoredEvent};
 use tether_proto::link::{
     DiagnoseReport, LinkMessage, MAX_SESSION_OUTPUT_FRAME_BYTES, OutputProbe, SessionAnswer,

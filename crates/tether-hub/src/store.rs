@@ -601,13 +601,13 @@ fn to_json<T: Serialize>(v: &T) -> String {
 impl SqliteStore {
     pub fn open(path: &Path) -> StoreResult<SqliteStore> {
         if let Some(dir) = path.parent() {
-            match tether_engine::perms::private_dir(dir) {
+            match tether_host::perms::private_dir(dir) {
                 Ok(Some(w)) => tracing::warn!("{w}"),
                 Ok(None) => {}
                 Err(e) => return Err(StoreError(format!("cannot create {}: {e}", dir.display()))),
             }
         }
-        match tether_engine::perms::create_private(path) {
+        match tether_host::perms::create_private(path) {
             Ok(Some(w)) => tracing::warn!("{w}"),
             Ok(None) => {}
             Err(e) => return Err(StoreError(format!("cannot create {}: {e}", path.display()))),
@@ -624,10 +624,10 @@ impl SqliteStore {
         })
     }
 
-    /// The connection, under the crate's locking policy ([`tether_engine::sync::lock`]): a
+    /// The connection, under the crate's locking policy ([`tether_host::sync::lock`]): a
     /// panic in one store call never makes the store unusable for the next.
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        tether_engine::sync::lock(&self.conn)
+        tether_host::sync::lock(&self.conn)
     }
 }
 

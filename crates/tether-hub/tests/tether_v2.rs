@@ -753,7 +753,7 @@ async fn restarting_hub_and_agent_resumes_open_sessions() {
     let row = listed(&mut op, &sid).await;
     assert_eq!(row["state"], "idle", "{row}");
     assert_eq!(row["title"], "disk check", "{row}");
-    assert_eq!(row["hostname"], tether_engine::host::hostname(), "{row}");
+    assert_eq!(row["hostname"], tether_host::host::hostname(), "{row}");
     let at_agent = agent
         .mux
         .list_sessions()

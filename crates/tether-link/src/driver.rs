@@ -87,7 +87,7 @@ impl HostIdentity {
                 .map(str::to_owned)
         };
         HostIdentity {
-            hostname: configured(FROM_HOSTNAME).unwrap_or_else(tether_engine::host::hostname),
+            hostname: configured(FROM_HOSTNAME).unwrap_or_else(tether_host::host::hostname),
             ip: configured(FROM_HOSTIP)
                 .or_else(|| local_ip(endpoint))
                 .unwrap_or_default(),
@@ -232,8 +232,8 @@ pub fn load_or_create_agent_id(state_dir: &Path) -> Result<String, LinkError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let id = uuid::Uuid::now_v7().to_string();
-            tether_engine::perms::private_dir(state_dir)
-                .and_then(|_| tether_engine::perms::create_private(&path))
+            tether_host::perms::private_dir(state_dir)
+                .and_then(|_| tether_host::perms::create_private(&path))
                 .and_then(|_| std::fs::write(&path, format!("{id}\n")))
                 .map_err(|e| LinkError::AgentId(format!("cannot write {}: {e}", path.display())))?;
             Ok(id)
@@ -409,7 +409,7 @@ struct Conn {
 
 /// CPU use between heartbeats, from `/proc/stat`.
 struct CpuSampler {
-    last: Option<tether_engine::host::CpuTimes>,
+    last: Option<tether_host::host::CpuTimes>,
 }
 
 impl CpuSampler {
@@ -417,8 +417,8 @@ impl CpuSampler {
         CpuSampler { last: Self::read() }
     }
 
-    fn read() -> Option<tether_engine::host::CpuTimes> {
-        tether_engine::host::cpu_times()
+    fn read() -> Option<tether_host::host::CpuTimes> {
+        tether_host::host::cpu_times()
             .into_iter()
             .find(|(name, _)| name == "cpu")
             .map(|(_, t)| t)
@@ -427,7 +427,7 @@ impl CpuSampler {
     fn sample(&mut self) -> f64 {
         let now = Self::read();
         let pct = match (&self.last, &now) {
-            (Some(a), Some(b)) => tether_engine::host::cpu_usage("cpu", a, b).usage_pct,
+            (Some(a), Some(b)) => tether_host::host::cpu_usage("cpu", a, b).usage_pct,
             _ => 0.0,
         };
         self.last = now;
@@ -748,7 +748,7 @@ impl Driver {
     }
 
     fn register(&self) -> Register {
-        let kernel = tether_engine::host::kernel();
+        let kernel = tether_host::host::kernel();
         let mut labels = self.options.labels.clone();
         self.identity.stamp(&mut labels);
         Register {
@@ -773,7 +773,7 @@ impl Driver {
             active_sessions: self.remote.active() as u64,
             active_alerts: self.figures.active_alerts(),
             cpu_pct: Some(self.cpu.sample()),
-            mem_pct: tether_engine::host::memory().map(|m| m.used_pct),
+            mem_pct: tether_host::host::memory().map(|m| m.used_pct),
             dropped_alerts: v2.then(|| self.spool.dropped()),
         }
     }
@@ -1019,7 +1019,7 @@ const ALERT_FRAMES_KEPT: usize = 256;
 
 impl AlertFrames {
     fn record(&self, frame: SentAlertFrame) {
-        let mut frames = tether_engine::sync::lock(&self.0);
+        let mut frames = tether_host::sync::lock(&self.0);
         if frames.len() >= ALERT_FRAMES_KEPT {
             frames.pop_front();
         }
@@ -1027,7 +1027,7 @@ impl AlertFrames {
     }
 
     fn clear(&self) {
-        tether_engine::sync::lock(&self.0).clear();
+        tether_host::sync::lock(&self.0).clear();
     }
 
     /// The machine's input for a hub `ack {ok: false}` that answers one of our alert frames.
@@ -1039,7 +1039,7 @@ impl AlertFrames {
             return None;
         }
         let ref_id = frame.ref_id.as_deref()?;
-        let mut frames = tether_engine::sync::lock(&self.0);
+        let mut frames = tether_host::sync::lock(&self.0);
         let at = frames.iter().position(|f| f.id == ref_id)?;
         let sent = frames.remove(at)?;
         let reason = ack.reason.as_deref().unwrap_or("");

@@ -24,7 +24,7 @@ use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tether_engine::tools::ToolRegistry;
+use tether_host::tools::ToolRegistry;
 use tether_mux::outbound::{Next, OutboundReceiver};
 use tether_mux::{Connection, Identity, Mux, SessionOptions};
 use tether_proto::link::{

@@ -51,10 +51,10 @@ pub struct AlertSpool {
 impl AlertSpool {
     pub fn open(path: &Path, max_events: u64) -> Result<AlertSpool, SpoolError> {
         if let Some(dir) = path.parent() {
-            tether_engine::perms::private_dir(dir)
+            tether_host::perms::private_dir(dir)
                 .map_err(|e| SpoolError(format!("cannot create {}: {e}", dir.display())))?;
         }
-        match tether_engine::perms::create_private(path) {
+        match tether_host::perms::create_private(path) {
             Ok(Some(w)) => tracing::warn!("{w}"),
             Ok(None) => {}
             Err(e) => return Err(SpoolError(format!("cannot create {}: {e}", path.display()))),
@@ -105,7 +105,7 @@ impl AlertSpool {
     }
 
     fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, SpoolError> {
-        Ok(tether_engine::sync::lock(&self.inner.conn))
+        Ok(tether_host::sync::lock(&self.inner.conn))
     }
 
     /// Appends events, assigning each the next `seq`; drops the oldest past the bound.

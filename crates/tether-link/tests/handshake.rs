@@ -79,7 +79,7 @@ async fn register_carries_every_field_and_the_upgrade_headers() {
             ]),
             "{reg}"
         );
-        assert_eq!(p["hostname"], tether_engine::host::hostname());
+        assert_eq!(p["hostname"], tether_host::host::hostname());
         assert!(!p["hostname"].as_str().unwrap_or_default().is_empty());
         // The address this host uses to reach the hub (loopback here).
         assert_eq!(p["ip"], "127.0.0.1");
@@ -90,7 +90,7 @@ async fn register_carries_every_field_and_the_upgrade_headers() {
             p["labels"],
             serde_json::json!({
                 "env": "test",
-                "from_hostname": tether_engine::host::hostname(),
+                "from_hostname": tether_host::host::hostname(),
                 "from_hostip": "127.0.0.1",
             })
         );
@@ -139,7 +139,7 @@ async fn every_alert_event_carries_the_host_labels() {
                 .insert("from_hostip".to_owned(), "10.1.2.3".to_owned());
             ("db-7".to_owned(), "10.1.2.3")
         } else {
-            (tether_engine::host::hostname(), "127.0.0.1")
+            (tether_host::host::hostname(), "127.0.0.1")
         };
         let agent = TestAgent::start(setup);
         let conn = hub.next_conn(WAIT).await;

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tether_engine::Engine;
 use tether_engine::log::{EventLog, LogError};
-use tether_engine::tools::ToolRegistry;
+use tether_host::tools::ToolRegistry;
 use tether_proto::{
     CLIENT_PROTOCOL_VERSION, Class, ClientId, ClientInfo, DEFAULT_LIST_LIMIT, ErrorBody,
     HelloResult, ListSessions, Mode, Op, Policy, RawRequest, Reason, ReplyFrame, Request,
@@ -193,7 +193,7 @@ impl Mux {
     /// Sets the toolset of sessions started from the hub (the hub link's `remote_tools`);
     /// every such session uses it from its next turn, restored ones included.
     pub fn set_remote_tools(&self, tools: ToolRegistry) {
-        *tether_engine::sync::lock(&self.inner.shared.remote_tools) = Some(tools);
+        *tether_host::sync::lock(&self.inner.shared.remote_tools) = Some(tools);
     }
 
     pub fn config(&self) -> &MuxConfig {
@@ -520,7 +520,7 @@ pub struct Connection {
 impl Connection {
     /// Who this connection is now (its class may have been lowered by `hello`).
     pub fn client(&self) -> ClientInfo {
-        tether_engine::sync::lock(&self.client).clone()
+        tether_host::sync::lock(&self.client).clone()
     }
 
     pub fn outbound(&self) -> &Outbound {
@@ -546,8 +546,8 @@ impl Connection {
 
     /// `hello`'s `class`: lowers the class every later op is judged by.
     fn change_class(&self, requested: Class) -> Result<(), ErrorBody> {
-        let attached = tether_engine::sync::lock(&self.attached).len();
-        let mut client = tether_engine::sync::lock(&self.client);
+        let attached = tether_host::sync::lock(&self.attached).len();
+        let mut client = tether_host::sync::lock(&self.client);
         arbitration::check_class_change(client.class, requested, attached)?;
         if client.class != requested {
             tracing::debug!(client = %client.client_id, from = %client.class, to = %requested, "class lowered");
@@ -688,7 +688,7 @@ impl Connection {
         // Before the op: a disconnect while it is in flight must detach it too. Only a new
         // entry is undone when the attach fails (a failed re-attach leaves the first one).
         let attaching = matches!(op, SessionOp::Attach { .. })
-            && tether_engine::sync::lock(&self.attached).insert(session_id.clone());
+            && tether_host::sync::lock(&self.attached).insert(session_id.clone());
         let detaching = matches!(op, SessionOp::Detach);
         let (done_tx, done_rx) = oneshot::channel();
         let msg = OpMsg::Op {
@@ -701,7 +701,7 @@ impl Connection {
             Ok(()) => match done_rx.await {
                 Ok(ok) => {
                     if detaching || (attaching && !ok) {
-                        tether_engine::sync::lock(&self.attached).remove(&session_id);
+                        tether_host::sync::lock(&self.attached).remove(&session_id);
                     }
                 }
                 Err(_) => {
@@ -717,7 +717,7 @@ impl Connection {
             },
             Err(e) => {
                 if attaching {
-                    tether_engine::sync::lock(&self.attached).remove(&session_id);
+                    tether_host::sync::lock(&self.attached).remove(&session_id);
                 }
                 let error = match e {
                     tokio::sync::mpsc::error::TrySendError::Full(_) => ErrorBody::new(

@@ -29,9 +29,9 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use tether_engine::log::{
     AppendJob, EventLog, LogError, QueueChange, QueuedRow, SessionRow, StoredEvent,
 };
-use tether_engine::tools::ToolRegistry;
 use tether_engine::turn::{AnswerRouter, Conversation, EventSink, PermissionAnswer, PermissionAsk};
 use tether_engine::{Engine, TurnOutcome, TurnRequest};
+use tether_host::tools::ToolRegistry;
 use tether_proto::{
     Attached, CallId, ClientInfo, Control, Decision, Empty, ErrorBody, Event, EventBody,
     InputAccepted, InputId, Mode, PendingPermission, Policy, QueuedInput, Reason, ReplyFrame,
@@ -231,7 +231,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// The tools a session started from the hub may use now.
     pub fn remote_tools(&self) -> ToolRegistry {
-        let configured = tether_engine::sync::lock(&self.remote_tools).clone();
+        let configured = tether_host::sync::lock(&self.remote_tools).clone();
         configured.unwrap_or_else(|| self.engine.tools.read_only_for_hub())
     }
 

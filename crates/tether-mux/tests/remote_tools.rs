@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use tether_engine::tools::{ToolRegistry, ToolsConfig};
+use tether_host::tools::{ToolRegistry, ToolsConfig};
 use tether_mux::{MuxConfig, SessionOptions};
 use tether_proto::{Class, ClientId, ClientInfo, Mode, Policy, SessionId};
 

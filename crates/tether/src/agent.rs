@@ -13,7 +13,7 @@ use tether_engine::mcp::{McpServers, McpTimeouts};
 use tether_engine::model::ModelProvider;
 use tether_engine::openai::OpenAiProvider;
 use tether_engine::scripted::ScriptedProvider;
-use tether_engine::tools::{ToolRegistry, ToolsConfig};
+use tether_host::tools::{ToolRegistry, ToolsConfig};
 use tether_mux::{Mux, MuxConfig};
 use tether_transport::auth::{Authenticator, ClientCredential};
 use tether_transport::limits::{ConnectionLimits, DEFAULT_MAX_CONNECTIONS};
@@ -79,7 +79,7 @@ pub fn mux_config(cfg: &AgentConfig) -> MuxConfig {
 /// Creates the state directory readable by its owner only, and tightens an existing one (and
 /// the files in it) that other users could read: it holds transcripts and tool output.
 pub fn ensure_state_dir(cfg: &AgentConfig) -> Result<()> {
-    use tether_engine::perms;
+    use tether_host::perms;
     let dir = &cfg.state_dir;
     if let Some(w) = perms::private_dir(dir)
         .with_context(|| format!("state_dir: cannot create or restrict {}", dir.display()))?

@@ -211,7 +211,7 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
     let mut signals = Signals::install()?;
     let work = std::env::temp_dir().join(format!("tether-eval-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
-    tether_engine::perms::private_dir(&work)
+    tether_host::perms::private_dir(&work)
         .with_context(|| format!("cannot create {}", work.display()))?;
     let work = WorkDir(work);
     let ctx = Ctx {

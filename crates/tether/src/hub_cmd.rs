@@ -333,7 +333,7 @@ pub async fn up(port: Option<u16>) -> Result<()> {
     let agent_path = paths::default_agent_config();
     let mut first_run_tokens: Option<(String, String)> = None;
     if !hub_path.exists() && !agent_path.exists() {
-        tether_engine::perms::private_dir(&config_dir)
+        tether_host::perms::private_dir(&config_dir)
             .with_context(|| format!("cannot create {}", config_dir.display()))?;
         let data = paths::data_dir();
         let port = port.unwrap_or(DEFAULT_UP_PORT);
@@ -344,7 +344,7 @@ pub async fn up(port: Option<u16>) -> Result<()> {
         );
         write_private(&hub_path, &hub_toml)?;
         let hub_file = HubFile::load(Some(&hub_path))?;
-        let hostname = tether_engine::host::hostname();
+        let hostname = tether_host::host::hostname();
         let agent_token = token_create(&hub_file, &format!("local-{hostname}"), &[])?;
         let agent_toml = format!(
             "# Written by `tether up` on first run.\n# Clients reach this agent through its Unix socket (no TCP listener to clash with).\nlisten = \"off\"\nstate_dir = \"{}\"\n\n# The built-in demo script: chat works, remotely too, without an API key.\n[model]\nprovider = \"scripted\"\n\n[hub]\nurl = \"ws://127.0.0.1:{port}\"\nallow_plaintext = true  # loopback only\ntoken = \"{agent_token}\"\nremote_tools = [{}]\n",

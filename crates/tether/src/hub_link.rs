@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tether_engine::tools::ToolRegistry;
+use tether_host::tools::ToolRegistry;
 use tether_link::driver::{HeartbeatSource, load_or_create_agent_id, prepare_endpoint};
 use tether_link::{
     AlertSink, AlertSpool, Link, LinkOptions, RemoteConfig, RemoteSessions, TlsOptions,

@@ -728,7 +728,7 @@ fn main() -> std::process::ExitCode {
         _ => None,
     };
     // Everything tether writes (state, configs, logs) is its user's only.
-    tether_engine::perms::restrict_umask();
+    tether_host::perms::restrict_umask();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

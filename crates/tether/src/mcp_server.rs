@@ -32,7 +32,7 @@ use serde_json::{Map, Value, json};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tether_engine::sync::lock;
+use tether_host::sync::lock;
 use tether_mux::{Identity, Mux};
 use tether_proto::{
     Class, Control, ErrorBody, HelloResult, MAX_LIST_LIMIT, Mode, Policy, Reason, ReplyFrame,

@@ -20,7 +20,7 @@ use tether_engine::Engine;
 use tether_engine::log::EventLog;
 use tether_engine::model::{ModelChunk, ModelProvider, ModelRequest, ModelStream};
 use tether_engine::openai::{OpenAiConfig, OpenAiEndpoint, OpenAiProvider, RetryPolicy};
-use tether_engine::tools::ToolRegistry;
+use tether_host::tools::ToolRegistry;
 use tether_mux::{Mux, MuxConfig};
 use tether_transport::auth::Authenticator;
 use tether_transport::ws::{WsState, router};

@@ -18,7 +18,7 @@ use crate::plugin::{Check, CheckContext, Measurement, Plugin, Thresholds};
 use futures_util::future::BoxFuture;
 use std::sync::Mutex;
 use std::time::Duration;
-use tether_engine::host::{self, CpuTimes};
+use tether_host::host::{self, CpuTimes};
 
 /// The gap between the two readings of a first run.
 pub const FIRST_SAMPLE: Duration = Duration::from_millis(500);

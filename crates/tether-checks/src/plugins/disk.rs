@@ -25,8 +25,8 @@ use futures_util::future::BoxFuture;
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use std::collections::BTreeMap;
 use std::path::Path;
-use tether_engine::host::{self, Mount, human_bytes};
-use tether_engine::tools::diag::disks::{
+use tether_host::host::{self, Mount, human_bytes};
+use tether_host::tools::diag::disks::{
     Filesystem, STATVFS_TIMEOUT, filesystem_from, select_mounts,
 };
 

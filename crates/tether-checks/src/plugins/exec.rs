@@ -50,7 +50,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
-use tether_engine::process::{kill_group, minimal_env};
+use tether_host::process::{kill_group, minimal_env};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 const KEYS: &[&str] = &["command", "args", "env", "inherit_env"];

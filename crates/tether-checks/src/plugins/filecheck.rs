@@ -20,7 +20,7 @@ use super::{Settings, number, verdict};
 use crate::plugin::{Check, CheckContext, Measurement, Plugin, Status, Thresholds};
 use futures_util::future::BoxFuture;
 use std::time::{Duration, SystemTime};
-use tether_engine::host::human_bytes;
+use tether_host::host::human_bytes;
 
 const KEYS: &[&str] = &[
     "path",

@@ -34,7 +34,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tether_engine::text::error_chain;
+use tether_host::text::error_chain;
 
 const KEYS: &[&str] = &[
     "url",

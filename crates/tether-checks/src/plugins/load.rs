@@ -14,7 +14,7 @@
 use super::{Settings, blocking, number, one_default_instance, round2};
 use crate::plugin::{Check, CheckContext, Measurement, Plugin, Thresholds};
 use futures_util::future::BoxFuture;
-use tether_engine::host::{self, Load};
+use tether_host::host::{self, Load};
 
 pub struct LoadPlugin;
 

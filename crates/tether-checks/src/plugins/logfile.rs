@@ -28,7 +28,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
-use tether_engine::tools::diag::logs::LineMatcher;
+use tether_host::tools::diag::logs::LineMatcher;
 
 const KEYS: &[&str] = &[
     "path",

@@ -13,7 +13,7 @@
 use super::{Settings, blocking, number, one_default_instance};
 use crate::plugin::{Check, CheckContext, Measurement, Plugin, Thresholds};
 use futures_util::future::BoxFuture;
-use tether_engine::host::{self, Memory, human_bytes};
+use tether_host::host::{self, Memory, human_bytes};
 
 pub struct MemPlugin;
 

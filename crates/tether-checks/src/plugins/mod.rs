@@ -383,7 +383,7 @@ pub(crate) fn verdict(
     }
 }
 
-pub(crate) use tether_engine::text::{clip, millis, round2};
+pub(crate) use tether_host::text::{clip, millis, round2};
 
 /// Sleeps for `d` unless cancelled first (then `Err("cancelled")`).
 pub(crate) async fn pause(d: Duration, cancel: &CancellationToken) -> Result<(), String> {

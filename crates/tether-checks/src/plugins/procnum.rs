@@ -19,7 +19,7 @@
 use super::{Settings, blocking, number};
 use crate::plugin::{Check, CheckContext, Measurement, Plugin, Thresholds};
 use futures_util::future::BoxFuture;
-use tether_engine::host;
+use tether_host::host;
 
 const KEYS: &[&str] = &["pattern", "process", "min", "max"];
 

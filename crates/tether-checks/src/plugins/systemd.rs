@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
-use tether_engine::tools::diag::systemd::{NOT_AVAILABLE, parse_show, valid_unit_name};
+use tether_host::tools::diag::systemd::{NOT_AVAILABLE, parse_show, valid_unit_name};
 
 const KEYS: &[&str] = &["unit", "units"];
 
@@ -112,7 +112,7 @@ impl Check for SystemdCheck {
                 return Err(NOT_AVAILABLE.to_owned());
             }
             let mut cmd = tokio::process::Command::new("systemctl");
-            tether_engine::process::minimal_env(&mut cmd)
+            tether_host::process::minimal_env(&mut cmd)
                 .args(["show", "--no-pager", "-p", SHOWN, "--"])
                 .args(&self.units)
                 .stdin(Stdio::null())

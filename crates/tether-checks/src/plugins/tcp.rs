@@ -19,7 +19,7 @@ use crate::plugin::{Check, CheckContext, Measurement, Plugin, Status, Thresholds
 use futures_util::future::BoxFuture;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tether_engine::tools::diag::probes::connect_first;
+use tether_host::tools::diag::probes::connect_first;
 
 const KEYS: &[&str] = &["target"];
 

@@ -10,7 +10,7 @@ use super::{Settings, number, one_default_instance};
 use crate::plugin::{Check, CheckContext, Measurement, Plugin, Thresholds};
 use futures_util::future::BoxFuture;
 use std::time::Duration;
-use tether_engine::host;
+use tether_host::host;
 
 pub struct UptimePlugin;
 

@@ -200,12 +200,12 @@ impl Call {
                 return Err(Failure::fatal(ModelError::Other(format!(
                     "cannot build the request to {}: {}",
                     target.url,
-                    crate::text::error_chain(&e)
+                    tether_host::text::error_chain(&e)
                 ))));
             }
             Ok(Err(e)) => {
                 return Err(Failure::retryable(ModelError::Connect(
-                    crate::text::error_chain(&e),
+                    tether_host::text::error_chain(&e),
                 )));
             }
             Ok(Ok(r)) => r,
@@ -398,7 +398,10 @@ async fn read(
         // The answer is complete; what is missing is the end marker or the usage.
         _ if answer.finished => answer.finish(pending).map(|()| Step::Finished),
         Some(Err(e)) => {
-            let broke = format!("the connection broke: {}", crate::text::error_chain(&e));
+            let broke = format!(
+                "the connection broke: {}",
+                tether_host::text::error_chain(&e)
+            );
             Err(if answer.is_empty() {
                 answer.no_answer(Some(&broke))
             } else {

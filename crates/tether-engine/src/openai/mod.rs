@@ -99,7 +99,7 @@ impl OpenAiProvider {
                     "model",
                     format!(
                         "cannot set up the HTTP client for the model: {}",
-                        crate::text::error_chain(&e)
+                        tether_host::text::error_chain(&e)
                     ),
                 )
             })?;

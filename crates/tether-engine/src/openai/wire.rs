@@ -3,13 +3,14 @@
 //! chunk allocates only the text it carries.
 
 use super::config::OpenAiEndpoint;
-use crate::model::{Message, ToolSpec};
+use crate::model::Message;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::fmt;
+use tether_host::tools::ToolSpec;
 use tether_proto::Usage;
 
 /// The user message added when a request has none (some servers refuse requests without).

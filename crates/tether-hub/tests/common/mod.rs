@@ -25,7 +25,7 @@ use std::time::Duration;
 use tether_engine::Engine;
 use tether_engine::log::EventLog;
 use tether_engine::scripted::ScriptedProvider;
-use tether_engine::tools::{ToolRegistry, ToolsConfig};
+use tether_host::tools::{ToolRegistry, ToolsConfig};
 use tether_hub::{HubConfig, Operator, RunningHub};
 use tether_link::driver::{NoAlerts, load_or_create_agent_id, prepare_endpoint};
 use tether_link::{

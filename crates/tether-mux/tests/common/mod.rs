@@ -11,7 +11,7 @@ use std::time::Duration;
 use tether_engine::Engine;
 use tether_engine::log::EventLog;
 use tether_engine::scripted::ScriptedProvider;
-use tether_engine::tools::{ToolRegistry, ToolsConfig};
+use tether_host::tools::{ToolRegistry, ToolsConfig};
 use tether_mux::outbound::{Next, OutboundReceiver};
 use tether_mux::{Connection, Identity, Mux, MuxConfig};
 use tether_proto::Class;

@@ -2,7 +2,7 @@
 //! failed units.
 
 use super::{clip, json_output, run_program};
-use crate::model::ToolSpec;
+use crate::tools::ToolSpec;
 use crate::tools::{Tool, ToolContext, ToolOutput, parse_args};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};

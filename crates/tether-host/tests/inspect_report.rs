@@ -4,10 +4,10 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use std::time::Duration;
-use tether_engine::host;
-use tether_engine::inspect::{self, Severity};
-use tether_engine::tools::ToolRegistry;
-use tether_engine::tools::diag::{DiagConfig, diagnostic_tools};
+use tether_host::host;
+use tether_host::inspect::{self, Severity};
+use tether_host::tools::ToolRegistry;
+use tether_host::tools::diag::{DiagConfig, diagnostic_tools};
 use tokio_util::sync::CancellationToken;
 
 fn registry(cfg: &DiagConfig) -> ToolRegistry {
@@ -127,7 +127,7 @@ async fn every_planned_call_satisfies_its_tools_schema() {
                 let tool = tools
                     .get(&c.tool)
                     .unwrap_or_else(|| panic!("{p}: no tool {}", c.tool));
-                tether_engine::tools::schema::validate(&tool.spec().parameters, &c.args)
+                tether_host::tools::schema::validate(&tool.spec().parameters, &c.args)
                     .unwrap_or_else(|e| panic!("{p} {target:?} {}: {e}", c.tool));
             }
         }

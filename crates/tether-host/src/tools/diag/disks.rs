@@ -2,7 +2,7 @@
 
 use super::{DEFAULT_SAMPLE_MS, blocking, cancelled, json_output, pause, round1, round2};
 use crate::host::{self, DiskStat, Mount};
-use crate::model::ToolSpec;
+use crate::tools::ToolSpec;
 use crate::tools::blocking::run_blocking;
 use crate::tools::{Tool, ToolContext, ToolOutput, parse_args};
 use futures_util::future::BoxFuture;

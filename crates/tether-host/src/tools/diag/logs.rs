@@ -2,7 +2,7 @@
 //! configured directories).
 
 use super::{blocking, clip, json_output, run_program};
-use crate::model::ToolSpec;
+use crate::tools::ToolSpec;
 use crate::tools::blocking::{BLOCKING_TIMEOUT, run_blocking};
 use crate::tools::files::{OpenError, describe, open_regular};
 use crate::tools::read_file::resolve_allowed;

@@ -2,7 +2,7 @@
 
 use super::json_output;
 use crate::host::{self, Pressure, pct};
-use crate::model::ToolSpec;
+use crate::tools::ToolSpec;
 use crate::tools::{Tool, ToolContext, ToolOutput, parse_args};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};

@@ -10,9 +10,9 @@ pub mod schema;
 pub mod shell;
 pub mod system_info;
 
-use crate::model::ToolSpec;
 use futures_util::future::BoxFuture;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,6 +22,15 @@ use tether_proto::{SessionId, TurnId};
 use tokio_util::sync::CancellationToken;
 
 pub use tether_proto::MAX_TOOL_OUTPUT_BYTES;
+
+/// A tool offered to the model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    /// JSON schema of the arguments object.
+    pub parameters: Value,
+}
 
 /// What a tool call returns: success flag and text for the model.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,8 +3,8 @@
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tether_engine::host;
-use tether_engine::tools::diag::{
+use tether_host::host;
+use tether_host::tools::diag::{
     DiagConfig,
     cpu::CpuLoadReport,
     diagnostic_tools,
@@ -14,7 +14,7 @@ use tether_engine::tools::diag::{
     process::{ProcessDetailReport, TopProcessesReport},
     systemd::{NOT_AVAILABLE, SystemdReport},
 };
-use tether_engine::tools::{Tool, ToolContext, ToolOutput, schema};
+use tether_host::tools::{Tool, ToolContext, ToolOutput, schema};
 use tokio_util::sync::CancellationToken;
 
 fn tool(name: &str) -> Arc<dyn Tool> {

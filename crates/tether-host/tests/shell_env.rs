@@ -2,7 +2,7 @@
 //! are not theirs to read (the model reads what they print).
 
 use std::time::Duration;
-use tether_engine::tools::shell::run_command;
+use tether_host::tools::shell::run_command;
 use tokio_util::sync::CancellationToken;
 
 mod common;

@@ -2,7 +2,7 @@
 
 use super::{DEFAULT_SAMPLE_MS, json_output, pause};
 use crate::host::{self, CpuUsage, Load, Pressure};
-use crate::model::ToolSpec;
+use crate::tools::ToolSpec;
 use crate::tools::{Tool, ToolContext, ToolOutput, parse_args};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};

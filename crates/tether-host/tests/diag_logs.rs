@@ -4,11 +4,11 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tether_engine::tools::diag::{
+use tether_host::tools::diag::{
     DiagConfig, diagnostic_tools,
     logs::{LogDirReport, LogGrepReport, LogTailReport},
 };
-use tether_engine::tools::{Tool, ToolContext, ToolOutput, schema};
+use tether_host::tools::{Tool, ToolContext, ToolOutput, schema};
 use tokio_util::sync::CancellationToken;
 
 struct Fixture {

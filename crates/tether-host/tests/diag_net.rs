@@ -7,12 +7,12 @@ use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tether_engine::tools::diag::{
+use tether_host::tools::diag::{
     DiagConfig, diagnostic_tools,
     net::{NetInterfacesReport, SocketsReport},
     probes::{DnsReport, HttpCheckReport, TcpCheckReport, is_local_target},
 };
-use tether_engine::tools::{Tool, ToolContext, ToolOutput, schema};
+use tether_host::tools::{Tool, ToolContext, ToolOutput, schema};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -145,8 +145,8 @@ fn probes_need_permission_only_for_other_hosts() {
     assert!(http.needs_permission(&json!({"url": "http://192.0.2.1/"})));
     assert!(!dns.needs_permission(&json!({"name": "example.com"})));
     // The host's own name and addresses are local too.
-    assert!(is_local_target(&tether_engine::host::hostname()));
-    for a in tether_engine::host::interface_addresses().expect("getifaddrs") {
+    assert!(is_local_target(&tether_host::host::hostname()));
+    for a in tether_host::host::interface_addresses().expect("getifaddrs") {
         assert!(is_local_target(&a.address.to_string()), "{a:?}");
     }
 }

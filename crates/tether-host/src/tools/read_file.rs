@@ -6,7 +6,7 @@
 use super::blocking::{BLOCKING_TIMEOUT, run_blocking};
 use super::files::open_regular;
 use super::{Tool, ToolContext, ToolOutput, parse_args};
-use crate::model::ToolSpec;
+use crate::tools::ToolSpec;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{Value, json};

@@ -3,7 +3,7 @@
 
 use super::{blocking, json_output};
 use crate::host::{self, SocketEntry};
-use crate::model::ToolSpec;
+use crate::tools::ToolSpec;
 use crate::tools::{Tool, ToolContext, ToolOutput, parse_args};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};

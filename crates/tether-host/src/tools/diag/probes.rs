@@ -11,8 +11,8 @@
 
 use super::{cancelled, clip, json_output};
 use crate::host;
-use crate::model::ToolSpec;
 use crate::text::{error_chain, millis};
+use crate::tools::ToolSpec;
 use crate::tools::blocking::{BlockingError, run_blocking};
 use crate::tools::{Tool, ToolContext, ToolOutput, parse_args};
 use futures_util::future::BoxFuture;

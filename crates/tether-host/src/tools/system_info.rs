@@ -3,7 +3,7 @@
 use super::blocking::run_blocking;
 use super::{Tool, ToolContext, ToolOutput};
 use crate::host;
-use crate::model::ToolSpec;
+use crate::tools::ToolSpec;
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use std::time::Duration;

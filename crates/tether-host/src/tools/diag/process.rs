@@ -3,7 +3,7 @@
 
 use super::{DEFAULT_SAMPLE_MS, blocking, clip, json_output, pause, round1};
 use crate::host::{self, ProcStat};
-use crate::model::ToolSpec;
+use crate::tools::ToolSpec;
 use crate::tools::{Tool, ToolContext, ToolOutput, parse_args};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};

@@ -7,8 +7,8 @@
 //! counted so a chatty command can never block on a full pipe.
 
 use super::{Tool, ToolContext, ToolOutput, parse_args};
-use crate::model::ToolSpec;
 use crate::process::{kill_group, minimal_env};
+use crate::tools::ToolSpec;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{Value, json};
