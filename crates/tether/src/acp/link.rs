@@ -15,18 +15,20 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use tether_proto::{
-    Attached, CallId, Class, ClientId, Control, Decision, ErrorBody, Event, EventBody,
-    HelloResult, InputAccepted, InputId, PendingPermission, Policy, Reason, Scope, ServerFrame,
-    SessionCreated, SessionId, SessionList, TurnId,
+    Attached, CallId, Class, ClientId, Control, Decision, ErrorBody, Event, EventBody, HelloResult,
+    InputAccepted, InputId, PendingPermission, Policy, Reason, Scope, ServerFrame, SessionCreated,
+    SessionId, SessionList, TurnId,
 };
 use tether_transport::client::{Client, ClientError};
 use tokio::sync::mpsc;
 
 /// What the ACP handlers hand over.
 pub enum Cmd {
-    Initialize(s::InitializeRequest, Responder<s::InitializeResponse>),
-    New(s::NewSessionRequest, Responder<s::NewSessionResponse>),
-    Load(s::LoadSessionRequest, Responder<s::LoadSessionResponse>),
+    /// The editor's name (from `clientInfo`), and the responder.
+    Initialize(Option<String>, Responder<s::InitializeResponse>),
+    /// `cwd` and `mcpServers` are not used: the session runs on the agent's host, with its tools.
+    New(Responder<s::NewSessionResponse>),
+    Load(SessionId, Responder<s::LoadSessionResponse>),
     List(s::ListSessionsRequest, Responder<s::ListSessionsResponse>),
     Prompt(s::PromptRequest, Responder<s::PromptResponse>),
     Cancel(s::CancelNotification),
@@ -51,13 +53,16 @@ struct Gone(String);
 
 impl Gone {
     fn error(&self) -> AcpError {
-        AcpError::new(ErrorCode::INTERNAL_ERROR, self.0.clone()).data(json!({"reason": "agent_gone"}))
+        AcpError::new(ErrorCode::INTERNAL_ERROR, self.0.clone())
+            .data(json!({"reason": "agent_gone"}))
     }
 
     fn from_client(e: ClientError) -> Gone {
         match e {
             ClientError::Closed => Gone("the tether agent closed the connection".into()),
-            other => Gone(format!("the connection to the tether agent failed: {other}")),
+            other => Gone(format!(
+                "the connection to the tether agent failed: {other}"
+            )),
         }
     }
 }
@@ -243,15 +248,12 @@ impl Link {
 
     async fn command(&mut self, cmd: Cmd, cx: &Cx) -> Result<(), Gone> {
         match cmd {
-            Cmd::Initialize(req, responder) => {
-                self.initialize(req, responder);
+            Cmd::Initialize(editor, responder) => {
+                self.initialize(editor, responder);
                 Ok(())
             }
-            Cmd::New(_req, responder) => self.new_session(responder, cx).await,
-            Cmd::Load(req, responder) => {
-                let id = SessionId(req.session_id.0.to_string());
-                self.load(id, responder, cx).await
-            }
+            Cmd::New(responder) => self.new_session(responder, cx).await,
+            Cmd::Load(id, responder) => self.load(id, responder, cx).await,
             Cmd::List(req, responder) => self.list(req, responder).await,
             Cmd::Prompt(req, responder) => self.prompt(req, responder).await,
             Cmd::Cancel(n) => self.cancel(SessionId(n.session_id.0.to_string())).await,
@@ -263,9 +265,8 @@ impl Link {
         }
     }
 
-    fn initialize(&mut self, req: s::InitializeRequest, responder: Responder<s::InitializeResponse>) {
-        if let Some(info) = &req.client_info {
-            let name = info.title.as_deref().unwrap_or(&info.name);
+    fn initialize(&mut self, editor: Option<String>, responder: Responder<s::InitializeResponse>) {
+        if let Some(name) = editor {
             let title: String = format!("{name} (ACP)").chars().take(120).collect();
             self.title = Some(title);
         }
@@ -278,7 +279,9 @@ impl Link {
             );
         let response = s::InitializeResponse::new(ProtocolVersion::V1)
             .agent_capabilities(capabilities)
-            .agent_info(s::Implementation::new("tether", env!("CARGO_PKG_VERSION")).title("tether"));
+            .agent_info(
+                s::Implementation::new("tether", env!("CARGO_PKG_VERSION")).title("tether"),
+            );
         reply(responder, Ok(response));
     }
 
@@ -423,9 +426,7 @@ impl Link {
             .sessions
             .into_iter()
             .map(|row| {
-                let title = row
-                    .title
-                    .unwrap_or_else(|| format!("{} session", row.mode));
+                let title = row.title.unwrap_or_else(|| format!("{} session", row.mode));
                 s::SessionInfo::new(map::session_id(&row.session_id), cwd.clone())
                     .title(title)
                     .updated_at(row.created_at)
@@ -502,7 +503,10 @@ impl Link {
                 Waits::Queued(input_id) => {
                     had_queued = true;
                     sess.cancel_on_start.insert(input_id);
-                    reply(p.responder, Ok(s::PromptResponse::new(s::StopReason::Cancelled)));
+                    reply(
+                        p.responder,
+                        Ok(s::PromptResponse::new(s::StopReason::Cancelled)),
+                    );
                 }
                 waits @ Waits::Turn(_) => kept.push(Prompt {
                     responder: p.responder,
@@ -587,7 +591,10 @@ impl Link {
             Err(body) => notify(
                 cx,
                 id,
-                map::tool_note(call_id, format!("your answer was not taken: {}", body.message)),
+                map::tool_note(
+                    call_id,
+                    format!("your answer was not taken: {}", body.message),
+                ),
             ),
         }
         Ok(())
@@ -629,7 +636,14 @@ impl Link {
         }
         if sess.rejected.contains(&p.tool) {
             return self
-                .answer(id, call_id, Decision::Deny, Scope::Once, Some("reject_always"), cx)
+                .answer(
+                    id,
+                    call_id,
+                    Decision::Deny,
+                    Scope::Once,
+                    Some("reject_always"),
+                    cx,
+                )
                 .await;
         }
         let request = s::RequestPermissionRequest::new(
@@ -837,7 +851,7 @@ fn notify(cx: &Cx, id: &SessionId, update: s::SessionUpdate) {
 fn fail_cmd(cmd: Cmd, gone: &Gone) {
     match cmd {
         Cmd::Initialize(_, r) => reply(r, Err(gone.error())),
-        Cmd::New(_, r) => reply(r, Err(gone.error())),
+        Cmd::New(r) => reply(r, Err(gone.error())),
         Cmd::Load(_, r) => reply(r, Err(gone.error())),
         Cmd::List(_, r) => reply(r, Err(gone.error())),
         Cmd::Prompt(_, r) => reply(r, Err(gone.error())),

@@ -37,10 +37,9 @@ pub fn user_message(
     } else {
         format!("{}: {text}", originator.name)
     };
-    s::SessionUpdate::UserMessageChunk(
-        chunk(&shown, format!("{turn_id}/input"))
-            .meta(tether_meta(json!({ "turn_id": turn_id, "originator": originator }))),
-    )
+    s::SessionUpdate::UserMessageChunk(chunk(&shown, format!("{turn_id}/input")).meta(tether_meta(
+        json!({ "turn_id": turn_id, "originator": originator }),
+    )))
 }
 
 pub fn agent_text(turn_id: &TurnId, text: &str) -> s::SessionUpdate {
@@ -140,7 +139,9 @@ pub fn permission_resolved(
             .status(status)
             .content(vec![s::ToolCallContent::from(text)]),
     )
-    .with_meta(json!({"permission": {"decision": decision, "by": by, "cause": cause, "scope": scope}}))
+    .with_meta(
+        json!({"permission": {"decision": decision, "by": by, "cause": cause, "scope": scope}}),
+    )
 }
 
 /// A note on a tool call (e.g. why this editor's answer was not taken).

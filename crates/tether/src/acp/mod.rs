@@ -51,19 +51,21 @@ pub async fn run(connect: &ConnectArgs, join: Option<String>) -> Result<()> {
         .name("tether-acp")
         .on_receive_request(
             async move |req: Checked<s::InitializeRequest>, responder, _cx| {
-                forward(&tx1, Cmd::Initialize(req.0, responder))
+                let editor = req.0.client_info.map(|i| i.title.unwrap_or(i.name));
+                forward(&tx1, Cmd::Initialize(editor, responder))
             },
             agent_client_protocol::on_receive_request!(),
         )
         .on_receive_request(
-            async move |req: Checked<s::NewSessionRequest>, responder, _cx| {
-                forward(&tx2, Cmd::New(req.0, responder))
+            async move |_req: Checked<s::NewSessionRequest>, responder, _cx| {
+                forward(&tx2, Cmd::New(responder))
             },
             agent_client_protocol::on_receive_request!(),
         )
         .on_receive_request(
             async move |req: Checked<s::LoadSessionRequest>, responder, _cx| {
-                forward(&tx3, Cmd::Load(req.0, responder))
+                let id = SessionId(req.0.session_id.0.to_string());
+                forward(&tx3, Cmd::Load(id, responder))
             },
             agent_client_protocol::on_receive_request!(),
         )
@@ -124,15 +126,13 @@ fn stdio() -> Lines<LineSink, LineStream> {
         }
     })
     .boxed();
-    let outgoing = futures_util::sink::unfold(
-        tokio::io::stdout(),
-        |mut out, line: String| async move {
+    let outgoing =
+        futures_util::sink::unfold(tokio::io::stdout(), |mut out, line: String| async move {
             out.write_all(line.as_bytes()).await?;
             out.write_all(b"\n").await?;
             out.flush().await?;
             Ok::<_, io::Error>(out)
-        },
-    );
+        });
     Lines::new(Box::pin(outgoing) as LineSink, incoming as LineStream)
 }
 
@@ -208,8 +208,9 @@ mod tests {
 
     #[test]
     fn bad_params_name_the_field() {
-        let e = decode_params::<s::PromptRequest>(&serde_json::json!({"sessionId": 5, "prompt": []}))
-            .expect_err("mistyped");
+        let e =
+            decode_params::<s::PromptRequest>(&serde_json::json!({"sessionId": 5, "prompt": []}))
+                .expect_err("mistyped");
         assert_eq!(e.code, agent_client_protocol::ErrorCode::INVALID_PARAMS);
         assert!(e.message.contains("`sessionId`"), "{}", e.message);
         let e = decode_params::<s::PromptRequest>(&serde_json::json!({"sessionId": "x"}))
