@@ -368,7 +368,8 @@ type DialResult = Result<Ws, (Option<u16>, String)>;
 
 /// What the reader reports.
 enum Inbound {
-    Frame(Result<LinkFrame, LinkDecodeError>),
+    /// Boxed: a frame is large, the other reports small.
+    Frame(Result<Box<LinkFrame>, LinkDecodeError>),
     /// A `session_start` whose payload did not decode: it is refused with "invalid payload"
     /// (PROTOCOL.md §2), acked by the envelope's `id`.
     InvalidSessionStart {
@@ -977,7 +978,7 @@ async fn read_loop(
                             error,
                         }
                     }
-                    decoded => Inbound::Frame(decoded),
+                    decoded => Inbound::Frame(decoded.map(Box::new)),
                 }
             }
             Some(Ok(Message::Binary(_))) => Inbound::Frame(Err(LinkDecodeError::Envelope(

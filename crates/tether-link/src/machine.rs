@@ -47,8 +47,8 @@ pub enum Input {
     Connected,
     /// Dialing failed; `status` is the HTTP status when the hub answered the upgrade.
     ConnectFailed { status: Option<u16>, error: String },
-    /// A frame arrived.
-    Frame(LinkFrame),
+    /// A frame arrived (boxed: a frame is large, the other inputs small).
+    Frame(Box<LinkFrame>),
     /// A frame arrived that could not be decoded.
     BadFrame(LinkDecodeError),
     /// A timer fired.
@@ -247,7 +247,7 @@ impl LinkMachine {
                     self.back_off(&mut out, cause, reason);
                 }
             }
-            Input::Frame(frame) => self.on_frame(&mut out, frame),
+            Input::Frame(frame) => self.on_frame(&mut out, *frame),
             Input::BadFrame(e) => match self.state {
                 State::Handshaking => {
                     self.fail(&mut out, format!("bad frame during the handshake: {e}"));
@@ -552,7 +552,7 @@ mod tests {
     use tether_proto::link::Ack;
 
     fn frame(message: LinkMessage) -> Input {
-        Input::Frame(LinkFrame::new("f", message))
+        Input::Frame(Box::new(LinkFrame::new("f", message)))
     }
 
     fn ack(ok: bool, proto: Option<u32>) -> Input {

@@ -50,6 +50,11 @@ impl ConnectArgs {
     }
 
     pub async fn connect(&self) -> Result<(Client, HelloResult)> {
+        self.connect_as("tether-cli").await
+    }
+
+    /// Connects and says `hello` with `client_name` (what the agent logs this client as).
+    pub async fn connect_as(&self, client_name: &str) -> Result<(Client, HelloResult)> {
         let target = self.target()?;
         let mut client = Client::connect(&target)
             .await
@@ -61,7 +66,7 @@ impl ConnectArgs {
                 _ => anyhow::anyhow!("{e}"),
             })?;
         let hello: HelloResult = client
-            .call("hello", json!({"client_name": "tether-cli"}))
+            .call("hello", json!({ "client_name": client_name }))
             .await
             .context("hello")?;
         Ok((client, hello))

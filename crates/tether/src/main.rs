@@ -2,6 +2,7 @@
 
 #[macro_use]
 mod out;
+mod acp;
 mod agent;
 mod alerting;
 mod autodiag;
@@ -92,6 +93,28 @@ enum Command {
         /// At a hub (--url ws://hub/v1/ws): the agent that runs the session.
         #[arg(long)]
         agent: Option<String>,
+    },
+    /// Serve the Agent Client Protocol on stdin/stdout, for an editor (Zed, or any ACP client).
+    ///
+    /// The editor launches this command; it connects to the running agent like `tether chat`
+    /// (the Unix socket of --config, or --url/--token) and acts with that credential's identity
+    /// (a Unix-socket peer is a human). ACP session ids are tether session ids: `session/new`
+    /// creates a chat session, `session/load` joins any session with its history, and
+    /// `session/list` lists them. A prompt sent while another client's turn runs waits for it.
+    /// Every event of the session is shown in the editor, other clients' messages with who
+    /// wrote them; a tool that needs approval asks the editor (allow once, allow for the
+    /// session, reject, always reject), unless another client answers first.
+    ///
+    /// Diagnostics go to stderr; if the agent goes away it exits non-zero saying so.
+    ///
+    /// Zed (settings.json): "agent_servers": {"tether": {"command": "tether", "args": ["acp"]}}
+    Acp {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        /// Join this existing session: `session/new` attaches to it (history, then live)
+        /// instead of creating one.
+        #[arg(long)]
+        session: Option<String>,
     },
     /// Join an existing session: its history from the start, then live.
     Attach {
@@ -560,6 +583,7 @@ async fn run(cli: Cli, no_namespace: Option<String>) -> Result<std::process::Exi
             };
             ok(client_cmds::chat(&connect, join).await)
         }
+        Command::Acp { connect, session } => ok(acp::run(&connect, session).await),
         Command::Attach { connect, session } => ok(client_cmds::chat(
             &connect,
             Join::Existing {

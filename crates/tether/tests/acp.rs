@@ -1,0 +1,399 @@
+//! `tether acp` driven by a third-party editor: the Agent Client Protocol Python SDK
+//! (`agent-client-protocol` from PyPI, installed by scripts/python-sdks.sh) spawns it as an
+//! editor would (tests/python/acp_client.py), against a real agent with a scripted model, next
+//! to a real WebSocket client. Without the SDK these tests are skipped with a notice, except
+//! under CI=true, where a missing SDK fails them.
+
+mod common;
+
+use common::{AgentProc, BIN, PATIENCE, free_port};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use tether_proto::{EventBody, ServerFrame};
+use tether_transport::client::Client;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+
+const ALICE: &str = "alice-token-0123456789";
+const EDITOR: &str = "editor-token-0123456789";
+
+/// The interpreter with the SDK: TETHER_PYTHON (scripts/test.sh sets it), else the project's
+/// virtual environment. `None` (after a notice) when neither exists and CI is not "true".
+fn python() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("TETHER_PYTHON") {
+        return Some(p.into());
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/python-sdk/bin/python");
+    if venv.exists() {
+        return Some(venv);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI: the ACP Python SDK is missing: run scripts/python-sdks.sh or set TETHER_PYTHON"
+    );
+    eprintln!(
+        "NOTICE: skipping the ACP editor test: no TETHER_PYTHON and no {}; run scripts/python-sdks.sh",
+        venv.display()
+    );
+    None
+}
+
+struct Agent {
+    proc: AgentProc,
+    config: PathBuf,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+/// An agent on a Unix socket and a loopback WebSocket (credentials `alice` and `editor`, both
+/// human), whose model replays `script`.
+fn agent(script: &str) -> Agent {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("script.json"), script).expect("script");
+    let port = free_port();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nstate_dir = \"state\"\n\
+             [model]\nprovider = \"scripted\"\nscript = \"script.json\"\n\
+             [[clients]]\nname = \"alice\"\nclass = \"human\"\ntoken = \"{ALICE}\"\n\
+             [[clients]]\nname = \"editor\"\nclass = \"human\"\ntoken = \"{EDITOR}\"\n"
+        ),
+    )
+    .expect("config");
+    let proc = AgentProc::start(&config);
+    Agent {
+        proc,
+        config,
+        url: format!("ws://127.0.0.1:{port}/v1/ws"),
+        _dir: dir,
+    }
+}
+
+/// The Python editor, one scenario of acp_client.py.
+struct Py {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: tokio::io::Lines<BufReader<ChildStdout>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Py {
+    fn spawn(python: &Path, scenario: &str, args: &[&str]) -> Py {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/acp_client.py");
+        let mut child = tokio::process::Command::new(python)
+            .arg(script)
+            .arg(scenario)
+            .arg(BIN)
+            .args(args)
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn python");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .expect("lock")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Py {
+            child,
+            stdin,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().expect("lock").clone()
+    }
+
+    /// The next line the script prints (`None` at its end).
+    async fn line(&mut self) -> Option<Value> {
+        let line = tokio::time::timeout(PATIENCE, self.stdout.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("the editor said nothing for a minute:\n{}", self.stderr()))
+            .expect("read");
+        line.map(|l| serde_json::from_str(&l).unwrap_or_else(|_| json!({ "text": l })))
+    }
+
+    /// Waits for `{"step": name, ...}`.
+    async fn step(&mut self, name: &str) -> Value {
+        loop {
+            match self.line().await {
+                Some(v) if v["step"] == name => return v,
+                Some(_) => {}
+                None => {
+                    let _ = self.child.wait().await;
+                    panic!("the editor ended before `{name}`:\n{}", self.stderr());
+                }
+            }
+        }
+    }
+
+    #[allow(dead_code)]
+    async fn send(&mut self, word: &str) {
+        self.stdin
+            .write_all(format!("{word}\n").as_bytes())
+            .await
+            .expect("write");
+    }
+
+    /// The scenario's `result`, once it exited successfully.
+    async fn result(mut self) -> Value {
+        let mut result = None;
+        while let Some(v) = self.line().await {
+            if v.get("result").is_some() {
+                result = Some(v["result"].clone());
+            }
+        }
+        let status = tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("the editor did not exit")
+            .expect("wait");
+        assert!(status.success(), "the editor failed:\n{}", self.stderr());
+        result.unwrap_or_else(|| panic!("no result:\n{}", self.stderr()))
+    }
+}
+
+/// A WebSocket client with the `alice` credential.
+async fn alice(url: &str) -> Client {
+    let mut client = Client::connect_ws(url, Some(ALICE)).await.expect("connect");
+    client
+        .request("hello", json!({"client_name": "ws-test"}))
+        .await
+        .expect("hello");
+    client
+}
+
+/// Sends `text` and collects the turn's text until it ends.
+async fn turn(client: &mut Client, session_id: &str, text: &str) -> String {
+    let reply = client
+        .request("input", json!({"session_id": session_id, "text": text}))
+        .await
+        .expect("input");
+    let turn_id = reply["turn_id"].as_str().expect("turn_id").to_owned();
+    until_turn_ends(client, &turn_id).await
+}
+
+async fn until_turn_ends(client: &mut Client, turn_id: &str) -> String {
+    let mut answer = String::new();
+    loop {
+        let frame = tokio::time::timeout(PATIENCE, client.next_frame())
+            .await
+            .expect("turn did not end")
+            .expect("frame")
+            .expect("connection open");
+        if let ServerFrame::Event(ev) = frame {
+            match ev.body {
+                EventBody::TextDelta { turn_id: t, text } if t.as_str() == turn_id => {
+                    answer.push_str(&text)
+                }
+                EventBody::TurnEnded { turn_id: t, .. } if t.as_str() == turn_id => {
+                    return answer;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+const EDITOR_SCRIPT: &str = r#"{"responses": [
+  {"text": "Hello from the scripted model, streamed in chunks."},
+  {"text": "Checking. ", "tool_calls": [{"tool": "shell", "args": {"command": "echo from-the-shell"}}]},
+  {"text": "The shell said hi."},
+  {"text": "Still here."},
+  {"text": "Once upon a time there was a story that took its time to tell, word by word, until the end.", "chunk_delay_ms": 150}
+]}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_editor_creates_a_session_prompts_approves_and_cancels() {
+    let Some(python) = python() else { return };
+    let agent = agent(EDITOR_SCRIPT);
+    let config = agent.config.to_str().expect("utf-8");
+    let mut py = Py::spawn(&python, "editor", &["--config", config]);
+    let created = py.step("created").await;
+    let session_id = created["session_id"].as_str().expect("id").to_owned();
+    let result = py.result().await;
+    assert_eq!(result["session_id"], session_id.as_str());
+    // Each bad request named its field (checked in the script); the messages, for the record.
+    let bad = result["bad_input"].as_array().expect("bad input");
+    assert!(
+        bad[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`sessionId`")),
+        "{bad:?}"
+    );
+
+    // The ACP session id is the tether session id; the editor's turns were its own, as the
+    // Unix-socket peer (a human), and the cancelled one ended `cancelled`.
+    let mut ws = alice(&agent.url).await;
+    let attached = ws
+        .request("attach", json!({"session_id": session_id, "after_seq": 0}))
+        .await
+        .expect("attach");
+    assert_eq!(attached["snapshot"]["mode"], "chat");
+    let mut turns = Vec::new();
+    let mut stops = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(PATIENCE, ws.next_frame())
+            .await
+            .expect("replay")
+            .expect("frame")
+            .expect("open");
+        match frame {
+            ServerFrame::Event(ev) => match ev.body {
+                EventBody::TurnStarted {
+                    originator, text, ..
+                } => turns.push((originator.class, originator.client_id.0, text)),
+                EventBody::TurnEnded { stop, .. } => stops.push(stop.as_str()),
+                _ => {}
+            },
+            ServerFrame::Control(tether_proto::Control::ReplayComplete { .. }) => break,
+            _ => {}
+        }
+    }
+    let texts: Vec<&str> = turns.iter().map(|t| t.2.as_str()).collect();
+    assert_eq!(
+        texts,
+        [
+            "hello",
+            "run the shell",
+            "still there?",
+            "tell me a long story"
+        ]
+    );
+    assert!(
+        turns
+            .iter()
+            .all(|t| t.0 == tether_proto::Class::Human && t.1.starts_with("uid:")),
+        "{turns:?}"
+    );
+    assert_eq!(stops.last(), Some(&"cancelled"), "{stops:?}");
+}
+
+const SHARED_SCRIPT: &str = r#"{"responses": [
+  {"text": "The first answer."},
+  {"text": "The second answer."},
+  {"text": "A slow answer from alice's turn that takes a while.", "chunk_delay_ms": 150},
+  {"text": "The editor's answer."}
+], "loop": true}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_editor_loads_a_session_another_client_started() {
+    let Some(python) = python() else { return };
+    let agent = agent(SHARED_SCRIPT);
+    let mut ws = alice(&agent.url).await;
+    let created = ws
+        .request("session.create", json!({"mode": "chat"}))
+        .await
+        .expect("create");
+    let id = created["session_id"].as_str().expect("id").to_owned();
+    ws.request("attach", json!({ "session_id": id }))
+        .await
+        .expect("attach");
+    assert_eq!(
+        turn(&mut ws, &id, "first question").await,
+        "The first answer."
+    );
+
+    // The editor connects over the WebSocket with a credential of its own.
+    let mut py = Py::spawn(
+        &python,
+        "load",
+        &[&id, "--url", &agent.url, "--token", EDITOR],
+    );
+    py.step("loaded").await;
+    assert_eq!(
+        turn(&mut ws, &id, "second question").await,
+        "The second answer."
+    );
+    py.step("live").await;
+    // A slow turn; the editor's prompt, sent while it runs, waits for it.
+    let slow = turn(&mut ws, &id, "third question").await;
+    assert_eq!(slow, "A slow answer from alice's turn that takes a while.");
+    py.result().await;
+
+    // `--session ID`: an editor that joins the session at session/new.
+    let config = agent.config.to_str().expect("utf-8");
+    let py = Py::spawn(
+        &python,
+        "join",
+        &[&id, "--config", config, "--session", &id],
+    );
+    let result = py.result().await;
+    assert_eq!(result["joined"], id.as_str());
+}
+
+const SHELL_SCRIPT: &str = r#"{"responses": [
+  {"tool_calls": [{"tool": "shell", "args": {"command": "echo approved-elsewhere"}}]},
+  {"text": "Done."},
+  {"text": "Fine."}
+]}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permission_answered_elsewhere_first_drops_the_editors_answer_quietly() {
+    let Some(python) = python() else { return };
+    let agent = agent(SHELL_SCRIPT);
+    let config = agent.config.to_str().expect("utf-8");
+    let mut py = Py::spawn(&python, "elsewhere", &["--config", config]);
+    let asked = py.step("asked").await;
+    let (session_id, call_id) = (
+        asked["session_id"].as_str().expect("session"),
+        asked["call_id"].as_str().expect("call"),
+    );
+    // The ACP tool call id is the tether call id: alice answers it over the WebSocket.
+    let mut ws = alice(&agent.url).await;
+    ws.request("attach", json!({ "session_id": session_id }))
+        .await
+        .expect("attach");
+    ws.request(
+        "answer",
+        json!({"session_id": session_id, "call_id": call_id, "decision": "allow", "scope": "once"}),
+    )
+    .await
+    .expect("alice's answer");
+    let result = py.result().await;
+    assert_eq!(result["exit"], 0, "{result}");
+    assert_eq!(result["stderr"], "", "tether acp complained: {result}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_going_away_ends_tether_acp_with_the_reason() {
+    let Some(python) = python() else { return };
+    let mut agent = agent(EDITOR_SCRIPT.replace(
+        r#""responses": ["#,
+        r#""responses": [{"text": "Once upon a time there was a story that took its time to tell, word by word.", "chunk_delay_ms": 300},"#,
+    )
+    .as_str());
+    let config = agent.config.to_str().expect("utf-8").to_owned();
+    let mut py = Py::spawn(&python, "gone", &["--config", &config]);
+    py.step("streaming").await;
+    agent.proc.child.kill().expect("kill the agent");
+    let _ = agent.proc.child.wait();
+    let result = py.result().await;
+    assert_ne!(result["exit"], 0, "{result}");
+    let stderr = result["stderr"].as_str().expect("stderr");
+    assert!(
+        stderr.contains("the tether agent closed the connection"),
+        "{stderr}"
+    );
+    let message = result["error"]["message"].as_str().expect("message");
+    assert!(message.contains("agent"), "{message}");
+}
