@@ -41,11 +41,14 @@ die() { printf 'eval-local-model: %s\n' "$*" >&2; exit 1; }
 
 SERVER_PID=""
 EVAL_PID=""
+# shellcheck disable=SC2317 # called by the traps
 stop_server() {
     [ -n "$SERVER_PID" ] || return 0
     if kill -0 "$SERVER_PID" 2>/dev/null; then
+        # uvicorn waits for the answer in progress, which may take minutes; the server
+        # keeps nothing worth a graceful end, so it gets 5 s.
         kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 1 50); do
+        for _ in $(seq 1 25); do
             kill -0 "$SERVER_PID" 2>/dev/null || break
             sleep 0.2
         done
@@ -58,6 +61,7 @@ stop_server() {
 # On Ctrl-C or SIGTERM: let a running eval remove its fault first (it handles SIGTERM), then
 # stop the server (the EXIT trap). tether runs in the background so that `wait` returns at
 # once when a signal comes, instead of after the whole eval.
+# shellcheck disable=SC2317 # called by the traps
 on_signal() {
     local code="$1"
     trap '' INT TERM
@@ -92,8 +96,9 @@ if [ "$(cat "$STAMP" 2>/dev/null)" = "$BUILD" ] && installed llama-cpp-python "$
     "$VPY" -c 'import uvicorn, fastapi, sse_starlette, starlette_context, pydantic_settings, yaml' 2>/dev/null; then
     step "llama-cpp-python $LLAMA_CPP_PYTHON_VERSION: present in $VENV"
 else
-    command -v cc >/dev/null && command -v c++ >/dev/null ||
+    if ! command -v cc >/dev/null || ! command -v c++ >/dev/null; then
         die "a C and C++ compiler are needed to build llama.cpp (Debian: apt-get install build-essential)"
+    fi
     export CMAKE_ARGS
     export CMAKE_BUILD_PARALLEL_LEVEL="${EVAL_BUILD_JOBS:-$(nproc)}"
     step "building llama-cpp-python $LLAMA_CPP_PYTHON_VERSION (compiles llama.cpp with $CMAKE_BUILD_PARALLEL_LEVEL jobs: several minutes)"
