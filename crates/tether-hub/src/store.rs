@@ -2349,12 +2349,46 @@ mod tests {
             .insert_report(
                 &ReportRow {
                     alert_key: "unknown".into(),
-                    ..report
+                    session_id: Some("sess-other".into()),
+                    ..report.clone()
                 },
                 NOW,
             )
             .expect("report");
         assert_eq!((row.alert_id, change), (None, None));
+        // A session started for an alert reports on it whatever key the agent files it
+        // under (an external alert's key is its fingerprint, which the agent does not know
+        // as one of its own).
+        s.link_alert_session(alert_id, "sess-2", NOW)
+            .expect("link")
+            .expect("known alert");
+        let (row, change) = s
+            .insert_report(
+                &ReportRow {
+                    alert_key: "fingerprint-not-a-key-of-a1".into(),
+                    session_id: Some("sess-2".into()),
+                    ..report.clone()
+                },
+                NOW,
+            )
+            .expect("report");
+        assert_eq!(row.alert_id, Some(alert_id));
+        let diagnoses = change.expect("the alert changed").alert.diagnoses;
+        assert_eq!(diagnoses[1].session_id.as_deref(), Some("sess-2"));
+        assert_eq!(diagnoses[1].report_id, Some(row.report_id));
+        // Another agent's report naming that session does not attach to this alert.
+        let (row, _) = s
+            .insert_report(
+                &ReportRow {
+                    agent_id: "a2".into(),
+                    alert_key: "unknown".into(),
+                    session_id: Some("sess-2".into()),
+                    ..report
+                },
+                NOW,
+            )
+            .expect("report");
+        assert_eq!(row.alert_id, None);
     }
 
     /// hub.db as version 1 wrote it (alert events in `alerts`).

@@ -100,6 +100,18 @@ mod tests {
             .gauge_with("state", "S.", &[(vec![("name", "a\"b".to_owned())], 1.0)])
             .finish();
         assert!(text.contains("# TYPE x_total counter\nx_total 3\n"));
+        let labelled = PromText::new()
+            .counter_with(
+                "n_total",
+                "Ns.",
+                &[(vec![("notifier", "ops".to_owned())], 2)],
+            )
+            .counter_with("none_total", "Nothing.", &[])
+            .finish();
+        assert_eq!(
+            labelled,
+            "# HELP n_total Ns.\n# TYPE n_total counter\nn_total{notifier=\"ops\"} 2\n"
+        );
         assert!(text.contains("state{name=\"a\\\"b\"} 1\n"));
     }
 }
