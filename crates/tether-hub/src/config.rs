@@ -149,6 +149,8 @@ pub struct NotifyConfig {
     /// Where to POST (often a secret: never logged).
     pub url: String,
     pub on: Vec<NotifyOn>,
+    /// The alerts it is told about (firing, resolved, report), by severity (default: all).
+    pub severities: Vec<crate::alerts::Severity>,
     /// How long a prompt waits for a human before `approval_waiting` is sent (default 60 s).
     pub approval_wait: Duration,
     /// Each attempt's deadline (default 10 s).
@@ -164,6 +166,11 @@ impl NotifyConfig {
             kind,
             url: url.to_owned(),
             on,
+            severities: vec![
+                crate::alerts::Severity::Critical,
+                crate::alerts::Severity::Warning,
+                crate::alerts::Severity::Info,
+            ],
             approval_wait: Duration::from_secs(60),
             timeout: Duration::from_secs(10),
             retries: 5,
@@ -178,6 +185,7 @@ impl std::fmt::Debug for NotifyConfig {
             .field("kind", &self.kind)
             .field("url", &"…")
             .field("on", &self.on)
+            .field("severities", &self.severities)
             .field("approval_wait", &self.approval_wait)
             .field("timeout", &self.timeout)
             .field("retries", &self.retries)
@@ -346,6 +354,11 @@ impl HubConfig {
             if n.on.is_empty() {
                 return Err(format!(
                     "{what}.on: must name at least one of firing, resolved, report, approval_waiting"
+                ));
+            }
+            if n.severities.is_empty() {
+                return Err(format!(
+                    "{what}.severities: must name at least one of critical, warning, info"
                 ));
             }
             if n.timeout.is_zero() {

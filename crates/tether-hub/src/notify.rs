@@ -4,7 +4,8 @@
 //! * **What**: `firing` (an alert fires, or fires again), `resolved`, `report` (a diagnosis
 //!   report was stored with an alert), `approval_waiting` (a permission prompt in a hub
 //!   session has waited for a human longer than the notifier's `approval_wait`; once per
-//!   prompt and notifier). Each notifier takes the kinds its `on` lists.
+//!   prompt and notifier). Each notifier takes the kinds its `on` lists, of alerts of the
+//!   severities its `severities` lists (all by default).
 //! * **Silences**: an alert a silence covers notifies nobody — not its firing, its
 //!   resolution or its report. An alert that fired while silenced and still fires when the
 //!   silence ends is notified then.
@@ -64,7 +65,8 @@ pub struct Prompt {
 pub enum News {
     Alert {
         on: NotifyOn,
-        alert: Alert,
+        /// Boxed: an alert is large, and every queued message is an `Arc` of this anyway.
+        alert: Box<Alert>,
         report: Option<ReportRow>,
     },
     Approval {
@@ -104,6 +106,15 @@ struct Notifier {
 impl Notifier {
     fn wants(&self, on: NotifyOn) -> bool {
         self.cfg.on.contains(&on)
+    }
+
+    /// Whether it takes this piece of news (its kind, and an alert's severity).
+    fn takes(&self, news: &News) -> bool {
+        self.wants(news.on())
+            && match news {
+                News::Alert { alert, .. } => self.cfg.severities.contains(&alert.severity),
+                News::Approval { .. } => true,
+            }
     }
 
     /// Queues without waiting; a full queue drops the message (counted).
@@ -213,7 +224,7 @@ async fn dispatch(
 impl Dispatch {
     fn send(&self, news: News) {
         let news = Arc::new(news);
-        for n in self.notifiers.iter().filter(|n| n.wants(news.on())) {
+        for n in self.notifiers.iter().filter(|n| n.takes(&news)) {
             n.offer(&news);
         }
     }
@@ -237,7 +248,7 @@ impl Dispatch {
                 if !a.silenced {
                     self.send(News::Alert {
                         on: NotifyOn::Resolved,
-                        alert: a.clone(),
+                        alert: Box::new(a.clone()),
                         report: None,
                     });
                 }
@@ -259,7 +270,7 @@ impl Dispatch {
         }
         self.send(News::Alert {
             on: NotifyOn::Firing,
-            alert: a.clone(),
+            alert: Box::new(a.clone()),
             report: None,
         });
     }
@@ -297,7 +308,7 @@ impl Dispatch {
         for r in rows.into_iter().rev().filter(|r| r.report_id > since) {
             self.send(News::Alert {
                 on: NotifyOn::Report,
-                alert: a.clone(),
+                alert: Box::new(a.clone()),
                 report: Some(r),
             });
         }

@@ -910,13 +910,21 @@ async fn approval_waiting_is_sent_once_per_prompt_after_approval_wait() {
 async fn a_failing_notifier_does_not_delay_another_and_retries_are_counted() {
     let clock = Clock::manual(START_MS);
     let rx = Receiver::start().await;
-    let (stuck, good, flaky, refusing) = (
+    let (stuck, good, flaky, refusing, critical) = (
         rx.url("hang", "stuck"),
         rx.url("ok", "good"),
         rx.url("fail-2", "flaky"),
         rx.url("refuse", "refusing"),
+        rx.url("ok", "critical"),
     );
     let hub = flow_hub(&clock, |c| {
+        let mut only_critical = notifier(
+            "critical",
+            NotifyKind::Webhook,
+            critical,
+            &[NotifyOn::Firing],
+        );
+        only_critical.severities = vec![tether_hub::alerts::Severity::Critical];
         c.notify = vec![
             notifier("stuck", NotifyKind::Webhook, stuck, &[NotifyOn::Firing]),
             notifier("flaky", NotifyKind::Webhook, flaky, &[NotifyOn::Firing]),
@@ -926,6 +934,7 @@ async fn a_failing_notifier_does_not_delay_another_and_retries_are_counted() {
                 refusing,
                 &[NotifyOn::Firing],
             ),
+            only_critical,
             notifier("good", NotifyKind::Slack, good, &[NotifyOn::Firing]),
         ];
     })
@@ -969,6 +978,15 @@ async fn a_failing_notifier_does_not_delay_another_and_retries_are_counted() {
     )
     .await;
     assert_eq!(rx.seen("refusing"), 2);
+    // A notifier of critical alerts only was told of A, not of the warning B (dispatched
+    // to every queue at the same time as A, long since delivered to the others).
+    let got = rx
+        .wait("critical", "A on the critical-only notifier", |g| {
+            !g.is_empty()
+        })
+        .await;
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0]["alert"]["title"], "A");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -90,6 +90,8 @@ struct RawNotify {
     url_env: Option<String>,
     #[serde(default)]
     on: Option<Vec<String>>,
+    #[serde(default)]
+    severities: Option<Vec<String>>,
     #[serde(default, deserialize_with = "duration")]
     approval_wait: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
@@ -369,6 +371,18 @@ fn notify_config(i: usize, n: RawNotify) -> Result<tether_hub::NotifyConfig> {
     };
     let name = n.name.unwrap_or_else(|| format!("{}-{i}", kind.as_str()));
     let mut c = tether_hub::NotifyConfig::new(&name, kind, &url, on);
+    if let Some(list) = n.severities {
+        c.severities = list
+            .iter()
+            .map(|s| {
+                tether_hub::alerts::Severity::parse(s).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "notify[{i}].severities: `{s}` is not critical, warning or info"
+                    )
+                })
+            })
+            .collect::<Result<_>>()?;
+    }
     if let Some(v) = n.approval_wait {
         c.approval_wait = v;
     }
@@ -742,6 +756,7 @@ mod tests {
             kind = "slack"
             url = "https://hooks.slack.com/services/T/B/x"
             on = ["firing", "approval_waiting"]
+            severities = ["critical"]
             approval_wait = "2m"
             [[notify]]
             kind = "webhook"
@@ -768,6 +783,8 @@ mod tests {
             ]
         );
         assert_eq!(c.notify[0].approval_wait, Duration::from_secs(120));
+        assert_eq!(c.notify[0].severities, vec![Severity::Critical]);
+        assert_eq!(c.notify[1].severities.len(), 3);
         assert_eq!(c.notify[1].name, "webhook-1");
         assert_eq!(c.notify[1].on, tether_hub::NotifyOn::ALL.to_vec());
         assert_eq!(c.notify[1].approval_wait, Duration::from_secs(60));
@@ -826,6 +843,10 @@ mod tests {
             (
                 "[[notify]]\nkind = \"slack\"\nurl = \"http://x\"\non = []\n",
                 "notify[0] (`slack-0`).on: must name at least one",
+            ),
+            (
+                "[[notify]]\nkind = \"slack\"\nurl = \"http://x\"\nseverities = [\"loud\"]\n",
+                "notify[0].severities: `loud` is not critical, warning or info",
             ),
             (
                 "[[notify]]\nkind = \"webhook\"\nurl_env = \"TETHER_TEST_NO_SUCH_VARIABLE\"\n",
