@@ -377,7 +377,12 @@ impl AutoDiagnosis {
                 resolved: false,
             },
         );
-        // Forget episodes of alerts long gone (the map would otherwise only grow).
+        // Forget what no longer matters (the maps would otherwise only grow): cooldowns that
+        // ran out, episodes of alerts not running.
+        if st.cooldown.len() > 10_000 {
+            st.cooldown
+                .retain(|_, last| now < last.saturating_add(cooldown_ms));
+        }
         if st.launched.len() > 100_000 {
             let running: Vec<i64> = st.running.keys().copied().collect();
             st.launched.retain(|id, _| running.contains(id));

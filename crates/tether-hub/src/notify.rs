@@ -174,8 +174,10 @@ struct Dispatch {
     notifiers: Vec<Notifier>,
     /// Alert id → the episode (`started_at`) whose firing was announced.
     announced: HashMap<i64, i64>,
-    /// The newest report announced (or there when the hub started).
-    last_report: i64,
+    /// Reports up to this id were there when the hub started (or are forgotten).
+    reports_before: i64,
+    /// Alert id → the newest of its reports announced.
+    reported: HashMap<i64, i64>,
     /// Prompts waiting, by (session, call), with the notifiers already told.
     prompts: HashMap<(String, String), (Prompt, Vec<bool>)>,
 }
@@ -187,7 +189,7 @@ async fn dispatch(
     mut notes: tokio::sync::broadcast::Receiver<Arc<SessionNote>>,
     stop: CancellationToken,
 ) {
-    let last_report = hub
+    let reports_before = hub
         .store()
         .run(|s| s.list_reports(None, None, 1))
         .await
@@ -198,7 +200,8 @@ async fn dispatch(
         hub,
         notifiers,
         announced: HashMap::new(),
-        last_report,
+        reports_before,
+        reported: HashMap::new(),
         prompts: HashMap::new(),
     };
     let mut tick = tokio::time::interval(crate::operators::SILENCE_POLL);
@@ -283,11 +286,21 @@ impl Dispatch {
             .filter_map(|d| d.report_id)
             .max()
             .unwrap_or(0);
-        if newest <= self.last_report {
+        // Per alert: two agents' reports may be announced in another order than stored.
+        let since = self
+            .reported
+            .get(&a.alert_id)
+            .copied()
+            .unwrap_or(0)
+            .max(self.reports_before);
+        if newest <= since {
             return;
         }
-        let since = self.last_report;
-        self.last_report = newest;
+        if self.reported.len() > 100_000 {
+            self.reports_before = self.reported.values().copied().max().unwrap_or(0);
+            self.reported.clear();
+        }
+        self.reported.insert(a.alert_id, newest);
         if a.silenced || !self.wants(NotifyOn::Report) {
             return;
         }
