@@ -22,6 +22,10 @@ step "python protocol SDKs for the ACP/MCP tests (scripts/python-sdks.sh)"
 ./scripts/python-sdks.sh
 export TETHER_PYTHON="${TETHER_PYTHON:-$PWD/target/python-sdk/bin/python}"
 
+step "the monitoring stack for the alert end-to-end test (scripts/monitoring-stack.sh)"
+# Debian's Prometheus and Alertmanager: crates/tether/tests/monitoring_e2e.rs drives them.
+eval "$(./scripts/monitoring-stack.sh)"
+
 step "cargo test"
 cargo test --workspace --locked
 

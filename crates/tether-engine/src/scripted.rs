@@ -4,7 +4,7 @@
 //! {"responses": [
 //!   {"text": "Let me look.", "chunk_delay_ms": 20},
 //!   {"tool_calls": [{"tool": "shell", "args": {"command": "uname -a"}}]},
-//!   {"text": "done"}
+//!   {"text": "done", "usage": {"prompt_tokens": 900, "completion_tokens": 100, "total_tokens": 1000}}
 //! ], "loop": false}
 //! ```
 //!
@@ -39,6 +39,9 @@ pub struct ScriptedResponse {
     /// Fail this call with the given message instead of answering.
     #[serde(default)]
     pub error: Option<String>,
+    /// The token counts this call reports, as a model server's `usage` (none by default).
+    #[serde(default)]
+    pub usage: Option<tether_proto::Usage>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -131,6 +134,7 @@ impl ScriptedProvider {
                     tool_calls: vec![],
                     chunk_delay_ms: 0,
                     error: None,
+                    usage: None,
                 }],
                 repeat: true,
             },
@@ -205,6 +209,9 @@ impl ModelProvider for ScriptedProvider {
                 name: call.tool.clone(),
                 arguments: call.args.to_string(),
             }));
+        }
+        if let Some(u) = &response.usage {
+            items.push(ModelChunk::Usage(u.clone()));
         }
         futures_util::stream::iter(items)
             .then(move |item| async move {

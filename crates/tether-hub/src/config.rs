@@ -43,6 +43,156 @@ pub struct AlertRoute {
     pub agent: String,
 }
 
+/// `[diagnosis]`: the hub diagnoses alerts by itself. A firing alert of one of `sources`
+/// and `severities`, not silenced and routed to an agent, starts a `diagnose` session on
+/// that agent, within the cooldown and budgets below; every alert passed over says why
+/// (`diagnosis_skipped`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DiagnosisConfig {
+    /// Severities diagnosed (default: critical).
+    pub severities: Vec<crate::alerts::Severity>,
+    /// Sources diagnosed (default: alertmanager, grafana). An agent's own alerts are
+    /// diagnosed by the agent (`diagnose = true` on the check); add `agent` only for agents
+    /// that do not (catpaw), or the alert may be diagnosed twice.
+    pub sources: Vec<crate::alerts::Source>,
+    /// One diagnosis per (agent, alertname) per this long.
+    pub cooldown: Duration,
+    /// Diagnoses running at once on one agent.
+    pub max_per_agent: usize,
+    /// Diagnoses running at once in the fleet.
+    pub max_fleet: usize,
+    /// Tokens the hub's diagnoses may spend per UTC day, fleet-wide, as the agents report
+    /// them on `turn_ended`; 0: no limit.
+    pub daily_tokens: u64,
+    /// A diagnosis still running after this long stops counting against the limits (its
+    /// agent went away for good, or it waits for an approval nobody gives).
+    pub timeout: Duration,
+}
+
+impl Default for DiagnosisConfig {
+    fn default() -> Self {
+        DiagnosisConfig {
+            severities: vec![crate::alerts::Severity::Critical],
+            sources: vec![
+                crate::alerts::Source::Alertmanager,
+                crate::alerts::Source::Grafana,
+            ],
+            cooldown: Duration::from_secs(30 * 60),
+            max_per_agent: 1,
+            max_fleet: 8,
+            daily_tokens: 2_000_000,
+            timeout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// What a notifier is told about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NotifyOn {
+    /// An alert started firing (or fired again).
+    Firing,
+    /// An alert resolved.
+    Resolved,
+    /// A diagnosis report was stored with an alert.
+    Report,
+    /// A permission prompt in a hub session has waited for a human longer than
+    /// `approval_wait`.
+    ApprovalWaiting,
+}
+
+impl NotifyOn {
+    pub const ALL: [NotifyOn; 4] = [
+        NotifyOn::Firing,
+        NotifyOn::Resolved,
+        NotifyOn::Report,
+        NotifyOn::ApprovalWaiting,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyOn::Firing => "firing",
+            NotifyOn::Resolved => "resolved",
+            NotifyOn::Report => "report",
+            NotifyOn::ApprovalWaiting => "approval_waiting",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<NotifyOn> {
+        NotifyOn::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+/// The message format of a notifier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotifyKind {
+    /// A Slack incoming webhook: `{"text", "blocks"}`.
+    Slack,
+    /// Any HTTP endpoint: the event as JSON.
+    Webhook,
+}
+
+impl NotifyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyKind::Slack => "slack",
+            NotifyKind::Webhook => "webhook",
+        }
+    }
+}
+
+/// `[[notify]]`: where the hub posts alert news.
+#[derive(Clone)]
+pub struct NotifyConfig {
+    /// Shown in logs and metrics (default `<kind>-<index>`).
+    pub name: String,
+    pub kind: NotifyKind,
+    /// Where to POST (often a secret: never logged).
+    pub url: String,
+    pub on: Vec<NotifyOn>,
+    /// The alerts it is told about (firing, resolved, report), by severity (default: all).
+    pub severities: Vec<crate::alerts::Severity>,
+    /// How long a prompt waits for a human before `approval_waiting` is sent (default 60 s).
+    pub approval_wait: Duration,
+    /// Each attempt's deadline (default 10 s).
+    pub timeout: Duration,
+    /// Attempts after the first, with backoff from 1 s doubling to 60 s (default 5).
+    pub retries: u32,
+}
+
+impl NotifyConfig {
+    pub fn new(name: &str, kind: NotifyKind, url: &str, on: Vec<NotifyOn>) -> NotifyConfig {
+        NotifyConfig {
+            name: name.to_owned(),
+            kind,
+            url: url.to_owned(),
+            on,
+            severities: vec![
+                crate::alerts::Severity::Critical,
+                crate::alerts::Severity::Warning,
+                crate::alerts::Severity::Info,
+            ],
+            approval_wait: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
+            retries: 5,
+        }
+    }
+}
+
+impl std::fmt::Debug for NotifyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NotifyConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("url", &"…")
+            .field("on", &self.on)
+            .field("severities", &self.severities)
+            .field("approval_wait", &self.approval_wait)
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .finish()
+    }
+}
+
 /// The hub's clock: the system clock, or (tests) a manual one that moves only when told.
 /// Everything time-dependent in the alert model — silences starting and ending, receive
 /// times — reads it, so a test can expire a silence without waiting.
@@ -113,6 +263,13 @@ pub struct HubConfig {
     pub max_connections_per_operator: usize,
     /// The clock of the alert model (the system clock but in tests).
     pub clock: Clock,
+    /// Automatic diagnosis (`[diagnosis]`); `None`: off.
+    pub diagnosis: Option<DiagnosisConfig>,
+    /// Notifiers (`[[notify]]`).
+    pub notify: Vec<NotifyConfig>,
+    /// The console's address as people reach it, for links in notifications (default: the
+    /// address the hub listens on).
+    pub console_url: Option<String>,
 }
 
 impl HubConfig {
@@ -133,6 +290,9 @@ impl HubConfig {
             operator_queue: tether_mux::outbound::DEFAULT_QUEUE_FRAMES,
             max_connections_per_operator: tether_transport::limits::DEFAULT_MAX_PER_CLIENT,
             clock: Clock::system(),
+            diagnosis: None,
+            notify: Vec::new(),
+            console_url: None,
         }
     }
 
@@ -171,6 +331,54 @@ impl HubConfig {
                     s.name, o.name
                 ));
             }
+        }
+        if let Some(d) = &self.diagnosis {
+            if d.severities.is_empty() {
+                return Err("diagnosis.severities: must name at least one severity (critical, warning, info)".into());
+            }
+            if d.sources.is_empty() {
+                return Err("diagnosis.sources: must name at least one source (alertmanager, grafana, agent)".into());
+            }
+            if d.max_per_agent == 0 {
+                return Err("diagnosis.max_per_agent: must be at least 1".into());
+            }
+            if d.max_fleet == 0 {
+                return Err("diagnosis.max_fleet: must be at least 1".into());
+            }
+        }
+        for (i, n) in self.notify.iter().enumerate() {
+            let what = format!("notify[{i}] (`{}`)", n.name);
+            if !(n.url.starts_with("http://") || n.url.starts_with("https://")) {
+                return Err(format!("{what}.url: must be an http:// or https:// URL"));
+            }
+            if n.on.is_empty() {
+                return Err(format!(
+                    "{what}.on: must name at least one of firing, resolved, report, approval_waiting"
+                ));
+            }
+            if n.severities.is_empty() {
+                return Err(format!(
+                    "{what}.severities: must name at least one of critical, warning, info"
+                ));
+            }
+            if n.timeout.is_zero() {
+                return Err(format!("{what}.timeout: must be more than 0"));
+            }
+            for (j, other) in self.notify.iter().enumerate().take(i) {
+                if other.name == n.name {
+                    return Err(format!(
+                        "notify[{i}].name: `{}` is also notify[{j}]'s name",
+                        n.name
+                    ));
+                }
+            }
+        }
+        if let Some(u) = &self.console_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(format!(
+                "console_url: `{u}` is not an http:// or https:// URL"
+            ));
         }
         for (i, r) in self.alert_routes.iter().enumerate() {
             if r.matchers.is_empty() {

@@ -45,6 +45,26 @@ pub struct Metrics {
     pub intake_rejected: AtomicU64,
     /// Notifications without a valid alert source token.
     pub intake_auth_failures: AtomicU64,
+    /// Automatic diagnoses started, and passed over (`diagnosis_skipped`).
+    pub diagnoses_started: AtomicU64,
+    pub diagnoses_skipped: AtomicU64,
+    /// Tokens the automatic diagnoses' turns reported.
+    pub diagnosis_tokens: AtomicU64,
+    /// Per notifier: (name, kind, counters).
+    pub notifiers: Mutex<Vec<(String, &'static str, Arc<NotifierCounters>)>>,
+}
+
+/// What one notifier did.
+#[derive(Default)]
+pub struct NotifierCounters {
+    /// Messages delivered (a 2xx answer).
+    pub sent: AtomicU64,
+    /// Messages given up on (a refusal, or every attempt failed).
+    pub failed: AtomicU64,
+    /// Attempts that failed and were tried again.
+    pub retried: AtomicU64,
+    /// Messages dropped because the notifier's queue was full.
+    pub dropped: AtomicU64,
 }
 
 /// Something subscribers of `agents.subscribe` / `alerts.subscribe` want to hear.
@@ -108,6 +128,8 @@ pub(crate) struct Inner {
     closing: CancellationToken,
     /// Every alert change, for the hub's own consumers (see [`Hub::alert_changes`]).
     alert_changes: tokio::sync::broadcast::Sender<Arc<AlertChange>>,
+    /// The address actually bound (set by [`crate::start`]).
+    local_addr: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 /// How many alert changes an in-process consumer may fall behind before it misses some
@@ -136,7 +158,7 @@ impl Hub {
         config.validate()?;
         let metrics = Arc::new(Metrics::default());
         let relay = Relay::new(store.clone(), metrics.clone(), config.operator_queue);
-        Ok(Hub {
+        let hub = Hub {
             inner: Arc::new(Inner {
                 config,
                 store,
@@ -148,8 +170,54 @@ impl Hub {
                 shutdown: CancellationToken::new(),
                 closing: CancellationToken::new(),
                 alert_changes: tokio::sync::broadcast::channel(ALERT_CHANGES_BACKLOG).0,
+                local_addr: std::sync::OnceLock::new(),
             }),
-        })
+        };
+        // Weak: the relay lives inside the hub.
+        let weak = Arc::downgrade(&hub.inner);
+        hub.relay().set_publisher(Box::new(move |change| {
+            if let Some(inner) = weak.upgrade() {
+                Hub { inner }.publish(HubEvent::Alert(change));
+            }
+        }));
+        Ok(hub)
+    }
+
+    /// Records the address the hub listens on (for [`Hub::console_url`]).
+    pub fn set_local_addr(&self, addr: std::net::SocketAddr) {
+        let _ = self.inner.local_addr.set(addr);
+    }
+
+    /// The console's address for links in notifications: `console_url` from the config,
+    /// else the listening address (an unspecified IP such as `0.0.0.0` replaced by the
+    /// host's name). Always ends with `/`.
+    pub fn console_url(&self) -> String {
+        if let Some(u) = &self.inner.config.console_url {
+            return if u.ends_with('/') {
+                u.clone()
+            } else {
+                format!("{u}/")
+            };
+        }
+        let addr = self
+            .inner
+            .local_addr
+            .get()
+            .copied()
+            .unwrap_or(self.inner.config.listen);
+        let scheme = if self.inner.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let host = if addr.ip().is_unspecified() {
+            tether_engine::host::hostname()
+        } else if addr.is_ipv6() {
+            format!("[{}]", addr.ip())
+        } else {
+            addr.ip().to_string()
+        };
+        format!("{scheme}://{host}:{}/", addr.port())
     }
 
     pub fn config(&self) -> &HubConfig {

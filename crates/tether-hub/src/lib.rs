@@ -5,6 +5,8 @@
 //! * [`alerts`] — the alert model (lifecycle, silences); [`intake`] — Alertmanager and
 //!   Grafana webhooks; [`routing`] — which host an external alert is about.
 //! * [`relay`] — remote sessions: mirrors of agent sessions, fanned out to operators.
+//! * [`diagnosis`] — the hub's automatic diagnosis of alerts; [`notify`] — notifications
+//!   out (Slack, webhooks).
 //! * [`operators`] — the client protocol at the hub, plus the fleet ops.
 //! * [`server`] — routes, REST mirror, `/healthz`, `/metrics`, TLS, retention.
 //! * [`console`] — the embedded web console.
@@ -16,8 +18,10 @@ pub mod alert_acks;
 pub mod alerts;
 pub mod config;
 pub mod console;
+pub mod diagnosis;
 pub mod hub;
 pub mod intake;
+pub mod notify;
 pub mod operators;
 pub mod relay;
 pub mod routing;
@@ -25,7 +29,10 @@ pub mod server;
 pub mod store;
 pub mod tokens;
 
-pub use config::{AlertRoute, AlertSource, Clock, HubConfig, Operator};
+pub use config::{
+    AlertRoute, AlertSource, Clock, DiagnosisConfig, HubConfig, NotifyConfig, NotifyKind, NotifyOn,
+    Operator,
+};
 pub use hub::Hub;
 
 use std::net::SocketAddr;
@@ -100,6 +107,7 @@ pub async fn start(config: HubConfig, allow_plaintext: bool) -> Result<RunningHu
     let tcp =
         listen(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let local_addr = tcp.local_addr().map_err(|e| e.to_string())?;
+    hub.set_local_addr(local_addr);
     let stop = tokio_util::sync::CancellationToken::new();
     let router = server::router(hub.clone());
     let shutdown = hub.closing();
@@ -124,6 +132,10 @@ pub async fn start(config: HubConfig, allow_plaintext: bool) -> Result<RunningHu
     server::spawn_retention(hub.clone(), stop.clone());
     tokens::spawn_revocation_watch(hub.clone(), stop.clone());
     operators::spawn_silence_watch(hub.clone(), stop.clone());
+    if let Some(cfg) = config.diagnosis.clone() {
+        diagnosis::AutoDiagnosis::new(hub.clone(), cfg).spawn(stop.clone());
+    }
+    notify::spawn(hub.clone(), stop.clone());
     Ok(RunningHub {
         hub,
         local_addr,

@@ -25,7 +25,7 @@ use tether_mux::outbound::{OutItem, Outbound, ReplaySource, StoredEvent};
 use tether_proto::link::{
     DiagnoseReport, LinkMessage, MAX_SESSION_OUTPUT_FRAME_BYTES, OutputProbe, SessionAnswer,
     SessionAttach, SessionCancel, SessionDetach, SessionError, SessionEvent, SessionInput,
-    SessionOutput, SessionStart,
+    SessionNotice, SessionOutput, SessionStart,
 };
 use tether_proto::{
     CallId, Class, ClientInfo, Control, ErrorBody, Event, EventBody, InputAccepted, InputId, Mode,
@@ -209,6 +209,10 @@ pub struct HubSession {
     pub policy: Policy,
     pub created_at: String,
     pub created_by: ClientInfo,
+    /// The alert it diagnoses (`params.alert_id` at creation; `None` once read back).
+    pub alert_id: Option<i64>,
+    /// `params.alert_key`: what a version-1 agent's report is filed under.
+    alert_key: String,
     /// The agent connection the session runs on (0: read back from the store).
     conn_id: u64,
     shadow: Mutex<Shadow>,
@@ -226,6 +230,77 @@ struct RelayInner {
     queue: usize,
     sessions: std::sync::Mutex<HashMap<String, Arc<HubSession>>>,
     replay: Arc<StoreReplay>,
+    /// Session activity for the hub's own consumers (see [`Relay::notes`]).
+    notes: tokio::sync::broadcast::Sender<Arc<SessionNote>>,
+    /// Announces an alert change (the hub's `publish`), for reports stored here.
+    publisher: std::sync::OnceLock<AlertPublisher>,
+}
+
+/// How the relay announces an alert change it caused (set by the hub).
+pub type AlertPublisher = Box<dyn Fn(crate::store::AlertChange) + Send + Sync>;
+
+/// How many session notes an in-process consumer may fall behind before it misses some.
+pub const SESSION_NOTES_BACKLOG: usize = 4096;
+
+/// What the hub's own consumers (the automatic diagnosis, the approval notifications) hear of
+/// every hub session: a few of its events, as they are stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionNote {
+    pub session_id: String,
+    pub agent_id: String,
+    pub hostname: String,
+    pub mode: Mode,
+    /// The session's creator (`created_by`).
+    pub created_by: String,
+    /// The alert it diagnoses, when it was created for one.
+    pub alert_id: Option<i64>,
+    pub activity: Activity,
+}
+
+/// The events a [`SessionNote`] reports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Activity {
+    /// A tool call waits for a human (or, under policy `any`, an agent) to allow it.
+    PermissionRequested {
+        call_id: String,
+        tool: String,
+        args: Value,
+    },
+    PermissionResolved {
+        call_id: String,
+    },
+    /// A turn ended; `tokens`: the usage the agent reported (0 when it reported none).
+    TurnEnded {
+        stop: StopReason,
+        tokens: u64,
+    },
+    Closed,
+}
+
+impl Activity {
+    fn of(body: &EventBody) -> Option<Activity> {
+        Some(match body {
+            EventBody::PermissionRequested {
+                call_id,
+                tool,
+                args,
+                ..
+            } => Activity::PermissionRequested {
+                call_id: call_id.to_string(),
+                tool: tool.clone(),
+                args: args.clone(),
+            },
+            EventBody::PermissionResolved { call_id, .. } => Activity::PermissionResolved {
+                call_id: call_id.to_string(),
+            },
+            EventBody::TurnEnded { stop, usage, .. } => Activity::TurnEnded {
+                stop: *stop,
+                tokens: usage.as_ref().map_or(0, |u| u.total_tokens),
+            },
+            EventBody::SessionClosed { .. } => Activity::Closed,
+            _ => return None,
+        })
+    }
 }
 
 fn err(reason: Reason, message: impl Into<String>) -> ErrorBody {
@@ -266,7 +341,73 @@ impl Relay {
                 metrics,
                 queue,
                 sessions: std::sync::Mutex::new(HashMap::new()),
+                notes: tokio::sync::broadcast::channel(SESSION_NOTES_BACKLOG).0,
+                publisher: std::sync::OnceLock::new(),
             }),
+        }
+    }
+
+    /// Sets how alert changes the relay causes are announced (once, by the hub).
+    pub fn set_publisher(&self, publisher: AlertPublisher) {
+        let _ = self.inner.publisher.set(publisher);
+    }
+
+    fn announce(&self, change: crate::store::AlertChange) {
+        if let Some(p) = self.inner.publisher.get() {
+            p(change);
+        }
+    }
+
+    /// Every hub session's permission prompts, their answers, turn ends and closes from now
+    /// on, in the order each session stored them. A consumer that falls
+    /// [`SESSION_NOTES_BACKLOG`] behind gets `Lagged` and misses those.
+    pub fn notes(&self) -> tokio::sync::broadcast::Receiver<Arc<SessionNote>> {
+        self.inner.notes.subscribe()
+    }
+
+    /// A session's state now (`None`: no such session).
+    pub async fn session_state(&self, id: &str) -> Option<SessionState> {
+        let session = self.find(id).await?;
+        let state = session.shadow.lock().await.state;
+        Some(state)
+    }
+
+    /// Tells a session's users something from outside any turn, as a `notice` event: the
+    /// hub publishes it itself in a version-1 session; a version-2 agent is sent
+    /// `session_notice` and publishes it in its session (an agent that does not know the
+    /// message ignores it). Nothing happens for a closed session or an agent away.
+    pub async fn notice(&self, hub: &Hub, session_id: &str, level: NoticeLevel, message: &str) {
+        let Some(session) = self.find(session_id).await else {
+            return;
+        };
+        if session.proto < 2 {
+            let mut shadow = session.shadow.lock().await;
+            if shadow.state != SessionState::Closed {
+                self.publish(
+                    &session,
+                    &mut shadow,
+                    EventBody::Notice {
+                        level,
+                        message: message.to_owned(),
+                    },
+                )
+                .await;
+            }
+            return;
+        }
+        if let Some(agent) = hub.agent(&session.agent_id) {
+            let level = match level {
+                NoticeLevel::Info => "info",
+                NoticeLevel::Warning => "warning",
+                NoticeLevel::Error => "error",
+            };
+            let _ = agent
+                .send(LinkMessage::SessionNotice(SessionNotice {
+                    session_id: session.id.clone(),
+                    level: level.to_owned(),
+                    message: message.to_owned(),
+                }))
+                .await;
         }
     }
 
@@ -338,6 +479,13 @@ impl Relay {
             title: rec.title.clone(),
             policy: Policy::parse(&rec.policy).unwrap_or(Policy::Human),
             created_at: rec.created_at.clone(),
+            alert_id: None,
+            alert_key: rec
+                .params
+                .get("alert_key")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
             conn_id: 0,
             created_by: ClientInfo {
                 client_id: tether_proto::ClientId(rec.created_by.clone()),
@@ -396,6 +544,19 @@ impl Relay {
             tracing::error!(session = %session.id, error = %e, "cannot store a session event");
         }
         shadow.apply(seq, body);
+        if let Some(activity) = Activity::of(body)
+            && self.inner.notes.receiver_count() > 0
+        {
+            let _ = self.inner.notes.send(Arc::new(SessionNote {
+                session_id: session.id.clone(),
+                agent_id: session.agent_id.clone(),
+                hostname: session.hostname.clone(),
+                mode: session.mode,
+                created_by: session.created_by.name.clone(),
+                alert_id: session.alert_id,
+                activity,
+            }));
+        }
         let gone = shadow.broadcast(&Bytes::from(frame), &self.inner.metrics);
         if matches!(
             body,
@@ -511,9 +672,14 @@ impl Relay {
                 }
             }
         }
-        if agent.proto < 2 && create.mode == Mode::Diagnose {
-            // catpaw reads the alert text from `descriptions` only.
-            v1_descriptions(&mut params);
+        if agent.proto < 2 {
+            if create.mode == Mode::Diagnose {
+                // catpaw reads the alert text from `descriptions` only.
+                v1_descriptions(&mut params);
+            }
+            // catpaw's params are a map of strings: anything else would make it refuse the
+            // whole `session_start` as an invalid payload.
+            v1_string_params(&mut params);
         }
         // One title, the same at the hub and (version 2) at the agent.
         let title = create
@@ -543,6 +709,12 @@ impl Relay {
             policy,
             created_at: now(),
             created_by: creator.clone(),
+            alert_id,
+            alert_key: params
+                .get("alert_key")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
             conn_id: agent.conn_id,
             shadow: Mutex::new({
                 let mut shadow = Shadow::new(SessionState::Idle, 0);
@@ -1525,6 +1697,21 @@ impl Relay {
                     },
                 )
                 .await;
+                if session.mode == Mode::Diagnose && o.stage != "error" {
+                    // catpaw has no `diagnose_report`: its final report is the diagnosis,
+                    // stored (and linked to the session's alert) as a version-2 agent's is.
+                    self.store_report(
+                        &session.agent_id,
+                        DiagnoseReport {
+                            alert_key: session.alert_key.clone(),
+                            session_id: Some(session.id.clone()),
+                            report: report.clone(),
+                            created_at: now(),
+                        },
+                        now_ms(),
+                    )
+                    .await;
+                }
             }
             let failed = o.stage == "error";
             self.publish(
@@ -1608,17 +1795,33 @@ impl Relay {
         }
     }
 
-    /// A finished diagnosis report.
-    /// Stores a diagnosis report, linked to its alert; returns that alert's change.
+    /// A version-2 agent's `diagnose_report`: stored, linked to its alert (the session's,
+    /// else the agent's alert with that key); returns that alert's change.
     pub async fn on_report(
         &self,
         agent: &AgentConn,
         r: DiagnoseReport,
         now_ms: i64,
     ) -> Option<crate::store::AlertChange> {
+        self.insert_report(&agent.agent_id, r, now_ms).await
+    }
+
+    /// Stores a report found here (a version-1 agent's) and announces its alert's change.
+    async fn store_report(&self, agent_id: &str, r: DiagnoseReport, now_ms: i64) {
+        if let Some(change) = self.insert_report(agent_id, r, now_ms).await {
+            self.announce(change);
+        }
+    }
+
+    async fn insert_report(
+        &self,
+        agent_id: &str,
+        r: DiagnoseReport,
+        now_ms: i64,
+    ) -> Option<crate::store::AlertChange> {
         let row = crate::store::ReportRow {
             report_id: 0,
-            agent_id: agent.agent_id.clone(),
+            agent_id: agent_id.to_owned(),
             alert_key: r.alert_key,
             alert_id: None,
             session_id: r.session_id,
@@ -1633,7 +1836,7 @@ impl Relay {
         {
             Ok((_, change)) => change,
             Err(e) => {
-                tracing::error!(agent = %agent.agent_id, error = %e, "cannot store a diagnosis report");
+                tracing::error!(agent = %agent_id, error = %e, "cannot store a diagnosis report");
                 None
             }
         }
@@ -1670,6 +1873,16 @@ fn v1_descriptions(params: &mut Map<String, Value>) {
         .cloned();
     if let Some(text) = text {
         params.insert("descriptions".into(), text);
+    }
+}
+
+/// catpaw decodes `params` as a map of strings: a value of another type (a diagnosis' labels,
+/// say) goes as its JSON text.
+fn v1_string_params(params: &mut Map<String, Value>) {
+    for v in params.values_mut() {
+        if !v.is_string() {
+            *v = Value::String(v.to_string());
+        }
     }
 }
 

@@ -299,7 +299,8 @@ async fn metrics(State(hub): State<Hub>) -> Response {
         .run(|s| Ok((s.count_alert_events()?, s.count_firing_alerts()?)))
         .await
         .unwrap_or((0, 0));
-    let body = PromText::new()
+    let mut prom = PromText::new();
+    let body = prom
         .gauge(
             "tether_hub_agents_connected",
             "Agents connected now.",
@@ -409,6 +410,54 @@ async fn metrics(State(hub): State<Hub>) -> Response {
             "tether_hub_operator_evictions_total",
             "Operators evicted for not keeping up.",
             m.operator_evictions.load(Ordering::Relaxed),
+        )
+        .counter(
+            "tether_hub_diagnoses_started_total",
+            "Automatic diagnoses started.",
+            m.diagnoses_started.load(Ordering::Relaxed),
+        )
+        .counter(
+            "tether_hub_diagnoses_skipped_total",
+            "Alerts the automatic diagnosis passed over (the reason is on the alert).",
+            m.diagnoses_skipped.load(Ordering::Relaxed),
+        )
+        .counter(
+            "tether_hub_diagnosis_tokens_total",
+            "Tokens the automatic diagnoses' turns reported.",
+            m.diagnosis_tokens.load(Ordering::Relaxed),
+        );
+    let notifiers = tether_engine::sync::lock(&m.notifiers).clone();
+    let per = |pick: fn(&crate::hub::NotifierCounters) -> u64| -> Vec<(Vec<(&str, String)>, u64)> {
+        notifiers
+            .iter()
+            .map(|(name, kind, c)| {
+                (
+                    vec![("notifier", name.clone()), ("kind", (*kind).to_owned())],
+                    pick(c),
+                )
+            })
+            .collect()
+    };
+    let body = body
+        .counter_with(
+            "tether_hub_notifications_sent_total",
+            "Notifications delivered, per notifier.",
+            &per(|c| c.sent.load(Ordering::Relaxed)),
+        )
+        .counter_with(
+            "tether_hub_notifications_failed_total",
+            "Notifications given up on (refused, or every attempt failed), per notifier.",
+            &per(|c| c.failed.load(Ordering::Relaxed)),
+        )
+        .counter_with(
+            "tether_hub_notifications_retried_total",
+            "Notification attempts that failed and were tried again, per notifier.",
+            &per(|c| c.retried.load(Ordering::Relaxed)),
+        )
+        .counter_with(
+            "tether_hub_notifications_dropped_total",
+            "Notifications dropped because the notifier's queue was full, per notifier.",
+            &per(|c| c.dropped.load(Ordering::Relaxed)),
         )
         .finish();
     tether_transport::metrics::response(body)

@@ -344,8 +344,13 @@ pub trait Store: Send + Sync {
     /// Deletes sessions (and their events) created before `before_ms`.
     fn prune_sessions(&self, before_ms: i64) -> StoreResult<usize>;
 
-    /// Stores a report and links it to its alert, `(agent_id, alert_key)`'s, when the hub
-    /// has it: returns the stored row and that alert's change.
+    /// Tokens spent by the sessions `created_by` created, in the turns that ended at or after
+    /// `since_ms`: the sum of their `turn_ended` events' `usage.total_tokens`.
+    fn session_tokens_since(&self, created_by: &str, since_ms: i64) -> StoreResult<u64>;
+
+    /// Stores a report and links it to its session's alert (a session started with
+    /// `params.alert_id`), else to the agent's alert with its key, when the hub has it:
+    /// returns the stored row and that alert's change.
     fn insert_report(
         &self,
         r: &ReportRow,
@@ -909,10 +914,25 @@ fn link_report_tx(
     session_id: Option<&str>,
     created_ms: i64,
 ) -> rusqlite::Result<Option<i64>> {
-    let alert_id: Option<i64> = tx
-        .prepare_cached("SELECT alert_id FROM alerts WHERE identity = ?1")?
-        .query_row([agent_identity(agent_id, alert_key)], |r| r.get(0))
-        .optional()?;
+    // A session started for an alert (`params.alert_id`) reports on that alert, whatever key
+    // the agent files it under (an external alert's is the fingerprint, not the agent's).
+    let by_session: Option<i64> = match session_id {
+        Some(sid) => tx
+            .prepare_cached(
+                "SELECT d.alert_id FROM alert_diagnoses d JOIN alerts a ON a.alert_id = d.alert_id
+                 WHERE d.session_id = ?1 AND a.agent_id = ?2 ORDER BY d.id LIMIT 1",
+            )?
+            .query_row(params![sid, agent_id], |r| r.get(0))
+            .optional()?,
+        None => None,
+    };
+    let alert_id: Option<i64> = match by_session {
+        Some(id) => Some(id),
+        None => tx
+            .prepare_cached("SELECT alert_id FROM alerts WHERE identity = ?1")?
+            .query_row([agent_identity(agent_id, alert_key)], |r| r.get(0))
+            .optional()?,
+    };
     let Some(alert_id) = alert_id else {
         return Ok(None);
     };
@@ -1791,6 +1811,22 @@ impl Store for SqliteStore {
         Ok(n)
     }
 
+    fn session_tokens_since(&self, created_by: &str, since_ms: i64) -> StoreResult<u64> {
+        // Event times are RFC 3339 UTC text, which sorts as time does. Sessions older than a
+        // day before `since_ms` are left out: a diagnosis does not run that long.
+        let since_text = rfc3339_ms(since_ms);
+        let n: i64 = self.conn().query_row(
+            "SELECT COALESCE(SUM(json_extract(e.frame, '$.usage.total_tokens')), 0)
+             FROM session_events e JOIN sessions s ON s.session_id = e.session_id
+             WHERE s.created_by = ?1 AND s.created_at >= ?2
+               AND json_extract(e.frame, '$.event') = 'turn_ended'
+               AND json_extract(e.frame, '$.ts') >= ?3",
+            params![created_by, since_ms.saturating_sub(86_400_000), since_text],
+            |r| r.get(0),
+        )?;
+        Ok(n.max(0) as u64)
+    }
+
     fn insert_report(
         &self,
         r: &ReportRow,
@@ -2313,12 +2349,46 @@ mod tests {
             .insert_report(
                 &ReportRow {
                     alert_key: "unknown".into(),
-                    ..report
+                    session_id: Some("sess-other".into()),
+                    ..report.clone()
                 },
                 NOW,
             )
             .expect("report");
         assert_eq!((row.alert_id, change), (None, None));
+        // A session started for an alert reports on it whatever key the agent files it
+        // under (an external alert's key is its fingerprint, which the agent does not know
+        // as one of its own).
+        s.link_alert_session(alert_id, "sess-2", NOW)
+            .expect("link")
+            .expect("known alert");
+        let (row, change) = s
+            .insert_report(
+                &ReportRow {
+                    alert_key: "fingerprint-not-a-key-of-a1".into(),
+                    session_id: Some("sess-2".into()),
+                    ..report.clone()
+                },
+                NOW,
+            )
+            .expect("report");
+        assert_eq!(row.alert_id, Some(alert_id));
+        let diagnoses = change.expect("the alert changed").alert.diagnoses;
+        assert_eq!(diagnoses[1].session_id.as_deref(), Some("sess-2"));
+        assert_eq!(diagnoses[1].report_id, Some(row.report_id));
+        // Another agent's report naming that session does not attach to this alert.
+        let (row, _) = s
+            .insert_report(
+                &ReportRow {
+                    agent_id: "a2".into(),
+                    alert_key: "unknown".into(),
+                    session_id: Some("sess-2".into()),
+                    ..report
+                },
+                NOW,
+            )
+            .expect("report");
+        assert_eq!(row.alert_id, None);
     }
 
     /// hub.db as version 1 wrote it (alert events in `alerts`).

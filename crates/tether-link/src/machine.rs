@@ -425,7 +425,8 @@ impl LinkMachine {
                     | LinkMessage::SessionCancel(_)
                     | LinkMessage::SessionAttach(_)
                     | LinkMessage::SessionDetach(_)
-                    | LinkMessage::SessionAnswer(_) => out.push(Output::Deliver(frame)),
+                    | LinkMessage::SessionAnswer(_)
+                    | LinkMessage::SessionNotice(_) => out.push(Output::Deliver(frame)),
                     LinkMessage::Ack(_) | LinkMessage::Pong => {}
                     other => out.push(Output::Note(format!(
                         "ignored an unexpected `{}` from the hub",

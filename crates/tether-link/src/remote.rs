@@ -29,13 +29,13 @@ use tether_mux::outbound::{Next, OutboundReceiver};
 use tether_mux::{Connection, Identity, Mux, SessionOptions};
 use tether_proto::link::{
     DiagnoseReport, LinkFrame, LinkMessage, SessionAnswer, SessionAttach, SessionCancel,
-    SessionDetach, SessionError, SessionInput, SessionOutput, SessionStart, encode_session_event,
-    error_code, refusal,
+    SessionDetach, SessionError, SessionInput, SessionNotice, SessionOutput, SessionStart,
+    encode_session_event, error_code, refusal,
 };
 use tether_proto::{
-    Answer, Attach, CallId, Class, ClientId, ClientInfo, Decision, EventBody, Input, Mode, Op,
-    Policy, Reason, ReplyFrame, Request, RequestId, ResolveCause, Scope, ServerFrame, SessionId,
-    SessionRef, StopReason, TurnId,
+    Answer, Attach, CallId, Class, ClientId, ClientInfo, Decision, EventBody, Input, Mode,
+    NoticeLevel, Op, Policy, Reason, ReplyFrame, Request, RequestId, ResolveCause, Scope,
+    ServerFrame, SessionId, SessionRef, StopReason, TurnId,
 };
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -332,7 +332,8 @@ impl RemoteSessions {
             // Not catpaw messages: a catpaw agent ignores types it does not know.
             m @ (LinkMessage::SessionAttach(_)
             | LinkMessage::SessionDetach(_)
-            | LinkMessage::SessionAnswer(_))
+            | LinkMessage::SessionAnswer(_)
+            | LinkMessage::SessionNotice(_))
                 if v1 =>
             {
                 tracing::debug!(
@@ -346,6 +347,7 @@ impl RemoteSessions {
             LinkMessage::SessionAttach(attach) => self.attach(&frame.id, attach, out).await,
             LinkMessage::SessionDetach(detach) => self.detach(&frame.id, detach, out).await,
             LinkMessage::SessionAnswer(answer) => self.answer(&frame.id, answer, out).await,
+            LinkMessage::SessionNotice(notice) => self.notice(notice).await,
             _ => {}
         }
     }
@@ -917,6 +919,30 @@ impl RemoteSessions {
             }))
             .await;
         self.report(frame_id, &session, reply).await;
+    }
+}
+
+impl RemoteSessions {
+    /// Version 2: the hub's `session_notice`, published in the session as a `notice` event
+    /// (nothing to answer: a session that is gone has nobody to tell).
+    async fn notice(&self, notice: SessionNotice) {
+        let Some(session) = self.get(&notice.session_id) else {
+            return;
+        };
+        let level = match notice.level.as_str() {
+            "warning" => NoticeLevel::Warning,
+            "error" => NoticeLevel::Error,
+            _ => NoticeLevel::Info,
+        };
+        let id = SessionId(session.hub_id.clone());
+        if let Err(e) = self
+            .inner
+            .mux
+            .session_notice(&id, level, notice.message)
+            .await
+        {
+            tracing::debug!(session = %session.hub_id, error = %e.message, "a hub notice was not published");
+        }
     }
 }
 

@@ -27,8 +27,9 @@ use tether_engine::log::{EventLog, LogError};
 use tether_host::tools::ToolRegistry;
 use tether_proto::{
     CLIENT_PROTOCOL_VERSION, Class, ClientId, ClientInfo, DEFAULT_LIST_LIMIT, ErrorBody,
-    HelloResult, ListSessions, Mode, Op, Policy, RawRequest, Reason, ReplyFrame, Request,
-    RequestId, ServerInfo, SessionCreated, SessionId, SessionList, SessionState, SessionSummary,
+    HelloResult, ListSessions, Mode, NoticeLevel, Op, Policy, RawRequest, Reason, ReplyFrame,
+    Request, RequestId, ServerInfo, SessionCreated, SessionId, SessionList, SessionState,
+    SessionSummary,
 };
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -445,6 +446,33 @@ impl Mux {
         .map_err(|_| ErrorBody::new(Reason::Internal, "the session stopped"))?;
         rx.await
             .map_err(|_| ErrorBody::new(Reason::Internal, "the session stopped"))
+    }
+
+    /// Publishes a `notice` event in an open session (a message for its users from outside
+    /// any turn: the hub saying the alert a diagnosis is about resolved). A closed session
+    /// takes no more events: `session_closed`.
+    pub async fn session_notice(
+        &self,
+        id: &SessionId,
+        level: NoticeLevel,
+        message: String,
+    ) -> Result<(), ErrorBody> {
+        let Some(ops) = self.session_ops(id) else {
+            return Err(ErrorBody::new(
+                Reason::UnknownSession,
+                format!("no session {id}"),
+            ));
+        };
+        let (tx, rx) = oneshot::channel();
+        ops.send(OpMsg::Notice {
+            level,
+            message,
+            done: tx,
+        })
+        .await
+        .map_err(|_| ErrorBody::new(Reason::Internal, "the session stopped"))?;
+        rx.await
+            .map_err(|_| ErrorBody::new(Reason::Internal, "the session stopped"))?
     }
 
     /// The report of a diagnose session's last completed turn.

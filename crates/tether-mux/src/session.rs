@@ -34,9 +34,9 @@ use tether_engine::{Engine, TurnOutcome, TurnRequest};
 use tether_host::tools::ToolRegistry;
 use tether_proto::{
     Attached, CallId, ClientInfo, Control, Decision, Empty, ErrorBody, Event, EventBody,
-    InputAccepted, InputId, Mode, PendingPermission, Policy, QueuedInput, Reason, ReplyFrame,
-    RequestId, ResolveCause, Scope, Seq, SessionId, SessionState, SessionSummary, Snapshot,
-    StopReason, TurnId, TurnRef,
+    InputAccepted, InputId, Mode, NoticeLevel, PendingPermission, Policy, QueuedInput, Reason,
+    ReplyFrame, RequestId, ResolveCause, Scope, Seq, SessionId, SessionState, SessionSummary,
+    Snapshot, StopReason, TurnId, TurnRef,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -115,6 +115,12 @@ pub(crate) enum OpMsg {
     /// The report of the session's last completed diagnosis.
     Report {
         done: oneshot::Sender<Option<String>>,
+    },
+    /// Publish a `notice` (refused once the session is closed).
+    Notice {
+        level: NoticeLevel,
+        message: String,
+        done: oneshot::Sender<Result<(), ErrorBody>>,
     },
     /// Close on the agent's own behalf, with this reason.
     CloseWithReason {
@@ -665,6 +671,17 @@ impl Actor {
                     Some(OpMsg::Report { done }) => {
                         let _ = done.send(self.durable.report.clone());
                     }
+                    Some(OpMsg::Notice { level, message, done }) => {
+                        if self.state == SessionState::Closed {
+                            let _ = done.send(Err(ErrorBody::new(
+                                Reason::SessionClosed,
+                                format!("session {} is closed", self.id),
+                            )));
+                        } else {
+                            self.publish(EventBody::Notice { level, message });
+                            let _ = done.send(Ok(()));
+                        }
+                    }
                     Some(OpMsg::CloseWithReason { reason, done }) => {
                         if self.state == SessionState::Closed {
                             let _ = done.send(());
@@ -704,6 +721,9 @@ impl Actor {
                         }
                         OpMsg::Report { done } => {
                             let _ = done.send(None);
+                        }
+                        OpMsg::Notice { done, .. } => {
+                            let _ = done.send(Err(crate::unknown_session(&self.id)));
                         }
                         OpMsg::Disconnected { .. } => {}
                     }

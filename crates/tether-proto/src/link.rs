@@ -635,6 +635,22 @@ pub struct SessionAnswer {
     pub client_id: Option<String>,
 }
 
+/// Version 2: something the session's users should see that is not part of a turn (the
+/// alert a diagnosis is about resolved, say): the agent publishes it in the session as a
+/// `notice` event. An agent that does not know it ignores it, like any unknown type.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionNotice {
+    pub session_id: String,
+    /// `info`, `warning` or `error`.
+    #[serde(default = "info_level")]
+    pub level: String,
+    pub message: String,
+}
+
+fn info_level() -> String {
+    "info".into()
+}
+
 /// Version 2: the hub has stored every alert event with `seq <= upto_seq`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AlertAck {
@@ -661,6 +677,7 @@ pub enum LinkMessage {
     SessionAttach(SessionAttach),
     SessionDetach(SessionDetach),
     SessionAnswer(SessionAnswer),
+    SessionNotice(SessionNotice),
     Ping,
     Pong,
     Disconnect(Disconnect),
@@ -687,6 +704,7 @@ impl LinkMessage {
             LinkMessage::SessionAttach(_) => "session_attach",
             LinkMessage::SessionDetach(_) => "session_detach",
             LinkMessage::SessionAnswer(_) => "session_answer",
+            LinkMessage::SessionNotice(_) => "session_notice",
             LinkMessage::Ping => "ping",
             LinkMessage::Pong => "pong",
             LinkMessage::Disconnect(_) => "disconnect",
@@ -711,6 +729,7 @@ impl LinkMessage {
             LinkMessage::SessionAttach(p) => serde_json::to_value(p),
             LinkMessage::SessionDetach(p) => serde_json::to_value(p),
             LinkMessage::SessionAnswer(p) => serde_json::to_value(p),
+            LinkMessage::SessionNotice(p) => serde_json::to_value(p),
             LinkMessage::Disconnect(p) => serde_json::to_value(p),
             LinkMessage::Ping | LinkMessage::Pong | LinkMessage::Unknown(_) => return None,
         };
@@ -817,6 +836,7 @@ impl LinkFrame {
             "session_attach" => LinkMessage::SessionAttach(payload(kind, p)?),
             "session_detach" => LinkMessage::SessionDetach(payload(kind, p)?),
             "session_answer" => LinkMessage::SessionAnswer(payload(kind, p)?),
+            "session_notice" => LinkMessage::SessionNotice(payload(kind, p)?),
             "ping" => LinkMessage::Ping,
             "pong" => LinkMessage::Pong,
             "disconnect" => LinkMessage::Disconnect(payload(kind, p)?),

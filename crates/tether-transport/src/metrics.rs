@@ -31,6 +31,23 @@ impl PromText {
         self
     }
 
+    /// A counter with one sample per label set (no sample at all when `samples` is empty).
+    pub fn counter_with(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: &[(Vec<(&str, String)>, u64)],
+    ) -> &mut Self {
+        if samples.is_empty() {
+            return self;
+        }
+        self.header(name, help, "counter");
+        for (labels, value) in samples {
+            let _ = writeln!(self.out, "{name}{{{}}} {value}", label_text(labels));
+        }
+        self
+    }
+
     /// A gauge with one sample per label set.
     pub fn gauge_with(
         &mut self,
@@ -40,11 +57,7 @@ impl PromText {
     ) -> &mut Self {
         self.header(name, help, "gauge");
         for (labels, value) in samples {
-            let labels: Vec<String> = labels
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
-                .collect();
-            let _ = writeln!(self.out, "{name}{{{}}} {value}", labels.join(","));
+            let _ = writeln!(self.out, "{name}{{{}}} {value}", label_text(labels));
         }
         self
     }
@@ -52,6 +65,15 @@ impl PromText {
     pub fn finish(&mut self) -> String {
         std::mem::take(&mut self.out)
     }
+}
+
+/// `k="v",…` with `\` and `"` escaped.
+fn label_text(labels: &[(&str, String)]) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The response for a `/metrics` body.
@@ -78,6 +100,18 @@ mod tests {
             .gauge_with("state", "S.", &[(vec![("name", "a\"b".to_owned())], 1.0)])
             .finish();
         assert!(text.contains("# TYPE x_total counter\nx_total 3\n"));
+        let labelled = PromText::new()
+            .counter_with(
+                "n_total",
+                "Ns.",
+                &[(vec![("notifier", "ops".to_owned())], 2)],
+            )
+            .counter_with("none_total", "Nothing.", &[])
+            .finish();
+        assert_eq!(
+            labelled,
+            "# HELP n_total Ns.\n# TYPE n_total counter\nn_total{notifier=\"ops\"} 2\n"
+        );
         assert!(text.contains("state{name=\"a\\\"b\"} 1\n"));
     }
 }

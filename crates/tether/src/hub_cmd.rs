@@ -54,6 +54,52 @@ struct RawAlertRoute {
     agent: String,
 }
 
+/// `[diagnosis]`: the hub's automatic diagnosis of alerts.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDiagnosis {
+    /// `false` keeps the section but turns the diagnosis off.
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    severities: Option<Vec<String>>,
+    #[serde(default)]
+    sources: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "duration")]
+    cooldown: Option<Duration>,
+    #[serde(default)]
+    max_per_agent: Option<usize>,
+    #[serde(default)]
+    max_fleet: Option<usize>,
+    #[serde(default)]
+    daily_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "duration")]
+    timeout: Option<Duration>,
+}
+
+/// `[[notify]]`: a Slack incoming webhook or a generic webhook.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    #[serde(default)]
+    name: Option<String>,
+    kind: String,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    url_env: Option<String>,
+    #[serde(default)]
+    on: Option<Vec<String>>,
+    #[serde(default)]
+    severities: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "duration")]
+    approval_wait: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    timeout: Option<Duration>,
+    #[serde(default)]
+    retries: Option<u32>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRetention {
@@ -89,6 +135,12 @@ struct RawHub {
     alert_routes: Vec<RawAlertRoute>,
     #[serde(default)]
     retention: RawRetention,
+    #[serde(default)]
+    diagnosis: Option<RawDiagnosis>,
+    #[serde(default)]
+    notify: Vec<RawNotify>,
+    #[serde(default)]
+    console_url: Option<String>,
     #[serde(default)]
     max_agents: Option<usize>,
     #[serde(default)]
@@ -216,6 +268,15 @@ impl HubFile {
                 agent: r.agent,
             })
             .collect();
+        if let Some(d) = raw.diagnosis
+            && d.enabled != Some(false)
+        {
+            config.diagnosis = Some(diagnosis_config(d)?);
+        }
+        for (i, n) in raw.notify.into_iter().enumerate() {
+            config.notify.push(notify_config(i, n)?);
+        }
+        config.console_url = raw.console_url;
         // Names, token lengths, clashes with operators, empty routes: said here, at load,
         // with the entry's index.
         config.validate().map_err(|e| anyhow::anyhow!(e))?;
@@ -239,6 +300,99 @@ impl HubFile {
         }
         Ok((config, raw.allow_plaintext))
     }
+}
+
+fn diagnosis_config(d: RawDiagnosis) -> Result<tether_hub::DiagnosisConfig> {
+    let mut c = tether_hub::DiagnosisConfig::default();
+    if let Some(list) = d.severities {
+        c.severities = list
+            .iter()
+            .map(|s| {
+                tether_hub::alerts::Severity::parse(s).ok_or_else(|| {
+                    anyhow::anyhow!("diagnosis.severities: `{s}` is not critical, warning or info")
+                })
+            })
+            .collect::<Result<_>>()?;
+    }
+    if let Some(list) = d.sources {
+        c.sources = list
+            .iter()
+            .map(|s| {
+                tether_hub::alerts::Source::parse(s).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "diagnosis.sources: `{s}` is not alertmanager, grafana or agent"
+                    )
+                })
+            })
+            .collect::<Result<_>>()?;
+    }
+    if let Some(v) = d.cooldown {
+        c.cooldown = v;
+    }
+    if let Some(v) = d.max_per_agent {
+        c.max_per_agent = v;
+    }
+    if let Some(v) = d.max_fleet {
+        c.max_fleet = v;
+    }
+    if let Some(v) = d.daily_tokens {
+        c.daily_tokens = v;
+    }
+    if let Some(v) = d.timeout {
+        c.timeout = v;
+    }
+    Ok(c)
+}
+
+fn notify_config(i: usize, n: RawNotify) -> Result<tether_hub::NotifyConfig> {
+    let kind = match n.kind.as_str() {
+        "slack" => tether_hub::NotifyKind::Slack,
+        "webhook" => tether_hub::NotifyKind::Webhook,
+        other => bail!("notify[{i}].kind: `{other}` is not slack or webhook"),
+    };
+    let url = match (n.url, n.url_env) {
+        (Some(u), None) => u,
+        (None, Some(v)) => env_secret(&format!("notify[{i}].url_env"), &v)?,
+        (Some(_), Some(_)) => bail!("notify[{i}]: set either `url` or `url_env`, not both"),
+        (None, None) => bail!("notify[{i}]: `url` or `url_env` is required"),
+    };
+    let on = match n.on {
+        None => tether_hub::NotifyOn::ALL.to_vec(),
+        Some(list) => list
+            .iter()
+            .map(|s| {
+                tether_hub::NotifyOn::parse(s).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "notify[{i}].on: `{s}` is not firing, resolved, report or approval_waiting"
+                    )
+                })
+            })
+            .collect::<Result<_>>()?,
+    };
+    let name = n.name.unwrap_or_else(|| format!("{}-{i}", kind.as_str()));
+    let mut c = tether_hub::NotifyConfig::new(&name, kind, &url, on);
+    if let Some(list) = n.severities {
+        c.severities = list
+            .iter()
+            .map(|s| {
+                tether_hub::alerts::Severity::parse(s).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "notify[{i}].severities: `{s}` is not critical, warning or info"
+                    )
+                })
+            })
+            .collect::<Result<_>>()?;
+    }
+    if let Some(v) = n.approval_wait {
+        c.approval_wait = v;
+    }
+    if let Some(v) = n.timeout {
+        c.timeout = v;
+    }
+    if let Some(v) = n.retries {
+        c.retries = v;
+    }
+    Ok(c)
 }
 
 /// `tether hub`
@@ -544,6 +698,167 @@ mod tests {
             (
                 "[[alert_routes]]\nagent = \"db-01\"\n",
                 "missing field `match`",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = format!("{:#}", load(text).expect_err(want));
+            assert!(e.contains(want), "{want:?} not in {e:?}");
+        }
+    }
+
+    #[test]
+    fn diagnosis_notify_and_console_url_are_read() {
+        use tether_hub::alerts::{Severity, Source};
+        let from_env = std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo test");
+        let c = load(
+            r#"
+            console_url = "https://tether.example.com"
+
+            [diagnosis]
+            severities = ["critical", "warning"]
+            sources = ["alertmanager", "agent"]
+            cooldown = "10m"
+            max_per_agent = 2
+            max_fleet = 3
+            daily_tokens = 50000
+
+            [[notify]]
+            name = "ops"
+            kind = "slack"
+            url = "https://hooks.slack.com/services/T/B/x"
+            on = ["firing", "approval_waiting"]
+            approval_wait = "2m"
+
+            [[notify]]
+            kind = "webhook"
+            url_env = "CARGO_MANIFEST_DIR"
+            "#,
+        );
+        // The second notifier's URL comes from an environment variable that is no URL.
+        let e = format!("{:#}", c.expect_err("a path is not a URL"));
+        assert!(
+            e.contains("notify[1] (`webhook-1`).url: must be an http:// or https:// URL"),
+            "{e}"
+        );
+        assert!(!from_env.is_empty());
+        let c = load(
+            r#"
+            console_url = "https://tether.example.com"
+            [diagnosis]
+            severities = ["critical", "warning"]
+            sources = ["alertmanager", "agent"]
+            cooldown = "10m"
+            max_per_agent = 2
+            max_fleet = 3
+            daily_tokens = 50000
+            [[notify]]
+            name = "ops"
+            kind = "slack"
+            url = "https://hooks.slack.com/services/T/B/x"
+            on = ["firing", "approval_waiting"]
+            severities = ["critical"]
+            approval_wait = "2m"
+            [[notify]]
+            kind = "webhook"
+            url = "http://127.0.0.1:9/hook"
+            "#,
+        )
+        .expect("valid");
+        let d = c.diagnosis.expect("[diagnosis]");
+        assert_eq!(d.severities, vec![Severity::Critical, Severity::Warning]);
+        assert_eq!(d.sources, vec![Source::Alertmanager, Source::Agent]);
+        assert_eq!(d.cooldown, Duration::from_secs(600));
+        assert_eq!(
+            (d.max_per_agent, d.max_fleet, d.daily_tokens),
+            (2, 3, 50_000)
+        );
+        assert_eq!(c.notify.len(), 2);
+        assert_eq!(c.notify[0].name, "ops");
+        assert_eq!(c.notify[0].kind, tether_hub::NotifyKind::Slack);
+        assert_eq!(
+            c.notify[0].on,
+            vec![
+                tether_hub::NotifyOn::Firing,
+                tether_hub::NotifyOn::ApprovalWaiting
+            ]
+        );
+        assert_eq!(c.notify[0].approval_wait, Duration::from_secs(120));
+        assert_eq!(c.notify[0].severities, vec![Severity::Critical]);
+        assert_eq!(c.notify[1].severities.len(), 3);
+        assert_eq!(c.notify[1].name, "webhook-1");
+        assert_eq!(c.notify[1].on, tether_hub::NotifyOn::ALL.to_vec());
+        assert_eq!(c.notify[1].approval_wait, Duration::from_secs(60));
+        assert_eq!(c.console_url.as_deref(), Some("https://tether.example.com"));
+
+        // Defaults; `enabled = false` keeps the section but turns it off; none: off.
+        let d = load("[diagnosis]\n").expect("valid").diagnosis.expect("on");
+        assert_eq!(d, tether_hub::DiagnosisConfig::default());
+        assert_eq!(d.severities, vec![Severity::Critical]);
+        assert_eq!(d.cooldown, Duration::from_secs(1800));
+        assert_eq!((d.max_per_agent, d.max_fleet), (1, 8));
+        assert!(
+            load("[diagnosis]\nenabled = false\n")
+                .expect("valid")
+                .diagnosis
+                .is_none()
+        );
+        assert!(load("").expect("valid").diagnosis.is_none());
+    }
+
+    #[test]
+    fn bad_diagnosis_and_notify_settings_are_named() {
+        let cases = [
+            (
+                "[diagnosis]\nseverities = [\"urgent\"]\n",
+                "diagnosis.severities: `urgent` is not critical, warning or info",
+            ),
+            (
+                "[diagnosis]\nsources = [\"nagios\"]\n",
+                "diagnosis.sources: `nagios` is not alertmanager, grafana or agent",
+            ),
+            (
+                "[diagnosis]\nmax_fleet = 0\n",
+                "diagnosis.max_fleet: must be at least 1",
+            ),
+            (
+                "[diagnosis]\ncooldown = \"soon\"\n",
+                "`soon` is not a duration",
+            ),
+            (
+                "[diagnosis]\nsevereties = []\n",
+                "unknown field `severeties`",
+            ),
+            (
+                "[[notify]]\nkind = \"pager\"\nurl = \"http://x\"\n",
+                "notify[0].kind: `pager` is not slack or webhook",
+            ),
+            (
+                "[[notify]]\nkind = \"slack\"\n",
+                "notify[0]: `url` or `url_env` is required",
+            ),
+            (
+                "[[notify]]\nkind = \"slack\"\nurl = \"http://x\"\non = [\"paged\"]\n",
+                "notify[0].on: `paged` is not firing, resolved, report or approval_waiting",
+            ),
+            (
+                "[[notify]]\nkind = \"slack\"\nurl = \"http://x\"\non = []\n",
+                "notify[0] (`slack-0`).on: must name at least one",
+            ),
+            (
+                "[[notify]]\nkind = \"slack\"\nurl = \"http://x\"\nseverities = [\"loud\"]\n",
+                "notify[0].severities: `loud` is not critical, warning or info",
+            ),
+            (
+                "[[notify]]\nkind = \"webhook\"\nurl_env = \"TETHER_TEST_NO_SUCH_VARIABLE\"\n",
+                "notify[0].url_env: environment variable TETHER_TEST_NO_SUCH_VARIABLE is not set",
+            ),
+            (
+                "[[notify]]\nname = \"a\"\nkind = \"slack\"\nurl = \"http://x\"\n[[notify]]\nname = \"a\"\nkind = \"webhook\"\nurl = \"http://y\"\n",
+                "notify[1].name: `a` is also notify[0]'s name",
+            ),
+            (
+                "console_url = \"tether.example.com\"\n",
+                "console_url: `tether.example.com` is not an http",
             ),
         ];
         for (text, want) in cases {
