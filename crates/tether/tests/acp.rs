@@ -147,12 +147,12 @@ impl Py {
         }
     }
 
-    #[allow(dead_code)]
-    async fn send(&mut self, word: &str) {
+    /// Tells the script something happened (a line it waits for).
+    async fn say(&mut self, word: &str) {
         self.stdin
             .write_all(format!("{word}\n").as_bytes())
             .await
-            .expect("write");
+            .expect("write to the editor");
     }
 
     /// The scenario's `result`, once it exited successfully.
@@ -219,7 +219,7 @@ const EDITOR_SCRIPT: &str = r#"{"responses": [
   {"text": "Checking. ", "tool_calls": [{"tool": "shell", "args": {"command": "echo from-the-shell"}}]},
   {"text": "The shell said hi."},
   {"text": "Still here."},
-  {"text": "Once upon a time there was a story that took its time to tell, word by word, until the end.", "chunk_delay_ms": 150}
+  {"text": "Once upon a time there was a story. ", "tool_calls": [{"tool": "shell", "args": {"command": "echo never"}}]}
 ]}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,9 +291,29 @@ async fn an_editor_creates_a_session_prompts_approves_and_cancels() {
 const SHARED_SCRIPT: &str = r#"{"responses": [
   {"text": "The first answer."},
   {"text": "The second answer."},
-  {"text": "A slow answer from alice's turn that takes a while.", "chunk_delay_ms": 150},
+  {"tool_calls": [{"tool": "shell", "args": {"command": "echo alice-tool"}}]},
+  {"text": "Alice's tool ran."},
   {"text": "The editor's answer."}
-], "loop": true}"#;
+]}"#;
+
+/// Waits until `n` inputs are queued in the session (its attach snapshot says so).
+async fn until_queued(ws: &mut Client, id: &str, n: u64) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let attached = ws
+            .request("attach", json!({ "session_id": id }))
+            .await
+            .expect("attach");
+        if attached["snapshot"]["queued_count"] == n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never {n} queued: {attached}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_editor_loads_a_session_another_client_started() {
@@ -325,9 +345,18 @@ async fn an_editor_loads_a_session_another_client_started() {
         "The second answer."
     );
     py.step("live").await;
-    // A slow turn; the editor's prompt, sent while it runs, waits for it.
-    let slow = turn(&mut ws, &id, "third question").await;
-    assert_eq!(slow, "A slow answer from alice's turn that takes a while.");
+    // A turn that waits for approval; the editor's prompt, sent meanwhile, is queued behind it.
+    ws.request("input", json!({"session_id": id, "text": "third question"}))
+        .await
+        .expect("input");
+    let asked = py.step("asked").await;
+    until_queued(&mut ws, &id, 1).await;
+    ws.request(
+        "answer",
+        json!({"session_id": id, "call_id": asked["call_id"], "decision": "allow", "scope": "once"}),
+    )
+    .await
+    .expect("alice approves");
     py.result().await;
 
     // `--session ID`: an editor that joins the session at session/new.
@@ -377,14 +406,13 @@ async fn a_permission_answered_elsewhere_first_drops_the_editors_answer_quietly(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_going_away_ends_tether_acp_with_the_reason() {
     let Some(python) = python() else { return };
-    let mut agent = agent(EDITOR_SCRIPT.replace(
-        r#""responses": ["#,
-        r#""responses": [{"text": "Once upon a time there was a story that took its time to tell, word by word.", "chunk_delay_ms": 300},"#,
-    )
-    .as_str());
+    // The turn waits for an approval the editor never gives: the agent goes away meanwhile.
+    let mut agent = agent(
+        r#"{"responses": [{"text": "Once upon a time. ", "tool_calls": [{"tool": "shell", "args": {"command": "echo never"}}]}]}"#,
+    );
     let config = agent.config.to_str().expect("utf-8").to_owned();
     let mut py = Py::spawn(&python, "gone", &["--config", &config]);
-    py.step("streaming").await;
+    py.step("waiting").await;
     agent.proc.child.kill().expect("kill the agent");
     let _ = agent.proc.child.wait();
     let result = py.result().await;
@@ -396,4 +424,108 @@ async fn the_agent_going_away_ends_tether_acp_with_the_reason() {
     );
     let message = result["error"]["message"].as_str().expect("message");
     assert!(message.contains("agent"), "{message}");
+}
+
+const QUEUE_SCRIPT: &str = r#"{"responses": [
+  {"tool_calls": [{"tool": "shell", "args": {"command": "echo alice-tool"}}]},
+  {"text": "Alice's tool ran."},
+  {"text": "Never shown: the editor's turn waits for an approval nobody gives. ", "tool_calls": [{"tool": "shell", "args": {"command": "echo never"}}]}
+]}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_prompt_queued_behind_another_clients_turn_withdraws_only_it() {
+    let Some(python) = python() else { return };
+    let agent = agent(QUEUE_SCRIPT);
+    let mut ws = alice(&agent.url).await;
+    let created = ws
+        .request("session.create", json!({"mode": "chat"}))
+        .await
+        .expect("create");
+    let id = created["session_id"].as_str().expect("id").to_owned();
+    ws.request("attach", json!({ "session_id": id }))
+        .await
+        .expect("attach");
+    let config = agent.config.to_str().expect("utf-8");
+    let mut py = Py::spawn(&python, "queue_cancel", &[&id, "--config", config]);
+    py.step("loaded").await;
+    let reply = ws
+        .request(
+            "input",
+            json!({"session_id": id, "text": "check something"}),
+        )
+        .await
+        .expect("input");
+    let alices = reply["turn_id"].as_str().expect("turn").to_owned();
+    // The editor prompts while alice's turn waits for approval, and cancels once it is queued.
+    let asked = py.step("asked").await;
+    until_queued(&mut ws, &id, 1).await;
+    py.say("queued").await;
+    py.step("cancelled").await;
+    ws.request(
+        "answer",
+        json!({"session_id": id, "call_id": asked["call_id"], "decision": "allow", "scope": "once"}),
+    )
+    .await
+    .expect("alice approves");
+    // Alice's turn was not the editor's to cancel: it completes.
+    let mut stops = Vec::new();
+    while stops.len() < 2 {
+        let frame = tokio::time::timeout(PATIENCE, ws.next_frame())
+            .await
+            .expect("turns end")
+            .expect("frame")
+            .expect("open");
+        if let ServerFrame::Event(ev) = frame
+            && let EventBody::TurnEnded { turn_id, stop, .. } = ev.body
+        {
+            stops.push((turn_id.0 == alices, stop.as_str()));
+        }
+    }
+    // Then the editor's queued input started and was cancelled at once.
+    assert_eq!(stops, [(true, "completed"), (false, "cancelled")]);
+    ws.request("input", json!({"session_id": id, "text": "marker"}))
+        .await
+        .expect("marker");
+    py.say("done").await;
+    let result = py.result().await;
+    assert_eq!(result["shown"], "Alice's tool ran.");
+}
+
+const REJECT_SCRIPT: &str = r#"{"responses": [
+  {"tool_calls": [{"tool": "shell", "args": {"command": "echo never"}}]},
+  {"text": "Refused."}
+], "loop": true}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn always_reject_denies_the_tools_later_calls_without_asking() {
+    let Some(python) = python() else { return };
+    let agent = agent(REJECT_SCRIPT);
+    let config = agent.config.to_str().expect("utf-8");
+    let py = Py::spawn(&python, "reject", &["--config", config]);
+    let result = py.result().await;
+    let id = result["session_id"].as_str().expect("id");
+    // Both denials are the editor's (the second given for it, recorded as such).
+    let mut ws = alice(&agent.url).await;
+    ws.request("attach", json!({"session_id": id, "after_seq": 0}))
+        .await
+        .expect("attach");
+    let mut denied = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(PATIENCE, ws.next_frame())
+            .await
+            .expect("replay")
+            .expect("frame")
+            .expect("open");
+        match frame {
+            ServerFrame::Event(ev) => {
+                if let EventBody::PermissionResolved { decision, by, .. } = ev.body {
+                    denied.push((decision.as_str(), by.map(|b| b.class)));
+                }
+            }
+            ServerFrame::Control(tether_proto::Control::ReplayComplete { .. }) => break,
+            _ => {}
+        }
+    }
+    let human = Some(tether_proto::Class::Human);
+    assert_eq!(denied, [("deny", human), ("deny", human)]);
 }

@@ -7,6 +7,7 @@
 //! hands it to the engine (one clock read and one atomic store per chunk), which splits the
 //! end-to-end figure into "model side" and "mux side".
 
+use super::acp_editor::AcpEditor;
 use super::model_server::{ModelServer, Plan};
 use super::timeline::{Clock, Stamps, leading_number};
 use super::ws_client::{ReadEnd, WsClient};
@@ -65,6 +66,8 @@ pub struct E2eRun {
     pub yielded: Arc<Stamps>,
     /// The client received the `text_delta`.
     pub received: Arc<Stamps>,
+    /// With `--acp`: the editor received the `agent_message_chunk`.
+    pub acp_received: Option<Arc<Stamps>>,
 }
 
 pub struct Agent {
@@ -135,24 +138,32 @@ impl Agent {
         })
     }
 
+    /// The agent's WebSocket URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// Where the event log is.
     pub fn log_dir(&self) -> &Path {
         self.dir.path()
     }
 
     /// One measured turn: a client creates a chat session, attaches, and sends `input`; the
-    /// model streams `chunks` chunks `interval` apart.
+    /// model streams `chunks` chunks `interval` apart. With `acp`, an editor on `tether acp`
+    /// loads the same session before the input and receives the same chunks.
     pub async fn run(
         &self,
         model: &ModelServer,
         chunks: u64,
         interval: Duration,
         clock: Clock,
+        acp: Option<&tokio::sync::Mutex<AcpEditor>>,
     ) -> anyhow::Result<E2eRun> {
         let run = E2eRun {
             sent: Stamps::new(chunks),
             yielded: Stamps::new(chunks),
             received: Stamps::new(chunks),
+            acp_received: acp.map(|_| Stamps::new(chunks)),
         };
         let mut client = WsClient::connect(&self.url, run.received.clone(), chunks, clock).await?;
         let created = client
@@ -169,6 +180,13 @@ impl Agent {
         client
             .request("attach", json!({ "session_id": session_id }))
             .await?;
+        if let (Some(editor), Some(stamps)) = (acp, &run.acp_received) {
+            editor
+                .lock()
+                .await
+                .load(&session_id, stamps.clone())
+                .await?;
+        }
         // Let the attach settle (replies, `client_attached`) before the stream starts.
         tokio::time::sleep(Duration::from_millis(50)).await;
         model.arm(Plan {
@@ -190,6 +208,9 @@ impl Agent {
             .saturating_mul(u32::try_from(chunks).unwrap_or(u32::MAX).saturating_mul(4))
             + Duration::from_secs(60);
         let end = client.wait_end(limit).await;
+        if let Some(stamps) = &run.acp_received {
+            AcpEditor::wait_all(stamps, chunks, Duration::from_secs(10)).await;
+        }
         let _ = client
             .request("session.close", json!({ "session_id": session_id }))
             .await;

@@ -35,10 +35,18 @@
 //! `EventLog::append` alone, one event per job at the same cadence: the commit every flush
 //! waits for before it broadcasts; its thread round trip without SQLite is measured too.
 //!
+//! `--acp target/release/tether` also runs a real `tether acp` against the agent
+//! ([`acp_editor`]): before each input it `session/load`s the measured session, and every
+//! chunk reaches it as an `agent_message_chunk` on its stdout. **ACP end to end** = its
+//! receipt − send; **ACP − WebSocket** = its receipt − the WebSocket client's receipt of the
+//! same chunk: what the adapter adds (one more loopback hop over the Unix socket or WebSocket,
+//! decoding, translating, encoding, the pipe to the editor).
+//!
 //! `--log-dir /dev/shm` puts the event logs on tmpfs (syncs cost nothing there): an
 //! experiment on how much of the tail is the disk. The report also gives, per run, the load
 //! average and the time this process's threads waited for a CPU (the machine may be shared).
 
+mod acp_editor;
 mod agent;
 mod hops;
 mod mcp;
@@ -80,6 +88,10 @@ pub struct OverheadArgs {
     /// Chunks of an unreported warm-up run on every path first (0: none).
     #[arg(long, default_value_t = 500)]
     warmup: u64,
+    /// Also measure an ACP editor: this `tether` binary's `tether acp`, connected to the
+    /// agent, loads the measured session and receives every chunk (e.g. target/release/tether).
+    #[arg(long, value_name = "TETHER")]
+    acp: Option<PathBuf>,
 }
 
 /// The target for the harness estimate's p99, in microseconds.
@@ -106,6 +118,10 @@ struct Report {
     log_ready: Option<Quantiles>,
     /// The log writer's thread round trip without SQLite (std channel out, oneshot back).
     handoff: Option<Quantiles>,
+    /// With `--acp`: chunk send -> the ACP editor's receipt, and the ACP editor's receipt
+    /// minus the WebSocket client's, per chunk (medians over runs, microseconds).
+    acp_end_to_end: Option<Quantiles>,
+    acp_minus_ws: Option<Quantiles>,
     /// Median over runs of the share of chunks whose end-to-end figure is above 1 ms.
     e2e_share_over_1ms: f64,
     /// Median over runs of the share of log events whose ready → committed time is above 1 ms.
@@ -149,6 +165,16 @@ struct RunReport {
     log_share_over_1ms: Option<f64>,
     /// The log writer's thread round trip without SQLite.
     handoff: Option<Quantiles>,
+    acp: Option<AcpRun>,
+}
+
+/// The ACP editor in one run.
+#[derive(Clone, Copy, Serialize)]
+struct AcpRun {
+    delivered: u64,
+    duplicates: u64,
+    end_to_end: Quantiles,
+    minus_ws: Quantiles,
 }
 
 #[derive(Clone, Copy, Serialize)]
@@ -178,6 +204,7 @@ struct Rig {
     model: model_server::ModelServer,
     agent: agent::Agent,
     hops: Option<HopRig>,
+    acp: Option<tokio::sync::Mutex<acp_editor::AcpEditor>>,
 }
 
 struct HopRig {
@@ -211,15 +238,27 @@ impl Rig {
                 log,
             })
         };
+        let acp = match &args.acp {
+            Some(tether) => Some(tokio::sync::Mutex::new(
+                acp_editor::AcpEditor::start(tether, agent.url(), clock)
+                    .await
+                    .context("starting the ACP editor")?,
+            )),
+            None => None,
+        };
         Ok(Rig {
             clock,
             model,
             agent,
             hops,
+            acp,
         })
     }
 
     async fn stop(self) {
+        if let Some(editor) = self.acp {
+            editor.into_inner().stop().await;
+        }
         self.agent.stop().await;
         if let Some(h) = self.hops {
             h.plain.stop().await;
@@ -233,7 +272,7 @@ impl Rig {
         let wait_before = timeline::runqueue_wait_ns();
         let e2e = self
             .agent
-            .run(&self.model, chunks, interval, self.clock)
+            .run(&self.model, chunks, interval, self.clock, self.acp.as_ref())
             .await
             .context("end-to-end run")?;
         let runqueue_wait_ms = match (wait_before, timeline::runqueue_wait_ns()) {
@@ -266,6 +305,12 @@ impl Rig {
             log_ready: None,
             log_share_over_1ms: None,
             handoff: None,
+            acp: e2e.acp_received.as_ref().map(|acp| AcpRun {
+                delivered: acp.count(),
+                duplicates: acp.extra(),
+                end_to_end: Quantiles::of(&deltas_us(&e2e.sent, acp)),
+                minus_ws: Quantiles::of(&deltas_us(&e2e.received, acp)),
+            }),
         };
         if let Some(h) = &self.hops {
             pause().await;
@@ -309,6 +354,8 @@ impl Rig {
             && r.duplicates == 0
             && r.hop_a.is_none_or(|h| h.complete(chunks))
             && r.hop_b.is_none_or(|h| h.complete(chunks))
+            && r.acp
+                .is_none_or(|a| a.delivered == chunks && a.duplicates == 0)
     }
 }
 
@@ -352,6 +399,12 @@ fn note_run(r: &RunReport) {
         r.model_side.p99,
         r.mux_side.p99,
     );
+    if let Some(acp) = r.acp {
+        line.push_str(&format!(
+            "; ACP {}/{} delivered, e2e p50 {:.0} p99 {:.0} us, ACP - WebSocket p50 {:.0} p99 {:.0} us",
+            acp.delivered, r.sent, acp.end_to_end.p50, acp.end_to_end.p99, acp.minus_ws.p50, acp.minus_ws.p99
+        ));
+    }
     if let (Some(a), Some(b), Some(h), Some(l)) = (r.hop_a, r.hop_b, r.harness, r.log_ready) {
         line.push_str(&format!(
             "; hop A p50 {:.0}, hop B p50 {:.0}; harness p99 {:.0} us; log ready->committed p99 {:.0} max {:.0} us",
@@ -432,6 +485,8 @@ fn summarize(args: &OverheadArgs, runs: Vec<RunReport>, complete: bool) -> Repor
         log_append: oq(|r| r.log_append),
         log_ready: oq(|r| r.log_ready),
         handoff: oq(|r| r.handoff),
+        acp_end_to_end: oq(|r| r.acp.map(|a| a.end_to_end)),
+        acp_minus_ws: oq(|r| r.acp.map(|a| a.minus_ws)),
         e2e_share_over_1ms: m(|r| r.e2e_share_over_1ms),
         log_share_over_1ms: (!log_shares.is_empty()).then(|| median(log_shares)),
         tail_model_side_us: m(|r| r.tail_model_side_us),
@@ -472,6 +527,13 @@ fn print_table(r: &Report) {
         "  mux side: provider yields -> client receipt",
         Some(r.mux_side),
     );
+    if r.acp_end_to_end.is_some() {
+        row("ACP editor (tether acp): end to end", r.acp_end_to_end);
+        row(
+            "  ACP receipt - WebSocket receipt, per chunk",
+            r.acp_minus_ws,
+        );
+    }
     row("hop A: same SSE server -> plain reqwest", r.hop_a);
     row("hop B: plain axum WebSocket -> same client", r.hop_b);
     row("harness estimate: e2e - (hop A p50 + hop B p50)", r.harness);
@@ -532,6 +594,7 @@ mod tests {
             sent: Stamps::new(n),
             yielded: Stamps::new(n),
             received: Stamps::new(n),
+            acp_received: None,
         };
         for i in 0..n {
             let base = 1_000_000 * (i + 1);

@@ -631,7 +631,12 @@ impl Link {
         let Some(p) = sess.pending.get(call_id).cloned() else {
             return Ok(());
         };
-        if sess.asks.contains_key(call_id) || !self.may_answer(&p) {
+        // Not asked: already open, not this client's to answer, or a turn being cancelled for
+        // the editor (nobody wants its tools run).
+        if sess.asks.contains_key(call_id)
+            || !self.may_answer(&p)
+            || sess.hidden.contains(&p.turn_id)
+        {
             return Ok(());
         }
         if sess.rejected.contains(&p.tool) {

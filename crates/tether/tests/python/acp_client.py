@@ -3,10 +3,11 @@ one, driving `tether acp` over stdio. Run by crates/tether/tests/acp.rs:
 
     python acp_client.py SCENARIO TETHER_BIN [ARG...]     # spawns `TETHER_BIN acp ARG...`
 
-It talks to the Rust test on its own stdio, one JSON object per line: it prints
-`{"step": NAME, ...}` when it reaches a point the test acts on, reads a line `NAME` when it must
-wait for the test, and prints `{"result": {...}}` at the end. Any failed check raises, so the
-process exits non-zero with the reason on stderr.
+It tells the Rust test where it is on stdout, one JSON object per line: `{"step": NAME, ...}`
+when it reaches a point the test acts on (the test's actions mostly show up as updates it
+waits for; else the test writes a line naming what happened to its stdin), and
+`{"result": {...}}` at the end. Any failed check raises, so the process exits non-zero with
+the reason on stderr. ACP_DEBUG=1 prints every update on stderr.
 """
 
 import asyncio
@@ -36,21 +37,31 @@ def dump(model):
 
 
 class Commands:
-    """Lines the test writes to this process's stdin."""
+    """Lines the test writes to this process's stdin, when it must say something happened.
+    Each line is a word; `wait(word)` returns once that word has come."""
 
     def __init__(self):
+        self.seen = {}
         self.reader = None
 
-    async def open(self):
+    def event(self, word):
+        return self.seen.setdefault(word, asyncio.Event())
+
+    async def read(self):
         loop = asyncio.get_running_loop()
-        self.reader = asyncio.StreamReader()
-        protocol = asyncio.StreamReaderProtocol(self.reader)
+        reader = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(reader)
         await loop.connect_read_pipe(lambda: protocol, sys.stdin)
+        while line := await reader.readline():
+            self.event(line.decode().strip()).set()
 
     async def wait(self, word):
-        line = await asyncio.wait_for(self.reader.readline(), PATIENCE)
-        got = line.decode().strip()
-        assert got == word, f"expected `{word}` from the test, got `{got}`"
+        if self.reader is None:
+            self.reader = asyncio.create_task(self.read())
+        try:
+            await asyncio.wait_for(self.event(word).wait(), PATIENCE)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"the test never said `{word}`") from None
 
 
 class Editor:
@@ -157,7 +168,7 @@ async def prompt(conn, session_id, text):
     return response.stop_reason
 
 
-async def editor_flow(tether, args, commands):
+async def editor_flow(tether, args):
     editor = Editor()
     async with await start(tether, args, editor) as (conn, proc):
         init = await initialize(conn)
@@ -248,19 +259,25 @@ async def editor_flow(tether, args, commands):
         ids = [s.session_id for s in listed.sessions]
         assert sid in ids, ids
 
-        # Cancel: the turn streams slowly; session/cancel ends it `cancelled`.
+        # Cancel: the story stops at a tool call that waits for approval, so the turn can only
+        # end by the cancel; the editor cancels there and dismisses the request, as the spec
+        # tells a client to.
+        async def cancel_here(request):
+            await conn.cancel(session_id=sid)
+            return None
+
+        editor.permission = cancel_here
         mark = len(editor.updates)
-        task = asyncio.create_task(prompt(conn, sid, "tell me a long story"))
-        await editor.until("the first chunk of the story", lambda: editor.of("agent_message_chunk", sid, mark))
-        await conn.cancel(session_id=sid)
-        stop = await task
+        stop = await prompt(conn, sid, "tell me a long story")
         assert stop == "cancelled", stop
         told = editor.text("agent_message_chunk", sid, mark)
-        assert not told.endswith("the end."), f"the story was not cut short: {told}"
+        assert told.startswith("Once upon a time"), told
+        results = [u for u in editor.of("tool_call_update", sid, mark) if "rawOutput" in u]
+        assert results and results[-1]["status"] == "failed", results
         emit({"result": {"session_id": sid, "bad_input": bad, "story": told}})
 
 
-async def load_flow(tether, args, commands, session_id):
+async def load_flow(tether, args, session_id):
     editor = Editor()
     async with await start(tether, args, editor) as (conn, proc):
         await initialize(conn)
@@ -289,24 +306,37 @@ async def load_flow(tether, args, commands, session_id):
         )
         users = [u["content"]["text"] for u in editor.of("user_message_chunk", session_id, mark)]
         assert users == ["alice: second question"], users
-        emit({"step": "live"})
 
-        # A prompt while alice's (slow) turn runs: queued, answered when its own turn ends.
+        # Alice's third turn waits for approval (the editor, a human, is asked too). The editor
+        # prompts meanwhile: queued behind it, answered when its own turn ends. Alice approves;
+        # the editor's own answer, later, is dropped.
         mark = len(editor.updates)
-        await editor.until(
-            "alice's third turn",
-            lambda: editor.of("agent_message_chunk", session_id, mark),
-        )
-        stop = await prompt(conn, session_id, "my turn")
+        queued = []
+
+        async def prompt_meanwhile(request):
+            call_id = request["toolCall"]["toolCallId"]
+            queued.append(asyncio.create_task(prompt(conn, session_id, "my turn")))
+            emit({"step": "asked", "call_id": call_id})
+            await editor.until(
+                "alice's approval",
+                lambda: any(
+                    u["toolCallId"] == call_id and "approved by alice" in json.dumps(u)
+                    for u in editor.of("tool_call_update", session_id)
+                ),
+            )
+            return "allow_once"
+
+        editor.permission = prompt_meanwhile
+        emit({"step": "live"})
+        await editor.until("the permission request", lambda: queued)
+        stop = await asyncio.wait_for(queued[0], PATIENCE)
         assert stop == "end_turn", stop
-        texts = [u["content"]["text"] for u in editor.of("agent_message_chunk", session_id, mark)]
-        joined = "".join(texts)
-        slow = "A slow answer from alice's turn that takes a while."
-        assert joined == slow + "The editor's answer.", joined
+        joined = editor.text("agent_message_chunk", session_id, mark)
+        assert joined == "Alice's tool ran.The editor's answer.", joined
         emit({"result": {"loaded": True}})
 
 
-async def join_flow(tether, args, commands, session_id):
+async def join_flow(tether, args, session_id):
     """`tether acp --session ID`: session/new joins ID, its history follows the reply."""
     editor = Editor()
     async with await start(tether, args, editor) as (conn, proc):
@@ -322,7 +352,7 @@ async def join_flow(tether, args, commands, session_id):
         emit({"result": {"joined": new.session_id}})
 
 
-async def elsewhere_flow(tether, args, commands):
+async def elsewhere_flow(tether, args):
     """A permission request that another client resolves first: the editor is told, and its
     late answer is no error."""
     editor = Editor()
@@ -362,39 +392,117 @@ async def elsewhere_flow(tether, args, commands):
     emit({"result": {"exit": proc.returncode, "stderr": stderr}})
 
 
-async def gone_flow(tether, args, commands):
-    """The agent goes away mid-turn: the prompt fails with the reason and `tether acp` exits
-    non-zero, saying why on stderr."""
+async def gone_flow(tether, args):
+    """The agent goes away mid-turn (the turn waits for approval, which never comes): the
+    prompt fails with the reason and `tether acp` exits non-zero, saying why on stderr."""
     editor = Editor()
+    never = asyncio.Event()
+
+    async def wait_for_ever(request):
+        emit({"step": "waiting"})
+        await never.wait()
+
+    editor.permission = wait_for_ever
     async with await start(tether, args, editor) as (conn, proc):
         await initialize(conn)
         new = await asyncio.wait_for(conn.new_session(cwd=os.getcwd()), PATIENCE)
         sid = new.session_id
-        task = asyncio.create_task(prompt(conn, sid, "tell me a long story"))
-        await editor.until("the first chunk", lambda: editor.of("agent_message_chunk", sid))
-        emit({"step": "streaming"})
-        error = await expect_error(task, -32603, "agent")
+        error = await expect_error(prompt(conn, sid, "tell me a long story"), -32603, "agent")
+        told = editor.text("agent_message_chunk", sid)
+        assert told.startswith("Once upon a time"), told
         await asyncio.wait_for(proc.wait(), PATIENCE)
         stderr = (await proc.stderr.read()).decode()
         emit({"result": {"exit": proc.returncode, "stderr": stderr, "error": error}})
 
 
+async def queue_cancel_flow(tether, args, session_id):
+    """A prompt queued behind alice's turn (which waits for approval), then cancelled: it ends
+    `cancelled` at once, alice's turn runs on, and the editor's input, whose turn would wait
+    for approval for ever, is cancelled when it starts and shows nothing."""
+    editor = Editor()
+    commands = Commands()
+    queued = []
+
+    async def prompt_meanwhile(request):
+        if queued:
+            return None  # alice's marker turn (below); the cancelled one is never asked about
+        call_id = request["toolCall"]["toolCallId"]
+        queued.append(asyncio.create_task(prompt(conn, session_id, "queued behind alice")))
+        emit({"step": "asked", "call_id": call_id})
+        await commands.wait("queued")
+        await conn.cancel(session_id=session_id)
+        stop = await asyncio.wait_for(queued[0], PATIENCE)
+        assert stop == "cancelled", stop
+        emit({"step": "cancelled"})
+        await editor.until(
+            "alice's approval",
+            lambda: "approved by alice" in json.dumps(editor.of("tool_call_update", session_id)),
+        )
+        return None
+
+    editor.permission = prompt_meanwhile
+    async with await start(tether, args, editor) as (conn, proc):
+        await initialize(conn)
+        await asyncio.wait_for(conn.load_session(cwd=os.getcwd(), session_id=session_id), PATIENCE)
+        mark = len(editor.updates)
+        emit({"step": "loaded"})
+        # Alice sends a marker once the editor's turn was cancelled: nothing of that turn may
+        # come before it.
+        await commands.wait("done")
+        marker = lambda: [
+            i for i, (sid, u) in enumerate(editor.updates)
+            if u.get("sessionUpdate") == "user_message_chunk" and u["content"]["text"] == "alice: marker"
+        ]
+        await editor.until("alice's marker", marker)
+        before = [u for _, u in editor.updates[mark:marker()[0]]]
+        shown = "".join(u["content"]["text"] for u in before if u.get("sessionUpdate") == "agent_message_chunk")
+        assert shown == "Alice's tool ran.", shown
+        calls = [u["toolCallId"] for u in before if u.get("sessionUpdate") == "tool_call"]
+        assert len(calls) == 1, f"the cancelled turn's tool call was shown: {before}"
+        emit({"result": {"shown": shown}})
+
+
+async def reject_flow(tether, args):
+    """`reject_always`: the call is denied, and the tool's next call is denied without asking."""
+    editor = Editor()
+
+    async def reject_always(request):
+        return "reject_always"
+
+    editor.permission = reject_always
+    async with await start(tether, args, editor) as (conn, proc):
+        await initialize(conn)
+        sid = (await asyncio.wait_for(conn.new_session(cwd=os.getcwd()), PATIENCE)).session_id
+        for n in range(2):
+            mark = len(editor.updates)
+            stop = await prompt(conn, sid, f"run the shell ({n})")
+            assert stop == "end_turn", stop
+            results = [u for u in editor.of("tool_call_update", sid, mark) if "rawOutput" in u]
+            assert len(results) == 1 and results[0]["status"] == "failed", results
+            assert results[0]["rawOutput"]["ok"] is False, results
+        assert len(editor.asked) == 1, f"asked again after reject_always: {editor.asked}"
+        emit({"result": {"session_id": sid}})
+
+
 async def main():
     scenario, tether, *args = sys.argv[1:]
-    commands = Commands()
-    await commands.open()
     if scenario == "editor":
-        await editor_flow(tether, args, commands)
+        await editor_flow(tether, args)
     elif scenario == "load":
         session_id = args.pop(0)
-        await load_flow(tether, args, commands, session_id)
+        await load_flow(tether, args, session_id)
     elif scenario == "join":
         session_id = args.pop(0)
-        await join_flow(tether, args, commands, session_id)
+        await join_flow(tether, args, session_id)
     elif scenario == "elsewhere":
-        await elsewhere_flow(tether, args, commands)
+        await elsewhere_flow(tether, args)
+    elif scenario == "queue_cancel":
+        session_id = args.pop(0)
+        await queue_cancel_flow(tether, args, session_id)
+    elif scenario == "reject":
+        await reject_flow(tether, args)
     elif scenario == "gone":
-        await gone_flow(tether, args, commands)
+        await gone_flow(tether, args)
     else:
         raise SystemExit(f"unknown scenario {scenario}")
 
