@@ -501,7 +501,7 @@ impl Deliver {
                 }
                 // rustls needs a process-wide crypto provider; an error means one is
                 // installed already.
-                let _ = rustls::crypto::ring::default_provider().install_default();
+                tether_host::tls::ensure_provider();
                 let client = reqwest::Client::builder()
                     .timeout(timeout)
                     .connect_timeout(timeout)

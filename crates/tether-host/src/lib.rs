@@ -18,4 +18,5 @@ pub mod perms;
 pub mod process;
 pub mod sync;
 pub mod text;
+pub mod tls;
 pub mod tools;

@@ -41,7 +41,7 @@ use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use tether_engine::sync::lock;
+use tether_host::sync::lock;
 use tether_proto::{ClientId, ClientInfo, Mode, NoticeLevel, Policy, SessionCreate};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;

@@ -211,7 +211,7 @@ impl Hub {
             "http"
         };
         let host = if addr.ip().is_unspecified() {
-            tether_engine::host::hostname()
+            tether_host::host::hostname()
         } else if addr.is_ipv6() {
             format!("[{}]", addr.ip())
         } else {

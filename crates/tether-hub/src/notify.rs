@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tether_engine::sync::lock;
+use tether_host::sync::lock;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -131,7 +131,7 @@ pub fn spawn(hub: Hub, stop: CancellationToken) {
     if hub.config().notify.is_empty() {
         return;
     }
-    tether_engine::openai::ensure_tls_provider();
+    tether_host::tls::ensure_provider();
     let client = match reqwest::Client::builder()
         .user_agent(concat!("tether-hub/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())

@@ -426,7 +426,7 @@ async fn metrics(State(hub): State<Hub>) -> Response {
             "Tokens the automatic diagnoses' turns reported.",
             m.diagnosis_tokens.load(Ordering::Relaxed),
         );
-    let notifiers = tether_engine::sync::lock(&m.notifiers).clone();
+    let notifiers = tether_host::sync::lock(&m.notifiers).clone();
     let per = |pick: fn(&crate::hub::NotifierCounters) -> u64| -> Vec<(Vec<(&str, String)>, u64)> {
         notifiers
             .iter()

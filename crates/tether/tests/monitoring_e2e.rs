@@ -244,7 +244,7 @@ fn prometheus_and_alertmanager_alerts_are_routed_diagnosed_notified_and_resolved
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
-    let host = tether_engine::host::hostname();
+    let host = tether_host::host::hostname();
     let (hub_port, prom_port, am_port) = (free_port(), free_port(), free_port());
 
     // The metric Prometheus scrapes, and the Slack webhook the hub posts to.

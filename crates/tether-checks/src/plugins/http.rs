@@ -165,7 +165,7 @@ impl Plugin for HttpPlugin {
         }
         let tls_verify = s.bool("tls_verify")?.unwrap_or(true);
 
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        tether_host::tls::ensure_provider();
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()

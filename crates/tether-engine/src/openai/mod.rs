@@ -52,7 +52,7 @@ use tether_proto::Usage;
 /// reqwest is built without a provider of its own; call this before building any client (the
 /// provider and [`probe`] do).
 pub fn ensure_tls_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    tether_host::tls::ensure_provider();
 }
 
 /// An endpoint ready to be called.

@@ -503,7 +503,7 @@ async fn http_probe(
         }
     };
     // rustls needs a process-wide crypto provider; an error means one is installed already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::tls::ensure_provider();
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
