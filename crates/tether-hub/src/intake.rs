@@ -70,21 +70,32 @@ fn source_name(hub: &Hub, headers: &HeaderMap) -> Option<String> {
 
 /// Reads the body, refusing past [`MAX_INTAKE_BODY`] (`Err(true)`) or on a read error.
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, bool> {
+    // A body a little over the limit is read to its end (and dropped) before the 413, so the
+    // sender, still writing, reads the answer instead of a reset connection; past twice the
+    // limit the hub stops reading and answers at once.
+    let drain_limit = 2 * MAX_INTAKE_BODY;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_INTAKE_BODY as u64) {
+    if declared.is_some_and(|n| n > drain_limit as u64) {
         return Err(true);
     }
-    let mut out = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    let mut out = Vec::with_capacity(declared.unwrap_or(0).min(MAX_INTAKE_BODY as u64) as usize);
+    let mut seen = 0usize;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|_| false)?;
-        if out.len() + chunk.len() > MAX_INTAKE_BODY {
+        seen += chunk.len();
+        if seen > drain_limit {
             return Err(true);
         }
-        out.extend_from_slice(&chunk);
+        if seen <= MAX_INTAKE_BODY {
+            out.extend_from_slice(&chunk);
+        }
+    }
+    if seen > MAX_INTAKE_BODY {
+        return Err(true);
     }
     Ok(out)
 }
