@@ -107,7 +107,8 @@ enum Command {
     ///
     /// Diagnostics go to stderr; if the agent goes away it exits non-zero saying so.
     ///
-    /// Zed (settings.json): "agent_servers": {"tether": {"command": "tether", "args": ["acp"]}}
+    /// Zed (settings.json):
+    /// "agent_servers": {"tether": {"type": "custom", "command": "tether", "args": ["acp"]}}
     Acp {
         #[command(flatten)]
         connect: ConnectArgs,

@@ -50,6 +50,11 @@ struct Agent {
 /// An agent on a Unix socket and a loopback WebSocket (credentials `alice` and `editor`, both
 /// human), whose model replays `script`.
 fn agent(script: &str) -> Agent {
+    agent_with(script, "")
+}
+
+/// [`agent`], with `extra` appended to its config.
+fn agent_with(script: &str, extra: &str) -> Agent {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("script.json"), script).expect("script");
     let port = free_port();
@@ -60,7 +65,7 @@ fn agent(script: &str) -> Agent {
             "listen = \"127.0.0.1:{port}\"\nstate_dir = \"state\"\n\
              [model]\nprovider = \"scripted\"\nscript = \"script.json\"\n\
              [[clients]]\nname = \"alice\"\nclass = \"human\"\ntoken = \"{ALICE}\"\n\
-             [[clients]]\nname = \"editor\"\nclass = \"human\"\ntoken = \"{EDITOR}\"\n"
+             [[clients]]\nname = \"editor\"\nclass = \"human\"\ntoken = \"{EDITOR}\"\n{extra}"
         ),
     )
     .expect("config");
@@ -528,4 +533,21 @@ async fn always_reject_denies_the_tools_later_calls_without_asking() {
     }
     let human = Some(tether_proto::Class::Human);
     assert_eq!(denied, [("deny", human), ("deny", human)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_ends_map_to_stop_reasons_and_errors() {
+    let Some(python) = python() else { return };
+    // One model call per turn: a tool call (needing no approval) leaves the turn at its limit.
+    let agent = agent_with(
+        r#"{"responses": [
+          {"tool_calls": [{"tool": "system_info"}]},
+          {"error": "the model is down"}
+        ]}"#,
+        "[sessions]\nmax_rounds = 1\n",
+    );
+    let config = agent.config.to_str().expect("utf-8");
+    let py = Py::spawn(&python, "stops", &["--config", config]);
+    let result = py.result().await;
+    assert_eq!(result["error"]["code"], -32603, "{result}");
 }

@@ -484,6 +484,19 @@ async def reject_flow(tether, args):
         emit({"result": {"session_id": sid}})
 
 
+async def stops_flow(tether, args):
+    """How turns end: `max_rounds` is `max_turn_requests`; a failed turn is a JSON-RPC error
+    with its message."""
+    editor = Editor()
+    async with await start(tether, args, editor) as (conn, proc):
+        await initialize(conn)
+        sid = (await asyncio.wait_for(conn.new_session(cwd=os.getcwd()), PATIENCE)).session_id
+        stop = await prompt(conn, sid, "describe this host, again and again")
+        assert stop == "max_turn_requests", stop
+        error = await expect_error(prompt(conn, sid, "and now?"), -32603, "the model is down")
+        emit({"result": {"error": error}})
+
+
 async def main():
     scenario, tether, *args = sys.argv[1:]
     if scenario == "editor":
@@ -499,6 +512,8 @@ async def main():
     elif scenario == "queue_cancel":
         session_id = args.pop(0)
         await queue_cancel_flow(tether, args, session_id)
+    elif scenario == "stops":
+        await stops_flow(tether, args)
     elif scenario == "reject":
         await reject_flow(tether, args)
     elif scenario == "gone":
