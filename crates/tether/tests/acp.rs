@@ -19,27 +19,6 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 const ALICE: &str = "alice-token-0123456789";
 const EDITOR: &str = "editor-token-0123456789";
 
-/// The interpreter with the SDK: TETHER_PYTHON (scripts/test.sh sets it), else the project's
-/// virtual environment. `None` (after a notice) when neither exists and CI is not "true".
-fn python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("TETHER_PYTHON") {
-        return Some(p.into());
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/python-sdk/bin/python");
-    if venv.exists() {
-        return Some(venv);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI: the ACP Python SDK is missing: run scripts/python-sdks.sh or set TETHER_PYTHON"
-    );
-    eprintln!(
-        "NOTICE: skipping the ACP editor test: no TETHER_PYTHON and no {}; run scripts/python-sdks.sh",
-        venv.display()
-    );
-    None
-}
-
 struct Agent {
     proc: AgentProc,
     config: PathBuf,
@@ -229,7 +208,9 @@ const EDITOR_SCRIPT: &str = r#"{"responses": [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_editor_creates_a_session_prompts_approves_and_cancels() {
-    let Some(python) = python() else { return };
+    let Some(python) = common::python_sdk("the ACP editor test") else {
+        return;
+    };
     let agent = agent(EDITOR_SCRIPT);
     let config = agent.config.to_str().expect("utf-8");
     let mut py = Py::spawn(&python, "editor", &["--config", config]);
@@ -322,7 +303,9 @@ async fn until_queued(ws: &mut Client, id: &str, n: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_editor_loads_a_session_another_client_started() {
-    let Some(python) = python() else { return };
+    let Some(python) = common::python_sdk("the ACP editor test") else {
+        return;
+    };
     let agent = agent(SHARED_SCRIPT);
     let mut ws = alice(&agent.url).await;
     let created = ws
@@ -383,7 +366,9 @@ const SHELL_SCRIPT: &str = r#"{"responses": [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permission_answered_elsewhere_first_drops_the_editors_answer_quietly() {
-    let Some(python) = python() else { return };
+    let Some(python) = common::python_sdk("the ACP editor test") else {
+        return;
+    };
     let agent = agent(SHELL_SCRIPT);
     let config = agent.config.to_str().expect("utf-8");
     let mut py = Py::spawn(&python, "elsewhere", &["--config", config]);
@@ -410,7 +395,9 @@ async fn a_permission_answered_elsewhere_first_drops_the_editors_answer_quietly(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_going_away_ends_tether_acp_with_the_reason() {
-    let Some(python) = python() else { return };
+    let Some(python) = common::python_sdk("the ACP editor test") else {
+        return;
+    };
     // The turn waits for an approval the editor never gives: the agent goes away meanwhile.
     let mut agent = agent(
         r#"{"responses": [{"text": "Once upon a time. ", "tool_calls": [{"tool": "shell", "args": {"command": "echo never"}}]}]}"#,
@@ -439,7 +426,9 @@ const QUEUE_SCRIPT: &str = r#"{"responses": [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_prompt_queued_behind_another_clients_turn_withdraws_only_it() {
-    let Some(python) = python() else { return };
+    let Some(python) = common::python_sdk("the ACP editor test") else {
+        return;
+    };
     let agent = agent(QUEUE_SCRIPT);
     let mut ws = alice(&agent.url).await;
     let created = ws
@@ -503,7 +492,9 @@ const REJECT_SCRIPT: &str = r#"{"responses": [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn always_reject_denies_the_tools_later_calls_without_asking() {
-    let Some(python) = python() else { return };
+    let Some(python) = common::python_sdk("the ACP editor test") else {
+        return;
+    };
     let agent = agent(REJECT_SCRIPT);
     let config = agent.config.to_str().expect("utf-8");
     let py = Py::spawn(&python, "reject", &["--config", config]);
@@ -537,7 +528,9 @@ async fn always_reject_denies_the_tools_later_calls_without_asking() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn turn_ends_map_to_stop_reasons_and_errors() {
-    let Some(python) = python() else { return };
+    let Some(python) = common::python_sdk("the ACP editor test") else {
+        return;
+    };
     // One model call per turn: a tool call (needing no approval) leaves the turn at its limit.
     let agent = agent_with(
         r#"{"responses": [

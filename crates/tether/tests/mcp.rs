@@ -29,27 +29,6 @@ const SCRIPT: &str = r#"{"loop": true, "responses": [
   {"text": "all done"}
 ]}"#;
 
-/// The SDK's interpreter, or `None` (after a notice) when the tests should be skipped.
-fn python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("TETHER_PYTHON").filter(|p| !p.is_empty()) {
-        return Some(p.into());
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/python-sdk/bin/python");
-    if venv.exists() {
-        return Some(venv);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but the MCP Python SDK is missing: run scripts/python-sdks.sh (or set TETHER_PYTHON)"
-    );
-    eprintln!(
-        "NOTICE: skipping the MCP SDK test: TETHER_PYTHON is not set and {} does not exist \
-         (run scripts/python-sdks.sh)",
-        venv.display()
-    );
-    None
-}
-
 fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/python")
@@ -191,7 +170,9 @@ fn assert_mcp_turn_seen(events: &[Value], principal: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mcp_sdk_drives_tether_mcp_over_stdio() {
-    let Some(python) = python() else { return };
+    let Some(python) = common::python_sdk("the MCP SDK test") else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let (_agent, port, config) = start_agent(dir.path());
     let (alice, sid) = alice_session(port).await;
@@ -213,7 +194,9 @@ async fn the_mcp_sdk_drives_tether_mcp_over_stdio() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mcp_sdk_drives_post_mcp_over_http() {
-    let Some(python) = python() else { return };
+    let Some(python) = common::python_sdk("the MCP SDK test") else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let (_agent, port, _config) = start_agent(dir.path());
     let (alice, sid) = alice_session(port).await;

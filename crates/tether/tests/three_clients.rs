@@ -9,7 +9,7 @@ mod common;
 
 use common::{AgentProc, BIN, PATIENCE, free_port};
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tether_transport::client::Client;
@@ -23,26 +23,6 @@ const SCRIPT: &str = r#"{"loop": true, "responses": [
   {"text": "checking the disk ", "tool_calls": [{"tool": "shell", "args": {"command": "echo tool-ran"}}]},
   {"text": "all done"}
 ]}"#;
-
-fn python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("TETHER_PYTHON").filter(|p| !p.is_empty()) {
-        return Some(p.into());
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/python-sdk/bin/python");
-    if venv.exists() {
-        return Some(venv);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but the Python SDKs are missing: run scripts/python-sdks.sh (or set TETHER_PYTHON)"
-    );
-    eprintln!(
-        "NOTICE: skipping the three-client test: TETHER_PYTHON is not set and {} does not exist \
-         (run scripts/python-sdks.sh)",
-        venv.display()
-    );
-    None
-}
 
 async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(PATIENCE, fut)
@@ -68,7 +48,9 @@ fn order(events: &[Value]) -> Vec<(u64, String, Value, Value)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ai_program_an_editor_and_an_observer_share_one_session() {
-    let Some(python) = python() else { return };
+    let Some(python) = common::python_sdk("the three-client test") else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("script.json"), SCRIPT).expect("script");
     let port = free_port();

@@ -96,6 +96,30 @@ pub fn write_config(dir: &Path, script: &str) -> PathBuf {
     config
 }
 
+/// The interpreter of the Python protocol SDKs (ACP, MCP) that `scripts/python-sdks.sh`
+/// installs: TETHER_PYTHON (scripts/test.sh sets it), else the project's virtual environment.
+/// `None`, after a notice naming `what` is skipped, when neither exists and CI is not "true";
+/// under CI=true a missing SDK fails the test.
+pub fn python_sdk(what: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("TETHER_PYTHON").filter(|p| !p.is_empty()) {
+        return Some(p.into());
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/python-sdk/bin/python");
+    if venv.exists() {
+        return Some(venv);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but the Python SDKs are missing ({what}): run scripts/python-sdks.sh (or set TETHER_PYTHON)"
+    );
+    eprintln!(
+        "NOTICE: skipping {what}: TETHER_PYTHON is not set and {} does not exist \
+         (run scripts/python-sdks.sh)",
+        venv.display()
+    );
+    None
+}
+
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
