@@ -302,29 +302,39 @@ impl HubFile {
     }
 }
 
+const SEVERITIES: &str = "critical, warning or info";
+
+/// A list of names from hub.toml, each parsed by `parse`; a bad one is named with its key and
+/// the accepted names (`notify[0].on: \`later\` is not firing, …`).
+fn parse_names<T>(
+    key: &str,
+    names: &[String],
+    parse: impl Fn(&str) -> Option<T>,
+    accepted: &str,
+) -> Result<Vec<T>> {
+    names
+        .iter()
+        .map(|s| parse(s).ok_or_else(|| anyhow::anyhow!("{key}: `{s}` is not {accepted}")))
+        .collect()
+}
+
 fn diagnosis_config(d: RawDiagnosis) -> Result<tether_hub::DiagnosisConfig> {
     let mut c = tether_hub::DiagnosisConfig::default();
     if let Some(list) = d.severities {
-        c.severities = list
-            .iter()
-            .map(|s| {
-                tether_hub::alerts::Severity::parse(s).ok_or_else(|| {
-                    anyhow::anyhow!("diagnosis.severities: `{s}` is not critical, warning or info")
-                })
-            })
-            .collect::<Result<_>>()?;
+        c.severities = parse_names(
+            "diagnosis.severities",
+            &list,
+            tether_hub::alerts::Severity::parse,
+            SEVERITIES,
+        )?;
     }
     if let Some(list) = d.sources {
-        c.sources = list
-            .iter()
-            .map(|s| {
-                tether_hub::alerts::Source::parse(s).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "diagnosis.sources: `{s}` is not alertmanager, grafana or agent"
-                    )
-                })
-            })
-            .collect::<Result<_>>()?;
+        c.sources = parse_names(
+            "diagnosis.sources",
+            &list,
+            tether_hub::alerts::Source::parse,
+            "alertmanager, grafana or agent",
+        )?;
     }
     if let Some(v) = d.cooldown {
         c.cooldown = v;
@@ -358,30 +368,22 @@ fn notify_config(i: usize, n: RawNotify) -> Result<tether_hub::NotifyConfig> {
     };
     let on = match n.on {
         None => tether_hub::NotifyOn::ALL.to_vec(),
-        Some(list) => list
-            .iter()
-            .map(|s| {
-                tether_hub::NotifyOn::parse(s).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "notify[{i}].on: `{s}` is not firing, resolved, report or approval_waiting"
-                    )
-                })
-            })
-            .collect::<Result<_>>()?,
+        Some(list) => parse_names(
+            &format!("notify[{i}].on"),
+            &list,
+            tether_hub::NotifyOn::parse,
+            "firing, resolved, report or approval_waiting",
+        )?,
     };
     let name = n.name.unwrap_or_else(|| format!("{}-{i}", kind.as_str()));
     let mut c = tether_hub::NotifyConfig::new(&name, kind, &url, on);
     if let Some(list) = n.severities {
-        c.severities = list
-            .iter()
-            .map(|s| {
-                tether_hub::alerts::Severity::parse(s).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "notify[{i}].severities: `{s}` is not critical, warning or info"
-                    )
-                })
-            })
-            .collect::<Result<_>>()?;
+        c.severities = parse_names(
+            &format!("notify[{i}].severities"),
+            &list,
+            tether_hub::alerts::Severity::parse,
+            SEVERITIES,
+        )?;
     }
     if let Some(v) = n.approval_wait {
         c.approval_wait = v;
