@@ -8,13 +8,15 @@
 
 mod postgres;
 mod sqlite;
+#[doc(hidden)]
+pub mod testing;
 
 pub use postgres::{PgSettings, PgStore};
 pub use sqlite::SqliteStore;
 
 use crate::alerts::{
-    AckRecord, Alert, AlertState, Change, Matcher, Observation, Route, Severity, Silence,
-    Source, TimelineEvent,
+    AckRecord, Alert, AlertState, Change, Matcher, Observation, Route, Severity, Silence, Source,
+    TimelineEvent,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -415,11 +417,9 @@ pub(crate) fn json_map(text: &str) -> BTreeMap<String, String> {
     serde_json::from_str(text).unwrap_or_default()
 }
 
-
 pub(crate) fn to_json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "{}".into())
 }
-
 
 /// The identity of an agent's alert.
 pub(crate) fn agent_identity(agent_id: &str, alert_key: &str) -> String {
@@ -491,12 +491,94 @@ impl HubStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alerts::Diagnosis;
+    use rusqlite::{Connection, params};
+    use std::time::Duration;
+    use tether_proto::link::AlertStatus;
 
-    fn store() -> (tempfile::TempDir, SqliteStore) {
+    /// A store under test, and what it lives in (dropped after it).
+    struct Under {
+        store: Box<dyn Store>,
+        home: Home,
+    }
+
+    enum Home {
+        File(tempfile::TempDir),
+        Database(testing::TestDatabase),
+    }
+
+    impl std::ops::Deref for Under {
+        type Target = dyn Store;
+        fn deref(&self) -> &(dyn Store + 'static) {
+            self.store.as_ref()
+        }
+    }
+
+    impl Under {
+        /// A second store on the same database (another hub process or replica).
+        fn reopen(&self) -> Box<dyn Store> {
+            match &self.home {
+                Home::File(dir) => {
+                    Box::new(SqliteStore::open(&dir.path().join("hub.db")).expect("reopen"))
+                }
+                Home::Database(db) => Box::new(
+                    PgStore::connect(db.settings(std::time::Duration::from_secs(30)))
+                        .expect("reconnect"),
+                ),
+            }
+        }
+    }
+
+    fn sqlite() -> Under {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = SqliteStore::open(&dir.path().join("hub.db")).expect("open");
-        (dir, s)
+        Under {
+            store: Box::new(s),
+            home: Home::File(dir),
+        }
     }
+
+    fn postgres(test: &str) -> Option<Under> {
+        let db = testing::TestDatabase::create(test)?;
+        let s = PgStore::connect(db.settings(std::time::Duration::from_secs(30))).expect("connect");
+        Some(Under {
+            store: Box::new(s),
+            home: Home::Database(db),
+        })
+    }
+
+    /// Each test, once against SQLite (`on_sqlite::NAME`) and once against PostgreSQL
+    /// (`on_postgres::NAME`).
+    macro_rules! on_both_stores {
+        ($($name:ident),* $(,)?) => {
+            mod on_sqlite {
+                $(#[test]
+                fn $name() {
+                    super::$name(super::sqlite());
+                })*
+            }
+            mod on_postgres {
+                $(#[test]
+                fn $name() {
+                    if let Some(s) = super::postgres(concat!("store::tests::on_postgres::", stringify!($name))) {
+                        super::$name(s);
+                    }
+                })*
+            }
+        };
+    }
+
+    on_both_stores!(
+        alerts_with_a_seq_are_stored_once,
+        alerts_filter_and_page,
+        an_external_notification_is_stored_once,
+        silences_start_and_end_by_the_clock,
+        retention_prunes_old_events_resolved_alerts_and_ended_silences,
+        a_report_links_to_its_alert,
+        tokens_are_found_by_hash_until_revoked,
+        a_batch_delivered_twice_at_once_is_stored_once,
+        agents_sessions_and_events_round_trip,
+    );
 
     fn event(seq: Option<u64>, key: &str, status: AlertStatus) -> AlertEvent {
         AlertEvent {
@@ -513,15 +595,13 @@ mod tests {
 
     const NOW: i64 = 1_700_000_100_000;
 
-    fn one(s: &SqliteStore, f: AlertFilter) -> Vec<Alert> {
+    fn one(s: &dyn Store, f: AlertFilter) -> Vec<Alert> {
         s.list_alerts(&AlertFilter { limit: 100, ..f }, NOW)
             .expect("list")
             .alerts
     }
 
-    #[test]
-    fn alerts_with_a_seq_are_stored_once() {
-        let (_d, s) = store();
+    fn alerts_with_a_seq_are_stored_once(s: Under) {
         let first = s
             .insert_alerts(
                 "a1",
@@ -564,7 +644,7 @@ mod tests {
         .expect("insert");
         assert_eq!(s.count_alert_events().expect("count"), 6);
         let a1 = one(
-            &s,
+            &*s,
             AlertFilter {
                 agent_id: Some("a1".into()),
                 ..Default::default()
@@ -583,9 +663,7 @@ mod tests {
         assert_eq!(timeline[1].severity, None, "an Ok says no severity");
     }
 
-    #[test]
-    fn alerts_filter_and_page() {
-        let (_d, s) = store();
+    fn alerts_filter_and_page(s: Under) {
         for i in 0..10u64 {
             let status = if i % 2 == 0 {
                 AlertStatus::Critical
@@ -597,7 +675,7 @@ mod tests {
             s.insert_alerts("a1", "h", &[e], NOW).expect("insert");
         }
         let firing = one(
-            &s,
+            &*s,
             AlertFilter {
                 state: Some(AlertState::Firing),
                 ..Default::default()
@@ -606,7 +684,7 @@ mod tests {
         assert_eq!(firing.len(), 5);
         assert!(firing.iter().all(|a| a.severity == Severity::Critical));
         let info = one(
-            &s,
+            &*s,
             AlertFilter {
                 severity: Some(Severity::Info),
                 ..Default::default()
@@ -638,7 +716,7 @@ mod tests {
         let expected: Vec<String> = (0..10).rev().map(|i| format!("k{i}")).collect();
         assert_eq!(seen, expected, "newest first, each once");
         let by_label = one(
-            &s,
+            &*s,
             AlertFilter {
                 label: Some(("mount".into(), "/var".into())),
                 ..Default::default()
@@ -646,7 +724,7 @@ mod tests {
         );
         assert_eq!(by_label.len(), 10);
         let none = one(
-            &s,
+            &*s,
             AlertFilter {
                 label: Some(("mount".into(), "/x".into())),
                 ..Default::default()
@@ -654,7 +732,7 @@ mod tests {
         );
         assert!(none.is_empty());
         let fleet = one(
-            &s,
+            &*s,
             AlertFilter {
                 fleet: Some(true),
                 ..Default::default()
@@ -688,9 +766,7 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_external_notification_is_stored_once() {
-        let (_d, s) = store();
+    fn an_external_notification_is_stored_once(s: Under) {
         let batch = [
             external("fp1", AlertState::Firing, 1_000, None),
             external("fp2", AlertState::Firing, 1_000, None),
@@ -708,7 +784,7 @@ mod tests {
             .record_external(Source::Alertmanager, "prom", &resolved, NOW)
             .expect("record");
         assert_eq!(r.changes[0].change, Change::Resolved);
-        let alerts = one(&s, AlertFilter::default());
+        let alerts = one(&*s, AlertFilter::default());
         assert_eq!(alerts.len(), 2);
         let fp1 = alerts.iter().find(|a| a.alert_key == "fp1").expect("fp1");
         assert_eq!(
@@ -720,9 +796,7 @@ mod tests {
         assert_eq!(s.count_alert_events().expect("count"), 3);
     }
 
-    #[test]
-    fn silences_start_and_end_by_the_clock() {
-        let (_d, s) = store();
+    fn silences_start_and_end_by_the_clock(s: Under) {
         s.record_external(
             Source::Alertmanager,
             "prom",
@@ -779,9 +853,7 @@ mod tests {
         assert!(s.expire_silence(999, "bob", NOW).expect("expire").is_none());
     }
 
-    #[test]
-    fn retention_prunes_old_events_resolved_alerts_and_ended_silences() {
-        let (_d, s) = store();
+    fn retention_prunes_old_events_resolved_alerts_and_ended_silences(s: Under) {
         let old = NOW - 40 * 86_400_000;
         let cutoff = NOW - 30 * 86_400_000;
         // Resolved long ago: goes, with its timeline and acknowledgements.
@@ -795,7 +867,7 @@ mod tests {
             old,
         )
         .expect("insert");
-        let gone = one(&s, AlertFilter::default())[0].alert_id;
+        let gone = one(&*s, AlertFilter::default())[0].alert_id;
         s.ack_alert(gone, "alice", "", old).expect("ack");
         // Firing since long ago: stays, though its old events go.
         s.insert_alerts(
@@ -819,7 +891,7 @@ mod tests {
             .expect("silence");
         let n = s.prune_alerts(cutoff).expect("prune");
         assert_eq!(n, 3 + 1, "three old events and one resolved alert");
-        let keys: Vec<String> = one(&s, AlertFilter::default())
+        let keys: Vec<String> = one(&*s, AlertFilter::default())
             .into_iter()
             .map(|a| a.alert_key)
             .collect();
@@ -832,9 +904,7 @@ mod tests {
         assert_eq!(s.count_firing_alerts().expect("firing"), 1);
     }
 
-    #[test]
-    fn a_report_links_to_its_alert() {
-        let (_d, s) = store();
+    fn a_report_links_to_its_alert(s: Under) {
         s.insert_alerts(
             "a1",
             "h",
@@ -842,7 +912,7 @@ mod tests {
             NOW,
         )
         .expect("insert");
-        let alert_id = one(&s, AlertFilter::default())[0].alert_id;
+        let alert_id = one(&*s, AlertFilter::default())[0].alert_id;
         s.link_alert_session(alert_id, "sess-1", NOW)
             .expect("link")
             .expect("known alert");
@@ -956,11 +1026,11 @@ mod tests {
             .expect("v1 report");
         }
         let s = SqliteStore::open(&path).expect("migrated");
-        let version: i64 = s
-            .conn()
+        let version: i64 = Connection::open(&path)
+            .expect("open")
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .expect("version");
-        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(version, sqlite::SCHEMA_VERSION);
         assert_eq!(
             s.count_alert_events().expect("count"),
             4,
@@ -1011,9 +1081,7 @@ mod tests {
         assert_eq!(one(&s, AlertFilter::default()).len(), 2);
     }
 
-    #[test]
-    fn tokens_are_found_by_hash_until_revoked() {
-        let (_d, s) = store();
+    fn tokens_are_found_by_hash_until_revoked(s: Under) {
         let t = s
             .insert_token("web-1", "h1", &BTreeMap::new())
             .expect("insert");
@@ -1029,5 +1097,348 @@ mod tests {
         );
         assert_eq!(s.revoke_token("web-1").expect("revoke"), 1);
         assert!(s.token_by_hash("h1").expect("find").is_none());
+    }
+
+    /// Two hub processes (or replicas) store the same batch at the same moment, as after an
+    /// agent's reconnect: every event is kept once, and the alert moved once per event.
+    fn a_batch_delivered_twice_at_once_is_stored_once(s: Under) {
+        let other = s.reopen();
+        let batch: Vec<AlertEvent> = (1..=40u64)
+            .map(|seq| {
+                let status = if seq % 2 == 1 {
+                    AlertStatus::Critical
+                } else {
+                    AlertStatus::Ok
+                };
+                event(Some(seq), &format!("k{}", seq % 4), status)
+            })
+            .collect();
+        let barrier = std::sync::Barrier::new(2);
+        let (a, b) = std::thread::scope(|scope| {
+            let one = scope.spawn(|| {
+                barrier.wait();
+                s.insert_alerts("a1", "h", &batch, NOW)
+            });
+            let two = scope.spawn(|| {
+                barrier.wait();
+                other.insert_alerts("a1", "h", &batch, NOW)
+            });
+            (
+                one.join().expect("thread").expect("insert"),
+                two.join().expect("thread").expect("insert"),
+            )
+        });
+        assert_eq!(a.stored + b.stored, 40, "{a:?} / {b:?}");
+        assert_eq!(a.duplicates + b.duplicates, 40);
+        assert_eq!(s.count_alert_events().expect("count"), 40);
+        let alerts = one(&*s, AlertFilter::default());
+        assert_eq!(alerts.len(), 4);
+        for a in &alerts {
+            assert_eq!(a.event_count, 10, "{}: one move per event", a.alert_key);
+        }
+        // And again later: all duplicates.
+        let again = other.insert_alerts("a1", "h", &batch, NOW).expect("insert");
+        assert_eq!((again.stored, again.duplicates), (0, 40));
+    }
+
+    fn register(host: &str, ip: &str) -> Register {
+        Register {
+            hostname: host.into(),
+            ip: ip.into(),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            labels: BTreeMap::from([("env".to_owned(), "prod".to_owned())]),
+            plugins: vec!["disk".into()],
+            agent_version: "1.0".into(),
+            uptime_sec: 5,
+        }
+    }
+
+    /// What the alert tests do not touch: agents and how they are found, hub sessions and
+    /// their events, the tokens a creator's diagnoses spent.
+    fn agents_sessions_and_events_round_trip(s: Under) {
+        let t = s
+            .insert_token("web", "hash-w", &BTreeMap::new())
+            .expect("token");
+        let a = s
+            .upsert_agent(
+                "ag-1",
+                &register("Web-01.example.com", "10.0.0.1"),
+                2,
+                Some(&t.id),
+            )
+            .expect("upsert");
+        assert_eq!((a.connected, a.proto), (true, 2));
+        assert_eq!(a.token_name.as_deref(), Some("web"));
+        s.upsert_agent("ag-2", &register("db-01", "::1"), 1, None)
+            .expect("upsert");
+        let hb = s
+            .record_heartbeat(
+                "ag-1",
+                &Heartbeat {
+                    active_sessions: 1,
+                    active_alerts: 2,
+                    cpu_pct: Some(12.5),
+                    ..Default::default()
+                },
+            )
+            .expect("heartbeat");
+        let got = s.get_agent("ag-1").expect("get").expect("there");
+        assert_eq!(got.heartbeat, Some(hb));
+        assert_eq!(got.labels.get("env").map(String::as_str), Some("prod"));
+        let names: Vec<String> = s
+            .list_agents()
+            .expect("list")
+            .into_iter()
+            .map(|a| a.hostname)
+            .collect();
+        assert_eq!(names, ["Web-01.example.com", "db-01"], "bytewise order");
+        let found = |host: &str| {
+            s.find_agent_by_host(host)
+                .expect("find")
+                .map(|m| (m.agent_id, m.by))
+        };
+        assert_eq!(
+            found("web-01.EXAMPLE.com"),
+            Some(("ag-1".into(), "hostname"))
+        );
+        assert_eq!(found("10.0.0.1"), Some(("ag-1".into(), "ip")));
+        assert_eq!(found("0:0:0:0:0:0:0:1"), Some(("ag-2".into(), "ip")));
+        assert_eq!(
+            found("db-01.example.com"),
+            Some(("ag-2".into(), "short hostname"))
+        );
+        assert_eq!(found("WEB-01"), Some(("ag-1".into(), "short hostname")));
+        assert_eq!(found("web_01"), None, "`_` is not a wildcard");
+        assert_eq!(
+            s.find_agent("DB-01").expect("find").map(|m| m.by),
+            Some("hostname")
+        );
+        assert_eq!(
+            s.find_agent("ag-2").expect("find").map(|m| m.by),
+            Some("agent id")
+        );
+        s.set_connected("ag-1", false).expect("disconnect");
+        s.mark_all_disconnected().expect("all");
+        assert!(s.list_agents().expect("list").iter().all(|a| !a.connected));
+
+        let session = SessionRecord {
+            session_id: "s1".into(),
+            agent_id: "ag-1".into(),
+            mode: "diagnose".into(),
+            title: Some("disk".into()),
+            policy: "human".into(),
+            state: "running".into(),
+            created_at: rfc3339_ms(NOW),
+            created_by: "hub".into(),
+            proto: 2,
+            params: serde_json::json!({"alert_id": 7}),
+            last_seq: 0,
+        };
+        s.insert_session(&session).expect("session");
+        let turn = |seq: u64, tokens: u64| {
+            (
+                seq,
+                serde_json::json!({"event": "turn_ended", "seq": seq, "ts": rfc3339_ms(NOW + 1000), "usage": {"total_tokens": tokens}}).to_string(),
+            )
+        };
+        s.append_events(
+            "s1",
+            &[(1, r#"{"event":"text","ts":"x"}"#.into()), turn(2, 300)],
+        )
+        .expect("append");
+        s.append_events("s1", &[turn(2, 999), turn(3, 50)])
+            .expect("append again");
+        let events = s.read_events("s1", 1, 10, 100).expect("read");
+        assert_eq!(events.len(), 3, "a stored seq is kept as it was");
+        assert!(events[1].1.contains("300"));
+        assert_eq!(s.read_events("s1", 2, 2, 100).expect("read").len(), 1);
+        assert_eq!(s.session_tokens_since("hub", NOW).expect("tokens"), 350);
+        assert_eq!(
+            s.session_tokens_since("hub", NOW + 5000).expect("tokens"),
+            0
+        );
+        assert_eq!(s.session_tokens_since("alice", NOW).expect("tokens"), 0);
+        s.update_session("s1", "closed", 2).expect("update");
+        let got = s.get_session("s1").expect("get").expect("there");
+        assert_eq!(
+            (got.state.as_str(), got.last_seq),
+            ("closed", 3),
+            "last_seq never goes back"
+        );
+        assert_eq!(got.params, session.params);
+        assert_eq!(s.list_sessions(Some("ag-1")).expect("list").len(), 1);
+        assert_eq!(s.list_sessions(Some("ag-2")).expect("list").len(), 0);
+        assert_eq!(s.list_sessions(None).expect("list").len(), 1);
+        assert_eq!(s.prune_sessions(NOW + 1).expect("prune"), 1);
+        assert!(s.read_events("s1", 1, 10, 100).expect("read").is_empty());
+    }
+
+    /// A hub older than the database refuses it, naming both versions (SQLite).
+    #[test]
+    fn sqlite_refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("hub.db");
+        drop(SqliteStore::open(&path).expect("open"));
+        Connection::open(&path)
+            .expect("open")
+            .execute_batch("PRAGMA user_version = 7;")
+            .expect("newer");
+        let Err(e) = SqliteStore::open(&path) else {
+            panic!("a newer schema was opened");
+        };
+        assert_eq!(e.kind, StoreErrorKind::Schema);
+        assert_eq!(
+            e.message,
+            format!(
+                "the database schema is version 7 but this hub knows up to {}: upgrade the hub (or point it at another database)",
+                sqlite::SCHEMA_VERSION
+            )
+        );
+    }
+
+    /// The same for PostgreSQL: a replica of an older build refuses the database a newer one
+    /// migrated; the migrations themselves are applied once.
+    #[test]
+    fn postgres_refuses_a_newer_schema() {
+        let Some(db) =
+            testing::TestDatabase::create("store::tests::postgres_refuses_a_newer_schema")
+        else {
+            return;
+        };
+        let s = PgStore::connect(db.settings(Duration::from_secs(30))).expect("connect");
+        assert_eq!(
+            s.schema_version().expect("version"),
+            postgres::SCHEMA_VERSION
+        );
+        drop(s);
+        // Opening again applies nothing twice.
+        let s = PgStore::connect(db.settings(Duration::from_secs(30))).expect("reconnect");
+        let rows: i64 = s
+            .run("count", async |c| {
+                c.query_one("SELECT COUNT(*) FROM schema_migrations", &[])
+                    .await?
+                    .try_get(0)
+            })
+            .expect("count");
+        assert_eq!(rows, postgres::SCHEMA_VERSION);
+        drop(s);
+        db.execute(
+            "INSERT INTO schema_migrations (version, applied_ms, hub) VALUES (7, 0, 'tether 99')",
+        );
+        let Err(e) = PgStore::connect(db.settings(Duration::from_secs(30))) else {
+            panic!("a newer schema was opened");
+        };
+        assert_eq!(e.kind, StoreErrorKind::Schema);
+        assert_eq!(
+            e.message,
+            format!(
+                "the database schema is version 7 but this hub knows up to {}: upgrade the hub (or point it at another database)",
+                postgres::SCHEMA_VERSION
+            )
+        );
+    }
+
+    /// A call that waits on another writer longer than the store allows fails as a timeout,
+    /// and the store works again once the writer is done (SQLite: another process holds the
+    /// write lock).
+    #[test]
+    fn sqlite_a_call_stuck_behind_a_lock_times_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("hub.db");
+        let s =
+            SqliteStore::open_with_busy_timeout(&path, Duration::from_millis(200)).expect("open");
+        let inserted = s
+            .insert_alerts(
+                "a1",
+                "h",
+                &[event(Some(1), "k", AlertStatus::Critical)],
+                NOW,
+            )
+            .expect("insert");
+        let id = inserted.changes[0].alert.alert_id;
+        let holder = Connection::open(&path).expect("open");
+        holder.execute_batch("BEGIN IMMEDIATE;").expect("lock");
+        let e = s.ack_alert(id, "alice", "", NOW).expect_err("blocked");
+        assert_eq!(e.kind, StoreErrorKind::Timeout, "{e}");
+        holder.execute_batch("ROLLBACK;").expect("unlock");
+        assert!(s.ack_alert(id, "alice", "", NOW).expect("ack").is_some());
+    }
+
+    /// The same for PostgreSQL: another connection holds the alert's row lock; the call ends
+    /// at `query_timeout` with a timeout error, and the pool serves the next call.
+    #[test]
+    fn postgres_a_call_stuck_behind_a_lock_times_out() {
+        let Some(db) = testing::TestDatabase::create(
+            "store::tests::postgres_a_call_stuck_behind_a_lock_times_out",
+        ) else {
+            return;
+        };
+        let s = PgStore::connect(db.settings(Duration::from_millis(300))).expect("connect");
+        let inserted = s
+            .insert_alerts(
+                "a1",
+                "h",
+                &[event(Some(1), "k", AlertStatus::Critical)],
+                NOW,
+            )
+            .expect("insert");
+        let id = inserted.changes[0].alert.alert_id;
+        let lock = db.hold_lock(&format!(
+            "SELECT 1 FROM alerts WHERE alert_id = {id} FOR UPDATE"
+        ));
+        let e = s.ack_alert(id, "alice", "", NOW).expect_err("blocked");
+        assert_eq!(e.kind, StoreErrorKind::Timeout, "{e}");
+        // Storing an event for the locked alert waits the same way.
+        let e = s
+            .insert_alerts("a1", "h", &[event(Some(2), "k", AlertStatus::Ok)], NOW)
+            .expect_err("blocked");
+        assert_eq!(e.kind, StoreErrorKind::Timeout, "{e}");
+        drop(lock);
+        assert!(s.ack_alert(id, "alice", "", NOW).expect("ack").is_some());
+        let done = s
+            .insert_alerts("a1", "h", &[event(Some(2), "k", AlertStatus::Ok)], NOW)
+            .expect("insert");
+        assert_eq!(done.stored, 1, "the timed-out call stored nothing");
+    }
+
+    /// A database nobody listens on: a clear, typed error within the connect timeout.
+    #[test]
+    fn postgres_unreachable_is_unavailable() {
+        // A port just released: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut settings =
+            PgSettings::new(&format!("postgres://tether@127.0.0.1:{port}/tether")).expect("url");
+        settings.connect_timeout = Duration::from_secs(2);
+        let Err(e) = PgStore::connect(settings) else {
+            panic!("connected to nothing");
+        };
+        assert_eq!(e.kind, StoreErrorKind::Unavailable, "{e}");
+        assert!(e.message.contains("cannot connect"), "{e}");
+    }
+
+    #[test]
+    fn bad_store_urls_are_named() {
+        for (url, says) in [
+            (
+                "mysql://x@h/db",
+                "must be a postgres:// (or postgresql://) URL",
+            ),
+            (
+                "postgres://u@h:notaport/db",
+                "store.url: not a PostgreSQL URL",
+            ),
+        ] {
+            let e = PgSettings::new(url).expect_err(url);
+            assert!(e.contains(says), "{url}: {e}");
+        }
+        let mut s = PgSettings::new("postgres://u:secret@h/db").expect("url");
+        assert!(!format!("{s:?}").contains("secret"), "{s:?}");
+        s.pool_size = 0;
+        assert!(s.validate().expect_err("0").contains("store.pool_size"));
     }
 }

@@ -21,8 +21,8 @@
 use super::{
     AgentMatch, AgentRecord, AlertChange, AlertFilter, AlertInsert, AlertPage, ExternalAlert,
     HeartbeatFigures, ReportRow, SessionRecord, Store, StoreError, StoreErrorKind, StoreResult,
-    TokenRecord, agent_identity, external_identity, json_map, now_ms, parse_rfc3339_ms,
-    rfc3339_ms, to_json,
+    TokenRecord, agent_identity, external_identity, json_map, now_ms, parse_rfc3339_ms, rfc3339_ms,
+    to_json,
 };
 use crate::alerts::{
     AckInfo, AckRecord, Alert, AlertState, Change, Diagnosis, Matcher, Observation, Severity,
@@ -535,10 +535,7 @@ impl PgStore {
     pub fn schema_version(&self) -> StoreResult<i64> {
         self.run("reading the schema version", async |c| {
             let exists: bool = c
-                .query_one(
-                    "SELECT to_regclass('schema_migrations') IS NOT NULL",
-                    &[],
-                )
+                .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
                 .await?
                 .try_get(0)?;
             if !exists {
@@ -805,8 +802,11 @@ async fn insert_event(
 /// Serializes writers of one key (an agent's events, one alert's identity) for the rest of
 /// the transaction: the row lock of `FOR UPDATE` cannot cover an alert not created yet.
 async fn lock_key(tx: &impl GenericClient, key: &str) -> PgResult<()> {
-    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&key])
-        .await?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        &[&key],
+    )
+    .await?;
     Ok(())
 }
 
@@ -1408,7 +1408,11 @@ impl Store for PgStore {
             arg(&mut sql, " AND state = ?", Box::new(s.as_str().to_owned()));
         }
         if let Some(s) = f.severity {
-            arg(&mut sql, " AND severity = ?", Box::new(s.as_str().to_owned()));
+            arg(
+                &mut sql,
+                " AND severity = ?",
+                Box::new(s.as_str().to_owned()),
+            );
         }
         if let Some(s) = f.source {
             arg(&mut sql, " AND source = ?", Box::new(s.as_str().to_owned()));
@@ -1422,7 +1426,11 @@ impl Store for PgStore {
             None => {}
         }
         if let Some((k, v)) = &f.label {
-            arg(&mut sql, " AND (labels::jsonb ->> ?::text)", Box::new(k.clone()));
+            arg(
+                &mut sql,
+                " AND (labels::jsonb ->> ?::text)",
+                Box::new(k.clone()),
+            );
             arg(&mut sql, " = ?", Box::new(v.clone()));
         }
         if let Some((last, id)) = f.after {
@@ -1745,8 +1753,7 @@ impl Store for PgStore {
             return Ok(None);
         }
         self.run("find_agent_by_host", async |c| {
-            if let Some(m) =
-                agent_match(c, "lower(hostname) = lower($1)", host, "hostname").await?
+            if let Some(m) = agent_match(c, "lower(hostname) = lower($1)", host, "hostname").await?
             {
                 return Ok(Some(m));
             }
@@ -1794,13 +1801,7 @@ impl Store for PgStore {
             if let Some(m) = agent_match(c, "agent_id = $1", id_or_hostname, "agent id").await? {
                 return Ok(Some(m));
             }
-            agent_match(
-                c,
-                "lower(hostname) = lower($1)",
-                id_or_hostname,
-                "hostname",
-            )
-            .await
+            agent_match(c, "lower(hostname) = lower($1)", id_or_hostname, "hostname").await
         })
     }
 

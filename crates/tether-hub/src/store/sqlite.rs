@@ -4,18 +4,19 @@
 use super::{
     AgentMatch, AgentRecord, AlertChange, AlertFilter, AlertInsert, AlertPage, ExternalAlert,
     HeartbeatFigures, ReportRow, SessionRecord, Store, StoreError, StoreErrorKind, StoreResult,
-    TokenRecord, agent_identity, external_identity, json_map, now_ms, parse_rfc3339_ms,
-    rfc3339_ms, to_json,
+    TokenRecord, agent_identity, external_identity, json_map, now_ms, parse_rfc3339_ms, rfc3339_ms,
+    to_json,
 };
 use crate::alerts::{
     AckInfo, AckRecord, Alert, AlertState, Change, Diagnosis, Matcher, Observation, Severity,
     Silence, SkipInfo, Source, TimelineEvent, apply, observe_agent_event,
 };
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::Duration;
 use tether_proto::link::{AlertEvent, AlertStatus, Heartbeat, Register};
 
 impl From<rusqlite::Error> for StoreError {
@@ -31,6 +32,10 @@ impl From<rusqlite::Error> for StoreError {
         StoreError::new(kind, e.to_string())
     }
 }
+
+/// How long a call waits for another process's write lock (`tether hub token create`
+/// while the hub runs).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -189,7 +194,7 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     if version > SCHEMA_VERSION {
         return Err(StoreError::newer_schema(version, SCHEMA_VERSION));
     }
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(BASE_SCHEMA)?;
     let has_column = |table: &str, column: &str| -> rusqlite::Result<bool> {
         let n: i64 = tx.query_row(
@@ -261,23 +266,47 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     Ok(())
 }
 
+/// Every write transaction is `BEGIN IMMEDIATE`: it takes the write lock before its first
+/// read. A deferred one that reads and then writes, while another process (`tether hub token
+/// create`, a second hub on the same file) does the same, fails at once with "database is
+/// locked" instead of waiting its busy timeout: SQLite cannot upgrade both read locks.
 impl SqliteStore {
     pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        Self::open_with_busy_timeout(path, BUSY_TIMEOUT)
+    }
+
+    /// As [`SqliteStore::open`], waiting at most `busy` for another process's write lock
+    /// (then the call fails as a timeout).
+    pub fn open_with_busy_timeout(path: &Path, busy: Duration) -> StoreResult<SqliteStore> {
         if let Some(dir) = path.parent() {
             match tether_host::perms::private_dir(dir) {
                 Ok(Some(w)) => tracing::warn!("{w}"),
                 Ok(None) => {}
-                Err(e) => return Err(StoreError::other(format!("cannot create {}: {e}", dir.display()))),
+                Err(e) => {
+                    return Err(StoreError::other(format!(
+                        "cannot create {}: {e}",
+                        dir.display()
+                    )));
+                }
             }
         }
         match tether_host::perms::create_private(path) {
             Ok(Some(w)) => tracing::warn!("{w}"),
             Ok(None) => {}
-            Err(e) => return Err(StoreError::other(format!("cannot create {}: {e}", path.display()))),
+            Err(e) => {
+                return Err(StoreError::other(format!(
+                    "cannot create {}: {e}",
+                    path.display()
+                )));
+            }
         }
-        let conn = Connection::open(path)
-            .map_err(|e| StoreError::new(StoreErrorKind::Unavailable, format!("cannot open {}: {e}", path.display())))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let conn = Connection::open(path).map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!("cannot open {}: {e}", path.display()),
+            )
+        })?;
+        conn.busy_timeout(busy)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let mut conn = conn;
@@ -479,8 +508,6 @@ fn insert_event(
     ])?;
     Ok(())
 }
-
-
 
 /// Applies one observation to the alert of `identity` (created if new) and stores the event
 /// (an agent's event with the agent that sent it); `cache` holds the batch's alerts already
@@ -895,7 +922,7 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> StoreResult<AlertInsert> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut out = AlertInsert::default();
         let mut cache = HashMap::new();
         for e in events {
@@ -918,7 +945,7 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> StoreResult<AlertInsert> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut out = AlertInsert::default();
         let mut cache = HashMap::new();
         for x in alerts {
@@ -1077,7 +1104,7 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> StoreResult<Option<AlertChange>> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let n = tx.execute(
             "UPDATE alerts SET ack_by = ?2, ack_comment = ?3, ack_ms = ?4, updated_ms = ?4 WHERE alert_id = ?1",
             params![alert_id, by, comment, now_ms],
@@ -1101,7 +1128,7 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> StoreResult<Option<AlertChange>> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let n = tx.execute(
             "UPDATE alerts SET updated_ms = ?2, skip_reason = NULL, skip_ms = NULL WHERE alert_id = ?1",
             params![alert_id, now_ms],
@@ -1125,7 +1152,7 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> StoreResult<Option<AlertChange>> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let n = tx.execute(
             "UPDATE alerts SET skip_reason = ?2, skip_ms = ?3, updated_ms = ?3 WHERE alert_id = ?1",
             params![alert_id, reason, now_ms],
@@ -1156,7 +1183,7 @@ impl Store for SqliteStore {
 
     fn prune_alerts(&self, before_ms: i64) -> StoreResult<usize> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let events = tx.execute(
             "DELETE FROM alert_events WHERE received_ms < ?1",
             [before_ms],
@@ -1409,7 +1436,7 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO session_events (session_id, seq, frame) VALUES (?1, ?2, ?3)",
@@ -1448,7 +1475,7 @@ impl Store for SqliteStore {
 
     fn prune_sessions(&self, before_ms: i64) -> StoreResult<usize> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
             "DELETE FROM session_events WHERE session_id IN (SELECT session_id FROM sessions WHERE created_at < ?1 AND state = 'closed')",
             [before_ms],
@@ -1484,7 +1511,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<(ReportRow, Option<AlertChange>)> {
         let created = parse_rfc3339_ms(&r.created_at).unwrap_or(now_ms);
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
             "INSERT INTO reports (agent_id, alert_key, session_id, report, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![r.agent_id, r.alert_key, r.session_id, r.report, created],
@@ -1564,4 +1591,3 @@ fn changed(
     let [c] = changes;
     Ok(Some(c))
 }
-
