@@ -117,6 +117,21 @@ impl TestDatabase {
         });
     }
 
+    /// The first column of the first row of a query, as a number (a test's check).
+    pub fn scalar(&self, sql: &str) -> i64 {
+        let url = self.url.clone();
+        let sql = sql.to_owned();
+        on_thread(move || async move {
+            connect(&url)
+                .await
+                .query_one(&sql, &[])
+                .await
+                .unwrap_or_else(|e| panic!("test query failed: {e}"))
+                .try_get::<_, i64>(0)
+                .unwrap_or_else(|e| panic!("test query: not a number: {e}"))
+        })
+    }
+
     /// Holds a row lock (`SELECT … FOR UPDATE` of `lock_sql`) in an open transaction on a
     /// connection of its own until the returned guard is dropped.
     pub fn hold_lock(&self, lock_sql: &str) -> LockHolder {
