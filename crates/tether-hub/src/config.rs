@@ -242,7 +242,7 @@ pub enum StoreConfig {
     #[default]
     Sqlite,
     /// A PostgreSQL database (`[store] url`), which several hub replicas may share.
-    Postgres(crate::store::PgSettings),
+    Postgres(Box<crate::store::PgSettings>),
 }
 
 #[derive(Clone, Debug)]

@@ -147,7 +147,7 @@ fn store_config(s: RawStore) -> Result<tether_hub::StoreConfig> {
         pg.connect_timeout = d;
     }
     pg.validate().map_err(|e| anyhow::anyhow!(e))?;
-    Ok(tether_hub::StoreConfig::Postgres(pg))
+    Ok(tether_hub::StoreConfig::Postgres(Box::new(pg)))
 }
 
 /// `hub.toml` as written.

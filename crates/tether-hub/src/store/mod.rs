@@ -440,7 +440,7 @@ pub fn open_store(config: &crate::HubConfig) -> StoreResult<Arc<dyn Store>> {
             Ok(Arc::new(SqliteStore::open(&path)?))
         }
         crate::config::StoreConfig::Postgres(settings) => {
-            Ok(Arc::new(PgStore::connect(settings.clone())?))
+            Ok(Arc::new(PgStore::connect((**settings).clone())?))
         }
     }
 }
