@@ -677,6 +677,36 @@ mod tests {
     }
 
     #[test]
+    fn the_store_is_sqlite_unless_store_names_a_database() {
+        let c = load("").expect("defaults");
+        assert!(matches!(c.store, tether_hub::StoreConfig::Sqlite));
+        let c = load(
+            "[store]\nurl = \"postgres://tether:secret@db.example:5433/hub\"\npool_size = 3\nquery_timeout = \"2s\"\nconnect_timeout = \"500ms\"\n",
+        )
+        .expect("postgres");
+        let tether_hub::StoreConfig::Postgres(pg) = &c.store else {
+            panic!("not postgres: {:?}", c.store);
+        };
+        assert_eq!(
+            (pg.pool_size, pg.query_timeout, pg.connect_timeout),
+            (3, Duration::from_secs(2), Duration::from_millis(500))
+        );
+        assert_eq!(pg.config.get_dbname(), Some("hub"));
+        assert_eq!(pg.config.get_ports(), [5433]);
+        assert!(
+            !format!("{c:?}").contains("secret"),
+            "the password is never shown"
+        );
+        // `url_env`: any variable set for the test process serves (its value is checked as
+        // a URL, so the error names the key, not the value).
+        let e = load("[store]\nurl_env = \"CARGO_MANIFEST_DIR\"\n").expect_err("not a URL");
+        assert!(
+            e.to_string().contains("store.url: must be a postgres://"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn alert_sources_and_routes_are_read() {
         // `cargo test` sets CARGO_MANIFEST_DIR for the test process (an absolute path: long
         // enough for a token); setting a variable here would need `unsafe`.
