@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check tether has: formatting, lints, all tests (unit, integration over real
-# loopback sockets, property tests), and the browser test of the hub console (it installs
+# loopback sockets, property tests; the hub's store on SQLite and on a throwaway PostgreSQL
+# cluster it starts and stops), and the browser test of the hub console (it installs
 # Debian's Chromium and playwright-core when missing). This is the README's test command and
 # what CI runs.
 set -euo pipefail
@@ -25,6 +26,12 @@ export TETHER_PYTHON="${TETHER_PYTHON:-$PWD/target/python-sdk/bin/python}"
 step "the monitoring stack for the alert end-to-end test (scripts/monitoring-stack.sh)"
 # Debian's Prometheus and Alertmanager: crates/tether/tests/monitoring_e2e.rs drives them.
 eval "$(./scripts/monitoring-stack.sh)"
+
+step "a throwaway PostgreSQL for the store tests (scripts/postgres.sh)"
+# Every store test runs against SQLite and against this cluster (a database per test); with
+# CI=true a PostgreSQL variant without TETHER_TEST_PG_URL fails instead of skipping.
+eval "$(./scripts/postgres.sh start)"
+trap './scripts/postgres.sh stop "$TETHER_TEST_PG_DIR" || true' EXIT
 
 step "cargo test"
 cargo test --workspace --locked

@@ -235,10 +235,22 @@ impl std::fmt::Debug for Clock {
     }
 }
 
+/// Where the hub keeps its state (`[store]`).
+#[derive(Clone, Debug, Default)]
+pub enum StoreConfig {
+    /// `hub.db` in the state directory (no `[store]`).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database (`[store] url`), which several hub replicas may share.
+    Postgres(Box<crate::store::PgSettings>),
+}
+
 #[derive(Clone, Debug)]
 pub struct HubConfig {
     pub listen: SocketAddr,
     pub state_dir: PathBuf,
+    /// The store: SQLite in `state_dir` unless `[store] url` names a PostgreSQL database.
+    pub store: StoreConfig,
     /// PEM certificate chain and key: serve HTTPS/WSS.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub operators: Vec<Operator>,
@@ -277,6 +289,7 @@ impl HubConfig {
         HubConfig {
             listen,
             state_dir,
+            store: StoreConfig::Sqlite,
             tls: None,
             operators: Vec::new(),
             enrollment_token: None,

@@ -176,7 +176,7 @@ async fn intake(hub: Hub, source: Source, headers: HeaderMap, body: Body) -> Res
             }
             (StatusCode::OK, axum::Json(body)).into_response()
         }
-        Err(StoreError(e)) => {
+        Err(StoreError { message: e, .. }) => {
             tracing::error!(source = %name, error = %e, "cannot store external alerts");
             // 503: the sender retries.
             http_error(

@@ -10,7 +10,7 @@
 //! * [`operators`] — the client protocol at the hub, plus the fleet ops.
 //! * [`server`] — routes, REST mirror, `/healthz`, `/metrics`, TLS, retention.
 //! * [`console`] — the embedded web console.
-//! * [`store`] — storage trait and the SQLite store.
+//! * [`store`] — storage trait, the SQLite and PostgreSQL stores.
 //! * [`tokens`] — credentials; [`config`] — settings; [`hub`] — shared state.
 
 pub mod agents;
@@ -31,12 +31,11 @@ pub mod tokens;
 
 pub use config::{
     AlertRoute, AlertSource, Clock, DiagnosisConfig, HubConfig, NotifyConfig, NotifyKind, NotifyOn,
-    Operator,
+    Operator, StoreConfig,
 };
 pub use hub::Hub;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 /// A running hub.
 pub struct RunningHub {
@@ -99,10 +98,19 @@ pub async fn start(config: HubConfig, allow_plaintext: bool) -> Result<RunningHu
     for w in loose {
         tracing::warn!("state_dir: {w}");
     }
-    let store = store::SqliteStore::open(&dir.join("hub.db")).map_err(|e| e.to_string())?;
-    use store::Store as _;
-    store.mark_all_disconnected().map_err(|e| e.to_string())?;
-    let hub = Hub::new(config.clone(), store::HubStore::new(Arc::new(store)))?;
+    // Opened on the blocking pool: a PostgreSQL store connects and migrates there.
+    let opened = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || store::open_store(&config))
+            .await
+            .map_err(|e| format!("store: cannot open: {e}"))?
+    };
+    let store = store::HubStore::new(opened.map_err(|e| e.to_string())?);
+    store
+        .run(|s| s.mark_all_disconnected())
+        .await
+        .map_err(|e| e.to_string())?;
+    let hub = Hub::new(config.clone(), store)?;
     hub.relay().recover().await;
     let tcp =
         listen(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

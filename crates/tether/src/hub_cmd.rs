@@ -9,8 +9,9 @@ use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
-use tether_hub::store::{SqliteStore, Store};
+use tether_hub::store::Store;
 use tether_hub::{HubConfig, Operator};
 use tether_proto::Class;
 
@@ -109,6 +110,46 @@ struct RawRetention {
     sessions: Option<Duration>,
 }
 
+/// `[store]`: a PostgreSQL database instead of `hub.db` in the state directory.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    url_env: Option<String>,
+    #[serde(default)]
+    pool_size: Option<usize>,
+    #[serde(default, deserialize_with = "duration")]
+    query_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    connect_timeout: Option<Duration>,
+}
+
+/// `[store]` → the store's settings (no `[store]`: SQLite in the state directory).
+fn store_config(s: RawStore) -> Result<tether_hub::StoreConfig> {
+    let url = match (s.url, s.url_env) {
+        (Some(u), None) => u,
+        (None, Some(v)) => env_secret("store.url_env", &v)?,
+        (Some(_), Some(_)) => bail!("store: set either `url` or `url_env`, not both"),
+        (None, None) => bail!(
+            "store: `url` or `url_env` is required (a postgres:// URL); leave out [store] to keep the SQLite store in state_dir"
+        ),
+    };
+    let mut pg = tether_hub::store::PgSettings::new(&url).map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(n) = s.pool_size {
+        pg.pool_size = n;
+    }
+    if let Some(d) = s.query_timeout {
+        pg.query_timeout = d;
+    }
+    if let Some(d) = s.connect_timeout {
+        pg.connect_timeout = d;
+    }
+    pg.validate().map_err(|e| anyhow::anyhow!(e))?;
+    Ok(tether_hub::StoreConfig::Postgres(Box::new(pg)))
+}
+
 /// `hub.toml` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,6 +186,8 @@ struct RawHub {
     max_agents: Option<usize>,
     #[serde(default)]
     max_connections_per_operator: Option<usize>,
+    #[serde(default)]
+    store: Option<RawStore>,
 }
 
 /// The default hub listener.
@@ -277,6 +320,9 @@ impl HubFile {
             config.notify.push(notify_config(i, n)?);
         }
         config.console_url = raw.console_url;
+        if let Some(s) = raw.store {
+            config.store = store_config(s)?;
+        }
         // Names, token lengths, clashes with operators, empty routes: said here, at load,
         // with the entry's index.
         config.validate().map_err(|e| anyhow::anyhow!(e))?;
@@ -415,8 +461,10 @@ pub async fn run(file: HubFile) -> Result<()> {
     Ok(())
 }
 
-fn open_store(file: &HubFile) -> Result<SqliteStore> {
-    SqliteStore::open(&file.config.state_dir.join("hub.db")).map_err(|e| anyhow::anyhow!("{e}"))
+/// The store the hub config names (`[store] url`, else `hub.db` in the state directory): the
+/// token commands write where every hub replica reads.
+fn open_store(file: &HubFile) -> Result<Arc<dyn Store>> {
+    tether_hub::store::open_store(&file.config).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// `tether hub token create`: prints the token once; only its hash is kept.
@@ -626,6 +674,36 @@ mod tests {
     fn load(text: &str) -> Result<HubConfig> {
         let raw: RawHub = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         HubFile::from_raw(raw, None).map(|(c, _)| c)
+    }
+
+    #[test]
+    fn the_store_is_sqlite_unless_store_names_a_database() {
+        let c = load("").expect("defaults");
+        assert!(matches!(c.store, tether_hub::StoreConfig::Sqlite));
+        let c = load(
+            "[store]\nurl = \"postgres://tether:secret@db.example:5433/hub\"\npool_size = 3\nquery_timeout = \"2s\"\nconnect_timeout = \"500ms\"\n",
+        )
+        .expect("postgres");
+        let tether_hub::StoreConfig::Postgres(pg) = &c.store else {
+            panic!("not postgres: {:?}", c.store);
+        };
+        assert_eq!(
+            (pg.pool_size, pg.query_timeout, pg.connect_timeout),
+            (3, Duration::from_secs(2), Duration::from_millis(500))
+        );
+        assert_eq!(pg.config.get_dbname(), Some("hub"));
+        assert_eq!(pg.config.get_ports(), [5433]);
+        assert!(
+            !format!("{c:?}").contains("secret"),
+            "the password is never shown"
+        );
+        // `url_env`: any variable set for the test process serves (its value is checked as
+        // a URL, so the error names the key, not the value).
+        let e = load("[store]\nurl_env = \"CARGO_MANIFEST_DIR\"\n").expect_err("not a URL");
+        assert!(
+            e.to_string().contains("store.url: must be a postgres://"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -54,7 +54,9 @@ enum Command {
     /// Run the hub: agents dial in, operators use its web console, CLI and API.
     ///
     /// Without --config it reads ~/.config/tether/hub.toml if present, else listens on
-    /// 127.0.0.1:7800 with state under ~/.local/share/tether/hub.
+    /// 127.0.0.1:7800 with state under ~/.local/share/tether/hub. Its store is SQLite
+    /// (hub.db in the state directory) unless hub.toml has `[store] url = "postgres://…"`
+    /// (or `url_env`); the token commands write the same store.
     Hub {
         /// Hub config file (TOML); also accepted after `token create|list|revoke`.
         #[arg(long, env = "TETHER_HUB_CONFIG", global = true)]

@@ -1,368 +1,41 @@
-//! The hub's storage: agents, agent credentials, alerts, sessions and their events, diagnosis
-//! reports. Behind the [`Store`] trait so a PostgreSQL store can be added for deployments that
-//! outgrow one machine; [`SqliteStore`] is the default (one file, WAL).
-//!
-//! Methods are synchronous (SQLite is); the hub calls them through [`HubStore`], which runs them
-//! on the blocking pool.
+//! The SQLite store: one file (`hub.db`, WAL), one connection; schema versions in
+//! `PRAGMA user_version`.
 
-use crate::alerts::{
-    AckInfo, AckRecord, Alert, AlertState, Change, Diagnosis, Matcher, Observation, Route,
-    Severity, Silence, SkipInfo, Source, TimelineEvent, apply, observe_agent_event,
+use super::{
+    AgentMatch, AgentRecord, AlertChange, AlertFilter, AlertInsert, AlertPage, ExternalAlert,
+    HeartbeatFigures, ReportRow, SessionRecord, Store, StoreError, StoreErrorKind, StoreResult,
+    TokenRecord, agent_identity, external_identity, json_map, now_ms, parse_rfc3339_ms, rfc3339_ms,
+    to_json,
 };
-use rusqlite::{Connection, OptionalExtension, params};
-use serde::{Deserialize, Serialize};
+use crate::alerts::{
+    AckInfo, AckRecord, Alert, AlertState, Change, Diagnosis, Matcher, Observation, Severity,
+    Silence, SkipInfo, Source, TimelineEvent, apply, observe_agent_event,
+};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
-use std::collections::BTreeMap;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+use std::time::Duration;
 use tether_proto::link::{AlertEvent, AlertStatus, Heartbeat, Register};
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("store: {0}")]
-pub struct StoreError(pub String);
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError(e.to_string())
+        let kind = match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                StoreErrorKind::Timeout
+            }
+            Some(rusqlite::ErrorCode::ConstraintViolation) => StoreErrorKind::Conflict,
+            Some(rusqlite::ErrorCode::CannotOpen) => StoreErrorKind::Unavailable,
+            _ => StoreErrorKind::Other,
+        };
+        StoreError::new(kind, e.to_string())
     }
 }
 
-pub type StoreResult<T> = Result<T, StoreError>;
-
-/// Unix milliseconds now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// RFC 3339 (ms) of unix milliseconds; never panics (out-of-range values are clamped).
-pub use tether_proto::time::rfc3339_ms;
-
-/// Unix milliseconds of an RFC 3339 time.
-pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
-    let t = humantime::parse_rfc3339_weak(text).ok()?;
-    t.duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_millis() as i64)
-}
-
-/// The last heartbeat's figures.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct HeartbeatFigures {
-    pub active_sessions: u64,
-    pub active_alerts: u64,
-    /// Absent: the agent did not say (unknown, not 0).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_pct: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mem_pct: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dropped_alerts: Option<u64>,
-    /// RFC 3339.
-    pub at: String,
-}
-
-/// An agent as operators see it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AgentRecord {
-    pub agent_id: String,
-    pub hostname: String,
-    pub ip: String,
-    pub os: String,
-    pub arch: String,
-    pub labels: BTreeMap<String, String>,
-    pub plugins: Vec<String>,
-    pub agent_version: String,
-    pub proto: u32,
-    pub connected: bool,
-    pub first_seen: String,
-    pub last_seen: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub heartbeat: Option<HeartbeatFigures>,
-    /// The credential it registered with.
-    #[serde(skip)]
-    pub token_id: Option<String>,
-    /// That credential's name (`tether hub token create NAME`); null when the agent
-    /// registered with the shared enrollment token. Tells apart agents on same-named hosts.
-    #[serde(default)]
-    pub token_name: Option<String>,
-}
-
-/// An agent credential (only its hash is kept).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct TokenRecord {
-    pub id: String,
-    pub name: String,
-    #[serde(skip)]
-    pub hash: String,
-    pub labels: BTreeMap<String, String>,
-    pub created_at: String,
-    pub revoked_at: Option<String>,
-    /// The agent this credential is bound to (set on first registration).
-    pub agent_id: Option<String>,
-}
-
-/// Filters of `alerts.list` (all optional; a page is newest `last_at` first).
-#[derive(Clone, Debug, Default)]
-pub struct AlertFilter {
-    pub state: Option<AlertState>,
-    pub severity: Option<Severity>,
-    pub agent_id: Option<String>,
-    /// `true`: only fleet alerts (no agent); `false`: only alerts of an agent.
-    pub fleet: Option<bool>,
-    pub source: Option<Source>,
-    pub label: Option<(String, String)>,
-    /// Continue after this (`last_at` ms, `alert_id`): the page's `next_cursor`.
-    pub after: Option<(i64, i64)>,
-    pub limit: usize,
-}
-
-/// A page of `alerts.list`.
-#[derive(Clone, Debug, Default)]
-pub struct AlertPage {
-    pub alerts: Vec<Alert>,
-    /// Where the next page starts (`"<last_ms>:<alert_id>"`), when this one was full.
-    pub next_cursor: Option<String>,
-}
-
-/// A change of one alert, for subscribers (`alert` frames) and, later, diagnosis and
-/// notifications.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AlertChange {
-    /// The alert after the change.
-    pub alert: Alert,
-    pub change: Change,
-    /// Its state before (`None`: it is new).
-    pub previous_state: Option<AlertState>,
-}
-
-/// What storing a batch of events did.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct AlertInsert {
-    /// One per event stored, in order.
-    pub changes: Vec<AlertChange>,
-    /// Events stored.
-    pub stored: usize,
-    /// Events already stored (same agent and seq, or the same external notification):
-    /// delivered twice, kept once, nothing changed.
-    pub duplicates: usize,
-}
-
-/// One alert of an external notification, checked and routed, ready for the store.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ExternalAlert {
-    /// The fingerprint (the alert's key).
-    pub fingerprint: String,
-    pub obs: Observation,
-    /// The agent it was routed to: (agent_id, hostname); `None`: a fleet alert.
-    pub agent: Option<(String, String)>,
-    pub route: Route,
-}
-
-/// An agent found for a host name or address.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AgentMatch {
-    pub agent_id: String,
-    pub hostname: String,
-    /// How: `agent id`, `hostname`, `ip`, `short hostname`.
-    pub by: &'static str,
-}
-
-/// A hub session (relayed to an agent).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SessionRecord {
-    pub session_id: String,
-    pub agent_id: String,
-    pub mode: String,
-    pub title: Option<String>,
-    pub policy: String,
-    pub state: String,
-    pub created_at: String,
-    pub created_by: String,
-    pub proto: u32,
-    pub params: Value,
-    pub last_seq: u64,
-}
-
-/// A diagnosis report.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ReportRow {
-    /// Set by the store (0 before).
-    #[serde(default)]
-    pub report_id: i64,
-    pub agent_id: String,
-    pub alert_key: String,
-    /// The alert it diagnoses, `(agent_id, alert_key)`'s, when the hub has it.
-    #[serde(default)]
-    pub alert_id: Option<i64>,
-    pub session_id: Option<String>,
-    pub report: String,
-    pub created_at: String,
-}
-
-/// The hub's storage.
-pub trait Store: Send + Sync {
-    fn upsert_agent(
-        &self,
-        agent_id: &str,
-        reg: &Register,
-        proto: u32,
-        token_id: Option<&str>,
-    ) -> StoreResult<AgentRecord>;
-    fn set_connected(&self, agent_id: &str, connected: bool) -> StoreResult<()>;
-    fn record_heartbeat(&self, agent_id: &str, hb: &Heartbeat) -> StoreResult<HeartbeatFigures>;
-    fn list_agents(&self) -> StoreResult<Vec<AgentRecord>>;
-    fn get_agent(&self, agent_id: &str) -> StoreResult<Option<AgentRecord>>;
-    /// At start-up: nobody is connected yet.
-    fn mark_all_disconnected(&self) -> StoreResult<()>;
-
-    fn insert_token(
-        &self,
-        name: &str,
-        hash: &str,
-        labels: &BTreeMap<String, String>,
-    ) -> StoreResult<TokenRecord>;
-    fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>>;
-    /// Revokes by id or name; returns how many were revoked.
-    fn revoke_token(&self, id_or_name: &str) -> StoreResult<usize>;
-    /// Credentials revoked at or after `since_ms` (unix ms), with when: (id, revoked_at).
-    fn tokens_revoked_since(&self, since_ms: i64) -> StoreResult<Vec<(String, i64)>>;
-    /// The active (not revoked) credential with this hash.
-    fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>>;
-    fn bind_token(&self, token_id: &str, agent_id: &str) -> StoreResult<()>;
-
-    /// Stores an agent's alert events and moves their alerts, in one transaction (durable
-    /// when it returns). Under version 2 an event whose (agent, seq) is stored already is
-    /// skipped (counted as a duplicate, nothing changes).
-    fn insert_alerts(
-        &self,
-        agent_id: &str,
-        hostname: &str,
-        events: &[AlertEvent],
-        now_ms: i64,
-    ) -> StoreResult<AlertInsert>;
-    /// Stores the alerts of one external notification, in one transaction. An alert whose
-    /// event (same fingerprint, status and episode) is stored already is skipped: the same
-    /// notification twice changes nothing.
-    fn record_external(
-        &self,
-        source: Source,
-        source_name: &str,
-        alerts: &[ExternalAlert],
-        now_ms: i64,
-    ) -> StoreResult<AlertInsert>;
-    /// A page of alerts, with `silenced` as of `now_ms`.
-    fn list_alerts(&self, filter: &AlertFilter, now_ms: i64) -> StoreResult<AlertPage>;
-    fn get_alert(&self, alert_id: i64, now_ms: i64) -> StoreResult<Option<Alert>>;
-    /// An alert's timeline, newest first, before `before_event_id` if given.
-    fn alert_events(
-        &self,
-        alert_id: i64,
-        before_event_id: Option<i64>,
-        limit: usize,
-    ) -> StoreResult<Vec<TimelineEvent>>;
-    /// Every acknowledgement of an alert, oldest first.
-    fn alert_acks(&self, alert_id: i64) -> StoreResult<Vec<AckRecord>>;
-    /// Acknowledges an alert (`None`: no such alert).
-    fn ack_alert(
-        &self,
-        alert_id: i64,
-        by: &str,
-        comment: &str,
-        now_ms: i64,
-    ) -> StoreResult<Option<AlertChange>>;
-    /// Links a diagnosis session to an alert (`None`: no such alert).
-    fn link_alert_session(
-        &self,
-        alert_id: i64,
-        session_id: &str,
-        now_ms: i64,
-    ) -> StoreResult<Option<AlertChange>>;
-    /// Records why the automatic diagnosis passed an alert over (`None`: no such alert).
-    /// Cleared when a diagnosis is linked to it or it fires again.
-    fn note_diagnosis_skipped(
-        &self,
-        alert_id: i64,
-        reason: &str,
-        now_ms: i64,
-    ) -> StoreResult<Option<AlertChange>>;
-    /// Alert events held (the timelines' total).
-    fn count_alert_events(&self) -> StoreResult<u64>;
-    /// Alerts firing now.
-    fn count_firing_alerts(&self) -> StoreResult<u64>;
-    /// Deletes alert events received before `before_ms`, resolved alerts not changed since,
-    /// and silences that ended before it. Returns how many events and alerts went.
-    fn prune_alerts(&self, before_ms: i64) -> StoreResult<usize>;
-
-    /// Stores a silence of `matchers` (checked by [`crate::alerts::check_matchers`]).
-    fn create_silence(
-        &self,
-        matchers: &[Matcher],
-        comment: &str,
-        created_by: &str,
-        starts_ms: i64,
-        ends_ms: i64,
-    ) -> StoreResult<Silence>;
-    /// Silences, newest first: the active ones, or all (`include_expired`), 1000 at most.
-    fn list_silences(&self, include_expired: bool, now_ms: i64) -> StoreResult<Vec<Silence>>;
-    /// Ends a silence now (`None`: no such silence; an ended one is returned as it is).
-    fn expire_silence(
-        &self,
-        silence_id: i64,
-        by: &str,
-        now_ms: i64,
-    ) -> StoreResult<Option<Silence>>;
-    /// Firing alerts `silence` matches (for telling subscribers), 5000 at most.
-    fn alerts_matching(&self, silence: &Silence, now_ms: i64) -> StoreResult<Vec<Alert>>;
-    /// Silences that ran out by themselves (not expired by an operator) in
-    /// `(after_ms, upto_ms]`.
-    fn silences_ended(&self, after_ms: i64, upto_ms: i64) -> StoreResult<Vec<Silence>>;
-
-    /// The agent a host name or address belongs to (case-insensitive hostname, then IP,
-    /// then the first label of a dotted name against a short hostname); a connected agent
-    /// first, then the one seen last.
-    fn find_agent_by_host(&self, host: &str) -> StoreResult<Option<AgentMatch>>;
-    /// The agent with this id, else with this hostname (case-insensitive).
-    fn find_agent(&self, id_or_hostname: &str) -> StoreResult<Option<AgentMatch>>;
-
-    fn insert_session(&self, s: &SessionRecord) -> StoreResult<()>;
-    fn update_session(&self, session_id: &str, state: &str, last_seq: u64) -> StoreResult<()>;
-    fn list_sessions(&self, agent_id: Option<&str>) -> StoreResult<Vec<SessionRecord>>;
-    fn get_session(&self, session_id: &str) -> StoreResult<Option<SessionRecord>>;
-    /// Appends events (seq, frame); an already stored seq is ignored.
-    fn append_events(&self, session_id: &str, events: &[(u64, String)]) -> StoreResult<()>;
-    fn read_events(
-        &self,
-        session_id: &str,
-        from: u64,
-        to: u64,
-        limit: usize,
-    ) -> StoreResult<Vec<(u64, String)>>;
-    /// Deletes sessions (and their events) created before `before_ms`.
-    fn prune_sessions(&self, before_ms: i64) -> StoreResult<usize>;
-
-    /// Tokens spent by the sessions `created_by` created, in the turns that ended at or after
-    /// `since_ms`: the sum of their `turn_ended` events' `usage.total_tokens`.
-    fn session_tokens_since(&self, created_by: &str, since_ms: i64) -> StoreResult<u64>;
-
-    /// Stores a report and links it to its session's alert (a session started with
-    /// `params.alert_id`), else to the agent's alert with its key, when the hub has it:
-    /// returns the stored row and that alert's change.
-    fn insert_report(
-        &self,
-        r: &ReportRow,
-        now_ms: i64,
-    ) -> StoreResult<(ReportRow, Option<AlertChange>)>;
-    fn list_reports(
-        &self,
-        agent_id: Option<&str>,
-        alert_id: Option<i64>,
-        limit: usize,
-    ) -> StoreResult<Vec<ReportRow>>;
-}
+/// How long a call waits for another process's write lock (`tether hub token create`
+/// while the hub runs).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -519,11 +192,9 @@ CREATE INDEX IF NOT EXISTS alert_diagnoses_by_alert ON alert_diagnoses(alert_id,
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {
-        return Err(StoreError(format!(
-            "hub.db has schema version {version}, written by a newer tether; this hub knows {SCHEMA_VERSION}"
-        )));
+        return Err(StoreError::newer_schema(version, SCHEMA_VERSION));
     }
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(BASE_SCHEMA)?;
     let has_column = |table: &str, column: &str| -> rusqlite::Result<bool> {
         let n: i64 = tx.query_row(
@@ -595,31 +266,47 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     Ok(())
 }
 
-fn json_map(text: &str) -> BTreeMap<String, String> {
-    serde_json::from_str(text).unwrap_or_default()
-}
-
-fn to_json<T: Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_else(|_| "{}".into())
-}
-
+/// Every write transaction is `BEGIN IMMEDIATE`: it takes the write lock before its first
+/// read. A deferred one that reads and then writes, while another process (`tether hub token
+/// create`, a second hub on the same file) does the same, fails at once with "database is
+/// locked" instead of waiting its busy timeout: SQLite cannot upgrade both read locks.
 impl SqliteStore {
     pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        Self::open_with_busy_timeout(path, BUSY_TIMEOUT)
+    }
+
+    /// As [`SqliteStore::open`], waiting at most `busy` for another process's write lock
+    /// (then the call fails as a timeout).
+    pub fn open_with_busy_timeout(path: &Path, busy: Duration) -> StoreResult<SqliteStore> {
         if let Some(dir) = path.parent() {
             match tether_host::perms::private_dir(dir) {
                 Ok(Some(w)) => tracing::warn!("{w}"),
                 Ok(None) => {}
-                Err(e) => return Err(StoreError(format!("cannot create {}: {e}", dir.display()))),
+                Err(e) => {
+                    return Err(StoreError::other(format!(
+                        "cannot create {}: {e}",
+                        dir.display()
+                    )));
+                }
             }
         }
         match tether_host::perms::create_private(path) {
             Ok(Some(w)) => tracing::warn!("{w}"),
             Ok(None) => {}
-            Err(e) => return Err(StoreError(format!("cannot create {}: {e}", path.display()))),
+            Err(e) => {
+                return Err(StoreError::other(format!(
+                    "cannot create {}: {e}",
+                    path.display()
+                )));
+            }
         }
-        let conn = Connection::open(path)
-            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let conn = Connection::open(path).map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!("cannot open {}: {e}", path.display()),
+            )
+        })?;
+        conn.busy_timeout(busy)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let mut conn = conn;
@@ -820,16 +507,6 @@ fn insert_event(
         received_ms
     ])?;
     Ok(())
-}
-
-/// The identity of an agent's alert.
-fn agent_identity(agent_id: &str, alert_key: &str) -> String {
-    format!("agent/{agent_id}/{alert_key}")
-}
-
-/// The identity of an external alert.
-fn external_identity(source: Source, fingerprint: &str) -> String {
-    format!("{}/{fingerprint}", source.as_str())
 }
 
 /// Applies one observation to the alert of `identity` (created if new) and stores the event
@@ -1245,7 +922,7 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> StoreResult<AlertInsert> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut out = AlertInsert::default();
         let mut cache = HashMap::new();
         for e in events {
@@ -1268,7 +945,7 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> StoreResult<AlertInsert> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut out = AlertInsert::default();
         let mut cache = HashMap::new();
         for x in alerts {
@@ -1427,7 +1104,7 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> StoreResult<Option<AlertChange>> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let n = tx.execute(
             "UPDATE alerts SET ack_by = ?2, ack_comment = ?3, ack_ms = ?4, updated_ms = ?4 WHERE alert_id = ?1",
             params![alert_id, by, comment, now_ms],
@@ -1451,7 +1128,7 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> StoreResult<Option<AlertChange>> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let n = tx.execute(
             "UPDATE alerts SET updated_ms = ?2, skip_reason = NULL, skip_ms = NULL WHERE alert_id = ?1",
             params![alert_id, now_ms],
@@ -1475,7 +1152,7 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> StoreResult<Option<AlertChange>> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let n = tx.execute(
             "UPDATE alerts SET skip_reason = ?2, skip_ms = ?3, updated_ms = ?3 WHERE alert_id = ?1",
             params![alert_id, reason, now_ms],
@@ -1506,7 +1183,7 @@ impl Store for SqliteStore {
 
     fn prune_alerts(&self, before_ms: i64) -> StoreResult<usize> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let events = tx.execute(
             "DELETE FROM alert_events WHERE received_ms < ?1",
             [before_ms],
@@ -1759,7 +1436,7 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO session_events (session_id, seq, frame) VALUES (?1, ?2, ?3)",
@@ -1798,7 +1475,7 @@ impl Store for SqliteStore {
 
     fn prune_sessions(&self, before_ms: i64) -> StoreResult<usize> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
             "DELETE FROM session_events WHERE session_id IN (SELECT session_id FROM sessions WHERE created_at < ?1 AND state = 'closed')",
             [before_ms],
@@ -1834,7 +1511,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<(ReportRow, Option<AlertChange>)> {
         let created = parse_rfc3339_ms(&r.created_at).unwrap_or(now_ms);
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
             "INSERT INTO reports (agent_id, alert_key, session_id, report, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![r.agent_id, r.alert_key, r.session_id, r.report, created],
@@ -1913,595 +1590,4 @@ fn changed(
     finish_changes(tx, &mut changes, now_ms)?;
     let [c] = changes;
     Ok(Some(c))
-}
-
-/// How many store calls may be on the blocking pool at once. The SQLite store has one
-/// connection, so more only park threads on its lock: in an alert storm from 10 000 agents,
-/// unbounded calls grew the blocking pool to its 512-thread limit and the hub's RSS with it.
-const STORE_CALLS_IN_FLIGHT: usize = 2;
-
-/// The store as the async hub uses it: every call runs on the blocking pool, a bounded
-/// number at a time (the rest wait as tasks, not threads).
-#[derive(Clone)]
-pub struct HubStore {
-    inner: Arc<dyn Store>,
-    in_flight: Arc<tokio::sync::Semaphore>,
-}
-
-impl HubStore {
-    pub fn new(store: Arc<dyn Store>) -> HubStore {
-        HubStore {
-            inner: store,
-            in_flight: Arc::new(tokio::sync::Semaphore::new(STORE_CALLS_IN_FLIGHT)),
-        }
-    }
-
-    /// Runs `f` against the store off the async workers.
-    pub async fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&dyn Store) -> StoreResult<T> + Send + 'static,
-    ) -> StoreResult<T> {
-        let permit = self
-            .in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError("the store is closed".into()))?;
-        let store = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            f(store.as_ref())
-        })
-        .await
-        .map_err(|e| StoreError(format!("store task failed: {e}")))?
-    }
-
-    /// Direct access for start-up and CLI code (blocking).
-    pub fn blocking(&self) -> &dyn Store {
-        self.inner.as_ref()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn store() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = SqliteStore::open(&dir.path().join("hub.db")).expect("open");
-        (dir, s)
-    }
-
-    fn event(seq: Option<u64>, key: &str, status: AlertStatus) -> AlertEvent {
-        AlertEvent {
-            event_time: 1_700_000_000,
-            event_status: status,
-            alert_key: key.into(),
-            labels: BTreeMap::from([("mount".to_owned(), "/var".to_owned())]),
-            attrs: BTreeMap::new(),
-            description: "d".into(),
-            description_format: String::new(),
-            seq,
-        }
-    }
-
-    const NOW: i64 = 1_700_000_100_000;
-
-    fn one(s: &SqliteStore, f: AlertFilter) -> Vec<Alert> {
-        s.list_alerts(&AlertFilter { limit: 100, ..f }, NOW)
-            .expect("list")
-            .alerts
-    }
-
-    #[test]
-    fn alerts_with_a_seq_are_stored_once() {
-        let (_d, s) = store();
-        let first = s
-            .insert_alerts(
-                "a1",
-                "h",
-                &[
-                    event(Some(1), "k", AlertStatus::Warning),
-                    event(Some(2), "k", AlertStatus::Ok),
-                ],
-                NOW,
-            )
-            .expect("insert");
-        assert_eq!((first.stored, first.duplicates), (2, 0));
-        let changes: Vec<Change> = first.changes.iter().map(|c| c.change).collect();
-        assert_eq!(changes, vec![Change::Created, Change::Resolved]);
-        let again = s
-            .insert_alerts(
-                "a1",
-                "h",
-                &[
-                    event(Some(2), "k", AlertStatus::Ok),
-                    event(Some(3), "k", AlertStatus::Critical),
-                ],
-                NOW,
-            )
-            .expect("insert");
-        assert_eq!((again.stored, again.duplicates), (1, 1));
-        assert_eq!(again.changes[0].change, Change::Fired);
-        // Another agent may use the same seq; version-1 events (no seq) are all kept.
-        s.insert_alerts("a2", "h", &[event(Some(1), "k", AlertStatus::Info)], NOW)
-            .expect("insert");
-        s.insert_alerts(
-            "a3",
-            "h",
-            &[
-                event(None, "k", AlertStatus::Info),
-                event(None, "k", AlertStatus::Info),
-            ],
-            NOW,
-        )
-        .expect("insert");
-        assert_eq!(s.count_alert_events().expect("count"), 6);
-        let a1 = one(
-            &s,
-            AlertFilter {
-                agent_id: Some("a1".into()),
-                ..Default::default()
-            },
-        );
-        assert_eq!(a1.len(), 1, "one alert per (agent, key)");
-        let a = &a1[0];
-        assert_eq!(
-            (a.state, a.severity, a.event_count, a.source),
-            (AlertState::Firing, Severity::Critical, 3, Source::Agent)
-        );
-        assert_eq!(a.hostname.as_deref(), Some("h"));
-        let timeline = s.alert_events(a.alert_id, None, 100).expect("events");
-        let seqs: Vec<Option<u64>> = timeline.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, vec![Some(3), Some(2), Some(1)], "newest first");
-        assert_eq!(timeline[1].severity, None, "an Ok says no severity");
-    }
-
-    #[test]
-    fn alerts_filter_and_page() {
-        let (_d, s) = store();
-        for i in 0..10u64 {
-            let status = if i % 2 == 0 {
-                AlertStatus::Critical
-            } else {
-                AlertStatus::Ok
-            };
-            let mut e = event(Some(i + 1), &format!("k{i}"), status);
-            e.event_time += i as i64;
-            s.insert_alerts("a1", "h", &[e], NOW).expect("insert");
-        }
-        let firing = one(
-            &s,
-            AlertFilter {
-                state: Some(AlertState::Firing),
-                ..Default::default()
-            },
-        );
-        assert_eq!(firing.len(), 5);
-        assert!(firing.iter().all(|a| a.severity == Severity::Critical));
-        let info = one(
-            &s,
-            AlertFilter {
-                severity: Some(Severity::Info),
-                ..Default::default()
-            },
-        );
-        assert_eq!(info.len(), 5, "an alert first heard of as Ok is info");
-        let mut seen = Vec::new();
-        let mut after = None;
-        loop {
-            let page = s
-                .list_alerts(
-                    &AlertFilter {
-                        limit: 4,
-                        after,
-                        ..Default::default()
-                    },
-                    NOW,
-                )
-                .expect("list");
-            seen.extend(page.alerts.iter().map(|a| a.alert_key.clone()));
-            match page.next_cursor {
-                Some(c) => {
-                    let (l, i) = c.split_once(':').expect("cursor");
-                    after = Some((l.parse().expect("ms"), i.parse().expect("id")));
-                }
-                None => break,
-            }
-        }
-        let expected: Vec<String> = (0..10).rev().map(|i| format!("k{i}")).collect();
-        assert_eq!(seen, expected, "newest first, each once");
-        let by_label = one(
-            &s,
-            AlertFilter {
-                label: Some(("mount".into(), "/var".into())),
-                ..Default::default()
-            },
-        );
-        assert_eq!(by_label.len(), 10);
-        let none = one(
-            &s,
-            AlertFilter {
-                label: Some(("mount".into(), "/x".into())),
-                ..Default::default()
-            },
-        );
-        assert!(none.is_empty());
-        let fleet = one(
-            &s,
-            AlertFilter {
-                fleet: Some(true),
-                ..Default::default()
-            },
-        );
-        assert!(fleet.is_empty());
-    }
-
-    fn external(fp: &str, state: AlertState, starts: i64, ends: Option<i64>) -> ExternalAlert {
-        let labels = BTreeMap::from([("alertname".to_owned(), "DiskFull".to_owned())]);
-        ExternalAlert {
-            fingerprint: fp.into(),
-            obs: Observation {
-                state,
-                severity: Some(Severity::Critical),
-                status: state.as_str().into(),
-                at_ms: ends.unwrap_or(starts),
-                starts_ms: Some(starts),
-                title: "DiskFull".into(),
-                labels,
-                annotations: BTreeMap::new(),
-                url: None,
-                seq: None,
-                dedupe: Some(crate::alerts::external_dedupe_key(fp, state, starts, ends)),
-            },
-            agent: None,
-            route: Route {
-                reason: "no host label".into(),
-                ..Route::default()
-            },
-        }
-    }
-
-    #[test]
-    fn an_external_notification_is_stored_once() {
-        let (_d, s) = store();
-        let batch = [
-            external("fp1", AlertState::Firing, 1_000, None),
-            external("fp2", AlertState::Firing, 1_000, None),
-        ];
-        let first = s
-            .record_external(Source::Alertmanager, "prom", &batch, NOW)
-            .expect("record");
-        assert_eq!((first.stored, first.duplicates), (2, 0));
-        let again = s
-            .record_external(Source::Alertmanager, "prom", &batch, NOW + 1)
-            .expect("record");
-        assert_eq!((again.stored, again.duplicates), (0, 2));
-        let resolved = [external("fp1", AlertState::Resolved, 1_000, Some(5_000))];
-        let r = s
-            .record_external(Source::Alertmanager, "prom", &resolved, NOW)
-            .expect("record");
-        assert_eq!(r.changes[0].change, Change::Resolved);
-        let alerts = one(&s, AlertFilter::default());
-        assert_eq!(alerts.len(), 2);
-        let fp1 = alerts.iter().find(|a| a.alert_key == "fp1").expect("fp1");
-        assert_eq!(
-            (fp1.state, fp1.event_count, fp1.resolved_at),
-            (AlertState::Resolved, 2, Some(5_000))
-        );
-        assert_eq!(fp1.agent_id, None, "a fleet alert");
-        assert_eq!(fp1.source_name.as_deref(), Some("prom"));
-        assert_eq!(s.count_alert_events().expect("count"), 3);
-    }
-
-    #[test]
-    fn silences_start_and_end_by_the_clock() {
-        let (_d, s) = store();
-        s.record_external(
-            Source::Alertmanager,
-            "prom",
-            &[external("fp1", AlertState::Firing, 1_000, None)],
-            NOW,
-        )
-        .expect("record");
-        let m = vec![Matcher {
-            name: "alertname".into(),
-            value: "Disk.*".into(),
-            is_regex: true,
-        }];
-        let silence = s
-            .create_silence(&m, "maintenance", "alice", NOW, NOW + 3_600_000)
-            .expect("silence");
-        assert_eq!(silence.state, "active");
-        let covered = s.alerts_matching(&silence, NOW).expect("matching");
-        assert_eq!(covered.len(), 1);
-        assert_eq!(covered[0].silenced_by, vec![silence.silence_id]);
-        let alert = |at| {
-            s.list_alerts(
-                &AlertFilter {
-                    limit: 10,
-                    ..Default::default()
-                },
-                at,
-            )
-            .expect("list")
-            .alerts
-            .remove(0)
-        };
-        assert!(alert(NOW + 3_599_999).silenced);
-        assert!(!alert(NOW + 3_600_000).silenced, "over at its end");
-        assert_eq!(
-            s.list_silences(false, NOW + 3_600_000).expect("list").len(),
-            0
-        );
-        let all = s.list_silences(true, NOW + 3_600_000).expect("list");
-        assert_eq!(all[0].state, "expired");
-        // Expired early by an operator.
-        let early = s
-            .create_silence(&m, "again", "alice", NOW, NOW + 3_600_000)
-            .expect("silence");
-        let ended = s
-            .expire_silence(early.silence_id, "bob", NOW + 10)
-            .expect("expire")
-            .expect("known");
-        assert_eq!(
-            (ended.state, ended.expired_by.as_deref()),
-            ("expired", Some("bob"))
-        );
-        // The first silence still covers it; the expired one no longer does.
-        assert_eq!(alert(NOW + 20).silenced_by, vec![silence.silence_id]);
-        assert!(s.expire_silence(999, "bob", NOW).expect("expire").is_none());
-    }
-
-    #[test]
-    fn retention_prunes_old_events_resolved_alerts_and_ended_silences() {
-        let (_d, s) = store();
-        let old = NOW - 40 * 86_400_000;
-        let cutoff = NOW - 30 * 86_400_000;
-        // Resolved long ago: goes, with its timeline and acknowledgements.
-        s.insert_alerts(
-            "a1",
-            "h",
-            &[
-                event(Some(1), "gone", AlertStatus::Critical),
-                event(Some(2), "gone", AlertStatus::Ok),
-            ],
-            old,
-        )
-        .expect("insert");
-        let gone = one(&s, AlertFilter::default())[0].alert_id;
-        s.ack_alert(gone, "alice", "", old).expect("ack");
-        // Firing since long ago: stays, though its old events go.
-        s.insert_alerts(
-            "a1",
-            "h",
-            &[event(Some(3), "still", AlertStatus::Warning)],
-            old,
-        )
-        .expect("insert");
-        // Recent: untouched.
-        s.insert_alerts("a1", "h", &[event(Some(4), "new", AlertStatus::Ok)], NOW)
-            .expect("insert");
-        let m = vec![Matcher {
-            name: "alertname".into(),
-            value: "x".into(),
-            is_regex: false,
-        }];
-        s.create_silence(&m, "ended", "alice", old, old + 1000)
-            .expect("silence");
-        s.create_silence(&m, "running", "alice", old, NOW + 1000)
-            .expect("silence");
-        let n = s.prune_alerts(cutoff).expect("prune");
-        assert_eq!(n, 3 + 1, "three old events and one resolved alert");
-        let keys: Vec<String> = one(&s, AlertFilter::default())
-            .into_iter()
-            .map(|a| a.alert_key)
-            .collect();
-        assert_eq!(keys, vec!["new".to_owned(), "still".to_owned()]);
-        assert!(s.alert_acks(gone).expect("acks").is_empty());
-        assert_eq!(s.count_alert_events().expect("count"), 1);
-        let silences = s.list_silences(true, NOW).expect("silences");
-        assert_eq!(silences.len(), 1);
-        assert_eq!(silences[0].comment, "running");
-        assert_eq!(s.count_firing_alerts().expect("firing"), 1);
-    }
-
-    #[test]
-    fn a_report_links_to_its_alert() {
-        let (_d, s) = store();
-        s.insert_alerts(
-            "a1",
-            "h",
-            &[event(Some(1), "k", AlertStatus::Critical)],
-            NOW,
-        )
-        .expect("insert");
-        let alert_id = one(&s, AlertFilter::default())[0].alert_id;
-        s.link_alert_session(alert_id, "sess-1", NOW)
-            .expect("link")
-            .expect("known alert");
-        let report = ReportRow {
-            report_id: 0,
-            agent_id: "a1".into(),
-            alert_key: "k".into(),
-            alert_id: None,
-            session_id: Some("sess-1".into()),
-            report: "## Root cause".into(),
-            created_at: rfc3339_ms(NOW),
-        };
-        let (row, change) = s.insert_report(&report, NOW).expect("report");
-        assert_eq!(row.alert_id, Some(alert_id));
-        let change = change.expect("the alert changed");
-        assert_eq!(change.change, Change::Diagnosed);
-        assert_eq!(
-            change.alert.diagnoses,
-            vec![Diagnosis {
-                session_id: Some("sess-1".into()),
-                report_id: Some(row.report_id),
-                created_at: NOW,
-            }],
-            "the session's diagnosis got its report"
-        );
-        let listed = s.list_reports(None, Some(alert_id), 10).expect("reports");
-        assert_eq!(listed.len(), 1);
-        // A report of an alert the hub never had is kept, unlinked.
-        let (row, change) = s
-            .insert_report(
-                &ReportRow {
-                    alert_key: "unknown".into(),
-                    session_id: Some("sess-other".into()),
-                    ..report.clone()
-                },
-                NOW,
-            )
-            .expect("report");
-        assert_eq!((row.alert_id, change), (None, None));
-        // A session started for an alert reports on it whatever key the agent files it
-        // under (an external alert's key is its fingerprint, which the agent does not know
-        // as one of its own).
-        s.link_alert_session(alert_id, "sess-2", NOW)
-            .expect("link")
-            .expect("known alert");
-        let (row, change) = s
-            .insert_report(
-                &ReportRow {
-                    alert_key: "fingerprint-not-a-key-of-a1".into(),
-                    session_id: Some("sess-2".into()),
-                    ..report.clone()
-                },
-                NOW,
-            )
-            .expect("report");
-        assert_eq!(row.alert_id, Some(alert_id));
-        let diagnoses = change.expect("the alert changed").alert.diagnoses;
-        assert_eq!(diagnoses[1].session_id.as_deref(), Some("sess-2"));
-        assert_eq!(diagnoses[1].report_id, Some(row.report_id));
-        // Another agent's report naming that session does not attach to this alert.
-        let (row, _) = s
-            .insert_report(
-                &ReportRow {
-                    agent_id: "a2".into(),
-                    alert_key: "unknown".into(),
-                    session_id: Some("sess-2".into()),
-                    ..report
-                },
-                NOW,
-            )
-            .expect("report");
-        assert_eq!(row.alert_id, None);
-    }
-
-    /// hub.db as version 1 wrote it (alert events in `alerts`).
-    const V1_SCHEMA: &str = "
-    CREATE TABLE alerts (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, agent_id TEXT NOT NULL, hostname TEXT NOT NULL,
-        seq INTEGER, event_time INTEGER NOT NULL, event_status TEXT NOT NULL,
-        alert_key TEXT NOT NULL, labels TEXT NOT NULL, attrs TEXT NOT NULL,
-        description TEXT NOT NULL, description_format TEXT NOT NULL, received_at INTEGER NOT NULL);
-    CREATE UNIQUE INDEX alerts_agent_seq ON alerts(agent_id, seq) WHERE seq IS NOT NULL;
-    CREATE INDEX alerts_received ON alerts(received_at);
-    CREATE INDEX alerts_agent ON alerts(agent_id, id);
-    CREATE TABLE reports (id INTEGER PRIMARY KEY AUTOINCREMENT, agent_id TEXT NOT NULL,
-        alert_key TEXT NOT NULL, session_id TEXT, report TEXT NOT NULL, created_at INTEGER NOT NULL);
-    PRAGMA user_version = 1;
-    ";
-
-    #[test]
-    fn a_version_1_file_is_migrated() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("hub.db");
-        {
-            let c = Connection::open(&path).expect("open");
-            c.execute_batch(V1_SCHEMA).expect("v1 schema");
-            let ins = "INSERT INTO alerts (agent_id, hostname, seq, event_time, event_status, alert_key, labels, attrs, description, description_format, received_at) VALUES (?1, 'web-01', ?2, ?3, ?4, ?5, '{\"check\":\"space_used_pct\",\"plugin\":\"disk\",\"target\":\"/var\"}', '{\"threshold\":\"90\"}', 'full', 'text', ?6)";
-            for (seq, t, status, key) in [
-                (1, 100, "Warning", "k1"),
-                (2, 200, "Critical", "k1"),
-                (3, 300, "Ok", "k1"),
-                (4, 400, "Critical", "k2"),
-            ] {
-                c.execute(ins, params!["a1", seq, t, status, key, NOW + seq])
-                    .expect("v1 row");
-            }
-            c.execute(
-                "INSERT INTO reports (agent_id, alert_key, session_id, report, created_at) VALUES ('a1', 'k2', 's1', 'r', 5)",
-                [],
-            )
-            .expect("v1 report");
-        }
-        let s = SqliteStore::open(&path).expect("migrated");
-        let version: i64 = s
-            .conn()
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .expect("version");
-        assert_eq!(version, SCHEMA_VERSION);
-        assert_eq!(
-            s.count_alert_events().expect("count"),
-            4,
-            "every event kept"
-        );
-        let alerts = one(&s, AlertFilter::default());
-        assert_eq!(alerts.len(), 2);
-        let k1 = alerts.iter().find(|a| a.alert_key == "k1").expect("k1");
-        assert_eq!(
-            (k1.state, k1.severity, k1.event_count),
-            (AlertState::Resolved, Severity::Critical, 3)
-        );
-        assert_eq!(
-            (k1.first_at, k1.last_at, k1.resolved_at),
-            (100_000, 300_000, Some(300_000))
-        );
-        assert_eq!(k1.title, "disk space_used_pct /var");
-        assert_eq!(
-            k1.annotations.get("threshold").map(String::as_str),
-            Some("90")
-        );
-        assert_eq!(
-            k1.annotations.get("description").map(String::as_str),
-            Some("full")
-        );
-        let k2 = alerts.iter().find(|a| a.alert_key == "k2").expect("k2");
-        assert_eq!(k2.state, AlertState::Firing);
-        assert_eq!(
-            k2.diagnoses.len(),
-            1,
-            "the report is linked: {:?}",
-            k2.diagnoses
-        );
-        // The (agent, seq) dedupe still holds for what was migrated.
-        let again = s
-            .insert_alerts(
-                "a1",
-                "web-01",
-                &[event(Some(4), "k2", AlertStatus::Critical)],
-                NOW,
-            )
-            .expect("insert");
-        assert_eq!(again.duplicates, 1);
-        drop(s);
-        // Opening again changes nothing.
-        let s = SqliteStore::open(&path).expect("reopen");
-        assert_eq!(s.count_alert_events().expect("count"), 4);
-        assert_eq!(one(&s, AlertFilter::default()).len(), 2);
-    }
-
-    #[test]
-    fn tokens_are_found_by_hash_until_revoked() {
-        let (_d, s) = store();
-        let t = s
-            .insert_token("web-1", "h1", &BTreeMap::new())
-            .expect("insert");
-        assert_eq!(
-            s.token_by_hash("h1").expect("find").map(|t| t.name),
-            Some("web-1".into())
-        );
-        s.bind_token(&t.id, "agent-a").expect("bind");
-        s.bind_token(&t.id, "agent-b").expect("bind");
-        assert_eq!(
-            s.list_tokens().expect("list")[0].agent_id.as_deref(),
-            Some("agent-a")
-        );
-        assert_eq!(s.revoke_token("web-1").expect("revoke"), 1);
-        assert!(s.token_by_hash("h1").expect("find").is_none());
-    }
 }
