@@ -1,5 +1,6 @@
 //! tether-hub: the central server of a fleet.
 //!
+//! * [`agent_conn`] — a connected agent, its errors, the directory the relay finds agents in.
 //! * [`agents`] — the agent endpoint (hub side of the link protocol); [`alert_acks`] — what
 //!   it may acknowledge.
 //! * [`alerts`] — the alert model (lifecycle, silences); [`intake`] — Alertmanager and
@@ -13,6 +14,7 @@
 //! * [`store`] — storage trait and the SQLite store.
 //! * [`tokens`] — credentials; [`config`] — settings; [`hub`] — shared state.
 
+pub mod agent_conn;
 pub mod agents;
 pub mod alert_acks;
 pub mod alerts;
