@@ -81,10 +81,6 @@ pub async fn start(config: HubConfig, allow_plaintext: bool) -> Result<RunningHu
             config.listen
         ));
     }
-    let tls = match &config.tls {
-        Some((cert, key)) => Some(server::tls_config(cert, key)?),
-        None => None,
-    };
     // The store holds credentials' hashes, alerts and transcripts: the owner's only.
     let dir = &config.state_dir;
     match tether_host::perms::private_dir(dir) {
@@ -102,9 +98,21 @@ pub async fn start(config: HubConfig, allow_plaintext: bool) -> Result<RunningHu
         tracing::warn!("state_dir: {w}");
     }
     let store = store::SqliteStore::open(&dir.join("hub.db")).map_err(|e| e.to_string())?;
-    use store::Store as _;
+    start_with_store(config, Arc::new(store)).await
+}
+
+/// Serves on `store` (already opened; `config.state_dir` is not read for it). [`start`]'s
+/// exposure checks are the caller's.
+pub async fn start_with_store(
+    config: HubConfig,
+    store: Arc<dyn store::Store>,
+) -> Result<RunningHub, String> {
     store.mark_all_disconnected().map_err(|e| e.to_string())?;
-    let hub = Hub::new(config.clone(), store::HubStore::new(Arc::new(store)))?;
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(server::tls_config(cert, key)?),
+        None => None,
+    };
+    let hub = Hub::new(config.clone(), store::HubStore::new(store))?;
     hub.relay().recover().await;
     let tcp =
         listen(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

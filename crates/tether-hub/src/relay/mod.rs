@@ -20,7 +20,7 @@ pub use notes::{Activity, SESSION_NOTES_BACKLOG, SessionNote};
 pub use replay::StoreReplay;
 pub use shadow::HubSession;
 
-use crate::agent_conn::{AgentConn, AgentDirectory};
+use crate::agent_conn::{AgentConn, AgentDirectory, AgentError};
 use crate::config::Clock;
 use crate::hub::Metrics;
 use crate::store::HubStore;
@@ -43,6 +43,11 @@ use tokio::sync::Mutex;
 
 /// Longest the hub waits for an agent to answer an op.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Events a session may hold while the store refuses them; beyond, new ones are dropped.
+const MAX_UNSTORED: usize = 10_000;
+/// How often a session's held events are offered to the store again.
+const RETRY_COMMIT: Duration = Duration::from_secs(1);
 
 /// Why a session closes when its agent comes back without it.
 pub const AGENT_LOST_IT: &str = "the agent no longer has this session";
@@ -80,6 +85,35 @@ fn err(reason: Reason, message: impl Into<String>) -> ErrorBody {
 
 fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// An op that did not reach its agent, or whose answer did not come back, as the operator
+/// sees it; `agent_error` names which, for clients that switch on it. Gone: `overloaded` (try
+/// again; the session resumes when the agent is back). Slow: `internal` (the agent may still
+/// carry the op out, so it is not safe to simply send it again).
+fn agent_error(agent_id: &str, e: AgentError) -> ErrorBody {
+    let (reason, kind, message) = match &e {
+        AgentError::Disconnected => (
+            Reason::Overloaded,
+            "disconnected",
+            format!(
+                "agent {agent_id} disconnected before answering; the session resumes when it is back"
+            ),
+        ),
+        AgentError::Timeout(_) => (
+            Reason::Internal,
+            "timeout",
+            format!("agent {agent_id}: {e}; it may still carry the request out"),
+        ),
+        AgentError::Busy => (
+            Reason::Overloaded,
+            "busy",
+            format!("agent {agent_id} has too many frames queued; try again"),
+        ),
+    };
+    let mut body = err(reason, message);
+    body.details.insert("agent_error".into(), Value::from(kind));
+    body
 }
 
 /// The agent's refusal of an op, as the client-protocol error it stands for.
@@ -220,6 +254,12 @@ impl Relay {
             .count()
     }
 
+    /// Sessions held in memory (open ones, and closed ones until their last user lets go);
+    /// a closed session is read back from the store when asked for.
+    pub fn in_memory(&self) -> usize {
+        lock(&self.inner.sessions).len()
+    }
+
     fn get(&self, id: &str) -> Option<Arc<HubSession>> {
         lock(&self.inner.sessions).get(id).cloned()
     }
@@ -255,9 +295,9 @@ impl Relay {
             .flatten()?;
         let state = SessionState::parse(&rec.state).unwrap_or(SessionState::Closed);
         let mut shadow = Shadow::new(state, rec.last_seq);
-        for (seq, frame) in events {
+        for (_, frame) in events {
             if let Ok(event) = serde_json::from_str::<Event>(&frame) {
-                shadow.apply(seq, &event.body);
+                shadow.apply(&event.body);
             }
         }
         // Nobody is attached to a session just read back (its agent re-attaches its users).
@@ -286,6 +326,10 @@ impl Relay {
             },
             shadow: Mutex::new(shadow),
         });
+        if state == SessionState::Closed {
+            // Read-only from here on: served to whoever asked, not kept.
+            return Some(session);
+        }
         let mut map = lock(&self.inner.sessions);
         Some(map.entry(id.to_owned()).or_insert(session).clone())
     }
@@ -316,61 +360,148 @@ impl Relay {
         }
     }
 
-    /// Stores an event and sends it to every attached operator (caller holds the shadow).
+    /// Accepts an event into the session (caller holds the shadow, the session's ordering
+    /// point): applied to the view now, committed to the store, and only once committed sent
+    /// to the attached operators and the hub's own consumers. A failed commit keeps it (and
+    /// whatever follows) for the next flush; see [`Relay::flush`].
     async fn deliver(
         &self,
         session: &HubSession,
         shadow: &mut Shadow,
         seq: Seq,
         frame: String,
-        body: &EventBody,
+        body: EventBody,
     ) {
+        if shadow.unstored.len() >= MAX_UNSTORED {
+            // The store has been away for a long while: the view moves on, the event is lost
+            // (said in the log; the session's history has a hole where it was).
+            tracing::error!(session = %session.id, seq, "cannot store a session event and too many wait: dropped");
+            shadow.apply(&body);
+            return;
+        }
+        shadow.apply(&body);
+        shadow.unstored.push(shadow::Unstored { seq, frame, body });
+        self.flush(session, shadow).await;
+    }
+
+    /// Commits the session's waiting events in one batch, then sends them to the attached
+    /// operators, in order. On failure nothing is sent: the operators are told once
+    /// (`log_unavailable`) and a retry task flushes until the store takes them
+    /// (`log_restored` follows). True when nothing waits any more.
+    async fn flush(&self, session: &HubSession, shadow: &mut Shadow) -> bool {
+        if shadow.unstored.is_empty() {
+            return true;
+        }
         let id = session.id.clone();
-        let text = frame.clone();
+        let batch: Vec<(u64, String)> = shadow
+            .unstored
+            .iter()
+            .map(|u| (u.seq, u.frame.clone()))
+            .collect();
         let stored = self
             .inner
             .store
-            .run(move |s| s.append_events(&id, &[(seq, text)]))
+            .run(move |s| s.append_events(&id, &batch))
             .await;
         if let Err(e) = stored {
-            tracing::error!(session = %session.id, error = %e, "cannot store a session event");
+            tracing::error!(session = %session.id, error = %e, waiting = shadow.unstored.len(), "cannot store session events");
+            if shadow.degraded.is_none() {
+                let message = format!("the hub cannot store this session's events: {e}");
+                let frame = tether_proto::Control::LogUnavailable {
+                    session_id: SessionId(session.id.clone()),
+                    message: message.clone(),
+                }
+                .encode();
+                shadow.broadcast(&Bytes::from(frame), &self.inner.metrics);
+                shadow.degraded = Some(message);
+                self.spawn_retry(session.id.clone());
+            }
+            return false;
         }
-        shadow.apply(seq, body);
-        if let Some(activity) = Activity::of(body)
-            && self.inner.notes.receiver_count() > 0
-        {
-            let _ = self.inner.notes.send(Arc::new(SessionNote {
-                session_id: session.id.clone(),
-                agent_id: session.agent_id.clone(),
-                hostname: session.hostname.clone(),
-                mode: session.mode,
-                created_by: session.created_by.name.clone(),
-                alert_id: session.alert_id,
-                activity,
-            }));
+        let mut state_changed = false;
+        let mut closed = false;
+        let mut gone = Vec::new();
+        for u in std::mem::take(&mut shadow.unstored) {
+            shadow.last_seq = shadow.last_seq.max(u.seq);
+            state_changed |= matches!(
+                u.body,
+                EventBody::SessionState { .. } | EventBody::SessionClosed { .. }
+            );
+            closed |= matches!(u.body, EventBody::SessionClosed { .. });
+            if let Some(activity) = Activity::of(&u.body)
+                && self.inner.notes.receiver_count() > 0
+            {
+                let _ = self.inner.notes.send(Arc::new(SessionNote {
+                    session_id: session.id.clone(),
+                    agent_id: session.agent_id.clone(),
+                    hostname: session.hostname.clone(),
+                    mode: session.mode,
+                    created_by: session.created_by.name.clone(),
+                    alert_id: session.alert_id,
+                    activity,
+                }));
+            }
+            gone.extend(shadow.broadcast(&Bytes::from(u.frame), &self.inner.metrics));
         }
-        let gone = shadow.broadcast(&Bytes::from(frame), &self.inner.metrics);
-        if matches!(
-            body,
-            EventBody::SessionState { .. } | EventBody::SessionClosed { .. }
-        ) {
+        if shadow.degraded.take().is_some() {
+            let frame = tether_proto::Control::LogRestored {
+                session_id: SessionId(session.id.clone()),
+            }
+            .encode();
+            shadow.broadcast(&Bytes::from(frame), &self.inner.metrics);
+        }
+        if state_changed {
             let id = session.id.clone();
             let state = shadow.state.as_str().to_owned();
             let last = shadow.last_seq;
-            let _ = self
+            if let Err(e) = self
                 .inner
                 .store
                 .run(move |s| s.update_session(&id, &state, last))
-                .await;
+                .await
+            {
+                tracing::error!(session = %session.id, error = %e, "cannot store a session's state");
+            }
         }
         for (_, client) in gone {
             tracing::info!(session = %session.id, operator = %client.name, "operator evicted (slow consumer)");
         }
+        if closed {
+            // Nothing follows `session_closed`: its operators are done with it, and it leaves
+            // memory (read back from the store if anyone asks for it again).
+            shadow.attached.clear();
+            let mut map = lock(&self.inner.sessions);
+            if map
+                .get(&session.id)
+                .is_some_and(|s| std::ptr::eq(Arc::as_ptr(s), session))
+            {
+                map.remove(&session.id);
+            }
+        }
+        true
+    }
+
+    /// Flushes a session's waiting events every [`RETRY_COMMIT`] until the store takes them
+    /// (or the session is gone from memory).
+    fn spawn_retry(&self, session_id: String) {
+        let relay = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RETRY_COMMIT).await;
+                let Some(session) = relay.get(&session_id) else {
+                    return;
+                };
+                let mut shadow = session.shadow.lock().await;
+                if relay.flush(&session, &mut shadow).await {
+                    return;
+                }
+            }
+        });
     }
 
     /// Version 1: the hub assigns the next seq.
     async fn publish(&self, session: &HubSession, shadow: &mut Shadow, body: EventBody) {
-        let seq = shadow.last_seq + 1;
+        let seq = shadow.highest_seq() + 1;
         let event = Event {
             session_id: SessionId(session.id.clone()),
             seq,
@@ -378,7 +509,7 @@ impl Relay {
             body,
         };
         let frame = event.encode();
-        self.deliver(session, shadow, seq, frame, &event.body).await;
+        self.deliver(session, shadow, seq, frame, event.body).await;
     }
 
     /// Ends a session at the hub: the turn ends (`stop`, with `reason` as its error unless
@@ -422,7 +553,6 @@ impl Relay {
             },
         )
         .await;
-        shadow.attached.clear();
     }
 
     /// An agent connection ended (the agent went away, or a newer connection of the same
@@ -554,11 +684,11 @@ impl Relay {
             }
         };
         let mut shadow = session.shadow.lock().await;
-        if event.seq <= shadow.last_seq || shadow.finished {
+        if event.seq <= shadow.highest_seq() || shadow.finished {
             return; // delivered twice (kept once), or after the session closed
         }
         let frame = e.event.to_string();
-        self.deliver(&session, &mut shadow, event.seq, frame, &event.body)
+        self.deliver(&session, &mut shadow, event.seq, frame, event.body)
             .await;
     }
 

@@ -2,7 +2,7 @@
 
 use super::shadow::{HubSession, Shadow};
 use super::v1::{first_text, v1_descriptions, v1_string_params};
-use super::{AgentConn, Relay, ack_error, err, now};
+use super::{AgentConn, Relay, ack_error, agent_error, err, now};
 use crate::store::{SessionRecord, now_ms, rfc3339_ms};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -197,10 +197,19 @@ impl Relay {
             .await;
         let refused = match ack {
             Ok(a) if a.ok => None,
-            Ok(a) => Some(a.error.unwrap_or_else(|| "refused".into())),
-            Err(e) => Some(e.to_string()),
+            Ok(a) => {
+                let why = a.error.unwrap_or_else(|| "refused".into());
+                let reason = if why == tether_proto::link::refusal::MAX_CONCURRENT {
+                    Reason::Overloaded
+                } else {
+                    Reason::BadRequest
+                };
+                let error = err(reason, format!("agent {agent_id}: {why}"));
+                Some((why, error))
+            }
+            Err(e) => Some((e.to_string(), agent_error(&agent_id, e))),
         };
-        if let Some(why) = refused {
+        if let Some((why, error)) = refused {
             let mut shadow = session.shadow.lock().await;
             shadow.v1.opening = false;
             shadow.v1.early.clear();
@@ -212,12 +221,7 @@ impl Relay {
                 },
             )
             .await;
-            let reason = if why == tether_proto::link::refusal::MAX_CONCURRENT {
-                Reason::Overloaded
-            } else {
-                Reason::BadRequest
-            };
-            return Err(err(reason, format!("agent {agent_id}: {why}")));
+            return Err(error);
         }
         self.inner
             .metrics
@@ -464,7 +468,7 @@ impl Relay {
                     self.agent_timeout(),
                 )
                 .await
-                .map_err(|e| err(Reason::Internal, e.to_string()))?;
+                .map_err(|e| agent_error(&session.agent_id, e))?;
             return if ack.ok {
                 Ok(ack.result.unwrap_or(json!({})))
             } else {
@@ -478,8 +482,9 @@ impl Relay {
         {
             return Err(ErrorBody::turn_in_progress(&turn.turn_id, &turn.originator));
         }
+        // Under the session's lock: queued without waiting (a full queue is `overloaded`).
         agent
-            .send(LinkMessage::SessionInput(SessionInput {
+            .try_send(LinkMessage::SessionInput(SessionInput {
                 session_id: session.id.clone(),
                 message: input.text.clone(),
                 user_name: None,
@@ -487,8 +492,7 @@ impl Relay {
                 queue: false,
                 client_id: None,
             }))
-            .await
-            .map_err(|e| err(Reason::Internal, e.to_string()))?;
+            .map_err(|e| agent_error(&session.agent_id, e))?;
         if shadow.turn.is_some() {
             let input_id = InputId(uuid::Uuid::now_v7().to_string());
             shadow
@@ -546,7 +550,7 @@ impl Relay {
                 self.agent_timeout(),
             )
             .await
-            .map_err(|e| err(Reason::Internal, e.to_string()))?;
+            .map_err(|e| agent_error(&session.agent_id, e))?;
         if ack.ok {
             Ok(json!({}))
         } else {
@@ -590,7 +594,7 @@ impl Relay {
                 client_id: v2.then(|| client.client_id.to_string()),
             }))
             .await
-            .map_err(|e| err(Reason::Internal, e.to_string()))?;
+            .map_err(|e| agent_error(&session.agent_id, e))?;
         if !v2 {
             // catpaw cancels the whole session and answers with a bare `done` (or nothing,
             // if it had already finished): the hub ends it now, saying who and how.
@@ -629,7 +633,7 @@ impl Relay {
                     client_id: v2.then(|| client.client_id.to_string()),
                 }))
                 .await
-                .map_err(|e| err(Reason::Internal, e.to_string()))?;
+                .map_err(|e| agent_error(&session.agent_id, e))?;
         }
         // Version 2: the agent closes it and its `session_closed` says why. Version 1 (or an
         // agent away): the hub closes it, saying who.

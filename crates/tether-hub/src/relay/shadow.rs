@@ -10,9 +10,18 @@ use tether_proto::{
 };
 use tokio::sync::Mutex;
 
+/// An event accepted into a session but not yet committed to the store: applied to the view
+/// (so what follows is judged against it), not yet shown to anyone.
+pub(super) struct Unstored {
+    pub(super) seq: Seq,
+    pub(super) frame: String,
+    pub(super) body: EventBody,
+}
+
 /// The hub's view of a session, rebuilt from its events.
 pub(super) struct Shadow {
     pub(super) state: SessionState,
+    /// The last committed event (what operators have been sent, what replays reach).
     pub(super) last_seq: Seq,
     pub(super) first_seq: Seq,
     pub(super) turn: Option<TurnRef>,
@@ -22,8 +31,14 @@ pub(super) struct Shadow {
     /// Operators attached at the hub: connection id, who, where their frames go.
     pub(super) attached: Vec<(u64, ClientInfo, Outbound)>,
     pub(super) v1: V1Track,
-    /// `session_closed` is out: nothing follows it.
+    /// `session_closed` is accepted: nothing follows it.
     pub(super) finished: bool,
+    /// Accepted events the store has not taken yet, in seq order: committed (then shown) by
+    /// the next flush that succeeds.
+    pub(super) unstored: Vec<Unstored>,
+    /// Why the last commit failed, while events wait in `unstored` (operators were sent
+    /// `log_unavailable`; `log_restored` follows the commit that succeeds).
+    pub(super) degraded: Option<String>,
 }
 
 impl Shadow {
@@ -39,11 +54,18 @@ impl Shadow {
             attached: Vec::new(),
             v1: V1Track::default(),
             finished: state == SessionState::Closed,
+            unstored: Vec::new(),
+            degraded: None,
         }
     }
 
-    pub(super) fn apply(&mut self, seq: Seq, body: &EventBody) {
-        self.last_seq = self.last_seq.max(seq);
+    /// The highest seq accepted (committed or waiting to be).
+    pub(super) fn highest_seq(&self) -> Seq {
+        self.unstored.last().map_or(self.last_seq, |u| u.seq)
+    }
+
+    /// Folds an accepted event into the view (`last_seq` moves only on commit).
+    pub(super) fn apply(&mut self, body: &EventBody) {
         match body {
             EventBody::SessionState { state } => self.state = *state,
             EventBody::ClientAttached { client, .. }
@@ -119,5 +141,11 @@ pub struct HubSession {
     pub(super) alert_key: String,
     /// The agent connection the session runs on (0: read back from the store).
     pub(super) conn_id: u64,
+    /// The session's ordering point. Whoever holds it decides the next events, commits them
+    /// to the store, and only then sends them to the attached operators, so every operator
+    /// and every replay sees one order. It is held across store calls (the commit is part of
+    /// the order) but never while waiting on an agent or an operator: frames to an agent go
+    /// out with `try_send` under it, requests that wait for an agent's `ack` are made after
+    /// it is released, and operators' queues never block (a full one is evicted).
     pub(super) shadow: Mutex<Shadow>,
 }

@@ -344,7 +344,6 @@ impl Relay {
                 .unwrap_or_else(|| "finished".into());
             self.publish(session, shadow, EventBody::SessionClosed { reason })
                 .await;
-            shadow.attached.clear();
         }
     }
 
