@@ -23,6 +23,7 @@ pub mod console;
 pub mod diagnosis;
 pub mod hub;
 pub mod intake;
+pub mod link;
 pub mod notify;
 pub mod operators;
 pub mod relay;
