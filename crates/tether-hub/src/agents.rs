@@ -10,6 +10,7 @@
 //! key are refused one by one (counted), the rest of their batch is kept; an unbelievable
 //! event time or an oversized description is replaced and flagged in `attrs`.
 
+use crate::agent_conn::AgentConn;
 use crate::alert_acks::AlertAcks;
 use crate::hub::{Hub, HubEvent};
 use crate::store::AgentRecord;
@@ -18,17 +19,15 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tether_host::sync::lock;
 use tether_proto::link::{
     Ack, AlertAck, AlertEvent, AlertEvents, Disconnect, HEADER_AGENT_ID, HEADER_AGENT_TOKEN,
     HEADER_PROTO_VERSION, LinkFrame, LinkMessage, MAX_LINK_FRAME_BYTES,
     MAX_SESSION_OUTPUT_FRAME_BYTES, probe_refused_frame, probe_session_output, refused,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// The agent must register within this long after the upgrade.
@@ -39,105 +38,6 @@ const AGENT_QUEUE: usize = 256;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Retry hint sent to agents when the hub is full.
 const OVERLOAD_RETRY_SEC: u64 = 60;
-
-/// A connected agent, as the rest of the hub talks to it.
-pub struct AgentConn {
-    pub agent_id: String,
-    pub hostname: String,
-    pub proto: u32,
-    /// The credential it registered with (`None`: the shared enrollment token).
-    pub token_id: Option<String>,
-    pub(crate) conn_id: u64,
-    tx: mpsc::Sender<String>,
-    cancel: CancellationToken,
-    /// Frames waiting for an `ack` by `ref_id`.
-    pending: std::sync::Mutex<HashMap<String, oneshot::Sender<Ack>>>,
-    /// `dropped_alerts` from the agent's last heartbeat (version 2).
-    pub(crate) dropped_alerts: AtomicU64,
-}
-
-impl AgentConn {
-    /// Queues a frame; waits only while the connection lives.
-    pub async fn send(&self, message: LinkMessage) -> Result<String, String> {
-        let id = uuid::Uuid::now_v7().to_string();
-        let text = LinkFrame::new(id.clone(), message).encode();
-        self.send_text(text).await?;
-        Ok(id)
-    }
-
-    async fn send_text(&self, text: String) -> Result<(), String> {
-        tokio::select! {
-            biased;
-            _ = self.cancel.cancelled() => Err("the agent disconnected".into()),
-            r = self.tx.send(text) => r.map_err(|_| "the agent disconnected".to_owned()),
-        }
-    }
-
-    /// Sends a frame and waits (bounded) for the agent's `ack` to it.
-    pub async fn request(&self, message: LinkMessage, timeout: Duration) -> Result<Ack, String> {
-        let id = uuid::Uuid::now_v7().to_string();
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut p = lock(&self.pending);
-            p.insert(id.clone(), tx);
-        }
-        let text = LinkFrame::new(id.clone(), message).encode();
-        if let Err(e) = self.send_text(text).await {
-            self.forget(&id);
-            return Err(e);
-        }
-        let result = tokio::select! {
-            _ = self.cancel.cancelled() => Err("the agent disconnected".to_owned()),
-            r = tokio::time::timeout(timeout, rx) => match r {
-                Ok(Ok(ack)) => Ok(ack),
-                Ok(Err(_)) => Err("the agent disconnected".to_owned()),
-                Err(_) => Err(format!("the agent did not answer within {} s", timeout.as_secs())),
-            },
-        };
-        self.forget(&id);
-        result
-    }
-
-    fn forget(&self, id: &str) {
-        {
-            let mut p = lock(&self.pending);
-            p.remove(id);
-        }
-    }
-
-    fn resolve(&self, ref_id: &str, ack: Ack) -> bool {
-        let waiter = lock(&self.pending).remove(ref_id);
-        match waiter {
-            Some(w) => {
-                let _ = w.send(ack);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Asks the agent to go away for `retry_after_sec`, then closes.
-    pub async fn disconnect(&self, reason: &str, retry_after_sec: u64) {
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            self.send(LinkMessage::Disconnect(Disconnect {
-                reason: reason.to_owned(),
-                retry_after_sec,
-            })),
-        )
-        .await;
-        // Give the writer a moment to flush the disconnect before the socket goes.
-        let cancel = self.cancel.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            cancel.cancel();
-        });
-    }
-
-    pub fn is_connected(&self) -> bool {
-        !self.cancel.is_cancelled()
-    }
-}
 
 /// What the agent's credential was.
 struct Credential {
@@ -333,17 +233,15 @@ async fn serve_agent(
 
     let cancel = CancellationToken::new();
     let (tx, mut rx) = mpsc::channel::<String>(AGENT_QUEUE);
-    let conn = Arc::new(AgentConn {
-        agent_id: agent_id.clone(),
-        hostname: reg.hostname.clone(),
+    let conn = Arc::new(AgentConn::new(
+        agent_id.clone(),
+        reg.hostname.clone(),
         proto,
-        token_id: cred.token_id.clone(),
-        conn_id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
+        cred.token_id.clone(),
+        NEXT_CONN.fetch_add(1, Ordering::Relaxed),
         tx,
-        cancel: cancel.clone(),
-        pending: std::sync::Mutex::new(HashMap::new()),
-        dropped_alerts: AtomicU64::new(0),
-    });
+        cancel.clone(),
+    ));
     if let Some(old) = hub.register_agent(conn.clone()) {
         tracing::info!(agent = %agent_id, "agent connected again; replacing its previous connection");
         // Boxed, like every large future awaited here: see the reader loop.

@@ -428,7 +428,7 @@ impl AutoDiagnosis {
                 agent_id: Some(agent_id.clone()),
             };
             let hub = this.hub.clone();
-            match hub.relay().create(&hub, &creator(), create).await {
+            match hub.relay().create(&creator(), create).await {
                 Ok(session_id) => {
                     hub.metrics()
                         .diagnoses_started
@@ -493,7 +493,7 @@ impl AutoDiagnosis {
         );
         self.hub
             .relay()
-            .notice(&self.hub, session_id, NoticeLevel::Info, &message)
+            .notice(session_id, NoticeLevel::Info, &message)
             .await;
     }
 }

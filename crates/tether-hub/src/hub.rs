@@ -1,7 +1,7 @@
 //! The hub's shared state: connected agents, live subscriptions, the store, the relay,
 //! counters. Cheap to clone.
 
-use crate::agents::AgentConn;
+use crate::agent_conn::{AgentConn, AgentDirectory, ConnectedAgents};
 use crate::alerts::{AlertState, Severity, Source};
 use crate::config::HubConfig;
 use crate::relay::Relay;
@@ -10,7 +10,6 @@ use crate::tokens;
 use axum::http::StatusCode;
 use bytes::Bytes;
 use serde_json::json;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tether_host::sync::lock;
@@ -118,7 +117,7 @@ struct Sub {
 pub(crate) struct Inner {
     config: HubConfig,
     store: HubStore,
-    agents: Mutex<HashMap<String, Arc<AgentConn>>>,
+    agents: Arc<ConnectedAgents>,
     subs: Mutex<Vec<Sub>>,
     relay: Relay,
     metrics: Arc<Metrics>,
@@ -157,12 +156,19 @@ impl Hub {
         .map_err(|e| e.replace("clients[", "operators["))?;
         config.validate()?;
         let metrics = Arc::new(Metrics::default());
-        let relay = Relay::new(store.clone(), metrics.clone(), config.operator_queue);
+        let agents = Arc::new(ConnectedAgents::default());
+        let relay = Relay::new(
+            store.clone(),
+            metrics.clone(),
+            config.operator_queue,
+            agents.clone(),
+            config.clock.clone(),
+        );
         let hub = Hub {
             inner: Arc::new(Inner {
                 config,
                 store,
-                agents: Mutex::new(HashMap::new()),
+                agents,
                 subs: Mutex::new(Vec::new()),
                 relay,
                 metrics,
@@ -294,31 +300,25 @@ impl Hub {
 
     /// Adds a connected agent; returns the connection it replaces.
     pub(crate) fn register_agent(&self, conn: Arc<AgentConn>) -> Option<Arc<AgentConn>> {
-        lock(&self.inner.agents).insert(conn.agent_id.clone(), conn)
+        self.inner.agents.insert(conn)
     }
 
     /// Removes an agent's connection if it is still `conn_id`; true when it was.
     pub(crate) fn unregister_agent(&self, agent_id: &str, conn_id: u64) -> bool {
-        let mut agents = lock(&self.inner.agents);
-        match agents.get(agent_id) {
-            Some(c) if c.conn_id == conn_id => {
-                agents.remove(agent_id);
-                true
-            }
-            _ => false,
-        }
+        self.inner.agents.remove(agent_id, conn_id)
     }
 
     pub fn agent(&self, agent_id: &str) -> Option<Arc<AgentConn>> {
-        lock(&self.inner.agents).get(agent_id).cloned()
+        self.inner.agents.agent(agent_id)
     }
 
     /// Connected agents that registered with this credential.
     pub fn agents_with_token(&self, token_id: &str) -> Vec<Arc<AgentConn>> {
-        lock(&self.inner.agents)
-            .values()
+        self.inner
+            .agents
+            .all()
+            .into_iter()
             .filter(|a| a.token_id.as_deref() == Some(token_id))
-            .cloned()
             .collect()
     }
 
@@ -328,14 +328,16 @@ impl Hub {
 
     /// The sum of `dropped_alerts` connected agents last reported.
     pub fn agents_dropped_alerts(&self) -> u64 {
-        lock(&self.inner.agents)
-            .values()
+        self.inner
+            .agents
+            .all()
+            .iter()
             .map(|a| a.dropped_alerts.load(Ordering::Relaxed))
             .sum()
     }
 
     pub fn connected_agents(&self) -> usize {
-        lock(&self.inner.agents).len()
+        self.inner.agents.len()
     }
 
     /// Subscribes an operator connection to `agent` frames.
@@ -436,7 +438,7 @@ impl Hub {
     /// operator connections.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
-        let agents: Vec<Arc<AgentConn>> = lock(&self.inner.agents).values().cloned().collect();
+        let agents = self.inner.agents.all();
         for a in agents {
             a.disconnect("the hub is shutting down", 5).await;
         }

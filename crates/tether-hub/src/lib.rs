@@ -1,5 +1,6 @@
 //! tether-hub: the central server of a fleet.
 //!
+//! * [`agent_conn`] — a connected agent, its errors, the directory the relay finds agents in.
 //! * [`agents`] — the agent endpoint (hub side of the link protocol); [`alert_acks`] — what
 //!   it may acknowledge.
 //! * [`alerts`] — the alert model (lifecycle, silences); [`intake`] — Alertmanager and
@@ -13,6 +14,7 @@
 //! * [`store`] — storage trait, the SQLite and PostgreSQL stores.
 //! * [`tokens`] — credentials; [`config`] — settings; [`hub`] — shared state.
 
+pub mod agent_conn;
 pub mod agents;
 pub mod alert_acks;
 pub mod alerts;
@@ -21,6 +23,7 @@ pub mod console;
 pub mod diagnosis;
 pub mod hub;
 pub mod intake;
+pub mod link;
 pub mod notify;
 pub mod operators;
 pub mod relay;
@@ -36,6 +39,7 @@ pub use config::{
 pub use hub::Hub;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// A running hub.
 pub struct RunningHub {
@@ -78,10 +82,6 @@ pub async fn start(config: HubConfig, allow_plaintext: bool) -> Result<RunningHu
             config.listen
         ));
     }
-    let tls = match &config.tls {
-        Some((cert, key)) => Some(server::tls_config(cert, key)?),
-        None => None,
-    };
     // The store holds credentials' hashes, alerts and transcripts: the owner's only.
     let dir = &config.state_dir;
     match tether_host::perms::private_dir(dir) {
@@ -105,7 +105,20 @@ pub async fn start(config: HubConfig, allow_plaintext: bool) -> Result<RunningHu
             .await
             .map_err(|e| format!("store: cannot open: {e}"))?
     };
-    let store = store::HubStore::new(opened.map_err(|e| e.to_string())?);
+    start_with_store(config, opened.map_err(|e| e.to_string())?).await
+}
+
+/// Serves on `store` (already opened; `config.state_dir` is not read for it). [`start`]'s
+/// exposure checks are the caller's.
+pub async fn start_with_store(
+    config: HubConfig,
+    store: Arc<dyn store::Store>,
+) -> Result<RunningHub, String> {
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(server::tls_config(cert, key)?),
+        None => None,
+    };
+    let store = store::HubStore::new(store);
     store
         .run(|s| s.mark_all_disconnected())
         .await

@@ -737,7 +737,7 @@ impl OperatorConn {
                 .unwrap_or(json!({})))
             }
             Op::SessionCreate(c) => relay
-                .create(hub, client, c)
+                .create(client, c)
                 .await
                 .map(|id| json!({ "session_id": id })),
             Op::SessionList(_) => relay
@@ -749,7 +749,6 @@ impl OperatorConn {
                 // Replies itself: the snapshot must precede the replay in the queue.
                 let attached = relay
                     .attach(
-                        hub,
                         client,
                         self.conn_id,
                         &self.outbound,
@@ -770,14 +769,14 @@ impl OperatorConn {
                     set.remove(d.session_id.as_str());
                 }
                 relay
-                    .detach(hub, client, self.conn_id, d.session_id.as_str())
+                    .detach(client, self.conn_id, d.session_id.as_str())
                     .await
                     .map(|()| json!({}))
             }
-            Op::Input(i) => relay.input(hub, client, i).await,
-            Op::Answer(a) => relay.answer(hub, client, a).await,
-            Op::Cancel(c) => relay.cancel(hub, client, c).await,
-            Op::SessionClose(c) => relay.close(hub, client, c.session_id.as_str()).await,
+            Op::Input(i) => relay.input(client, i).await,
+            Op::Answer(a) => relay.answer(client, a).await,
+            Op::Cancel(c) => relay.cancel(client, c).await,
+            Op::SessionClose(c) => relay.close(client, c.session_id.as_str()).await,
         };
         self.reply(re, result);
     }
@@ -810,7 +809,7 @@ impl Handler for OperatorConn {
             let sessions: Vec<String> = lock(&self.attached).drain().collect();
             self.hub
                 .relay()
-                .operator_gone(&self.hub, &self.client(), self.conn_id, sessions)
+                .operator_gone(&self.client(), self.conn_id, sessions)
                 .await;
         })
     }
