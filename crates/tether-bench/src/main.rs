@@ -95,6 +95,14 @@ enum Command {
     Idle(idle::IdleArgs),
     /// Alertmanager notifications into a real hub, and POST-to-operator latency.
     Intake(intake::IntakeArgs),
+    /// The raw ceiling's server process of `fanout --open` (started by it).
+    #[command(hide = true)]
+    RawServer {
+        #[arg(long)]
+        clients: usize,
+        #[arg(long)]
+        frames: u64,
+    },
 }
 
 #[derive(Args, Clone, Debug)]
@@ -402,5 +410,8 @@ fn main() -> anyhow::Result<()> {
         Command::McpOverhead(args) => runtime.block_on(overhead::run_mcp(args)),
         Command::Idle(args) => runtime.block_on(idle::run(args)),
         Command::Intake(args) => runtime.block_on(intake::run(args)),
+        Command::RawServer { clients, frames } => {
+            runtime.block_on(open::raw_server(clients, frames))
+        }
     }
 }

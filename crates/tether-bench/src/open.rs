@@ -12,7 +12,8 @@
 //!   client_queue` to the run's frames + 1024 (`--client-queue` overrides it), so the
 //!   figure is the path's throughput, and an eviction still fails the run, saying so.
 //! * **raw** — the ceiling: a bare axum WebSocket endpoint (the same WebSocket library and
-//!   socket settings as the agent's `/v1/ws`) in this process that writes the same number of
+//!   socket settings as the agent's `/v1/ws`) in a process of its own (this executable's
+//!   hidden `raw-server` command, so the clients' process is the same in both) that writes the same number of
 //!   `text_delta` event frames, of the same size (encoded like the agent's, once, before the
 //!   run), to each of the N sockets as fast as each socket takes them: a frame is fed, and
 //!   the socket is flushed every 64 frames and at the end.
@@ -77,8 +78,8 @@ fn default_frames(clients: usize) -> u64 {
 struct OpenRun {
     elapsed_s: f64,
     frames_per_s: f64,
-    /// CPU seconds of the agent process per million frames (real runs only).
-    agent_cpu_s_per_mframe: Option<f64>,
+    /// CPU seconds of the server process (the agent, or the raw server) per million frames.
+    server_cpu_s_per_mframe: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -190,8 +191,8 @@ pub async fn run(args: OpenArgs) -> anyhow::Result<()> {
 
 fn note_run(n: usize, run: usize, what: &str, r: &OpenRun) {
     let cpu = r
-        .agent_cpu_s_per_mframe
-        .map(|c| format!(", agent CPU {c:.2} s per M frames"))
+        .server_cpu_s_per_mframe
+        .map(|c| format!(", server CPU {c:.2} s per M frames"))
         .unwrap_or_default();
     client::note(&format!(
         "N={n} run {run}: {what} {} frames/s ({:.2} s){cpu}",
@@ -207,29 +208,31 @@ fn print_table(report: &OpenReport) {
         report.runs
     );
     println!(
-        "{:>7} {:>8} {:>14} {:>14} {:>9} {:>18}",
-        "clients", "frames", "real frames/s", "raw frames/s", "real/raw", "agent CPU s/Mframe"
+        "{:>7} {:>8} {:>14} {:>14} {:>9} {:>22}",
+        "clients", "frames", "real frames/s", "raw frames/s", "real/raw", "server CPU us/frame r/r"
     );
     let dash = || "-".to_owned();
-    for row in &report.results {
-        let cpu: Vec<f64> = row
-            .real_runs
+    let cpu = |runs: &[OpenRun]| {
+        let v: Vec<f64> = runs
             .iter()
-            .filter_map(|r| r.agent_cpu_s_per_mframe)
+            .filter_map(|r| r.server_cpu_s_per_mframe)
             .collect();
+        if v.is_empty() {
+            dash()
+        } else {
+            format!("{:.3}", crate::median(v))
+        }
+    };
+    for row in &report.results {
         println!(
-            "{:>7} {:>8} {:>14} {:>14} {:>9} {:>18}",
+            "{:>7} {:>8} {:>14} {:>14} {:>9} {:>22}",
             row.clients,
             row.frames,
             row.real_frames_per_s.map_or_else(dash, crate::fmt_rate),
             row.raw_frames_per_s.map_or_else(dash, crate::fmt_rate),
             row.ratio
                 .map_or_else(dash, |r| format!("{:.0} %", r * 100.0)),
-            if cpu.is_empty() {
-                dash()
-            } else {
-                format!("{:.2}", crate::median(cpu))
-            },
+            format!("{}/{}", cpu(&row.real_runs), cpu(&row.raw_runs)),
         );
     }
 }
@@ -597,7 +600,7 @@ impl AgentProc {
             OpenRun {
                 elapsed_s,
                 frames_per_s: total / elapsed_s,
-                agent_cpu_s_per_mframe: Some(cpu * 1e6 / total),
+                server_cpu_s_per_mframe: Some(cpu * 1e6 / total),
             },
             sid,
         ))
@@ -707,7 +710,9 @@ async fn raw_serve(mut socket: WebSocket, mut state: RawState) {
     while let Some(Ok(_)) = socket.recv().await {}
 }
 
-async fn raw_run(n: usize, frames: u64) -> anyhow::Result<OpenRun> {
+/// The raw server's process (`tether-bench raw-server`): the server side runs in a process of
+/// its own, as the agent does, so the clients' process is the same in both measurements.
+pub async fn raw_server(clients: usize, frames: u64) -> anyhow::Result<()> {
     let (start_tx, start) = watch::channel(false);
     let state = RawState {
         frames: Arc::new(raw_frames(frames)),
@@ -720,47 +725,85 @@ async fn raw_run(n: usize, frames: u64) -> anyhow::Result<OpenRun> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await
         .context("binding the raw listener")?;
-    let url = format!("ws://{}/ws", listener.local_addr()?);
+    println!("{}", listener.local_addr()?);
     let closing = CancellationToken::new();
     let server = tokio::spawn({
         let closing = closing.clone();
-        async move {
-            if let Err(e) = tether_transport::serve_http(listener, app, closing).await {
-                client::note(&format!("raw listener failed: {e}"));
-            }
-        }
+        async move { tether_transport::serve_http(listener, app, closing).await }
     });
+    // The writers start together once every client is connected.
+    while state.connected.load(Ordering::Acquire) < clients {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _ = start_tx.send(true);
+    // The parent ends this process once its clients are done (or closes stdin).
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut buf = [0u8; 1];
+        std::io::Read::read(&mut std::io::stdin(), &mut buf)
+    })
+    .await;
+    closing.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    Ok(())
+}
+
+async fn raw_run(n: usize, frames: u64) -> anyhow::Result<OpenRun> {
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let mut child = tokio::process::Command::new(&exe)
+        .arg("raw-server")
+        .arg("--clients")
+        .arg(n.to_string())
+        .arg("--frames")
+        .arg(frames.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {} raw-server", exe.display()))?;
+    let stdout = child
+        .stdout
+        .take()
+        .context("no stdout from the raw server")?;
+    let mut line = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::io::AsyncBufReadExt::read_line(&mut tokio::io::BufReader::new(stdout), &mut line),
+    )
+    .await
+    .context("the raw server did not start within 20 s")??;
+    let addr = line.trim();
+    if addr.is_empty() {
+        bail!("the raw server exited at start");
+    }
+    let url = format!("ws://{addr}/ws");
     let clock = Arc::new(Clock {
         epoch: Instant::now(),
         first: AtomicU64::new(u64::MAX),
         other: AtomicU64::new(0),
     });
+    let pid = child.id().context("the raw server exited at start")?;
     let result = async {
         let mut clients = connect_all(&url, n, &clock, frames).await?;
-        let mut waited = 0;
-        while state.connected.load(Ordering::Acquire) < n {
-            if waited > 600 {
-                bail!(
-                    "raw: only {} of {n} sockets connected",
-                    state.connected.load(Ordering::Acquire)
-                );
-            }
-            waited += 1;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = start_tx.send(true);
+        let cpu_start = proc_cpu_s(pid)?;
         let elapsed_s = gather(&mut clients, &clock).await;
+        let cpu = proc_cpu_s(pid)? - cpu_start;
         close_all(clients).await;
         let elapsed_s = elapsed_s?;
+        let total = frames as f64 * n as f64;
         Ok(OpenRun {
             elapsed_s,
-            frames_per_s: frames as f64 * n as f64 / elapsed_s,
-            agent_cpu_s_per_mframe: None,
+            frames_per_s: total / elapsed_s,
+            server_cpu_s_per_mframe: Some(cpu * 1e6 / total),
         })
     }
     .await;
-    closing.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    drop(child.stdin.take());
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
     result
 }
 
