@@ -8,7 +8,17 @@
 //! cargo run --release -p tether-bench -- fanout --baseline-writes batched
 //! cargo run --release -p tether-bench -- fanout --clients 100 --mux-only   # e.g. under perf
 //! cargo run --release -p tether-bench -- fanout --json > fanout.json
+//! cargo build --release -p tether -p tether-bench
+//! target/release/tether-bench fanout --open                          # real path vs raw ceiling
+//! target/release/tether-bench fanout --open --clients 100 --runs 5 --frames 40000
 //! ```
+//!
+//! ## `fanout --open`
+//!
+//! The real path, open loop: a `tether agent` process (event log on disk) whose scripted model
+//! streams one long answer with no chunk delay, N WebSocket clients attached, against the raw
+//! ceiling measured in the same run (a bare WebSocket server writing frames of the same size to
+//! N clients as fast as the sockets take them). See `open.rs`.
 //!
 //! ## `fanout`
 //!
@@ -53,6 +63,7 @@ mod hub_load;
 mod idle;
 mod intake;
 mod mux_side;
+mod open;
 mod overhead;
 
 use anyhow::Context;
@@ -84,6 +95,14 @@ enum Command {
     Idle(idle::IdleArgs),
     /// Alertmanager notifications into a real hub, and POST-to-operator latency.
     Intake(intake::IntakeArgs),
+    /// The raw ceiling's server process of `fanout --open` (started by it).
+    #[command(hide = true)]
+    RawServer {
+        #[arg(long)]
+        clients: usize,
+        #[arg(long)]
+        frames: u64,
+    },
 }
 
 #[derive(Args, Clone, Debug)]
@@ -112,6 +131,21 @@ struct FanoutArgs {
     /// Measure only the baseline.
     #[arg(long)]
     baseline_only: bool,
+    /// Open loop on the real path: a `tether agent` process with the scripted model streaming
+    /// as fast as it can (no credit window), against a bare WebSocket server writing frames of
+    /// the same size (the raw ceiling), in the same run. `--window` and `--baseline-writes`
+    /// do not apply; `--mux-only`/`--baseline-only` pick the real path or the ceiling.
+    #[arg(long)]
+    open: bool,
+    /// With `--open`: text deltas per run [default: 4 000 000 / N, between 4 000 and 200 000].
+    #[arg(long, requires = "open", conflicts_with = "events")]
+    frames: Option<u64>,
+    /// With `--open`: the `tether` binary [default: the one next to this executable].
+    #[arg(long, requires = "open")]
+    tether: Option<std::path::PathBuf>,
+    /// With `--open`: the agent's `[sessions] client_queue` [default: frames per run + 1024].
+    #[arg(long, requires = "open")]
+    client_queue: Option<usize>,
 }
 
 fn default_events(clients: usize) -> u64 {
@@ -280,6 +314,19 @@ fn note_run(n: usize, run: usize, what: &str, r: &RunResult) {
 }
 
 async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
+    if args.open {
+        return open::run(open::OpenArgs {
+            clients: args.clients,
+            frames: args.frames,
+            runs: args.runs.max(1),
+            tether: args.tether,
+            client_queue: args.client_queue,
+            real_only: args.mux_only,
+            raw_only: args.baseline_only,
+            json: args.json,
+        })
+        .await;
+    }
     match raise_fd_limit() {
         Ok(limit) => {
             let needed = args.clients.iter().max().copied().unwrap_or(0) * 2 + 64;
@@ -363,5 +410,8 @@ fn main() -> anyhow::Result<()> {
         Command::McpOverhead(args) => runtime.block_on(overhead::run_mcp(args)),
         Command::Idle(args) => runtime.block_on(idle::run(args)),
         Command::Intake(args) => runtime.block_on(intake::run(args)),
+        Command::RawServer { clients, frames } => {
+            runtime.block_on(open::raw_server(clients, frames))
+        }
     }
 }

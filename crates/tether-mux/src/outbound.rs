@@ -81,6 +81,8 @@ struct Queue {
     receiver_gone: bool,
     /// Every `Outbound` was dropped: the receiver ends once it has drained.
     senders_gone: bool,
+    /// Times a producer took the lock to queue something (see [`Outbound::producer_locks`]).
+    producer_locks: u64,
 }
 
 struct Shared {
@@ -203,6 +205,7 @@ pub fn channel(capacity: usize, log: Arc<dyn ReplaySource>) -> (Outbound, Outbou
             pushed: 0,
             receiver_gone: false,
             senders_gone: false,
+            producer_locks: 0,
         }),
         taken: AtomicU64::new(0),
         wake: Notify::new(),
@@ -240,6 +243,7 @@ impl Outbound {
             return false;
         }
         let mut q = shared.lock();
+        q.producer_locks += 1;
         if q.receiver_gone {
             return false;
         }
@@ -258,13 +262,71 @@ impl Outbound {
         if was_empty {
             shared.wake.notify_one();
         }
-        let queued = backlog + 1;
+        self.warn_if_full(backlog + 1);
+        true
+    }
+
+    /// Queues `frames`, in order, under one lock and with at most one wake-up: a flush's whole
+    /// group of events goes to a client in one queue operation, not one per event (with N
+    /// clients and a fast turn, a lock per frame per client was the fan-out's largest cost).
+    /// Frames that do not fit evict the connection, as [`push`](Self::push) does; the ones
+    /// before them are queued. Returns `false` when the connection is gone or was evicted.
+    pub fn push_frames<'a>(&self, frames: impl IntoIterator<Item = &'a Bytes>) -> bool {
+        let shared = &*self.shared;
+        if shared.is_evicted() {
+            return false;
+        }
+        let mut q = shared.lock();
+        q.producer_locks += 1;
+        if q.receiver_gone {
+            return false;
+        }
+        let backlog = q
+            .pushed
+            .saturating_sub(shared.taken.load(Ordering::Acquire)) as usize;
+        let room = shared.capacity.saturating_sub(backlog);
+        let was_empty = q.items.is_empty();
+        let mut added = 0;
+        let mut overflow = false;
+        for frame in frames {
+            if added == room {
+                overflow = true;
+                break;
+            }
+            q.items.push_back(OutItem::Frame(frame.clone()));
+            added += 1;
+        }
+        q.pushed += added as u64;
+        drop(q);
+        if added > 0 {
+            if was_empty {
+                shared.wake.notify_one();
+            }
+            // Before the eviction, so the client is warned first.
+            self.warn_if_full(backlog + added);
+        }
+        if overflow {
+            self.evict("slow_consumer");
+            return false;
+        }
+        true
+    }
+
+    /// Arms the `slow_consumer` warning when `queued` items reach 75 % of the queue.
+    fn warn_if_full(&self, queued: usize) {
+        let shared = &*self.shared;
         if queued * 4 >= shared.capacity * 3 && !shared.warned.swap(true, Ordering::AcqRel) {
             // Not queued behind the backlog: the receiver sends it next (see
             // `OutboundReceiver::take_warning`).
             shared.warning.store(queued, Ordering::Release);
         }
-        true
+    }
+
+    /// How many times producers have taken this queue's lock to queue items: one per
+    /// [`push`](Self::push), one per [`push_frames`](Self::push_frames) however many frames
+    /// it carries. What fan-out costs per client grows with this.
+    pub fn producer_locks(&self) -> u64 {
+        self.shared.lock().producer_locks
     }
 
     /// Queues a ready frame.
@@ -646,6 +708,35 @@ mod tests {
         assert!(!tx.is_evicted());
         // Every round reaches 75 % and drains to empty: one warning per round.
         assert_eq!(warnings, 50);
+    }
+
+    #[test]
+    fn a_group_of_frames_is_one_queue_operation_in_order() {
+        let (tx, mut rx) = queue(64);
+        let group: Vec<Bytes> = (0..40).map(frame).collect();
+        assert!(tx.push_frames(&group));
+        assert_eq!(tx.producer_locks(), 1, "one lock for the whole group");
+        assert_eq!(tx.queued(), 40);
+        for i in 0..40 {
+            assert_eq!(
+                text(rx.try_next().expect("ready")),
+                format!("{{\"n\":{i}}}")
+            );
+        }
+        assert!(rx.try_next().is_none());
+        assert!(tx.push_frames(&[]), "an empty group is fine");
+    }
+
+    #[test]
+    fn a_group_that_overflows_queues_what_fits_warns_then_evicts() {
+        let (tx, mut rx) = queue(8);
+        let group: Vec<Bytes> = (0..10).map(frame).collect();
+        assert!(!tx.push_frames(&group), "the group does not fit");
+        assert!(tx.is_evicted());
+        assert!(text(rx.try_next().expect("warning")).contains("slow_consumer"));
+        let last = text(rx.try_next().expect("evicted"));
+        assert!(last.starts_with("evicted:"), "{last}");
+        assert!(!tx.push_frames(&group[..1]), "nothing after an eviction");
     }
 
     #[test]

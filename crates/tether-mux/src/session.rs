@@ -869,10 +869,12 @@ impl Actor {
                 .events_published
                 .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
             broadcast |= !events.is_empty() && !self.attached.is_empty();
+            // The group goes to each client in one queue operation (one lock, one wake-up),
+            // not one per event per client.
             let mut gone: Vec<usize> = Vec::new();
-            for event in &events {
+            if !events.is_empty() {
                 for (i, a) in self.attached.iter().enumerate() {
-                    if !gone.contains(&i) && !a.outbound.push(OutItem::Frame(event.frame.clone())) {
+                    if !a.outbound.push_frames(events.iter().map(|e| &e.frame)) {
                         gone.push(i);
                     }
                 }
