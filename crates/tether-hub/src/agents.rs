@@ -206,7 +206,7 @@ async fn serve_agent(
             biased;
             _ = link.cancel.cancelled() => Read::End("closed by the hub".to_owned()),
             t = link.timers.next() => Read::Input(Input::Timer(t)),
-            m = stream.next() => link.read(machine.is_open(), m, &mut stream).await,
+            m = stream.next() => Box::pin(link.read(machine.is_open(), m, &mut stream)).await,
         };
         // Boxed, like every large future awaited here: this task lives as long as the
         // connection, and its size is that of its largest await point; boxed, a step costs
@@ -370,10 +370,11 @@ impl Link {
                     continue;
                 }
                 Output::Record(reg) => self.record(*reg).await,
-                Output::StoreAlerts { frame_id, batch } => {
-                    let conn = self.conn.clone()?;
-                    store_alerts(&self.hub, &conn, frame_id, batch).await
-                }
+                // Only open links store alerts, and an open link has joined the hub.
+                Output::StoreAlerts { frame_id, batch } => match self.conn.clone() {
+                    Some(conn) => store_alerts(&self.hub, &conn, frame_id, batch).await,
+                    None => continue,
+                },
                 Output::Deliver(frame) => {
                     if let Some(conn) = self.conn.clone() {
                         on_frame(&self.hub, &conn, *frame).await;
