@@ -1,33 +1,36 @@
 //! The agent endpoint, `GET /api/v1/agent/ws`: the hub's side of the link protocol
 //! (PROTOCOL.md §2). Checks the agent's credential before upgrading, negotiates version 1 or
-//! 2, answers `register` with `ack`, pings every 30 s, drops an agent silent for 90 s, stores
-//! alert events (acknowledging them under version 2 only after they are committed, and never
-//! past one it did not store — see [`crate::alert_acks`]), answers a frame it refuses (too
-//! large, undecodable, not storable now) under version 2 with `ack {ok: false, reason}`
-//! naming the frame, and hands session traffic to the relay.
+//! 2, then drives the connection's [`HubLinkMachine`] (`crate::link`), which decides the
+//! protocol: the register deadline, `ack` to `register` once the store recorded the agent,
+//! pings every 30 s, dropping an agent silent for 90 s, refusals (`ack {ok: false, reason}`
+//! under version 2), `alert_ack` only after a commit and never past an unstored seq. The
+//! driver here does the I/O: socket reads, deadlines, store calls, the relay, the writer.
 //!
 //! Every alert event is checked at this edge: undecodable events and events without a usable
 //! key are refused one by one (counted), the rest of their batch is kept; an unbelievable
 //! event time or an oversized description is replaced and flagged in `attrs`.
 
 use crate::agent_conn::AgentConn;
-use crate::alert_acks::AlertAcks;
-use crate::hub::{Hub, HubEvent};
+use crate::hub::{Hub, HubEvent, Metrics};
+use crate::link::{HubLinkMachine, Input, Limits, Output, Timer};
 use crate::store::AgentRecord;
 use axum::extract::State;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tether_proto::link::{
-    Ack, AlertAck, AlertEvent, AlertEvents, Disconnect, HEADER_AGENT_ID, HEADER_AGENT_TOKEN,
-    HEADER_PROTO_VERSION, LinkFrame, LinkMessage, MAX_LINK_FRAME_BYTES,
-    MAX_SESSION_OUTPUT_FRAME_BYTES, probe_refused_frame, probe_session_output, refused,
+    AlertEvent, AlertEvents, HEADER_AGENT_ID, HEADER_AGENT_TOKEN, HEADER_PROTO_VERSION, LinkFrame,
+    LinkMessage, MAX_LINK_FRAME_BYTES, MAX_SESSION_OUTPUT_FRAME_BYTES, OutputProbe, Register,
+    probe_refused_frame, probe_session_output,
 };
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The agent must register within this long after the upgrade.
@@ -100,6 +103,73 @@ pub async fn agent_ws(
         .on_upgrade(move |socket| serve_agent(hub, socket, agent_id, offered, credential))
 }
 
+/// How the connection ended, for the driver's last steps.
+enum End {
+    /// The machine closed it: a WebSocket Close goes out.
+    Close(String),
+    /// It ended by itself (the agent went, a read or write failed, the hub cancelled it).
+    Gone(String),
+}
+
+/// The machine's timers, as deadlines.
+#[derive(Default)]
+struct Timers {
+    at: [Option<Instant>; 3],
+}
+
+const TIMERS: [Timer; 3] = [Timer::Register, Timer::Ping, Timer::Read];
+
+impl Timers {
+    fn set(&mut self, timer: Timer, after: Duration) {
+        let i = match timer {
+            Timer::Register => 0,
+            Timer::Ping => 1,
+            Timer::Read => 2,
+        };
+        self.at[i] = Some(Instant::now() + after);
+    }
+
+    /// Waits for the soonest deadline and clears it (a timer fires once per setting).
+    /// Cancel-safe: nothing changes until it returns.
+    async fn next(&mut self) -> Timer {
+        let soonest = (0..3).filter_map(|i| self.at[i].map(|at| (at, i))).min();
+        let Some((at, i)) = soonest else {
+            return std::future::pending().await;
+        };
+        tokio::time::sleep_until(at).await;
+        self.at[i] = None;
+        TIMERS[i]
+    }
+}
+
+/// What reading one message gave.
+enum Read {
+    Input(Input),
+    /// A `session_output` too large to decode: refused, then the relay ends its turn.
+    OutputTooLarge(Input, OutputProbe, usize),
+    End(String),
+}
+
+/// The driver of one agent's [`HubLinkMachine`]: it turns socket reads and deadlines into
+/// the machine's inputs and carries out its outputs (frames, store calls, the relay,
+/// closing). Everything the link protocol decides is in the machine.
+struct Link {
+    hub: Hub,
+    agent_id: String,
+    offered: u32,
+    token_id: Option<String>,
+    /// The socket's write half until the agent is registered; then the writer task's.
+    sink: Option<SplitSink<WebSocket, Message>>,
+    conn: Option<Arc<AgentConn>>,
+    writer: Option<tokio::task::JoinHandle<()>>,
+    cancel: CancellationToken,
+    timers: Timers,
+    /// What the store recorded at the registration, and the agent's hostname.
+    record: Option<(AgentRecord, String)>,
+    /// Checked before the registration is recorded, acted on once it is (`disconnect`).
+    overloaded: bool,
+}
+
 async fn serve_agent(
     hub: Hub,
     socket: WebSocket,
@@ -107,386 +177,416 @@ async fn serve_agent(
     offered: u32,
     cred: Credential,
 ) {
-    let (mut sink, mut stream) = socket.split();
-    // The first frame must be `register`.
-    let register = tokio::time::timeout(REGISTER_TIMEOUT, async {
-        while let Some(Ok(msg)) = stream.next().await {
-            if let Message::Text(t) = msg {
-                return Some(match LinkFrame::decode(t.as_str()) {
-                    Ok(frame) => Ok(frame),
-                    Err(e) => Err((probe_refused_frame(t.as_str()).0, e.to_string())),
-                });
-            }
-        }
-        None
-    })
-    .await;
-    let (frame_id, reg) = match register {
-        Ok(Some(Ok(LinkFrame {
-            id,
-            message: LinkMessage::Register(reg),
-            ..
-        }))) => (id, reg),
-        Ok(Some(result)) => {
-            // Answered, not dropped: the agent logs why (catpaw prints the ack's error).
-            let (ref_id, why) = match result {
-                Ok(other) => (
-                    other.id,
-                    format!(
-                        "the first frame must be `register`, not `{}`",
-                        other.message.kind()
-                    ),
-                ),
-                Err((id, e)) => (id, format!("register refused: {e}")),
-            };
-            hub.metrics().frames_refused.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(agent = %agent_id, "{why}; closing");
-            let ack = LinkFrame {
-                id: uuid::Uuid::now_v7().to_string(),
-                ref_id: (!ref_id.is_empty()).then_some(ref_id),
-                message: LinkMessage::Ack(Ack {
-                    ok: false,
-                    error: Some(why),
-                    reason: (offered >= 2).then(|| refused::BAD_REQUEST.to_owned()),
-                    ..Ack::default()
-                }),
-            };
-            let _ = sink.send(Message::Text(ack.encode().into())).await;
-            let _ = sink.send(Message::Close(None)).await;
-            return;
-        }
-        Ok(None) => {
-            tracing::info!(agent = %agent_id, "agent closed the connection before registering");
-            return;
-        }
-        Err(_) => {
-            tracing::info!(agent = %agent_id, "agent did not register in time; closing");
-            let _ = sink.send(Message::Close(None)).await;
-            return;
-        }
+    let (sink, mut stream) = socket.split();
+    let limits = Limits {
+        register: REGISTER_TIMEOUT,
+        ping: hub.config().ping_interval,
+        read: hub.config().read_deadline,
     };
-    let overloaded =
-        hub.connected_agents() >= hub.config().max_agents && !hub.is_connected(&agent_id);
-    let proto = offered;
-    let record = match hub
-        .store()
-        .run({
-            let agent_id = agent_id.clone();
-            let reg = reg.clone();
-            let token = cred.token_id.clone();
-            move |s| {
-                if let Some(t) = &token {
-                    s.bind_token(t, &agent_id)?;
-                }
-                s.upsert_agent(&agent_id, &reg, proto, token.as_deref())
-            }
-        })
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(agent = %agent_id, error = %e, "cannot record agent");
-            let ack = LinkFrame {
-                id: uuid::Uuid::now_v7().to_string(),
-                ref_id: Some(frame_id),
-                message: LinkMessage::Ack(Ack {
-                    ok: false,
-                    error: Some("the hub cannot record this agent right now".into()),
-                    ..Ack::default()
-                }),
-            };
-            let _ = sink.send(Message::Text(ack.encode().into())).await;
-            return;
-        }
+    let (mut machine, first) = HubLinkMachine::new(offered, limits);
+    let mut link = Link {
+        hub,
+        agent_id,
+        offered,
+        token_id: cred.token_id,
+        sink: Some(sink),
+        conn: None,
+        writer: None,
+        cancel: CancellationToken::new(),
+        timers: Timers::default(),
+        record: None,
+        overloaded: false,
     };
-    let ack = LinkFrame {
-        id: uuid::Uuid::now_v7().to_string(),
-        ref_id: Some(frame_id),
-        message: LinkMessage::Ack(Ack {
-            ok: true,
-            proto: (proto >= 2).then_some(2),
-            ..Ack::default()
-        }),
-    };
-    if sink.send(Message::Text(ack.encode().into())).await.is_err() {
-        return;
-    }
-    if overloaded {
-        let bye = LinkFrame::new(
-            uuid::Uuid::now_v7().to_string(),
-            LinkMessage::Disconnect(Disconnect {
-                reason: "the hub is at its agent limit".into(),
-                retry_after_sec: OVERLOAD_RETRY_SEC,
-            }),
-        );
-        let _ = sink.send(Message::Text(bye.encode().into())).await;
-        let _ = sink.send(Message::Close(None)).await;
-        let _ = hub
-            .store()
-            .run({
-                let id = agent_id.clone();
-                move |s| s.set_connected(&id, false)
-            })
-            .await;
-        return;
-    }
-
-    let cancel = CancellationToken::new();
-    let (tx, mut rx) = mpsc::channel::<String>(AGENT_QUEUE);
-    let conn = Arc::new(AgentConn::new(
-        agent_id.clone(),
-        reg.hostname.clone(),
-        proto,
-        cred.token_id.clone(),
-        NEXT_CONN.fetch_add(1, Ordering::Relaxed),
-        tx,
-        cancel.clone(),
-    ));
-    if let Some(old) = hub.register_agent(conn.clone()) {
-        tracing::info!(agent = %agent_id, "agent connected again; replacing its previous connection");
-        // Boxed, like every large future awaited here: see the reader loop.
-        Box::pin(old.disconnect("replaced by a newer connection of the same agent", 5)).await;
-    }
-    hub.metrics().registrations.fetch_add(1, Ordering::Relaxed);
-    hub.publish(HubEvent::Agent(record));
-    tracing::info!(agent = %agent_id, host = %reg.hostname, proto, "agent registered");
-    // Its sessions left open by an earlier connection: resumed, or closed if it lost them.
-    // A task of its own: the agent's answers come through this connection's reader below.
-    tokio::spawn({
-        let hub = hub.clone();
-        let conn = conn.clone();
-        async move { hub.relay().agent_back(conn).await }
-    });
-    // From here on only the hostname is needed (`conn.hostname`); free the rest of the
-    // register payload (labels, plugins, …) rather than hold it for the connection's life.
-    drop(reg);
-
-    // Writer: queued frames, and a ping every ping_interval.
-    let ping_every = hub.config().ping_interval;
-    let wcancel = cancel.clone();
-    let metrics = hub.metrics_arc();
-    let writer = tokio::spawn(async move {
-        let mut ping =
-            tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-        loop {
-            let text = tokio::select! {
-                biased;
-                _ = wcancel.cancelled() => break,
-                t = rx.recv() => match t { Some(t) => t, None => break },
-                _ = ping.tick() => LinkFrame::new(uuid::Uuid::now_v7().to_string(), LinkMessage::Ping).encode(),
-            };
-            match tokio::time::timeout(
-                WRITE_TIMEOUT,
-                sink.send(Message::Text(Utf8Bytes::from(text))),
-            )
-            .await
-            {
-                Ok(Ok(())) => {
-                    metrics.frames_out.fetch_add(1, Ordering::Relaxed);
-                }
-                _ => {
-                    wcancel.cancel();
-                    break;
-                }
-            }
-        }
-        // Drain what is queued (a disconnect, typically), then say goodbye.
-        while let Ok(text) = rx.try_recv() {
-            if tokio::time::timeout(
-                Duration::from_secs(1),
-                sink.send(Message::Text(text.into())),
-            )
-            .await
-            .is_err()
-            {
-                break;
-            }
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(None))).await;
-    });
-
-    // Reader, with the read deadline.
-    let deadline = hub.config().read_deadline;
-    let mut acks = AlertAcks::new();
-    let reason = loop {
-        let next = tokio::select! {
-            _ = cancel.cancelled() => break "closed by the hub".to_owned(),
-            n = tokio::time::timeout(deadline, stream.next()) => n,
+    let mut ended = Box::pin(link.carry_out(&mut machine, first)).await;
+    while ended.is_none() {
+        // Deadlines before reads: an agent that never stops sending still gets its pings.
+        // (A frame waiting while the read deadline passes can only be one the hub had not
+        // come back for yet, so it is never there in time to count.)
+        let read = tokio::select! {
+            biased;
+            _ = link.cancel.cancelled() => Read::End("closed by the hub".to_owned()),
+            t = link.timers.next() => Read::Input(Input::Timer(t)),
+            m = stream.next() => Box::pin(link.read(machine.is_open(), m, &mut stream)).await,
         };
-        let msg = match next {
-            Err(_) => break format!("nothing from the agent for {} s", deadline.as_secs()),
-            Ok(None) => break "the agent closed the connection".to_owned(),
-            Ok(Some(Err(e))) => break format!("read error: {e}"),
-            Ok(Some(Ok(m))) => m,
+        // Boxed, like every large future awaited here: this task lives as long as the
+        // connection, and its size is that of its largest await point; boxed, a step costs
+        // one short-lived allocation instead of making every idle agent's task bigger.
+        ended = match read {
+            Read::Input(input) => Box::pin(link.step(&mut machine, input)).await,
+            Read::OutputTooLarge(input, probe, size) => {
+                let ended = Box::pin(link.step(&mut machine, input)).await;
+                if ended.is_none()
+                    && let Some(conn) = &link.conn
+                {
+                    Box::pin(link.hub.relay().on_output_too_large(conn, probe, size)).await;
+                }
+                ended
+            }
+            Read::End(reason) => {
+                machine.handle(Input::Closed);
+                Some(End::Gone(reason))
+            }
         };
+    }
+    if let Some(end) = ended {
+        Box::pin(link.finish(end)).await;
+    }
+}
+
+impl Link {
+    /// One message from the agent as the machine's input.
+    async fn read(
+        &self,
+        open: bool,
+        msg: Option<Result<Message, axum::Error>>,
+        stream: &mut SplitStream<WebSocket>,
+    ) -> Read {
         let text = match msg {
-            Message::Text(t) => t,
-            Message::Close(_) => {
+            None => return Read::End("the agent closed the connection".to_owned()),
+            Some(Err(e)) => return Read::End(format!("read error: {e}")),
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(_))) => {
                 // Reading on is what sends the answer (queued when the Close was read; a
                 // Close sent now would be refused); the stream ends right after.
                 let _ = tokio::time::timeout(Duration::from_secs(1), stream.next()).await;
-                break "the agent closed the connection".to_owned();
+                return Read::End("the agent closed the connection".to_owned());
             }
-            _ => continue,
+            Some(Ok(_)) => return Read::Input(Input::Heard),
         };
-        hub.metrics().frames_in.fetch_add(1, Ordering::Relaxed);
-        let outcome = if text.len() > MAX_LINK_FRAME_BYTES {
-            Box::pin(on_large_frame(&hub, &conn, &mut acks, text.as_str())).await
-        } else {
-            match LinkFrame::decode(text.as_str()) {
-                // Boxed: this task lives as long as the connection, and its size is that of
-                // its largest await point. Inline, `on_frame` (over 2 KiB) would make every
-                // idle agent's task that much bigger; boxed, it costs one short-lived
-                // allocation per frame.
-                Ok(frame) => Box::pin(on_frame(&hub, &conn, &mut acks, frame)).await,
+        let text = text.as_str();
+        let m = self.hub.metrics();
+        if !open {
+            // The first frame, which must be `register`.
+            return Read::Input(match LinkFrame::decode(text) {
+                Ok(frame) => {
+                    if !matches!(frame.message, LinkMessage::Register(_)) {
+                        m.frames_refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Input::Frame(Box::new(frame))
+                }
                 Err(e) => {
-                    hub.metrics().frames_refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(agent = %agent_id, error = %e, "refused a bad frame");
-                    let (id, _, _) = probe_refused_frame(text.as_str());
-                    refuse(&conn, id, refused::BAD_REQUEST, e.to_string()).await;
-                    Ok(())
+                    m.frames_refused.fetch_add(1, Ordering::Relaxed);
+                    Input::BadFrame {
+                        id: probe_refused_frame(text).0,
+                        error: e.to_string(),
+                    }
+                }
+            });
+        }
+        m.frames_in.fetch_add(1, Ordering::Relaxed);
+        if text.len() <= MAX_LINK_FRAME_BYTES {
+            return Read::Input(self.decode(text, MAX_LINK_FRAME_BYTES));
+        }
+        // Over the limit. A `session_output` is read up to MAX_SESSION_OUTPUT_FRAME_BYTES
+        // (catpaw's final report comes whole in one); a larger one ends its turn with an error
+        // saying so. Anything else is refused, read only for its id and alert seqs.
+        let probe = probe_session_output(text);
+        if probe.is_some() && text.len() <= MAX_SESSION_OUTPUT_FRAME_BYTES {
+            return Read::Input(self.decode(text, MAX_SESSION_OUTPUT_FRAME_BYTES));
+        }
+        m.frames_refused.fetch_add(1, Ordering::Relaxed);
+        let (id, kind, seqs) = probe_refused_frame(text);
+        if let Some(probe) = probe {
+            tracing::warn!(
+                agent = %self.agent_id,
+                session = %probe.session_id,
+                size = text.len(),
+                "refused an oversized session output"
+            );
+            let error = format!(
+                "frame is {} bytes; the limit for session output is {MAX_SESSION_OUTPUT_FRAME_BYTES}",
+                text.len()
+            );
+            let input = Input::TooLarge {
+                id,
+                error,
+                alert_seqs: None,
+            };
+            return Read::OutputTooLarge(input, probe, text.len());
+        }
+        tracing::warn!(
+            agent = %self.agent_id,
+            size = text.len(),
+            kind = kind.as_deref().unwrap_or("?"),
+            alerts = seqs.len(),
+            "refused an oversized frame"
+        );
+        let alerts = kind.as_deref() == Some("alert_events");
+        if alerts {
+            m.alerts_received
+                .fetch_add(seqs.len() as u64, Ordering::Relaxed);
+            if seqs.len() == 1 {
+                m.alerts_rejected.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Read::Input(Input::TooLarge {
+            id,
+            error: format!(
+                "frame is {} bytes; the limit is {MAX_LINK_FRAME_BYTES}",
+                text.len()
+            ),
+            alert_seqs: alerts.then_some(seqs),
+        })
+    }
+
+    fn decode(&self, text: &str, limit: usize) -> Input {
+        match LinkFrame::decode_with_limit(text, limit) {
+            Ok(frame) => Input::Frame(Box::new(frame)),
+            Err(e) => {
+                self.hub
+                    .metrics()
+                    .frames_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(agent = %self.agent_id, error = %e, "refused a bad frame");
+                Input::BadFrame {
+                    id: probe_refused_frame(text).0,
+                    error: e.to_string(),
                 }
             }
-        };
-        if let Err(why) = outcome {
-            break why;
         }
-    };
-    cancel.cancel();
-    let _ = writer.await;
-    if hub.unregister_agent(&agent_id, conn.conn_id) {
-        let record: Option<AgentRecord> = hub
+    }
+
+    /// Feeds the machine one input and carries out what follows.
+    async fn step(&mut self, machine: &mut HubLinkMachine, input: Input) -> Option<End> {
+        let out = machine.handle(input);
+        self.carry_out(machine, out).await
+    }
+
+    /// Carries out the machine's outputs in order; an output that reports back (a store
+    /// call) has what the machine answers carried out before the rest.
+    async fn carry_out(&mut self, machine: &mut HubLinkMachine, out: Vec<Output>) -> Option<End> {
+        let mut queue: VecDeque<Output> = out.into();
+        while let Some(output) = queue.pop_front() {
+            let input = match output {
+                Output::Send(frame) => {
+                    if let Err(end) = self.send(frame).await {
+                        machine.handle(Input::Closed);
+                        return Some(end);
+                    }
+                    continue;
+                }
+                Output::SetTimer(timer, after) => {
+                    self.timers.set(timer, after);
+                    continue;
+                }
+                Output::Record(reg) => self.record(*reg).await,
+                // Only open links store alerts, and an open link has joined the hub.
+                Output::StoreAlerts { frame_id, batch } => match self.conn.clone() {
+                    Some(conn) => store_alerts(&self.hub, &conn, frame_id, batch).await,
+                    None => continue,
+                },
+                Output::Deliver(frame) => {
+                    if let Some(conn) = self.conn.clone() {
+                        on_frame(&self.hub, &conn, *frame).await;
+                    }
+                    continue;
+                }
+                Output::Up { version } => match self.up(version).await {
+                    Some(input) => input,
+                    None => continue,
+                },
+                Output::Close { reason } => return Some(End::Close(reason)),
+            };
+            for o in machine.handle(input).into_iter().rev() {
+                queue.push_front(o);
+            }
+        }
+        None
+    }
+
+    /// A frame to the agent: queued for the writer once registered, written directly before.
+    async fn send(&mut self, frame: LinkFrame) -> Result<(), End> {
+        if let Some(conn) = &self.conn {
+            let _ = conn.send_text(frame.encode()).await;
+            return Ok(());
+        }
+        let Some(sink) = &mut self.sink else {
+            return Ok(());
+        };
+        let ack = matches!(&frame.message, LinkMessage::Ack(a) if a.ok);
+        match sink.send(Message::Text(frame.encode().into())).await {
+            // Registered but not told so: there is nothing more to say to this agent.
+            Err(_) if ack => Err(End::Gone("cannot write to the agent".to_owned())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records the registering agent (and binds its credential).
+    async fn record(&mut self, reg: Register) -> Input {
+        self.overloaded = self.hub.connected_agents() >= self.hub.config().max_agents
+            && !self.hub.is_connected(&self.agent_id);
+        let proto = self.offered;
+        let hostname = reg.hostname.clone();
+        let recorded = self
+            .hub
             .store()
             .run({
-                let id = agent_id.clone();
+                let agent_id = self.agent_id.clone();
+                let token = self.token_id.clone();
                 move |s| {
-                    s.set_connected(&id, false)?;
-                    s.get_agent(&id)
+                    if let Some(t) = &token {
+                        s.bind_token(t, &agent_id)?;
+                    }
+                    s.upsert_agent(&agent_id, &reg, proto, token.as_deref())
                 }
             })
-            .await
-            .ok()
-            .flatten();
-        if let Some(r) = record {
-            hub.publish(HubEvent::Agent(r));
-        }
-    }
-    // Whether it went away or was replaced, the sessions this connection ran are over.
-    Box::pin(hub.relay().agent_gone(&agent_id, conn.conn_id, &reason)).await;
-    tracing::info!(agent = %agent_id, reason = %reason, "agent disconnected");
-}
-
-/// Answers a refused frame under version 2: `ack {ok: false, reason, error}` with the frame's
-/// id as `ref_id`, so the agent can split it, send it again, or count it as dropped. Version 1
-/// has no such answer (catpaw deletes what it wrote); the refusal is logged and counted.
-async fn refuse(conn: &AgentConn, frame_id: String, reason: &str, error: String) {
-    if conn.proto < 2 || frame_id.is_empty() {
-        return;
-    }
-    let frame = LinkFrame {
-        id: uuid::Uuid::now_v7().to_string(),
-        ref_id: Some(frame_id),
-        message: LinkMessage::Ack(Ack {
-            ok: false,
-            error: Some(error),
-            reason: Some(reason.to_owned()),
-            ..Ack::default()
-        }),
-    };
-    let _ = conn.send_text(frame.encode()).await;
-}
-
-/// A frame over [`MAX_LINK_FRAME_BYTES`]. A `session_output` is read up to
-/// [`MAX_SESSION_OUTPUT_FRAME_BYTES`] (catpaw's final report comes whole in one); a larger one
-/// ends its turn with an error saying so. Anything else is refused.
-async fn on_large_frame(
-    hub: &Hub,
-    conn: &Arc<AgentConn>,
-    acks: &mut AlertAcks,
-    text: &str,
-) -> Result<(), String> {
-    let Some(probe) = probe_session_output(text) else {
-        return refuse_oversized(hub, conn, acks, text).await;
-    };
-    if text.len() <= MAX_SESSION_OUTPUT_FRAME_BYTES {
-        match LinkFrame::decode_with_limit(text, MAX_SESSION_OUTPUT_FRAME_BYTES) {
-            Ok(frame) => return on_frame(hub, conn, acks, frame).await,
+            .await;
+        match recorded {
+            Ok(record) => {
+                // Only the hostname is kept: the rest of the register payload (labels,
+                // plugins, …) is not held for the connection's life.
+                self.record = Some((record, hostname));
+                Input::Recorded(Ok(()))
+            }
             Err(e) => {
-                hub.metrics().frames_refused.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(agent = %conn.agent_id, error = %e, "refused a bad frame");
-                let (id, _, _) = probe_refused_frame(text);
-                refuse(conn, id, refused::BAD_REQUEST, e.to_string()).await;
-                return Ok(());
+                tracing::error!(agent = %self.agent_id, error = %e, "cannot record agent");
+                Input::Recorded(Err(e.to_string()))
             }
         }
     }
-    hub.metrics().frames_refused.fetch_add(1, Ordering::Relaxed);
-    tracing::warn!(
-        agent = %conn.agent_id,
-        session = %probe.session_id,
-        size = text.len(),
-        "refused an oversized session output"
-    );
-    let (id, _, _) = probe_refused_frame(text);
-    refuse(
-        conn,
-        id,
-        refused::TOO_LARGE,
-        format!(
-            "frame is {} bytes; the limit for session output is {MAX_SESSION_OUTPUT_FRAME_BYTES}",
-            text.len()
-        ),
-    )
-    .await;
-    hub.relay()
-        .on_output_too_large(conn, probe, text.len())
-        .await;
-    Ok(())
+
+    /// Registered and acknowledged: joins the hub (or is sent away when the hub is full).
+    async fn up(&mut self, proto: u32) -> Option<Input> {
+        if self.overloaded {
+            return Some(Input::Disconnect {
+                reason: "the hub is at its agent limit".into(),
+                retry_after_sec: OVERLOAD_RETRY_SEC,
+            });
+        }
+        let (record, hostname) = self.record.take()?;
+        let sink = self.sink.take()?;
+        let hub = &self.hub;
+        let agent_id = &self.agent_id;
+        let (tx, rx) = mpsc::channel::<String>(AGENT_QUEUE);
+        let conn = Arc::new(AgentConn::new(
+            agent_id.clone(),
+            hostname,
+            proto,
+            self.token_id.clone(),
+            NEXT_CONN.fetch_add(1, Ordering::Relaxed),
+            tx,
+            self.cancel.clone(),
+        ));
+        self.writer = Some(tokio::spawn(write_frames(
+            sink,
+            rx,
+            self.cancel.clone(),
+            hub.metrics_arc(),
+        )));
+        self.conn = Some(conn.clone());
+        if let Some(old) = hub.register_agent(conn.clone()) {
+            tracing::info!(agent = %agent_id, "agent connected again; replacing its previous connection");
+            Box::pin(old.disconnect("replaced by a newer connection of the same agent", 5)).await;
+        }
+        hub.metrics().registrations.fetch_add(1, Ordering::Relaxed);
+        hub.publish(HubEvent::Agent(record));
+        tracing::info!(agent = %agent_id, host = %conn.hostname, proto, "agent registered");
+        // Its sessions left open by an earlier connection: resumed, or closed if it lost them.
+        // A task of its own: the agent's answers come through this connection's reader.
+        tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.relay().agent_back(conn).await }
+        });
+        None
+    }
+
+    async fn finish(mut self, end: End) {
+        let agent_id = &self.agent_id;
+        let Some(conn) = self.conn.take() else {
+            // Never joined the hub.
+            let reason = match end {
+                End::Close(reason) => {
+                    if let Some(sink) = &mut self.sink {
+                        let _ = sink.send(Message::Close(None)).await;
+                    }
+                    reason
+                }
+                End::Gone(reason) => reason,
+            };
+            if self.overloaded && self.record.is_some() {
+                let _ = self
+                    .hub
+                    .store()
+                    .run({
+                        let id = agent_id.clone();
+                        move |s| s.set_connected(&id, false)
+                    })
+                    .await;
+            }
+            tracing::info!(agent = %agent_id, reason = %reason, "agent not registered; closing");
+            return;
+        };
+        let (End::Close(reason) | End::Gone(reason)) = end;
+        // The writer drains what is queued, then sends the Close.
+        self.cancel.cancel();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.await;
+        }
+        let hub = &self.hub;
+        if hub.unregister_agent(agent_id, conn.conn_id) {
+            let record: Option<AgentRecord> = hub
+                .store()
+                .run({
+                    let id = agent_id.clone();
+                    move |s| {
+                        s.set_connected(&id, false)?;
+                        s.get_agent(&id)
+                    }
+                })
+                .await
+                .ok()
+                .flatten();
+            if let Some(r) = record {
+                hub.publish(HubEvent::Agent(r));
+            }
+        }
+        // Whether it went away or was replaced, the sessions this connection ran are over.
+        Box::pin(hub.relay().agent_gone(agent_id, conn.conn_id, &reason)).await;
+        tracing::info!(agent = %agent_id, reason = %reason, "agent disconnected");
+    }
 }
 
-/// A frame over [`MAX_LINK_FRAME_BYTES`]: read only for its id and alert seqs, answered, and
-/// its alerts kept out of every acknowledgement until they come again in smaller frames. An
-/// event that is too large on its own is refused for good (the agent drops and counts it).
-async fn refuse_oversized(
-    hub: &Hub,
-    conn: &Arc<AgentConn>,
-    acks: &mut AlertAcks,
-    text: &str,
-) -> Result<(), String> {
-    let m = hub.metrics();
-    m.frames_refused.fetch_add(1, Ordering::Relaxed);
-    let (id, kind, seqs) = probe_refused_frame(text);
-    tracing::warn!(
-        agent = %conn.agent_id,
-        size = text.len(),
-        kind = kind.as_deref().unwrap_or("?"),
-        alerts = seqs.len(),
-        "refused an oversized frame"
-    );
-    if kind.as_deref() == Some("alert_events") {
-        m.alerts_received
-            .fetch_add(seqs.len() as u64, Ordering::Relaxed);
-        if seqs.len() == 1 {
-            m.alerts_rejected.fetch_add(1, Ordering::Relaxed);
-            acks.settled(seqs);
-        } else if let Err(e) = acks.not_stored(seqs) {
-            return Err(format!(
-                "{} refused alerts were never sent again; closing",
-                e.0
-            ));
+/// The writer of a registered agent's connection: queued frames, each write bounded; when
+/// the connection ends, what is still queued (a `disconnect`, typically), then a Close.
+async fn write_frames(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<String>,
+    cancel: CancellationToken,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        let text = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            t = rx.recv() => match t { Some(t) => t, None => break },
+        };
+        match tokio::time::timeout(
+            WRITE_TIMEOUT,
+            sink.send(Message::Text(Utf8Bytes::from(text))),
+        )
+        .await
+        {
+            Ok(Ok(())) => {
+                metrics.frames_out.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                cancel.cancel();
+                break;
+            }
         }
     }
-    refuse(
-        conn,
-        id,
-        refused::TOO_LARGE,
-        format!(
-            "frame is {} bytes; the limit is {MAX_LINK_FRAME_BYTES}",
-            text.len()
-        ),
-    )
-    .await;
-    Ok(())
+    while let Ok(text) = rx.try_recv() {
+        if tokio::time::timeout(
+            Duration::from_secs(1),
+            sink.send(Message::Text(text.into())),
+        )
+        .await
+        .is_err()
+        {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(None))).await;
 }
 
 /// A received batch after the edge checks, ready for the store.
@@ -534,15 +634,14 @@ pub fn prepare_alerts(batch: AlertEvents, now_secs: i64) -> PreparedAlerts {
 }
 
 /// Stores a batch of alert events: refuses the ones that cannot be stored (counted, the rest
-/// kept), makes the others safe (flagged), commits, then acknowledges what the accounting
-/// allows. A batch the store cannot take is answered so the agent sends it again.
-async fn on_alerts(
+/// kept), makes the others safe (flagged) and commits; the outcome goes back to the machine,
+/// which acknowledges what the accounting allows, or answers `store_unavailable`.
+async fn store_alerts(
     hub: &Hub,
     conn: &Arc<AgentConn>,
-    acks: &mut AlertAcks,
     frame_id: String,
     batch: AlertEvents,
-) -> Result<(), String> {
+) -> Input {
     let m = hub.metrics();
     let received = batch.events.len() + batch.rejected.len();
     m.alerts_received
@@ -558,7 +657,6 @@ async fn on_alerts(
         .fetch_add(prepared.changes.len() as u64, Ordering::Relaxed);
     m.alerts_rejected
         .fetch_add(prepared.refusals.len() as u64, Ordering::Relaxed);
-    let mut settled = prepared.refused_seqs;
     let seqs: Vec<u64> = prepared.events.iter().filter_map(|e| e.seq).collect();
     let id = conn.agent_id.clone();
     let host = conn.hostname.clone();
@@ -571,54 +669,32 @@ async fn on_alerts(
             .run(move |s| s.insert_alerts(&id, &host, &events, now))
             .await
     };
-    match stored {
+    let result = match stored {
         Ok(result) => {
             m.alerts_stored
                 .fetch_add(result.stored as u64, Ordering::Relaxed);
             m.alerts_duplicate
                 .fetch_add(result.duplicates as u64, Ordering::Relaxed);
-            settled.extend(seqs);
-            // Acknowledged only now that they are committed, and only as far as nothing
-            // refused lies below.
-            if conn.proto >= 2
-                && let Some(upto_seq) = acks.settled(settled)
-            {
-                let _ = conn
-                    .send(LinkMessage::AlertAck(AlertAck { upto_seq }))
-                    .await;
-            }
             for change in result.changes {
                 hub.publish(HubEvent::Alert(change));
             }
+            Ok(())
         }
         Err(e) => {
-            // Not stored, so not acknowledged — not even by a later batch's ack.
             tracing::error!(agent = %conn.agent_id, error = %e, "cannot store alerts");
-            if let Err(too_many) = acks.not_stored(seqs) {
-                return Err(format!(
-                    "{} alerts could not be stored; closing",
-                    too_many.0
-                ));
-            }
-            acks.settled(settled);
-            refuse(
-                conn,
-                frame_id,
-                refused::STORE_UNAVAILABLE,
-                format!("the hub cannot store alerts right now: {e}"),
-            )
-            .await;
+            Err(e.to_string())
         }
+    };
+    Input::AlertsStored {
+        frame_id,
+        seqs,
+        refused: prepared.refused_seqs,
+        result,
     }
-    Ok(())
 }
 
-async fn on_frame(
-    hub: &Hub,
-    conn: &Arc<AgentConn>,
-    acks: &mut AlertAcks,
-    frame: LinkFrame,
-) -> Result<(), String> {
+/// A frame the machine hands to the hub.
+async fn on_frame(hub: &Hub, conn: &Arc<AgentConn>, frame: LinkFrame) {
     match frame.message {
         LinkMessage::Heartbeat(hb) => {
             if let Some(d) = hb.dropped_alerts {
@@ -636,9 +712,6 @@ async fn on_frame(
                 hub.publish(HubEvent::Agent(record));
             }
         }
-        LinkMessage::AlertEvents(batch) => {
-            return on_alerts(hub, conn, acks, frame.id, batch).await;
-        }
         LinkMessage::Ack(ack) => {
             if let Some(r) = &frame.ref_id {
                 conn.resolve(r, ack);
@@ -652,8 +725,6 @@ async fn on_frame(
                 hub.publish(HubEvent::Alert(change));
             }
         }
-        LinkMessage::Pong | LinkMessage::Register(_) => {}
         other => tracing::debug!(agent = %conn.agent_id, kind = other.kind(), "ignored"),
     }
-    Ok(())
 }

@@ -13,6 +13,14 @@
 //! * [`console`] — the embedded web console.
 //! * [`store`] — storage trait, the SQLite and PostgreSQL stores.
 //! * [`tokens`] — credentials; [`config`] — settings; [`hub`] — shared state.
+//!
+//! **Locking policy.** Every `std::sync::Mutex` in this crate is taken through
+//! [`tether_host::sync::lock`]: a lock poisoned by a panicking holder is taken over, never
+//! skipped, never turned into a panic or a permanent error (the data behind each one is
+//! consistent wherever a panic could unwind; see that module). No guard is held across an
+//! await (clippy's `await_holding_lock`), and there are no `RwLock`s. The crate's
+//! `clippy.toml` refuses any other way of taking a std lock. tokio's locks (a session's
+//! ordering lock in `relay`) do not poison and are not concerned.
 
 pub mod agent_conn;
 pub mod agents;

@@ -3,13 +3,14 @@
 //! `register` once the store recorded the agent, pings, the read deadline, refusals of bad
 //! frames, and the alert accounting (`alert_ack` only after a commit, never past a seq that
 //! was not stored — [`AlertAcks`]). A driver feeds it [`Input`]s and carries out its
-//! [`Output`]s; the tests below step it against the agent's machine with no sockets.
-//!
-//! Not yet the driver of `agents::serve_agent`, which still performs these steps inline.
+//! [`Output`]s; the tests below step it against the agent's machine with no sockets, and
+//! `agents::serve_agent` drives it over the live WebSocket.
 
 use crate::alert_acks::AlertAcks;
 use std::time::Duration;
-use tether_proto::link::{Ack, AlertAck, AlertEvents, LinkFrame, LinkMessage, Register, refused};
+use tether_proto::link::{
+    Ack, AlertAck, AlertEvents, Disconnect, LinkFrame, LinkMessage, Register, refused,
+};
 
 /// Timers the driver keeps for the machine; setting one replaces its deadline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +48,21 @@ pub enum Input {
     BadFrame {
         id: String,
         error: String,
+    },
+    /// A frame over the size limit, not decoded (`id`: as far as it could be read).
+    /// `alert_seqs`: the seqs of an `alert_events` frame, kept out of every acknowledgement
+    /// until they come again in smaller frames (a lone event is refused for good).
+    TooLarge {
+        id: String,
+        error: String,
+        alert_seqs: Option<Vec<u64>>,
+    },
+    /// A message that is not a frame (a WebSocket ping, a binary message): the agent is there.
+    Heard,
+    /// The hub sends the agent away (`disconnect`), then closes.
+    Disconnect {
+        reason: String,
+        retry_after_sec: u64,
     },
     Timer(Timer),
     /// The store recorded (or could not record) the registration asked for by
@@ -103,7 +119,6 @@ pub struct HubLinkMachine {
     version: u32,
     limits: Limits,
     acks: AlertAcks,
-    next_id: u64,
 }
 
 impl HubLinkMachine {
@@ -115,7 +130,6 @@ impl HubLinkMachine {
             version: offered.clamp(1, 2),
             limits,
             acks: AlertAcks::new(),
-            next_id: 0,
         };
         let first = vec![Output::SetTimer(Timer::Register, limits.register)];
         (m, first)
@@ -129,17 +143,27 @@ impl HubLinkMachine {
         self.state == State::Closed
     }
 
-    fn id(&mut self) -> String {
-        self.next_id += 1;
-        format!("hub-{}", self.next_id)
-    }
-
+    /// Frame ids are UUIDv7, as on every other frame the hub sends.
     fn frame(&mut self, ref_id: Option<String>, message: LinkMessage) -> LinkFrame {
         LinkFrame {
-            id: self.id(),
+            id: uuid::Uuid::now_v7().to_string(),
             ref_id,
             message,
         }
+    }
+
+    /// The answer to a first frame that is not a decodable `register`: sent under both
+    /// versions (catpaw logs the ack's error), with no `ref_id` when the frame had no id.
+    fn refuse_register(&mut self, out: &mut Vec<Output>, id: String, why: String) {
+        let ack = Ack {
+            ok: false,
+            error: Some(why.clone()),
+            reason: (self.version >= 2).then(|| refused::BAD_REQUEST.to_owned()),
+            ..Ack::default()
+        };
+        let f = self.frame((!id.is_empty()).then_some(id), LinkMessage::Ack(ack));
+        out.push(Output::Send(f));
+        self.close(out, why);
     }
 
     fn close(&mut self, out: &mut Vec<Output>, reason: String) {
@@ -177,24 +201,14 @@ impl HubLinkMachine {
                 }
                 other => {
                     let why = format!("the first frame must be `register`, not `{}`", other.kind());
-                    out.extend(self.refusal(frame.id, refused::BAD_REQUEST, why.clone()));
-                    self.close(&mut out, why);
+                    self.refuse_register(&mut out, frame.id, why);
                 }
             },
-            (State::AwaitRegister, Input::BadFrame { id, error }) => {
-                let why = format!("register refused: {error}");
-                // Answered even under version 1: catpaw logs the ack's error.
-                if !id.is_empty() {
-                    let ack = Ack {
-                        ok: false,
-                        error: Some(why.clone()),
-                        reason: (self.version >= 2).then(|| refused::BAD_REQUEST.to_owned()),
-                        ..Ack::default()
-                    };
-                    let f = self.frame(Some(id), LinkMessage::Ack(ack));
-                    out.push(Output::Send(f));
-                }
-                self.close(&mut out, why);
+            (
+                State::AwaitRegister,
+                Input::BadFrame { id, error } | Input::TooLarge { id, error, .. },
+            ) => {
+                self.refuse_register(&mut out, id, format!("register refused: {error}"));
             }
             (State::AwaitRegister | State::Recording { .. }, Input::Timer(Timer::Register)) => {
                 let why = format!(
@@ -246,6 +260,52 @@ impl HubLinkMachine {
                 if self.version >= 2 {
                     out.extend(self.refusal(id, refused::BAD_REQUEST, error));
                 }
+            }
+            (
+                State::Open,
+                Input::TooLarge {
+                    id,
+                    error,
+                    alert_seqs,
+                },
+            ) => {
+                out.push(Output::SetTimer(Timer::Read, self.limits.read));
+                match alert_seqs {
+                    // Too large on its own: the agent drops it, so it counts as settled.
+                    Some(seqs) if seqs.len() == 1 => {
+                        self.acks.settled(seqs);
+                    }
+                    Some(seqs) => {
+                        if let Err(e) = self.acks.not_stored(seqs) {
+                            let why =
+                                format!("{} refused alerts were never sent again; closing", e.0);
+                            self.close(&mut out, why);
+                            return out;
+                        }
+                    }
+                    None => {}
+                }
+                if self.version >= 2 {
+                    out.extend(self.refusal(id, refused::TOO_LARGE, error));
+                }
+            }
+            (State::Open, Input::Heard) => {
+                out.push(Output::SetTimer(Timer::Read, self.limits.read));
+            }
+            (
+                _,
+                Input::Disconnect {
+                    reason,
+                    retry_after_sec,
+                },
+            ) => {
+                let bye = Disconnect {
+                    reason: reason.clone(),
+                    retry_after_sec,
+                };
+                let f = self.frame(None, LinkMessage::Disconnect(bye));
+                out.push(Output::Send(f));
+                self.close(&mut out, reason);
             }
             (State::Open, Input::Timer(Timer::Ping)) => {
                 let f = self.frame(None, LinkMessage::Ping);
@@ -373,6 +433,103 @@ mod tests {
             matches!(sent(&out)[..], [LinkMessage::Ack(a)] if !a.ok && a.reason.as_deref() == Some("bad_request"))
         );
         assert!(closes(&out));
+    }
+
+    /// docs/protocol.md: a first frame that is not a decodable `register` is answered, then
+    /// the connection closes; one with no readable id is answered too, with no `ref_id`.
+    #[test]
+    fn a_bad_first_frame_without_an_id_is_still_answered() {
+        for version in [1, 2] {
+            let (mut hub, _) = HubLinkMachine::new(version, Limits::default());
+            let out = hub.handle(Input::BadFrame {
+                id: String::new(),
+                error: "expected value at line 1 column 1".into(),
+            });
+            let [Output::Send(f), Output::Close { .. }] = &out[..] else {
+                panic!("v{version}: {out:?}");
+            };
+            assert_eq!(f.ref_id, None);
+            let LinkMessage::Ack(a) = &f.message else {
+                panic!("not an ack: {f:?}");
+            };
+            assert!(!a.ok);
+            assert_eq!(
+                a.error.as_deref(),
+                Some("register refused: expected value at line 1 column 1")
+            );
+            assert_eq!(a.reason.is_some(), version >= 2);
+            // Another frame first, with an empty id: the same.
+            let (mut hub, _) = HubLinkMachine::new(version, Limits::default());
+            let out = hub.handle(Input::Frame(Box::new(LinkFrame::new(
+                "",
+                LinkMessage::Pong,
+            ))));
+            assert!(
+                matches!(&out[..], [Output::Send(f), Output::Close { .. }] if f.ref_id.is_none()),
+                "v{version}: {out:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_oversized_frame_is_refused_and_its_alerts_held_back() {
+        let mut hub = open(2);
+        let too_large = |id: &str, alert_seqs: Option<Vec<u64>>| Input::TooLarge {
+            id: id.into(),
+            error: "frame is 2000000 bytes; the limit is 1048576".into(),
+            alert_seqs,
+        };
+        let out = hub.handle(too_large("big", Some(vec![1, 2])));
+        assert!(out.contains(&Output::SetTimer(Timer::Read, Duration::from_secs(90))));
+        let [LinkMessage::Ack(a)] = sent(&out)[..] else {
+            panic!("{out:?}");
+        };
+        assert_eq!(a.reason.as_deref(), Some("too_large"));
+        // 3 stored: not acknowledged while 1 and 2 are missing.
+        let stored = |seqs: Vec<u64>| Input::AlertsStored {
+            frame_id: "a".into(),
+            seqs,
+            refused: vec![],
+            result: Ok(()),
+        };
+        assert!(sent(&hub.handle(stored(vec![3]))).is_empty());
+        // A lone event too large on its own is dropped by the agent: settled.
+        hub.handle(too_large("one", Some(vec![1])));
+        let out = hub.handle(stored(vec![2]));
+        assert!(matches!(
+            sent(&out)[..],
+            [LinkMessage::AlertAck(AlertAck { upto_seq: 3 })]
+        ));
+        // Not alerts (a session output): refused, nothing held.
+        let out = hub.handle(too_large("out", None));
+        assert!(
+            matches!(sent(&out)[..], [LinkMessage::Ack(a)] if a.reason.as_deref() == Some("too_large"))
+        );
+        // Version 1 has no refusal to send.
+        let mut v1 = open(1);
+        assert!(sent(&v1.handle(too_large("big", Some(vec![1, 2])))).is_empty());
+        // Before the registration it is a bad first frame.
+        let (mut fresh, _) = HubLinkMachine::new(2, Limits::default());
+        assert!(closes(&fresh.handle(too_large("big", None))));
+    }
+
+    #[test]
+    fn any_message_keeps_the_link_and_a_disconnect_ends_it() {
+        let mut hub = open(2);
+        assert_eq!(
+            hub.handle(Input::Heard),
+            [Output::SetTimer(Timer::Read, Duration::from_secs(90))]
+        );
+        let out = hub.handle(Input::Disconnect {
+            reason: "the hub is at its agent limit".into(),
+            retry_after_sec: 60,
+        });
+        assert!(matches!(
+            sent(&out)[..],
+            [LinkMessage::Disconnect(d)] if d.retry_after_sec == 60 && d.reason == "the hub is at its agent limit"
+        ));
+        assert!(closes(&out));
+        assert!(hub.is_closed());
     }
 
     #[test]

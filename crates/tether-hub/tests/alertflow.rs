@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tether_host::sync::lock;
 use tether_hub::{
     AlertSource, Clock, DiagnosisConfig, HubConfig, NotifyConfig, NotifyKind, NotifyOn,
 };
@@ -58,7 +59,7 @@ async fn receive(
     body: axum::body::Bytes,
 ) -> StatusCode {
     let n = {
-        let mut seen = inbox.seen.lock().expect("lock");
+        let mut seen = lock(&inbox.seen);
         let n = seen.entry(name.clone()).or_insert(0);
         *n += 1;
         *n
@@ -80,7 +81,7 @@ async fn receive(
         return StatusCode::INTERNAL_SERVER_ERROR;
     }
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    inbox.got.lock().expect("lock").push((name, v));
+    lock(&inbox.got).push((name, v));
     inbox.changed.notify_waiters();
     StatusCode::OK
 }
@@ -112,10 +113,7 @@ impl Receiver {
 
     /// Messages delivered to `name`, in order.
     fn got(&self, name: &str) -> Vec<Value> {
-        self.inbox
-            .got
-            .lock()
-            .expect("lock")
+        lock(&self.inbox.got)
             .iter()
             .filter(|(n, _)| n == name)
             .map(|(_, v)| v.clone())
@@ -123,13 +121,7 @@ impl Receiver {
     }
 
     fn seen(&self, name: &str) -> u32 {
-        self.inbox
-            .seen
-            .lock()
-            .expect("lock")
-            .get(name)
-            .copied()
-            .unwrap_or(0)
+        lock(&self.inbox.seen).get(name).copied().unwrap_or(0)
     }
 
     /// Waits until `pred` holds of the messages delivered to `name`; returns them.

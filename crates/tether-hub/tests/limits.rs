@@ -1,6 +1,6 @@
 //! The hub's listener under abuse (issues 9.3, 9.4, 9.13, 10.13): the same request deadline,
 //! per-credential cap, closing handshake and request-id fidelity as the agent's, on the hub's
-//! own `/v1/ws` and listener.
+//! own `/v1/ws` and listener; the agent link's read deadline.
 
 mod common;
 
@@ -157,5 +157,66 @@ async fn a_stalled_request_is_closed_after_the_deadline() {
     );
     // Still serving.
     let _alice = hub.operator(ALICE).await;
+    hub.stop().await;
+}
+
+/// The link's deadlines over a real socket, on virtual time: an agent that answers the hub's
+/// pings stays connected past several read deadlines; once it stops answering, the hub drops
+/// it after the read deadline (90 s) with a Close and marks it disconnected.
+#[tokio::test(start_paused = true)]
+async fn an_agent_that_stops_answering_pings_is_dropped_after_the_read_deadline() {
+    const READ_DEADLINE: Duration = Duration::from_secs(90);
+    let hub = TestHub::start().await;
+    let token = hub.create_token("quiet").await;
+    let agent_id = uuid::Uuid::now_v7().to_string();
+    let mut ws = dial_agent(&hub.agent_url(), &token, &agent_id, "2")
+        .await
+        .expect("dial");
+    ws.send(Message::text(frame("register", register_payload("quiet"))))
+        .await
+        .expect("register");
+    let ack: Value = serde_json::from_str(&next_text(&mut ws).await).expect("json");
+    assert_eq!(ack["payload"]["ok"], true, "{ack}");
+    hub.wait_connected(&agent_id, true).await;
+
+    // Every ping answered with a pong, for three read deadlines.
+    let answering = tokio::time::Instant::now();
+    let mut pings = 0;
+    while answering.elapsed() < READ_DEADLINE * 3 {
+        let next = tokio::time::timeout(READ_DEADLINE, ws.next())
+            .await
+            .expect("no ping within the read deadline");
+        let Some(Ok(Message::Text(t))) = next else {
+            panic!("the hub dropped an agent that answers its pings: {next:?}");
+        };
+        let f: Value = serde_json::from_str(t.as_str()).expect("json");
+        assert_eq!(f["type"], "ping", "{f}");
+        ws.send(Message::text(frame("pong", Value::Null)))
+            .await
+            .expect("pong");
+        pings += 1;
+    }
+    assert!(pings >= 8, "{pings} pings in {:?}", answering.elapsed());
+    assert!(hub.hub().is_connected(&agent_id));
+
+    // Silent from now on: pings still come, then the Close.
+    let silent = tokio::time::Instant::now();
+    tokio::time::timeout(READ_DEADLINE * 2, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => assert!(t.as_str().contains("\"ping\""), "{t}"),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .expect("the silent agent was never dropped");
+    let waited = silent.elapsed();
+    assert!(
+        waited >= READ_DEADLINE && waited < READ_DEADLINE + Duration::from_secs(5),
+        "dropped after {waited:?} of silence"
+    );
+    hub.wait_connected(&agent_id, false).await;
     hub.stop().await;
 }
