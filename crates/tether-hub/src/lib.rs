@@ -26,6 +26,7 @@ pub mod agent_conn;
 pub mod agents;
 pub mod alert_acks;
 pub mod alerts;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod diagnosis;
