@@ -109,35 +109,6 @@ impl Default for ClusterConfig {
     }
 }
 
-/// The tables the cluster uses (also created by the store's migrations; kept here so a
-/// cluster can be used on its own in tests).
-pub const CLUSTER_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS hub_replicas (
-    replica_id     TEXT PRIMARY KEY,
-    name           TEXT NOT NULL,
-    started_ms     BIGINT NOT NULL,
-    lease_until_ms BIGINT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS agent_holders (
-    agent_id   TEXT PRIMARY KEY,
-    replica_id TEXT NOT NULL,
-    conn_id    BIGINT NOT NULL,
-    since_ms   BIGINT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS agent_holders_by_replica ON agent_holders(replica_id);
-CREATE TABLE IF NOT EXISTS replica_calls (
-    call_id      BIGSERIAL PRIMARY KEY,
-    to_replica   TEXT NOT NULL,
-    from_replica TEXT NOT NULL,
-    agent_id     TEXT NOT NULL,
-    frame        TEXT NOT NULL,
-    want_ack     BOOLEAN NOT NULL,
-    timeout_ms   BIGINT NOT NULL,
-    reply        TEXT,
-    created_ms   BIGINT NOT NULL
-);
-";
-
 /// Database time in unix milliseconds (leases are judged by one clock).
 const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
@@ -172,8 +143,9 @@ impl From<tokio_postgres::Error> for ClusterError {
 }
 
 impl Cluster {
-    /// Joins the cluster: creates the tables if needed, takes a lease, starts listening and
-    /// renewing. Fails when the database cannot be reached.
+    /// Joins the cluster: takes a lease, starts listening and renewing. Its tables come with
+    /// the PostgreSQL store's migrations (open the store first). Fails when the database
+    /// cannot be reached.
     pub async fn join(
         pg: tokio_postgres::Config,
         config: ClusterConfig,
@@ -195,7 +167,6 @@ impl Cluster {
             }),
         };
         let client = cluster.connect(false).await?;
-        client.batch_execute(CLUSTER_SCHEMA).await?;
         let lease_ms = cluster.lease_ms();
         client
             .execute(

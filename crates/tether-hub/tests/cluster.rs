@@ -1,13 +1,13 @@
 //! Replicas talking through a real PostgreSQL (the one `scripts/postgres.sh` started:
 //! `TETHER_TEST_PG_URL`). Each test has a database of its own.
 
-mod common;
-
-use common::pg::TestDb;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use tether_hub::alerts::Change;
 use tether_hub::cluster::{CallError, CallHandler, Cluster, ClusterConfig, ClusterNote};
+use tether_hub::store::PgStore;
+use tether_hub::store::testing::TestDatabase;
 use tether_proto::link::{Ack, LinkMessage, SessionNotice};
 
 fn config(name: &str) -> ClusterConfig {
@@ -17,13 +17,19 @@ fn config(name: &str) -> ClusterConfig {
     }
 }
 
-async fn two(db: &TestDb) -> (Cluster, Cluster) {
-    let a = Cluster::join(db.config(), config("a"))
+fn pg(db: &TestDatabase) -> tokio_postgres::Config {
+    tokio_postgres::Config::from_str(&db.url).expect("test database URL")
+}
+
+async fn two(db: &TestDatabase) -> (Cluster, Cluster) {
+    // The store's migrations create the cluster's tables.
+    let settings = db.settings(Duration::from_secs(10));
+    tokio::task::spawn_blocking(move || PgStore::connect(settings).map(drop))
         .await
-        .expect("a joins");
-    let b = Cluster::join(db.config(), config("b"))
-        .await
-        .expect("b joins");
+        .expect("join")
+        .expect("the store migrates the database");
+    let a = Cluster::join(pg(db), config("a")).await.expect("a joins");
+    let b = Cluster::join(pg(db), config("b")).await.expect("b joins");
     (a, b)
 }
 
@@ -45,7 +51,7 @@ async fn next_note(
 
 #[tokio::test]
 async fn notes_reach_every_replica_in_order() {
-    let Some(db) = TestDb::create().await else {
+    let Some(db) = TestDatabase::create("notes_reach_every_replica_in_order") else {
         return;
     };
     let (a, b) = two(&db).await;
@@ -88,7 +94,8 @@ async fn notes_reach_every_replica_in_order() {
 
 #[tokio::test]
 async fn the_newest_hold_wins_and_a_lapsed_lease_holds_nothing() {
-    let Some(db) = TestDb::create().await else {
+    let Some(db) = TestDatabase::create("the_newest_hold_wins_and_a_lapsed_lease_holds_nothing")
+    else {
         return;
     };
     let (a, b) = two(&db).await;
@@ -118,8 +125,7 @@ async fn the_newest_hold_wins_and_a_lapsed_lease_holds_nothing() {
     db.execute(&format!(
         "UPDATE hub_replicas SET lease_until_ms = 0 WHERE replica_id = '{}'",
         b.replica_id()
-    ))
-    .await;
+    ));
     assert_eq!(a.holder_of("agent-1").await.expect("query"), None);
     assert!(a.held_agents().await.expect("query").is_empty());
     assert_eq!(a.replicas().await.expect("query").len(), 1);
@@ -165,7 +171,8 @@ fn notice(text: &str) -> LinkMessage {
 
 #[tokio::test]
 async fn a_call_reaches_the_holder_and_its_errors_are_typed() {
-    let Some(db) = TestDb::create().await else {
+    let Some(db) = TestDatabase::create("a_call_reaches_the_holder_and_its_errors_are_typed")
+    else {
         return;
     };
     let (a, b) = two(&db).await;
@@ -224,13 +231,15 @@ async fn a_call_reaches_the_holder_and_its_errors_are_typed() {
 
 #[tokio::test]
 async fn a_dropped_database_connection_is_re_established_with_a_resync() {
-    let Some(db) = TestDb::create().await else {
+    let Some(db) =
+        TestDatabase::create("a_dropped_database_connection_is_re_established_with_a_resync")
+    else {
         return;
     };
     let (a, b) = two(&db).await;
     let mut at_a = a.notes();
     // The server drops every connection of A's (and B's): both reconnect.
-    db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()").await;
+    db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()");
     let resynced = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             if *at_a.recv().await.expect("notes open") == ClusterNote::Resync {

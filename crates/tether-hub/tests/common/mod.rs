@@ -15,8 +15,6 @@
 //! sleeps to make a timing assertion.
 #![allow(dead_code)]
 
-pub mod pg;
-
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
