@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tether_host::sync::lock;
 use tether_proto::link::{Ack, LinkFrame, LinkMessage};
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +51,8 @@ pub enum ClusterNote {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         previous: Option<AlertState>,
     },
+    /// An agent's record changed (registered, went, heartbeat): re-read it.
+    Agent { agent_id: String },
     /// An agent registered at `replica`: any other replica still holding a connection for it
     /// closes that one.
     Held { agent_id: String, replica: String },
@@ -109,6 +111,22 @@ impl Default for ClusterConfig {
     }
 }
 
+/// A notification's payload: the note with its sender (`"r"`).
+fn encode(origin: &str, note: &ClusterNote) -> Result<String, ClusterError> {
+    let mut value = serde_json::to_value(note).map_err(|e| ClusterError(e.to_string()))?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert("r".into(), serde_json::Value::String(origin.to_owned()));
+    }
+    Ok(value.to_string())
+}
+
+fn decode(payload: &str) -> Option<(String, ClusterNote)> {
+    let mut value: serde_json::Value = serde_json::from_str(payload).ok()?;
+    let origin = value.as_object_mut()?.remove("r")?;
+    let origin = origin.as_str()?.to_owned();
+    Some((origin, serde_json::from_value(value).ok()?))
+}
+
 /// Database time in unix milliseconds (leases are judged by one clock).
 const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
@@ -129,6 +147,8 @@ struct Inner {
     /// Calls this replica made, waiting for their reply notification.
     waiting: Mutex<HashMap<i64, oneshot::Sender<()>>>,
     lease_ok: watch::Sender<bool>,
+    /// Notes [`Cluster::announce`]d, sent in order by one task.
+    outgoing: mpsc::UnboundedSender<ClusterNote>,
     cancel: CancellationToken,
 }
 
@@ -153,6 +173,7 @@ impl Cluster {
         let replica_id = uuid::Uuid::now_v7().simple().to_string();
         let (notes, _) = broadcast::channel(NOTES_BACKLOG);
         let (lease_ok, _) = watch::channel(true);
+        let (outgoing, mut to_send) = mpsc::unbounded_channel::<ClusterNote>();
         let cluster = Cluster {
             inner: Arc::new(Inner {
                 replica_id,
@@ -163,6 +184,7 @@ impl Cluster {
                 handler: std::sync::OnceLock::new(),
                 waiting: Mutex::new(HashMap::new()),
                 lease_ok,
+                outgoing,
                 cancel: CancellationToken::new(),
             }),
         };
@@ -182,6 +204,17 @@ impl Cluster {
             )
             .await?;
         tokio::spawn(cluster.clone().renew_loop());
+        let sender = Arc::downgrade(&cluster.inner);
+        tokio::spawn(async move {
+            while let Some(note) = to_send.recv().await {
+                let Some(inner) = sender.upgrade() else { return };
+                if let Err(e) = (Cluster { inner }).publish(&note).await {
+                    // The others miss it until they resync (their listening connection drops
+                    // too when the database is away).
+                    tracing::warn!(error = %e, "cluster: cannot send a note");
+                }
+            }
+        });
         Ok(cluster)
     }
 
@@ -324,13 +357,16 @@ impl Cluster {
     }
 
     fn on_notification(&self, payload: &str) {
-        let Ok(note) = serde_json::from_str::<ClusterNote>(payload) else {
+        let Some((origin, note)) = decode(payload) else {
             tracing::warn!(
                 payload,
                 "cluster: a notification this replica does not understand"
             );
             return;
         };
+        if origin == self.inner.replica_id {
+            return; // its own, heard back: it acted already
+        }
         match &note {
             ClusterNote::Call { call_id, to } if *to == self.inner.replica_id => {
                 let cluster = self.clone();
@@ -350,10 +386,15 @@ impl Cluster {
         }
     }
 
-    /// Tells every replica (this one included: consumers skip their own replica's notes where
-    /// they already acted).
+    /// Tells every other replica, soon, without waiting: notes announced go out in the order
+    /// they were announced.
+    pub fn announce(&self, note: ClusterNote) {
+        let _ = self.inner.outgoing.send(note);
+    }
+
+    /// Tells every other replica, now.
     pub async fn publish(&self, note: &ClusterNote) -> Result<(), ClusterError> {
-        let payload = serde_json::to_string(note).map_err(|e| ClusterError(e.to_string()))?;
+        let payload = encode(&self.inner.replica_id, note)?;
         self.client()
             .await?
             .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])

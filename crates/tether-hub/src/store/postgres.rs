@@ -241,6 +241,9 @@ pub struct PgSettings {
     pub query_timeout: Duration,
     /// The longest connecting may take.
     pub connect_timeout: Duration,
+    /// How long this replica's hold on its agents lasts without renewal (renewed every third
+    /// of it): after a replica dies, its agents show as disconnected within this long.
+    pub replica_lease: Duration,
 }
 
 impl std::fmt::Debug for PgSettings {
@@ -258,6 +261,7 @@ impl PgSettings {
     pub const DEFAULT_POOL_SIZE: usize = 8;
     pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const DEFAULT_REPLICA_LEASE: Duration = Duration::from_secs(15);
 
     /// Settings of a `postgres://` URL, with the default pool and timeouts. The error says
     /// what is wrong without repeating the URL (it may hold a password).
@@ -279,6 +283,7 @@ impl PgSettings {
             pool_size: Self::DEFAULT_POOL_SIZE,
             query_timeout: Self::DEFAULT_QUERY_TIMEOUT,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
+            replica_lease: Self::DEFAULT_REPLICA_LEASE,
         })
     }
 
@@ -295,6 +300,9 @@ impl PgSettings {
         }
         if self.connect_timeout < Duration::from_millis(10) {
             return Err("store.connect_timeout: must be at least 10ms".into());
+        }
+        if self.replica_lease < Duration::from_secs(1) {
+            return Err("store.replica_lease: must be at least 1s".into());
         }
         Ok(())
     }
