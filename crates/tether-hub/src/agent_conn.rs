@@ -102,11 +102,19 @@ impl AgentRef {
     }
 
     /// Sends a frame and waits (bounded, end to end) for the agent's `ack`.
-    pub async fn request(&self, message: LinkMessage, timeout: Duration) -> Result<Ack, AgentError> {
+    pub async fn request(
+        &self,
+        message: LinkMessage,
+        timeout: Duration,
+    ) -> Result<Ack, AgentError> {
         match self {
             AgentRef::Local(c) => c.request(message, timeout).await,
             AgentRef::Remote(r) => {
-                match r.cluster.call(&r.holder, &r.agent_id, message, true, timeout).await {
+                match r
+                    .cluster
+                    .call(&r.holder, &r.agent_id, message, true, timeout)
+                    .await
+                {
                     Ok(Some(ack)) => Ok(ack),
                     // The holder answered without an ack: it could not have one.
                     Ok(None) => Err(AgentError::Disconnected),

@@ -207,7 +207,9 @@ impl Cluster {
         let sender = Arc::downgrade(&cluster.inner);
         tokio::spawn(async move {
             while let Some(note) = to_send.recv().await {
-                let Some(inner) = sender.upgrade() else { return };
+                let Some(inner) = sender.upgrade() else {
+                    return;
+                };
                 if let Err(e) = (Cluster { inner }).publish(&note).await {
                     // The others miss it until they resync (their listening connection drops
                     // too when the database is away).

@@ -2,8 +2,8 @@
 //! counters. Cheap to clone.
 
 use crate::agent_conn::{AgentConn, AgentDirectory, ConnectedAgents, ServeCalls};
-use crate::cluster::{Cluster, ClusterNote};
 use crate::alerts::{AlertState, Severity, Source};
+use crate::cluster::{Cluster, ClusterNote};
 use crate::config::HubConfig;
 use crate::relay::Relay;
 use crate::store::{AgentRecord, AlertChange, HubStore};
@@ -208,7 +208,9 @@ impl Hub {
         if self.inner.cluster.set(cluster.clone()).is_err() {
             return;
         }
-        self.inner.agents.join(cluster.clone(), self.inner.store.clone());
+        self.inner
+            .agents
+            .join(cluster.clone(), self.inner.store.clone());
         cluster.set_handler(Arc::new(ServeCalls(Arc::downgrade(&self.inner.agents))));
         self.inner.relay.set_cluster(cluster.clone());
         let hub = self.clone();
@@ -223,7 +225,10 @@ impl Hub {
                 match note {
                     Ok(note) => hub.on_cluster_note(&note).await,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "cluster: notes missed; catching up from the store");
+                        tracing::warn!(
+                            missed = n,
+                            "cluster: notes missed; catching up from the store"
+                        );
                         hub.on_cluster_note(&ClusterNote::Resync).await;
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
@@ -240,7 +245,9 @@ impl Hub {
                             held.retain(|_, r| r != cluster.replica_id());
                             *lock(&hub.inner.held_elsewhere) = held;
                         }
-                        Err(e) => tracing::warn!(error = %e, "cluster: cannot read which agents the others hold"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cluster: cannot read which agents the others hold")
+                        }
                     }
                 }
                 tokio::select! {
@@ -292,8 +299,7 @@ impl Hub {
                     return;
                 }
                 let (id, now) = (*alert_id, self.now_ms());
-                if let Ok(Some(alert)) = self.inner.store.run(move |s| s.get_alert(id, now)).await
-                {
+                if let Ok(Some(alert)) = self.inner.store.run(move |s| s.get_alert(id, now)).await {
                     self.to_subscribers(&HubEvent::Alert(AlertChange {
                         alert,
                         change: *change,

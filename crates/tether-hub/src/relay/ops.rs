@@ -433,15 +433,19 @@ impl Relay {
     /// The session's agent, connected. Away, it is `overloaded` (try again), not
     /// `session_closed`: the session stays open and resumes when the agent is back.
     async fn live_agent(&self, session: &HubSession) -> Result<AgentRef, ErrorBody> {
-        self.inner.agents.find(&session.agent_id).await.ok_or_else(|| {
-            err(
-                Reason::Overloaded,
-                format!(
-                    "agent {} is not connected; the session resumes when it is back",
-                    session.agent_id
-                ),
-            )
-        })
+        self.inner
+            .agents
+            .find(&session.agent_id)
+            .await
+            .ok_or_else(|| {
+                err(
+                    Reason::Overloaded,
+                    format!(
+                        "agent {} is not connected; the session resumes when it is back",
+                        session.agent_id
+                    ),
+                )
+            })
     }
 
     async fn open_session(&self, session_id: &str) -> Result<Arc<HubSession>, ErrorBody> {
