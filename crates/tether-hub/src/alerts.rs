@@ -426,7 +426,7 @@ impl Alert {
 }
 
 /// What happened to an alert (`alert` frames carry it as `change`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Change {
     /// Its first event.

@@ -1,8 +1,9 @@
 //! The hub's shared state: connected agents, live subscriptions, the store, the relay,
 //! counters. Cheap to clone.
 
-use crate::agent_conn::{AgentConn, AgentDirectory, ConnectedAgents};
+use crate::agent_conn::{AgentConn, AgentDirectory, ConnectedAgents, ServeCalls};
 use crate::alerts::{AlertState, Severity, Source};
+use crate::cluster::{Cluster, ClusterNote};
 use crate::config::HubConfig;
 use crate::relay::Relay;
 use crate::store::{AgentRecord, AlertChange, HubStore};
@@ -129,7 +130,15 @@ pub(crate) struct Inner {
     alert_changes: tokio::sync::broadcast::Sender<Arc<AlertChange>>,
     /// The address actually bound (set by [`crate::start`]).
     local_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    /// The other replicas sharing the store (PostgreSQL), once joined.
+    cluster: std::sync::OnceLock<Cluster>,
+    /// Agents other replicas hold (agent → replica), as of the last look (every
+    /// [`HELD_REFRESH`], and each `Held` note): what "connected" means fleet-wide.
+    held_elsewhere: Mutex<std::collections::HashMap<String, String>>,
 }
+
+/// How often a replica re-reads which agents the others hold.
+const HELD_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How many alert changes an in-process consumer may fall behind before it misses some
 /// (it then gets `RecvError::Lagged` and should re-read the store).
@@ -177,6 +186,8 @@ impl Hub {
                 closing: CancellationToken::new(),
                 alert_changes: tokio::sync::broadcast::channel(ALERT_CHANGES_BACKLOG).0,
                 local_addr: std::sync::OnceLock::new(),
+                cluster: std::sync::OnceLock::new(),
+                held_elsewhere: Mutex::new(std::collections::HashMap::new()),
             }),
         };
         // Weak: the relay lives inside the hub.
@@ -187,6 +198,138 @@ impl Hub {
             }
         }));
         Ok(hub)
+    }
+
+    /// Joins the other replicas on the same database: this one's agents are recorded as held
+    /// here and served to the others' calls; agents held elsewhere are reached there; the
+    /// sessions, alerts and agents the others change reach this one's operators; a lost
+    /// lease drops this one's agents (they reconnect to a replica that has one).
+    pub fn join_cluster(&self, cluster: Cluster, stop: CancellationToken) {
+        if self.inner.cluster.set(cluster.clone()).is_err() {
+            return;
+        }
+        self.inner
+            .agents
+            .join(cluster.clone(), self.inner.store.clone());
+        cluster.set_handler(Arc::new(ServeCalls(Arc::downgrade(&self.inner.agents))));
+        self.inner.relay.set_cluster(cluster.clone());
+        let hub = self.clone();
+        let mut notes = cluster.notes();
+        let listening = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let note = tokio::select! {
+                    _ = listening.cancelled() => return,
+                    n = notes.recv() => n,
+                };
+                match note {
+                    Ok(note) => hub.on_cluster_note(&note).await,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(
+                            missed = n,
+                            "cluster: notes missed; catching up from the store"
+                        );
+                        hub.on_cluster_note(&ClusterNote::Resync).await;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        let hub = self.clone();
+        let refreshing = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(cluster) = hub.cluster() {
+                    match cluster.held_agents().await {
+                        Ok(mut held) => {
+                            held.retain(|_, r| r != cluster.replica_id());
+                            *lock(&hub.inner.held_elsewhere) = held;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cluster: cannot read which agents the others hold")
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = refreshing.cancelled() => return,
+                    _ = tokio::time::sleep(HELD_REFRESH) => {}
+                }
+            }
+        });
+        let hub = self.clone();
+        let mut lease = cluster.lease_ok();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    changed = lease.changed() => if changed.is_err() { return },
+                }
+                if *lease.borrow_and_update() {
+                    continue;
+                }
+                // The others count this replica's agents as gone: let them go, so they
+                // reconnect to a replica that can hold them.
+                tracing::error!("cluster: this replica's lease lapsed; dropping its agents");
+                for a in hub.inner.agents.all() {
+                    a.disconnect("this hub replica lost its lease on the database", 1)
+                        .await;
+                }
+            }
+        });
+    }
+
+    /// The cluster this replica joined (`None`: a single hub on SQLite).
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.inner.cluster.get()
+    }
+
+    /// What another replica did, made visible here.
+    async fn on_cluster_note(&self, note: &ClusterNote) {
+        match note {
+            ClusterNote::Events { session_id, seq } => {
+                self.inner.relay.follow(session_id, *seq).await;
+            }
+            ClusterNote::Resync => self.inner.relay.follow_all().await,
+            ClusterNote::Alert {
+                alert_id,
+                change,
+                previous,
+            } => {
+                if !self.has_subs(|k| matches!(k, SubKind::Alerts(_))) {
+                    return;
+                }
+                let (id, now) = (*alert_id, self.now_ms());
+                if let Ok(Some(alert)) = self.inner.store.run(move |s| s.get_alert(id, now)).await {
+                    self.to_subscribers(&HubEvent::Alert(AlertChange {
+                        alert,
+                        change: *change,
+                        previous_state: *previous,
+                    }));
+                }
+            }
+            ClusterNote::Agent { agent_id } => {
+                if !self.has_subs(|k| matches!(k, SubKind::Agents)) {
+                    return;
+                }
+                let id = agent_id.clone();
+                if let Ok(Some(record)) = self.inner.store.run(move |s| s.get_agent(&id)).await {
+                    self.to_subscribers(&HubEvent::Agent(record));
+                }
+            }
+            ClusterNote::Held { agent_id, replica } => {
+                lock(&self.inner.held_elsewhere).insert(agent_id.clone(), replica.clone());
+                if let Some(conn) = self.inner.agents.agent(agent_id) {
+                    tracing::info!(agent = %agent_id, replica = %replica, "the agent connected to another replica; closing its connection here");
+                    conn.disconnect("the agent connected to another hub replica", 1)
+                        .await;
+                }
+            }
+            ClusterNote::Call { .. } | ClusterNote::Reply { .. } => {}
+        }
+    }
+
+    fn has_subs(&self, kind: impl Fn(&SubKind) -> bool) -> bool {
+        lock(&self.inner.subs).iter().any(|s| kind(&s.kind))
     }
 
     /// Records the address the hub listens on (for [`Hub::console_url`]).
@@ -322,8 +465,9 @@ impl Hub {
             .collect()
     }
 
+    /// Connected here, or (in a cluster) held by another replica as of the last look.
     pub fn is_connected(&self, agent_id: &str) -> bool {
-        self.agent(agent_id).is_some()
+        self.agent(agent_id).is_some() || lock(&self.inner.held_elsewhere).contains_key(agent_id)
     }
 
     /// The sum of `dropped_alerts` connected agents last reported.
@@ -391,6 +535,9 @@ impl Hub {
     /// Pushes an `agent` or `alert` control frame to every matching subscriber; a subscriber
     /// whose queue is full is evicted (its connection closes), never waited for. Alert
     /// changes also go to [`Hub::alert_changes`].
+    /// In a cluster, the other replicas are told too (their subscribers hear it; their
+    /// in-process consumers do not: the diagnosis and notifications of a change run on the
+    /// replica that made it).
     pub fn publish(&self, event: HubEvent) {
         if let HubEvent::Alert(c) = &event
             && self.inner.alert_changes.receiver_count() > 0
@@ -398,7 +545,24 @@ impl Hub {
             // No receiver is not an error: nothing in-process listens yet.
             let _ = self.inner.alert_changes.send(Arc::new(c.clone()));
         }
-        let wants = |s: &Sub| match (&s.kind, &event) {
+        if let Some(cluster) = self.inner.cluster.get() {
+            cluster.announce(match &event {
+                HubEvent::Agent(a) => ClusterNote::Agent {
+                    agent_id: a.agent_id.clone(),
+                },
+                HubEvent::Alert(c) => ClusterNote::Alert {
+                    alert_id: c.alert.alert_id,
+                    change: c.change,
+                    previous: c.previous_state,
+                },
+            });
+        }
+        self.to_subscribers(&event);
+    }
+
+    /// Pushes an `agent` or `alert` control frame to every matching subscriber here.
+    fn to_subscribers(&self, event: &HubEvent) {
+        let wants = |s: &Sub| match (&s.kind, event) {
             (SubKind::Agents, HubEvent::Agent(_)) => true,
             (SubKind::Alerts(f), HubEvent::Alert(a)) => f.matches(a),
             _ => false,
@@ -409,7 +573,7 @@ impl Hub {
         if !subs.iter().any(wants) {
             return;
         }
-        let frame = match &event {
+        let frame = match event {
             HubEvent::Agent(a) => json!({"event": "agent", "agent": a}),
             HubEvent::Alert(c) => json!({
                 "event": "alert",

@@ -26,6 +26,7 @@ pub mod agent_conn;
 pub mod agents;
 pub mod alert_acks;
 pub mod alerts;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod diagnosis;
@@ -69,6 +70,10 @@ impl RunningHub {
     /// Asks agents to come back later, flushes and closes operator connections, stops.
     pub async fn stop(self) {
         self.hub.shutdown().await;
+        if let Some(cluster) = self.hub.cluster() {
+            // Its agents are let go at once rather than when the lease lapses.
+            cluster.leave().await;
+        }
         self.stop.cancel();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.server).await;
     }
@@ -132,12 +137,32 @@ pub async fn start_with_store(
         .await
         .map_err(|e| e.to_string())?;
     let hub = Hub::new(config.clone(), store)?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    if let config::StoreConfig::Postgres(settings) = &config.store {
+        // A hub on PostgreSQL is a replica, alone or not: it holds its agents under a lease
+        // and hears the others through the database.
+        let mut pg = settings.config.clone();
+        pg.connect_timeout(settings.connect_timeout);
+        if pg.get_application_name().is_none() {
+            pg.application_name("tether-hub cluster");
+        }
+        let name = format!("{}:{}", tether_host::host::hostname(), config.listen.port());
+        let cluster = cluster::Cluster::join(
+            pg,
+            cluster::ClusterConfig {
+                lease: settings.replica_lease,
+                name,
+            },
+        )
+        .await
+        .map_err(|e| format!("store: cannot join the other hub replicas: {e}"))?;
+        hub.join_cluster(cluster, stop.clone());
+    }
     hub.relay().recover().await;
     let tcp =
         listen(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let local_addr = tcp.local_addr().map_err(|e| e.to_string())?;
     hub.set_local_addr(local_addr);
-    let stop = tokio_util::sync::CancellationToken::new();
     let router = server::router(hub.clone());
     let shutdown = hub.closing();
     // A whole fleet reconnects at once after a hub restart, each agent through a TLS

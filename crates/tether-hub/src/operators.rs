@@ -470,8 +470,12 @@ pub async fn list_agents(
     let agents: Vec<_> = agents
         .into_iter()
         .map(|mut a| {
-            // The registry, not the row, knows who is connected this instant.
-            a.connected = hub.is_connected(&a.agent_id);
+            // The registry, not the row, knows who is connected this instant; in a cluster
+            // the row knows the others' (held under a live lease), the registry this one's.
+            a.connected = match hub.cluster() {
+                Some(_) => a.connected || hub.agent(&a.agent_id).is_some(),
+                None => hub.is_connected(&a.agent_id),
+            };
             a
         })
         .filter(|a| connected.is_none_or(|c| a.connected == c))

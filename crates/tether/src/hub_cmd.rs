@@ -124,6 +124,8 @@ struct RawStore {
     query_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    replica_lease: Option<Duration>,
 }
 
 /// `[store]` → the store's settings (no `[store]`: SQLite in the state directory).
@@ -145,6 +147,9 @@ fn store_config(s: RawStore) -> Result<tether_hub::StoreConfig> {
     }
     if let Some(d) = s.connect_timeout {
         pg.connect_timeout = d;
+    }
+    if let Some(d) = s.replica_lease {
+        pg.replica_lease = d;
     }
     pg.validate().map_err(|e| anyhow::anyhow!(e))?;
     Ok(tether_hub::StoreConfig::Postgres(Box::new(pg)))

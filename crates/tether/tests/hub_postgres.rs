@@ -274,9 +274,10 @@ fn a_hub_on_postgres_stores_credentials_and_alerts_there() {
     let (status, err) = hub_exits(&hub_toml);
     assert!(!status.success(), "{err}");
     assert!(
-        err.contains(
-            "the database schema is version 99 but this hub knows up to 1: upgrade the hub"
-        ),
+        err.contains(&format!(
+            "the database schema is version 99 but this hub knows up to {}: upgrade the hub",
+            tether_hub::store::PG_SCHEMA_VERSION
+        )),
         "{err}"
     );
     let out = tether(&["hub", "token", "list"], &hub_toml);

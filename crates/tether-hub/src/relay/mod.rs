@@ -21,6 +21,7 @@ pub use replay::StoreReplay;
 pub use shadow::HubSession;
 
 use crate::agent_conn::{AgentConn, AgentDirectory, AgentError};
+use crate::cluster::{Cluster, ClusterNote};
 use crate::config::Clock;
 use crate::hub::Metrics;
 use crate::store::HubStore;
@@ -46,6 +47,9 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Events a session may hold while the store refuses them; beyond, new ones are dropped.
 const MAX_UNSTORED: usize = 10_000;
+
+/// "Up to the last one" for [`crate::store::Store::read_events`].
+const ALL_EVENTS: u64 = i64::MAX as u64;
 /// How often a session's held events are offered to the store again.
 const RETRY_COMMIT: Duration = Duration::from_secs(1);
 
@@ -74,6 +78,9 @@ struct RelayInner {
     clock: Clock,
     /// Longest the relay waits for an agent to answer an op, in ms.
     agent_timeout_ms: AtomicU64,
+    /// The other replicas (PostgreSQL store): told of every commit here, and the source of
+    /// the events their agents' sessions commit ([`Relay::follow`]).
+    cluster: std::sync::OnceLock<Cluster>,
 }
 
 /// How the relay announces an alert change it caused (set by the hub).
@@ -157,8 +164,14 @@ impl Relay {
                 agents,
                 clock,
                 agent_timeout_ms: AtomicU64::new(AGENT_TIMEOUT.as_millis() as u64),
+                cluster: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Joins the relay to the other replicas (once, by the hub).
+    pub fn set_cluster(&self, cluster: Cluster) {
+        let _ = self.inner.cluster.set(cluster);
     }
 
     /// Sets how alert changes the relay causes are announced (once, by the hub).
@@ -221,18 +234,21 @@ impl Relay {
             }
             return;
         }
-        if let Some(agent) = self.inner.agents.agent(&session.agent_id) {
+        if let Some(agent) = self.inner.agents.find(&session.agent_id).await {
             let level = match level {
                 NoticeLevel::Info => "info",
                 NoticeLevel::Warning => "warning",
                 NoticeLevel::Error => "error",
             };
             let _ = agent
-                .send(LinkMessage::SessionNotice(SessionNotice {
-                    session_id: session.id.clone(),
-                    level: level.to_owned(),
-                    message: message.to_owned(),
-                }))
+                .send(
+                    LinkMessage::SessionNotice(SessionNotice {
+                        session_id: session.id.clone(),
+                        level: level.to_owned(),
+                        message: message.to_owned(),
+                    }),
+                    self.agent_timeout(),
+                )
                 .await;
         }
     }
@@ -283,10 +299,13 @@ impl Relay {
                     .get_agent(&rec.agent_id)?
                     .map(|a| a.hostname)
                     .unwrap_or_default();
+                // Every stored event, not only up to the record's `last_seq`: that one moves
+                // with the session's state, and another replica (or this one before it
+                // stopped) may have stored events since.
                 let events = if rec.state == SessionState::Closed.as_str() {
                     Vec::new()
                 } else {
-                    s.read_events(&key, 1, rec.last_seq, rec.last_seq as usize)?
+                    s.read_events(&key, 1, ALL_EVENTS, ALL_EVENTS as usize)?
                 };
                 Ok(Some((rec, hostname, events)))
             })
@@ -295,10 +314,11 @@ impl Relay {
             .flatten()?;
         let state = SessionState::parse(&rec.state).unwrap_or(SessionState::Closed);
         let mut shadow = Shadow::new(state, rec.last_seq);
-        for (_, frame) in events {
+        for (seq, frame) in events {
             if let Ok(event) = serde_json::from_str::<Event>(&frame) {
                 shadow.apply(&event.body);
             }
+            shadow.last_seq = shadow.last_seq.max(seq);
         }
         // Nobody is attached to a session just read back (its agent re-attaches its users).
         shadow.clients.clear();
@@ -418,6 +438,14 @@ impl Relay {
             }
             return false;
         }
+        if let Some(cluster) = self.inner.cluster.get()
+            && let Some(last) = shadow.unstored.last()
+        {
+            cluster.announce(ClusterNote::Events {
+                session_id: session.id.clone(),
+                seq: last.seq,
+            });
+        }
         let mut state_changed = false;
         let mut closed = false;
         let mut gone = Vec::new();
@@ -470,15 +498,86 @@ impl Relay {
             // Nothing follows `session_closed`: its operators are done with it, and it leaves
             // memory (read back from the store if anyone asks for it again).
             shadow.attached.clear();
-            let mut map = lock(&self.inner.sessions);
-            if map
-                .get(&session.id)
-                .is_some_and(|s| std::ptr::eq(Arc::as_ptr(s), session))
-            {
-                map.remove(&session.id);
-            }
+            self.forget(session);
         }
         true
+    }
+
+    /// Another replica committed `session_id`'s events up to `seq` (its agent is held there):
+    /// the ones this replica's view lacks are read from the store and sent to the operators
+    /// attached here, in order, as if committed here. Only sessions in memory are followed:
+    /// one read back later is read whole.
+    pub async fn follow(&self, session_id: &str, seq: Seq) {
+        let Some(session) = self.get(session_id) else {
+            return;
+        };
+        let mut shadow = session.shadow.lock().await;
+        if seq <= shadow.last_seq {
+            return;
+        }
+        self.catch_up(&session, &mut shadow, seq).await;
+    }
+
+    /// After notes may have been missed: every session in memory catches up with the store.
+    pub async fn follow_all(&self) {
+        let sessions: Vec<Arc<HubSession>> = lock(&self.inner.sessions).values().cloned().collect();
+        for session in sessions {
+            let mut shadow = session.shadow.lock().await;
+            self.catch_up(&session, &mut shadow, ALL_EVENTS).await;
+        }
+    }
+
+    /// Reads the events after the view's last one (up to `upto`) and sends them on. The
+    /// caller holds the session's ordering lock.
+    async fn catch_up(&self, session: &HubSession, shadow: &mut Shadow, upto: Seq) {
+        if !shadow.unstored.is_empty() {
+            return; // this replica is committing the session's events itself
+        }
+        let id = session.id.clone();
+        let from = shadow.last_seq + 1;
+        let events = match self
+            .inner
+            .store
+            .run(move |s| s.read_events(&id, from, upto, ALL_EVENTS as usize))
+            .await
+        {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(session = %session.id, error = %e, "cannot read another replica's session events");
+                return;
+            }
+        };
+        let mut closed = false;
+        let mut gone = Vec::new();
+        for (seq, frame) in events {
+            if seq <= shadow.last_seq {
+                continue;
+            }
+            if let Ok(event) = serde_json::from_str::<Event>(&frame) {
+                closed |= matches!(event.body, EventBody::SessionClosed { .. });
+                shadow.apply(&event.body);
+            }
+            shadow.last_seq = seq;
+            gone.extend(shadow.broadcast(&Bytes::from(frame), &self.inner.metrics));
+        }
+        for (_, client) in gone {
+            tracing::info!(session = %session.id, operator = %client.name, "operator evicted (slow consumer)");
+        }
+        if closed {
+            shadow.attached.clear();
+            self.forget(session);
+        }
+    }
+
+    /// Takes a session out of memory (if it is still this one).
+    fn forget(&self, session: &HubSession) {
+        let mut map = lock(&self.inner.sessions);
+        if map
+            .get(&session.id)
+            .is_some_and(|s| std::ptr::eq(Arc::as_ptr(s), session))
+        {
+            map.remove(&session.id);
+        }
     }
 
     /// Flushes a session's waiting events every [`RETRY_COMMIT`] until the store takes them
@@ -669,7 +768,9 @@ impl Relay {
 
     /// Version 2: one of the agent's events.
     pub async fn on_event(&self, agent: &AgentConn, e: SessionEvent) {
-        let Some(session) = self.get(&e.session_id) else {
+        // Read back when not in memory: another replica may have created it (or this one,
+        // before a restart).
+        let Some(session) = self.find(&e.session_id).await else {
             return;
         };
         if session.agent_id != agent.agent_id {

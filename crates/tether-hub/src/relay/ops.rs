@@ -2,7 +2,8 @@
 
 use super::shadow::{HubSession, Shadow};
 use super::v1::{first_text, v1_descriptions, v1_string_params};
-use super::{AgentConn, Relay, ack_error, agent_error, err, now};
+use super::{Relay, ack_error, agent_error, err, now};
+use crate::agent_conn::AgentRef;
 use crate::store::{SessionRecord, now_ms, rfc3339_ms};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -55,12 +56,17 @@ impl Relay {
                 "field `agent_id`: required at the hub (which agent should run the session?)",
             ));
         };
-        let Some(agent) = self.inner.agents.agent(&agent_id) else {
+        let Some(agent) = self.inner.agents.find(&agent_id).await else {
             return Err(err(
                 Reason::BadRequest,
                 format!("field `agent_id`: agent {agent_id} is not connected"),
             ));
         };
+        if let AgentRef::Remote(r) = &agent
+            && r.proto < 2
+        {
+            return Err(v1_elsewhere(&agent_id));
+        }
         let id = uuid::Uuid::now_v7().to_string();
         let policy = create.policy.unwrap_or(Policy::Human);
         let mut params = create.params.clone().unwrap_or_default();
@@ -104,7 +110,7 @@ impl Relay {
                 }
             }
         }
-        if agent.proto < 2 {
+        if agent.proto() < 2 {
             if create.mode == Mode::Diagnose {
                 // catpaw reads the alert text from `descriptions` only.
                 v1_descriptions(&mut params);
@@ -119,7 +125,7 @@ impl Relay {
             .clone()
             .filter(|t| !t.trim().is_empty())
             .unwrap_or_else(|| format!("{} by {}", create.mode, creator.name));
-        let v2 = agent.proto >= 2;
+        let v2 = agent.proto() >= 2;
         let start = SessionStart {
             session_id: id.clone(),
             session_type: create.mode.as_str().to_owned(),
@@ -134,9 +140,9 @@ impl Relay {
         let session = Arc::new(HubSession {
             id: id.clone(),
             agent_id: agent_id.clone(),
-            hostname: agent.hostname.clone(),
+            hostname: agent.hostname().to_owned(),
             mode: create.mode,
-            proto: agent.proto,
+            proto: agent.proto(),
             title: Some(title.clone()),
             policy,
             created_at: now(),
@@ -147,10 +153,10 @@ impl Relay {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_owned(),
-            conn_id: agent.conn_id,
+            conn_id: agent.conn_id(),
             shadow: Mutex::new({
                 let mut shadow = Shadow::new(SessionState::Idle, 0);
-                shadow.v1.opening = agent.proto < 2;
+                shadow.v1.opening = agent.proto() < 2;
                 shadow
             }),
         });
@@ -163,7 +169,7 @@ impl Relay {
             state: "idle".into(),
             created_at: rfc3339_ms(now_ms()),
             created_by: creator.name.clone(),
-            proto: agent.proto,
+            proto: agent.proto(),
             params: Value::Object(params.clone()),
             last_seq: 0,
         };
@@ -227,7 +233,7 @@ impl Relay {
             .metrics
             .sessions_created
             .fetch_add(1, Ordering::Relaxed);
-        if agent.proto < 2 {
+        if agent.proto() < 2 {
             // The hub runs the event stream of a version-1 session itself.
             let mut shadow = session.shadow.lock().await;
             self.publish(
@@ -280,6 +286,12 @@ impl Relay {
             );
             return false;
         };
+        if session.proto < 2
+            && let Some(AgentRef::Remote(_)) = self.inner.agents.find(&session.agent_id).await
+        {
+            out.push_frame(ReplyFrame::err(Some(re), v1_elsewhere(&session.agent_id)).encode());
+            return false;
+        }
         {
             let mut shadow = session.shadow.lock().await;
             if let Some(after) = after_seq
@@ -358,7 +370,7 @@ impl Relay {
             }
         }
         // Version 2: the agent learns the operator is present (and may answer prompts).
-        if let Some(agent) = self.inner.agents.agent(&session.agent_id) {
+        if let Some(agent) = self.inner.agents.find(&session.agent_id).await {
             let msg = user_attach(&session.id, client);
             let timeout = self.agent_timeout();
             tokio::spawn(async move {
@@ -402,14 +414,17 @@ impl Relay {
         // Each operator connection is a user of its own at the agent.
         if was
             && session.proto >= 2
-            && let Some(agent) = self.inner.agents.agent(&session.agent_id)
+            && let Some(agent) = self.inner.agents.find(&session.agent_id).await
         {
             let _ = agent
-                .send(LinkMessage::SessionDetach(SessionDetach {
-                    session_id: session.id.clone(),
-                    user_name: client.name.clone(),
-                    client_id: Some(client.client_id.to_string()),
-                }))
+                .send(
+                    LinkMessage::SessionDetach(SessionDetach {
+                        session_id: session.id.clone(),
+                        user_name: client.name.clone(),
+                        client_id: Some(client.client_id.to_string()),
+                    }),
+                    self.agent_timeout(),
+                )
                 .await;
         }
         Ok(())
@@ -417,16 +432,20 @@ impl Relay {
 
     /// The session's agent, connected. Away, it is `overloaded` (try again), not
     /// `session_closed`: the session stays open and resumes when the agent is back.
-    fn live_agent(&self, session: &HubSession) -> Result<Arc<AgentConn>, ErrorBody> {
-        self.inner.agents.agent(&session.agent_id).ok_or_else(|| {
-            err(
-                Reason::Overloaded,
-                format!(
-                    "agent {} is not connected; the session resumes when it is back",
-                    session.agent_id
-                ),
-            )
-        })
+    async fn live_agent(&self, session: &HubSession) -> Result<AgentRef, ErrorBody> {
+        self.inner
+            .agents
+            .find(&session.agent_id)
+            .await
+            .ok_or_else(|| {
+                err(
+                    Reason::Overloaded,
+                    format!(
+                        "agent {} is not connected; the session resumes when it is back",
+                        session.agent_id
+                    ),
+                )
+            })
     }
 
     async fn open_session(&self, session_id: &str) -> Result<Arc<HubSession>, ErrorBody> {
@@ -453,7 +472,7 @@ impl Relay {
             return Err(err(Reason::Forbidden, "observers cannot send input"));
         }
         let session = self.open_session(input.session_id.as_str()).await?;
-        let agent = self.live_agent(&session)?;
+        let agent = self.live_agent(&session).await?;
         if session.proto >= 2 {
             let ack = agent
                 .request(
@@ -482,6 +501,9 @@ impl Relay {
         {
             return Err(ErrorBody::turn_in_progress(&turn.turn_id, &turn.originator));
         }
+        let AgentRef::Local(agent) = agent else {
+            return Err(v1_elsewhere(&session.agent_id));
+        };
         // Under the session's lock: queued without waiting (a full queue is `overloaded`).
         agent
             .try_send(LinkMessage::SessionInput(SessionInput {
@@ -535,7 +557,7 @@ impl Relay {
                 "this agent speaks protocol v1: it never asks for permission (it denies)",
             ));
         }
-        let agent = self.live_agent(&session)?;
+        let agent = self.live_agent(&session).await?;
         let ack = agent
             .request(
                 LinkMessage::SessionAnswer(SessionAnswer {
@@ -581,18 +603,24 @@ impl Relay {
                 }
             }
         }
-        let agent = self.live_agent(&session)?;
+        let agent = self.live_agent(&session).await?;
         let v2 = session.proto >= 2;
+        if !v2 && let AgentRef::Remote(_) = agent {
+            return Err(v1_elsewhere(&session.agent_id));
+        }
         let reason = format!("cancelled by {}", client.name);
         agent
-            .send(LinkMessage::SessionCancel(SessionCancel {
-                session_id: session.id.clone(),
-                reason: reason.clone(),
-                turn_id: v2.then(|| cancel.turn_id.to_string()),
-                user_name: v2.then(|| client.name.clone()),
-                class: v2.then(|| client.class.as_str().to_owned()),
-                client_id: v2.then(|| client.client_id.to_string()),
-            }))
+            .send(
+                LinkMessage::SessionCancel(SessionCancel {
+                    session_id: session.id.clone(),
+                    reason: reason.clone(),
+                    turn_id: v2.then(|| cancel.turn_id.to_string()),
+                    user_name: v2.then(|| client.name.clone()),
+                    class: v2.then(|| client.class.as_str().to_owned()),
+                    client_id: v2.then(|| client.client_id.to_string()),
+                }),
+                self.agent_timeout(),
+            )
             .await
             .map_err(|e| agent_error(&session.agent_id, e))?;
         if !v2 {
@@ -620,18 +648,26 @@ impl Relay {
             return Ok(json!({}));
         }
         let reason = format!("closed by {}", client.name);
-        let agent = self.inner.agents.agent(&session.agent_id);
+        let agent = self.inner.agents.find(&session.agent_id).await;
+        if session.proto < 2
+            && let Some(AgentRef::Remote(_)) = &agent
+        {
+            return Err(v1_elsewhere(&session.agent_id));
+        }
         if let Some(agent) = &agent {
             let v2 = session.proto >= 2;
             agent
-                .send(LinkMessage::SessionCancel(SessionCancel {
-                    session_id: session.id.clone(),
-                    reason: reason.clone(),
-                    turn_id: None,
-                    user_name: v2.then(|| client.name.clone()),
-                    class: v2.then(|| client.class.as_str().to_owned()),
-                    client_id: v2.then(|| client.client_id.to_string()),
-                }))
+                .send(
+                    LinkMessage::SessionCancel(SessionCancel {
+                        session_id: session.id.clone(),
+                        reason: reason.clone(),
+                        turn_id: None,
+                        user_name: v2.then(|| client.name.clone()),
+                        class: v2.then(|| client.class.as_str().to_owned()),
+                        client_id: v2.then(|| client.client_id.to_string()),
+                    }),
+                    self.agent_timeout(),
+                )
                 .await
                 .map_err(|e| agent_error(&session.agent_id, e))?;
         }
@@ -722,4 +758,15 @@ pub(super) fn user_attach(session_id: &str, client: &ClientInfo) -> LinkMessage 
         after_seq: None,
         client_id: Some(client.client_id.to_string()),
     })
+}
+
+/// A version-1 (catpaw) session is translated by the replica holding its agent, which orders
+/// its events: another replica cannot run it.
+fn v1_elsewhere(agent_id: &str) -> ErrorBody {
+    err(
+        Reason::Overloaded,
+        format!(
+            "agent {agent_id} speaks protocol v1 and is connected to another hub replica, which runs its sessions: use that replica (a version-1 agent's sessions are not relayed between replicas)"
+        ),
+    )
 }

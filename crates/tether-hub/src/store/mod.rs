@@ -11,7 +11,7 @@ mod sqlite;
 #[doc(hidden)]
 pub mod testing;
 
-pub use postgres::{PgSettings, PgStore};
+pub use postgres::{PgSettings, PgStore, SCHEMA_VERSION as PG_SCHEMA_VERSION};
 pub use sqlite::SqliteStore;
 
 use crate::alerts::{

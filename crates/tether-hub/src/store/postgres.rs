@@ -40,10 +40,48 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, NoTls, Row};
 
 /// The newest schema this build knows (the last of [`MIGRATIONS`]).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The migrations, in order: (version, SQL). Never edit one that shipped; add the next.
-const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_1)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_1), (2, SCHEMA_2)];
+
+/// Version 2: several replicas ([`crate::cluster`]): each replica's lease, the agents each
+/// holds, and calls from one replica to an agent another holds.
+const SCHEMA_2: &str = r#"
+CREATE TABLE hub_replicas (
+    replica_id     TEXT PRIMARY KEY,
+    name           TEXT NOT NULL,
+    started_ms     BIGINT NOT NULL,
+    lease_until_ms BIGINT NOT NULL
+);
+CREATE TABLE agent_holders (
+    agent_id   TEXT PRIMARY KEY,
+    replica_id TEXT NOT NULL,
+    conn_id    BIGINT NOT NULL,
+    since_ms   BIGINT NOT NULL
+);
+CREATE INDEX agent_holders_by_replica ON agent_holders(replica_id);
+CREATE TABLE replica_calls (
+    call_id      BIGSERIAL PRIMARY KEY,
+    to_replica   TEXT NOT NULL,
+    from_replica TEXT NOT NULL,
+    agent_id     TEXT NOT NULL,
+    frame        TEXT NOT NULL,
+    want_ack     BOOLEAN NOT NULL,
+    timeout_ms   BIGINT NOT NULL,
+    reply        TEXT,
+    created_ms   BIGINT NOT NULL
+);
+"#;
+
+/// Whether an agent is connected: held by a replica whose lease is live (by the database's
+/// clock). The `connected` column is what its last replica wrote, which a replica killed
+/// mid-connection never corrects; this is what every replica reads instead.
+macro_rules! connected_sql {
+    () => {
+        "EXISTS (SELECT 1 FROM agent_holders h JOIN hub_replicas r ON r.replica_id = h.replica_id WHERE h.agent_id = agents.agent_id AND r.lease_until_ms > (extract(epoch from clock_timestamp()) * 1000)::bigint)"
+    };
+}
 
 /// Version 1: the model of SQLite's version 2 (agents, credentials, sessions and their
 /// events, reports; alerts, their timeline, acknowledgements, silences, diagnosis links).
@@ -203,6 +241,9 @@ pub struct PgSettings {
     pub query_timeout: Duration,
     /// The longest connecting may take.
     pub connect_timeout: Duration,
+    /// How long this replica's hold on its agents lasts without renewal (renewed every third
+    /// of it): after a replica dies, its agents show as disconnected within this long.
+    pub replica_lease: Duration,
 }
 
 impl std::fmt::Debug for PgSettings {
@@ -220,6 +261,7 @@ impl PgSettings {
     pub const DEFAULT_POOL_SIZE: usize = 8;
     pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const DEFAULT_REPLICA_LEASE: Duration = Duration::from_secs(15);
 
     /// Settings of a `postgres://` URL, with the default pool and timeouts. The error says
     /// what is wrong without repeating the URL (it may hold a password).
@@ -241,6 +283,7 @@ impl PgSettings {
             pool_size: Self::DEFAULT_POOL_SIZE,
             query_timeout: Self::DEFAULT_QUERY_TIMEOUT,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
+            replica_lease: Self::DEFAULT_REPLICA_LEASE,
         })
     }
 
@@ -257,6 +300,9 @@ impl PgSettings {
         }
         if self.connect_timeout < Duration::from_millis(10) {
             return Err("store.connect_timeout: must be at least 10ms".into());
+        }
+        if self.replica_lease < Duration::from_secs(1) {
+            return Err("store.replica_lease: must be at least 1s".into());
         }
         Ok(())
     }
@@ -616,7 +662,11 @@ fn agent_from_row(row: &Row) -> PgResult<AgentRecord> {
     })
 }
 
-const AGENT_COLUMNS: &str = "agent_id, hostname, ip, os, arch, labels, plugins, agent_version, proto, connected, first_seen, last_seen, heartbeat, token_id, (SELECT name FROM agent_tokens WHERE agent_tokens.id = agents.token_id)";
+const AGENT_COLUMNS: &str = concat!(
+    "agent_id, hostname, ip, os, arch, labels, plugins, agent_version, proto, ",
+    connected_sql!(),
+    ", first_seen, last_seen, heartbeat, token_id, (SELECT name FROM agent_tokens WHERE agent_tokens.id = agents.token_id)"
+);
 
 const TOKEN_COLUMNS: &str = "id, name, hash, labels, created_at, revoked_at, agent_id";
 
@@ -1070,7 +1120,8 @@ async fn agent_match(
 ) -> PgResult<Option<AgentMatch>> {
     c.query_opt(
         &format!(
-            "SELECT agent_id, hostname FROM agents WHERE {sql} ORDER BY connected DESC, last_seen DESC LIMIT 1"
+            "SELECT agent_id, hostname FROM agents WHERE {sql} ORDER BY {} DESC, last_seen DESC LIMIT 1",
+            connected_sql!()
         ),
         &[&arg],
     )
@@ -1126,7 +1177,10 @@ impl Store for PgStore {
                     ],
                 )
                 .await?;
-            agent_from_row(&row)
+            // It is registering: connected, though its replica records the hold just after.
+            let mut agent = agent_from_row(&row)?;
+            agent.connected = true;
+            Ok(agent)
         })
     }
 
@@ -1190,12 +1244,10 @@ impl Store for PgStore {
         })
     }
 
+    /// Nothing to do: replicas share the database, and whether an agent is connected is read
+    /// from its holder's lease (`connected_sql!`), which lapses by itself when a replica dies.
     fn mark_all_disconnected(&self) -> StoreResult<()> {
-        self.run("mark_all_disconnected", async |c| {
-            c.execute("UPDATE agents SET connected = FALSE WHERE connected", &[])
-                .await?;
-            Ok(())
-        })
+        Ok(())
     }
 
     fn insert_token(
