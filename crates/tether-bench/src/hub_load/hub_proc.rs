@@ -50,14 +50,9 @@ fn free_port() -> anyhow::Result<u16> {
 
 impl HubProc {
     /// Writes `hub.toml` in `dir` (state in `dir/state`, listen on a free loopback port, a
-    /// shared enrollment token, `max_agents`) and starts `tether hub` on it; returns once
-    /// `/healthz` answers. The hub inherits this process's open-files limit.
-    pub async fn start(bin: &Path, dir: &Path, max_agents: usize) -> anyhow::Result<HubProc> {
-        Self::start_with(bin, dir, max_agents, "").await
-    }
-
-    /// As [`HubProc::start`], with `extra` appended to `hub.toml` (`[[operators]]`,
-    /// `[[alert_sources]]`, ...).
+    /// shared enrollment token, `max_agents`, then `extra`: `[[operators]]`, `[store]`, ...)
+    /// and starts `tether hub` on it; returns once `/healthz` answers. The hub inherits this
+    /// process's open-files limit.
     pub async fn start_with(
         bin: &Path,
         dir: &Path,
