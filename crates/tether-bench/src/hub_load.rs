@@ -629,11 +629,12 @@ async fn run_hubs(
     if let Some(url) = db_url {
         extra.push_str(&format!("[store]\nurl = \"{url}\"\n"));
     }
+    let token = format!("bench-enroll-{}", uuid::Uuid::now_v7().simple());
     let mut hubs = Vec::new();
     for i in 0..args.replicas {
         let sub = dir.join(format!("replica-{}", i + 1));
         std::fs::create_dir_all(&sub).with_context(|| format!("creating {}", sub.display()))?;
-        let hub = HubProc::start_with(hub_bin, &sub, max_agents, &extra)
+        let hub = HubProc::start_with_token(hub_bin, &sub, max_agents, &extra, &token)
             .await
             .with_context(|| format!("starting replica {}", i + 1))?;
         note(&format!(

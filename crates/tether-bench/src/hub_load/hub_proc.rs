@@ -59,11 +59,24 @@ impl HubProc {
         max_agents: usize,
         extra: &str,
     ) -> anyhow::Result<HubProc> {
+        let token = format!("bench-enroll-{}", uuid::Uuid::now_v7().simple());
+        Self::start_with_token(bin, dir, max_agents, extra, &token).await
+    }
+
+    /// As [`HubProc::start_with`], with the given enrollment token (replicas share one, so an
+    /// agent may register with any of them).
+    pub async fn start_with_token(
+        bin: &Path,
+        dir: &Path,
+        max_agents: usize,
+        extra: &str,
+        token: &str,
+    ) -> anyhow::Result<HubProc> {
         let mut last_error = None;
         // The port is free when chosen but another process could take it before the hub
         // binds it: try a few.
         for _ in 0..3 {
-            match Self::start_once(bin, dir, max_agents, extra).await {
+            match Self::start_once(bin, dir, max_agents, extra, token).await {
                 Ok(h) => return Ok(h),
                 Err(e) => last_error = Some(e),
             }
@@ -76,10 +89,11 @@ impl HubProc {
         dir: &Path,
         max_agents: usize,
         extra: &str,
+        token: &str,
     ) -> anyhow::Result<HubProc> {
         let port = free_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let token = format!("bench-enroll-{}", uuid::Uuid::now_v7().simple());
+        let token = token.to_owned();
         let state = dir.join("state");
         std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
         let config = dir.join("hub.toml");
