@@ -5,7 +5,16 @@
 //! target/release/tether-bench hub                                 # N = 1000, 10000
 //! target/release/tether-bench hub --agents 100,1000 --runs 3 --alerts-per-agent 250
 //! target/release/tether-bench hub --hub-bin /usr/local/bin/tether --json > hub.json
+//! target/release/tether-bench hub --store postgres --replicas 2 --agents 10000
+//! target/release/tether-bench hub --store postgres --pg-url postgres://postgres@db:5432/postgres
 //! ```
+//!
+//! `--store postgres` runs every hub on one PostgreSQL database, a fresh one per run
+//! (`CREATE DATABASE`, dropped afterwards) on `--pg-url`'s cluster, or on a throwaway cluster
+//! that `scripts/postgres.sh start` makes and `stop` removes at the end. `--replicas N` starts
+//! N hubs on that database, each on its own port with the same enrollment token; agent i
+//! dials replica i mod N, as a TCP load balancer would spread them. Each replica's RSS per
+//! agent is measured from its own baseline; the table's figures are sums over the replicas.
 //!
 //! For each N (and each of `--runs` runs; the table shows medians) it:
 //!
@@ -29,7 +38,17 @@
 //!    each frame to the `alert_ack` covering it. Alerts/s is the events acknowledged over the
 //!    time from the first frame sent to the last ack; the hub's `alerts_stored_total`
 //!    (`/metrics`) is checked against it;
-//! 6. closes the agents and stops the hub with SIGTERM (killed if it has not exited in 20 s).
+//! 6. sessions (`--sessions`, default 200; 0 skips): an operator on `/v1/ws` of replica 2 (or
+//!    the only hub) opens `session.create` + `attach {after_seq: 0}` on agents held by
+//!    replica 1, one after the other, timing each `attach` to its reply (the snapshot). Then
+//!    each such agent plays one turn of `--events-per-session` events in each of its sessions,
+//!    one event per session every `--event-interval` (staggered), keeping the send
+//!    [`Instant`] of each `(session, seq)`; the operator's reader stamps each event as it is
+//!    read. Event latency is the difference (same process, one clock). Missing, duplicated or
+//!    reordered events are errors;
+//! 7. closes the agents and stops the hubs with SIGTERM (killed if not exited in 20 s), then
+//!    counts the agents' alert events in the database (`alert_events`, SQLite or PostgreSQL):
+//!    the count and the distinct `(agent_id, seq)` must both equal the acknowledged alerts.
 //!
 //! Every wait has a timeout; every failure is counted by kind and reported (the table's
 //! `errors` column, the list below it, and the JSON), as are WARN/ERROR lines in the hub's log.
@@ -1580,6 +1599,19 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("3 parsecs").is_err());
+    }
+
+    #[test]
+    fn passwords_are_hidden_in_the_report() {
+        assert_eq!(
+            hide_password("postgres://u:secret@h:5432/db?x=1"),
+            "postgres://u:***@h:5432/db?x=1"
+        );
+        assert_eq!(
+            hide_password("postgres://postgres@127.0.0.1:5432/postgres"),
+            "postgres://postgres@127.0.0.1:5432/postgres"
+        );
+        assert_eq!(hide_password("not a url"), "not a url");
     }
 
     #[test]

@@ -822,3 +822,42 @@ fn user(name: &str, class: &str, client_id: Option<String>) -> ClientInfo {
         name: name.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A turn is what a real agent's multiplexer publishes, and each event decodes as the
+    /// hub's relay decodes it.
+    #[test]
+    fn a_turn_is_a_real_turn() {
+        let names: Vec<String> = (0..6)
+            .map(|k| {
+                let event = Event {
+                    session_id: SessionId::from("s"),
+                    seq: k + 2,
+                    ts: now_ts(),
+                    body: turn_event("t", k, 6),
+                };
+                let v = serde_json::to_value(&event).expect("encode");
+                let back: Event = serde_json::from_value(v.clone()).expect("decode");
+                assert_eq!(back, event);
+                match v["event"].as_str().expect("event") {
+                    "session_state" => format!("state:{}", v["state"].as_str().expect("state")),
+                    other => other.to_owned(),
+                }
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "turn_started",
+                "state:running",
+                "text_delta",
+                "text_delta",
+                "turn_ended",
+                "state:idle"
+            ]
+        );
+    }
+}

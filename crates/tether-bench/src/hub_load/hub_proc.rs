@@ -95,7 +95,10 @@ impl HubProc {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let token = token.to_owned();
         let state = dir.join("state");
-        std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+        // 0700, as the hub wants its state directory (it would tighten it and warn).
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&state)
+            .with_context(|| format!("creating {}", state.display()))?;
         let config = dir.join("hub.toml");
         let toml = format!(
             "listen = \"{addr}\"\nstate_dir = \"{}\"\nenrollment_token = \"{token}\"\nmax_agents = {max_agents}\n{extra}",
