@@ -11,6 +11,15 @@
 //! Cheap by design, so that 10 000 of them fit one process on a 2-core machine beside the hub:
 //! one task per agent, the socket not split, 4 KiB read buffer, no write buffering, and only
 //! the next alert frame encoded ahead of time.
+//!
+//! It also answers hub sessions as a version-2 agent does (PROTOCOL.md §2, docs/protocol.md):
+//! `session_start` is acked `ok` and opens the session with `session_state idle` (seq 1);
+//! `session_attach`/`session_detach` are acked and publish `client_attached`/
+//! `client_detached`; each event is a `session_event` carrying a client-protocol event with
+//! the session's next `seq`. At [`Phase::Events`] an agent holding sessions plays one turn in
+//! each (`turn_started`, `session_state running`, text deltas, `turn_ended`,
+//! `session_state idle`), one event per session every `event_interval`, and reports when it
+//! sent each event, for the operator's side to time its arrival.
 
 use futures_util::{SinkExt, StreamExt};
 use std::collections::BTreeMap;
@@ -19,9 +28,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tether_proto::link::{
-    AGENT_WS_PATH, AlertEvent, AlertEvents, AlertStatus, HEADER_AGENT_ID, HEADER_AGENT_TOKEN,
+    AGENT_WS_PATH, Ack, AlertEvent, AlertEvents, AlertStatus, HEADER_AGENT_ID, HEADER_AGENT_TOKEN,
     HEADER_PROTO_VERSION, Heartbeat, LinkFrame, LinkMessage, MAX_ALERT_BATCH, MAX_LINK_FRAME_BYTES,
-    Register,
+    Register, SessionEvent,
+};
+use tether_proto::{
+    Class, ClientId, ClientInfo, Event, EventBody, SessionId, SessionState, StopReason, TurnId,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -49,6 +61,10 @@ const READ_BUFFER: usize = 4 * 1024;
 pub enum Phase {
     Connect,
     Alerts,
+    /// After the alerts: the operator opens sessions (agents answer them while idle).
+    Sessions,
+    /// Agents holding sessions play their turns.
+    Events,
     Close,
 }
 
@@ -72,6 +88,8 @@ impl Failure {
 /// `AlertsDone` / `AlertsFailed`, then possibly `Lost`.
 pub enum Report {
     Registered {
+        index: usize,
+        agent_id: String,
         dialed: Instant,
         acked: Instant,
         retries: u32,
@@ -85,6 +103,16 @@ pub enum Report {
         latencies_us: Vec<u32>,
     },
     AlertsFailed(Failure),
+    /// An agent holding sessions sent its turns: each event's session, seq and send time.
+    EventsDone {
+        index: usize,
+        sent: Vec<(String, u64, Instant)>,
+    },
+    /// An agent holding sessions failed while sending its turns.
+    EventsFailed {
+        index: usize,
+        failure: Failure,
+    },
     /// The connection failed after the alerts, before the coordinator closed it.
     Lost(Failure),
 }
@@ -98,11 +126,17 @@ pub struct Counters {
 
 /// What every agent of a run shares.
 pub struct Plan {
-    pub addr: SocketAddr,
+    /// The replicas; agent `i` dials `addrs[i % len]` (as a TCP load balancer would spread
+    /// them).
+    pub addrs: Vec<SocketAddr>,
     pub token: String,
     pub heartbeat: Duration,
     pub alerts_per_agent: u64,
     pub alert_ack_timeout: Duration,
+    /// Events per session turn at [`Phase::Events`] (at least 4: start, running, end, idle).
+    pub events_per_session: u64,
+    /// Between two events of one session.
+    pub event_interval: Duration,
     pub connect: Semaphore,
     pub reports: mpsc::UnboundedSender<Report>,
     pub counters: Counters,
@@ -117,6 +151,8 @@ pub async fn run(index: usize, plan: Arc<Plan>, mut phase: watch::Receiver<Phase
     let mut ws = match register(index, &plan, &agent_id).await {
         Ok((ws, dialed, acked, retries)) => {
             report(Report::Registered {
+                index,
+                agent_id: agent_id.clone(),
                 dialed,
                 acked,
                 retries,
@@ -135,6 +171,7 @@ pub async fn run(index: usize, plan: Arc<Plan>, mut phase: watch::Receiver<Phase
         ws: &mut ws,
         plan: &plan,
         heartbeat,
+        sessions: Vec::new(),
     };
 
     // The first frame is encoded while idle, so the alert burst measures the hub.
@@ -154,6 +191,19 @@ pub async fn run(index: usize, plan: Arc<Plan>, mut phase: watch::Receiver<Phase
         Err(f) => {
             report(Report::AlertsFailed(f));
             return;
+        }
+    }
+    if let Err(f) = link.idle_until(&mut phase, Phase::Events).await {
+        report(Report::Lost(f));
+        return;
+    }
+    if !link.sessions.is_empty() && *phase.borrow() == Phase::Events {
+        match link.send_turns(index, &mut phase).await {
+            Ok(sent) => report(Report::EventsDone { index, sent }),
+            Err(failure) => {
+                report(Report::EventsFailed { index, failure });
+                return;
+            }
         }
     }
     if let Err(f) = link.idle_until(&mut phase, Phase::Close).await {
@@ -178,7 +228,7 @@ async fn register(
     let dialed = Instant::now();
     let mut retries = 0;
     let mut ws = loop {
-        match tokio::time::timeout(CONNECT_TIMEOUT, dial(plan, agent_id)).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT, dial(index, plan, agent_id)).await {
             Ok(Ok(ws)) => break ws,
             Ok(Err(f)) if f.kind == "unauthorized" || retries + 1 >= CONNECT_ATTEMPTS => {
                 return Err(f);
@@ -245,12 +295,16 @@ async fn register(
     }
 }
 
-async fn dial(plan: &Plan, agent_id: &str) -> Result<Ws, Failure> {
-    let tcp = TcpStream::connect(plan.addr)
+async fn dial(index: usize, plan: &Plan, agent_id: &str) -> Result<Ws, Failure> {
+    let addr = *plan
+        .addrs
+        .get(index % plan.addrs.len().max(1))
+        .ok_or_else(|| Failure::new("internal", "no hub address"))?;
+    let tcp = TcpStream::connect(addr)
         .await
         .map_err(|e| Failure::new("connect", e))?;
     let _ = tcp.set_nodelay(true);
-    let mut request = format!("ws://{}{AGENT_WS_PATH}", plan.addr)
+    let mut request = format!("ws://{addr}{AGENT_WS_PATH}")
         .into_client_request()
         .map_err(|e| Failure::new("internal", e))?;
     let value = |s: &str| HeaderValue::from_str(s).map_err(|e| Failure::new("internal", e));
@@ -369,6 +423,65 @@ struct Link<'a> {
     ws: &'a mut Ws,
     plan: &'a Plan,
     heartbeat: tokio::time::Interval,
+    /// The hub sessions this agent runs (none for most agents).
+    sessions: Vec<SimSession>,
+}
+
+/// One hub session at the simulated agent: its id and the last `seq` it published.
+struct SimSession {
+    id: String,
+    last_seq: u64,
+    /// The turn being played at [`Phase::Events`]: its id and the events sent of it.
+    turn: Option<(String, u64)>,
+}
+
+/// The bench's own principal at the agent (the originator of its turns).
+fn bench_client() -> ClientInfo {
+    ClientInfo {
+        client_id: ClientId::from("tether-bench/1"),
+        class: Class::Human,
+        name: "tether-bench".into(),
+    }
+}
+
+fn now_ts() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    tether_proto::time::rfc3339_ms(ms)
+}
+
+/// The `k`-th event (0-based) of a turn of `total` events (`total` ≥ 4).
+fn turn_event(turn_id: &str, k: u64, total: u64) -> EventBody {
+    let turn_id = TurnId::from(turn_id);
+    if k == 0 {
+        EventBody::TurnStarted {
+            turn_id,
+            originator: bench_client(),
+            text: "bench turn".into(),
+            input_id: None,
+        }
+    } else if k == 1 {
+        EventBody::SessionState {
+            state: SessionState::Running,
+        }
+    } else if k + 2 == total {
+        EventBody::TurnEnded {
+            turn_id,
+            stop: StopReason::Completed,
+            error: None,
+            usage: None,
+        }
+    } else if k + 1 >= total {
+        EventBody::SessionState {
+            state: SessionState::Idle,
+        }
+    } else {
+        EventBody::TextDelta {
+            turn_id,
+            text: format!("delta {k} of a simulated answer, about the size of a model token run. "),
+        }
+    }
 }
 
 impl Link<'_> {
@@ -416,10 +529,229 @@ impl Link<'_> {
                         Some(Err(e)) => return Err(Failure::new("read", e)),
                         Some(Ok(m)) => m,
                     };
-                    handle(self.ws, msg, &self.plan.counters).await?;
+                    if let Some(frame) = handle(self.ws, msg, &self.plan.counters).await? {
+                        self.on_frame(frame).await?;
+                    }
                 }
             }
         }
+    }
+
+    /// A hub frame other than `ping`/`alert_ack`: the session ops a version-2 agent answers.
+    async fn on_frame(&mut self, frame: LinkFrame) -> Result<(), Failure> {
+        match frame.message {
+            LinkMessage::SessionStart(start) => {
+                if self.sessions.iter().any(|s| s.id == start.session_id) {
+                    return self
+                        .ack(
+                            &frame.id,
+                            false,
+                            Some(tether_proto::link::refusal::DUPLICATE_SESSION_ID),
+                            None,
+                        )
+                        .await;
+                }
+                self.ack(&frame.id, true, None, None).await?;
+                self.sessions.push(SimSession {
+                    id: start.session_id,
+                    last_seq: 0,
+                    turn: None,
+                });
+                let i = self.sessions.len() - 1;
+                self.publish(
+                    i,
+                    EventBody::SessionState {
+                        state: SessionState::Idle,
+                    },
+                )
+                .await
+                .map(|_| ())
+            }
+            LinkMessage::SessionAttach(attach) => {
+                let Some(i) = self.sessions.iter().position(|s| s.id == attach.session_id) else {
+                    return self.refuse_unknown(&frame.id, &attach.session_id).await;
+                };
+                if let Some(after) = attach.after_seq {
+                    // A resume: this agent keeps no history to send again, so it can only
+                    // resume a hub that has seen everything.
+                    let last = self.sessions[i].last_seq;
+                    if after < last {
+                        return self
+                            .ack(
+                                &frame.id,
+                                false,
+                                Some("the bench agent keeps no history to resend"),
+                                Some("unknown_session"),
+                            )
+                            .await;
+                    }
+                    return self
+                        .ack_result(&frame.id, serde_json::json!({ "last_seq": last }))
+                        .await;
+                }
+                self.ack(&frame.id, true, None, None).await?;
+                let client = user(&attach.user_name, &attach.class, attach.client_id);
+                self.publish(
+                    i,
+                    EventBody::ClientAttached {
+                        client,
+                        reason: None,
+                    },
+                )
+                .await
+                .map(|_| ())
+            }
+            LinkMessage::SessionDetach(detach) => {
+                let Some(i) = self.sessions.iter().position(|s| s.id == detach.session_id) else {
+                    return self.refuse_unknown(&frame.id, &detach.session_id).await;
+                };
+                self.ack(&frame.id, true, None, None).await?;
+                let client = user(&detach.user_name, "", detach.client_id);
+                self.publish(
+                    i,
+                    EventBody::ClientDetached {
+                        client,
+                        reason: None,
+                    },
+                )
+                .await
+                .map(|_| ())
+            }
+            LinkMessage::SessionInput(_) | LinkMessage::SessionAnswer(_) => {
+                self.ack(
+                    &frame.id,
+                    false,
+                    Some("the bench agent takes no input"),
+                    Some("bad_request"),
+                )
+                .await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn refuse_unknown(&mut self, frame_id: &str, session_id: &str) -> Result<(), Failure> {
+        self.ack(
+            frame_id,
+            false,
+            Some(&format!("no session {session_id}")),
+            Some("unknown_session"),
+        )
+        .await
+    }
+
+    async fn ack(
+        &mut self,
+        ref_id: &str,
+        ok: bool,
+        error: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<(), Failure> {
+        let ack = Ack {
+            ok,
+            error: error.map(str::to_owned),
+            reason: reason.map(str::to_owned),
+            ..Ack::default()
+        };
+        self.send_ack(ref_id, ack).await
+    }
+
+    async fn ack_result(&mut self, ref_id: &str, result: serde_json::Value) -> Result<(), Failure> {
+        let ack = Ack {
+            ok: true,
+            result: Some(result),
+            ..Ack::default()
+        };
+        self.send_ack(ref_id, ack).await
+    }
+
+    async fn send_ack(&mut self, ref_id: &str, ack: Ack) -> Result<(), Failure> {
+        let frame = LinkFrame {
+            id: uuid::Uuid::now_v7().to_string(),
+            ref_id: Some(ref_id.to_owned()),
+            message: LinkMessage::Ack(ack),
+        };
+        send(self.ws, frame.encode()).await
+    }
+
+    /// Publishes the next event of session `i`; returns its seq and when it was handed to
+    /// the socket (encoding done).
+    async fn publish(&mut self, i: usize, body: EventBody) -> Result<(u64, Instant), Failure> {
+        let session = &mut self.sessions[i];
+        session.last_seq += 1;
+        let seq = session.last_seq;
+        let event = Event {
+            session_id: SessionId(session.id.clone()),
+            seq,
+            ts: now_ts(),
+            body,
+        };
+        let event = serde_json::to_value(&event).map_err(|e| Failure::new("internal", e))?;
+        let frame = LinkFrame::new(
+            uuid::Uuid::now_v7().to_string(),
+            LinkMessage::SessionEvent(SessionEvent {
+                session_id: session.id.clone(),
+                event,
+            }),
+        )
+        .encode();
+        let at = Instant::now();
+        send(self.ws, frame).await?;
+        Ok((seq, at))
+    }
+
+    /// Plays one turn of `events_per_session` events in each session, one event per session
+    /// every `event_interval` (agents start at staggered offsets so the load is even), still
+    /// heartbeating and answering the hub; returns each event's session, seq and send time.
+    async fn send_turns(
+        &mut self,
+        index: usize,
+        phase: &mut watch::Receiver<Phase>,
+    ) -> Result<Vec<(String, u64, Instant)>, Failure> {
+        let total = self.plan.events_per_session;
+        let interval = self.plan.event_interval;
+        let offset = interval.mul_f64((index.wrapping_mul(7919) % 1000) as f64 / 1000.0);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sent = Vec::with_capacity(self.sessions.len() * total as usize);
+        for s in &mut self.sessions {
+            s.turn = Some((uuid::Uuid::now_v7().to_string(), 0));
+        }
+        let mut played = 0;
+        while played < total {
+            tokio::select! {
+                _ = tick.tick() => {
+                    for i in 0..self.sessions.len() {
+                        let Some((turn_id, k)) = self.sessions[i].turn.clone() else { continue };
+                        let (seq, at) = self.publish(i, turn_event(&turn_id, k, total)).await?;
+                        sent.push((self.sessions[i].id.clone(), seq, at));
+                        self.sessions[i].turn = Some((turn_id, k + 1));
+                    }
+                    played += 1;
+                }
+                changed = phase.changed() => {
+                    // The coordinator gave up (or moved to close): stop playing.
+                    if changed.is_err() || *phase.borrow() >= Phase::Close {
+                        break;
+                    }
+                }
+                _ = self.heartbeat.tick() => self.beat().await?,
+                msg = self.ws.next() => {
+                    let msg = match msg {
+                        None => return Err(Failure::new("closed by the hub", "the stream ended")),
+                        Some(Err(e)) => return Err(Failure::new("read", e)),
+                        Some(Ok(m)) => m,
+                    };
+                    if let Some(frame) = handle(self.ws, msg, &self.plan.counters).await? {
+                        self.on_frame(frame).await?;
+                    }
+                }
+            }
+        }
+        for s in &mut self.sessions {
+            s.turn = None;
+        }
+        Ok(sent)
     }
 
     /// Sends every alert, one frame at a time; returns the first send, the last ack and each
@@ -461,20 +793,71 @@ impl Link<'_> {
                             Some(Err(e)) => return Err(Failure::new("read", e)),
                             Some(Ok(m)) => m,
                         };
-                        if let Some(LinkFrame { message: LinkMessage::AlertAck(a), .. }) =
-                            handle(self.ws, msg, &self.plan.counters).await?
-                            && a.upto_seq >= last_seq
-                        {
-                            let now = Instant::now();
-                            let us = now.duration_since(sent).as_micros();
-                            latencies.push(u32::try_from(us).unwrap_or(u32::MAX));
-                            last_acked = Some(now);
-                            break;
+                        match handle(self.ws, msg, &self.plan.counters).await? {
+                            Some(LinkFrame { message: LinkMessage::AlertAck(a), .. })
+                                if a.upto_seq >= last_seq =>
+                            {
+                                let now = Instant::now();
+                                let us = now.duration_since(sent).as_micros();
+                                latencies.push(u32::try_from(us).unwrap_or(u32::MAX));
+                                last_acked = Some(now);
+                                break;
+                            }
+                            Some(LinkFrame { message: LinkMessage::AlertAck(_), .. }) | None => {}
+                            Some(other) => self.on_frame(other).await?,
                         }
                     }
                 }
             }
         }
         Ok(first_sent.zip(last_acked).map(|(f, l)| (f, l, latencies)))
+    }
+}
+
+/// The hub user a `session_attach`/`session_detach` names, as the agent shows it in events.
+fn user(name: &str, class: &str, client_id: Option<String>) -> ClientInfo {
+    ClientInfo {
+        client_id: ClientId(client_id.unwrap_or_else(|| format!("hub:{name}"))),
+        class: Class::parse(class).unwrap_or(Class::Human),
+        name: name.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A turn is what a real agent's multiplexer publishes, and each event decodes as the
+    /// hub's relay decodes it.
+    #[test]
+    fn a_turn_is_a_real_turn() {
+        let names: Vec<String> = (0..6)
+            .map(|k| {
+                let event = Event {
+                    session_id: SessionId::from("s"),
+                    seq: k + 2,
+                    ts: now_ts(),
+                    body: turn_event("t", k, 6),
+                };
+                let v = serde_json::to_value(&event).expect("encode");
+                let back: Event = serde_json::from_value(v.clone()).expect("decode");
+                assert_eq!(back, event);
+                match v["event"].as_str().expect("event") {
+                    "session_state" => format!("state:{}", v["state"].as_str().expect("state")),
+                    other => other.to_owned(),
+                }
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "turn_started",
+                "state:running",
+                "text_delta",
+                "text_delta",
+                "turn_ended",
+                "state:idle"
+            ]
+        );
     }
 }

@@ -50,25 +50,33 @@ fn free_port() -> anyhow::Result<u16> {
 
 impl HubProc {
     /// Writes `hub.toml` in `dir` (state in `dir/state`, listen on a free loopback port, a
-    /// shared enrollment token, `max_agents`) and starts `tether hub` on it; returns once
-    /// `/healthz` answers. The hub inherits this process's open-files limit.
-    pub async fn start(bin: &Path, dir: &Path, max_agents: usize) -> anyhow::Result<HubProc> {
-        Self::start_with(bin, dir, max_agents, "").await
-    }
-
-    /// As [`HubProc::start`], with `extra` appended to `hub.toml` (`[[operators]]`,
-    /// `[[alert_sources]]`, ...).
+    /// shared enrollment token, `max_agents`, then `extra`: `[[operators]]`, `[store]`, ...)
+    /// and starts `tether hub` on it; returns once `/healthz` answers. The hub inherits this
+    /// process's open-files limit.
     pub async fn start_with(
         bin: &Path,
         dir: &Path,
         max_agents: usize,
         extra: &str,
     ) -> anyhow::Result<HubProc> {
+        let token = format!("bench-enroll-{}", uuid::Uuid::now_v7().simple());
+        Self::start_with_token(bin, dir, max_agents, extra, &token).await
+    }
+
+    /// As [`HubProc::start_with`], with the given enrollment token (replicas share one, so an
+    /// agent may register with any of them).
+    pub async fn start_with_token(
+        bin: &Path,
+        dir: &Path,
+        max_agents: usize,
+        extra: &str,
+        token: &str,
+    ) -> anyhow::Result<HubProc> {
         let mut last_error = None;
         // The port is free when chosen but another process could take it before the hub
         // binds it: try a few.
         for _ in 0..3 {
-            match Self::start_once(bin, dir, max_agents, extra).await {
+            match Self::start_once(bin, dir, max_agents, extra, token).await {
                 Ok(h) => return Ok(h),
                 Err(e) => last_error = Some(e),
             }
@@ -81,12 +89,16 @@ impl HubProc {
         dir: &Path,
         max_agents: usize,
         extra: &str,
+        token: &str,
     ) -> anyhow::Result<HubProc> {
         let port = free_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let token = format!("bench-enroll-{}", uuid::Uuid::now_v7().simple());
+        let token = token.to_owned();
         let state = dir.join("state");
-        std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+        // 0700, as the hub wants its state directory (it would tighten it and warn).
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&state)
+            .with_context(|| format!("creating {}", state.display()))?;
         let config = dir.join("hub.toml");
         let toml = format!(
             "listen = \"{addr}\"\nstate_dir = \"{}\"\nenrollment_token = \"{token}\"\nmax_agents = {max_agents}\n{extra}",
