@@ -4,7 +4,8 @@
 //! permission prompt; an operator on A shares the chat and sees the same events in the same
 //! order. Then A is killed (SIGKILL) with a prompt pending and alerts streaming in: the agent
 //! moves to B, the prompt is answered there, the operator who was on A re-attaches to B with
-//! `after_seq` and misses nothing, and every alert is stored exactly once.
+//! `after_seq` and misses nothing, and every alert is stored exactly once. An alert stored by
+//! A reaches an `alerts.subscribe` on B.
 //!
 //! Runs against the throwaway cluster of `scripts/postgres.sh` (`TETHER_TEST_PG_URL`), in a
 //! database of its own.
@@ -264,6 +265,40 @@ async fn replicas_share_sessions_and_an_agent_survives_a_killed_replica() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
 
+    // Alert subscriptions span replicas: an alert the agent sends (stored by A) reaches a
+    // subscriber on B.
+    let mut watcher = Operator::connect(pb, BOB).await;
+    watcher
+        .request("alerts.subscribe", json!({}))
+        .await
+        .expect("subscribe");
+    let out = Command::new(BIN)
+        .args([
+            "alert",
+            "send",
+            "--status",
+            "Critical",
+            "--key",
+            "cross-replica",
+        ])
+        .args(["--description", "seen from the other replica", "--config"])
+        .arg(&agent_toml)
+        .output()
+        .expect("alert send");
+    assert!(out.status.success(), "{out:?}");
+    loop {
+        let text = tokio::time::timeout(PATIENCE, watcher.client.next_text())
+            .await
+            .expect("the alert reaches replica B's subscriber in time")
+            .expect("open");
+        let v: Value = serde_json::from_str(&text).unwrap_or_default();
+        if v["event"] == "alert" && v["alert"]["alert_key"] == "cross-replica" {
+            assert_eq!(v["change"], "created", "{v}");
+            assert_eq!(v["alert"]["agent_id"], agent_id.as_str(), "{v}");
+            break;
+        }
+    }
+
     // An inspect session from B on the agent held by A: every event arrives, in order.
     let r = bob
         .request(
@@ -378,7 +413,7 @@ async fn replicas_share_sessions_and_an_agent_survives_a_killed_replica() {
         })
         .await;
     eventually("some alerts stored before the kill", || async {
-        (db.scalar("SELECT COUNT(*) FROM alert_events") >= 5).then_some(())
+        (db.scalar("SELECT COUNT(*) FROM alert_events") >= 6).then_some(())
     })
     .await;
     let alice_last = *alice.seqs(&chat).last().expect("alice saw events");
@@ -435,12 +470,13 @@ async fn replicas_share_sessions_and_an_agent_survives_a_killed_replica() {
 
     // Every alert the agent took is stored exactly once.
     sending.join().expect("the flood's sender");
-    eventually("all 40 alerts stored", || async {
-        (db.scalar("SELECT COUNT(*) FROM alert_events") >= 40).then_some(())
+    // The flood's 40 and the first one.
+    eventually("all 41 alerts stored", || async {
+        (db.scalar("SELECT COUNT(*) FROM alert_events") >= 41).then_some(())
     })
     .await;
-    assert_eq!(db.scalar("SELECT COUNT(*) FROM alert_events"), 40);
-    assert_eq!(db.scalar("SELECT COUNT(*) FROM alerts"), 40);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM alert_events"), 41);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM alerts"), 41);
     assert_eq!(
         db.scalar("SELECT COALESCE(MAX(event_count), 0) FROM alerts"),
         1
