@@ -1188,23 +1188,11 @@ impl Actor {
             if after < last {
                 // Events past the retention are a gap even while the log still holds them
                 // (it prunes in chunks, see `prune_chunk`).
-                let first = self.first_seq.min(last + 1);
-                let mut from = after + 1;
-                if from < first {
-                    conn.outbound.push_frame(
-                        Control::StreamGap {
-                            session_id: self.id.clone(),
-                            from_seq: from,
-                            to_seq: first - 1,
-                        }
-                        .encode(),
-                    );
-                    from = first;
-                }
-                conn.outbound.push(OutItem::Replay {
+                conn.outbound.push(OutItem::RetainedReplay {
                     session_id: self.id.clone(),
-                    from,
+                    from: after + 1,
                     to: last,
+                    first: self.first_seq,
                 });
             } else {
                 conn.outbound.push_frame(
