@@ -108,6 +108,9 @@ pub const CHECKPOINT_WHEN_QUIET: Duration = Duration::from_millis(250);
 /// pages, reached only if the checkpointer cannot keep up.
 pub const WAL_CAP_PAGES: i64 = 32768;
 
+/// The writer connection's page cache, in KiB (`PRAGMA cache_size` takes it negated).
+const WRITER_CACHE_KIB: i64 = -16 * 1024;
+
 /// The WAL is truncated to this after a checkpoint (it is otherwise kept at its largest).
 const WAL_KEEP_BYTES: i64 = 4 * 1024 * 1024;
 
@@ -133,11 +136,23 @@ struct Inner {
 struct WriterStats {
     /// Session rows written (a diagnostic: what an op costs the log).
     row_writes: AtomicU64,
+    /// Retention deletes committed (jobs with `prune_through`): each rebalances the B-tree,
+    /// so the multiplexer prunes in chunks, not on every flush.
+    prunes: AtomicU64,
     /// The error of the last write, if it failed.
     failure: Mutex<Option<String>>,
 }
 
 impl WriterStats {
+    fn committed(&self, job: &AppendJob) {
+        if job.row.is_some() {
+            self.row_writes.fetch_add(1, Ordering::Relaxed);
+        }
+        if job.prune_through.is_some() {
+            self.prunes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn outcome(&self, result: &Result<(), LogError>) {
         if let Ok(mut f) = self.failure.lock() {
             *f = result.as_ref().err().map(|e| e.0.clone());
@@ -200,6 +215,10 @@ impl EventLog {
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "wal_autocheckpoint", WAL_CAP_PAGES)?;
         conn.pragma_update(None, "journal_size_limit", WAL_KEEP_BYTES)?;
+        // The writer's page cache (default 2 MiB) holds a few sessions' retained events
+        // (10 000 events of some 200 bytes each is about 2 MiB): pages an insert or a prune
+        // touches are not read back from the WAL.
+        conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
         let checkpoint_conn = open_connection(path)
             .map_err(|e| LogError(format!("cannot open {}: {}", path.display(), e.0)))?;
         let checkpoints = Arc::new(AtomicU64::new(0));
@@ -241,6 +260,11 @@ impl EventLog {
     /// How many session rows have been committed (each rewrites the whole row).
     pub fn row_writes(&self) -> u64 {
         self.inner.stats.row_writes.load(Ordering::Relaxed)
+    }
+
+    /// How many retention deletes (`prune_through`) have been committed.
+    pub fn prunes(&self) -> u64 {
+        self.inner.stats.prunes.load(Ordering::Relaxed)
     }
 
     /// The error of the last write when it failed (`None` once a write succeeds again).
@@ -574,8 +598,9 @@ fn writer_loop(
         }
         match commit_all(&mut conn, &batch) {
             Ok(()) => {
-                let rows = batch.iter().filter(|(job, _)| job.row.is_some()).count();
-                stats.row_writes.fetch_add(rows as u64, Ordering::Relaxed);
+                for (job, _) in &batch {
+                    stats.committed(job);
+                }
                 stats.outcome(&Ok(()));
                 for (_, reply) in batch {
                     let _ = reply.send(Ok(()));
@@ -590,10 +615,7 @@ fn writer_loop(
                         .map_err(LogError::from);
                     stats.outcome(&result);
                     match &result {
-                        Ok(()) if job.row.is_some() => {
-                            stats.row_writes.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(()) => {}
+                        Ok(()) => stats.committed(&job),
                         Err(e) => {
                             tracing::error!(session = %job.session_id, error = %e, "event log write failed");
                         }

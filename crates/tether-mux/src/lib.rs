@@ -14,6 +14,7 @@ pub mod arbitration;
 pub mod clock;
 pub mod outbound;
 mod session;
+pub use session::prune_chunk;
 
 use outbound::{Outbound, OutboundReceiver};
 use serde_json::{Map, Value};

@@ -67,6 +67,14 @@ pub enum OutItem {
         from: Seq,
         to: Seq,
     },
+    /// As `Replay`, but events before `first` (the session's oldest retained event) are a
+    /// `stream_gap` even while the log still holds them: the log prunes in chunks.
+    RetainedReplay {
+        session_id: SessionId,
+        from: Seq,
+        to: Seq,
+        first: Seq,
+    },
 }
 
 /// The items between the mux and one writer. A plain mutex-guarded deque: a push is one
@@ -193,6 +201,8 @@ struct ReplayCursor {
     session_id: SessionId,
     next: Seq,
     to: Seq,
+    /// Events before this one are not sent (reported as a gap).
+    first: Seq,
 }
 
 /// Creates a queue of `capacity` frames whose replays read from `log`.
@@ -514,6 +524,21 @@ impl OutboundReceiver {
                     session_id,
                     next: from,
                     to,
+                    first: 0,
+                });
+                None
+            }
+            OutItem::RetainedReplay {
+                session_id,
+                from,
+                to,
+                first,
+            } => {
+                self.replay = Some(ReplayCursor {
+                    session_id,
+                    next: from,
+                    to,
+                    first,
                 });
                 None
             }
@@ -539,7 +564,12 @@ impl OutboundReceiver {
         }
         let page = self
             .log
-            .read_range(&cursor.session_id, cursor.next, cursor.to, REPLAY_PAGE)
+            .read_range(
+                &cursor.session_id,
+                cursor.next.max(cursor.first),
+                cursor.to,
+                REPLAY_PAGE,
+            )
             .await;
         match page {
             Ok(events) => {

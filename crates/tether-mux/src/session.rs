@@ -46,6 +46,25 @@ use tokio_util::task::TaskTracker;
 /// Turn messages handled per flush at most (group commit size).
 const TURN_BATCH: usize = 256;
 
+/// The events a session's log may hold beyond `retention_events` before they are deleted.
+///
+/// Deleting the oldest events on every flush rewrote the left edge of the events B-tree (and
+/// rebalanced it) at every commit: most of the log writer's time at a fast stream. So the log
+/// holds between `retention` and `retention + prune_chunk(retention)` events of a session and
+/// deletes the excess in one statement when it passes that bound: at most one delete per
+/// chunk of events. Clients see exactly the last `retention` events either way (the
+/// session's `first_seq`, and replay reports older ones as a gap even while the log still
+/// holds them).
+pub fn prune_chunk(retention: u64) -> u64 {
+    (retention / 10).clamp(1, 1000)
+}
+
+/// The oldest event a session offers: the last `retention` of them, never before what the log
+/// holds (`first_held`).
+fn retained_first(first_held: Seq, last_seq: Seq, retention: u64) -> Seq {
+    first_held.max((last_seq + 1).saturating_sub(retention.max(1)))
+}
+
 /// Queued inputs an attach snapshot shows at most (`queued_count` says how many there are).
 const SNAPSHOT_QUEUED: usize = 16;
 
@@ -282,7 +301,11 @@ struct Actor {
     created_at: String,
     state: SessionState,
     last_seq: Seq,
+    /// The oldest event offered to clients (the last `retention_events`).
     first_seq: Seq,
+    /// Every event with `seq <= pruned_through` has been deleted from the log; it may still
+    /// hold some older than `first_seq` (see [`prune_chunk`]).
+    pruned_through: Seq,
     durable: Durable,
     tools: ToolRegistry,
     attached: Vec<Attachment>,
@@ -477,6 +500,10 @@ fn spawn(shared: Arc<Shared>, start: Start) -> SessionHandle {
         tools,
         fresh,
     } = start;
+    // `first_seq` is the oldest event the log holds (a restored session may hold more than
+    // the retention: it is pruned in chunks).
+    let pruned_through = first_seq.saturating_sub(1);
+    let first_seq = retained_first(first_seq, last_seq, shared.config.retention_events);
     let (ops_tx, ops_rx) = mpsc::channel(shared.config.session_inbox);
     let (turn_tx, turn_rx) = mpsc::channel(TURN_BATCH);
     let remote = durable.remote;
@@ -567,6 +594,7 @@ fn spawn(shared: Arc<Shared>, start: Start) -> SessionHandle {
         state,
         last_seq,
         first_seq,
+        pruned_through,
         durable,
         tools,
         attached: Vec::new(),
@@ -835,16 +863,24 @@ impl Actor {
             let events = std::mem::take(&mut self.batch);
             let retention = self.shared.config.retention_events.max(1);
             let old_first = self.first_seq;
-            let prune_through = if self.last_seq >= self.first_seq + retention {
-                let upto = self.last_seq - retention;
-                self.first_seq = upto + 1;
-                Some(upto)
-            } else {
-                None
-            };
+            let old_pruned = self.pruned_through;
+            if self.last_seq >= self.first_seq + retention {
+                self.first_seq = self.last_seq - retention + 1;
+            }
             if self.first_seq > self.last_seq {
                 self.first_seq = self.last_seq.max(1);
             }
+            // The log holds the events after `pruned_through`: delete down to the retention
+            // only once they pass it by a chunk (see `prune_chunk`).
+            let held = self.last_seq.saturating_sub(self.pruned_through);
+            let prune_through = if held > retention + prune_chunk(retention)
+                && self.first_seq > self.pruned_through + 1
+            {
+                self.pruned_through = self.first_seq - 1;
+                Some(self.pruned_through)
+            } else {
+                None
+            };
             let row = self.dirty.then(|| self.row());
             let queue_changed = !self.queue_changes.is_empty();
             let job = AppendJob {
@@ -858,6 +894,7 @@ impl Actor {
             if let Err(e) = self.shared.log.append(job).await {
                 // Not durable, so not sent: kept, in order, for the next attempt.
                 self.first_seq = old_first;
+                self.pruned_through = old_pruned;
                 self.batch = events;
                 self.on_commit_failed(&e);
                 break;
@@ -1149,10 +1186,13 @@ impl Actor {
         let last = self.visible_last_seq();
         if let Some(after) = after_seq {
             if after < last {
-                conn.outbound.push(OutItem::Replay {
+                // Events past the retention are a gap even while the log still holds them
+                // (it prunes in chunks, see `prune_chunk`).
+                conn.outbound.push(OutItem::RetainedReplay {
                     session_id: self.id.clone(),
                     from: after + 1,
                     to: last,
+                    first: self.first_seq,
                 });
             } else {
                 conn.outbound.push_frame(
