@@ -413,8 +413,10 @@ impl Link {
 
     /// Records the registering agent (and binds its credential).
     async fn record(&mut self, reg: Register) -> Input {
+        // `max_agents` bounds this process: an agent connected here already (reconnecting)
+        // replaces itself; one held by another replica would be one more here.
         self.overloaded = self.hub.connected_agents() >= self.hub.config().max_agents
-            && !self.hub.is_connected(&self.agent_id);
+            && self.hub.agent(&self.agent_id).is_none();
         let proto = self.offered;
         let hostname = reg.hostname.clone();
         let recorded = self
