@@ -332,12 +332,14 @@ async fn replicas_share_sessions_and_an_agent_survives_a_killed_replica() {
         .await
         .expect("chat session");
     let chat = r["session_id"].as_str().expect("session_id").to_owned();
-    bob.request("attach", json!({"session_id": chat}))
+    // Both from the first event (`after_seq: 0`), so both lists start at seq 1 whenever each
+    // attached.
+    bob.request("attach", json!({"session_id": chat, "after_seq": 0}))
         .await
         .expect("bob attaches");
     let mut alice = Operator::connect(pa, ALICE).await;
     alice
-        .request("attach", json!({"session_id": chat}))
+        .request("attach", json!({"session_id": chat, "after_seq": 0}))
         .await
         .expect("alice attaches");
     let r = bob
