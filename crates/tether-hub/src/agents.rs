@@ -683,6 +683,8 @@ async fn store_alerts(
             Ok(())
         }
         Err(e) => {
+            // Refused (`store_unavailable`) and kept by the agent for another try.
+            m.frames_refused.fetch_add(1, Ordering::Relaxed);
             tracing::error!(agent = %conn.agent_id, error = %e, "cannot store alerts");
             Err(e.to_string())
         }

@@ -343,7 +343,7 @@ async fn metrics(State(hub): State<Hub>) -> Response {
         )
         .counter(
             "tether_hub_link_frames_refused_total",
-            "Link frames refused for their size or shape (answered under version 2).",
+            "Link frames refused for their size or shape, or because the store could not take their alerts (answered under version 2).",
             m.frames_refused.load(Ordering::Relaxed),
         )
         .gauge(

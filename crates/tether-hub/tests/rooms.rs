@@ -18,10 +18,12 @@ fn new_agent_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// The SQLite store, except that `append_events` fails while `fail_appends` is set.
+/// The SQLite store, except that `append_events` fails while `fail_appends` is set, and
+/// `insert_alerts` while `fail_alerts` is.
 struct FlakyStore {
     inner: SqliteStore,
     fail_appends: Arc<AtomicBool>,
+    fail_alerts: Arc<AtomicBool>,
     /// The largest batch of events refused.
     refused: Arc<AtomicUsize>,
 }
@@ -81,6 +83,9 @@ impl Store for FlakyStore {
         events: &[AlertEvent],
         now_ms: i64,
     ) -> StoreResult<AlertInsert> {
+        if self.fail_alerts.load(Ordering::SeqCst) {
+            return Err(StoreError::other("disk full (test)"));
+        }
         self.inner.insert_alerts(agent_id, hostname, events, now_ms)
     }
     fn record_external(
@@ -232,12 +237,20 @@ impl Store for FlakyStore {
 /// A hub on a [`FlakyStore`]; returns the switch that makes its event appends fail and the
 /// largest batch it refused.
 async fn flaky_hub() -> (TestHub, Arc<AtomicBool>, Arc<AtomicUsize>) {
+    let (hub, fail, refused, _) = flaky_hub_with_alerts().await;
+    (hub, fail, refused)
+}
+
+/// [`flaky_hub`], with the switch that makes its alert commits fail too.
+async fn flaky_hub_with_alerts() -> (TestHub, Arc<AtomicBool>, Arc<AtomicUsize>, Arc<AtomicBool>) {
     let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
     let fail = Arc::new(AtomicBool::new(false));
+    let fail_alerts = Arc::new(AtomicBool::new(false));
     let refused = Arc::new(AtomicUsize::new(0));
     let store = FlakyStore {
         inner: SqliteStore::open(&dir.path().join("hub.db")).expect("store"),
         fail_appends: fail.clone(),
+        fail_alerts: fail_alerts.clone(),
         refused: refused.clone(),
     };
     let mut config =
@@ -255,6 +268,7 @@ async fn flaky_hub() -> (TestHub, Arc<AtomicBool>, Arc<AtomicUsize>) {
         },
         fail,
         refused,
+        fail_alerts,
     )
 }
 
@@ -507,4 +521,44 @@ async fn a_slow_agent_is_told_apart_from_a_gone_one() {
         (reason.as_str(), kind),
         ("overloaded", json!("disconnected"))
     );
+}
+
+/// Alerts the store cannot take: the frame is refused (`store_unavailable`), counted in
+/// `tether_hub_link_frames_refused_total`, never acknowledged; the agent keeps them and sends
+/// them again, and once the store takes them again they are stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_the_store_cannot_take_are_refused_counted_and_sent_again() {
+    let (hub, _, _, fail_alerts) = flaky_hub_with_alerts().await;
+    let token = hub.create_token("flaky-alerts").await;
+    let mut agent = V2Agent::new(&hub.agent_url(), &token, &shell_script(), None);
+    agent.start_link();
+    agent.wait_registered().await;
+    fail_alerts.store(true, Ordering::SeqCst);
+    agent.sink.send(alert(1));
+    within("a refused alert frame, counted", async {
+        loop {
+            let (_, metrics) = http_get_text(hub.addr, "/metrics").await;
+            let refused = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("tether_hub_link_frames_refused_total "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            if refused >= 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(hub.alert_count().await, 0);
+    let status = agent.status();
+    assert_eq!(status.spool_pending, 1, "kept for another try: {status:?}");
+    fail_alerts.store(false, Ordering::SeqCst);
+    assert_eq!(hub.wait_alerts(1).await, 1);
+    agent
+        .wait_status("spool drained", |s| s.spool_pending == 0)
+        .await;
+    assert_eq!(hub.alert_count().await, 1, "stored once");
+    agent.stop().await;
+    hub.stop().await;
 }
