@@ -100,6 +100,8 @@ pub struct ClusterConfig {
     pub lease: Duration,
     /// A name for logs and `/metrics` (the host name by default).
     pub name: String,
+    /// The longest any of its database calls may take (the store's `query_timeout`).
+    pub query_timeout: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -107,6 +109,7 @@ impl Default for ClusterConfig {
         ClusterConfig {
             lease: Duration::from_secs(15),
             name: String::new(),
+            query_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -218,6 +221,22 @@ impl Cluster {
             }
         });
         Ok(cluster)
+    }
+
+    /// Runs a database call within `query_timeout` (a dead connection or a stuck server
+    /// never holds an operator's op or the notes for longer).
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = Result<T, ClusterError>>,
+    ) -> Result<T, ClusterError> {
+        match tokio::time::timeout(self.inner.config.query_timeout, call).await {
+            Ok(r) => r.map_err(|e| ClusterError(format!("{what}: {}", e.0))),
+            Err(_) => Err(ClusterError(format!(
+                "{what}: no answer within {:?} (store.query_timeout)",
+                self.inner.config.query_timeout
+            ))),
+        }
     }
 
     /// This replica's id (fresh at every start).
@@ -396,32 +415,38 @@ impl Cluster {
 
     /// Tells every other replica, now.
     pub async fn publish(&self, note: &ClusterNote) -> Result<(), ClusterError> {
-        let payload = encode(&self.inner.replica_id, note)?;
-        self.client()
-            .await?
-            .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
-            .await?;
-        Ok(())
+        self.bounded("notify", async {
+            let payload = encode(&self.inner.replica_id, note)?;
+            self.client()
+                .await?
+                .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Records that this replica holds `agent_id` on connection `conn_id` and tells the
     /// others (a replica still holding an older connection of it closes that).
     pub async fn hold(&self, agent_id: &str, conn_id: u64) -> Result<(), ClusterError> {
-        let c = self.client().await?;
-        c.execute(
-            &format!(
-                "INSERT INTO agent_holders (agent_id, replica_id, conn_id, since_ms)
-                 VALUES ($1, $2, $3, {DB_NOW_MS})
-                 ON CONFLICT (agent_id) DO UPDATE
-                 SET replica_id = EXCLUDED.replica_id, conn_id = EXCLUDED.conn_id,
-                     since_ms = EXCLUDED.since_ms"
-            ),
-            &[&agent_id, &self.inner.replica_id, &(conn_id as i64)],
-        )
-        .await?;
-        self.publish(&ClusterNote::Held {
-            agent_id: agent_id.to_owned(),
-            replica: self.inner.replica_id.clone(),
+        self.bounded("record a hold", async {
+            let c = self.client().await?;
+            c.execute(
+                &format!(
+                    "INSERT INTO agent_holders (agent_id, replica_id, conn_id, since_ms)
+                     VALUES ($1, $2, $3, {DB_NOW_MS})
+                     ON CONFLICT (agent_id) DO UPDATE
+                     SET replica_id = EXCLUDED.replica_id, conn_id = EXCLUDED.conn_id,
+                         since_ms = EXCLUDED.since_ms"
+                ),
+                &[&agent_id, &self.inner.replica_id, &(conn_id as i64)],
+            )
+            .await?;
+            self.publish(&ClusterNote::Held {
+                agent_id: agent_id.to_owned(),
+                replica: self.inner.replica_id.clone(),
+            })
+            .await
         })
         .await
     }
@@ -429,69 +454,104 @@ impl Cluster {
     /// Connection `conn_id` of `agent_id` went (nothing changes when another connection or
     /// replica holds it by now).
     pub async fn release(&self, agent_id: &str, conn_id: u64) -> Result<(), ClusterError> {
-        self.client()
-            .await?
-            .execute(
-                "DELETE FROM agent_holders WHERE agent_id = $1 AND replica_id = $2 AND conn_id = $3",
-                &[&agent_id, &self.inner.replica_id, &(conn_id as i64)],
-            )
-            .await?;
-        Ok(())
+        self.bounded("release a hold", async {
+            self.client()
+                .await?
+                .execute(
+                    "DELETE FROM agent_holders WHERE agent_id = $1 AND replica_id = $2 AND conn_id = $3",
+                    &[&agent_id, &self.inner.replica_id, &(conn_id as i64)],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// The replica holding `agent_id` under a live lease, if any.
     pub async fn holder_of(&self, agent_id: &str) -> Result<Option<String>, ClusterError> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                &format!(
-                    "SELECT h.replica_id FROM agent_holders h
-                     JOIN hub_replicas r ON r.replica_id = h.replica_id
-                     WHERE h.agent_id = $1 AND r.lease_until_ms > {DB_NOW_MS}"
-                ),
-                &[&agent_id],
-            )
-            .await?;
-        Ok(row.map(|r| r.get(0)))
+        self.bounded("look up a holder", async {
+            let row = self
+                .client()
+                .await?
+                .query_opt(
+                    &format!(
+                        "SELECT h.replica_id FROM agent_holders h
+                         JOIN hub_replicas r ON r.replica_id = h.replica_id
+                         WHERE h.agent_id = $1 AND r.lease_until_ms > {DB_NOW_MS}"
+                    ),
+                    &[&agent_id],
+                )
+                .await?;
+            Ok(row.map(|r| r.get(0)))
+        })
+        .await
     }
 
     /// Every agent held under a live lease, with its replica.
     pub async fn held_agents(&self) -> Result<HashMap<String, String>, ClusterError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                &format!(
-                    "SELECT h.agent_id, h.replica_id FROM agent_holders h
-                     JOIN hub_replicas r ON r.replica_id = h.replica_id
-                     WHERE r.lease_until_ms > {DB_NOW_MS}"
-                ),
-                &[],
-            )
-            .await?;
-        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        self.bounded("read the holds", async {
+            let rows = self
+                .client()
+                .await?
+                .query(
+                    &format!(
+                        "SELECT h.agent_id, h.replica_id FROM agent_holders h
+                         JOIN hub_replicas r ON r.replica_id = h.replica_id
+                         WHERE r.lease_until_ms > {DB_NOW_MS}"
+                    ),
+                    &[],
+                )
+                .await?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+        .await
     }
 
     /// Replicas with a live lease: (replica_id, name).
     pub async fn replicas(&self) -> Result<Vec<(String, String)>, ClusterError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                &format!(
-                    "SELECT replica_id, name FROM hub_replicas
-                     WHERE lease_until_ms > {DB_NOW_MS} ORDER BY started_ms"
-                ),
-                &[],
-            )
-            .await?;
-        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        self.bounded("read the replicas", async {
+            let rows = self
+                .client()
+                .await?
+                .query(
+                    &format!(
+                        "SELECT replica_id, name FROM hub_replicas
+                         WHERE lease_until_ms > {DB_NOW_MS} ORDER BY started_ms"
+                    ),
+                    &[],
+                )
+                .await?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+        .await
     }
 
     /// Sends `message` to `agent_id`, held by replica `holder`; with `want_ack`, returns the
     /// agent's ack. Bounded by `timeout` end to end.
     pub async fn call(
+        &self,
+        holder: &str,
+        agent_id: &str,
+        message: LinkMessage,
+        want_ack: bool,
+        timeout: Duration,
+    ) -> Result<Option<Ack>, CallError> {
+        // The agent's own deadline, plus the database's for the round trips around it.
+        let whole = timeout + self.inner.config.query_timeout;
+        match tokio::time::timeout(
+            whole,
+            self.call_unbounded(holder, agent_id, message, want_ack, timeout),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Timeout(format!(
+                "agent {agent_id} (held by another hub replica): no answer within {whole:?}"
+            ))),
+        }
+    }
+
+    async fn call_unbounded(
         &self,
         holder: &str,
         agent_id: &str,
@@ -573,12 +633,16 @@ impl Cluster {
         let Ok(client) = self.client().await else {
             return;
         };
-        let row = client
-            .query_opt(
-                "SELECT agent_id, frame, want_ack, timeout_ms, from_replica FROM replica_calls
-                 WHERE call_id = $1 AND to_replica = $2 AND reply IS NULL",
-                &[&call_id, &self.inner.replica_id],
-            )
+        let row = self
+            .bounded("read a call", async {
+                Ok(client
+                    .query_opt(
+                        "SELECT agent_id, frame, want_ack, timeout_ms, from_replica FROM replica_calls
+                         WHERE call_id = $1 AND to_replica = $2 AND reply IS NULL",
+                        &[&call_id, &self.inner.replica_id],
+                    )
+                    .await?)
+            })
             .await;
         let Ok(Some(row)) = row else { return };
         let agent_id: String = row.get(0);
@@ -596,11 +660,15 @@ impl Cluster {
         let reply = serde_json::to_string(&result).unwrap_or_else(|e| {
             format!("{{\"Err\":{{\"error\":\"database\",\"message\":\"{e}\"}}}}")
         });
-        let written = client
-            .execute(
-                "UPDATE replica_calls SET reply = $2 WHERE call_id = $1",
-                &[&call_id, &reply],
-            )
+        let written = self
+            .bounded("answer a call", async {
+                Ok(client
+                    .execute(
+                        "UPDATE replica_calls SET reply = $2 WHERE call_id = $1",
+                        &[&call_id, &reply],
+                    )
+                    .await?)
+            })
             .await;
         if written.is_ok() {
             let _ = self
@@ -619,7 +687,7 @@ impl Cluster {
                 _ = self.inner.cancel.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            match self.renew().await {
+            match self.bounded("renew the lease", self.renew()).await {
                 Ok(()) => {
                     last_ok = tokio::time::Instant::now();
                     self.inner

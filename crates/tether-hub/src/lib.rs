@@ -143,6 +143,12 @@ pub async fn start_with_store(
         // and hears the others through the database.
         let mut pg = settings.config.clone();
         pg.connect_timeout(settings.connect_timeout);
+        // Bounded as the store's calls are: on the server, and (in `Cluster`) on the client.
+        pg.options(format!(
+            "-c statement_timeout={}",
+            settings.query_timeout.as_millis().max(1)
+        ));
+        pg.keepalives(true);
         if pg.get_application_name().is_none() {
             pg.application_name("tether-hub cluster");
         }
@@ -152,6 +158,7 @@ pub async fn start_with_store(
             cluster::ClusterConfig {
                 lease: settings.replica_lease,
                 name,
+                query_timeout: settings.query_timeout,
             },
         )
         .await

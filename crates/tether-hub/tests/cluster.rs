@@ -14,6 +14,7 @@ fn config(name: &str) -> ClusterConfig {
     ClusterConfig {
         lease: Duration::from_secs(3),
         name: name.into(),
+        ..ClusterConfig::default()
     }
 }
 
@@ -275,4 +276,36 @@ async fn a_dropped_database_connection_is_re_established_with_a_resync() {
     );
     a.leave().await;
     b.leave().await;
+}
+
+/// A database that stops answering (a table locked by someone else) holds no caller for
+/// longer than `query_timeout`: the lookup behind every operator op fails with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_database_call_is_bounded() {
+    let Some(db) = TestDatabase::create("a_stalled_database_call_is_bounded") else {
+        return;
+    };
+    let settings = db.settings(Duration::from_secs(10));
+    tokio::task::spawn_blocking(move || PgStore::connect(settings).map(drop))
+        .await
+        .expect("join")
+        .expect("the store migrates the database");
+    let a = Cluster::join(
+        pg(&db),
+        ClusterConfig {
+            query_timeout: Duration::from_millis(300),
+            ..config("a")
+        },
+    )
+    .await
+    .expect("a joins");
+    let lock = db.hold_lock("LOCK TABLE agent_holders IN ACCESS EXCLUSIVE MODE");
+    let looked_up = tokio::time::timeout(Duration::from_secs(30), a.holder_of("agent-1"))
+        .await
+        .expect("the lookup returned instead of waiting on the lock");
+    let e = looked_up.expect_err("a lookup that could not run is an error");
+    assert!(e.to_string().contains("no answer within"), "{e}");
+    drop(lock);
+    assert_eq!(a.holder_of("agent-1").await.expect("works again"), None);
+    a.leave().await;
 }
