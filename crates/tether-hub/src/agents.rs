@@ -480,6 +480,15 @@ impl Link {
             tracing::info!(agent = %agent_id, "agent connected again; replacing its previous connection");
             Box::pin(old.disconnect("replaced by a newer connection of the same agent", 5)).await;
         }
+        // Registered while the hub began to stop: the stop's round of `disconnect`s may have
+        // listed the agents before this one joined (the flag is set before that listing, so
+        // one of the two tells it).
+        if hub.is_shutting_down() {
+            return Some(Input::Disconnect {
+                reason: crate::hub::SHUTDOWN_REASON.into(),
+                retry_after_sec: crate::hub::SHUTDOWN_RETRY_SEC,
+            });
+        }
         hub.metrics().registrations.fetch_add(1, Ordering::Relaxed);
         hub.publish(HubEvent::Agent(record));
         tracing::info!(agent = %agent_id, host = %conn.hostname, proto, "agent registered");

@@ -137,6 +137,10 @@ pub(crate) struct Inner {
     held_elsewhere: Mutex<std::collections::HashMap<String, String>>,
 }
 
+/// What agents are told when the hub stops: come back after this long.
+pub(crate) const SHUTDOWN_RETRY_SEC: u64 = 5;
+pub(crate) const SHUTDOWN_REASON: &str = "the hub is shutting down";
+
 /// How often a replica re-reads which agents the others hold.
 const HELD_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -604,7 +608,7 @@ impl Hub {
         self.inner.shutdown.cancel();
         let agents = self.inner.agents.all();
         for a in agents {
-            a.disconnect("the hub is shutting down", 5).await;
+            a.disconnect(SHUTDOWN_REASON, SHUTDOWN_RETRY_SEC).await;
         }
         self.inner.closing.cancel();
     }
