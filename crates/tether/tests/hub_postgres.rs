@@ -5,94 +5,16 @@
 //! throwaway cluster of `scripts/postgres.sh` (`TETHER_TEST_PG_URL`), in a database of its
 //! own.
 
-use serde_json::Value;
-use std::io::{Read, Write};
+mod common;
+
+use common::{BIN, ServiceProc, free_port, get_json, wait_for, write_file};
+use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tether_hub::store::testing::TestDatabase;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tether");
 const OPERATOR: &str = "operator-token-0123456789";
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-/// A plain HTTP GET on loopback; `None` unless 200 with a JSON body (never chunked here:
-/// `Connection: close` bodies are read whole, chunked ones decoded).
-fn get_json(port: u16, path: &str) -> Option<Value> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {OPERATOR}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = String::new();
-        let mut rest = body;
-        while let Some((size, tail)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).ok()?;
-            if n == 0 {
-                break;
-            }
-            out.push_str(tail.get(..n)?);
-            rest = tail.get(n + 2..)?;
-        }
-        out
-    } else {
-        body.to_owned()
-    };
-    serde_json::from_str(&body).ok()
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn write(path: &Path, text: &str) {
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).expect("dir");
-    }
-    std::fs::write(path, text).expect("write");
-}
 
 fn tether(args: &[&str], config: &Path) -> std::process::Output {
     Command::new(BIN)
@@ -142,7 +64,7 @@ fn a_hub_on_postgres_stores_credentials_and_alerts_there() {
     let root = dir.path();
     let port = free_port();
     let hub_toml = root.join("hub/hub.toml");
-    write(
+    write_file(
         &hub_toml,
         &format!(
             "listen = \"127.0.0.1:{port}\"\nstate_dir = \"state\"\n[[operators]]\nname = \"admin\"\nclass = \"human\"\ntoken = \"{OPERATOR}\"\n[store]\nurl = \"{}\"\npool_size = 4\nquery_timeout = \"5s\"\n",
@@ -169,7 +91,7 @@ fn a_hub_on_postgres_stores_credentials_and_alerts_there() {
         "{listed:?}"
     );
 
-    let hub = Proc(
+    let hub = ServiceProc(
         Command::new(BIN)
             .args(["hub", "--config"])
             .arg(&hub_toml)
@@ -179,7 +101,7 @@ fn a_hub_on_postgres_stores_credentials_and_alerts_there() {
             .expect("hub"),
     );
     wait_for("the hub", Duration::from_secs(30), || {
-        get_json(port, "/healthz")
+        get_json(port, "/healthz", OPERATOR)
     });
     assert!(
         !root.join("hub/state/hub.db").exists(),
@@ -187,7 +109,7 @@ fn a_hub_on_postgres_stores_credentials_and_alerts_there() {
     );
 
     let missing = root.join("agent/marker-that-does-not-exist");
-    write(
+    write_file(
         &root.join("agent/conf.d/filecheck.toml"),
         &format!(
             "interval = \"1s\"\n[[instances]]\nname = \"marker\"\npath = \"{}\"\n",
@@ -195,13 +117,13 @@ fn a_hub_on_postgres_stores_credentials_and_alerts_there() {
         ),
     );
     let agent_toml = root.join("agent/agent.toml");
-    write(
+    write_file(
         &agent_toml,
         &format!(
             "listen = \"off\"\nstate_dir = \"state\"\n[hub]\nurl = \"ws://127.0.0.1:{port}\"\nallow_plaintext = true\ntoken = \"{agent_token}\"\n"
         ),
     );
-    let _agent = Proc(
+    let _agent = ServiceProc(
         Command::new(BIN)
             .args(["agent", "--config"])
             .arg(&agent_toml)
@@ -215,7 +137,7 @@ fn a_hub_on_postgres_stores_credentials_and_alerts_there() {
         "the filecheck alert at the hub",
         Duration::from_secs(90),
         || {
-            let v = get_json(port, "/api/v1/alerts?limit=100")?;
+            let v = get_json(port, "/api/v1/alerts?limit=100", OPERATOR)?;
             v["alerts"]
                 .as_array()?
                 .iter()
@@ -256,7 +178,7 @@ fn a_hub_on_postgres_stores_credentials_and_alerts_there() {
         "the revoked agent's link to close",
         Duration::from_secs(30),
         || {
-            let v = get_json(port, "/api/v1/agents")?;
+            let v = get_json(port, "/api/v1/agents", OPERATOR)?;
             let agents = v.as_array().or_else(|| v["agents"].as_array())?;
             agents
                 .iter()
@@ -317,7 +239,7 @@ fn bad_store_settings_are_named() {
         ),
     ] {
         let hub_toml = dir.path().join("hub.toml");
-        write(&hub_toml, &format!("[store]\n{store}\n"));
+        write_file(&hub_toml, &format!("[store]\n{store}\n"));
         let out = tether(&["hub", "token", "list"], &hub_toml);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(

@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::{BIN, PATIENCE, free_port};
+use common::{BIN, PATIENCE, free_port, get_json, write_file};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -152,39 +152,8 @@ fn answer(stream: TcpStream, handle: &Handler) -> std::io::Result<()> {
 }
 
 /// GET with the operator's token: the body as JSON, when 200.
-fn get_json(port: u16, path: &str) -> Option<Value> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {OPERATOR}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = String::new();
-        let mut rest = body;
-        while let Some((size, tail)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).ok()?;
-            if n == 0 {
-                break;
-            }
-            out.push_str(tail.get(..n)?);
-            rest = tail.get(n + 2..)?;
-        }
-        out
-    } else {
-        body.to_owned()
-    };
-    serde_json::from_str(&body).ok()
+fn get_json_op(port: u16, path: &str) -> Option<Value> {
+    get_json(port, path, OPERATOR)
 }
 
 /// Whether `GET path` answers 200 (readiness probes).
@@ -220,13 +189,6 @@ fn wait_for<T>(what: &str, procs: &[&Proc], mut f: impl FnMut() -> Option<T>) ->
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn write(path: &Path, text: &str) {
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).expect("dir");
-    }
-    std::fs::write(path, text).expect("write");
 }
 
 #[test]
@@ -276,7 +238,7 @@ fn prometheus_and_alertmanager_alerts_are_routed_diagnosed_notified_and_resolved
     // The hub: an alert source, automatic diagnosis (defaults: critical alerts from
     // Alertmanager and Grafana), a Slack notifier.
     let hub_toml = root.join("hub/hub.toml");
-    write(
+    write_file(
         &hub_toml,
         &format!(
             r#"listen = "127.0.0.1:{hub_port}"
@@ -326,12 +288,12 @@ on = ["firing", "resolved", "report"]
     });
 
     // The agent: a scripted model that answers a diagnosis with a report.
-    write(
+    write_file(
         &root.join("agent/script.json"),
         &json!({"responses": [{"text": REPORT}], "loop": true}).to_string(),
     );
     let agent_toml = root.join("agent/agent.toml");
-    write(
+    write_file(
         &agent_toml,
         &format!(
             "listen = \"off\"\nstate_dir = \"state\"\n[model]\nprovider = \"scripted\"\nscript = \"script.json\"\n[hub]\nurl = \"ws://127.0.0.1:{hub_port}\"\nallow_plaintext = true\ntoken = \"{agent_token}\"\n"
@@ -346,7 +308,7 @@ on = ["firing", "resolved", "report"]
         &root.join("agent"),
     );
     let agent_id = wait_for("the agent at the hub", &[&hub, &agent], || {
-        let v = get_json(hub_port, "/api/v1/agents")?;
+        let v = get_json_op(hub_port, "/api/v1/agents")?;
         v["agents"]
             .as_array()?
             .iter()
@@ -356,7 +318,7 @@ on = ["firing", "resolved", "report"]
 
     // Alertmanager: one route to the hub, quick groups, resolutions sent.
     let am_dir = root.join("alertmanager");
-    write(
+    write_file(
         &am_dir.join("alertmanager.yml"),
         &format!(
             r#"route:
@@ -392,7 +354,7 @@ receivers:
 
     // Prometheus: scrape every second, evaluate every second, resend at once.
     let prom_dir = root.join("prometheus");
-    write(
+    write_file(
         &prom_dir.join("prometheus.yml"),
         &format!(
             r#"global:
@@ -412,7 +374,7 @@ scrape_configs:
 "#
         ),
     );
-    write(
+    write_file(
         &prom_dir.join("rules.yml"),
         r#"groups:
   - name: e2e
@@ -448,7 +410,7 @@ scrape_configs:
 
     // Firing on the hub, routed to the agent by the `instance` label.
     let alert = wait_for("E2EFault firing at the hub", &all, || {
-        let v = get_json(hub_port, "/api/v1/alerts?source=alertmanager")?;
+        let v = get_json_op(hub_port, "/api/v1/alerts?source=alertmanager")?;
         v["alerts"]
             .as_array()?
             .iter()
@@ -464,7 +426,7 @@ scrape_configs:
 
     // The hub's diagnosis ran on the agent; its report is stored with the alert.
     let diagnosed = wait_for("the diagnosis report on the alert", &all, || {
-        let v = get_json(hub_port, &format!("/api/v1/alerts/{alert_id}"))?;
+        let v = get_json_op(hub_port, &format!("/api/v1/alerts/{alert_id}"))?;
         v["alert"]["diagnoses"][0]["report_id"]
             .is_i64()
             .then(|| v["alert"].clone())
@@ -474,13 +436,13 @@ scrape_configs:
         .expect("session_id")
         .to_owned();
     let reports =
-        get_json(hub_port, &format!("/api/v1/reports?alert_id={alert_id}")).expect("reports");
+        get_json_op(hub_port, &format!("/api/v1/reports?alert_id={alert_id}")).expect("reports");
     assert_eq!(reports["reports"][0]["report"], REPORT, "{reports}");
     assert_eq!(reports["reports"][0]["agent_id"], agent_id.as_str());
     assert_eq!(reports["reports"][0]["session_id"], session_id.as_str());
     // The session ran on the agent, started by the hub's automatic diagnosis, and the model
     // was given the alert's annotations.
-    let events = get_json(
+    let events = get_json_op(
         hub_port,
         &format!("/api/v1/sessions/{session_id}/events?after_seq=0"),
     )
@@ -535,7 +497,7 @@ scrape_configs:
     // The fault clears: Prometheus resolves it, Alertmanager says so, the hub follows.
     fault.store(0, Ordering::SeqCst);
     let resolved = wait_for("E2EFault resolved at the hub", &all, || {
-        let v = get_json(hub_port, &format!("/api/v1/alerts/{alert_id}"))?;
+        let v = get_json_op(hub_port, &format!("/api/v1/alerts/{alert_id}"))?;
         (v["alert"]["state"] == "resolved").then(|| v["alert"].clone())
     });
     assert!(resolved["resolved_at"].is_string(), "{resolved}");

@@ -10,70 +10,20 @@
 //! Runs against the throwaway cluster of `scripts/postgres.sh` (`TETHER_TEST_PG_URL`), in a
 //! database of its own.
 
+mod common;
+
+use common::{BIN, ServiceProc, free_port, write_file};
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tether_hub::store::testing::TestDatabase;
 use tether_transport::client::Client;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tether");
 const ALICE: &str = "alice-token-0123456789abcdef";
 const BOB: &str = "bob-token-0123456789abcdef01";
 /// How long any wait may take before the test fails (never how long it takes).
 const PATIENCE: Duration = Duration::from_secs(90);
-
-struct Proc(Child);
-
-impl Proc {
-    fn start(args: &[&str], config: &Path) -> Proc {
-        Proc(
-            Command::new(BIN)
-                .args(args)
-                .arg("--config")
-                .arg(config)
-                .env("TETHER_LOG", "warn")
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("spawn tether"),
-        )
-    }
-
-    /// SIGKILL: no goodbye to agents, operators or the database.
-    fn kill9(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-fn write(path: &Path, text: &str) {
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).expect("dir");
-    }
-    std::fs::write(path, text).expect("write");
-}
 
 async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
@@ -169,7 +119,7 @@ impl Operator {
 
 fn hub_toml(root: &Path, name: &str, port: u16, url: &str) -> std::path::PathBuf {
     let path = root.join(format!("{name}/hub.toml"));
-    write(
+    write_file(
         &path,
         &format!(
             "listen = \"127.0.0.1:{port}\"\nstate_dir = \"state\"\n\
@@ -214,14 +164,14 @@ async fn replicas_share_sessions_and_an_agent_survives_a_killed_replica() {
     assert!(out.status.success(), "{out:?}");
     let agent_token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
 
-    let mut hub_a = Proc::start(&["hub"], &a_toml);
+    let mut hub_a = ServiceProc::start(&["hub"], &a_toml);
     eventually("replica A", || healthy(pa)).await;
-    let _hub_b = Proc::start(&["hub"], &b_toml);
+    let _hub_b = ServiceProc::start(&["hub"], &b_toml);
     eventually("replica B", || healthy(pb)).await;
     let lb = balancer(vec![pa, pb]).await;
 
     // Each turn: a shell call (a human must allow it), then an answer.
-    write(
+    write_file(
         &root.join("agent/script.json"),
         &json!({"loop": true, "responses": [
             {"text": "running it ", "tool_calls": [{"tool": "shell", "args": {"command": "echo tool-ran"}}]},
@@ -230,7 +180,7 @@ async fn replicas_share_sessions_and_an_agent_survives_a_killed_replica() {
         .to_string(),
     );
     let agent_toml = root.join("agent/agent.toml");
-    write(
+    write_file(
         &agent_toml,
         &format!(
             "listen = \"off\"\nstate_dir = \"state\"\n[model]\nprovider = \"scripted\"\nscript = \"script.json\"\n\
@@ -238,7 +188,7 @@ async fn replicas_share_sessions_and_an_agent_survives_a_killed_replica() {
              remote_tools = [\"shell\", \"system_info\"]\n"
         ),
     );
-    let _agent = Proc::start(&["agent"], &agent_toml);
+    let _agent = ServiceProc::start(&["agent"], &agent_toml);
 
     // Replica B sees the agent, held by A, as connected.
     let mut bob = Operator::connect(pb, BOB).await;

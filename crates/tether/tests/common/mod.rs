@@ -288,3 +288,103 @@ pub fn screen(raw: &str) -> Vec<String> {
         .map(|l| l.into_iter().collect::<String>().trim_end().to_owned())
         .collect()
 }
+
+/// A child process stopped like a service when dropped: SIGTERM, up to 15 s to exit, then
+/// SIGKILL.
+pub struct ServiceProc(pub Child);
+
+impl ServiceProc {
+    /// `tether ARGS --config CONFIG`, logging at warn, stdout discarded.
+    pub fn start(args: &[&str], config: &Path) -> ServiceProc {
+        ServiceProc(
+            Command::new(BIN)
+                .args(args)
+                .arg("--config")
+                .arg(config)
+                .env("TETHER_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("spawn tether"),
+        )
+    }
+
+    /// SIGKILL now: no goodbye to anyone.
+    pub fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ServiceProc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Writes a file, creating its directory.
+pub fn write_file(path: &Path, text: &str) {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).expect("dir");
+    }
+    std::fs::write(path, text).expect("write");
+}
+
+/// A plain HTTP GET on loopback with a Bearer token: the body as JSON when the answer is 200
+/// (`Connection: close` bodies read whole, chunked ones decoded).
+pub fn get_json(port: u16, path: &str, token: &str) -> Option<serde_json::Value> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).ok()?;
+            if n == 0 {
+                break;
+            }
+            out.push_str(tail.get(..n)?);
+            rest = tail.get(n + 2..)?;
+        }
+        out
+    } else {
+        body.to_owned()
+    };
+    serde_json::from_str(&body).ok()
+}
+
+/// Polls `f` every 200 ms until it gives a value; fails the test after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
