@@ -141,17 +141,8 @@ pub async fn start_with_store(
     if let config::StoreConfig::Postgres(settings) = &config.store {
         // A hub on PostgreSQL is a replica, alone or not: it holds its agents under a lease
         // and hears the others through the database.
-        let mut pg = settings.config.clone();
-        pg.connect_timeout(settings.connect_timeout);
         // Bounded as the store's calls are: on the server, and (in `Cluster`) on the client.
-        pg.options(format!(
-            "-c statement_timeout={}",
-            settings.query_timeout.as_millis().max(1)
-        ));
-        pg.keepalives(true);
-        if pg.get_application_name().is_none() {
-            pg.application_name("tether-hub cluster");
-        }
+        let pg = settings.client_config("tether-hub cluster");
         let name = format!("{}:{}", tether_host::host::hostname(), config.listen.port());
         let cluster = cluster::Cluster::join(
             pg,

@@ -287,6 +287,21 @@ impl PgSettings {
         })
     }
 
+    /// The connection settings every hub connection uses (the store's pool, the cluster's
+    /// listener): the URL's, with the server-side bound of every statement (lock waits
+    /// included, `query_timeout`), `connect_timeout`, and `application_name` unless the URL
+    /// names one.
+    pub fn client_config(&self, application_name: &str) -> tokio_postgres::Config {
+        let mut config = self.config.clone();
+        let statement_ms = self.query_timeout.as_millis();
+        config.options(format!("-c statement_timeout={statement_ms}"));
+        if config.get_application_name().is_none() {
+            config.application_name(application_name);
+        }
+        config.connect_timeout(self.connect_timeout);
+        config
+    }
+
     /// Checks the numbers (the URL was checked by [`PgSettings::new`]).
     pub fn validate(&self) -> Result<(), String> {
         if self.pool_size == 0 || self.pool_size > 256 {
@@ -488,14 +503,7 @@ impl PgStore {
             .enable_all()
             .build()
             .map_err(|e| StoreError::other(format!("cannot start the store's runtime: {e}")))?;
-        let mut config = settings.config.clone();
-        // The server-side bound of every statement (lock waits included).
-        let statement_ms = settings.query_timeout.as_millis();
-        config.options(format!("-c statement_timeout={statement_ms}"));
-        if config.get_application_name().is_none() {
-            config.application_name("tether-hub");
-        }
-        config.connect_timeout(settings.connect_timeout);
+        let config = settings.client_config("tether-hub");
         let pool = Pool {
             config,
             handle: runtime.handle().clone(),
