@@ -35,6 +35,9 @@ use tokio_util::sync::CancellationToken;
 /// The one channel replicas talk on.
 pub const CHANNEL: &str = "tether_hub";
 
+/// Notes announced but not yet sent that a replica holds (the database is slow or away).
+const OUTGOING_BACKLOG: usize = 65_536;
+
 /// How many notes a consumer may fall behind before it misses some (and resyncs).
 const NOTES_BACKLOG: usize = 16384;
 
@@ -151,7 +154,7 @@ struct Inner {
     waiting: Mutex<HashMap<i64, oneshot::Sender<()>>>,
     lease_ok: watch::Sender<bool>,
     /// Notes [`Cluster::announce`]d, sent in order by one task.
-    outgoing: mpsc::UnboundedSender<ClusterNote>,
+    outgoing: mpsc::Sender<ClusterNote>,
     cancel: CancellationToken,
 }
 
@@ -176,7 +179,7 @@ impl Cluster {
         let replica_id = uuid::Uuid::now_v7().simple().to_string();
         let (notes, _) = broadcast::channel(NOTES_BACKLOG);
         let (lease_ok, _) = watch::channel(true);
-        let (outgoing, mut to_send) = mpsc::unbounded_channel::<ClusterNote>();
+        let (outgoing, mut to_send) = mpsc::channel::<ClusterNote>(OUTGOING_BACKLOG);
         let cluster = Cluster {
             inner: Arc::new(Inner {
                 replica_id,
@@ -410,7 +413,12 @@ impl Cluster {
     /// Tells every other replica, soon, without waiting: notes announced go out in the order
     /// they were announced.
     pub fn announce(&self, note: ClusterNote) {
-        let _ = self.inner.outgoing.send(note);
+        if self.inner.outgoing.try_send(note).is_err() {
+            // The database has not taken notes for a while: this one is dropped rather than
+            // held without bound. Followers catch up on the session's next note; subscribers
+            // elsewhere miss this alert/agent change until they list again.
+            tracing::warn!("cluster: {OUTGOING_BACKLOG} notes wait for the database; dropped one");
+        }
     }
 
     /// Tells every other replica, now.
